@@ -1,0 +1,11 @@
+"""mr0core: a standalone, differentiable Bloch simulator and reconstruction library.
+
+The public names follow MR-zero's documentation, so ``import mr0core as mr0`` can replace
+``import MRzeroCore as mr0`` in existing scripts.
+"""
+
+from mr0core.pulseq import SeqFormatError
+from mr0core.sequence import Pulse, PulseUsage, Repetition, Sequence, chain
+
+__all__ = ["Pulse", "PulseUsage", "Repetition", "SeqFormatError", "Sequence", "chain"]
+__version__ = "0.1.0"

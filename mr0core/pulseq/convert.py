@@ -1,0 +1,702 @@
+"""Convert a parsed Pulseq file into the MR-zero sequence model.
+
+Model (see :mod:`mr0core.sequence`): every RF pulse becomes an instantaneous pulse at its centre
+and starts a new repetition. Between pulses the time line is cut at every ADC sample (each sample
+ends one event), at block boundaries of rotated blocks and, with ``exact_trajectories``, at every
+gradient corner. Each event's gradient moment is the exact integral of the piecewise-linear
+gradient waveforms over its time span.
+
+Conventions (documented in the README):
+
+- k-space is in 1/m, exactly PyPulseq's ``calculate_kspace()`` convention (same sign).
+- Flip angle = 2π·|∫B1(t) dt| with B1 = amplitude·magnitude·exp(2πi·phase shape) in Hz
+  (uniform-raster shapes are piecewise constant, time-shaped ones piecewise linear). For pulses
+  of constant phase (block, Gauss, …) this is 2π·∫|B1| dt; for a sinc, whose negative lobes Pulseq
+  stores as phase ½, it is the nominal small-tip angle rather than the larger ∫|B1|.
+- Pulse phase = phase offset + arg ∫B1 dt + 2π·frequency offset·(centre − pulse start), plus the
+  ppm terms scaled by γ·B0 (B0 from ``[DEFINITIONS]``, else 1.5 T as PyPulseq). A negative
+  amplitude adds π.
+- Receiver phase of ADC sample i = phase offset + 2π·frequency offset·(i + ½)·dwell + phase
+  modulation shape (rad); ``adc_phase = π/2 − receiver phase``, so that a pulse and an ADC with
+  equal Pulseq phases (RF spoiling) cancel, as in MR-zero's own examples.
+- Usage: 1.5 ``use`` letters e → EXCIT, r → REFOC, s → FATSAT, i/p/o → UNDEF. For ``u`` and for
+  files before 1.5 (which store no use), PyPulseq's rule: below 90.01° EXCIT, otherwise FATSAT for a
+  > 6 ms pulse near −3.45 ppm, else REFOC.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mr0core.pulseq.reader import SeqFile, SeqFormatError
+from mr0core.sequence import Pulse, PulseUsage, Repetition, Sequence
+
+__all__ = ["ConversionInfo", "seq_to_sequence", "validate_blocks"]
+
+GAMMA_HZ_PER_T = 42.576e6
+DEFAULT_B0_T = 1.5
+# Cut times are compared on a 1 ps grid, far below any Pulseq raster.
+TIME_QUANTUM = 1e-12
+
+_USE_LETTER = {
+    "e": PulseUsage.EXCIT,
+    "r": PulseUsage.REFOC,
+    "s": PulseUsage.FATSAT,
+    "i": PulseUsage.UNDEF,
+    "p": PulseUsage.UNDEF,
+    "o": PulseUsage.UNDEF,
+}
+
+# Block columns after normalisation (see SeqFile).
+RF, GX, GY, GZ, ADC, EXT, DELAY = range(7)
+
+
+@dataclass
+class RfProperties:
+    """Per-row properties of the [RF] table, each of shape ``[rows]``."""
+
+    angle: np.ndarray
+    """Flip angle in rad."""
+    phase: np.ndarray
+    """Phase at the pulse centre in rad."""
+    center: np.ndarray
+    """Time of the centre after the block start (includes the delay), s."""
+    end: np.ndarray
+    """End of the pulse after the block start, s."""
+    usage: list[PulseUsage]
+
+
+@dataclass
+class ConversionInfo:
+    """What the conversion learnt about the file, for ``mr0 seq-info`` and exporters."""
+
+    rf_rows: np.ndarray
+    """[RF] table row of every pulse in time order, shape ``[pulses]``."""
+    rf: RfProperties
+    pulse_times: np.ndarray
+    """Time of every pulse centre in s, shape ``[pulses]``."""
+    adc_times: np.ndarray
+    """Time of every ADC sample in s, shape ``[samples]``."""
+    label_names: list[str]
+    trigger_count: int
+    soft_delay_hints: list[str]
+
+
+# -- per-event properties ----------------------------------------------------------------------
+
+
+def _b0(seq: SeqFile) -> float:
+    b0 = seq.definition_floats("B0")
+    return b0[0] if b0 else DEFAULT_B0_T
+
+
+def _rf_properties(seq: SeqFile) -> RfProperties:
+    if "rf" not in seq.cache:
+        seq.cache["rf"] = _compute_rf_properties(seq)
+    return seq.cache["rf"]
+
+
+def _compute_rf_properties(seq: SeqFile) -> RfProperties:
+    tab = seq.rf
+    n = len(tab.ids)
+    raster = seq.raster("RadiofrequencyRasterTime")
+    gamma_b0 = GAMMA_HZ_PER_T * _b0(seq)
+    angle = np.zeros(n)
+    phase = np.zeros(n)
+    center = np.zeros(n)
+    end = np.zeros(n)
+    usage: list[PulseUsage] = []
+    cache: dict[tuple[int, int, int, float], tuple[float, float, float, float]] = {}
+    for r in range(n):
+        amp, mag_id, ph_id, time_id, c, delay, f_ppm, p_ppm, freq, ph = tab.data[r]
+        line = int(tab.lines[r])
+        key = (int(mag_id), int(ph_id), int(time_id), c)
+        if key not in cache:
+            mag = seq.shape(int(mag_id), line)
+            if len(mag) == 0:
+                raise SeqFormatError(seq.path, line, f"[RF] magnitude shape {int(mag_id)} is empty")
+            if ph_id != 0:
+                pshape = seq.shape(int(ph_id), line)
+                if len(pshape) != len(mag):
+                    raise SeqFormatError(
+                        seq.path, line, f"[RF] phase shape {int(ph_id)} length differs from magnitude"
+                    )
+                b1 = mag * np.exp(2j * math.pi * pshape)  # Pulseq stores phase / 2π
+            else:
+                b1 = mag.astype(np.complex128)
+            if time_id == 0:
+                t = (np.arange(len(mag)) + 0.5) * raster
+                duration = len(mag) * raster
+                integral = b1.sum() * raster  # piecewise constant on the RF raster
+            else:
+                t = seq.shape(int(time_id), line) * raster
+                if len(t) != len(mag) or np.any(np.diff(t) < 0):
+                    raise SeqFormatError(
+                        seq.path,
+                        line,
+                        f"[RF] time shape {int(time_id)} must be ascending with {len(mag)} samples",
+                    )
+                duration = math.ceil(t[-1] / raster - 1e-10) * raster
+                integral = np.sum(0.5 * (b1[1:] + b1[:-1]) * np.diff(t))  # piecewise linear
+            if np.isnan(c):  # no centre stored: the peak, or the middle of a plateau (PyPulseq rule)
+                peak = np.flatnonzero(np.abs(mag) >= np.abs(mag).max() * 0.99999)
+                c_rel = 0.5 * (t[peak[0]] + t[peak[-1]])
+            else:
+                c_rel = c
+            cache[key] = (float(abs(integral)), float(c_rel), float(duration), float(np.angle(integral)))
+        integral, c_rel, duration, phase_shape = cache[key]
+        full_freq = freq + f_ppm * 1e-6 * gamma_b0
+        angle[r] = 2 * math.pi * abs(amp) * integral
+        phase[r] = (
+            ph
+            + p_ppm * 1e-6 * gamma_b0
+            + 2 * math.pi * full_freq * c_rel
+            + phase_shape
+            + (math.pi if amp < 0 else 0.0)
+        )
+        center[r] = delay + c_rel
+        end[r] = delay + duration
+        use = tab.text[r][0]
+        if use in _USE_LETTER:
+            usage.append(_USE_LETTER[use])
+        elif math.degrees(angle[r]) < 90.01:
+            usage.append(PulseUsage.EXCIT)
+        else:
+            ppm = 1e6 * full_freq / gamma_b0
+            fatsat = duration > 6e-3 and -3.5 <= ppm <= -3.4
+            usage.append(PulseUsage.FATSAT if fatsat else PulseUsage.REFOC)
+    return RfProperties(angle, phase, center, end, usage)
+
+
+@dataclass
+class _GradTemplate:
+    """Knots of one [GRADIENTS] row relative to the block start: times (s) and values (Hz/m)."""
+
+    t: np.ndarray
+    g: np.ndarray
+    first_from_previous: bool
+    """Before 1.5 the first value of an arbitrary gradient is not stored (see _first_values)."""
+    last: float
+    regular: bool
+    """Samples on the regular gradient raster (not an extended trapezoid)."""
+
+
+def _grad_templates(seq: SeqFile) -> list[_GradTemplate]:
+    if "grad" not in seq.cache:
+        seq.cache["grad"] = _compute_grad_templates(seq)
+    return seq.cache["grad"]
+
+
+def _compute_grad_templates(seq: SeqFile) -> list[_GradTemplate]:
+    tab = seq.grad
+    raster = seq.raster("GradientRasterTime")
+    v15 = seq.version_combined >= 1_005_000
+    out = []
+    for r in range(len(tab.ids)):
+        amp, first, last, shape_id, time_id, delay = tab.data[r]
+        line = int(tab.lines[r])
+        w = seq.shape(int(shape_id), line) * amp
+        if len(w) == 0:
+            raise SeqFormatError(seq.path, line, f"[GRADIENTS] shape {int(shape_id)} is empty")
+        if time_id == 0:  # regular raster: samples at the centres of raster intervals
+            n = len(w)
+            t = np.concatenate([[0.0], (np.arange(n) + 0.5) * raster, [n * raster]]) + delay
+            if not v15:
+                # PyPulseq's extrapolation for files that store no last value
+                last = (3 * w[-1] - w[-2]) * 0.5 if n > 1 else w[-1]
+                first = 0.0
+            g = np.concatenate([[first], w, [last]])
+            out.append(_GradTemplate(t, g, not v15, float(last), True))
+        else:
+            if time_id == -1:  # oversampled: samples on half raster steps
+                tt = 0.5 * (np.arange(len(w)) + 1) * raster
+            else:
+                tt = seq.shape(int(time_id), line) * raster
+            if len(tt) != len(w):
+                raise SeqFormatError(
+                    seq.path,
+                    line,
+                    f"[GRADIENTS] time shape {int(time_id)} has {len(tt)} samples, "
+                    f"amplitude shape {int(shape_id)} has {len(w)}",
+                )
+            if np.any(np.diff(tt) < 0):
+                raise SeqFormatError(seq.path, line, f"[GRADIENTS] time shape {int(time_id)} is not ascending")
+            out.append(_GradTemplate(tt + delay, w, False, float(w[-1]), False))
+    return out
+
+
+def _event_ends(seq: SeqFile, templates: list[_GradTemplate], rf: RfProperties) -> dict[str, np.ndarray]:
+    """End time (after block start) of every row of every event table."""
+    trap = seq.trap.data
+    adc = seq.adc.data
+    trig = seq.extension_tables.get("TRIGGERS")
+    return {
+        "rf": rf.end,
+        "grad": np.array([t.t[-1] for t in templates]) if templates else np.zeros(0),
+        "trap": trap[:, 1:5].sum(axis=1) if len(trap) else np.zeros(0),
+        "adc": adc[:, 2] + adc[:, 0] * adc[:, 1] if len(adc) else np.zeros(0),
+        "trig": trig.data[:, 2] + trig.data[:, 3] if trig is not None and len(trig.data) else np.zeros(0),
+    }
+
+
+def _take(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``values[rows]``, with 0 where ``rows`` is -1 (undefined or no event)."""
+    padded = np.append(values, 0.0)
+    return padded[np.where(rows >= 0, rows, len(values))]
+
+
+def _undefined(seq: SeqFile, col: np.ndarray, rows: np.ndarray, what: str) -> None:
+    bad = (col != 0) & (rows < 0)
+    if bad.any():
+        b = int(np.argmax(bad))
+        raise SeqFormatError(
+            seq.path,
+            int(seq.block_lines[b]),
+            f"block {int(seq.block_ids[b])} references undefined {what} id {int(col[b])}",
+        )
+
+
+def _extension_chains(seq: SeqFile) -> dict[int, list[tuple[str, int]]]:
+    """For every block with an extension: the chain of (extension name, ref) in file order."""
+    if "chains" not in seq.cache:
+        seq.cache["chains"] = _compute_extension_chains(seq)
+    return seq.cache["chains"]
+
+
+def _compute_extension_chains(seq: SeqFile) -> dict[int, list[tuple[str, int]]]:
+    ext = seq.extensions
+    chains: dict[int, list[tuple[str, int]]] = {}
+    cols = seq.blocks[:, EXT]
+    for b in np.flatnonzero(cols).tolist():
+        chain: list[tuple[str, int]] = []
+        eid = int(cols[b])
+        seen = 0
+        while eid != 0:
+            row = ext.row(eid)
+            if row < 0:
+                raise SeqFormatError(
+                    seq.path,
+                    int(seq.block_lines[b]),
+                    f"block {int(seq.block_ids[b])} references undefined extension id {eid}",
+                )
+            type_id, ref, nxt = (int(v) for v in ext.data[row])
+            name = seq.extension_names.get(type_id)
+            if name is not None:
+                tab = seq.extension_tables[name]
+                if tab.row(ref) < 0:
+                    raise SeqFormatError(
+                        seq.path, int(ext.lines[row]), f"{name} id {ref} is not defined"
+                    )
+                chain.append((name, ref))
+            seen += 1
+            if seen > len(ext.ids):
+                raise SeqFormatError(seq.path, int(ext.lines[row]), "extension list forms a cycle")
+            eid = nxt
+        chains[b] = chain
+    return chains
+
+
+def validate_blocks(seq: SeqFile) -> None:
+    """Check every reference of every block and fix block durations for files before 1.4.
+
+    Raises
+    ------
+    SeqFormatError
+        A block references an event, shape or extension that is not defined, or (1.4+) an event
+        lasts longer than its block.
+    """
+    blocks = seq.blocks
+    if len(blocks) == 0:
+        return
+    rf = _rf_properties(seq)
+    templates = _grad_templates(seq)
+    ends = _event_ends(seq, templates, rf)
+
+    block_end = np.zeros(len(blocks))
+    rf_rows = seq.rf.rows_of(blocks[:, RF])
+    _undefined(seq, blocks[:, RF], rf_rows, "RF")
+    block_end = np.maximum(block_end, _take(ends["rf"], rf_rows))
+    for c, axis in zip((GX, GY, GZ), "xyz", strict=True):
+        trap_rows = seq.trap.rows_of(blocks[:, c])
+        grad_rows = seq.grad.rows_of(blocks[:, c])
+        _undefined(seq, blocks[:, c], np.maximum(trap_rows, grad_rows), f"gradient (g{axis})")
+        e = np.maximum(_take(ends["trap"], trap_rows), _take(ends["grad"], grad_rows))
+        block_end = np.maximum(block_end, e)
+    adc_rows = seq.adc.rows_of(blocks[:, ADC])
+    _undefined(seq, blocks[:, ADC], adc_rows, "ADC")
+    block_end = np.maximum(block_end, _take(ends["adc"], adc_rows))
+    for r in range(len(seq.adc.ids)):
+        phase_id = int(seq.adc.data[r, 7])
+        if phase_id:
+            n = int(seq.adc.data[r, 0])
+            if len(seq.shape(phase_id, int(seq.adc.lines[r]))) != n:
+                raise SeqFormatError(
+                    seq.path, int(seq.adc.lines[r]), f"[ADC] phase shape {phase_id} needs {n} samples"
+                )
+    chains = _extension_chains(seq)
+    if "TRIGGERS" in seq.extension_tables:
+        trig = seq.extension_tables["TRIGGERS"]
+        for b, chain in chains.items():
+            for name, ref in chain:
+                if name == "TRIGGERS":
+                    block_end[b] = max(block_end[b], ends["trig"][trig.row(ref)])
+
+    if seq.version_combined < 1_004_000:
+        delay_rows = seq.delays.rows_of(blocks[:, DELAY])
+        _undefined(seq, blocks[:, DELAY], delay_rows, "delay")
+        delay = _take(seq.delays.data[:, 0], delay_rows)
+        seq.block_durations = np.maximum(block_end, delay)
+    else:
+        over = block_end > seq.block_durations + 1e-9
+        if over.any():
+            b = int(np.argmax(over))
+            raise SeqFormatError(
+                seq.path,
+                int(seq.block_lines[b]),
+                f"block {int(seq.block_ids[b])}: events last {block_end[b] * 1e6:.3f} us, "
+                f"longer than the block duration {seq.block_durations[b] * 1e6:.3f} us",
+            )
+
+
+# -- the gradient moment integral --------------------------------------------------------------
+
+
+class _Moment:
+    """Cumulative gradient moment ∫₀ᵗ g(t') dt' (1/m) of one channel, from linear pieces."""
+
+    def __init__(self, t0: np.ndarray, t1: np.ndarray, g0: np.ndarray, g1: np.ndarray) -> None:
+        order = np.argsort(t0, kind="stable")
+        self.t0, self.t1, self.g0, self.g1 = t0[order], t1[order], g0[order], g1[order]
+        self.dur = self.t1 - self.t0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.slope = np.where(self.dur > 0, (self.g1 - self.g0) / self.dur, 0.0)
+        area = 0.5 * (self.g0 + self.g1) * self.dur
+        self.before = np.concatenate([[0.0], np.cumsum(area)])
+
+    def __call__(self, t: np.ndarray) -> np.ndarray:
+        if len(self.t0) == 0:
+            return np.zeros_like(t)
+        # Pieces of one channel never overlap (each event fits in its block), so all pieces
+        # before the last one that starts at or before t are complete.
+        k = np.searchsorted(self.t0, t, side="right") - 1
+        kk = np.maximum(k, 0)
+        dt = np.clip(t - self.t0[kk], 0.0, self.dur[kk])
+        m = self.before[kk] + self.g0[kk] * dt + 0.5 * self.slope[kk] * dt * dt
+        return np.where(k >= 0, m, 0.0)
+
+
+def _first_values(
+    seq: SeqFile, templates: list[_GradTemplate], col: int, occ_blocks: np.ndarray
+) -> np.ndarray:
+    """First value of old-format arbitrary gradients: the previous block's last value on the
+    same axis if that gradient ran to the end of its block (and this one has no delay), else 0."""
+    prev = occ_blocks - 1
+    out = np.zeros(len(occ_blocks))
+    valid = prev >= 0
+    prev_ids = np.where(valid, seq.blocks[np.maximum(prev, 0), col], 0)
+    prev_rows = seq.grad.rows_of(prev_ids)
+    for i in np.flatnonzero(valid & (prev_rows >= 0)).tolist():
+        tpl = templates[prev_rows[i]]
+        if abs(tpl.t[-1] - seq.block_durations[prev[i]]) < 1e-9:
+            out[i] = tpl.last
+    return out
+
+
+def _channel_pieces(
+    seq: SeqFile,
+    templates: list[_GradTemplate],
+    col: int,
+    starts: np.ndarray,
+    knots_out: list[np.ndarray],
+    all_knots: bool,
+) -> _Moment:
+    ids = seq.blocks[:, col]
+    t0s, t1s, g0s, g1s = [], [], [], []
+    trap_rows = seq.trap.rows_of(ids)
+    occ = np.flatnonzero(trap_rows >= 0)
+    if len(occ):
+        amp, rise, flat, fall, delay = seq.trap.data[trap_rows[occ]].T
+        s = starts[occ] + delay
+        k = np.stack([s, s + rise, s + rise + flat, s + rise + flat + fall], axis=1)
+        z = np.zeros_like(amp)
+        v = np.stack([z, amp, amp, z], axis=1)
+        t0s.append(k[:, :3].ravel())
+        t1s.append(k[:, 1:].ravel())
+        g0s.append(v[:, :3].ravel())
+        g1s.append(v[:, 1:].ravel())
+        knots_out.append(k.ravel() if all_knots else k[:, [0, 3]].ravel())
+    grad_rows = seq.grad.rows_of(ids)
+    occ = np.flatnonzero(grad_rows >= 0)
+    if len(occ):
+        rows = grad_rows[occ]
+        for r in np.unique(rows).tolist():
+            blocks_r = occ[rows == r]
+            tpl = templates[r]
+            s = starts[blocks_r][:, None]
+            t = tpl.t[None, :] + s
+            g = np.broadcast_to(tpl.g, t.shape).copy()
+            if tpl.first_from_previous:
+                g[:, 0] = _first_values(seq, templates, col, blocks_r)
+            t0s.append(t[:, :-1].ravel())
+            t1s.append(t[:, 1:].ravel())
+            g0s.append(g[:, :-1].ravel())
+            g1s.append(g[:, 1:].ravel())
+            if all_knots and not tpl.regular:
+                knots_out.append(t.ravel())
+            else:
+                knots_out.append(t[:, [0, -1]].ravel())
+    if not t0s:
+        return _Moment(*(np.zeros(0) for _ in range(4)))
+    return _Moment(np.concatenate(t0s), np.concatenate(t1s), np.concatenate(g0s), np.concatenate(g1s))
+
+
+# -- labels, shims, rotations ------------------------------------------------------------------
+
+
+def _labels_per_block(
+    seq: SeqFile, chains: dict[int, list[tuple[str, int]]]
+) -> dict[str, np.ndarray]:
+    """Value of every label after each block's label extensions, shape ``[blocks]`` per label."""
+    sets = seq.extension_tables.get("LABELSET")
+    incs = seq.extension_tables.get("LABELINC")
+    if sets is None and incs is None:
+        return {}
+    changes: dict[str, list[tuple[int, int]]] = {}
+    state: dict[str, int] = {}
+    for b in sorted(chains):
+        for name, ref in chains[b]:
+            if name not in ("LABELSET", "LABELINC"):
+                continue
+            tab = sets if name == "LABELSET" else incs
+            row = tab.row(ref)
+            value = int(tab.data[row, 0])
+            label = tab.text[row][0]
+            state[label] = value if name == "LABELSET" else state.get(label, 0) + value
+            changes.setdefault(label, []).append((b, state[label]))
+    out = {}
+    n = len(seq.blocks)
+    for label, ch in changes.items():
+        idx = np.array([c[0] for c in ch])
+        val = np.array([c[1] for c in ch])
+        # the last change at or before each block; blocks before the first change hold 0
+        pos = np.searchsorted(idx, np.arange(n), side="right") - 1
+        out[label] = np.where(pos >= 0, val[np.maximum(pos, 0)], 0)
+    return out
+
+
+def _quaternion_matrix(q: np.ndarray) -> np.ndarray:
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+# -- the conversion ----------------------------------------------------------------------------
+
+
+def seq_to_sequence(
+    seq: SeqFile,
+    exact_trajectories: bool = True,
+    default_shim: torch.Tensor | None = None,
+    return_info: bool = False,
+) -> Sequence | tuple[Sequence, ConversionInfo]:
+    """Convert a validated :class:`SeqFile` into a :class:`Sequence` (CPU, float32).
+
+    Parameters
+    ----------
+    seq
+        The parsed file (from :func:`mr0core.pulseq.read_seq`).
+    exact_trajectories
+        Also cut events at every trapezoid and extended-trapezoid corner.
+    default_shim
+        ``[channels, 2]`` shim for pulses without an RF_SHIMS extension; default ``[[1, 0]]``.
+    return_info
+        Also return a :class:`ConversionInfo`.
+    """
+    blocks = seq.blocks
+    nb = len(blocks)
+    durations = seq.block_durations
+    ends = np.cumsum(durations)
+    starts = ends - durations
+    if seq.version_combined >= 1_004_000:
+        # exact block starts on the duration raster (avoids drift of the float cumsum)
+        raster = seq.raster("BlockDurationRaster")
+        counts = np.round(durations / raster).astype(np.int64)
+        starts = (np.cumsum(counts) - counts) * raster
+        ends = starts + durations
+    total = float(ends[-1]) if nb else 0.0
+    chains = _extension_chains(seq)
+
+    # RF pulses
+    rf = _rf_properties(seq)
+    rf_blocks = np.flatnonzero(blocks[:, RF])
+    rf_rows = seq.rf.rows_of(blocks[rf_blocks, RF])
+    pulse_t = starts[rf_blocks] + rf.center[rf_rows]
+
+    # ADC samples
+    adc_blocks = np.flatnonzero(blocks[:, ADC])
+    adc_rows = seq.adc.rows_of(blocks[adc_blocks, ADC])
+    adc_t_parts, adc_ph_parts, adc_block_parts = [], [], []
+    gamma_b0 = GAMMA_HZ_PER_T * _b0(seq)
+    for r in np.unique(adc_rows).tolist():
+        num, dwell, delay, f_ppm, p_ppm, freq, ph, phase_id = seq.adc.data[r]
+        rel = (np.arange(int(num)) + 0.5) * dwell
+        rx = ph + p_ppm * 1e-6 * gamma_b0 + 2 * math.pi * (freq + f_ppm * 1e-6 * gamma_b0) * rel
+        if phase_id:
+            rx = rx + seq.shape(int(phase_id), int(seq.adc.lines[r]))
+        bl = adc_blocks[adc_rows == r]
+        adc_t_parts.append((starts[bl][:, None] + delay + rel[None, :]).ravel())
+        adc_ph_parts.append(np.broadcast_to(rx, (len(bl), len(rx))).ravel())
+        adc_block_parts.append(np.repeat(bl, len(rel)))
+    if adc_t_parts:
+        adc_t = np.concatenate(adc_t_parts)
+        order = np.argsort(adc_t, kind="stable")
+        adc_t = adc_t[order]
+        adc_rx = np.concatenate(adc_ph_parts)[order]
+        adc_block = np.concatenate(adc_block_parts)[order]
+    else:
+        adc_t = np.zeros(0)
+        adc_rx = np.zeros(0)
+        adc_block = np.zeros(0, np.int64)
+
+    # Gradients
+    templates = _grad_templates(seq)
+    knots: list[np.ndarray] = []
+    moments = [
+        _channel_pieces(seq, templates, c, starts, knots, exact_trajectories) for c in (GX, GY, GZ)
+    ]
+
+    # Rotations (1.5 ROTATIONS extension): cut at the rotated blocks' boundaries
+    rotations: dict[int, np.ndarray] = {}
+    if "ROTATIONS" in seq.extension_tables:
+        tab = seq.extension_tables["ROTATIONS"]
+        for b, chain in chains.items():
+            for name, ref in chain:
+                if name == "ROTATIONS":
+                    rotations[b] = _quaternion_matrix(tab.data[tab.row(ref)])
+        if rotations:
+            rb = np.array(sorted(rotations))
+            knots.append(np.concatenate([starts[rb], ends[rb]]))
+
+    # The time line: every cut on a 1 ps grid
+    def quantise(t: np.ndarray) -> np.ndarray:
+        return np.round(np.asarray(t) / TIME_QUANTUM).astype(np.int64)
+
+    cut_parts = [quantise([0.0, total]), quantise(pulse_t), quantise(adc_t)]
+    cut_parts += [quantise(k) for k in knots if len(k)]
+    cuts = np.sort(np.concatenate(cut_parts))
+    cuts = cuts[np.concatenate([[True], cuts[1:] != cuts[:-1]])]  # unique; faster than np.unique
+    cuts = cuts[(cuts >= 0) & (cuts <= quantise(total))]
+    times = cuts * TIME_QUANTUM
+    n_events = len(cuts) - 1
+
+    event_time = np.diff(times)
+    gradm = np.stack([np.diff(m(times)) for m in moments], axis=1) if n_events > 0 else np.zeros((0, 3))
+    if rotations:
+        mid = 0.5 * (times[:-1] + times[1:])
+        ev_block = np.searchsorted(starts, mid, side="right") - 1
+        for b, mat in rotations.items():
+            sel = ev_block == b
+            gradm[sel] = gradm[sel] @ mat.T
+
+    adc_event = np.searchsorted(cuts, quantise(adc_t)) - 1
+    adc_usage = np.zeros(n_events, np.int32)
+    adc_phase = np.zeros(n_events)
+    adc_usage[adc_event] = 1
+    adc_phase[adc_event] = math.pi / 2 - adc_rx
+
+    # Labels, per event (meaningful at ADC events)
+    block_labels = _labels_per_block(seq, chains)
+    event_labels = {}
+    for name, per_block in block_labels.items():
+        lab = np.zeros(n_events, np.int32)
+        lab[adc_event] = per_block[adc_block]
+        event_labels[name] = lab
+
+    # Repetitions: a new one at every pulse; a zero pulse covers the time before the first
+    pulse_cut = np.searchsorted(cuts, quantise(pulse_t))
+    rep_starts = pulse_cut.tolist()
+    pulses_for_reps: list[int | None] = list(range(len(rf_blocks)))
+    if not rep_starts or rep_starts[0] > 0:
+        rep_starts = [0, *rep_starts]
+        pulses_for_reps = [None, *pulses_for_reps]
+    sizes = np.diff([*rep_starts, n_events]).tolist()
+
+    t_event = torch.split(torch.from_numpy(event_time.astype(np.float32)), sizes)
+    t_gradm = torch.split(torch.from_numpy(gradm.astype(np.float32)), sizes)
+    t_phase = torch.split(torch.from_numpy(adc_phase.astype(np.float32)), sizes)
+    t_usage = torch.split(torch.from_numpy(adc_usage), sizes)
+    t_labels = {k: torch.split(torch.from_numpy(v), sizes) for k, v in event_labels.items()}
+
+    shims = _pulse_shims(seq, chains, rf_blocks, default_shim)
+    angles = torch.from_numpy(rf.angle[rf_rows].astype(np.float32)).unbind()
+    phases = torch.from_numpy(rf.phase[rf_rows].astype(np.float32)).unbind()
+    usages = [rf.usage[r] for r in rf_rows.tolist()]
+    reps = []
+    for i, p in enumerate(pulses_for_reps):
+        pulse = (
+            Pulse.zero()
+            if p is None
+            else Pulse._trusted(usages[p], angles[p], phases[p], shims[p], True)
+        )
+        labels = {k: v[i] for k, v in t_labels.items()}
+        reps.append(Repetition._trusted(pulse, t_event[i], t_gradm[i], t_phase[i], t_usage[i], labels))
+
+    out = Sequence(reps, normalized_grads=False)
+    out.definitions = {
+        "format": "pulseq",
+        "version": seq.version_str,
+        "source": seq.path,
+        **{k: v for k, v in seq.definitions.items()},
+    }
+    if not return_info:
+        return out
+    info = ConversionInfo(
+        rf_rows=rf_rows,
+        rf=rf,
+        pulse_times=pulse_t,
+        adc_times=adc_t,
+        label_names=sorted(block_labels),
+        trigger_count=sum(n == "TRIGGERS" for ch in chains.values() for n, _ in ch),
+        soft_delay_hints=sorted(
+            {t[0] for t in seq.extension_tables["DELAYS"].text}
+            if "DELAYS" in seq.extension_tables
+            else set()
+        ),
+    )
+    return out, info
+
+
+def _pulse_shims(
+    seq: SeqFile,
+    chains: dict[int, list[tuple[str, int]]],
+    rf_blocks: np.ndarray,
+    default_shim: torch.Tensor | None,
+) -> list[torch.Tensor]:
+    """The ``[channels, 2]`` shim of every pulse: its RF_SHIMS extension, else ``default_shim``."""
+    default = np.array([[1.0, 0.0]]) if default_shim is None else np.asarray(default_shim, np.float64)
+    if default.ndim != 2 or default.shape[1] != 2:
+        raise ValueError(f"default_shim must have shape [channels, 2], got {default.shape}")
+    tab = seq.extension_tables.get("RF_SHIMS")
+    special: dict[int, np.ndarray] = {}
+    if tab is not None:
+        for i, b in enumerate(rf_blocks.tolist()):
+            for name, ref in chains.get(b, []):
+                if name == "RF_SHIMS":
+                    row = tab.data[tab.row(ref)]
+                    n = int(row[0])
+                    special[i] = row[1 : 1 + 2 * n].reshape(n, 2)
+    if not special:  # one tensor for all pulses, unbound into separate views
+        stacked = np.broadcast_to(default, (len(rf_blocks), *default.shape))
+        return list(torch.from_numpy(stacked.astype(np.float32)).unbind())
+    return [
+        torch.from_numpy(special.get(i, default).astype(np.float32)) for i in range(len(rf_blocks))
+    ]

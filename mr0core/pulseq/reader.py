@@ -1,0 +1,718 @@
+"""Our own reader for Pulseq ``.seq`` files, format 1.2.x to 1.5.x.
+
+Why not ``pypulseq.Sequence.read``: we need every table as a numpy array to convert whole
+sequences with vectorised arithmetic, exact line numbers in every error, strict validation (no
+partial result on malformed input), and speed. PyPulseq stays the reference in the tests.
+
+The reader only parses and validates; :mod:`mr0core.pulseq.convert` turns the result into a
+:class:`mr0core.sequence.Sequence`. Units are converted to SI here: seconds, Hz, Hz/m, rad.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SeqFile", "SeqFormatError", "Shape", "read_seq", "read_seq_text"]
+
+# A hostile or broken file must not make us allocate without bound.
+MAX_SHAPE_SAMPLES = 1 << 26
+MAX_FILE_BYTES = 1 << 31
+
+DEFAULT_RASTERS = {
+    "GradientRasterTime": 10e-6,
+    "RadiofrequencyRasterTime": 1e-6,
+    "AdcRasterTime": 100e-9,
+    "BlockDurationRaster": 10e-6,
+}
+
+KNOWN_SECTIONS = {
+    "VERSION",
+    "DEFINITIONS",
+    "BLOCKS",
+    "RF",
+    "GRADIENTS",
+    "TRAP",
+    "ADC",
+    "DELAYS",
+    "EXTENSIONS",
+    "SHAPES",
+    "SIGNATURE",
+}
+SUPPORTED_EXTENSIONS = {"LABELSET", "LABELINC", "TRIGGERS", "RF_SHIMS", "DELAYS", "ROTATIONS"}
+
+
+class SeqFormatError(ValueError):
+    """A ``.seq`` file is malformed.
+
+    Attributes
+    ----------
+    path
+        The file (or ``"<text>"``).
+    line
+        1-based line number of the problem, or None when it concerns the file as a whole.
+    problem
+        What is wrong.
+    """
+
+    def __init__(self, path: str, line: int | None, problem: str) -> None:
+        self.path = path
+        self.line = line
+        self.problem = problem
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass
+class Shape:
+    """A decompressed shape.
+
+    Attributes
+    ----------
+    samples
+        The decompressed values, shape ``[num_samples]``.
+    line
+        Line of its ``shape_id`` header (for error messages).
+    """
+
+    samples: np.ndarray
+    line: int
+
+
+@dataclass
+class Table:
+    """One numeric section: a row per event.
+
+    Attributes
+    ----------
+    ids
+        Event ids, shape ``[rows]``, int64, sorted ascending.
+    data
+        The remaining columns, shape ``[rows, columns]``, float64, in file units.
+    lines
+        Line number of each row.
+    text
+        Trailing text columns (RF ``use`` in 1.5, label names, soft-delay hints), one list per row.
+    """
+
+    ids: np.ndarray
+    data: np.ndarray
+    lines: np.ndarray
+    text: list[list[str]] = field(default_factory=list)
+
+    def row(self, event_id: int) -> int:
+        """Return the row of one id, or -1 if it is not defined (dict lookup, for Python loops)."""
+        index = self.__dict__.get("_index")
+        if index is None:
+            index = self.__dict__["_index"] = {int(i): r for r, i in enumerate(self.ids.tolist())}
+        return index.get(int(event_id), -1)
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Return the row index of each id in ``ids``; -1 where an id is not defined."""
+        if len(self.ids) == 0:
+            return np.full(ids.shape, -1, dtype=np.int64)
+        rows = np.searchsorted(self.ids, ids)
+        rows = np.clip(rows, 0, len(self.ids) - 1)
+        return np.where(self.ids[rows] == ids, rows, -1)
+
+    @classmethod
+    def empty(cls, columns: int) -> Table:
+        """Return a table without rows."""
+        return cls(
+            np.zeros(0, np.int64), np.zeros((0, columns)), np.zeros(0, np.int64), []
+        )
+
+
+@dataclass
+class SeqFile:
+    """The parsed content of a ``.seq`` file, validated, in file order.
+
+    Column layouts are normalised to the 1.5 format whatever the file's version:
+
+    - ``blocks``: ``[blocks, 7]`` int64 columns rf, gx, gy, gz, adc, ext, delay_id (delay_id only
+      for < 1.4); block durations in s are in ``block_durations``.
+    - ``rf``: amplitude (Hz), mag_id, phase_id, time_id, center (s, NaN when the file has none),
+      delay (s), freq_ppm, phase_ppm, freq (Hz), phase (rad); ``rf.text`` holds the ``use`` letter
+      (``"u"`` before 1.5).
+    - ``grad``: amplitude (Hz/m), first, last (Hz/m, NaN before 1.5), shape_id, time_id, delay (s).
+    - ``trap``: amplitude (Hz/m), rise, flat, fall, delay (s).
+    - ``adc``: num, dwell (s), delay (s), freq_ppm, phase_ppm, freq (Hz), phase (rad), phase_id.
+    - ``extensions``: type, ref, next.
+    """
+
+    path: str
+    version: tuple[int, int, int]
+    definitions: dict[str, list[str]]
+    block_ids: np.ndarray
+    blocks: np.ndarray
+    block_lines: np.ndarray
+    block_durations: np.ndarray
+    rf: Table
+    grad: Table
+    trap: Table
+    adc: Table
+    delays: Table
+    extensions: Table
+    extension_names: dict[int, str]
+    extension_tables: dict[str, Table]
+    shapes: dict[int, Shape]
+    signature_ok: bool | None = None
+    cache: dict = field(default_factory=dict, repr=False)
+    """Derived per-event properties, computed once by :mod:`mr0core.pulseq.convert`."""
+
+    @property
+    def version_str(self) -> str:
+        """The format version as ``"major.minor.revision"``."""
+        return ".".join(str(v) for v in self.version)
+
+    @property
+    def version_combined(self) -> int:
+        """The format version as one comparable integer, e.g. 1004002 for 1.4.2."""
+        major, minor, revision = self.version
+        return major * 1_000_000 + minor * 1_000 + revision
+
+    def raster(self, name: str) -> float:
+        """Return a raster time in s from the definitions, or its Pulseq default."""
+        if name in self.definitions:
+            return float(self.definitions[name][0])
+        return DEFAULT_RASTERS[name]
+
+    def definition_floats(self, name: str) -> list[float] | None:
+        """Return a numeric definition (e.g. ``FOV``) as floats, or None if absent."""
+        if name not in self.definitions:
+            return None
+        return [float(v) for v in self.definitions[name]]
+
+    def shape(self, shape_id: int, line: int) -> np.ndarray:
+        """Return a decompressed shape; raise :class:`SeqFormatError` at ``line`` if it is missing."""
+        if shape_id not in self.shapes:
+            raise SeqFormatError(self.path, line, f"shape id {shape_id} is not defined in [SHAPES]")
+        return self.shapes[shape_id].samples
+
+
+# -- low-level helpers -----------------------------------------------------------------------
+
+_SECTION_RE = re.compile(r"^\[([A-Za-z_0-9]+)\]$")
+_EXTENSION_RE = re.compile(r"^extension\s+(\S+)\s+(\S+)$")
+
+
+def decompress_shape(data: np.ndarray, num_samples: int) -> np.ndarray | None:
+    """Undo Pulseq's shape compression, or return None if ``data`` is inconsistent.
+
+    Pulseq stores the first difference of a shape, run-length encoded: a value written twice in a
+    row is followed by the number of further repeats. Decompression expands the runs and
+    integrates.
+
+    Parameters
+    ----------
+    data
+        Compressed samples, shape ``[n]``.
+    num_samples
+        Length of the decompressed shape.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The shape, ``[num_samples]`` float64; None if the runs do not add up to ``num_samples``.
+    """
+    n = len(data)
+    # Candidates for a run marker: two equal consecutive values. Markers overlap in long runs
+    # (a a a ...), so walk them in order, skipping any that start inside the previous run's triple.
+    candidates = np.flatnonzero(data[:-1] == data[1:]) if n > 1 else np.zeros(0, np.int64)
+    values: list[np.ndarray] = []
+    repeats: list[np.ndarray] = []
+    pos = 0
+    for c in candidates.tolist():
+        if c < pos:
+            continue
+        if c + 2 >= n:
+            return None
+        count = data[c + 2]
+        if count < 0 or count != int(count) or count > MAX_SHAPE_SAMPLES:
+            return None
+        if c > pos:
+            values.append(data[pos:c])
+            repeats.append(np.ones(c - pos, np.int64))
+        values.append(data[c : c + 1])
+        repeats.append(np.array([int(count) + 2]))
+        pos = c + 3
+    if pos < n:
+        values.append(data[pos:])
+        repeats.append(np.ones(n - pos, np.int64))
+    if not values:
+        return np.zeros(0) if num_samples == 0 else None
+    rep = np.concatenate(repeats)
+    if int(rep.sum()) != num_samples:
+        return None
+    return np.cumsum(np.repeat(np.concatenate(values), rep))
+
+
+# -- the reader ------------------------------------------------------------------------------
+
+
+class _Parser:
+    """One pass over the lines; collects each section's data lines, then parses them."""
+
+    def __init__(self, text: str, path: str) -> None:
+        self.path = path
+        self.text = text
+        self.lines = text.splitlines()
+
+    def error(self, line: int | None, problem: str) -> SeqFormatError:
+        return SeqFormatError(self.path, line, problem)
+
+    # Collect (line number, content) per section; extension sections are keyed "extension NAME".
+    def split_sections(self) -> tuple[dict[str, list[tuple[int, str]]], dict[str, int], dict]:
+        sections: dict[str, list[tuple[int, str]]] = {}
+        header_lines: dict[str, int] = {}
+        ext_declared: dict[str, tuple[int, int]] = {}  # name -> (type id, line)
+        current: str | None = None
+        rows: list[tuple[int, str]] = []
+        for i, raw in enumerate(self.lines, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            c = line[0]
+            if c == "#":
+                continue
+            if c == "[":
+                m = _SECTION_RE.match(line)
+                if not m:
+                    raise self.error(i, f"malformed section header {line[:40]!r}")
+                name = m.group(1)
+                if name not in KNOWN_SECTIONS:
+                    raise self.error(i, f"unknown section [{name}]")
+                if name in sections:
+                    raise self.error(i, f"section [{name}] appears twice")
+                current = name
+                rows = sections[name] = []
+                header_lines[name] = i
+                continue
+            if c == "e" and current is not None and (
+                current == "EXTENSIONS" or current.startswith("extension ")
+            ):
+                m = _EXTENSION_RE.match(line)
+                if m:
+                    ext_name, type_id = m.group(1), m.group(2)
+                    if not type_id.isdigit():
+                        raise self.error(
+                            i, f"extension {ext_name}: type id {type_id!r} is not an integer"
+                        )
+                    current = f"extension {ext_name}"
+                    if current in sections:
+                        raise self.error(i, f"extension {ext_name} is declared twice")
+                    rows = sections[current] = []
+                    header_lines[current] = i
+                    ext_declared[ext_name] = (int(type_id), i)
+                    continue
+            if current is None:
+                raise self.error(i, f"data outside any section: {line[:40]!r}")
+            rows.append((i, line))
+        return sections, header_lines, ext_declared
+
+    def table(
+        self,
+        name: str,
+        rows: list[tuple[int, str]],
+        columns: int | tuple[int, ...],
+        text_columns: int = 0,
+        int_columns: tuple[int, ...] = (),
+    ) -> Table:
+        """Parse rows of ``id value value ...``; ``columns`` counts all columns including the id."""
+        allowed = (columns,) if isinstance(columns, int) else columns
+        width = max(allowed)
+        if not rows:
+            return Table.empty(width - 1 - text_columns)
+        tokens = [line.split() for _, line in rows]
+        lines = np.fromiter((ln for ln, _ in rows), dtype=np.int64, count=len(rows))
+        numeric: list[list[str]] = []
+        texts: list[list[str]] = []
+        for (ln, _), tok in zip(rows, tokens, strict=True):
+            if len(tok) not in allowed:
+                expected = " or ".join(str(a) for a in allowed)
+                raise self.error(ln, f"[{name}] row has {len(tok)} fields, expected {expected}")
+            if len(tok) < width:  # an older layout without the trailing columns: pad with zeros
+                tok = tok + ["0"] * (width - len(tok))
+            if text_columns:
+                numeric.append(tok[: width - text_columns])
+                texts.append(tok[width - text_columns :])
+            else:
+                numeric.append(tok)
+        ncol = width - text_columns
+        try:
+            values = np.array(numeric, dtype=np.float64).reshape(len(rows), ncol)
+        except ValueError:
+            values = self._locate_bad_number(name, rows, numeric)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            r = int(np.argwhere(bad)[0][0])
+            raise self.error(int(lines[r]), f"[{name}] non-finite value in {rows[r][1][:60]!r}")
+        ids = values[:, 0]
+        int_cols = (0, *int_columns)
+        check = values[:, list(int_cols)]
+        nonint = (check != np.round(check)) | (check < 0)
+        if nonint.any():
+            r = int(np.argwhere(nonint)[0][0])
+            raise self.error(
+                int(lines[r]), f"[{name}] ids and counts must be non-negative integers: {rows[r][1][:60]!r}"
+            )
+        ids = ids.astype(np.int64)
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        dup = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])
+        if len(dup):
+            r = int(order[dup[0] + 1])
+            raise self.error(int(lines[r]), f"[{name}] id {int(ids[r])} is defined twice")
+        return Table(
+            sorted_ids,
+            values[order, 1:],
+            lines[order],
+            [texts[i] for i in order] if text_columns else [],
+        )
+
+    def _locate_bad_number(
+        self, name: str, rows: list[tuple[int, str]], numeric: list[list[str]]
+    ) -> np.ndarray:
+        for (ln, _), tok in zip(rows, numeric, strict=True):
+            for t in tok:
+                try:
+                    float(t)
+                except ValueError:
+                    raise self.error(ln, f"[{name}] non-numeric field {t!r}") from None
+        raise self.error(rows[0][0], f"[{name}] could not be parsed")  # pragma: no cover
+
+    def parse(self) -> SeqFile:
+        sections, header_lines, ext_declared = self.split_sections()
+
+        # VERSION
+        if "VERSION" not in sections:
+            raise self.error(None, "no [VERSION] section: not a Pulseq file")
+        version = {"major": None, "minor": None, "revision": None}
+        for ln, line in sections["VERSION"]:
+            parts = line.split()
+            if len(parts) != 2 or parts[0] not in version:
+                raise self.error(ln, f"[VERSION] expected 'major|minor|revision N', got {line!r}")
+            # revision may carry a suffix such as "1.4.0post1"; take the leading digits
+            m = re.match(r"^(\d+)", parts[1])
+            if not m:
+                raise self.error(ln, f"[VERSION] non-numeric field {parts[1]!r}")
+            version[parts[0]] = int(m.group(1))
+        vline = header_lines["VERSION"]
+        if version["major"] is None or version["minor"] is None:
+            raise self.error(vline, "[VERSION] needs 'major' and 'minor'")
+        ver = (version["major"], version["minor"], version["revision"] or 0)
+        if ver[0] != 1 or not 2 <= ver[1] <= 5:
+            raise self.error(
+                vline, f"unsupported Pulseq format version {ver[0]}.{ver[1]}.{ver[2]} (supported: 1.2-1.5)"
+            )
+        combined = ver[0] * 1_000_000 + ver[1] * 1_000 + ver[2]
+        v14 = combined >= 1_004_000
+        v15 = combined >= 1_005_000
+
+        # DEFINITIONS
+        definitions: dict[str, list[str]] = {}
+        for ln, line in sections.get("DEFINITIONS", []):
+            parts = line.split()
+            definitions[parts[0]] = parts[1:]
+            if parts[0] in DEFAULT_RASTERS or parts[0] in ("FOV", "TotalDuration", "B0"):
+                try:
+                    vals = [float(p) for p in parts[1:]]
+                except ValueError:
+                    raise self.error(ln, f"[DEFINITIONS] {parts[0]}: non-numeric value") from None
+                if not vals or not all(np.isfinite(vals)):
+                    raise self.error(ln, f"[DEFINITIONS] {parts[0]}: needs finite numbers")
+                if parts[0] in DEFAULT_RASTERS and vals[0] <= 0:
+                    raise self.error(ln, f"[DEFINITIONS] {parts[0]} must be positive")
+
+        # Event tables, normalised to the 1.5 column layout (see SeqFile).
+        rf_rows = sections.get("RF", [])
+        if v15:
+            rf = self.table("RF", rf_rows, 12, text_columns=1, int_columns=(2, 3, 4))
+        elif v14:
+            t = self.table("RF", rf_rows, 8, int_columns=(2, 3, 4))
+            d = t.data  # amp mag phase time delay freq phase
+            t.data = np.column_stack(
+                [d[:, :4], np.full(len(d), np.nan), d[:, 4], np.zeros((len(d), 2)), d[:, 5:7]]
+            )
+            t.text = [["u"]] * len(d)
+            rf = t
+        else:
+            t = self.table("RF", rf_rows, 7, int_columns=(2, 3))
+            d = t.data  # amp mag phase delay freq phase
+            z = np.zeros(len(d))
+            t.data = np.column_stack([d[:, :3], z, np.full(len(d), np.nan), d[:, 3], z, z, d[:, 4:6]])
+            t.text = [["u"]] * len(d)
+            rf = t
+        if len(rf.ids):
+            rf.data[:, 4] *= 1e-6  # center us -> s
+            rf.data[:, 5] *= 1e-6  # delay us -> s
+            for r, (use,) in enumerate(rf.text):
+                if use not in "eriospu" or len(use) != 1:
+                    raise self.error(int(rf.lines[r]), f"[RF] unknown use {use!r}")
+
+        grad_rows = sections.get("GRADIENTS", [])
+        if v15:
+            grad = self.table("GRADIENTS", grad_rows, 7, int_columns=(4,))
+            # time_id may be -1 (oversampled), so it is not in int_columns; check it separately
+        elif v14:
+            t = self.table("GRADIENTS", grad_rows, 5, int_columns=(2,))
+            d = t.data  # amp shape time delay
+            nan = np.full(len(d), np.nan)
+            t.data = np.column_stack([d[:, 0], nan, nan, d[:, 1:4]])
+            grad = t
+        else:
+            t = self.table("GRADIENTS", grad_rows, 4, int_columns=(2,))
+            d = t.data  # amp shape delay
+            nan = np.full(len(d), np.nan)
+            t.data = np.column_stack([d[:, 0], nan, nan, d[:, 1], np.zeros(len(d)), d[:, 2]])
+            grad = t
+        if len(grad.ids):
+            tid = grad.data[:, 4]
+            bad = (tid != np.round(tid)) | (tid < -1)
+            if bad.any():
+                r = int(np.argmax(bad))
+                raise self.error(int(grad.lines[r]), f"[GRADIENTS] bad time shape id {tid[r]}")
+            grad.data[:, 5] *= 1e-6
+
+        trap = self.table("TRAP", sections.get("TRAP", []), 6)
+        if len(trap.ids):
+            trap.data[:, 1:5] *= 1e-6
+            neg = (trap.data[:, 1:5] < 0).any(axis=1)
+            if neg.any():
+                r = int(np.argmax(neg))
+                raise self.error(int(trap.lines[r]), "[TRAP] negative time")
+        overlap = np.intersect1d(trap.ids, grad.ids)
+        if len(overlap):
+            r = int(np.flatnonzero(trap.ids == overlap[0])[0])
+            raise self.error(
+                int(trap.lines[r]), f"gradient id {int(overlap[0])} is defined in [TRAP] and [GRADIENTS]"
+            )
+
+        adc_rows = sections.get("ADC", [])
+        if v15:
+            adc = self.table("ADC", adc_rows, 9, int_columns=(1, 8))
+        else:
+            t = self.table("ADC", adc_rows, 6, int_columns=(1,))
+            d = t.data  # num dwell delay freq phase
+            z = np.zeros(len(d))
+            t.data = np.column_stack([d[:, :3], z, z, d[:, 3:5], z])
+            adc = t
+        if len(adc.ids):
+            adc.data[:, 1] *= 1e-9
+            adc.data[:, 2] *= 1e-6
+            bad = adc.data[:, 1] <= 0
+            if bad.any():
+                r = int(np.argmax(bad))
+                raise self.error(int(adc.lines[r]), "[ADC] dwell time must be positive")
+
+        if "DELAYS" in sections and v14:
+            raise self.error(header_lines["DELAYS"], "[DELAYS] is not allowed in format 1.4 and later")
+        delays = self.table("DELAYS", sections.get("DELAYS", []), 2)
+        if len(delays.ids):
+            delays.data[:, 0] *= 1e-6
+
+        extensions = self.table("EXTENSIONS", sections.get("EXTENSIONS", []), 4, int_columns=(1, 2, 3))
+        extension_names: dict[int, str] = {}
+        extension_tables: dict[str, Table] = {}
+        for ext_name, (type_id, ln) in ext_declared.items():
+            rows = sections[f"extension {ext_name}"]
+            if ext_name not in SUPPORTED_EXTENSIONS:
+                warnings.warn(
+                    f"{self.path}:{ln}: skipping unknown Pulseq extension {ext_name}",
+                    stacklevel=4,
+                )
+                continue
+            extension_names[type_id] = ext_name
+            if ext_name in ("LABELSET", "LABELINC"):
+                tab = self.table(ext_name, rows, 3, text_columns=1)
+            elif ext_name == "TRIGGERS":
+                tab = self.table(ext_name, rows, 5, int_columns=(1, 2))
+                tab.data[:, 2:4] *= 1e-6
+            elif ext_name == "DELAYS":  # soft delays: id num offset factor hint
+                tab = self.table(ext_name, rows, 5, text_columns=1, int_columns=(1,))
+                tab.data[:, 1] *= 1e-6
+            elif ext_name == "ROTATIONS":  # quaternion
+                tab = self.table(ext_name, rows, 5)
+            else:  # RF_SHIMS: id num_channels amp1 phase1 amp2 phase2 ...
+                tab = self._rf_shims(rows)
+            extension_tables[ext_name] = tab
+
+        # BLOCKS
+        block_rows = sections.get("BLOCKS", [])
+        if combined <= 1_002_001:
+            bt = self.table("BLOCKS", block_rows, (7, 8), int_columns=tuple(range(1, 7)))
+        else:
+            bt = self.table("BLOCKS", block_rows, 8, int_columns=tuple(range(1, 8)))
+        b = bt.data.astype(np.int64)  # dur|delay rf gx gy gz adc ext
+        # Blocks run in file order, which Pulseq requires to be ascending by id.
+        blocks = np.column_stack([b[:, 1:7], b[:, 0]])
+        shapes = self._shapes(sections.get("SHAPES", []), v14)
+
+        seq = SeqFile(
+            path=self.path,
+            version=ver,
+            definitions=definitions,
+            block_ids=bt.ids,
+            blocks=blocks,
+            block_lines=bt.lines,
+            block_durations=np.zeros(len(bt.ids)),
+            rf=rf,
+            grad=grad,
+            trap=trap,
+            adc=adc,
+            delays=delays,
+            extensions=extensions,
+            extension_names=extension_names,
+            extension_tables=extension_tables,
+            shapes=shapes,
+        )
+        if v14:
+            seq.block_durations = b[:, 0] * seq.raster("BlockDurationRaster")
+        if "SIGNATURE" in sections:
+            seq.signature_ok = self._check_signature(sections["SIGNATURE"])
+        return seq
+
+    def _rf_shims(self, rows: list[tuple[int, str]]) -> Table:
+        ids, data, lines = [], [], []
+        width = 0
+        for ln, line in rows:
+            tok = line.split()
+            try:
+                vals = [float(t) for t in tok]
+            except ValueError:
+                raise self.error(ln, f"[RF_SHIMS] non-numeric field in {line[:60]!r}") from None
+            if len(vals) < 2 or vals[1] != int(vals[1]) or len(vals) != 2 + 2 * int(vals[1]):
+                raise self.error(ln, "[RF_SHIMS] expected 'id num_channels amp1 phase1 ...'")
+            ids.append(int(vals[0]))
+            data.append(vals[1:])
+            lines.append(ln)
+            width = max(width, len(vals) - 1)
+        arr = np.full((len(data), width), np.nan)
+        for i, v in enumerate(data):
+            arr[i, : len(v)] = v
+        order = np.argsort(ids, kind="stable")
+        return Table(np.array(ids, np.int64)[order], arr[order], np.array(lines, np.int64)[order])
+
+    def _shapes(self, rows: list[tuple[int, str]], v14: bool) -> dict[int, Shape]:
+        shapes: dict[int, Shape] = {}
+        i = 0
+        n = len(rows)
+        while i < n:
+            ln, line = rows[i]
+            parts = line.split()
+            if len(parts) != 2 or parts[0] != "shape_id":
+                raise self.error(ln, f"[SHAPES] expected 'shape_id N', got {line[:40]!r}")
+            try:
+                shape_id = int(parts[1])
+            except ValueError:
+                raise self.error(ln, f"[SHAPES] non-numeric shape id {parts[1]!r}") from None
+            if shape_id in shapes:
+                raise self.error(ln, f"[SHAPES] shape id {shape_id} is defined twice")
+            if i + 1 >= n or not rows[i + 1][1].startswith("num_samples"):
+                raise self.error(ln, f"[SHAPES] shape {shape_id}: 'num_samples N' missing")
+            ln2, line2 = rows[i + 1]
+            parts = line2.split()
+            try:
+                num = int(parts[1]) if len(parts) == 2 else -1
+            except ValueError:
+                num = -1
+            if not 0 <= num <= MAX_SHAPE_SAMPLES:
+                raise self.error(ln2, f"[SHAPES] shape {shape_id}: bad num_samples {line2[:40]!r}")
+            j = i + 2
+            while j < n and not rows[j][1].startswith("shape_id"):
+                j += 1
+            values = [r[1] for r in rows[i + 2 : j]]
+            try:
+                data = np.array(values, dtype=np.float64)
+            except ValueError:
+                for lnv, v in rows[i + 2 : j]:
+                    try:
+                        float(v)
+                    except ValueError:
+                        raise self.error(lnv, f"[SHAPES] non-numeric sample {v[:40]!r}") from None
+                raise  # pragma: no cover
+            if not np.isfinite(data).all():
+                raise self.error(ln, f"[SHAPES] shape {shape_id} has non-finite samples")
+            if v14 and len(data) == num:
+                samples = data  # 1.4+: stored uncompressed when nothing was gained
+            else:
+                samples = decompress_shape(data, num)
+                if samples is None:
+                    last = rows[j - 1][0] if j - 1 > i + 1 else ln2
+                    raise self.error(
+                        last,
+                        f"[SHAPES] shape {shape_id}: compressed data does not expand to "
+                        f"num_samples={num} (file truncated?)",
+                    )
+            shapes[shape_id] = Shape(samples, ln)
+            i = j
+        return shapes
+
+    def _check_signature(self, rows: list[tuple[int, str]]) -> bool | None:
+        fields = dict(line.split(None, 1) for _, line in rows if len(line.split(None, 1)) == 2)
+        if fields.get("Type", "").lower() != "md5" or "Hash" not in fields:
+            return None
+        # The hash covers the file up to (not including) the newline before [SIGNATURE].
+        idx = self.text.find("\n[SIGNATURE]")
+        if idx < 0:
+            return None
+        digest = hashlib.md5(self.text[:idx].encode("utf-8"), usedforsecurity=False).hexdigest()
+        ok = digest == fields["Hash"].strip().lower()
+        if not ok:
+            warnings.warn(
+                f"{self.path}: [SIGNATURE] md5 does not match the content (edited by hand?)",
+                stacklevel=4,
+            )
+        return ok
+
+
+def read_seq_text(text: str, path: str = "<text>") -> SeqFile:
+    """Parse the content of a ``.seq`` file.
+
+    Parameters
+    ----------
+    text
+        The file content.
+    path
+        Name used in error messages.
+
+    Raises
+    ------
+    SeqFormatError
+        On any malformed content; nothing partial is returned.
+    """
+    parser = _Parser(text, path)
+    seq = parser.parse()
+    from mr0core.pulseq.convert import validate_blocks
+
+    validate_blocks(seq)
+    return seq
+
+
+def read_seq(path: str | PathLike[str]) -> SeqFile:
+    """Read and validate a ``.seq`` file.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    SeqFormatError
+        The file is malformed; the message names the file, the line and the problem.
+    """
+    p = Path(path)
+    size = p.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise SeqFormatError(str(p), None, f"file is {size} bytes, more than the {MAX_FILE_BYTES} allowed")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SeqFormatError(str(p), line, "not UTF-8 text") from None
+    return read_seq_text(text, str(p))

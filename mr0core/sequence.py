@@ -1,0 +1,597 @@
+"""The MR-zero sequence model: pulses, repetitions and sequences.
+
+A :class:`Sequence` is a list of :class:`Repetition`. Every repetition starts with one
+instantaneous :class:`Pulse` and is followed by ``event_count`` events. Event ``i`` lasts
+``event_time[i]`` seconds, applies the gradient moment ``gradm[i]`` (1/m, i.e. cycles per metre,
+the unit Pulseq uses) and, when ``adc_usage[i] > 0``, samples the signal at its *end* with the
+receiver phase ``adc_phase[i]`` (rad).
+
+k-space convention (:meth:`Sequence.get_full_kspace`): the position after event ``i`` is the running
+sum of ``gradm`` since the last excitation, in 1/m. The fourth column is the dephasing time τ in s,
+the running sum of ``event_time``, which the simulator uses for T2′ and B0 dephasing. Pulses act on
+both according to their :class:`PulseUsage`: EXCIT resets them to zero (or to the position saved by
+the last STORE pulse), REFOC negates them, STORE saves them, UNDEF and FATSAT leave them alone.
+
+All tensors of a sequence live on one device; :meth:`Sequence.to` moves them together.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections.abc import Iterable
+from copy import deepcopy
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from os import PathLike
+
+    import matplotlib.figure
+
+__all__ = ["Pulse", "PulseUsage", "Repetition", "Sequence", "chain"]
+
+
+class PulseUsage(Enum):
+    """What a pulse does to the k-space trajectory (the simulation ignores it)."""
+
+    UNDEF = "undefined"
+    """No special role; k-space is left unchanged."""
+    EXCIT = "excitation"
+    """Resets k-space to zero, or to the position saved by the last STORE pulse."""
+    REFOC = "refocussing"
+    """Mirrors k-space (k → −k, τ → −τ)."""
+    STORE = "storing"
+    """Saves the current k-space position for later EXCIT pulses (DREAM-like sequences)."""
+    FATSAT = "fatsaturation"
+    """Fat saturation; k-space is left unchanged."""
+
+
+def _scalar(value: float | torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+    """Return ``value`` as a 0-d float32 tensor (keeps autograd history of tensors)."""
+    if isinstance(value, torch.Tensor):
+        return value.reshape(())
+    device = like.device if like is not None else None
+    return torch.tensor(float(value), dtype=torch.float32, device=device)
+
+
+class Pulse:
+    """An instantaneous RF pulse.
+
+    Parameters
+    ----------
+    usage
+        The role of the pulse for k-space bookkeeping (see :class:`PulseUsage`).
+    angle
+        Flip angle in rad, 0-d tensor or float.
+    phase
+        Pulse phase in rad, 0-d tensor or float.
+    shim_array
+        pTx shim, shape ``[tx channels, 2]``: relative amplitude and phase (rad) per channel.
+        ``[[1, 0]]`` is a single-channel transmitter.
+    selective
+        Whether the pulse was slice selective (kept for exporters; the simulation ignores it).
+    """
+
+    def __init__(
+        self,
+        usage: PulseUsage,
+        angle: float | torch.Tensor,
+        phase: float | torch.Tensor,
+        shim_array: torch.Tensor | None = None,
+        selective: bool = True,
+    ) -> None:
+        if not isinstance(usage, PulseUsage):
+            raise TypeError(f"usage must be a PulseUsage, got {usage!r}")
+        self.usage = usage
+        self.angle = _scalar(angle)
+        self.phase = _scalar(phase, like=self.angle)
+        if shim_array is None:
+            shim_array = torch.tensor([[1.0, 0.0]], device=self.angle.device)
+        shim_array = torch.as_tensor(shim_array, dtype=torch.float32, device=self.angle.device)
+        if shim_array.ndim != 2 or shim_array.shape[1] != 2:
+            raise ValueError(f"shim_array must have shape [channels, 2], got {tuple(shim_array.shape)}")
+        self.shim_array = shim_array
+        self.selective = bool(selective)
+
+    @classmethod
+    def _trusted(
+        cls,
+        usage: PulseUsage,
+        angle: torch.Tensor,
+        phase: torch.Tensor,
+        shim_array: torch.Tensor,
+        selective: bool,
+    ) -> Pulse:
+        """Build from already validated tensors without checks (bulk import fast path)."""
+        pulse = object.__new__(cls)
+        pulse.usage, pulse.angle, pulse.phase = usage, angle, phase
+        pulse.shim_array, pulse.selective = shim_array, selective
+        return pulse
+
+    @classmethod
+    def zero(cls) -> Pulse:
+        """Return a pulse with zero angle and phase, usage UNDEF, single-channel shim."""
+        return cls(PulseUsage.UNDEF, 0.0, 0.0)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the pulse's tensors."""
+        return self.angle.device
+
+    def to(self, device: torch.device | str) -> Pulse:
+        """Return a copy with all tensors on ``device``."""
+        return Pulse(
+            self.usage,
+            self.angle.to(device),
+            self.phase.to(device),
+            self.shim_array.to(device),
+            self.selective,
+        )
+
+    def cpu(self) -> Pulse:
+        """Return a copy on the CPU."""
+        return self.to("cpu")
+
+    def cuda(self, device: int | str | torch.device | None = None) -> Pulse:
+        """Return a copy on the given (or the current) CUDA device."""
+        return self.to(_cuda_device(device))
+
+    def clone(self) -> Pulse:
+        """Return a deep copy whose tensors share no storage with this one."""
+        return Pulse(
+            self.usage,
+            self.angle.clone(),
+            self.phase.clone(),
+            self.shim_array.clone(),
+            self.selective,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Pulse({self.usage.name}, angle={math.degrees(float(self.angle)):.3f}°, "
+            f"phase={math.degrees(float(self.phase)):.3f}°, channels={self.shim_array.shape[0]})"
+        )
+
+
+def _cuda_device(device: int | str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    if isinstance(device, int):
+        return torch.device("cuda", device)
+    return torch.device(device)
+
+
+class Repetition:
+    """A pulse followed by ``event_count`` events.
+
+    Parameters
+    ----------
+    pulse
+        The pulse at the start of the repetition.
+    event_time
+        Event durations in s, shape ``[events]``.
+    gradm
+        Gradient moment of each event in 1/m, shape ``[events, 3]``.
+    adc_phase
+        Receiver phase in rad, shape ``[events]``.
+    adc_usage
+        0 for no sample, otherwise the contrast id of the sample taken at the end of the event,
+        shape ``[events]``, integer.
+    labels
+        Optional Pulseq labels (``LIN``, ``SLC``, …) valid at each event, each of shape
+        ``[events]``; only the values at ADC events carry meaning.
+    """
+
+    def __init__(
+        self,
+        pulse: Pulse,
+        event_time: torch.Tensor,
+        gradm: torch.Tensor,
+        adc_phase: torch.Tensor,
+        adc_usage: torch.Tensor,
+        labels: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        n = event_time.shape[0]
+        if event_time.ndim != 1:
+            raise ValueError(f"event_time must have shape [events], got {tuple(event_time.shape)}")
+        if gradm.shape != (n, 3):
+            raise ValueError(f"gradm must have shape [{n}, 3], got {tuple(gradm.shape)}")
+        if adc_phase.shape != (n,) or adc_usage.shape != (n,):
+            raise ValueError(
+                f"adc_phase and adc_usage must have shape [{n}], got "
+                f"{tuple(adc_phase.shape)} and {tuple(adc_usage.shape)}"
+            )
+        self.pulse = pulse
+        self.event_time = event_time
+        self.gradm = gradm
+        self.adc_phase = adc_phase
+        self.adc_usage = adc_usage
+        self.labels: dict[str, torch.Tensor] = dict(labels) if labels else {}
+
+    @classmethod
+    def _trusted(
+        cls,
+        pulse: Pulse,
+        event_time: torch.Tensor,
+        gradm: torch.Tensor,
+        adc_phase: torch.Tensor,
+        adc_usage: torch.Tensor,
+        labels: dict[str, torch.Tensor],
+    ) -> Repetition:
+        """Build from already validated tensors without checks (bulk import fast path)."""
+        rep = object.__new__(cls)
+        rep.pulse, rep.event_time, rep.gradm = pulse, event_time, gradm
+        rep.adc_phase, rep.adc_usage, rep.labels = adc_phase, adc_usage, labels
+        return rep
+
+    @classmethod
+    def zero(cls, event_count: int, device: torch.device | str | None = None) -> Repetition:
+        """Return a repetition with a zero pulse and ``event_count`` all-zero events."""
+        pulse = Pulse.zero() if device is None else Pulse.zero().to(device)
+        return cls(
+            pulse,
+            torch.zeros(event_count, dtype=torch.float32, device=device),
+            torch.zeros(event_count, 3, dtype=torch.float32, device=device),
+            torch.zeros(event_count, dtype=torch.float32, device=device),
+            torch.zeros(event_count, dtype=torch.int32, device=device),
+        )
+
+    @property
+    def event_count(self) -> int:
+        """Number of events in this repetition."""
+        return int(self.event_time.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the repetition's tensors."""
+        return self.event_time.device
+
+    def to(self, device: torch.device | str) -> Repetition:
+        """Return a copy with all tensors on ``device``."""
+        return Repetition(
+            self.pulse.to(device),
+            self.event_time.to(device),
+            self.gradm.to(device),
+            self.adc_phase.to(device),
+            self.adc_usage.to(device),
+            {k: v.to(device) for k, v in self.labels.items()},
+        )
+
+    def cpu(self) -> Repetition:
+        """Return a copy on the CPU."""
+        return self.to("cpu")
+
+    def cuda(self, device: int | str | torch.device | None = None) -> Repetition:
+        """Return a copy on the given (or the current) CUDA device."""
+        return self.to(_cuda_device(device))
+
+    def clone(self) -> Repetition:
+        """Return a deep copy whose tensors share no storage with this one."""
+        return Repetition(
+            self.pulse.clone(),
+            self.event_time.clone(),
+            self.gradm.clone(),
+            self.adc_phase.clone(),
+            self.adc_usage.clone(),
+            {k: v.clone() for k, v in self.labels.items()},
+        )
+
+    def get_contrasts(self) -> list[int]:
+        """Return the sorted non-zero ``adc_usage`` values of this repetition."""
+        used = torch.unique(self.adc_usage)
+        return [int(c) for c in used.tolist() if c != 0]
+
+    def shift_contrasts(self, offset: int) -> None:
+        """Add ``offset`` to every non-zero ``adc_usage`` value, in place."""
+        mask = self.adc_usage != 0
+        self.adc_usage[mask] += int(offset)
+
+    def __repr__(self) -> str:
+        adc = int((self.adc_usage != 0).sum())
+        return f"Repetition({self.pulse!r}, events={self.event_count}, adc={adc})"
+
+
+class Sequence(list):
+    """An MRI sequence: a list of :class:`Repetition`.
+
+    Parameters
+    ----------
+    repetitions
+        Repetitions to start the list with.
+    normalized_grads
+        If True, gradient moments are given for a field of view of 1 and the simulation scales
+        them to the phantom size. Sequences imported from Pulseq use physical units (False).
+
+    Attributes
+    ----------
+    definitions
+        Free-form metadata of the source file (Pulseq ``[DEFINITIONS]``, format version, …).
+    """
+
+    def __init__(
+        self,
+        repetitions: Iterable[Repetition] = (),
+        normalized_grads: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(repetitions)
+        # MR-zero's documentation spells the parameter both ways; accept either.
+        if "normalize_grads" in kwargs:
+            normalized_grads = bool(kwargs.pop("normalize_grads"))
+        if kwargs:
+            raise TypeError(f"unexpected keyword arguments: {sorted(kwargs)}")
+        self.normalized_grads = normalized_grads
+        self.definitions: dict[str, Any] = {}
+
+    # -- construction and copies ------------------------------------------------------------
+
+    def new_rep(self, event_count: int) -> Repetition:
+        """Append a zeroed repetition with ``event_count`` events (on this sequence's device)."""
+        rep = Repetition.zero(event_count, device=self.device)
+        self.append(rep)
+        return rep
+
+    def _with_reps(self, reps: Iterable[Repetition]) -> Sequence:
+        seq = Sequence(reps, normalized_grads=self.normalized_grads)
+        seq.definitions = deepcopy(self.definitions)
+        return seq
+
+    def clone(self) -> Sequence:
+        """Return a deep copy whose tensors share no storage with this one."""
+        return self._with_reps(rep.clone() for rep in self)
+
+    def to(self, device: torch.device | str) -> Sequence:
+        """Return a copy with all tensors on ``device``."""
+        return self._with_reps(rep.to(device) for rep in self)
+
+    def cpu(self) -> Sequence:
+        """Return a copy on the CPU."""
+        return self.to("cpu")
+
+    def cuda(self, device: int | str | torch.device | None = None) -> Sequence:
+        """Return a copy on the given (or the current) CUDA device."""
+        return self.to(_cuda_device(device))
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the repetition data (CPU for an empty sequence)."""
+        return self[0].device if len(self) > 0 else torch.device("cpu")
+
+    # -- k-space -----------------------------------------------------------------------------
+
+    def get_full_kspace(self) -> list[torch.Tensor]:
+        """Return the k-space position after every event, per repetition.
+
+        Returns
+        -------
+        list of torch.Tensor
+            One tensor per repetition of shape ``[events, 4]``: kx, ky, kz in 1/m (or in 1/FOV when
+            ``normalized_grads``) and the dephasing time τ in s.
+        """
+        device = self.device
+        k_pos = torch.zeros(4, dtype=torch.float32, device=device)
+        stored = torch.zeros(4, dtype=torch.float32, device=device)
+        result = []
+        for rep in self:
+            usage = rep.pulse.usage
+            if usage is PulseUsage.EXCIT:
+                k_pos = stored
+            elif usage is PulseUsage.REFOC:
+                k_pos = -k_pos
+            elif usage is PulseUsage.STORE:
+                stored = k_pos
+            steps = torch.cat([rep.gradm, rep.event_time[:, None]], dim=1)
+            kspace = k_pos + torch.cumsum(steps, dim=0)
+            if rep.event_count > 0:
+                k_pos = kspace[-1]
+            result.append(kspace)
+        return result
+
+    def get_kspace(self) -> torch.Tensor:
+        """Return the k-space of every ADC sample, shape ``[samples, 4]`` (kx, ky, kz, τ).
+
+        Units as in :meth:`get_full_kspace`; samples of all repetitions are concatenated in time
+        order, which is the order of the simulated signal.
+        """
+        full = self.get_full_kspace()
+        parts = [k[rep.adc_usage > 0] for k, rep in zip(full, self, strict=True)]
+        if not parts:
+            return torch.zeros(0, 4, device=self.device)
+        return torch.cat(parts)
+
+    def plot_kspace_trajectory(
+        self,
+        figsize: tuple[float, float] = (5, 5),
+        plotting_dims: str = "xy",
+        plot_timeline: bool = True,
+    ) -> matplotlib.figure.Figure:
+        """Plot :meth:`get_full_kspace` projected on two axes; ADC samples are marked with dots.
+
+        Parameters
+        ----------
+        figsize
+            Figure size in inches.
+        plotting_dims
+            Two of ``"x"``, ``"y"``, ``"z"``: the horizontal and vertical k-space axis.
+        plot_timeline
+            Also draw the full path between samples (thin grey line).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            The figure (not shown; call ``plt.show()``).
+        """
+        import matplotlib.pyplot as plt
+
+        axes = {"x": 0, "y": 1, "z": 2}
+        if len(plotting_dims) != 2 or any(d not in axes for d in plotting_dims):
+            raise ValueError(f"plotting_dims must be two of 'x', 'y', 'z', got {plotting_dims!r}")
+        a, b = (axes[d] for d in plotting_dims)
+        fig, ax = plt.subplots(figsize=figsize)
+        for kspace, rep in zip(self.get_full_kspace(), self, strict=True):
+            k = kspace.detach().cpu()
+            if plot_timeline:
+                ax.plot(k[:, a], k[:, b], color="0.7", linewidth=0.5)
+            adc = (rep.adc_usage > 0).cpu()
+            ax.plot(k[adc, a], k[adc, b], ".", markersize=2)
+        unit = "1/FOV" if self.normalized_grads else "1/m"
+        ax.set_xlabel(f"k{plotting_dims[0]} [{unit}]")
+        ax.set_ylabel(f"k{plotting_dims[1]} [{unit}]")
+        ax.set_title("k-space trajectory")
+        ax.set_aspect("equal", adjustable="datalim")
+        return fig
+
+    # -- contrasts, labels and duration ------------------------------------------------------
+
+    def get_contrast_mask(self, contrast: int) -> torch.Tensor:
+        """Return a bool mask over the ADC samples (shape ``[samples]``) selecting ``contrast``."""
+        usages = [rep.adc_usage[rep.adc_usage > 0] for rep in self]
+        if not usages:
+            return torch.zeros(0, dtype=torch.bool, device=self.device)
+        return torch.cat(usages) == contrast
+
+    def get_contrasts(self) -> list[int]:
+        """Return the sorted list of contrast ids used by any repetition."""
+        return sorted({c for rep in self for c in rep.get_contrasts()})
+
+    def shift_contrasts(self, offset: int) -> None:
+        """Add ``offset`` to every contrast id of every repetition, in place."""
+        for rep in self:
+            rep.shift_contrasts(offset)
+
+    def get_labels(self) -> dict[str, torch.Tensor]:
+        """Return the Pulseq labels of every ADC sample.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            Label name → values of shape ``[samples]`` (int64), in the order of
+            :meth:`get_kspace`. Repetitions that lack a label contribute zeros.
+        """
+        names = sorted({name for rep in self for name in rep.labels})
+        out: dict[str, torch.Tensor] = {}
+        for name in names:
+            parts = []
+            for rep in self:
+                mask = rep.adc_usage > 0
+                if name in rep.labels:
+                    parts.append(rep.labels[name][mask].to(torch.int64))
+                else:
+                    parts.append(torch.zeros(int(mask.sum()), dtype=torch.int64, device=mask.device))
+            out[name] = torch.cat(parts)
+        return out
+
+    def get_duration(self) -> float:
+        """Return the total duration of the sequence in s (summed in float64)."""
+        return float(sum(rep.event_time.detach().double().sum() for rep in self))
+
+    # -- import ------------------------------------------------------------------------------
+
+    @classmethod
+    def import_file(
+        cls,
+        file_name: str | PathLike[str],
+        exact_trajectories: bool = True,
+        print_stats: bool = False,
+        default_shim: torch.Tensor | None = None,
+        ref_voltage: float | None = None,
+        resolution: int | None = None,
+    ) -> Sequence:
+        """Read a Pulseq ``.seq`` file (format 1.2–1.5) into a sequence.
+
+        Parameters
+        ----------
+        file_name
+            Path to the ``.seq`` file.
+        exact_trajectories
+            Also split events at every gradient corner, so each event's k-space path is one
+            segment of the true trajectory (better diffusion and T2′ accuracy, more events).
+        print_stats
+            Print a short summary of the imported sequence.
+        default_shim
+            ``[channels, 2]`` shim for pulses whose block carries no RF shim extension.
+        ref_voltage, resolution
+            Only meaningful for Siemens ``.dsv`` input, which is not supported; must be None.
+
+        Raises
+        ------
+        mr0core.pulseq.SeqFormatError
+            The file is malformed; the message names the file, the line and the problem.
+        """
+        from mr0core.pulseq import read_seq, seq_to_sequence
+
+        if ref_voltage is not None or resolution is not None:
+            raise NotImplementedError(
+                "Siemens .dsv import is not supported; ref_voltage and resolution must be None"
+            )
+        # The import creates thousands of small tensors at once; a cyclic GC pass in the middle
+        # of that costs more than the whole conversion, and nothing here makes reference cycles.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            parsed = read_seq(file_name)
+            seq = seq_to_sequence(
+                parsed, exact_trajectories=exact_trajectories, default_shim=default_shim
+            )
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        if print_stats:
+            print(
+                f"{file_name}: Pulseq {parsed.version_str}, {len(parsed.blocks)} blocks, "
+                f"{len(seq)} repetitions, {int(seq.get_kspace().shape[0])} ADC samples, "
+                f"{seq.get_duration():.6g} s"
+            )
+        return seq
+
+    @classmethod
+    def from_seq_file(cls, file_name: str | PathLike[str], **kwargs: Any) -> Sequence:
+        """Alias of :meth:`import_file` (older MR-zero scripts call it by this name)."""
+        return cls.import_file(file_name, **kwargs)
+
+    @classmethod
+    def from_pypulseq(cls, seq: Any, exact_trajectories: bool = True) -> Sequence:
+        """Convert a ``pypulseq.Sequence`` object, through a temporary file outside the cwd."""
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory(prefix="mr0_pypulseq_") as tmp:
+            path = Path(tmp) / "sequence.seq"
+            seq.write(str(path))
+            return cls.import_file(path, exact_trajectories=exact_trajectories)
+
+
+def chain(*sequences: Sequence, oneshot: bool = False) -> Sequence:
+    """Concatenate sequences into one (multi-contrast) sequence.
+
+    Parameters
+    ----------
+    *sequences
+        The sequences, in time order. They are cloned, the inputs are not changed.
+    oneshot
+        If True the repetitions are simply concatenated. If False, the contrast ids of each
+        sequence are shifted past those of the sequences before it, so every part keeps its own ids.
+
+    Returns
+    -------
+    Sequence
+        The combined sequence.
+    """
+    if not sequences:
+        return Sequence()
+    normalized = {s.normalized_grads for s in sequences}
+    if len(normalized) > 1:
+        raise ValueError("cannot chain sequences with and without normalized_grads")
+    out = Sequence(normalized_grads=sequences[0].normalized_grads)
+    out.definitions = deepcopy(sequences[0].definitions)
+    offset = 0
+    for seq in sequences:
+        part = seq.clone()
+        if not oneshot:
+            part.shift_contrasts(offset)
+            offset = max([offset, *part.get_contrasts()])
+        out.extend(part)
+    return out

@@ -1,0 +1,1 @@
+"""GPU-aware job scheduler (not yet built; see the README status table)."""

@@ -1,0 +1,32 @@
+"""Shared test configuration: marker handling and test data."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+CORPUS = DATA / "seq-corpus"
+CORPUS_FILES = sorted(CORPUS.glob("*.seq"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``cuda`` tests without a GPU and ``reference`` tests without MR-zero."""
+    has_cuda = torch.cuda.is_available()
+    has_mr0 = importlib.util.find_spec("MRzeroCore") is not None
+    skip_cuda = pytest.mark.skip(reason="no CUDA GPU")
+    skip_ref = pytest.mark.skip(reason="mrzerocore (MR-zero) is not installed")
+    for item in items:
+        if "cuda" in item.keywords and not has_cuda:
+            item.add_marker(skip_cuda)
+        if "reference" in item.keywords and not has_mr0:
+            item.add_marker(skip_ref)
+
+
+@pytest.fixture(params=CORPUS_FILES, ids=[p.name for p in CORPUS_FILES])
+def corpus_file(request: pytest.FixtureRequest) -> Path:
+    """Each real Pulseq file of the test corpus."""
+    return request.param
