@@ -11,11 +11,14 @@ import json
 import sys
 import warnings
 from collections.abc import Sequence as SequenceABC
+from pathlib import Path
 
 from mr0core.pulseq.info import format_seq_info, seq_info
 from mr0core.pulseq.reader import SeqFormatError
 
-__all__ = ["main"]
+__all__ = ["DEFAULT_SEQ", "main"]
+
+DEFAULT_SEQ = Path(__file__).parent / "data" / "sequences" / "gre.seq"
 
 
 def _cmd_seq_info(args: argparse.Namespace) -> int:
@@ -43,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read a Pulseq .seq file (format 1.2-1.5) and print its version, blocks, "
         "repetitions, RF pulses, ADC samples, duration, k-space extent and labels.",
     )
-    p.add_argument("file", help="the .seq file")
+    p.add_argument(
+        "file",
+        nargs="?",
+        default=str(DEFAULT_SEQ),
+        help="the .seq file (default: the embedded 64x64 GRE example)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_seq_info)
     return parser

@@ -52,6 +52,8 @@ class PulseUsage(Enum):
 def _scalar(value: float | torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
     """Return ``value`` as a 0-d float32 tensor (keeps autograd history of tensors)."""
     if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"expected a scalar, got a tensor of shape {tuple(value.shape)}")
         return value.reshape(())
     device = like.device if like is not None else None
     return torch.tensor(float(value), dtype=torch.float32, device=device)
@@ -92,7 +94,9 @@ class Pulse:
             shim_array = torch.tensor([[1.0, 0.0]], device=self.angle.device)
         shim_array = torch.as_tensor(shim_array, dtype=torch.float32, device=self.angle.device)
         if shim_array.ndim != 2 or shim_array.shape[1] != 2:
-            raise ValueError(f"shim_array must have shape [channels, 2], got {tuple(shim_array.shape)}")
+            raise ValueError(
+                f"shim_array must have shape [channels, 2], got {tuple(shim_array.shape)}"
+            )
         self.shim_array = shim_array
         self.selective = bool(selective)
 
@@ -107,9 +111,27 @@ class Pulse:
     ) -> Pulse:
         """Build from already validated tensors without checks (bulk import fast path)."""
         pulse = object.__new__(cls)
-        pulse.usage, pulse.angle, pulse.phase = usage, angle, phase
+        pulse.usage, pulse._angle, pulse._phase = usage, angle, phase
         pulse.shim_array, pulse.selective = shim_array, selective
         return pulse
+
+    @property
+    def angle(self) -> torch.Tensor:
+        """Flip angle in rad, 0-d tensor. Assigning a float converts it (MR-zero scripts do)."""
+        return self._angle
+
+    @angle.setter
+    def angle(self, value: float | torch.Tensor) -> None:
+        self._angle = _scalar(value, like=getattr(self, "_angle", None))
+
+    @property
+    def phase(self) -> torch.Tensor:
+        """Pulse phase in rad, 0-d tensor. Assigning a float converts it."""
+        return self._phase
+
+    @phase.setter
+    def phase(self, value: float | torch.Tensor) -> None:
+        self._phase = _scalar(value, like=getattr(self, "_angle", None))
 
     @classmethod
     def zero(cls) -> Pulse:
@@ -480,7 +502,9 @@ class Sequence(list):
                 if name in rep.labels:
                     parts.append(rep.labels[name][mask].to(torch.int64))
                 else:
-                    parts.append(torch.zeros(int(mask.sum()), dtype=torch.int64, device=mask.device))
+                    parts.append(
+                        torch.zeros(int(mask.sum()), dtype=torch.int64, device=mask.device)
+                    )
             out[name] = torch.cat(parts)
         return out
 

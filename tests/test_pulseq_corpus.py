@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from mr0core.pulseq import read_seq
 SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "seq-corpus"
 
 
-@lru_cache(maxsize=None)
+@cache
 def reference(path: Path) -> dict:
     """What PyPulseq says about a file: ADC times, k-space of every sample, duration, labels."""
     with warnings.catch_warnings():
@@ -42,7 +42,7 @@ def reference(path: Path) -> dict:
     }
 
 
-@lru_cache(maxsize=None)
+@cache
 def imported(path: Path) -> mr0.Sequence:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -133,7 +133,9 @@ def test_sinc_and_gauss_flip_angles_are_nominal() -> None:
         for b in ref.block_events:
             rf = ref.get_block(b).rf
             if rf is not None:
-                dt = np.diff(np.concatenate([[0.0], rf.t]))  # independent quadrature of PyPulseq's signal
+                dt = np.diff(
+                    np.concatenate([[0.0], rf.t])
+                )  # independent quadrature of PyPulseq's signal
                 expected.append(abs(np.sum(rf.signal * dt)) * 2 * math.pi)
         angles = [float(rep.pulse.angle) for rep in seq if rep.pulse.usage != mr0.PulseUsage.UNDEF]
         np.testing.assert_allclose(angles, expected, rtol=2e-3, err_msg=name)

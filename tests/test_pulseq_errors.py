@@ -1,4 +1,4 @@
-"""Malformed .seq input gives a SeqFormatError naming the file and the line, never a partial result."""
+"""Malformed .seq input: a SeqFormatError naming file and line, never a partial result."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_truncated_file(fraction: float) -> None:
 def test_truncated_inside_a_line() -> None:
     block = line_of(GRE, "  3 ", after="[BLOCKS]")
     lines = GRE.splitlines()
-    cut = "\n".join(lines[: block - 1] + [lines[block - 1][:5]])
+    cut = "\n".join([*lines[: block - 1], lines[block - 1][:5]])
     expect_error(cut, block, "[BLOCKS]", "fields")
 
 
@@ -70,7 +70,9 @@ def test_unknown_section() -> None:
 @pytest.mark.parametrize(("field", "value"), [("minor", "7"), ("major", "2"), ("minor", "1")])
 def test_unsupported_version(field: str, value: str) -> None:
     at = line_of(GRE, field)
-    expect_error(replace_line(GRE, at, f"{field} {value}"), line_of(GRE, "[VERSION]"), "unsupported")
+    expect_error(
+        replace_line(GRE, at, f"{field} {value}"), line_of(GRE, "[VERSION]"), "unsupported"
+    )
 
 
 def test_missing_version() -> None:
@@ -131,7 +133,8 @@ def test_bad_compressed_shape() -> None:
     at = line_of(OLD, "num_samples")
     with pytest.raises(SeqFormatError, match="does not expand to num_samples=999999") as info:
         read_seq_text(replace_line(OLD, at, "num_samples 999999"), "test.seq")
-    assert info.value.line is not None and info.value.line >= at
+    assert info.value.line is not None
+    assert info.value.line >= at
 
 
 def test_non_finite_value() -> None:

@@ -123,7 +123,9 @@ def _compute_rf_properties(seq: SeqFile) -> RfProperties:
                 pshape = seq.shape(int(ph_id), line)
                 if len(pshape) != len(mag):
                     raise SeqFormatError(
-                        seq.path, line, f"[RF] phase shape {int(ph_id)} length differs from magnitude"
+                        seq.path,
+                        line,
+                        f"[RF] phase shape {int(ph_id)} length differs from magnitude",
                     )
                 b1 = mag * np.exp(2j * math.pi * pshape)  # Pulseq stores phase / 2π
             else:
@@ -142,12 +144,19 @@ def _compute_rf_properties(seq: SeqFile) -> RfProperties:
                     )
                 duration = math.ceil(t[-1] / raster - 1e-10) * raster
                 integral = np.sum(0.5 * (b1[1:] + b1[:-1]) * np.diff(t))  # piecewise linear
-            if np.isnan(c):  # no centre stored: the peak, or the middle of a plateau (PyPulseq rule)
+            if np.isnan(
+                c
+            ):  # no centre stored: the peak, or the middle of a plateau (PyPulseq rule)
                 peak = np.flatnonzero(np.abs(mag) >= np.abs(mag).max() * 0.99999)
                 c_rel = 0.5 * (t[peak[0]] + t[peak[-1]])
             else:
                 c_rel = c
-            cache[key] = (float(abs(integral)), float(c_rel), float(duration), float(np.angle(integral)))
+            cache[key] = (
+                float(abs(integral)),
+                float(c_rel),
+                float(duration),
+                float(np.angle(integral)),
+            )
         integral, c_rel, duration, phase_shape = cache[key]
         full_freq = freq + f_ppm * 1e-6 * gamma_b0
         angle[r] = 2 * math.pi * abs(amp) * integral
@@ -224,12 +233,16 @@ def _compute_grad_templates(seq: SeqFile) -> list[_GradTemplate]:
                     f"amplitude shape {int(shape_id)} has {len(w)}",
                 )
             if np.any(np.diff(tt) < 0):
-                raise SeqFormatError(seq.path, line, f"[GRADIENTS] time shape {int(time_id)} is not ascending")
+                raise SeqFormatError(
+                    seq.path, line, f"[GRADIENTS] time shape {int(time_id)} is not ascending"
+                )
             out.append(_GradTemplate(tt + delay, w, False, float(w[-1]), False))
     return out
 
 
-def _event_ends(seq: SeqFile, templates: list[_GradTemplate], rf: RfProperties) -> dict[str, np.ndarray]:
+def _event_ends(
+    seq: SeqFile, templates: list[_GradTemplate], rf: RfProperties
+) -> dict[str, np.ndarray]:
     """End time (after block start) of every row of every event table."""
     trap = seq.trap.data
     adc = seq.adc.data
@@ -239,7 +252,9 @@ def _event_ends(seq: SeqFile, templates: list[_GradTemplate], rf: RfProperties) 
         "grad": np.array([t.t[-1] for t in templates]) if templates else np.zeros(0),
         "trap": trap[:, 1:5].sum(axis=1) if len(trap) else np.zeros(0),
         "adc": adc[:, 2] + adc[:, 0] * adc[:, 1] if len(adc) else np.zeros(0),
-        "trig": trig.data[:, 2] + trig.data[:, 3] if trig is not None and len(trig.data) else np.zeros(0),
+        "trig": trig.data[:, 2] + trig.data[:, 3]
+        if trig is not None and len(trig.data)
+        else np.zeros(0),
     }
 
 
@@ -335,7 +350,9 @@ def validate_blocks(seq: SeqFile) -> None:
             n = int(seq.adc.data[r, 0])
             if len(seq.shape(phase_id, int(seq.adc.lines[r]))) != n:
                 raise SeqFormatError(
-                    seq.path, int(seq.adc.lines[r]), f"[ADC] phase shape {phase_id} needs {n} samples"
+                    seq.path,
+                    int(seq.adc.lines[r]),
+                    f"[ADC] phase shape {phase_id} needs {n} samples",
                 )
     chains = _extension_chains(seq)
     if "TRIGGERS" in seq.extension_tables:
@@ -392,8 +409,13 @@ class _Moment:
 def _first_values(
     seq: SeqFile, templates: list[_GradTemplate], col: int, occ_blocks: np.ndarray
 ) -> np.ndarray:
-    """First value of old-format arbitrary gradients: the previous block's last value on the
-    same axis if that gradient ran to the end of its block (and this one has no delay), else 0."""
+    """Return the first values of old-format arbitrary gradients.
+
+    Files before 1.5 do not store them. As PyPulseq does, take the previous block's last value on
+    the same axis if that gradient ran to the end of its block and this one has no delay, else 0.
+    """
+    if templates[seq.grad.row(int(seq.blocks[occ_blocks[0], col]))].t[0] > 0:
+        return np.zeros(len(occ_blocks))  # delayed: starts from zero
     prev = occ_blocks - 1
     out = np.zeros(len(occ_blocks))
     valid = prev >= 0
@@ -451,7 +473,9 @@ def _channel_pieces(
                 knots_out.append(t[:, [0, -1]].ravel())
     if not t0s:
         return _Moment(*(np.zeros(0) for _ in range(4)))
-    return _Moment(np.concatenate(t0s), np.concatenate(t1s), np.concatenate(g0s), np.concatenate(g1s))
+    return _Moment(
+        np.concatenate(t0s), np.concatenate(t1s), np.concatenate(g0s), np.concatenate(g1s)
+    )
 
 
 # -- labels, shims, rotations ------------------------------------------------------------------
@@ -599,7 +623,9 @@ def seq_to_sequence(
     n_events = len(cuts) - 1
 
     event_time = np.diff(times)
-    gradm = np.stack([np.diff(m(times)) for m in moments], axis=1) if n_events > 0 else np.zeros((0, 3))
+    gradm = (
+        np.stack([np.diff(m(times)) for m in moments], axis=1) if n_events > 0 else np.zeros((0, 3))
+    )
     if rotations:
         mid = 0.5 * (times[:-1] + times[1:])
         ev_block = np.searchsorted(starts, mid, side="right") - 1
@@ -648,7 +674,9 @@ def seq_to_sequence(
             else Pulse._trusted(usages[p], angles[p], phases[p], shims[p], True)
         )
         labels = {k: v[i] for k, v in t_labels.items()}
-        reps.append(Repetition._trusted(pulse, t_event[i], t_gradm[i], t_phase[i], t_usage[i], labels))
+        reps.append(
+            Repetition._trusted(pulse, t_event[i], t_gradm[i], t_phase[i], t_usage[i], labels)
+        )
 
     out = Sequence(reps, normalized_grads=False)
     out.definitions = {
@@ -681,8 +709,10 @@ def _pulse_shims(
     rf_blocks: np.ndarray,
     default_shim: torch.Tensor | None,
 ) -> list[torch.Tensor]:
-    """The ``[channels, 2]`` shim of every pulse: its RF_SHIMS extension, else ``default_shim``."""
-    default = np.array([[1.0, 0.0]]) if default_shim is None else np.asarray(default_shim, np.float64)
+    """Return the ``[channels, 2]`` shim of every pulse: RF_SHIMS, else ``default_shim``."""
+    default = (
+        np.array([[1.0, 0.0]]) if default_shim is None else np.asarray(default_shim, np.float64)
+    )
     if default.ndim != 2 or default.shape[1] != 2:
         raise ValueError(f"default_shim must have shape [channels, 2], got {default.shape}")
     tab = seq.extension_tables.get("RF_SHIMS")

@@ -59,6 +59,8 @@ def seq_info(path: str | PathLike[str]) -> dict[str, Any]:
         extent = {axis: [0.0, 0.0] for axis in ("kx", "ky", "kz")}
         tau = [0.0, 0.0]
     name = parsed.definitions.get("Name")
+    if name and all(t.isdigit() and 32 <= int(t) < 127 for t in name):
+        name = ["".join(chr(int(t)) for t in name)]  # old MATLAB Pulseq wrote character codes
     signature = {True: "ok", False: "mismatch", None: "none"}[parsed.signature_ok]
     return {
         "file": str(path),
@@ -92,7 +94,8 @@ def format_seq_info(info: dict[str, Any]) -> str:
     """Render :func:`seq_info`'s result as aligned text."""
     lines = [
         f"file            {info['file']}",
-        f"format          Pulseq {info['version']}" + (f"  ({info['name']})" if info["name"] else ""),
+        f"format          Pulseq {info['version']}"
+        + (f"  ({info['name']})" if info["name"] else ""),
         f"blocks          {info['blocks']}",
         f"repetitions     {info['repetitions']}",
         f"duration        {info['duration_s']:.6g} s",

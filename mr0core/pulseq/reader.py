@@ -124,9 +124,7 @@ class Table:
     @classmethod
     def empty(cls, columns: int) -> Table:
         """Return a table without rows."""
-        return cls(
-            np.zeros(0, np.int64), np.zeros((0, columns)), np.zeros(0, np.int64), []
-        )
+        return cls(np.zeros(0, np.int64), np.zeros((0, columns)), np.zeros(0, np.int64), [])
 
 
 @dataclass
@@ -190,7 +188,7 @@ class SeqFile:
         return [float(v) for v in self.definitions[name]]
 
     def shape(self, shape_id: int, line: int) -> np.ndarray:
-        """Return a decompressed shape; raise :class:`SeqFormatError` at ``line`` if it is missing."""
+        """Return a decompressed shape; raise :class:`SeqFormatError` at ``line`` if missing."""
         if shape_id not in self.shapes:
             raise SeqFormatError(self.path, line, f"shape id {shape_id} is not defined in [SHAPES]")
         return self.shapes[shape_id].samples
@@ -294,8 +292,10 @@ class _Parser:
                 rows = sections[name] = []
                 header_lines[name] = i
                 continue
-            if c == "e" and current is not None and (
-                current == "EXTENSIONS" or current.startswith("extension ")
+            if (
+                c == "e"
+                and current is not None
+                and (current == "EXTENSIONS" or current.startswith("extension "))
             ):
                 m = _EXTENSION_RE.match(line)
                 if m:
@@ -360,7 +360,8 @@ class _Parser:
         if nonint.any():
             r = int(np.argwhere(nonint)[0][0])
             raise self.error(
-                int(lines[r]), f"[{name}] ids and counts must be non-negative integers: {rows[r][1][:60]!r}"
+                int(lines[r]),
+                f"[{name}] ids and counts must be non-negative integers: {rows[r][1][:60]!r}",
             )
         ids = ids.astype(np.int64)
         order = np.argsort(ids, kind="stable")
@@ -409,7 +410,9 @@ class _Parser:
         ver = (version["major"], version["minor"], version["revision"] or 0)
         if ver[0] != 1 or not 2 <= ver[1] <= 5:
             raise self.error(
-                vline, f"unsupported Pulseq format version {ver[0]}.{ver[1]}.{ver[2]} (supported: 1.2-1.5)"
+                vline,
+                f"unsupported Pulseq format version {ver[0]}.{ver[1]}.{ver[2]} "
+                "(supported: 1.2-1.5)",
             )
         combined = ver[0] * 1_000_000 + ver[1] * 1_000 + ver[2]
         v14 = combined >= 1_004_000
@@ -446,7 +449,9 @@ class _Parser:
             t = self.table("RF", rf_rows, 7, int_columns=(2, 3))
             d = t.data  # amp mag phase delay freq phase
             z = np.zeros(len(d))
-            t.data = np.column_stack([d[:, :3], z, np.full(len(d), np.nan), d[:, 3], z, z, d[:, 4:6]])
+            t.data = np.column_stack(
+                [d[:, :3], z, np.full(len(d), np.nan), d[:, 3], z, z, d[:, 4:6]]
+            )
             t.text = [["u"]] * len(d)
             rf = t
         if len(rf.ids):
@@ -491,7 +496,8 @@ class _Parser:
         if len(overlap):
             r = int(np.flatnonzero(trap.ids == overlap[0])[0])
             raise self.error(
-                int(trap.lines[r]), f"gradient id {int(overlap[0])} is defined in [TRAP] and [GRADIENTS]"
+                int(trap.lines[r]),
+                f"gradient id {int(overlap[0])} is defined in [TRAP] and [GRADIENTS]",
             )
 
         adc_rows = sections.get("ADC", [])
@@ -512,12 +518,16 @@ class _Parser:
                 raise self.error(int(adc.lines[r]), "[ADC] dwell time must be positive")
 
         if "DELAYS" in sections and v14:
-            raise self.error(header_lines["DELAYS"], "[DELAYS] is not allowed in format 1.4 and later")
+            raise self.error(
+                header_lines["DELAYS"], "[DELAYS] is not allowed in format 1.4 and later"
+            )
         delays = self.table("DELAYS", sections.get("DELAYS", []), 2)
         if len(delays.ids):
             delays.data[:, 0] *= 1e-6
 
-        extensions = self.table("EXTENSIONS", sections.get("EXTENSIONS", []), 4, int_columns=(1, 2, 3))
+        extensions = self.table(
+            "EXTENSIONS", sections.get("EXTENSIONS", []), 4, int_columns=(1, 2, 3)
+        )
         extension_names: dict[int, str] = {}
         extension_tables: dict[str, Table] = {}
         for ext_name, (type_id, ln) in ext_declared.items():
@@ -708,7 +718,9 @@ def read_seq(path: str | PathLike[str]) -> SeqFile:
     p = Path(path)
     size = p.stat().st_size
     if size > MAX_FILE_BYTES:
-        raise SeqFormatError(str(p), None, f"file is {size} bytes, more than the {MAX_FILE_BYTES} allowed")
+        raise SeqFormatError(
+            str(p), None, f"file is {size} bytes, more than the {MAX_FILE_BYTES} allowed"
+        )
     raw = p.read_bytes()
     try:
         text = raw.decode("utf-8")

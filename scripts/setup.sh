@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install mr0-inline and everything it needs on a fresh machine (Python >= 3.10 with pip).
+# Used by the README's first command and by CI (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System tools: ismrmrd-tools gives the reference ISMRMRD reconstruction used by the tests of
+# later features. Needs root and apt; elsewhere install it with your package manager.
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  if ! command -v ismrmrd_info >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ismrmrd-tools >/dev/null
+  fi
+else
+  echo "setup: not root or no apt-get; install Debian's ismrmrd-tools yourself if you need it" >&2
+fi
+
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# CPU build of torch first: any other version pulls gigabytes of CUDA packages.
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e ".[test]"
+echo "setup: done ($(python -c 'import mr0core; print("mr0core", mr0core.__version__)'))"
