@@ -7,6 +7,8 @@ For every file it reports the best of ``--repeat`` runs of
 - ``ours import``: ``mr0core.Sequence.import_file`` (parse + conversion to MR-zero events),
 - ``pypulseq k``: PyPulseq read + ``calculate_kspace()``, the cheapest way PyPulseq yields the
   same per-sample k-space that our import produces,
+- ``mr-zero``: ``MRzeroCore.Sequence.import_file`` when ``mrzerocore`` is installed (the
+  ``bench`` extra), which produces the same kind of object as our import,
 
 and the ratios (> 1 means ours is faster). Run: ``python scripts/bench_import.py``.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import platform
 import time
 import warnings
@@ -50,6 +53,12 @@ def pp_kspace(path: Path) -> object:
     return pp_read(path).calculate_kspace()
 
 
+def mz_import(path: Path) -> object:
+    import MRzeroCore as mz  # black-box reference only (AGPL); never imported by the product
+
+    return mz.Sequence.import_file(str(path))
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -73,33 +82,39 @@ def main() -> None:
     files = args.files or sorted(CORPUS.glob("*.seq"))
     warnings.filterwarnings("ignore")
 
+    has_mz = importlib.util.find_spec("MRzeroCore") is not None
     print(f"machine: {machine()}")
-    header = (
-        f"{'file':32s} {'pp read':>9s} {'ours parse':>10s} {'ours import':>11s} "
-        f"{'pp k':>9s} {'read/parse':>10s} {'read/import':>11s} {'k/import':>9s}"
-    )
+    cols = ["pp read", "ours parse", "ours import", "pp k"] + (["mr-zero"] if has_mz else [])
+    ratios = ["read/parse", "read/import", "k/import"] + (["mz/import"] if has_mz else [])
+    header = f"{'file':32s} " + " ".join(f"{c:>11s}" for c in cols + ratios)
     print(header)
     print("-" * len(header))
-    totals = [0.0, 0.0, 0.0, 0.0]
-    for path in files:
-        t = [
-            best_of(lambda p=path: pp_read(p), args.repeat),
-            best_of(lambda p=path: read_seq(p), args.repeat),
-            best_of(lambda p=path: mr0.Sequence.import_file(p), args.repeat),
-            best_of(lambda p=path: pp_kspace(p), args.repeat),
-        ]
-        totals = [a + b for a, b in zip(totals, t, strict=True)]
-        print(
-            f"{path.name:32s} {t[0] * 1e3:7.1f}ms {t[1] * 1e3:8.1f}ms {t[2] * 1e3:9.1f}ms "
-            f"{t[3] * 1e3:7.1f}ms {t[0] / t[1]:10.2f} {t[0] / t[2]:11.2f} {t[3] / t[2]:9.2f}"
+    totals = [0.0] * len(cols)
+
+    def row(name: str, t: list[float]) -> str:
+        r = [t[0] / t[1], t[0] / t[2], t[3] / t[2]] + ([t[4] / t[2]] if has_mz else [])
+        return (
+            f"{name:32s} "
+            + " ".join(f"{v * 1e3:9.1f}ms" for v in t)
+            + " "
+            + " ".join(f"{v:11.2f}" for v in r)
         )
+
+    for path in files:
+        funcs: list[Callable[[], object]] = [
+            lambda p=path: pp_read(p),
+            lambda p=path: read_seq(p),
+            lambda p=path: mr0.Sequence.import_file(p),
+            lambda p=path: pp_kspace(p),
+        ]
+        if has_mz:
+            funcs.append(lambda p=path: mz_import(p))
+        t = [best_of(f, args.repeat) for f in funcs]
+        totals = [a + b for a, b in zip(totals, t, strict=True)]
+        print(row(path.name, t))
     print("-" * len(header))
-    t = totals
-    print(
-        f"{'total':32s} {t[0] * 1e3:7.1f}ms {t[1] * 1e3:8.1f}ms {t[2] * 1e3:9.1f}ms "
-        f"{t[3] * 1e3:7.1f}ms {t[0] / t[1]:10.2f} {t[0] / t[2]:11.2f} {t[3] / t[2]:9.2f}"
-    )
-    print("ratios > 1: ours is faster than the PyPulseq reference measured in the same run")
+    print(row("total", totals))
+    print("ratios > 1: ours is faster than the reference measured in the same run")
 
 
 if __name__ == "__main__":

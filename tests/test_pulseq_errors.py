@@ -172,3 +172,29 @@ def test_not_utf8(tmp_path: Path) -> None:
     bad.write_bytes(b"[VERSION]\nmajor 1\n\xff\xfe\n")
     with pytest.raises(SeqFormatError, match=r"binary\.seq:3: not UTF-8"):
         mr0.Sequence.import_file(bad)
+
+
+LABELS = (CORPUS / "write_gre_label.seq").read_text()
+
+
+def test_extension_list_with_undefined_next_id() -> None:
+    at = line_of(LABELS, "1 ", after="[EXTENSIONS]")
+    fields = LABELS.splitlines()[at - 1].split()
+    fields[3] = "77"
+    expect_error(replace_line(LABELS, at, " ".join(fields)), at, "undefined next extension id 77")
+
+
+def test_extension_list_cycle() -> None:
+    at = line_of(LABELS, "1 ", after="[EXTENSIONS]")
+    fields = LABELS.splitlines()[at - 1].split()
+    fields[3] = "1"  # points to itself
+    with pytest.raises(SeqFormatError, match="cycle"):
+        read_seq_text(replace_line(LABELS, at, " ".join(fields)), "test.seq")
+
+
+def test_extension_reference_to_undefined_label() -> None:
+    at = line_of(LABELS, "1 ", after="[EXTENSIONS]")
+    fields = LABELS.splitlines()[at - 1].split()
+    fields[2] = "55"
+    with pytest.raises(SeqFormatError, match="id 55 is not defined"):
+        read_seq_text(replace_line(LABELS, at, " ".join(fields)), "test.seq")

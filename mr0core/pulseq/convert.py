@@ -275,44 +275,87 @@ def _undefined(seq: SeqFile, col: np.ndarray, rows: np.ndarray, what: str) -> No
         )
 
 
-def _extension_chains(seq: SeqFile) -> dict[int, list[tuple[str, int]]]:
-    """For every block with an extension: the chain of (extension name, ref) in file order."""
-    if "chains" not in seq.cache:
-        seq.cache["chains"] = _compute_extension_chains(seq)
-    return seq.cache["chains"]
+@dataclass
+class ExtensionUses:
+    """Every use of a known extension by a block, in time order, each array of shape ``[uses]``.
+
+    Uses within one block keep the order of the block's extension list.
+    """
+
+    block: np.ndarray
+    """Block index (0-based row of the block table)."""
+    name: np.ndarray
+    """Extension name (``LABELSET``, ``TRIGGERS``, …), object array of str."""
+    row: np.ndarray
+    """Row in ``SeqFile.extension_tables[name]``."""
+
+    def of(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Return the block indices and table rows of the uses of extension ``name``."""
+        sel = self.name == name
+        return self.block[sel], self.row[sel]
 
 
-def _compute_extension_chains(seq: SeqFile) -> dict[int, list[tuple[str, int]]]:
+def _extension_uses(seq: SeqFile) -> ExtensionUses:
+    if "ext" not in seq.cache:
+        seq.cache["ext"] = _compute_extension_uses(seq)
+    return seq.cache["ext"]
+
+
+def _compute_extension_uses(seq: SeqFile) -> ExtensionUses:
+    """Walk all blocks' extension lists at once, one list step per iteration."""
     ext = seq.extensions
-    chains: dict[int, list[tuple[str, int]]] = {}
-    cols = seq.blocks[:, EXT]
-    for b in np.flatnonzero(cols).tolist():
-        chain: list[tuple[str, int]] = []
-        eid = int(cols[b])
-        seen = 0
-        while eid != 0:
-            row = ext.row(eid)
-            if row < 0:
-                raise SeqFormatError(
-                    seq.path,
-                    int(seq.block_lines[b]),
-                    f"block {int(seq.block_ids[b])} references undefined extension id {eid}",
-                )
-            type_id, ref, nxt = (int(v) for v in ext.data[row])
-            name = seq.extension_names.get(type_id)
-            if name is not None:
-                tab = seq.extension_tables[name]
-                if tab.row(ref) < 0:
-                    raise SeqFormatError(
-                        seq.path, int(ext.lines[row]), f"{name} id {ref} is not defined"
-                    )
-                chain.append((name, ref))
-            seen += 1
-            if seen > len(ext.ids):
-                raise SeqFormatError(seq.path, int(ext.lines[row]), "extension list forms a cycle")
-            eid = nxt
-        chains[b] = chain
-    return chains
+    blocks = np.flatnonzero(seq.blocks[:, EXT])
+    ids = seq.blocks[blocks, EXT]
+    found_block, found_step, found_type, found_ref = [], [], [], []
+    prev_rows = np.zeros(len(blocks), np.int64)  # the list entry that led here (for errors)
+    step = 0
+    while len(blocks):
+        rows = ext.rows_of(ids)
+        if (rows < 0).any():
+            i = int(np.argmax(rows < 0))
+            b = int(blocks[i])
+            what = "extension" if step == 0 else "next extension"
+            raise SeqFormatError(
+                seq.path,
+                int(seq.block_lines[b]) if step == 0 else int(ext.lines[prev_rows[i]]),
+                f"block {int(seq.block_ids[b])} references undefined {what} id {int(ids[i])}",
+            )
+        if step > len(ext.ids):
+            raise SeqFormatError(seq.path, int(ext.lines[rows[0]]), "extension list forms a cycle")
+        data = ext.data[rows].astype(np.int64)
+        found_block.append(blocks)
+        found_step.append(np.full(len(blocks), step))
+        found_type.append(data[:, 0])
+        found_ref.append(data[:, 1])
+        more = data[:, 2] != 0
+        blocks, ids, prev_rows = blocks[more], data[more, 2], rows[more]
+        step += 1
+    if not found_block:
+        empty = np.zeros(0, np.int64)
+        return ExtensionUses(empty, np.zeros(0, object), empty)
+    block = np.concatenate(found_block)
+    order = np.lexsort((np.concatenate(found_step), block))
+    block = block[order]
+    types = np.concatenate(found_type)[order]
+    refs = np.concatenate(found_ref)[order]
+    names = np.array([seq.extension_names.get(int(t)) for t in types], dtype=object)
+    known = names != None  # noqa: E711 (element-wise comparison)
+    block, names, refs = block[known], names[known], refs[known]
+    rows = np.zeros(len(refs), np.int64)
+    for name in set(names.tolist()):
+        sel = names == name
+        tab = seq.extension_tables[name]
+        r = tab.rows_of(refs[sel])
+        if (r < 0).any():
+            b = int(block[sel][np.argmax(r < 0)])
+            raise SeqFormatError(
+                seq.path,
+                int(seq.block_lines[b]),
+                f"block {int(seq.block_ids[b])}: {name} id {int(refs[sel][np.argmax(r < 0)])} "
+                "is not defined",
+            )
+        rows[sel] = r
+    return ExtensionUses(block, names, rows)
 
 
 def validate_blocks(seq: SeqFile) -> None:
@@ -354,13 +397,8 @@ def validate_blocks(seq: SeqFile) -> None:
                     int(seq.adc.lines[r]),
                     f"[ADC] phase shape {phase_id} needs {n} samples",
                 )
-    chains = _extension_chains(seq)
-    if "TRIGGERS" in seq.extension_tables:
-        trig = seq.extension_tables["TRIGGERS"]
-        for b, chain in chains.items():
-            for name, ref in chain:
-                if name == "TRIGGERS":
-                    block_end[b] = max(block_end[b], ends["trig"][trig.row(ref)])
+    trig_blocks, trig_rows = _extension_uses(seq).of("TRIGGERS")
+    np.maximum.at(block_end, trig_blocks, ends["trig"][trig_rows] if len(trig_rows) else 0.0)
 
     if seq.version_combined < 1_004_000:
         delay_rows = seq.delays.rows_of(blocks[:, DELAY])
@@ -395,15 +433,19 @@ class _Moment:
         self.before = np.concatenate([[0.0], np.cumsum(area)])
 
     def __call__(self, t: np.ndarray) -> np.ndarray:
+        """Return the moment at the sorted times ``t`` (s), shape like ``t``, in 1/m."""
         if len(self.t0) == 0:
             return np.zeros_like(t)
         # Pieces of one channel never overlap (each event fits in its block), so all pieces
-        # before the last one that starts at or before t are complete.
+        # before the last one that starts at or before t are complete. Queries are sorted, so
+        # those before the first piece (k = -1) form a prefix.
         k = np.searchsorted(self.t0, t, side="right") - 1
-        kk = np.maximum(k, 0)
-        dt = np.clip(t - self.t0[kk], 0.0, self.dur[kk])
-        m = self.before[kk] + self.g0[kk] * dt + 0.5 * self.slope[kk] * dt * dt
-        return np.where(k >= 0, m, 0.0)
+        n0 = int(np.searchsorted(k, 0))
+        kk = k[n0:]
+        dt = np.minimum(t[n0:] - self.t0[kk], self.dur[kk])
+        out = np.zeros_like(t)
+        out[n0:] = self.before[kk] + dt * (self.g0[kk] + 0.5 * self.slope[kk] * dt)
+        return out
 
 
 def _first_values(
@@ -481,34 +523,36 @@ def _channel_pieces(
 # -- labels, shims, rotations ------------------------------------------------------------------
 
 
-def _labels_per_block(
-    seq: SeqFile, chains: dict[int, list[tuple[str, int]]]
-) -> dict[str, np.ndarray]:
-    """Value of every label after each block's label extensions, shape ``[blocks]`` per label."""
-    sets = seq.extension_tables.get("LABELSET")
-    incs = seq.extension_tables.get("LABELINC")
-    if sets is None and incs is None:
+def _labels_per_block(seq: SeqFile, uses: ExtensionUses) -> dict[str, np.ndarray]:
+    """Value of every label after each block's label extensions, shape ``[blocks]`` per label.
+
+    A SET replaces the value, an INC adds to it, in time order; before any use a label is 0.
+    """
+    sel = (uses.name == "LABELSET") | (uses.name == "LABELINC")
+    if not sel.any():
         return {}
-    changes: dict[str, list[tuple[int, int]]] = {}
-    state: dict[str, int] = {}
-    for b in sorted(chains):
-        for name, ref in chains[b]:
-            if name not in ("LABELSET", "LABELINC"):
-                continue
-            tab = sets if name == "LABELSET" else incs
-            row = tab.row(ref)
-            value = int(tab.data[row, 0])
-            label = tab.text[row][0]
-            state[label] = value if name == "LABELSET" else state.get(label, 0) + value
-            changes.setdefault(label, []).append((b, state[label]))
+    block, kind, row = uses.block[sel], uses.name[sel], uses.row[sel]
+    is_set = kind == "LABELSET"
+    value = np.zeros(len(row), np.int64)
+    label = np.empty(len(row), dtype=object)
+    for name, m in (("LABELSET", is_set), ("LABELINC", ~is_set)):
+        if m.any():
+            tab = seq.extension_tables[name]
+            value[m] = tab.data[row[m], 0].astype(np.int64)
+            label[m] = [tab.text[r][0] for r in row[m].tolist()]
     out = {}
     n = len(seq.blocks)
-    for label, ch in changes.items():
-        idx = np.array([c[0] for c in ch])
-        val = np.array([c[1] for c in ch])
-        # the last change at or before each block; blocks before the first change hold 0
-        pos = np.searchsorted(idx, np.arange(n), side="right") - 1
-        out[label] = np.where(pos >= 0, val[np.maximum(pos, 0)], 0)
+    for name in sorted(set(label.tolist())):
+        m = label == name
+        b, v, st = block[m], value[m], is_set[m]
+        # value after use j = (value of the last SET at or before j) + INCs since that SET
+        inc = np.cumsum(np.where(st, 0, v))
+        last_set = np.maximum.accumulate(np.where(st, np.arange(len(v)), -1))
+        base = np.where(last_set >= 0, v[np.maximum(last_set, 0)] - inc[np.maximum(last_set, 0)], 0)
+        after = base + inc
+        # per block: the value after the last use at or before it
+        pos = np.searchsorted(b, np.arange(n), side="right") - 1
+        out[name] = np.where(pos >= 0, after[np.maximum(pos, 0)], 0)
     return out
 
 
@@ -557,7 +601,7 @@ def seq_to_sequence(
         starts = (np.cumsum(counts) - counts) * raster
         ends = starts + durations
     total = float(ends[-1]) if nb else 0.0
-    chains = _extension_chains(seq)
+    uses = _extension_uses(seq)
 
     # RF pulses
     rf = _rf_properties(seq)
@@ -600,15 +644,11 @@ def seq_to_sequence(
 
     # Rotations (1.5 ROTATIONS extension): cut at the rotated blocks' boundaries
     rotations: dict[int, np.ndarray] = {}
-    if "ROTATIONS" in seq.extension_tables:
-        tab = seq.extension_tables["ROTATIONS"]
-        for b, chain in chains.items():
-            for name, ref in chain:
-                if name == "ROTATIONS":
-                    rotations[b] = _quaternion_matrix(tab.data[tab.row(ref)])
-        if rotations:
-            rb = np.array(sorted(rotations))
-            knots.append(np.concatenate([starts[rb], ends[rb]]))
+    rot_blocks, rot_rows = uses.of("ROTATIONS")
+    for b, r in zip(rot_blocks.tolist(), rot_rows.tolist(), strict=True):
+        rotations[b] = _quaternion_matrix(seq.extension_tables["ROTATIONS"].data[r])
+    if rotations:
+        knots.append(np.concatenate([starts[rot_blocks], ends[rot_blocks]]))
 
     # The time line: every cut on a 1 ps grid
     def quantise(t: np.ndarray) -> np.ndarray:
@@ -640,7 +680,7 @@ def seq_to_sequence(
     adc_phase[adc_event] = math.pi / 2 - adc_rx
 
     # Labels, per event (meaningful at ADC events)
-    block_labels = _labels_per_block(seq, chains)
+    block_labels = _labels_per_block(seq, uses)
     event_labels = {}
     for name, per_block in block_labels.items():
         lab = np.zeros(n_events, np.int32)
@@ -662,7 +702,7 @@ def seq_to_sequence(
     t_usage = torch.split(torch.from_numpy(adc_usage), sizes)
     t_labels = {k: torch.split(torch.from_numpy(v), sizes) for k, v in event_labels.items()}
 
-    shims = _pulse_shims(seq, chains, rf_blocks, default_shim)
+    shims = _pulse_shims(seq, uses, rf_blocks, default_shim)
     angles = torch.from_numpy(rf.angle[rf_rows].astype(np.float32)).unbind()
     phases = torch.from_numpy(rf.phase[rf_rows].astype(np.float32)).unbind()
     usages = [rf.usage[r] for r in rf_rows.tolist()]
@@ -693,7 +733,7 @@ def seq_to_sequence(
         pulse_times=pulse_t,
         adc_times=adc_t,
         label_names=sorted(block_labels),
-        trigger_count=sum(n == "TRIGGERS" for ch in chains.values() for n, _ in ch),
+        trigger_count=int(np.sum(uses.name == "TRIGGERS")),
         soft_delay_hints=sorted(
             {t[0] for t in seq.extension_tables["DELAYS"].text}
             if "DELAYS" in seq.extension_tables
@@ -705,7 +745,7 @@ def seq_to_sequence(
 
 def _pulse_shims(
     seq: SeqFile,
-    chains: dict[int, list[tuple[str, int]]],
+    uses: ExtensionUses,
     rf_blocks: np.ndarray,
     default_shim: torch.Tensor | None,
 ) -> list[torch.Tensor]:
@@ -715,15 +755,14 @@ def _pulse_shims(
     )
     if default.ndim != 2 or default.shape[1] != 2:
         raise ValueError(f"default_shim must have shape [channels, 2], got {default.shape}")
-    tab = seq.extension_tables.get("RF_SHIMS")
     special: dict[int, np.ndarray] = {}
-    if tab is not None:
-        for i, b in enumerate(rf_blocks.tolist()):
-            for name, ref in chains.get(b, []):
-                if name == "RF_SHIMS":
-                    row = tab.data[tab.row(ref)]
-                    n = int(row[0])
-                    special[i] = row[1 : 1 + 2 * n].reshape(n, 2)
+    shim_blocks, shim_rows = uses.of("RF_SHIMS")
+    pulse_of_block = {b: i for i, b in enumerate(rf_blocks.tolist())}
+    for b, r in zip(shim_blocks.tolist(), shim_rows.tolist(), strict=True):
+        if b in pulse_of_block:
+            row = seq.extension_tables["RF_SHIMS"].data[r]
+            n = int(row[0])
+            special[pulse_of_block[b]] = row[1 : 1 + 2 * n].reshape(n, 2)
     if not special:  # one tensor for all pulses, unbound into separate views
         stacked = np.broadcast_to(default, (len(rf_blocks), *default.shape))
         return list(torch.from_numpy(stacked.astype(np.float32)).unbind())
