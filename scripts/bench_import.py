@@ -37,9 +37,11 @@ def best_of(func: Callable[[], object], repeat: int) -> float:
     times = []
     for _ in range(repeat):
         gc.collect()
-        t0 = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - t0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t0 = time.perf_counter()
+            func()
+            times.append(time.perf_counter() - t0)
     return min(times)
 
 
@@ -80,7 +82,7 @@ def main() -> None:
     parser.add_argument("files", nargs="*", type=Path, help="default: the whole test corpus")
     args = parser.parse_args()
     files = args.files or sorted(CORPUS.glob("*.seq"))
-    warnings.filterwarnings("ignore")
+    warnings.simplefilter("ignore")
 
     has_mz = importlib.util.find_spec("MRzeroCore") is not None
     print(f"machine: {machine()}")

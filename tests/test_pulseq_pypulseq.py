@@ -198,3 +198,22 @@ def test_exact_trajectories_only_adds_events() -> None:
     assert sum(r.event_count for r in exact) > sum(r.event_count for r in coarse)
     torch.testing.assert_close(exact.get_kspace(), coarse.get_kspace(), rtol=1e-5, atol=1e-3)
     assert exact.get_duration() == pytest.approx(coarse.get_duration(), rel=1e-7)
+
+
+def test_import_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seq = pp.Sequence(SYSTEM)
+    seq.add_block(pp.make_block_pulse(0.3, duration=1e-3, system=SYSTEM))
+    seq.add_block(pp.make_adc(16, duration=1e-3, system=SYSTEM))
+    path = tmp_path / "s.seq"
+    seq.write(str(path))
+    shim = torch.tensor([[1.0, 0.0], [0.5, math.pi / 2]])
+    imported = mr0.Sequence.import_file(path, print_stats=True, default_shim=shim)
+    assert "16 ADC samples" in capsys.readouterr().out
+    for rep in imported[1:]:
+        torch.testing.assert_close(rep.pulse.shim_array, shim)
+    assert imported.normalized_grads is False
+    assert imported.definitions["version"] == "1.5.0"
+    with pytest.raises(NotImplementedError, match="dsv"):
+        mr0.Sequence.import_file(path, ref_voltage=200.0)
+    with pytest.raises(ValueError, match="default_shim"):
+        mr0.Sequence.import_file(path, default_shim=torch.zeros(3))
