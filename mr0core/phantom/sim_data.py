@@ -1,0 +1,266 @@
+"""``SimData``: the flattened, sparse input of the simulators, and the voxel shapes.
+
+A phantom (:class:`~mr0core.phantom.VoxelGridPhantom`, :class:`~mr0core.phantom.TissueDict` or
+:class:`~mr0core.phantom.CustomVoxelPhantom`) is turned into :class:`SimData` by its ``build()``
+method. Only voxels with a proton density above a threshold are kept, so every property is a flat
+tensor over those voxels.
+
+Voxel shapes
+------------
+The simulators see a voxel through the k-space response of its shape: a state with dephasing
+``k`` (1/m) carries the signal ``PD · dephasing_func(k, nyquist)``. The shapes are
+
+``exact_sinc``
+    a sinc-shaped voxel, i.e. a rect in k-space: 1 for ``|k_i| <= nyquist_i`` on every axis, else 0.
+``sinc``
+    the same rect with rounded (logistic) edges, so it is differentiable: ≥ 0.99 up to the Nyquist
+    frequency, 0.5 at 1.05 × Nyquist and < 0.01 beyond 1.1 × Nyquist.
+``box``
+    a box of one voxel's width, i.e. ``Π_i sinc(k_i / (2 nyquist_i))`` with the normalised sinc.
+``point``
+    a point, 1 everywhere (no intra-voxel dephasing, gradient spoiling has no effect).
+``gauss``
+    (custom voxels only) a Gaussian voxel with standard deviation half the voxel size ``s``,
+    ``exp(-2 π² (s/2)² |k|²)``.
+
+The sampled maps are band-limited, so ``sinc`` is the right choice in almost all cases: a map put
+through simulation and FFT reconstruction comes back unblurred. ``box`` blurs it, ``point`` makes
+spoiler gradients ineffective.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+__all__ = ["SimData", "VoxelShape", "voxel_shape"]
+
+VoxelShapeName = Literal["exact_sinc", "sinc", "box", "point", "gauss"]
+_GRID_SHAPES = ("exact_sinc", "sinc", "box", "point")
+_CUSTOM_SHAPES = ("sinc", "box", "gauss")
+
+# Logistic edge of the "sinc" shape: centred at 1.05 x Nyquist with slope 100 per Nyquist, which
+# gives 1 / (1 + e^-5) = 0.9933 at the Nyquist frequency and 0.0067 at 1.1 x Nyquist.
+_SINC_EDGE = 1.05
+_SINC_SLOPE = 100.0
+
+
+@dataclass(frozen=True)
+class VoxelShape:
+    """The k-space response of a voxel shape, ``(k [..., 3] 1/m, nyquist [3] 1/m) -> [...]``.
+
+    A plain, picklable object (worker processes receive it), not a closure.
+
+    Parameters
+    ----------
+    name
+        ``"exact_sinc"``, ``"sinc"``, ``"box"``, ``"point"`` or ``"gauss"``.
+    voxel_size
+        Edge length ``[3]`` in m for custom voxels, whose Nyquist frequency is infinite. ``None``
+        for grid voxels, which take their size from ``nyquist`` (voxel size = 1 / (2 nyquist)).
+    """
+
+    name: str
+    voxel_size: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        allowed = _GRID_SHAPES if self.voxel_size is None else _CUSTOM_SHAPES
+        if self.name not in allowed:
+            kind = "voxel grids" if self.voxel_size is None else "custom voxels"
+            raise ValueError(
+                f"unknown voxel shape {self.name!r} for {kind}; choose one of {', '.join(allowed)}"
+            )
+
+    def __call__(self, k: torch.Tensor, nyquist: torch.Tensor) -> torch.Tensor:
+        """Return the response ``[...]`` for dephasing ``k`` ``[..., 3]`` (1/m)."""
+        if self.name == "point":
+            return torch.ones(k.shape[:-1], dtype=k.dtype, device=k.device)
+        if self.voxel_size is not None:
+            size = torch.tensor(self.voxel_size, dtype=k.dtype, device=k.device)
+            # A custom voxel of edge s is band-limited to 1 / (2 s), like a grid of spacing s.
+            nyq = 0.5 / size
+        else:
+            nyq = nyquist.to(device=k.device, dtype=k.dtype)
+        if self.name == "box":
+            return torch.sinc(k / (2 * nyq)).prod(dim=-1)
+        if self.name == "gauss":
+            sigma = size / 2
+            return torch.exp(-2 * math.pi**2 * ((k * sigma) ** 2).sum(dim=-1))
+        rel = k.abs() / nyq  # nyq may be inf (a 1-voxel axis of a custom phantom): rel is 0 then
+        if self.name == "exact_sinc":
+            return (rel <= 1).to(k.dtype).prod(dim=-1)
+        return torch.sigmoid(_SINC_SLOPE * (_SINC_EDGE - rel)).prod(dim=-1)
+
+
+def voxel_shape(
+    name: str | VoxelShape | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    voxel_size: float | tuple[float, float, float] | None = None,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Return the dephasing function for a voxel shape name (callables pass through)."""
+    if not isinstance(name, str):
+        return name
+    if voxel_size is not None:
+        vs = torch.as_tensor(voxel_size, dtype=torch.float64).flatten()
+        if vs.numel() == 1:
+            vs = vs.expand(3)
+        if vs.numel() != 3 or not bool((vs > 0).all()):
+            raise ValueError(f"voxel_size must be one or three positive numbers, got {voxel_size}")
+        return VoxelShape(name, (float(vs[0]), float(vs[1]), float(vs[2])))
+    return VoxelShape(name)
+
+
+def _check(name: str, value: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(value.shape) != shape:
+        raise ValueError(f"SimData.{name} has shape {tuple(value.shape)}, expected {shape}")
+
+
+class SimData:
+    """Flattened simulation input: one entry per voxel that carries signal.
+
+    Parameters
+    ----------
+    PD, T1, T2, T2dash, D, B0
+        ``[voxels]``: proton density (a.u.), T1, T2 and T2′ (s), diffusion coefficient
+        (10⁻³ mm²/s) and off-resonance (Hz).
+    B1
+        ``[tx channels, voxels]`` relative transmit field (complex for pTx phases).
+    coil_sens
+        ``[coils, voxels]`` receive sensitivities (complex).
+    size
+        ``[3]`` physical size of the phantom in m; scales sequences with normalised gradients.
+    voxel_pos
+        ``[voxels, 3]`` voxel positions in m (RAS+, MR-zero's FFT-centred grid convention).
+    nyquist
+        ``[3]`` Nyquist frequency of the phantom grid in 1/m (``inf`` for custom voxels).
+    dephasing_func
+        k-space response of the voxel shape, ``(k [..., 3], nyquist [3]) -> [...]``.
+    recover_func
+        Optional function ``SimData -> phantom`` that undoes ``build()``.
+    phantom_motion, voxel_motion
+        Optional motion descriptions, passed through unchanged.
+    tissue_masks
+        Optional ``{name: bool [voxels]}``, e.g. which voxels belong to which tissue.
+    affine
+        Optional ``[4, 4]`` voxel index → RAS+ mm transform of the source grid (NIfTI convention).
+    """
+
+    def __init__(
+        self,
+        PD: torch.Tensor,
+        T1: torch.Tensor,
+        T2: torch.Tensor,
+        T2dash: torch.Tensor,
+        D: torch.Tensor,
+        B0: torch.Tensor,
+        B1: torch.Tensor,
+        coil_sens: torch.Tensor,
+        size: torch.Tensor,
+        voxel_pos: torch.Tensor,
+        nyquist: torch.Tensor,
+        dephasing_func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        recover_func: Callable[[SimData], Any] | None = None,
+        phantom_motion: Any = None,
+        voxel_motion: Any = None,
+        tissue_masks: dict[str, torch.Tensor] | None = None,
+        affine: torch.Tensor | None = None,
+    ) -> None:
+        n = PD.shape[0] if PD.dim() == 1 else -1
+        if n < 0:
+            raise ValueError(f"SimData.PD must be 1-D [voxels], got shape {tuple(PD.shape)}")
+        for name, value in (("T1", T1), ("T2", T2), ("T2dash", T2dash), ("D", D), ("B0", B0)):
+            _check(name, value, (n,))
+        if B1.dim() != 2 or B1.shape[1] != n:
+            raise ValueError(f"SimData.B1 must be [tx channels, {n}], got {tuple(B1.shape)}")
+        if coil_sens.dim() != 2 or coil_sens.shape[1] != n:
+            raise ValueError(
+                f"SimData.coil_sens must be [coils, {n}], got {tuple(coil_sens.shape)}"
+            )
+        _check("size", size, (3,))
+        _check("voxel_pos", voxel_pos, (n, 3))
+        _check("nyquist", nyquist, (3,))
+        for name, mask in (tissue_masks or {}).items():
+            _check(f"tissue_masks[{name!r}]", mask, (n,))
+        self.PD = PD
+        self.T1 = T1
+        self.T2 = T2
+        self.T2dash = T2dash
+        self.D = D
+        self.B0 = B0
+        self.B1 = B1
+        self.coil_sens = coil_sens
+        self.size = size
+        self.voxel_pos = voxel_pos
+        self.nyquist = nyquist
+        self.dephasing_func = dephasing_func
+        self.recover_func = recover_func
+        self.phantom_motion = phantom_motion
+        self.voxel_motion = voxel_motion
+        self.tissue_masks = dict(tissue_masks) if tissue_masks else {}
+        self.affine = affine
+
+    _TENSORS = (
+        "PD",
+        "T1",
+        "T2",
+        "T2dash",
+        "D",
+        "B0",
+        "B1",
+        "coil_sens",
+        "size",
+        "voxel_pos",
+        "nyquist",
+    )
+
+    @property
+    def voxel_count(self) -> int:
+        """Number of voxels."""
+        return int(self.PD.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the data."""
+        return self.PD.device
+
+    def to(self, device: torch.device | str) -> SimData:
+        """Return a copy with every tensor on ``device`` (``self`` if already there)."""
+        device = torch.device(device)
+        if self.PD.device == device:
+            return self
+        moved = {name: getattr(self, name).to(device) for name in self._TENSORS}
+        return SimData(
+            **moved,
+            dephasing_func=self.dephasing_func,
+            recover_func=self.recover_func,
+            phantom_motion=self.phantom_motion,
+            voxel_motion=self.voxel_motion,
+            tissue_masks={k: v.to(device) for k, v in self.tissue_masks.items()},
+            affine=self.affine,
+        )
+
+    def cpu(self) -> SimData:
+        """Return the data on the CPU."""
+        return self.to("cpu")
+
+    def cuda(self, device: int | str | None = None) -> SimData:
+        """Return the data on a CUDA device (the current one by default)."""
+        if device is None:
+            return self.to(torch.device("cuda", torch.cuda.current_device()))
+        return self.to(device if isinstance(device, str) else torch.device("cuda", device))
+
+    def recover(self) -> Any:
+        """Rebuild the phantom this data was built from (voxels under the threshold are zero)."""
+        if self.recover_func is None:
+            raise ValueError("this SimData was not built from a phantom; nothing to recover")
+        return self.recover_func(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"SimData({self.voxel_count} voxels, {self.B1.shape[0]} tx, "
+            f"{self.coil_sens.shape[0]} coils, size={[round(float(s), 4) for s in self.size]} m, "
+            f"device={self.device})"
+        )
