@@ -4,8 +4,39 @@ The public names follow MR-zero's documentation, so ``import mr0core as mr0`` ca
 ``import MRzeroCore as mr0`` in existing scripts.
 """
 
+from mr0core import util
+from mr0core.phantom import (
+    CustomVoxelPhantom,
+    NiftiMapping,
+    NiftiPhantom,
+    NiftiRef,
+    NiftiTissue,
+    PhantomSystem,
+    PhantomUnits,
+    SimData,
+    TissueDict,
+    VoxelGridPhantom,
+)
 from mr0core.pulseq import SeqFormatError
 from mr0core.sequence import Pulse, PulseUsage, Repetition, Sequence, chain
 
-__all__ = ["Pulse", "PulseUsage", "Repetition", "SeqFormatError", "Sequence", "chain"]
+__all__ = [
+    "CustomVoxelPhantom",
+    "NiftiMapping",
+    "NiftiPhantom",
+    "NiftiRef",
+    "NiftiTissue",
+    "PhantomSystem",
+    "PhantomUnits",
+    "Pulse",
+    "PulseUsage",
+    "Repetition",
+    "SeqFormatError",
+    "Sequence",
+    "SimData",
+    "TissueDict",
+    "VoxelGridPhantom",
+    "chain",
+    "util",
+]
 __version__ = "0.1.0"

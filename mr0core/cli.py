@@ -1,6 +1,6 @@
 """The ``mr0`` command line: library commands that need no server.
 
-Sub-commands so far: ``seq-info``. Later issues add ``simulate``, ``phantom``, ``recon`` and
+Sub-commands so far: ``seq-info`` and ``phantom``. Later issues add ``simulate``, ``recon`` and
 ``demo`` here.
 """
 
@@ -34,6 +34,28 @@ def _cmd_seq_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_phantom(args: argparse.Namespace) -> int:
+    from mr0core.phantom.builtin_phantoms import write_phantom
+
+    out = Path(args.out) if args.out else Path(args.kind.replace("-", "_"))
+    json_path, config = write_phantom(
+        args.kind,
+        out,
+        size=args.size,
+        slices=args.slices,
+        field=args.field,
+        coils=args.coils,
+        overwrite=args.force,
+    )
+    files = sorted(p.name for p in json_path.parent.glob("*.nii*"))
+    print(f"wrote {json_path}")
+    print(f"  tissues  {', '.join(config.tissues)}")
+    print(f"  system   {config.system.B0:g} T, gyro {config.system.gyro} MHz/T")
+    print(f"  grid     {args.size} x {args.size} x {args.slices}")
+    print(f"  files    {', '.join(files)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``mr0``."""
     parser = argparse.ArgumentParser(
@@ -54,6 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_seq_info)
+
+    p = sub.add_parser(
+        "phantom",
+        help="write a built-in phantom as a NIfTI phantom (spec v1)",
+        description="Write a built-in phantom as a NIfTI phantom: a JSON file plus NIfTI maps, "
+        "loadable with TissueDict.load. 'brain' is the ICBM 2009a brain (grey matter, white "
+        "matter, CSF with partial volume, smooth dB0 and B1+ maps); 'shepp-logan' is the MR "
+        "Shepp-Logan phantom of Gach et al. 2008. No download is needed.",
+    )
+    p.add_argument("kind", choices=["brain", "shepp-logan"], help="which phantom")
+    p.add_argument("--size", type=int, default=64, help="in-plane matrix size (default 64)")
+    p.add_argument("--slices", type=int, default=1, help="number of slices (default 1)")
+    p.add_argument("--field", default="3T", help="field strength of the tissue values: 3T or 1.5T")
+    p.add_argument("--coils", type=int, default=1, help="receive coils (default 1: uniform)")
+    p.add_argument(
+        "--out", default=None, help="output directory (default: ./brain or ./shepp_logan)"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing phantom")
+    p.set_defaults(func=_cmd_phantom)
     return parser
 
 
@@ -62,7 +103,14 @@ def main(argv: SequenceABC[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (SeqFormatError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except (
+        SeqFormatError,
+        FileNotFoundError,
+        FileExistsError,
+        IsADirectoryError,
+        PermissionError,
+        ValueError,
+    ) as exc:
         print(f"mr0 {args.command}: error: {exc}", file=sys.stderr)
         return 1
 
