@@ -263,3 +263,33 @@ def test_plot_returns_figure() -> None:
     assert len(fig.axes) >= 8
     fig2 = CustomVoxelPhantom([[0, 0, 0]]).plot(resolution=32)
     assert len(fig2.axes) >= 6
+
+
+def test_interpolate_keeps_mean_pd_builtin_brain() -> None:
+    """Same check as on MR-zero's .mat brain, on data that is always available."""
+    from mr0core.phantom.builtin_phantoms import brain_tissues
+
+    p = brain_tissues(size=128).combine()
+    for shape in ((64, 64, 1), (50, 70, 1), (200, 200, 1)):
+        q = p.interpolate(*shape)
+        assert abs(float(q.PD.mean()) / float(p.PD.mean()) - 1) < 0.01, shape
+
+
+def test_mr_zero_notebook_snippet_runs_unchanged(mat_path: Path) -> None:
+    """The documentation's .mat example, with `import mr0core as mr0`."""
+    import mr0core as mr0
+
+    obj_p = mr0.VoxelGridPhantom.load_mat(str(mat_path))
+    brain_phantom_res = 64
+    obj_p = obj_p.interpolate(brain_phantom_res, brain_phantom_res, 1)
+    obj_p.B0[:] = 0
+    obj_p.D *= 1.5
+    obj_p.size[2] = 0.08
+    for ii in range(15, 25):
+        for jj in range(15, 25):
+            obj_p.D[ii, jj] = torch.tensor(0.75)
+    obj_p = obj_p.build()
+    assert isinstance(obj_p, mr0.SimData)
+    assert torch.all(obj_p.B0 == 0)
+    assert set(obj_p.D.unique().tolist()) <= {1.5, 0.75}
+    assert float(obj_p.nyquist[2]) == pytest.approx(1 / (2 * 0.08))
