@@ -1,0 +1,10 @@
+"""Simulation: PDG pre-pass and main pass, and the isochromat reference.
+
+:func:`compute_graph` builds the Phase Distribution Graph, :func:`execute_graph` simulates along
+it; :func:`isochromat_sim` is the slow, independent check.
+"""
+
+from .graph import Graph, compute_graph, compute_graph_ext
+from .pdg import execute_graph
+
+__all__ = ["Graph", "compute_graph", "compute_graph_ext", "execute_graph"]

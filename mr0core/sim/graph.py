@@ -1,0 +1,498 @@
+"""PDG pre-pass: the Phase Distribution Graph of a sequence (``compute_graph``).
+
+Physics and conventions (measured against MR-zero as a black box, derived from the Bloch equations
+and the extended-phase-graph formalism, Weigel 2015; Endres et al., MRM 2024):
+
+- The magnetisation of a voxel is a sum of *states*. A transverse state ``s`` contributes
+  ``m_s · E_s(r)`` to ``m+ = Mx + i My``, a longitudinal state ``j`` contributes
+  ``Re(z_j · E_j(r))`` to ``Mz``, with ``E(r) = exp(-2πi (k·r + B0·τ))``: ``k`` (1/m) is the
+  state's gradient dephasing and ``τ`` (s) its dephasing time (B0 and T2′ act through it).
+- A pulse of flip α and phase φ (per voxel: α·|B1eff|, φ + arg B1eff) mixes the states
+  (c = cos α/2, s = sin α/2):
+
+  ``m+' = c² m+ + e^{2iφ} s² conj(m+) − i e^{iφ} sin α · Mz``
+  ``Mz' = cos α · Mz + Re(−i e^{−iφ} sin α · m+)``
+
+  so each transverse state has an unaffected child (k, τ), a refocused child (−k, −τ, conjugated)
+  and a stored longitudinal child; each longitudinal state has a kept child and excited children
+  at (k, τ) and (−k, −τ). A 90° pulse of phase 0 turns Mz = 1 into m+ = −i.
+- Between pulses, transverse states move: ``k += gradm`` and ``τ += event_time`` per event;
+  longitudinal states stay. T2 acts on transverse, T1 on longitudinal states, and recovery feeds
+  the state at k = 0, τ = 0.
+- States with equal (k, τ) in a repetition are one node (quantised to 10⁻³ /m and 10 ns), which
+  is what keeps the graph from growing exponentially.
+
+The pre-pass runs this for one average voxel (mean T1, T2, T2′, D; B1 = 1) in float64 numpy,
+keeps at most ``max_state_count`` states per kind and repetition with ``|m| ≥ min_state_mag``, and
+estimates for every state the signal it emits in its repetition and the largest signal it and its
+descendants can still emit ("latent"). The main pass (:func:`~mr0core.sim.execute_graph`) uses
+these estimates to simulate only the states that matter, with every voxel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    import matplotlib.figure
+
+    from mr0core.phantom.sim_data import SimData
+    from mr0core.sequence import Sequence
+
+__all__ = ["Graph", "RepGraph", "compute_graph", "compute_graph_ext"]
+
+K_QUANTUM = 1e-3  # 1/m
+TAU_QUANTUM = 1e-8  # s
+
+# edge kinds: (child kind, parent kind, name)
+PLUS_FROM_PLUS = 0  # unaffected: c² m
+PLUS_FROM_PLUS_REFOC = 1  # refocused: e^{2iφ} s² conj(m)
+PLUS_FROM_Z = 2  # excited: -i e^{iφ} sin α z / 2
+PLUS_FROM_Z_CONJ = 3  # excited mirror: -i e^{iφ} sin α conj(z) / 2
+Z_FROM_Z = 4  # kept: cos α z
+Z_FROM_PLUS = 5  # stored: -i e^{-iφ} sin α m
+Z_FROM_PLUS_CONJ = 6  # stored, canonicalised: conj(-i e^{-iφ} sin α m)
+EDGE_NAMES = (
+    "unaffected",
+    "refocused",
+    "excited",
+    "excited_conj",
+    "kept",
+    "stored",
+    "stored_conj",
+)
+
+
+@dataclass
+class RepGraph:
+    """The states of one repetition (after its pulse).
+
+    Arrays over transverse (``plus_*``, n+) and longitudinal (``z_*``, nz) states. ``k`` is in
+    1/m and ``tau`` in s, at the start of the repetition (right after the pulse). ``edges`` maps
+    an edge kind to ``(child index, parent index)`` arrays into this and the previous repetition.
+    The longitudinal state 0 is always the relaxed state (k = 0, τ = 0).
+    """
+
+    plus_k: np.ndarray
+    plus_tau: np.ndarray
+    plus_mag: np.ndarray
+    z_k: np.ndarray
+    z_tau: np.ndarray
+    z_mag: np.ndarray
+    edges: dict[int, tuple[np.ndarray, np.ndarray]]
+    plus_emitted: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    plus_latent: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    z_latent: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # defining parent of each state: (edge kind, parent index); k and τ follow from it
+    plus_def: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    z_def: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+
+
+class Graph(list[RepGraph]):
+    """The Phase Distribution Graph: one :class:`RepGraph` per repetition.
+
+    ``Graph.plot`` and ``Graph.plot_data`` show its states.
+    """
+
+    def plot_data(
+        self, transversal_mag: bool = True, dephasing: str = "tau", color: str = "latent signal",
+        log_color: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+        """Return ``(repetition, dephasing, colour value)`` arrays of all states, for plotting.
+
+        Parameters
+        ----------
+        transversal_mag
+            Transverse (True) or longitudinal (False) states.
+        dephasing
+            y axis: ``"k_x"``, ``"k_y"``, ``"k_z"`` (1/m) or ``"tau"`` (s).
+        color
+            ``"abs(mag)"``, ``"phase(mag)"``, ``"latent signal"`` or ``"emitted signal"``.
+        log_color
+            Colour by log10 of the value.
+        """
+        axis = {"k_x": 0, "k_y": 1, "k_z": 2, "tau": 3}
+        if dephasing not in axis:
+            raise ValueError(f"dephasing must be one of {', '.join(axis)}, got {dephasing!r}")
+        colors = ("abs(mag)", "phase(mag)", "latent signal", "emitted signal")
+        if color not in colors:
+            raise ValueError(f"color must be one of {', '.join(colors)}, got {color!r}")
+        xs, ys, cs = [], [], []
+        for r, rep in enumerate(self):
+            k = rep.plus_k if transversal_mag else rep.z_k
+            tau = rep.plus_tau if transversal_mag else rep.z_tau
+            mag = rep.plus_mag if transversal_mag else rep.z_mag
+            y = tau if dephasing == "tau" else k[:, axis[dephasing]]
+            if color == "abs(mag)":
+                c = np.abs(mag)
+            elif color == "phase(mag)":
+                c = np.angle(mag)
+            elif color == "latent signal":
+                c = rep.plus_latent if transversal_mag else rep.z_latent
+            else:
+                c = rep.plus_emitted if transversal_mag else np.zeros(len(mag))
+            xs.append(np.full(len(y), r))
+            ys.append(y)
+            cs.append(c)
+        c = np.concatenate(cs) if cs else np.zeros(0)
+        if log_color and color != "phase(mag)":
+            c = np.log10(np.maximum(c, 1e-12))
+        return (np.concatenate(xs) if xs else c, np.concatenate(ys) if ys else c, c)
+
+    def plot(
+        self, transversal_mag: bool = True, dephasing: str = "tau", color: str = "latent signal",
+        log_color: bool = True,
+    ) -> matplotlib.figure.Figure:  # fmt: skip
+        """Scatter-plot the states over repetitions (arguments as :meth:`plot_data`)."""
+        import matplotlib.pyplot as plt
+
+        x, y, c = self.plot_data(transversal_mag, dephasing, color, log_color)
+        fig, ax = plt.subplots(figsize=(8, 4))
+        sc = ax.scatter(x, y, c=c, s=4)
+        ax.set_xlabel("repetition")
+        ax.set_ylabel(dephasing)
+        fig.colorbar(sc, ax=ax, label=("log10 " if log_color else "") + color)
+        return fig
+
+    @property
+    def state_counts(self) -> tuple[int, int]:
+        """Total transverse and longitudinal states over all repetitions."""
+        return (sum(len(r.plus_tau) for r in self), sum(len(r.z_tau) for r in self))
+
+
+def _keys(k: np.ndarray, tau: np.ndarray) -> np.ndarray:
+    q = np.empty((len(tau), 4), np.int64)
+    q[:, :3] = np.rint(k / K_QUANTUM)
+    q[:, 3] = np.rint(tau / TAU_QUANTUM)
+    return q
+
+
+def _canonical(k: np.ndarray, tau: np.ndarray) -> np.ndarray:
+    """Return True where (k, τ) must be negated so its first non-zero quantised entry is positive."""
+    q = _keys(k, tau)
+    nz = q != 0
+    first = np.where(nz.any(1), nz.argmax(1), 0)
+    return q[np.arange(len(q)), first] < 0
+
+
+def _merge(
+    k: np.ndarray, tau: np.ndarray, mag: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Merge entries with equal quantised (k, τ); return unique k, τ, summed mag, inverse."""
+    if len(tau) == 0:
+        return k, tau, mag, np.zeros(0, np.int64)
+    _, first, inverse = np.unique(_keys(k, tau), axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    summed = np.zeros(len(first), complex)
+    np.add.at(summed, inverse, mag)
+    return k[first], tau[first], summed, inverse
+
+
+@dataclass
+class _SeqRep:
+    angle: float
+    phase: float
+    dt: np.ndarray
+    gradm: np.ndarray
+    adc: np.ndarray
+
+
+def _seq_arrays(seq: Sequence, size: np.ndarray) -> list[_SeqRep]:
+    scale = 1.0 / size if seq.normalized_grads else np.ones(3)
+    reps = []
+    for rep in seq:
+        reps.append(
+            _SeqRep(
+                float(rep.pulse.angle),
+                float(rep.pulse.phase),
+                rep.event_time.detach().cpu().double().numpy(),
+                rep.gradm.detach().cpu().double().numpy() * scale,
+                rep.adc_usage.detach().cpu().numpy() > 0,
+            )
+        )
+    return reps
+
+
+def compute_graph(
+    seq: Sequence, data: SimData, max_state_count: int = 200, min_state_mag: float = 1e-4
+) -> Graph:
+    """Compute the PDG of ``seq`` for the phantom ``data`` (mean tissue values).
+
+    Parameters
+    ----------
+    seq
+        The sequence.
+    data
+        The phantom; its PD-weighted mean T1, T2, T2′, D and its Nyquist frequency and size are
+        used.
+    max_state_count
+        At most this many transverse and this many longitudinal states per repetition.
+    min_state_mag
+        States with an estimated magnetisation below this (relative to M0 = 1) are dropped.
+    """
+    w = data.PD.detach().clamp_min(0)
+    w = w / w.sum() if float(w.sum()) > 0 else torch.full_like(w, 1 / max(len(w), 1))
+
+    def mean(x: torch.Tensor) -> float:
+        return float((x.detach() * w).sum())
+
+    return compute_graph_ext(
+        seq,
+        mean(data.T1),
+        mean(data.T2),
+        mean(data.T2dash),
+        mean(data.D),
+        max_state_count,
+        min_state_mag,
+        data.nyquist.detach().cpu().double().numpy(),
+        data.size.detach().cpu().double().numpy(),
+        data.dephasing_func,
+    )
+
+
+def compute_graph_ext(
+    seq: Sequence,
+    T1: float,
+    T2: float,
+    T2dash: float,
+    D: float,
+    max_state_count: int = 200,
+    min_state_mag: float = 1e-4,
+    nyquist: Any = (math.inf, math.inf, math.inf),
+    size: Any = (1.0, 1.0, 1.0),
+    dephasing_func: Any = None,
+) -> Graph:
+    """Compute the PDG for explicit tissue values.
+
+    Parameters
+    ----------
+    seq
+        The sequence.
+    T1, T2, T2dash
+        Relaxation and dephasing times in s.
+    D
+        Diffusion coefficient in 10⁻³ mm²/s.
+    max_state_count, min_state_mag
+        See :func:`compute_graph`.
+    nyquist
+        ``[3]`` Nyquist frequency in 1/m (for the voxel-shape response of the estimates).
+    size
+        ``[3]`` phantom size in m (scales normalised gradients).
+    dephasing_func
+        Voxel-shape response ``(k [..., 3], nyquist [3]) -> [...]``; default: 1 (point).
+    """
+    if int(max_state_count) < 1:
+        raise ValueError(f"max_state_count must be >= 1, got {max_state_count}")
+    if not min_state_mag >= 0:
+        raise ValueError(f"min_state_mag must be >= 0, got {min_state_mag}")
+    nyq = np.asarray(nyquist, dtype=np.float64).reshape(3)
+    reps = _seq_arrays(seq, np.asarray(size, dtype=np.float64).reshape(3))
+    t1, t2, t2d = (max(float(v), 1e-9) for v in (T1, T2, T2dash))
+    d_si = max(float(D), 0.0) * 1e-9  # m²/s
+
+    def shape(k: np.ndarray) -> np.ndarray:
+        if dephasing_func is None:
+            return np.ones(k.shape[:-1])
+        kt = torch.from_numpy(np.ascontiguousarray(k))
+        return dephasing_func(kt, torch.from_numpy(nyq)).abs().numpy()
+
+    graph = Graph()
+    # state after the previous repetition (end of rep): start with Mz = 1 at k = 0
+    p_k, p_tau, p_mag = np.zeros((0, 3)), np.zeros(0), np.zeros(0, complex)
+    z_k, z_tau, z_mag = np.zeros((1, 3)), np.zeros(1), np.ones(1, complex)
+    decays: list[tuple[float, float]] = []
+    for rep in reps:
+        a, ph = rep.angle, rep.phase
+        c2, s2, sa, ca = math.cos(a / 2) ** 2, math.sin(a / 2) ** 2, math.sin(a), math.cos(a)
+        e1, e2 = complex(math.cos(ph), math.sin(ph)), complex(math.cos(2 * ph), math.sin(2 * ph))
+        np_, nz = len(p_tau), len(z_tau)
+        # candidate transverse children: unaffected, refocused, excited, excited mirror
+        ck = np.concatenate([p_k, -p_k, z_k, -z_k])
+        ctau = np.concatenate([p_tau, -p_tau, z_tau, -z_tau])
+        cmag = np.concatenate(
+            [c2 * p_mag, e2 * s2 * np.conj(p_mag), -0.5j * e1 * sa * z_mag,
+             -0.5j * e1 * sa * np.conj(z_mag)]
+        )  # fmt: skip
+        ckind = np.repeat([PLUS_FROM_PLUS, PLUS_FROM_PLUS_REFOC, PLUS_FROM_Z, PLUS_FROM_Z_CONJ],
+                          [np_, np_, nz, nz])  # fmt: skip
+        cparent = np.concatenate([np.arange(np_), np.arange(np_), np.arange(nz), np.arange(nz)])
+        # drop children whose coefficient is exactly zero (e.g. no refocusing for α = 0)
+        coef = np.repeat([c2, s2, sa, sa], [np_, np_, nz, nz])
+        live = np.abs(coef) > 0
+        ck, ctau, cmag, ckind, cparent = (
+            ck[live],
+            ctau[live],
+            cmag[live],
+            ckind[live],
+            cparent[live],
+        )
+        nk, ntau, nmag, inv = _merge(ck, ctau, cmag)
+        # candidate longitudinal children: kept, stored (canonical sign)
+        stored = -1j * np.conj(e1) * sa * p_mag
+        flip = _canonical(p_k, p_tau)
+        zk_c = np.concatenate([z_k, np.where(flip[:, None], -p_k, p_k)])
+        ztau_c = np.concatenate([z_tau, np.where(flip, -p_tau, p_tau)])
+        zmag_c = np.concatenate([ca * z_mag, np.where(flip, np.conj(stored), stored)])
+        zkind = np.concatenate(
+            [np.full(nz, Z_FROM_Z), np.where(flip, Z_FROM_PLUS_CONJ, Z_FROM_PLUS)]
+        )
+        zparent = np.concatenate([np.arange(nz), np.arange(np_)])
+        zcoef = np.concatenate([np.full(nz, ca), np.full(np_, sa)])
+        zlive = np.abs(zcoef) > 0
+        zlive[0] = True  # the relaxed state always exists
+        zk_c, ztau_c, zmag_c = zk_c[zlive], ztau_c[zlive], zmag_c[zlive]
+        zkind, zparent = zkind[zlive], zparent[zlive]
+        mzk, mztau, mzmag, zinv = _merge(zk_c, ztau_c, zmag_c)
+        # the relaxed state (k = 0, τ = 0) first
+        zero = np.flatnonzero((_keys(mzk, mztau) == 0).all(1))
+        order_z = _select(np.abs(mzmag), max_state_count, min_state_mag, keep=zero)
+        order_p = _select(np.abs(nmag), max_state_count, min_state_mag)
+        rg = _rep_graph(nk, ntau, nmag, inv, ckind, cparent, order_p,
+                        mzk, mztau, mzmag, zinv, zkind, zparent, order_z)  # fmt: skip
+
+        # within the repetition: emitted-signal estimate, then move to the repetition's end
+        dt, g = rep.dt, rep.gradm
+        total = float(dt.sum())
+        kcum = np.cumsum(g, axis=0)
+        tcum = np.cumsum(dt)
+        e2_t2 = math.exp(-total / t2)
+        emitted = np.zeros(len(rg.plus_tau))
+        if rep.adc.any() and len(rg.plus_tau):
+            ks = rg.plus_k[:, None, :] + kcum[rep.adc][None]  # [n, samples, 3]
+            taus = rg.plus_tau[:, None] + tcum[rep.adc][None]
+            decay = np.exp(-tcum[rep.adc] / t2)[None] * np.exp(-np.abs(taus) / t2d)
+            emitted = (shape(ks) * decay).max(axis=1)  # per unit magnetisation
+        rg.plus_emitted = emitted  # filled with |m| below
+        # diffusion over the repetition, per state (linear k ramps within events)
+        b_plus = _b_values(rg.plus_k, g, dt)
+        b_z = 4 * math.pi**2 * (rg.z_k**2).sum(1) * total
+        p_k = rg.plus_k + kcum[-1] if len(dt) else rg.plus_k.copy()
+        p_tau = rg.plus_tau + total
+        p_mag = rg.plus_mag * e2_t2 * np.exp(-b_plus * d_si)
+        e1_t1 = math.exp(-total / t1)
+        z_k, z_tau = rg.z_k, rg.z_tau
+        z_mag = rg.z_mag * e1_t1 * np.exp(-b_z * d_si)
+        z_mag[0] += 1 - e1_t1
+        decays.append((e2_t2, e1_t1))
+        graph.append(rg)
+
+    _latent(graph, decays, reps)
+    return graph
+
+
+def _select(
+    mag: np.ndarray, max_count: int, min_mag: float, keep: np.ndarray | None = None
+) -> np.ndarray:
+    """Return the indices of the states to keep, strongest first (``keep`` always, and first)."""
+    order = np.argsort(-mag, kind="stable")
+    order = order[mag[order] >= min_mag][: int(max_count)]
+    if keep is not None and len(keep):
+        order = np.concatenate([keep, order[~np.isin(order, keep)]])[: max(int(max_count), 1)]
+    return order
+
+
+def _rep_graph(
+    nk: np.ndarray, ntau: np.ndarray, nmag: np.ndarray, inv: np.ndarray, ckind: np.ndarray,
+    cparent: np.ndarray, order_p: np.ndarray, mzk: np.ndarray, mztau: np.ndarray,
+    mzmag: np.ndarray, zinv: np.ndarray, zkind: np.ndarray, zparent: np.ndarray,
+    order_z: np.ndarray,
+) -> RepGraph:  # fmt: skip
+    """Keep the selected states and express every edge in their new indices."""
+    pmap = np.full(len(ntau), -1)
+    pmap[order_p] = np.arange(len(order_p))
+    zmap = np.full(len(mztau), -1)
+    zmap[order_z] = np.arange(len(order_z))
+    edges: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    child = pmap[inv]
+    for kind in (PLUS_FROM_PLUS, PLUS_FROM_PLUS_REFOC, PLUS_FROM_Z, PLUS_FROM_Z_CONJ):
+        sel = (ckind == kind) & (child >= 0)
+        edges[kind] = (child[sel], cparent[sel])
+    zchild = zmap[zinv]
+    for kind in (Z_FROM_Z, Z_FROM_PLUS, Z_FROM_PLUS_CONJ):
+        sel = (zkind == kind) & (zchild >= 0)
+        edges[kind] = (zchild[sel], zparent[sel])
+    plus_def = _defining(len(order_p), edges, (PLUS_FROM_PLUS, PLUS_FROM_PLUS_REFOC, PLUS_FROM_Z,
+                                                PLUS_FROM_Z_CONJ))  # fmt: skip
+    z_def = _defining(len(order_z), edges, (Z_FROM_Z, Z_FROM_PLUS, Z_FROM_PLUS_CONJ))
+    return RepGraph(
+        plus_k=nk[order_p], plus_tau=ntau[order_p], plus_mag=nmag[order_p],
+        z_k=mzk[order_z], z_tau=mztau[order_z], z_mag=mzmag[order_z], edges=edges,
+        plus_def=plus_def, z_def=z_def,
+    )  # fmt: skip
+
+
+def _defining(n: int, edges: dict, kinds: tuple[int, ...]) -> np.ndarray:
+    """For every state one incoming edge (kind, parent) that fixes its k and τ (-1: none)."""
+    out = np.full((n, 2), -1, np.int64)
+    for kind in kinds:
+        child, parent = edges[kind]
+        free = out[child, 0] < 0
+        out[child[free], 0] = kind
+        out[child[free], 1] = parent[free]
+    return out
+
+
+def _b_values(k0: np.ndarray, g: np.ndarray, dt: np.ndarray) -> np.ndarray:
+    """EPG b-value (s/m²) over a repetition of each transverse state starting at ``k0`` [n, 3].
+
+    Within an event k grows linearly by ``g``: b = 4π² Σ dt (k² + k·g + g²/3).
+    """
+    if len(dt) == 0 or len(k0) == 0:
+        return np.zeros(len(k0))
+    kprev = np.concatenate([np.zeros((1, 3)), np.cumsum(g, axis=0)[:-1]])  # [events, 3]
+    total = float(dt.sum())
+    lin = (dt[:, None] * (2 * kprev + g)).sum(0)  # Σ dt (2 K + g)   [3]
+    const = (dt * ((kprev**2).sum(1) + (kprev * g).sum(1) + (g**2).sum(1) / 3)).sum()
+    return 4 * math.pi**2 * ((k0**2).sum(1) * total + k0 @ lin + const)
+
+
+def _latent(graph: Graph, decays: list[tuple[float, float]], reps: list[_SeqRep]) -> None:
+    """Fill emitted and latent signal estimates, relative to the strongest state per repetition.
+
+    ``sens`` is the largest signal a unit magnetisation in a state can still produce (in its own
+    repetition or through its descendants); latent = |m| · sens.
+    """
+    n = len(graph)
+    next_plus: np.ndarray | None = None
+    next_z: np.ndarray | None = None
+    for r in range(n - 1, -1, -1):
+        rg = graph[r]
+        sens_p = rg.plus_emitted.copy()
+        sens_z = np.zeros(len(rg.z_tau))
+        if next_plus is not None:
+            child = graph[r + 1]
+            a = reps[r + 1].angle
+            c2, s2, sa, ca = math.cos(a / 2) ** 2, math.sin(a / 2) ** 2, abs(math.sin(a)), abs(
+                math.cos(a)
+            )  # fmt: skip
+            e2_t2, e1_t1 = decays[r]
+            factor = {
+                PLUS_FROM_PLUS: (c2, next_plus, True), PLUS_FROM_PLUS_REFOC: (s2, next_plus, True),
+                PLUS_FROM_Z: (sa / 2, next_plus, False), PLUS_FROM_Z_CONJ: (sa / 2, next_plus,
+                                                                               False),
+                Z_FROM_Z: (ca, next_z, False), Z_FROM_PLUS: (sa, next_z, True),
+                Z_FROM_PLUS_CONJ: (sa, next_z, True),
+            }  # fmt: skip
+            for kind, (coef, child_sens, from_plus) in factor.items():
+                ci, pi = child.edges[kind]
+                if len(ci) == 0:
+                    continue
+                contrib = coef * child_sens[ci] * (e2_t2 if from_plus else e1_t1)
+                target = sens_p if from_plus else sens_z
+                np.maximum.at(target, pi, contrib)
+        rg.plus_latent = np.abs(rg.plus_mag) * sens_p
+        rg.z_latent = np.abs(rg.z_mag) * sens_z
+        rg.plus_emitted = np.abs(rg.plus_mag) * rg.plus_emitted
+        top = max(rg.plus_latent.max(initial=0.0), rg.z_latent.max(initial=0.0))
+        if top > 0:
+            rg.plus_latent = rg.plus_latent / top
+            rg.z_latent = rg.z_latent / top
+        top_e = rg.plus_emitted.max(initial=0.0)
+        if top_e > 0:
+            rg.plus_emitted = rg.plus_emitted / top_e
+        next_plus, next_z = sens_p, sens_z

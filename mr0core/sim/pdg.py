@@ -1,0 +1,358 @@
+"""PDG main pass (``execute_graph``): every voxel, only the states that matter.
+
+For each repetition the pass
+
+1. applies the pulse per voxel (flip and phase from B1 and the pTx shim) along the graph's edges;
+2. computes the ADC signal of the emitting transverse states as a matrix product: the
+   state-dependent phase ``exp(-2πi (k0·r + B0 τ0))`` is folded into the state magnetisation
+   ``M [states, voxels]``, the sample-dependent part ``exp(-2πi (K_t·r + B0 T_t)) e^{-T_t/T2} PD
+   coil`` into ``P [voxels, samples × coils]``; ``M @ P`` is one GEMM per group of voxels that
+   share T2′ and D, whose state- and sample-dependent factors (voxel shape response of
+   ``k0 + K_t``, ``exp(-|τ0 + T_t| / T2′)``, diffusion within the repetition) are then applied
+   per (state, sample). Phantoms with many distinct (T2′, D) pairs use an exact per-voxel path;
+3. relaxes, diffuses and recovers the states to the end of the repetition.
+
+The signal is ``Σ_voxels PD · coil · m+ · exp(+i adc_phase)``, not normalised by the voxel count,
+sampled at the end of each ADC event, as MR-zero defines it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .graph import (
+    PLUS_FROM_PLUS,
+    PLUS_FROM_PLUS_REFOC,
+    PLUS_FROM_Z,
+    PLUS_FROM_Z_CONJ,
+    Z_FROM_PLUS,
+    Z_FROM_PLUS_CONJ,
+    Z_FROM_Z,
+    Graph,
+)
+
+if TYPE_CHECKING:
+    from mr0core.phantom.sim_data import SimData
+    from mr0core.sequence import Sequence
+
+__all__ = ["execute_graph"]
+
+_MAX_GROUPS = 16  # distinct (T2', D) pairs handled by grouped GEMMs
+_CHUNK_ELEMENTS = 1 << 24  # per-voxel fallback: states x samples x voxels per chunk
+_TWO_PI = 2 * math.pi
+_D_SI = 1e-9  # 10^-3 mm^2/s in m^2/s
+
+
+def _gather_k(
+    kind_parent: np.ndarray, p_k: torch.Tensor, p_tau: torch.Tensor, z_k: torch.Tensor,
+    z_tau: torch.Tensor, plus: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Return k [n, 3] and τ [n] of new states from their defining edges (differentiable)."""
+    if plus:
+        table_k = torch.cat([p_k, -p_k, z_k, -z_k])
+        table_tau = torch.cat([p_tau, -p_tau, z_tau, -z_tau])
+        offsets = {
+            PLUS_FROM_PLUS: 0,
+            PLUS_FROM_PLUS_REFOC: len(p_tau),
+            PLUS_FROM_Z: 2 * len(p_tau),
+            PLUS_FROM_Z_CONJ: 2 * len(p_tau) + len(z_tau),
+        }
+    else:
+        table_k = torch.cat([z_k, p_k, -p_k])
+        table_tau = torch.cat([z_tau, p_tau, -p_tau])
+        offsets = {
+            Z_FROM_Z: 0,
+            Z_FROM_PLUS: len(z_tau),
+            Z_FROM_PLUS_CONJ: len(z_tau) + len(p_tau),
+        }
+    if len(kind_parent) == 0:
+        return table_k[:0], table_tau[:0]
+    lut = np.zeros(7, np.int64)
+    for kind, off in offsets.items():
+        lut[kind] = off
+    kinds = kind_parent[:, 0]
+    idx = np.where(kinds >= 0, lut[np.maximum(kinds, 0)] + kind_parent[:, 1], -1)
+    if (idx < 0).any():
+        # only the relaxed longitudinal state can lack an edge (k = 0, τ = 0)
+        table_k = torch.cat([table_k, torch.zeros_like(table_k[:1])])
+        table_tau = torch.cat([table_tau, torch.zeros_like(table_tau[:1])])
+        idx = np.where(idx < 0, len(table_tau) - 1, idx)
+    index = torch.from_numpy(idx).to(table_k.device)
+    return table_k[index], table_tau[index]
+
+
+def _remap(active: np.ndarray, n: int) -> np.ndarray:
+    out = np.full(n, -1, np.int64)
+    out[active] = np.arange(len(active))
+    return out
+
+
+def execute_graph(
+    graph: Graph,
+    seq: Sequence,
+    data: SimData,
+    min_emitted_signal: float = 1e-2,
+    min_latent_signal: float = 1e-2,
+    print_progress: bool = True,
+    return_mag_adc: bool = False,
+    clear_state_mag: bool = True,
+    intitial_mag: torch.Tensor | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    """Simulate the ADC signal of ``seq`` on ``data`` along ``graph``.
+
+    Parameters
+    ----------
+    graph
+        From :func:`compute_graph` for this sequence.
+    seq
+        The sequence.
+    data
+        The phantom; the simulation runs on its device.
+    min_emitted_signal
+        Transverse states whose estimated signal (relative to the strongest in their repetition)
+        is below this are left out of the signal.
+    min_latent_signal
+        States whose estimated present or future signal is below this are not simulated.
+    print_progress
+        Show a tqdm bar over the repetitions.
+    return_mag_adc
+        Also return, per ADC sample, the transverse magnetisation per voxel ``[voxels]`` (costly).
+    clear_state_mag
+        Drop each repetition's state magnetisations once used (kept anyway where autograd needs
+        them).
+    intitial_mag
+        Optional initial longitudinal magnetisation per voxel ``[voxels]`` (default 1).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[ADC samples, coils]`` complex64 signal (and the per-sample magnetisations if asked).
+    """
+    if len(graph) != len(seq):
+        raise ValueError(f"the graph has {len(graph)} repetitions, the sequence {len(seq)}")
+    dev = data.device
+    cdt = torch.complex64
+    fdt = torch.float32
+    pos = data.voxel_pos.to(fdt)
+    b0 = data.B0.to(fdt)
+    t1 = data.T1.to(fdt).clamp_min(1e-12)
+    t2 = data.T2.to(fdt).clamp_min(1e-12)
+    t2d = data.T2dash.to(fdt).clamp_min(1e-12)
+    diff = data.D.to(fdt).clamp_min(0) * _D_SI
+    pd_coil = (data.coil_sens.to(cdt) * data.PD.to(fdt)).transpose(0, 1)  # [V, C]
+    n_vox, n_coil = pd_coil.shape
+    b1 = data.B1.to(cdt)
+    size = data.size.to(fdt)
+    nyquist = data.nyquist.to(fdt)
+    groups, group_inv = _groups(t2d, diff)
+    exact = return_mag_adc or groups is None
+
+    p_k = torch.zeros((0, 3), dtype=fdt, device=dev)
+    p_tau = torch.zeros(0, dtype=fdt, device=dev)
+    p_mag = torch.zeros((0, n_vox), dtype=cdt, device=dev)
+    z_k = torch.zeros((1, 3), dtype=fdt, device=dev)
+    z_tau = torch.zeros(1, dtype=fdt, device=dev)
+    z0 = torch.ones(n_vox, dtype=fdt, device=dev) if intitial_mag is None else (
+        intitial_mag.to(dev, fdt).reshape(n_vox)
+    )  # fmt: skip
+    z_mag = z0.to(cdt).unsqueeze(0)
+    p_active = np.zeros(0, np.int64)
+    z_active = np.zeros(1, np.int64)
+    signals: list[torch.Tensor] = []
+    mags: list[torch.Tensor] = []
+
+    for r, (rep, rg) in enumerate(
+        tqdm(list(zip(seq, graph, strict=True)), desc="PDG", disable=not print_progress)
+    ):
+        # ---- states of this repetition: k and τ for all, magnetisation for the active ones
+        new_p_k, new_p_tau = _gather_k(rg.plus_def, p_k, p_tau, z_k, z_tau, plus=True)
+        new_z_k, new_z_tau = _gather_k(rg.z_def, p_k, p_tau, z_k, z_tau, plus=False)
+        act_p = np.flatnonzero(rg.plus_latent >= min_latent_signal)
+        act_z = np.flatnonzero(rg.z_latent >= min_latent_signal)
+        if len(act_z) == 0 or act_z[0] != 0:
+            act_z = np.concatenate([[0], act_z[act_z != 0]])
+        map_p, map_z = _remap(act_p, len(rg.plus_tau)), _remap(act_z, len(rg.z_tau))
+        prev_map_p = _remap(p_active, _prev_count(graph, r, plus=True))
+        prev_map_z = _remap(z_active, _prev_count(graph, r, plus=False))
+
+        pulse = rep.pulse
+        shim = pulse.shim_array.to(dev, fdt)
+        if shim.shape[0] != b1.shape[0]:
+            if shim.shape[0] == 1 and b1.shape[0] > 1:
+                shim = shim.expand(b1.shape[0], 2)
+            else:
+                raise ValueError(
+                    f"repetition {r}: the pulse has {shim.shape[0]} shim channels, the phantom "
+                    f"{b1.shape[0]} B1 channels"
+                )
+        b1eff = (torch.polar(shim[:, 0], shim[:, 1]).unsqueeze(1) * b1).sum(0)  # [V]
+        angle = pulse.angle.to(dev, fdt) * b1eff.abs()
+        phase = pulse.phase.to(dev, fdt) + torch.angle(b1eff)
+        c2 = torch.cos(angle / 2) ** 2
+        s2 = torch.sin(angle / 2) ** 2
+        sa = torch.sin(angle)
+        ca = torch.cos(angle)
+        e1 = torch.polar(torch.ones_like(phase), phase)
+        coef = {
+            PLUS_FROM_PLUS: (c2.to(cdt), False),
+            PLUS_FROM_PLUS_REFOC: (e1 * e1 * s2, True),
+            PLUS_FROM_Z: (-0.5j * e1 * sa, False),
+            PLUS_FROM_Z_CONJ: (-0.5j * e1 * sa, True),
+            Z_FROM_Z: (ca.to(cdt), False),
+            Z_FROM_PLUS: (-1j * e1.conj() * sa, False),
+            Z_FROM_PLUS_CONJ: (-1j * e1.conj() * sa, True),
+        }
+        new_p = torch.zeros((len(act_p), n_vox), dtype=cdt, device=dev)
+        new_z = torch.zeros((len(act_z), n_vox), dtype=cdt, device=dev)
+        for kind, (c, conj_child) in coef.items():
+            child, parent = rg.edges[kind]
+            to_plus = kind in (PLUS_FROM_PLUS, PLUS_FROM_PLUS_REFOC, PLUS_FROM_Z, PLUS_FROM_Z_CONJ)
+            from_plus = kind in (PLUS_FROM_PLUS, PLUS_FROM_PLUS_REFOC, Z_FROM_PLUS,
+                                 Z_FROM_PLUS_CONJ)  # fmt: skip
+            ci = (map_p if to_plus else map_z)[child]
+            pi = (prev_map_p if from_plus else prev_map_z)[parent]
+            ok = (ci >= 0) & (pi >= 0)
+            if not ok.any():
+                continue
+            src_all = p_mag if from_plus else z_mag
+            src = src_all[torch.from_numpy(pi[ok]).to(dev)]
+            if kind == Z_FROM_PLUS_CONJ:
+                contrib = (src * c).conj()
+            elif conj_child:
+                contrib = src.conj() * c
+            else:
+                contrib = src * c
+            idx = torch.from_numpy(ci[ok]).to(dev)
+            if to_plus:
+                new_p = new_p.index_add(0, idx, contrib)
+            else:
+                new_z = new_z.index_add(0, idx, contrib)
+
+        k0 = new_p_k[torch.from_numpy(act_p).to(dev)]
+        tau0 = new_p_tau[torch.from_numpy(act_p).to(dev)]
+
+        # ---- the repetition's events (gradients scaled to the phantom size)
+        dt = rep.event_time.to(dev, fdt)
+        g = rep.gradm.to(dev, fdt)
+        if seq.normalized_grads:
+            g = g / size
+        kcum = torch.cumsum(g, 0)
+        tcum = torch.cumsum(dt, 0)
+        kprev = kcum - g
+        lin_cum = torch.cumsum(dt[:, None] * (2 * kprev + g), 0)  # [E, 3]
+        const_cum = torch.cumsum(
+            dt * ((kprev**2).sum(1) + (kprev * g).sum(1) + (g**2).sum(1) / 3), 0
+        )
+        adc = torch.nonzero(rep.adc_usage > 0).flatten().to(dev)
+        if len(adc):
+            emit = np.flatnonzero(rg.plus_emitted[act_p] >= min_emitted_signal)
+            sig, mag_adc = _signal(
+                new_p[torch.from_numpy(emit).to(dev)], k0[emit], tau0[emit], kcum[adc],
+                tcum[adc], lin_cum[adc], const_cum[adc], rep.adc_phase.to(dev, fdt)[adc],
+                pos, b0, t2, t2d, diff, pd_coil, nyquist, data.dephasing_func, groups,
+                group_inv, exact,
+            )  # fmt: skip
+            signals.append(sig)
+            mags.extend(mag_adc)
+
+        # ---- to the end of the repetition
+        total = dt.sum()
+        if len(dt):
+            four_pi2 = 4 * math.pi**2
+            b_plus = four_pi2 * ((k0**2).sum(1) * total + k0 @ lin_cum[-1] + const_cum[-1])  # [S]
+            p_mag = new_p * torch.exp(-total / t2 - b_plus[:, None] * diff).to(cdt)
+            zk_act = new_z_k[torch.from_numpy(act_z).to(dev)]
+            b_z = four_pi2 * (zk_act**2).sum(1) * total
+            e1_t1 = torch.exp(-total / t1)
+            z_mag = new_z * torch.exp(
+                -total / t1 - b_z[:, None] * diff
+            ).to(cdt)  # fmt: skip
+            z_mag = torch.cat([z_mag[:1] + (1 - e1_t1).to(cdt), z_mag[1:]])
+            p_k = new_p_k + kcum[-1]
+            p_tau = new_p_tau + total
+        else:
+            p_mag, z_mag = new_p, new_z
+            p_k, p_tau = new_p_k, new_p_tau
+        z_k, z_tau = new_z_k, new_z_tau
+        p_active, z_active = act_p, act_z
+        if clear_state_mag and not torch.is_grad_enabled():
+            del new_p, new_z
+
+    out = torch.cat(signals) if signals else torch.zeros((0, n_coil), dtype=cdt, device=dev)
+    if return_mag_adc:
+        return out, mags
+    return out
+
+
+def _prev_count(graph: Graph, r: int, plus: bool) -> int:
+    if r == 0:
+        return 0 if plus else 1
+    prev = graph[r - 1]
+    return len(prev.plus_tau) if plus else len(prev.z_tau)
+
+
+def _groups(t2d: torch.Tensor, diff: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Distinct (T2′, D) pairs [G, 2] and the group of each voxel; None if too many."""
+    pairs = torch.stack([t2d, diff], dim=1).detach()
+    uniq, inv = torch.unique(pairs, dim=0, return_inverse=True)
+    if len(uniq) > _MAX_GROUPS:
+        return None, inv
+    return uniq, inv
+
+
+def _signal(
+    m: torch.Tensor, k0: torch.Tensor, tau0: torch.Tensor, K: torch.Tensor, T: torch.Tensor,
+    L: torch.Tensor, C: torch.Tensor, adc_phase: torch.Tensor, pos: torch.Tensor,
+    b0: torch.Tensor, t2: torch.Tensor, t2d: torch.Tensor, diff: torch.Tensor,
+    pd_coil: torch.Tensor, nyquist: torch.Tensor, dephasing_func: object,
+    groups: torch.Tensor | None, group_inv: torch.Tensor, exact: bool,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:  # fmt: skip
+    """Signal ``[samples, coils]`` of transverse states ``m [S, V]`` at one repetition's samples.
+
+    ``K [T, 3]``, ``T [T]``: gradient moment and time since the repetition's start at each
+    sample; ``L [T, 3]`` and ``C [T]``: the linear and constant parts of the within-repetition
+    b-value (b = 4π² (|k0|² T + k0·L + C)).
+    """
+    n_t = len(T)
+    n_coil = pd_coil.shape[1]
+    if len(m) == 0:
+        return torch.zeros((n_t, n_coil), dtype=torch.complex64, device=pos.device), []
+    k_st = k0[:, None, :] + K[None]  # [S, T, 3]
+    tau_st = tau0[:, None] + T[None]  # [S, T]
+    w = dephasing_func(k_st, nyquist).to(torch.float32)  # [S, T]
+    b_st = 4 * math.pi**2 * ((k0**2).sum(1)[:, None] * T[None] + k0 @ L.T + C[None])  # [S, T]
+    state_phase = -_TWO_PI * (k0 @ pos.T + tau0[:, None] * b0[None])  # [S, V]
+    M = m * torch.polar(torch.ones_like(state_phase), state_phase)
+    sample_phase = -_TWO_PI * (pos @ K.T + b0[:, None] * T[None])  # [V, T]
+    P = torch.polar(torch.exp(-T[None] / t2[:, None]), sample_phase)  # [V, T]
+    receive = torch.polar(torch.ones_like(adc_phase), adc_phase)  # e^{+i adc_phase}
+    if not exact:
+        assert groups is not None
+        out = torch.zeros((n_t, n_coil), dtype=torch.complex64, device=pos.device)
+        for gi in range(len(groups)):
+            vox = torch.nonzero(group_inv == gi).flatten()
+            if len(vox) == 0:
+                continue
+            pg = (P[vox][:, :, None] * pd_coil[vox][:, None, :]).reshape(len(vox), -1)
+            a = (M[:, vox] @ pg).reshape(len(m), n_t, n_coil)  # [S, T, C]
+            r2d, dg = 1 / groups[gi, 0], groups[gi, 1]
+            f = w * torch.exp(-tau_st.abs() * r2d - b_st * dg)  # [S, T]
+            out = out + (a * f[..., None]).sum(0)
+        return out * receive[:, None], []
+    # exact per-voxel path: states x samples x voxels in chunks
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, len(m) * len(pos)))
+    outs, mags = [], []
+    for t0 in range(0, n_t, chunk):
+        sl = slice(t0, t0 + chunk)
+        f = w[:, sl, None] * torch.exp(
+            -tau_st[:, sl, None].abs() / t2d[None, None] - b_st[:, sl, None] * diff[None, None]
+        )  # [S, Tc, V]
+        mt = (M[:, None, :] * f).sum(0) * P[:, sl].T  # [Tc, V]
+        outs.append(mt @ pd_coil)
+        mags.extend(list(mt * receive[sl, None]))
+    return torch.cat(outs) * receive[:, None], mags
