@@ -91,6 +91,9 @@ class RepGraph:
     # defining parent of each state: (edge kind, parent index); k and τ follow from it
     plus_def: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     z_def: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    # estimates for every B1 scale of the pre-pass [n, scales]; plus_mag/z_mag are column 0
+    plus_mags: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), complex))
+    z_mags: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), complex))
 
 
 class Graph(list[RepGraph]):
@@ -173,7 +176,7 @@ def _keys(k: np.ndarray, tau: np.ndarray) -> np.ndarray:
 
 
 def _canonical(k: np.ndarray, tau: np.ndarray) -> np.ndarray:
-    """Return True where (k, τ) must be negated so its first non-zero quantised entry is positive."""
+    """Return True where (k, τ) must be negated (first non-zero quantised entry positive)."""
     q = _keys(k, tau)
     nz = q != 0
     first = np.where(nz.any(1), nz.argmax(1), 0)
@@ -188,7 +191,7 @@ def _merge(
         return k, tau, mag, np.zeros(0, np.int64)
     _, first, inverse = np.unique(_keys(k, tau), axis=0, return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
-    summed = np.zeros(len(first), complex)
+    summed = np.zeros((len(first), *mag.shape[1:]), complex)
     np.add.at(summed, inverse, mag)
     return k[first], tau[first], summed, inverse
 
@@ -208,8 +211,8 @@ def _seq_arrays(seq: Sequence, size: np.ndarray) -> list[_SeqRep]:
     for rep in seq:
         reps.append(
             _SeqRep(
-                float(rep.pulse.angle),
-                float(rep.pulse.phase),
+                float(rep.pulse.angle.detach()),
+                float(rep.pulse.phase.detach()),
                 rep.event_time.detach().cpu().double().numpy(),
                 rep.gradm.detach().cpu().double().numpy() * scale,
                 rep.adc_usage.detach().cpu().numpy() > 0,
@@ -252,7 +255,33 @@ def compute_graph(
         data.nyquist.detach().cpu().double().numpy(),
         data.size.detach().cpu().double().numpy(),
         data.dephasing_func,
+        b1_scales=_b1_scales(seq, data, w),
     )
+
+
+def _b1_scales(seq: Sequence, data: SimData, weights: torch.Tensor) -> tuple[float, ...]:
+    """Return the PD-weighted mean, 2nd and 98th percentile of the flip scale |B1eff|.
+
+    The pre-pass follows all of them, so that paths that only exist where the flip is off
+    nominal (stimulated echoes of imperfect refocusing) are kept.
+    """
+    b1 = data.B1.detach()
+    shim = seq[0].pulse.shim_array.detach().to(b1.device) if len(seq) else None
+    if shim is not None and shim.shape[0] == b1.shape[0]:
+        b1 = (torch.polar(shim[:, 0].float(), shim[:, 1].float())[:, None] * b1).sum(0)
+    else:
+        b1 = b1.sum(0)
+    scale = b1.abs().double().cpu().numpy()
+    w = weights.double().cpu().numpy()
+    if len(scale) == 0:
+        return (1.0,)
+    order = np.argsort(scale)
+    cdf = np.cumsum(w[order])
+    lo = float(scale[order][np.searchsorted(cdf, 0.02 * cdf[-1])])
+    hi = float(scale[order][min(np.searchsorted(cdf, 0.98 * cdf[-1]), len(order) - 1)])
+    mean = float((scale * w).sum() / max(w.sum(), 1e-30))
+    out = [mean] + [v for v in (lo, hi) if abs(v - mean) > 1e-3]
+    return tuple(out)
 
 
 def compute_graph_ext(
@@ -266,6 +295,7 @@ def compute_graph_ext(
     nyquist: Any = (math.inf, math.inf, math.inf),
     size: Any = (1.0, 1.0, 1.0),
     dephasing_func: Any = None,
+    b1_scales: tuple[float, ...] = (1.0,),
 ) -> Graph:
     """Compute the PDG for explicit tissue values.
 
@@ -285,6 +315,9 @@ def compute_graph_ext(
         ``[3]`` phantom size in m (scales normalised gradients).
     dephasing_func
         Voxel-shape response ``(k [..., 3], nyquist [3]) -> [...]``; default: 1 (point).
+    b1_scales
+        Flip-angle scales to follow in parallel (the first is the nominal one); states are kept
+        if they matter at any of them.
     """
     if int(max_state_count) < 1:
         raise ValueError(f"max_state_count must be >= 1, got {max_state_count}")
@@ -303,12 +336,15 @@ def compute_graph_ext(
 
     graph = Graph()
     # state after the previous repetition (end of rep): start with Mz = 1 at k = 0
-    p_k, p_tau, p_mag = np.zeros((0, 3)), np.zeros(0), np.zeros(0, complex)
-    z_k, z_tau, z_mag = np.zeros((1, 3)), np.zeros(1), np.ones(1, complex)
+    scales = np.asarray(b1_scales, dtype=np.float64).reshape(-1)
+    nb = len(scales)
+    p_k, p_tau, p_mag = np.zeros((0, 3)), np.zeros(0), np.zeros((0, nb), complex)
+    z_k, z_tau, z_mag = np.zeros((1, 3)), np.zeros(1), np.ones((1, nb), complex)
     decays: list[tuple[float, float]] = []
     for rep in reps:
         a, ph = rep.angle, rep.phase
-        c2, s2, sa, ca = math.cos(a / 2) ** 2, math.sin(a / 2) ** 2, math.sin(a), math.cos(a)
+        ab = a * scales
+        c2, s2, sa, ca = np.cos(ab / 2) ** 2, np.sin(ab / 2) ** 2, np.sin(ab), np.cos(ab)
         e1, e2 = complex(math.cos(ph), math.sin(ph)), complex(math.cos(2 * ph), math.sin(2 * ph))
         np_, nz = len(p_tau), len(z_tau)
         # candidate transverse children: unaffected, refocused, excited, excited mirror
@@ -322,7 +358,8 @@ def compute_graph_ext(
                           [np_, np_, nz, nz])  # fmt: skip
         cparent = np.concatenate([np.arange(np_), np.arange(np_), np.arange(nz), np.arange(nz)])
         # drop children whose coefficient is exactly zero (e.g. no refocusing for α = 0)
-        coef = np.repeat([c2, s2, sa, sa], [np_, np_, nz, nz])
+        amax = [np.abs(c2).max(), np.abs(s2).max(), np.abs(sa).max(), np.abs(sa).max()]
+        coef = np.repeat(amax, [np_, np_, nz, nz])
         live = np.abs(coef) > 0
         ck, ctau, cmag, ckind, cparent = (
             ck[live],
@@ -337,12 +374,12 @@ def compute_graph_ext(
         flip = _canonical(p_k, p_tau)
         zk_c = np.concatenate([z_k, np.where(flip[:, None], -p_k, p_k)])
         ztau_c = np.concatenate([z_tau, np.where(flip, -p_tau, p_tau)])
-        zmag_c = np.concatenate([ca * z_mag, np.where(flip, np.conj(stored), stored)])
+        zmag_c = np.concatenate([ca * z_mag, np.where(flip[:, None], np.conj(stored), stored)])
         zkind = np.concatenate(
             [np.full(nz, Z_FROM_Z), np.where(flip, Z_FROM_PLUS_CONJ, Z_FROM_PLUS)]
         )
         zparent = np.concatenate([np.arange(nz), np.arange(np_)])
-        zcoef = np.concatenate([np.full(nz, ca), np.full(np_, sa)])
+        zcoef = np.concatenate([np.full(nz, np.abs(ca).max()), np.full(np_, np.abs(sa).max())])
         zlive = np.abs(zcoef) > 0
         zlive[0] = True  # the relaxed state always exists
         zk_c, ztau_c, zmag_c = zk_c[zlive], ztau_c[zlive], zmag_c[zlive]
@@ -350,8 +387,8 @@ def compute_graph_ext(
         mzk, mztau, mzmag, zinv = _merge(zk_c, ztau_c, zmag_c)
         # the relaxed state (k = 0, τ = 0) first
         zero = np.flatnonzero((_keys(mzk, mztau) == 0).all(1))
-        order_z = _select(np.abs(mzmag), max_state_count, min_state_mag, keep=zero)
-        order_p = _select(np.abs(nmag), max_state_count, min_state_mag)
+        order_z = _select(np.abs(mzmag).max(1), max_state_count, min_state_mag, keep=zero)
+        order_p = _select(np.abs(nmag).max(1), max_state_count, min_state_mag)
         rg = _rep_graph(nk, ntau, nmag, inv, ckind, cparent, order_p,
                         mzk, mztau, mzmag, zinv, zkind, zparent, order_z)  # fmt: skip
 
@@ -373,15 +410,15 @@ def compute_graph_ext(
         b_z = 4 * math.pi**2 * (rg.z_k**2).sum(1) * total
         p_k = rg.plus_k + kcum[-1] if len(dt) else rg.plus_k.copy()
         p_tau = rg.plus_tau + total
-        p_mag = rg.plus_mag * e2_t2 * np.exp(-b_plus * d_si)
+        p_mag = rg.plus_mags * e2_t2 * np.exp(-b_plus * d_si)[:, None]
         e1_t1 = math.exp(-total / t1)
         z_k, z_tau = rg.z_k, rg.z_tau
-        z_mag = rg.z_mag * e1_t1 * np.exp(-b_z * d_si)
+        z_mag = rg.z_mags * e1_t1 * np.exp(-b_z * d_si)[:, None]
         z_mag[0] += 1 - e1_t1
         decays.append((e2_t2, e1_t1))
         graph.append(rg)
 
-    _latent(graph, decays, reps)
+    _latent(graph, decays, reps, scales)
     return graph
 
 
@@ -420,9 +457,9 @@ def _rep_graph(
                                                 PLUS_FROM_Z_CONJ))  # fmt: skip
     z_def = _defining(len(order_z), edges, (Z_FROM_Z, Z_FROM_PLUS, Z_FROM_PLUS_CONJ))
     return RepGraph(
-        plus_k=nk[order_p], plus_tau=ntau[order_p], plus_mag=nmag[order_p],
-        z_k=mzk[order_z], z_tau=mztau[order_z], z_mag=mzmag[order_z], edges=edges,
-        plus_def=plus_def, z_def=z_def,
+        plus_k=nk[order_p], plus_tau=ntau[order_p], plus_mag=nmag[order_p, 0],
+        z_k=mzk[order_z], z_tau=mztau[order_z], z_mag=mzmag[order_z, 0], edges=edges,
+        plus_def=plus_def, z_def=z_def, plus_mags=nmag[order_p], z_mags=mzmag[order_z],
     )  # fmt: skip
 
 
@@ -451,7 +488,9 @@ def _b_values(k0: np.ndarray, g: np.ndarray, dt: np.ndarray) -> np.ndarray:
     return 4 * math.pi**2 * ((k0**2).sum(1) * total + k0 @ lin + const)
 
 
-def _latent(graph: Graph, decays: list[tuple[float, float]], reps: list[_SeqRep]) -> None:
+def _latent(
+    graph: Graph, decays: list[tuple[float, float]], reps: list[_SeqRep], scales: np.ndarray
+) -> None:
     """Fill emitted and latent signal estimates, relative to the strongest state per repetition.
 
     ``sens`` is the largest signal a unit magnetisation in a state can still produce (in its own
@@ -466,10 +505,9 @@ def _latent(graph: Graph, decays: list[tuple[float, float]], reps: list[_SeqRep]
         sens_z = np.zeros(len(rg.z_tau))
         if next_plus is not None:
             child = graph[r + 1]
-            a = reps[r + 1].angle
-            c2, s2, sa, ca = math.cos(a / 2) ** 2, math.sin(a / 2) ** 2, abs(math.sin(a)), abs(
-                math.cos(a)
-            )  # fmt: skip
+            ab = reps[r + 1].angle * scales
+            c2, s2 = float((np.cos(ab / 2) ** 2).max()), float((np.sin(ab / 2) ** 2).max())
+            sa, ca = float(np.abs(np.sin(ab)).max()), float(np.abs(np.cos(ab)).max())
             e2_t2, e1_t1 = decays[r]
             factor = {
                 PLUS_FROM_PLUS: (c2, next_plus, True), PLUS_FROM_PLUS_REFOC: (s2, next_plus, True),
@@ -485,9 +523,11 @@ def _latent(graph: Graph, decays: list[tuple[float, float]], reps: list[_SeqRep]
                 contrib = coef * child_sens[ci] * (e2_t2 if from_plus else e1_t1)
                 target = sens_p if from_plus else sens_z
                 np.maximum.at(target, pi, contrib)
-        rg.plus_latent = np.abs(rg.plus_mag) * sens_p
-        rg.z_latent = np.abs(rg.z_mag) * sens_z
-        rg.plus_emitted = np.abs(rg.plus_mag) * rg.plus_emitted
+        p_abs = np.abs(rg.plus_mags).max(1) if len(rg.plus_mags) else np.zeros(0)
+        z_abs = np.abs(rg.z_mags).max(1) if len(rg.z_mags) else np.zeros(0)
+        rg.plus_latent = p_abs * sens_p
+        rg.z_latent = z_abs * sens_z
+        rg.plus_emitted = p_abs * rg.plus_emitted
         top = max(rg.plus_latent.max(initial=0.0), rg.z_latent.max(initial=0.0))
         if top > 0:
             rg.plus_latent = rg.plus_latent / top

@@ -1,0 +1,54 @@
+"""PDG signals against MR-zero's (black box; runs only where mrzerocore is installed)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CORPUS
+
+import mr0core as mr0
+from mr0core.phantom.builtin_phantoms import write_phantom
+from mr0core.sim import compute_graph, execute_graph
+
+pytestmark = pytest.mark.reference
+
+
+@contextlib.contextmanager
+def _quiet():  # MR-zero prints from Rust to fd 1
+    fd = os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        os.dup2(fd, 1)
+        os.close(null)
+        os.close(fd)
+
+
+@pytest.mark.parametrize("name", ["write_gre", "write_tse"])
+def test_signal_equals_mr_zero_on_32x32_brain(tmp_path: Path, name: str) -> None:
+    with _quiet():
+        import MRzeroCore as mz
+
+        json_path, _ = write_phantom("brain", tmp_path, size=32)
+        ref_data = mz.TissueDict.load(str(json_path)).build()
+        ref_seq = mz.Sequence.import_file(str(CORPUS / f"{name}.seq"))
+        graph = mz.compute_graph(ref_seq, ref_data, 5000, 1e-9)
+        ref = mz.execute_graph(graph, ref_seq, ref_data, 1e-5, 1e-5, print_progress=False)
+    data = mr0.TissueDict.load(json_path).build()
+    # the same sequence object, so that only the simulation differs (importers differ slightly)
+    ours = execute_graph(compute_graph(ref_seq, data, 5000, 1e-9), ref_seq, data, 1e-5, 1e-5,
+                         print_progress=False)  # fmt: skip
+    nrmse = float((ours - ref).abs().pow(2).mean().sqrt() / ref.abs().pow(2).mean().sqrt())
+    assert ours.shape == ref.shape
+    assert nrmse < 0.01
+    assert torch.isfinite(ours).all()
