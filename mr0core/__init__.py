@@ -19,9 +19,11 @@ from mr0core.phantom import (
 )
 from mr0core.pulseq import SeqFormatError
 from mr0core.sequence import Pulse, PulseUsage, Repetition, Sequence, chain
+from mr0core.sim import Graph, compute_graph, compute_graph_ext, execute_graph
 
 __all__ = [
     "CustomVoxelPhantom",
+    "Graph",
     "NiftiMapping",
     "NiftiPhantom",
     "NiftiRef",
@@ -37,6 +39,9 @@ __all__ = [
     "TissueDict",
     "VoxelGridPhantom",
     "chain",
+    "compute_graph",
+    "compute_graph_ext",
+    "execute_graph",
     "util",
 ]
 __version__ = "0.1.0"

@@ -10,10 +10,13 @@ import math
 from collections.abc import Sequence as SequenceABC
 from os import PathLike, fspath
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from mr0core.phantom.voxel_grid import VoxelGridPhantom, grid_positions
 
-__all__ = ["DEFAULT_PHANTOM_URL", "load_phantom"]
+__all__ = ["DEFAULT_PHANTOM_URL", "load_phantom", "simulate"]
 
 DEFAULT_PHANTOM_URL = "builtin:brain"
 """The default phantom: the built-in brain (ICBM 2009a, 3 T values), no download."""
@@ -105,3 +108,67 @@ def _load(url: str | PathLike[str], size: SequenceABC[int] | None) -> VoxelGridP
 
         return TissueDict.load(path).combine()
     raise ValueError(f"{path}: unknown phantom format (expected .mat, .npz or .json)")
+
+
+def simulate(
+    seq: Any,
+    phantom: Any = None,
+    sim_size: SequenceABC[int] | None = None,
+    accuracy: float = 1e-3,
+    noise_level: float | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Simulate a sequence with PDG in one call.
+
+    Parameters
+    ----------
+    seq
+        An :class:`mr0core.Sequence`, a ``.seq`` path or a ``pypulseq.Sequence`` (converted in
+        memory; no file is written to the working directory).
+    phantom
+        ``VoxelGridPhantom``, ``CustomVoxelPhantom``, ``TissueDict``, ``SimData`` or a phantom file
+        (see :func:`load_phantom`); default: the built-in brain.
+    sim_size
+        ``(x, y)``: resample grid phantoms to this size first (default brain: 64 × 64).
+    accuracy
+        ``min_emitted_signal`` and ``min_latent_signal`` of the main pass.
+    noise_level
+        Standard deviation of complex Gaussian noise added to the signal.
+    device
+        Where to simulate; default: where the phantom's tensors are (CPU unless you moved them).
+
+    Returns
+    -------
+    tuple
+        ``signal [samples, coils]`` complex64 and ``ktraj_adc [samples, 4]`` (kx, ky, kz in 1/m
+        and τ in s, from :meth:`Sequence.get_kspace`).
+    """
+    from mr0core.phantom import CustomVoxelPhantom, SimData, TissueDict
+    from mr0core.sequence import Sequence
+    from mr0core.sim import compute_graph, execute_graph
+
+    if isinstance(seq, str | PathLike):
+        seq = Sequence.import_file(seq)
+    elif not isinstance(seq, Sequence):
+        seq = Sequence.from_pypulseq(seq)
+    if phantom is None:
+        phantom = load_phantom(size=tuple(sim_size) if sim_size is not None else (64, 64))
+    elif isinstance(phantom, str | PathLike):
+        phantom = load_phantom(size=sim_size, url=phantom)
+    elif sim_size is not None and isinstance(phantom, VoxelGridPhantom | TissueDict):
+        phantom = phantom.interpolate(int(sim_size[0]), int(sim_size[1]), 1)
+    if isinstance(phantom, VoxelGridPhantom | TissueDict | CustomVoxelPhantom):
+        data = phantom.build()
+    elif isinstance(phantom, SimData):
+        data = phantom
+    else:
+        raise TypeError(f"simulate: unsupported phantom type {type(phantom).__name__}")
+    if device is not None:
+        data = data.to(device)
+    seq = seq.to(data.device) if seq.device != data.device else seq
+    graph = compute_graph(seq, data, 200, 1e-4)
+    signal = execute_graph(graph, seq, data, accuracy, accuracy, print_progress=False)
+    if noise_level:
+        noise = torch.randn(signal.shape, dtype=signal.dtype, device=signal.device)
+        signal = signal + float(noise_level) * noise
+    return signal, seq.get_kspace()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,3 +239,20 @@ def test_gradient_moment_gradient_matches_finite_difference() -> None:
     fd = (signal(torch.tensor(2.0 + h)) - signal(torch.tensor(2.0 - h))) / (2 * h)
     assert g.grad is not None
     assert float(g.grad) == pytest.approx(float(fd), rel=1e-2)
+
+
+def test_util_simulate_defaults_and_no_files_in_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import CORPUS
+
+    monkeypatch.chdir(tmp_path)
+    signal, ktraj = mr0.util.simulate(str(CORPUS / "write_gre.seq"), sim_size=(32, 32))
+    assert signal.shape == (4096, 1)
+    assert ktraj.shape == (4096, 4)
+    assert signal.dtype == torch.complex64
+    assert float(signal.abs().max()) > 1.0
+    noisy, _ = mr0.util.simulate(str(CORPUS / "write_gre.seq"), sim_size=(32, 32), noise_level=0.5)
+    residual = (noisy - signal).abs().pow(2).mean().sqrt()
+    assert float(residual) == pytest.approx(0.5, rel=0.1)
+    assert list(tmp_path.iterdir()) == []
