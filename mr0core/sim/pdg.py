@@ -321,7 +321,9 @@ def _signal(
     n_t = len(T)
     n_coil = pd_coil.shape[1]
     if len(m) == 0:
-        return torch.zeros((n_t, n_coil), dtype=torch.complex64, device=pos.device), []
+        zero = torch.zeros((n_t, n_coil), dtype=torch.complex64, device=pos.device)
+        empty = torch.zeros(len(pos), dtype=torch.complex64, device=pos.device)
+        return zero, ([empty] * n_t if exact else [])
     k_st = k0[:, None, :] + K[None]  # [S, T, 3]
     tau_st = tau0[:, None] + T[None]  # [S, T]
     w = dephasing_func(k_st, nyquist).to(torch.float32)  # [S, T]
