@@ -19,7 +19,7 @@ from mr0core.phantom import (
 )
 from mr0core.pulseq import SeqFormatError
 from mr0core.sequence import Pulse, PulseUsage, Repetition, Sequence, chain
-from mr0core.sim import Graph, compute_graph, compute_graph_ext, execute_graph
+from mr0core.sim import Graph, compute_graph, compute_graph_ext, execute_graph, isochromat_sim
 
 __all__ = [
     "CustomVoxelPhantom",
@@ -42,6 +42,7 @@ __all__ = [
     "compute_graph",
     "compute_graph_ext",
     "execute_graph",
+    "isochromat_sim",
     "util",
 ]
 __version__ = "0.1.0"
