@@ -1,0 +1,274 @@
+"""Benchmark: our PDG simulation against MR-zero's, same sequence, same phantom, same threads.
+
+For every case (a Pulseq file from the corpus) and phantom size (the built-in brain, written as a
+NIfTI phantom that both libraries load with their own ``TissueDict.load``) it runs, each in a fresh
+subprocess so that timings and peak memory do not leak between runs:
+
+* ours at default thresholds (``compute_graph(seq, data, 200, 1e-4)``,
+  ``execute_graph(..., 1e-2, 1e-2)``), on our own import of the ``.seq`` file;
+* MR-zero at the same defaults, on its own import;
+* the accuracy reference: MR-zero at high accuracy (``5000, 1e-9`` / ``1e-5, 1e-5``) or, where
+  that is too slow (``--ref-timeout``) or ``--ref ours``, ours at the same high accuracy.
+
+Times cover the simulation only (pre-pass plus main pass), not the file import or the phantom
+build. Peak memory is the rise of the process's peak RSS (VmHWM, reset just before) over its RSS
+before the simulation (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA). NRMSE is
+``‖s − s_ref‖ / ‖s_ref‖`` over all ADC samples and coils. It prints one row per case, the median
+time ratio (ours / MR-zero, < 1 means ours is faster) and the machine, and can write everything as
+JSON.
+
+    python scripts/bench_pdg.py                         # all cases at 64 and 128, CPU
+    python scripts/bench_pdg.py --cases write_gre --sizes 64 --threads 2 --json out.json
+    python scripts/bench_pdg.py --device cuda           # the same table on a GPU
+
+Needs the ``bench`` extra (``pip install -e ".[bench]"``) for the MR-zero columns; without it only
+ours runs, against ours at high accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+CORPORA = (REPO / "tests" / "data" / "seq-corpus", REPO.parent / "shared" / "seq-corpus")
+CASES = ("write_gre", "write_tse", "write_epi", "write_radial_gre", "write_haste")
+DEFAULT = (200, 1e-4, 1e-2, 1e-2)
+HIGH = (5000, 1e-9, 1e-5, 1e-5)
+
+
+# -- the child: one simulation in a fresh process --------------------------------------------
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("VmHWM:"))) * 1024
+
+
+def _reset_peak_rss() -> None:
+    """Set the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _child(args: argparse.Namespace) -> None:
+    import contextlib
+    import io
+    import time
+    import warnings
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    with warnings.catch_warnings(), quiet:
+        warnings.simplefilter("ignore")
+        if args.sim == "mrzero":
+            import MRzeroCore as lib
+        else:
+            import mr0core as lib
+        seq = lib.Sequence.import_file(args.seq)
+        data = lib.TissueDict.load(args.phantom).build()
+        if args.device == "cuda":
+            seq, data = seq.cuda(), data.cuda()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        base = _rss_bytes()
+        _reset_peak_rss()  # so that the peak measures only what the simulation adds
+        states, state_mag, emitted, latent = args.settings
+        times = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            graph = lib.compute_graph(seq, data, int(states), state_mag)
+            t1 = time.perf_counter()
+            signal = lib.execute_graph(graph, seq, data, emitted, latent, print_progress=False)
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            t2 = time.perf_counter()
+            times.append((t1 - t0, t2 - t1))
+    if args.device == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = max(_peak_rss_bytes() - base, 0)
+    np.save(args.out, signal.detach().cpu().numpy())
+    best = min(times, key=sum)
+    print(json.dumps({"pre_s": best[0], "main_s": best[1], "peak_bytes": peak}))
+
+
+# -- the parent ---------------------------------------------------------------------------------
+
+
+def _find(case: str) -> Path:
+    for corpus in CORPORA:
+        path = corpus / f"{case}.seq"
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"{case}.seq not found in {', '.join(map(str, CORPORA))}")
+
+
+def _run(
+    sim: str,
+    seq: Path,
+    phantom: Path,
+    settings: tuple,
+    out: Path,
+    opts: argparse.Namespace,
+    timeout: float | None = None,
+) -> dict[str, Any] | None:
+    cmd = [sys.executable, __file__, "--child", "--sim", sim, "--seq", str(seq)]
+    cmd += ["--phantom", str(phantom), "--out", str(out), "--threads", str(opts.threads)]
+    cmd += ["--device", opts.device, "--repeat", str(opts.repeat)]
+    cmd += ["--settings", *map(str, settings)]
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env["OMP_NUM_THREADS"] = str(opts.threads)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return None
+    if done.returncode != 0:
+        raise RuntimeError(f"{sim} on {seq.name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _nrmse(path: Path, ref_path: Path) -> float:
+    import numpy as np
+
+    sig, ref = np.load(path), np.load(ref_path)
+    if sig.shape != ref.shape:
+        raise RuntimeError(f"signal shapes differ: {sig.shape} vs reference {ref.shape}")
+    return float(np.linalg.norm(sig - ref) / np.linalg.norm(ref))
+
+
+def _machine(opts: argparse.Namespace) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores, {opts.threads} threads, Python "
+    text += f"{platform.python_version()}, torch {torch.__version__}"
+    if opts.device == "cuda":
+        text += f", GPU {torch.cuda.get_device_name()}"
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        text += f", mrzerocore {version('mrzerocore')}"
+    except PackageNotFoundError:
+        text += ", mrzerocore not installed"
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", nargs="+", default=list(CASES))
+    parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per simulation, best kept")
+    parser.add_argument("--ref", choices=("auto", "mrzero", "ours"), default="auto")
+    parser.add_argument(
+        "--ref-timeout", type=float, default=900.0,
+        help="seconds before the MR-zero reference gives way to ours (--ref auto)",
+    )  # fmt: skip
+    parser.add_argument("--json", type=Path, help="write all results here")
+    # the child's arguments
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sim", help=argparse.SUPPRESS)
+    parser.add_argument("--seq", help=argparse.SUPPRESS)
+    parser.add_argument("--phantom", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--settings", nargs=4, type=float, help=argparse.SUPPRESS)
+    opts = parser.parse_args(argv)
+    if opts.child:
+        _child(opts)
+        return 0
+
+    try:
+        import MRzeroCore  # noqa: F401
+
+        have_mrzero = True
+    except ImportError:
+        have_mrzero = False
+        print("MR-zero not installed (pip install -e '.[bench]'): ours only", file=sys.stderr)
+    if opts.ref == "mrzero" and not have_mrzero:
+        parser.error("--ref mrzero needs mrzerocore installed")
+
+    sys.path.insert(0, str(REPO))
+    from mr0core.phantom.builtin_phantoms import write_phantom
+
+    machine = _machine(opts)
+    print(f"machine: {machine}")
+    head = f"{'case':<17}{'size':>5} {'ours s':>8} {'MR0 s':>8} {'ratio':>6} "
+    head += f"{'ours err':>9} {'MR0 err':>8} {'ours MB':>8} {'MR0 MB':>7}  reference"
+    print(head)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench_pdg_") as tmp_dir:
+        tmp = Path(tmp_dir)
+        for size in opts.sizes:
+            phantom, _ = write_phantom("brain", tmp / f"brain{size}", size=size)
+            for case in opts.cases:
+                seq = _find(case)
+                row: dict[str, Any] = {"case": case, "size": size}
+                ours = _run("ours", seq, phantom, DEFAULT, tmp / "ours.npy", opts)
+                row["ours"] = ours
+                if have_mrzero:
+                    row["mrzero"] = _run("mrzero", seq, phantom, DEFAULT, tmp / "mr0.npy", opts)
+                ref = None
+                if have_mrzero and opts.ref != "ours":
+                    timeout = None if opts.ref == "mrzero" else opts.ref_timeout
+                    ref = _run("mrzero", seq, phantom, HIGH, tmp / "ref.npy", opts, timeout)
+                    row["reference"] = "MR-zero high accuracy"
+                if ref is None:
+                    _run("ours", seq, phantom, HIGH, tmp / "ref.npy", opts)
+                    row["reference"] = "ours high accuracy"
+                row["ours"]["nrmse"] = _nrmse(tmp / "ours.npy", tmp / "ref.npy")
+                if have_mrzero:
+                    row["mrzero"]["nrmse"] = _nrmse(tmp / "mr0.npy", tmp / "ref.npy")
+                rows.append(row)
+                print(_format(row), flush=True)
+    ratios = [r["ratio"] for r in rows if "ratio" in r]
+    summary: dict[str, Any] = {"machine": machine, "device": opts.device, "rows": rows}
+    if ratios:
+        summary["median_ratio"] = statistics.median(ratios)
+        print(f"median time ratio ours/MR-zero: {summary['median_ratio']:.3f} "
+              f"({1 / summary['median_ratio']:.1f}x faster)")  # fmt: skip
+    if opts.json:
+        opts.json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def _format(row: dict[str, Any]) -> str:
+    ours, mr0 = row["ours"], row.get("mrzero")
+    t_ours = ours["pre_s"] + ours["main_s"]
+    text = f"{row['case']:<17}{row['size']:>5} {t_ours:>8.2f} "
+    if mr0:
+        t_mr0 = mr0["pre_s"] + mr0["main_s"]
+        row["ratio"] = t_ours / t_mr0
+        text += f"{t_mr0:>8.2f} {row['ratio']:>6.2f} {100 * ours['nrmse']:>8.2f}% "
+        text += f"{100 * mr0['nrmse']:>7.2f}% {ours['peak_bytes'] / 2**20:>8.0f} "
+        text += f"{mr0['peak_bytes'] / 2**20:>7.0f}"
+    else:
+        text += f"{'-':>8} {'-':>6} {100 * ours['nrmse']:>8.2f}% {'-':>8} "
+        text += f"{ours['peak_bytes'] / 2**20:>8.0f} {'-':>7}"
+    return text + f"  {row['reference']}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
