@@ -19,6 +19,7 @@ sampled at the end of each ADC event, as MR-zero defines it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -44,6 +45,10 @@ __all__ = ["execute_graph"]
 
 _MAX_GROUPS = 16  # distinct (T2', D) pairs handled by grouped GEMMs
 _CHUNK_ELEMENTS = 1 << 24  # per-voxel fallback: states x samples x voxels per chunk
+_PHASOR_ELEMENTS = 1 << 22  # voxels x samples of the sample phasors per chunk (32 MiB)
+_ANCHOR = 32  # sample phasors computed exactly every this many samples
+_K_STEP_QUANTUM = 1e-6  # 1/m, to recognise equal steps between samples
+_T_STEP_QUANTUM = 1e-12  # s
 _TWO_PI = 2 * math.pi
 _D_SI = 1e-9  # 10^-3 mm^2/s in m^2/s
 
@@ -179,6 +184,8 @@ def execute_graph(
         ends = torch.cumsum(torch.bincount(group_inv, minlength=len(groups)), 0).tolist()
         bounds = list(zip([0, *ends[:-1]], ends, strict=True))
 
+    static_grad = pos.requires_grad or b0.requires_grad or t2.requires_grad
+    phasor_cache: dict[bytes, torch.Tensor] = {}
     p_k = torch.zeros((0, 3), dtype=fdt, device=dev)
     p_tau = torch.zeros(0, dtype=fdt, device=dev)
     p_mag = torch.zeros((0, n_vox), dtype=cdt, device=dev)
@@ -275,11 +282,15 @@ def execute_graph(
         adc = torch.nonzero(rep.adc_usage > 0).flatten().to(dev)
         if len(adc):
             emit = np.flatnonzero(rg.plus_emitted[act_p] >= min_emitted_signal)
+            steps = None
+            if not exact and not (g.requires_grad or dt.requires_grad or static_grad):
+                # float64 sample positions, to find the samples that share a step (k, t)
+                steps = (torch.cumsum(g.double(), 0)[adc], torch.cumsum(dt.double(), 0)[adc])
             sig, mag_adc = _signal(
                 new_p[torch.from_numpy(emit).to(dev)], k0[emit], tau0[emit], kcum[adc],
                 tcum[adc], lin_cum[adc], const_cum[adc], rep.adc_phase.to(dev, fdt)[adc],
                 pos, b0, t2, t2d, diff, pd_coil, nyquist, data.dephasing_func, groups,
-                bounds, exact,
+                bounds, exact, steps, phasor_cache,
             )  # fmt: skip
             signals.append(sig)
             mags.extend(mag_adc)
@@ -338,18 +349,23 @@ def _signal(
     b0: torch.Tensor, t2: torch.Tensor, t2d: torch.Tensor, diff: torch.Tensor,
     pd_coil: torch.Tensor, nyquist: torch.Tensor, dephasing_func: object,
     groups: torch.Tensor | None, bounds: list[tuple[int, int]], exact: bool,
+    steps: tuple[torch.Tensor, torch.Tensor] | None = None,
+    cache: dict[bytes, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:  # fmt: skip
     """Signal ``[samples, coils]`` of transverse states ``m [S, V]`` at one repetition's samples.
 
     ``K [T, 3]``, ``T [T]``: gradient moment and time since the repetition's start at each
     sample; ``L [T, 3]`` and ``C [T]``: the linear and constant parts of the within-repetition
-    b-value (b = 4π² (|k0|² T + k0·L + C)).
+    b-value (b = 4π² (|k0|² T + k0·L + C)). ``steps``: ``K``, ``T`` in float64, given when
+    nothing needs gradients through them, and ``cache``: for :func:`_phasor_chunks`.
     """
     n_t = len(T)
+    n_s = len(m)
     n_coil = pd_coil.shape[1]
-    if len(m) == 0:
-        zero = torch.zeros((n_t, n_coil), dtype=torch.complex64, device=pos.device)
-        empty = torch.zeros(len(pos), dtype=torch.complex64, device=pos.device)
+    cdt = torch.complex64
+    if n_s == 0:
+        zero = torch.zeros((n_t, n_coil), dtype=cdt, device=pos.device)
+        empty = torch.zeros(len(pos), dtype=cdt, device=pos.device)
         return zero, ([empty] * n_t if exact else [])
     k_st = k0[:, None, :] + K[None]  # [S, T, 3]
     tau_st = tau0[:, None] + T[None]  # [S, T]
@@ -357,23 +373,41 @@ def _signal(
     b_st = 4 * math.pi**2 * ((k0**2).sum(1)[:, None] * T[None] + k0 @ L.T + C[None])  # [S, T]
     state_phase = -_TWO_PI * (k0 @ pos.T + tau0[:, None] * b0[None])  # [S, V]
     M = m * _cis(state_phase)
-    sample_phase = -_TWO_PI * (pos @ K.T + b0[:, None] * T[None])  # [V, T]
-    P = _cis(sample_phase, torch.exp(-T[None] / t2[:, None]))  # [V, T]
     receive = _cis(adc_phase)  # e^{+i adc_phase}
     if not exact:
         assert groups is not None
-        out = torch.zeros((n_t, n_coil), dtype=torch.complex64, device=pos.device)
-        for gi, (lo, hi) in enumerate(bounds):
-            if hi == lo:
-                continue
-            pg = (P[lo:hi, :, None] * pd_coil[lo:hi, None, :]).reshape(hi - lo, -1)
-            a = (M[:, lo:hi] @ pg).reshape(len(m), n_t, n_coil)  # [S, T, C]
-            r2d, dg = 1 / groups[gi, 0], groups[gi, 1]
-            f = w * torch.exp(-tau_st.abs() * r2d - b_st * dg)  # [S, T]
-            out = out + (a * f[..., None]).sum(0)
-        return out * receive[:, None], []
+        # fold PD and the coil into the states: one GEMM [S·C, V_g] @ [V_g, T] per group
+        mc = [
+            (M[:, lo:hi, None] * pd_coil[lo:hi]).transpose(1, 2).reshape(n_s * n_coil, hi - lo)
+            for lo, hi in bounds
+        ]
+        outs = []
+        for sl, A, patterns in _phasor_chunks(pos, b0, t2, K, T, steps, cache):
+            n_c = sl.stop - sl.start
+            out = torch.zeros((n_c, n_coil), dtype=cdt, device=pos.device)
+            for gi, (lo, hi) in enumerate(bounds):
+                if hi == lo:
+                    continue
+                if patterns is None:  # A is P [V, Tc]
+                    a = (mc[gi] @ A[lo:hi]).reshape(n_s, n_coil, -1)  # [S, C, Tc]
+                else:
+                    # Σ_v mc[sc, v] A[v, b] W[v, j] for sample t = b·B + j of block b: scale the
+                    # states by each block's anchor, then one GEMM with W per step pattern
+                    ma = mc[gi][:, None, :] * A[lo:hi].T[None]  # [S·C, blocks, V_g]
+                    res = torch.empty((n_s * n_coil, A.shape[1], _ANCHOR), dtype=cdt,
+                                      device=pos.device)  # fmt: skip
+                    for blocks, W in patterns:
+                        part = ma[:, blocks].reshape(-1, hi - lo) @ W[:, lo:hi].T  # [S·C·nb, B]
+                        res[:, blocks] = part.reshape(n_s * n_coil, -1, _ANCHOR)
+                    a = res.reshape(n_s, n_coil, -1)[:, :, :n_c]
+                r2d, dg = 1 / groups[gi, 0], groups[gi, 1]
+                f = w[:, sl] * torch.exp(-tau_st[:, sl].abs() * r2d - b_st[:, sl] * dg)  # [S, Tc]
+                out = out + torch.einsum("sct,st->tc", a, f.to(cdt))
+            outs.append(out)
+        return torch.cat(outs) * receive[:, None], []
     # exact per-voxel path: states x samples x voxels in chunks
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, len(m) * len(pos)))
+    P = _cis(-_TWO_PI * (pos @ K.T + b0[:, None] * T[None]), torch.exp(-T[None] / t2[:, None]))
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, n_s * len(pos)))
     outs, mags = [], []
     for t0 in range(0, n_t, chunk):
         sl = slice(t0, t0 + chunk)
@@ -384,3 +418,90 @@ def _signal(
         outs.append(mt @ pd_coil)
         mags.extend(list(mt * receive[sl, None]))
     return torch.cat(outs) * receive[:, None], mags
+
+
+def _phasor_chunks(
+    pos: torch.Tensor,
+    b0: torch.Tensor,
+    t2: torch.Tensor,
+    K: torch.Tensor,
+    T: torch.Tensor,
+    steps: tuple[torch.Tensor, torch.Tensor] | None,
+    cache: dict[bytes, torch.Tensor] | None,
+) -> Iterator[tuple[slice, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]] | None]]:
+    """Yield the sample phasors ``P = exp(-2πi (r·K_t + B0 T_t)) e^{-T_t / T2}`` chunk by chunk.
+
+    P (voxels × samples of cos, sin and exp) is the main pass's largest cost. Without ``steps``
+    each item is ``(samples, P [V, Tc], None)``. With ``steps``, P is never formed: the samples
+    are cut into blocks of ``_ANCHOR``; P is computed exactly at each block's first sample ``a``
+    (``A [V, blocks]``), and ``P[a + j] = A[a] · W[j]``, where ``W [B, V]`` is the product of the
+    per-voxel factors of the steps (ΔK, ΔT) from ``a`` to ``a + j``. Blocks that advance by the
+    same steps (a readout's flat top, in every repetition) share one ``W``, kept in ``cache`` for
+    the whole pass; for a block of equal steps, ``W`` is the powers of one factor. Each item is
+    ``(samples, A, [(block indices, W), ...])``. The float32 rounding of the at most
+    ``_ANCHOR - 1`` products stays near 1e-6. Chunks bound the memory.
+    """
+    n_v, n_t = len(pos), len(T)
+    dev = pos.device
+
+    def direct(k: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        phase = -_TWO_PI * (pos @ k.T + b0[:, None] * t[None])
+        return _cis(phase, torch.exp(-t[None] / t2[:, None]))
+
+    chunk = max(_ANCHOR, (_PHASOR_ELEMENTS // max(n_v, 1)) // _ANCHOR * _ANCHOR)
+    if steps is None or cache is None or n_t <= 2:
+        for t0 in range(0, n_t, chunk):
+            sl = slice(t0, min(n_t, t0 + chunk))
+            yield sl, direct(K[sl], T[sl]), None
+        return
+    k64, t64 = steps
+    inc = torch.cat([k64.diff(dim=0), t64.diff()[:, None]], 1)  # [T - 1, 4]: step into t + 1
+    quantum = inc.new_tensor([_K_STEP_QUANTUM] * 3 + [_T_STEP_QUANTUM])
+    n_pad = -(-n_t // _ANCHOR) * _ANCHOR
+    keys = np.zeros((n_pad, 4), np.int64)  # keys[t]: the step into sample t (0: none)
+    keys[1:n_t] = torch.round(inc / quantum).to(torch.int64).cpu().numpy()
+    inc_pad = torch.zeros((n_pad, 4), dtype=torch.float32, device=dev)
+    inc_pad[1:n_t] = inc.float()
+    max_cached = max(4, _PHASOR_ELEMENTS // max(n_v * _ANCHOR, 1))
+    for t0 in range(0, n_t, chunk):
+        t1 = min(n_t, t0 + chunk)
+        anchors = list(range(t0, t1, _ANCHOR))
+        by_key: dict[bytes, list[int]] = {}
+        for i, a in enumerate(anchors):
+            by_key.setdefault(keys[a + 1 : a + _ANCHOR].tobytes(), []).append(i)
+        patterns = []
+        for key, blocks in by_key.items():
+            W = cache.get(key)
+            if W is None:
+                a = anchors[blocks[0]]
+                W = _step_products(
+                    pos, b0, t2, inc_pad[a + 1 : a + _ANCHOR], keys[a + 1 : a + _ANCHOR]
+                )
+                if len(cache) >= max_cached:
+                    cache.clear()
+                cache[key] = W
+            patterns.append((torch.tensor(blocks, device=dev), W))
+        idx = torch.tensor(anchors, device=dev)
+        yield slice(t0, t1), direct(K[idx], T[idx]), patterns
+
+
+def _step_products(
+    pos: torch.Tensor, b0: torch.Tensor, t2: torch.Tensor, d: torch.Tensor, keys: np.ndarray
+) -> torch.Tensor:
+    """``W [B, V]``: 1, then the running products of the factors of the steps ``d [B - 1, 4]``."""
+    n_v = len(pos)
+    W = torch.empty((_ANCHOR, n_v), dtype=torch.complex64, device=pos.device)
+    W[0] = 1
+    if (keys == keys[0]).all():  # equal steps: powers of one factor, by doubling
+        e = _cis(-_TWO_PI * (pos @ d[0, :3] + b0 * d[0, 3]), torch.exp(-d[0, 3] / t2))
+        W[1] = e
+        n = 2
+        while n < _ANCHOR:
+            m = min(n, _ANCHOR - n)
+            W[n : n + m] = W[:m] * (W[n - 1] * e)
+            n += m
+        return W
+    e = _cis(-_TWO_PI * (d[:, None, :3] @ pos.T[None]).squeeze(1) - _TWO_PI * d[:, 3:] * b0,
+             torch.exp(-d[:, 3:] / t2))  # fmt: skip
+    W[1:] = torch.cumprod(e, dim=0)
+    return W
