@@ -183,13 +183,30 @@ def _canonical(k: np.ndarray, tau: np.ndarray) -> np.ndarray:
     return q[np.arange(len(q)), first] < 0
 
 
+def _unique_rows(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(q, axis=0, return_index=True, return_inverse=True)`` for int64 ``q [n, 4]``.
+
+    The rows are packed into one mixed-radix integer when their ranges allow (same order as the
+    row-wise sort), which is several times faster than ``axis=0``; otherwise ``axis=0``.
+    """
+    lo = q.min(0)
+    span = (q.max(0) - lo + 1).tolist()
+    if math.prod(int(v) for v in span) < 2**62:
+        d = q - lo
+        key = d[:, 0]
+        for i in range(1, q.shape[1]):
+            key = key * int(span[i]) + d[:, i]
+        return np.unique(key, return_index=True, return_inverse=True)
+    return np.unique(q, axis=0, return_index=True, return_inverse=True)
+
+
 def _merge(
     k: np.ndarray, tau: np.ndarray, mag: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Merge entries with equal quantised (k, τ); return unique k, τ, summed mag, inverse."""
     if len(tau) == 0:
         return k, tau, mag, np.zeros(0, np.int64)
-    _, first, inverse = np.unique(_keys(k, tau), axis=0, return_index=True, return_inverse=True)
+    _, first, inverse = _unique_rows(_keys(k, tau))
     inverse = inverse.reshape(-1)
     summed = np.zeros((len(first), *mag.shape[1:]), complex)
     np.add.at(summed, inverse, mag)

@@ -53,6 +53,20 @@ _TWO_PI = 2 * math.pi
 _D_SI = 1e-9  # 10^-3 mm^2/s in m^2/s
 
 
+# edge kind -> (child is transverse, parent is transverse, conjugate the parent, coefficient row):
+# rows 0 cos²(α/2), 1 e^{2iφ} sin²(α/2), 2 -i/2 e^{iφ} sin α, 3 cos α, 4 -i e^{-iφ} sin α, 5 its
+# conjugate (for a conjugated transverse parent, the whole product is conjugated)
+_EDGE_RULES = {
+    PLUS_FROM_PLUS: (True, True, False, 0),
+    PLUS_FROM_PLUS_REFOC: (True, True, True, 1),
+    PLUS_FROM_Z: (True, False, False, 2),
+    PLUS_FROM_Z_CONJ: (True, False, True, 2),
+    Z_FROM_Z: (False, False, False, 3),
+    Z_FROM_PLUS: (False, True, False, 4),
+    Z_FROM_PLUS_CONJ: (False, True, True, 5),
+}
+
+
 def _gather_k(
     kind_parent: np.ndarray, p_k: torch.Tensor, p_tau: torch.Tensor, z_k: torch.Tensor,
     z_tau: torch.Tensor, plus: bool,
@@ -229,40 +243,32 @@ def execute_graph(
         sa = torch.sin(angle)
         ca = torch.cos(angle)
         e1 = _cis(phase)
-        coef = {
-            PLUS_FROM_PLUS: (c2.to(cdt), False),
-            PLUS_FROM_PLUS_REFOC: (e1 * e1 * s2, True),
-            PLUS_FROM_Z: (-0.5j * e1 * sa, False),
-            PLUS_FROM_Z_CONJ: (-0.5j * e1 * sa, True),
-            Z_FROM_Z: (ca.to(cdt), False),
-            Z_FROM_PLUS: (-1j * e1.conj() * sa, False),
-            Z_FROM_PLUS_CONJ: (-1j * e1.conj() * sa, True),
-        }
-        new_p = torch.zeros((len(act_p), n_vox), dtype=cdt, device=dev)
-        new_z = torch.zeros((len(act_z), n_vox), dtype=cdt, device=dev)
-        for kind, (c, conj_child) in coef.items():
+        e1sa = e1 * sa
+        z_from_plus = -1j * e1sa.conj()
+        coef = torch.stack([c2.to(cdt), e1 * e1 * s2, -0.5j * e1sa, ca.to(cdt), z_from_plus,
+                            z_from_plus.conj()])  # [6, V], rows as in _EDGE_RULES  # fmt: skip
+        # every edge is coef[row] · (parent or its conjugate): one gather, one product and one
+        # scatter per kind of child
+        n_pp, n_zp = len(p_mag), len(z_mag)
+        table = torch.cat([p_mag, z_mag, p_mag.conj(), z_mag.conj()])
+        parts: dict[bool, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {True: [], False: []}
+        for kind, (to_plus, from_plus, conj, row) in _EDGE_RULES.items():
             child, parent = rg.edges[kind]
-            to_plus = kind in (PLUS_FROM_PLUS, PLUS_FROM_PLUS_REFOC, PLUS_FROM_Z, PLUS_FROM_Z_CONJ)
-            from_plus = kind in (PLUS_FROM_PLUS, PLUS_FROM_PLUS_REFOC, Z_FROM_PLUS,
-                                 Z_FROM_PLUS_CONJ)  # fmt: skip
             ci = (map_p if to_plus else map_z)[child]
             pi = (prev_map_p if from_plus else prev_map_z)[parent]
             ok = (ci >= 0) & (pi >= 0)
-            if not ok.any():
-                continue
-            src_all = p_mag if from_plus else z_mag
-            src = src_all[torch.from_numpy(pi[ok]).to(dev)]
-            if kind == Z_FROM_PLUS_CONJ:
-                contrib = (src * c).conj()
-            elif conj_child:
-                contrib = src.conj() * c
-            else:
-                contrib = src * c
-            idx = torch.from_numpy(ci[ok]).to(dev)
-            if to_plus:
-                new_p = new_p.index_add(0, idx, contrib)
-            else:
-                new_z = new_z.index_add(0, idx, contrib)
+            if ok.any():
+                src = pi[ok] + (0 if from_plus else n_pp) + (n_pp + n_zp if conj else 0)
+                parts[to_plus].append((ci[ok], src, np.full(int(ok.sum()), row)))
+        new = []
+        for to_plus, n_new in ((True, len(act_p)), (False, len(act_z))):
+            out = torch.zeros((n_new, n_vox), dtype=cdt, device=dev)
+            if parts[to_plus]:
+                ci, src, rows = (np.concatenate(x) for x in zip(*parts[to_plus], strict=True))
+                src_t, rows_t, ci_t = (torch.from_numpy(x).to(dev) for x in (src, rows, ci))
+                out = out.index_add(0, ci_t, table[src_t] * coef[rows_t])
+            new.append(out)
+        new_p, new_z = new
 
         k0 = new_p_k[torch.from_numpy(act_p).to(dev)]
         tau0 = new_p_tau[torch.from_numpy(act_p).to(dev)]
