@@ -5,6 +5,7 @@ The public names follow MR-zero's documentation, so ``import mr0core as mr0`` ca
 """
 
 from mr0core import util
+from mr0core.io.mrd import sig_to_mrd
 from mr0core.phantom import (
     CustomVoxelPhantom,
     NiftiMapping,
@@ -18,6 +19,7 @@ from mr0core.phantom import (
     VoxelGridPhantom,
 )
 from mr0core.pulseq import SeqFormatError
+from mr0core.recon.adjoint import reco_adjoint
 from mr0core.sequence import Pulse, PulseUsage, Repetition, Sequence, chain
 from mr0core.sim import Graph, compute_graph, compute_graph_ext, execute_graph, isochromat_sim
 
@@ -43,6 +45,8 @@ __all__ = [
     "compute_graph_ext",
     "execute_graph",
     "isochromat_sim",
+    "reco_adjoint",
+    "sig_to_mrd",
     "util",
 ]
 __version__ = "0.1.0"

@@ -1,4 +1,7 @@
-"""Helpers with MR-zero's ``util`` names: quick phantoms for getting started.
+"""Helpers with MR-zero's ``util`` names: quick phantoms, one-call simulation and plots.
+
+The plots (``imshow``, ``insert_signal_plot``, ``pulseq_plot``, ``plot_kspace_trajectory``) live
+in :mod:`mr0core.plot` and are re-exported here under MR-zero's names.
 
 MR-zero's ``load_phantom`` downloads a phantom; mr0core ships one instead (the built-in brain), so
 it works offline. ``url`` may name a local ``.mat``, ``.npz`` or NIfTI-phantom ``.json`` file.
@@ -15,8 +18,17 @@ from typing import Any
 import torch
 
 from mr0core.phantom.voxel_grid import VoxelGridPhantom, grid_positions
+from mr0core.plot import imshow, insert_signal_plot, plot_kspace_trajectory, pulseq_plot
 
-__all__ = ["DEFAULT_PHANTOM_URL", "load_phantom", "simulate"]
+__all__ = [
+    "DEFAULT_PHANTOM_URL",
+    "imshow",
+    "insert_signal_plot",
+    "load_phantom",
+    "plot_kspace_trajectory",
+    "pulseq_plot",
+    "simulate",
+]
 
 DEFAULT_PHANTOM_URL = "builtin:brain"
 """The default phantom: the built-in brain (ICBM 2009a, 3 T values), no download."""

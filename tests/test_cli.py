@@ -55,10 +55,10 @@ def test_seq_info_old_format_decodes_ascii_name(capsys: pytest.CaptureFixture[st
 def test_seq_info_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.seq"
     bad.write_text("[VERSION]\nmajor 1\nminor 9\n")
-    assert main(["seq-info", str(bad)]) == 1
+    assert main(["seq-info", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.seq:1: unsupported Pulseq format version 1.9.0" in err
-    assert main(["seq-info", str(tmp_path / "missing.seq")]) == 1
+    assert main(["seq-info", str(tmp_path / "missing.seq")]) == 2
 
 
 def test_console_script_is_installed() -> None:

@@ -1,0 +1,475 @@
+"""ISMRMRD (MRD) raw data files: write a simulated signal, read any file into ``KData``.
+
+Files are HDF5 with a group (default ``dataset``) holding ``xml`` (the ISMRMRD header) and
+``data`` (the acquisitions). Writing goes through the ``ismrmrd`` package (``ismrmrd.Dataset``,
+``ismrmrd.xsd`` header objects); reading uses h5py on the same layout, all acquisitions at once.
+
+Units inside ISMRMRD: FOV in mm, TR/TE/TI in ms, dwell time in µs, trajectories normalised to the
+encoded matrix (``k · fov / n``, ±0.5 at the edge of k-space). mr0core uses m, s and 1/m.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from os import PathLike, fspath
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mr0core.recon.kdata import IDX_KEYS, AcqFlag, KData, as_sequence
+
+__all__ = ["MrdFormatError", "read_mrd", "sig_to_mrd"]
+
+GAMMA_1H_HZ_T = 42.577478e6
+DEFAULT_FIELD_T = 3.0
+
+# KData counter -> ISMRMRD idx field
+_IDX_FIELDS = {
+    "LIN": "kspace_encode_step_1",
+    "PAR": "kspace_encode_step_2",
+    "SLC": "slice",
+    "AVG": "average",
+    "REP": "repetition",
+    "ECO": "contrast",
+    "SET": "set",
+    "SEG": "segment",
+    "PHS": "phase",
+}
+_LIMIT_FIELDS = {
+    "LIN": "kspace_encoding_step_1",
+    "PAR": "kspace_encoding_step_2",
+    "SLC": "slice",
+    "AVG": "average",
+    "REP": "repetition",
+    "ECO": "contrast",
+    "SET": "set",
+    "SEG": "segment",
+    "PHS": "phase",
+}
+_TRAJ_FROM_MRD = {
+    "cartesian": "cartesian",
+    "epi": "cartesian",
+    "radial": "radial",
+    "goldenangle": "radial",
+    "spiral": "spiral",
+    "other": "other",
+}
+
+
+class MrdFormatError(ValueError):
+    """A file that is not (valid) ISMRMRD raw data; the message names the file and the problem."""
+
+
+# -------------------------------------------------------------------------------------------
+# writing
+# -------------------------------------------------------------------------------------------
+
+
+def _field_strength(definitions: dict[str, Any]) -> float:
+    for key in ("B0", "FieldStrength", "MagneticFieldStrength"):
+        value = definitions.get(key)
+        if value is None:
+            continue
+        if isinstance(value, list | tuple):
+            value = value[0] if value else None
+        try:
+            b0 = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(b0) and b0 > 0:
+            return b0
+    return DEFAULT_FIELD_T
+
+
+def _parameters(seq: Any) -> dict[str, Any]:
+    """TR, TE, TI (s), flip angle (deg) and name, via :mod:`mr0core.io.params`."""
+    from mr0core.io.params import sequence_parameters
+
+    p = sequence_parameters(seq)
+    return {"TR": p.TR, "TE": p.TE, "TI": p.TI, "flip": p.flip_angle_deg, "name": p.name}
+
+
+def _header(kd: KData, params: dict[str, Any], field_t: float) -> Any:
+    import ismrmrd.xsd as xsd
+
+    def space(matrix: tuple[int, int, int], fov: tuple[float, float, float]) -> Any:
+        return xsd.encodingSpaceType(
+            matrixSize=xsd.matrixSizeType(x=matrix[0], y=matrix[1], z=matrix[2]),
+            fieldOfView_mm=xsd.fieldOfViewMm(x=fov[0] * 1e3, y=fov[1] * 1e3, z=fov[2] * 1e3),
+        )
+
+    limits: dict[str, Any] = {}
+    for key, name in _LIMIT_FIELDS.items():
+        values = kd.idx[key]
+        lo, hi = int(values.min()), int(values.max())
+        centre = (lo + hi + 1) // 2
+        if key == "LIN":
+            centre = kd.center_line
+        elif key == "PAR":
+            centre = kd.center_partition
+        limits[name] = xsd.limitType(minimum=lo, maximum=hi, center=centre)
+    nx = kd.encoded_matrix[0]
+    limits["kspace_encoding_step_0"] = xsd.limitType(minimum=0, maximum=nx - 1, center=nx // 2)
+    traj = {
+        "cartesian": xsd.trajectoryType.CARTESIAN,
+        "radial": xsd.trajectoryType.RADIAL,
+        "spiral": xsd.trajectoryType.SPIRAL,
+        "other": xsd.trajectoryType.OTHER,
+    }[kd.trajectory]
+    encoding = xsd.encodingType(
+        encodedSpace=space(kd.encoded_matrix, kd.encoded_fov_m),
+        reconSpace=space(kd.recon_matrix, kd.recon_fov_m),
+        encodingLimits=xsd.encodingLimitsType(**limits),
+        trajectory=traj,
+    )
+
+    def ms(value: float | None) -> list[float]:
+        return [] if value is None else [float(value) * 1e3]
+
+    seq_params = xsd.sequenceParametersType(
+        TR=ms(params.get("TR")),
+        TE=ms(params.get("TE")),
+        TI=ms(params.get("TI")),
+        flipAngle_deg=[] if params.get("flip") is None else [float(params["flip"])],
+        sequence_type=params.get("name"),
+    )
+    return xsd.ismrmrdHeader(
+        experimentalConditions=xsd.experimentalConditionsType(
+            H1resonanceFrequency_Hz=round(GAMMA_1H_HZ_T * field_t)
+        ),
+        acquisitionSystemInformation=xsd.acquisitionSystemInformationType(
+            receiverChannels=kd.n_coils, systemFieldStrength_T=field_t
+        ),
+        sequenceParameters=seq_params,
+        encoding=[encoding],
+    )
+
+
+def _set_head(acq: Any, **values: Any) -> None:
+    for name, value in values.items():
+        setattr(acq, name, value)
+
+
+def sig_to_mrd(
+    mrd_path: str | PathLike[str],
+    signal: torch.Tensor,
+    seq: Any,
+    verbose: int = 0,
+    overwrite: bool = True,
+) -> Path:
+    """Write a simulated signal as an ISMRMRD raw data file.
+
+    Parameters
+    ----------
+    mrd_path
+        The ``.h5``/``.mrd`` file to write (group ``dataset``).
+    signal
+        ``[samples, coils]`` (or ``[samples]``) complex, one row per ADC sample of ``seq``.
+    seq
+        A ``pypulseq.Sequence``, an :class:`mr0core.Sequence` (with ``definitions``) or a ``.seq``
+        path: trajectory, labels and definitions come from it.
+    verbose
+        0: silent; 1: a summary line; 2 and more: also one line per acquisition.
+    overwrite
+        Replace an existing file (MR-zero's behaviour); with False an existing file is an error.
+
+    Returns
+    -------
+    Path
+        The written file.
+
+    Notes
+    -----
+    The header holds encoded/recon space (matrix, FOV in mm), encoding limits from the counters
+    (centre of step 1/2: ``center_line``/``center_partition``), TR/TE/TI in ms and the flip angle
+    (definitions, else estimated by :func:`mr0core.io.params.sequence_parameters`), the trajectory
+    type, the receiver channels and the H1 frequency (``B0`` definition, else 3 T). Noise readouts
+    come first. Each acquisition carries counters, ISMRMRD flags, dwell time, centre sample,
+    channel counts and, for non-Cartesian data, its trajectory normalised to the encoded matrix.
+    """
+    import ismrmrd
+    import ismrmrd.xsd as xsd
+
+    path = Path(fspath(mrd_path))
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        path.unlink()
+    mr0_seq = as_sequence(seq)
+    kd = KData.from_sequence(signal, mr0_seq)
+    params = _parameters(mr0_seq)
+    field_t = _field_strength(mr0_seq.definitions)
+    header = _header(kd, params, field_t)
+
+    coils = kd.n_coils
+    signal_np = kd.signal.detach().cpu().to(torch.complex64).numpy()
+    kspace_np = None if kd.kspace is None else kd.kspace.detach().cpu().double().numpy()
+    traj_dims = 0
+    if kd.trajectory != "cartesian" and kspace_np is not None:
+        traj_dims = 3 if kd.encoded_matrix[2] > 1 else 2
+    norm = np.array([kd.encoded_fov_m[a] / kd.encoded_matrix[a] for a in range(3)])
+    idx_np = {k: v.cpu().numpy() for k, v in kd.idx.items()}
+    start = kd.readout_start.cpu().numpy()
+    length = kd.readout_length.cpu().numpy()
+    centre = kd.center_sample.cpu().numpy()
+    dwell_us = kd.sample_time_s.cpu().numpy() * 1e6
+    flags = kd.flags.cpu().numpy()
+
+    directions = {
+        "read_dir": (1.0, 0.0, 0.0),
+        "phase_dir": (0.0, 1.0, 0.0),
+        "slice_dir": (0.0, 0.0, 1.0),
+    }
+    dataset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=True)
+    try:
+        dataset.write_xml_header(xsd.ToXML(header))
+        counter = 0
+        if kd.noise is not None:
+            noise = kd.noise.detach().cpu().to(torch.complex64).numpy()
+            acq = ismrmrd.Acquisition.from_array(np.ascontiguousarray(noise.T))
+            _set_head(
+                acq,
+                flags=int(AcqFlag.IS_NOISE_MEASUREMENT),
+                scan_counter=counter,
+                available_channels=coils,
+                sample_time_us=float(dwell_us[0]),
+                **directions,
+            )
+            dataset.append_acquisition(acq)
+            counter += 1
+        for r in range(kd.n_readouts):
+            s, n = int(start[r]), int(length[r])
+            data = np.ascontiguousarray(signal_np[s : s + n].T)
+            traj = None
+            if traj_dims:
+                traj = np.ascontiguousarray(
+                    (kspace_np[s : s + n, :traj_dims] * norm[:traj_dims]).astype(np.float32)
+                )
+            acq = ismrmrd.Acquisition.from_array(data, traj)
+            c = int(centre[r])
+            if not 0 <= c < 65536:
+                c = min(max(c, 0), n - 1)
+            _set_head(
+                acq,
+                flags=int(flags[r]),
+                scan_counter=counter,
+                available_channels=coils,
+                center_sample=c,
+                discard_pre=0,
+                discard_post=0,
+                sample_time_us=float(dwell_us[r]),
+                **directions,
+            )
+            for key, name in _IDX_FIELDS.items():
+                setattr(acq.idx, name, int(idx_np[key][r]))
+            dataset.append_acquisition(acq)
+            counter += 1
+            if verbose >= 2:
+                print(
+                    f"acquisition {counter}: {n} samples, "
+                    + ", ".join(f"{k}={int(idx_np[k][r])}" for k in IDX_KEYS)
+                )
+    finally:
+        dataset.close()
+    if verbose >= 1:
+        print(
+            f"{path}: {kd.n_readouts} readouts x {coils} coils, {kd.trajectory}, "
+            f"encoded {kd.encoded_matrix}, recon {kd.recon_matrix}"
+        )
+    return path
+
+
+# -------------------------------------------------------------------------------------------
+# reading
+# -------------------------------------------------------------------------------------------
+
+
+def _limit_centre(limits: Any, name: str, default: int) -> int:
+    limit = getattr(limits, name, None) if limits is not None else None
+    if limit is None or limit.center is None:
+        return default
+    if int(limit.center) == 0 and int(limit.maximum or 0) > 0:
+        return default  # an unset centre (some converters leave 0)
+    return int(limit.center)
+
+
+def read_mrd(path: str | PathLike[str], group: str = "dataset") -> KData:
+    """Read ISMRMRD raw data into :class:`~mr0core.recon.kdata.KData`.
+
+    Parameters
+    ----------
+    path
+        The HDF5 file.
+    group
+        The dataset group inside it.
+
+    Returns
+    -------
+    KData
+        Imaging, calibration and navigator readouts with their flags; noise readouts in
+        ``noise``; ``header`` the parsed ``ismrmrd.xsd.ismrmrdHeader``. ``discard_pre``/``post``
+        samples are dropped. Only the first encoding space is read (others are skipped with a
+        warning). ``kspace`` (1/m, from the trajectories ``k = traj · n / fov``; τ = time from the
+        centre sample) is set when every imaging acquisition carries a trajectory.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    MrdFormatError
+        If it is not HDF5, lacks the group, header or acquisitions, or sizes do not match.
+    """
+    import h5py
+    import ismrmrd.xsd as xsd
+
+    path = Path(fspath(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"ISMRMRD file not found: {path}")
+    if not h5py.is_hdf5(path):
+        raise MrdFormatError(f"{path}: not an HDF5 file, so not ISMRMRD raw data")
+    with h5py.File(path, "r") as f:
+        if group not in f:
+            raise MrdFormatError(f"{path}: no group {group!r} (groups: {sorted(f.keys())})")
+        g = f[group]
+        if "xml" not in g:
+            raise MrdFormatError(f"{path}: group {group!r} has no ISMRMRD header ('xml')")
+        if "data" not in g:
+            raise MrdFormatError(f"{path}: group {group!r} has no acquisitions ('data')")
+        xml = g["xml"][0]
+        acqs = g["data"][()]
+    if isinstance(xml, bytes):
+        xml = xml.decode("utf-8")
+    try:
+        header = xsd.CreateFromDocument(xml)
+    except Exception as exc:  # the parser raises several unrelated types
+        raise MrdFormatError(f"{path}: the ISMRMRD header does not parse: {exc}") from exc
+    if not header.encoding:
+        raise MrdFormatError(f"{path}: the header has no encoding section")
+    if acqs.dtype.names is None or not {"head", "data"} <= set(acqs.dtype.names):
+        raise MrdFormatError(f"{path}: {group}/data is not an ISMRMRD acquisition table")
+    if len(acqs) == 0:
+        raise MrdFormatError(f"{path}: the dataset holds no acquisitions")
+
+    head = acqs["head"]
+    n_acq = len(acqs)
+    flags = head["flags"].astype(np.uint64).view(np.int64)
+    n_samples = head["number_of_samples"].astype(np.int64)
+    channels = head["active_channels"].astype(np.int64)
+    traj_dims = head["trajectory_dimensions"].astype(np.int64)
+    pre = head["discard_pre"].astype(np.int64)
+    post = head["discard_post"].astype(np.int64)
+    space_ref = head["encoding_space_ref"].astype(np.int64)
+    blocks: list[np.ndarray] = []
+    trajs: list[np.ndarray | None] = []
+    for i in range(n_acq):
+        raw = np.asarray(acqs["data"][i], dtype=np.float32)
+        if raw.size != 2 * channels[i] * n_samples[i]:
+            raise MrdFormatError(
+                f"{path}: acquisition {i} has {raw.size // 2} complex values, its header says "
+                f"{channels[i]} channels x {n_samples[i]} samples"
+            )
+        block = raw.view(np.complex64).reshape(channels[i], n_samples[i]).T
+        blocks.append(block[pre[i] : n_samples[i] - post[i]])
+        t = None
+        if traj_dims[i] > 0 and "traj" in acqs.dtype.names:
+            raw_t = np.asarray(acqs["traj"][i], dtype=np.float32)
+            if raw_t.size != traj_dims[i] * n_samples[i]:
+                raise MrdFormatError(
+                    f"{path}: acquisition {i} has {raw_t.size} trajectory values, expected "
+                    f"{traj_dims[i]} x {n_samples[i]}"
+                )
+            t = raw_t.reshape(n_samples[i], traj_dims[i])[pre[i] : n_samples[i] - post[i]]
+        trajs.append(t)
+    keep_len = n_samples - pre - post
+    if (keep_len < 1).any():
+        bad = int(np.flatnonzero(keep_len < 1)[0])
+        raise MrdFormatError(f"{path}: acquisition {bad} discards all of its samples")
+
+    is_noise = (flags & int(AcqFlag.IS_NOISE_MEASUREMENT)) != 0
+    other_space = (space_ref != 0) & ~is_noise
+    if other_space.any():
+        warnings.warn(
+            f"{path}: {int(other_space.sum())} acquisitions of other encoding spaces are skipped",
+            stacklevel=2,
+        )
+    img = ~is_noise & ~other_space
+    if not img.any():
+        raise MrdFormatError(f"{path}: the dataset holds only noise acquisitions")
+    coils = set(channels[img].tolist())
+    if len(coils) != 1:
+        raise MrdFormatError(f"{path}: acquisitions have different channel counts {sorted(coils)}")
+    n_coils = coils.pop()
+    noise = None
+    if is_noise.any():
+        noise_blocks = [
+            blocks[i] for i in np.flatnonzero(is_noise) if blocks[i].shape[1] == n_coils
+        ]
+        if noise_blocks:
+            noise = torch.from_numpy(np.ascontiguousarray(np.concatenate(noise_blocks)))
+
+    enc = header.encoding[0]
+    e_mat = (
+        enc.encodedSpace.matrixSize.x,
+        enc.encodedSpace.matrixSize.y,
+        enc.encodedSpace.matrixSize.z,
+    )
+    r_mat = (enc.reconSpace.matrixSize.x, enc.reconSpace.matrixSize.y, enc.reconSpace.matrixSize.z)
+
+    def fov_m(space: Any, matrix: tuple[int, int, int]) -> tuple[float, float, float]:
+        mm = [space.fieldOfView_mm.x, space.fieldOfView_mm.y, space.fieldOfView_mm.z]
+        out = [float(v) * 1e-3 for v in mm]
+        for a in range(3):
+            if not (math.isfinite(out[a]) and out[a] > 0):
+                out[a] = out[0] / max(1, matrix[0]) if a else 1.0
+        return (out[0], out[1], out[2])
+
+    e_fov, r_fov = fov_m(enc.encodedSpace, e_mat), fov_m(enc.reconSpace, r_mat)
+    traj_name = enc.trajectory.value if hasattr(enc.trajectory, "value") else str(enc.trajectory)
+    trajectory = _TRAJ_FROM_MRD.get(str(traj_name).lower(), "other")
+    limits = enc.encodingLimits
+    centre_line = _limit_centre(limits, "kspace_encoding_step_1", e_mat[1] // 2)
+    centre_par = _limit_centre(limits, "kspace_encoding_step_2", e_mat[2] // 2)
+
+    sel = np.flatnonzero(img)
+    length = keep_len[sel]
+    start = np.cumsum(length) - length
+    signal = torch.from_numpy(np.ascontiguousarray(np.concatenate([blocks[i] for i in sel])))
+    centre = head["center_sample"].astype(np.int64)[sel] - pre[sel]
+    dwell = head["sample_time_us"].astype(np.float64)[sel] * 1e-6
+    kspace = None
+    if all(trajs[i] is not None for i in sel):
+        parts = []
+        for j, i in enumerate(sel):
+            t = trajs[i].astype(np.float64)
+            k = np.zeros((t.shape[0], 4))
+            dims = min(3, t.shape[1])
+            k[:, :dims] = t[:, :dims] * np.array(e_mat[:dims]) / np.array(e_fov[:dims])
+            k[:, 3] = (np.arange(t.shape[0]) - centre[j]) * dwell[j]
+            parts.append(k)
+        kspace = torch.from_numpy(np.concatenate(parts).astype(np.float32))
+    idx = {
+        key: torch.from_numpy(head["idx"][name].astype(np.int64)[sel])
+        for key, name in _IDX_FIELDS.items()
+    }
+    return KData(
+        signal=signal,
+        readout_start=torch.from_numpy(start.astype(np.int64)),
+        readout_length=torch.from_numpy(length.astype(np.int64)),
+        idx=idx,
+        encoded_matrix=e_mat,
+        recon_matrix=r_mat,
+        encoded_fov_m=e_fov,
+        recon_fov_m=r_fov,
+        center_sample=torch.from_numpy(centre),
+        sample_time_s=torch.from_numpy(dwell),
+        flags=torch.from_numpy(flags[sel].copy()),
+        center_line=centre_line,
+        center_partition=centre_par,
+        trajectory=trajectory,
+        kspace=kspace,
+        noise=noise,
+        header=header,
+    )

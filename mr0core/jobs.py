@@ -1,0 +1,290 @@
+"""The library's end-to-end jobs: simulate a sequence, reconstruct raw data, write the results.
+
+These are plain functions of files and settings, used by the ``mr0`` command (``simulate``,
+``recon``, ``demo``), and later by the scheduler's workers and the server's gadgets.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from os import PathLike, fspath
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "SimSettings",
+    "build_demo_flash",
+    "load_job_phantom",
+    "phantom_isocentre_m",
+    "reconstruct_file",
+    "run_simulation",
+    "write_image",
+]
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """PDG thresholds (see :func:`mr0core.compute_graph` and :func:`mr0core.execute_graph`)."""
+
+    max_states: int = 200
+    min_state_mag: float = 1e-4
+    min_emitted: float = 1e-3
+    min_latent: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.max_states < 1:
+            raise ValueError(f"max-states must be >= 1, got {self.max_states}")
+        for name in ("min_state_mag", "min_emitted", "min_latent"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name.replace('_', '-')} must be a number >= 0, got {value}")
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before any work if ``path`` cannot be written (nothing computed is then lost)."""
+    if path.is_dir():
+        raise IsADirectoryError(f"output {path} is a directory")
+    parent = path.parent if fspath(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"output folder {parent} does not exist")
+    if not _writable(parent):
+        raise PermissionError(f"output folder {parent} is not writable")
+
+
+def _writable(folder: Path) -> bool:
+    import os
+
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def load_job_phantom(spec: str, size: int | None = None, coils: int = 1) -> tuple[Any, str]:
+    """Return ``(phantom, name)`` for ``brain``, ``shepp-logan`` or a NIfTI-phantom ``.json``.
+
+    Built-ins are made at ``size`` (default 64) with ``coils`` receive coils; a JSON phantom is
+    resampled in-plane to ``size`` when given. The phantom is a :class:`~mr0core.TissueDict`.
+    """
+    from mr0core.phantom.builtin_phantoms import PHANTOMS
+    from mr0core.phantom.tissue_dict import TissueDict
+
+    if size is not None and not 4 <= size <= 1024:
+        raise ValueError(f"size must be between 4 and 1024, got {size}")
+    if not 1 <= coils <= 64:
+        raise ValueError(f"coils must be between 1 and 64, got {coils}")
+    if spec in PHANTOMS:
+        return PHANTOMS[spec](size=size or 64, coils=coils), f"builtin:{spec}"
+    path = Path(spec)
+    if path.suffix.lower() != ".json":
+        raise ValueError(
+            f"phantom {spec!r}: expected 'brain', 'shepp-logan' or a NIfTI phantom .json file"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"phantom file not found: {path}")
+    phantom = TissueDict.load(path)
+    if size is not None:
+        shape = phantom.combine().PD.shape
+        phantom = phantom.interpolate(size, size, int(shape[2]))
+    return phantom, path.name
+
+
+def run_simulation(
+    seq: Any,
+    phantom: Any,
+    settings: SimSettings = SimSettings(),
+    device: str | None = None,
+    noise: float = 0.0,
+    progress: bool = True,
+    seed: int | None = None,
+) -> torch.Tensor:
+    """Simulate ``seq`` on ``phantom`` with PDG; return the signal ``[samples, coils]`` complex64.
+
+    ``device`` ``"cuda"`` needs a GPU (a clear error otherwise); default CPU. ``noise`` adds
+    complex Gaussian noise of that standard deviation (per real and imaginary part), seeded by
+    ``seed``. The signal is returned on the CPU.
+    """
+    from mr0core.sim import compute_graph, execute_graph
+
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
+    if not (math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be a number >= 0, got {noise}")
+    data = phantom.build() if hasattr(phantom, "build") else phantom
+    if device == "cuda":
+        data, seq = data.cuda(), seq.cuda()
+    graph = compute_graph(seq, data, settings.max_states, settings.min_state_mag)
+    signal = execute_graph(
+        graph, seq, data, settings.min_emitted, settings.min_latent, print_progress=progress
+    )
+    signal = signal.detach().cpu()
+    if noise > 0:
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        re = torch.randn(signal.shape, generator=gen)
+        im = torch.randn(signal.shape, generator=gen)
+        signal = signal + noise * torch.complex(re, im)
+    return signal
+
+
+def image_volume(image: torch.Tensor) -> torch.Tensor:
+    """``[volumes, contrasts, slices, x, y, z]`` → ``[x, y, slices·z(, volumes·contrasts)]``."""
+    v, c, s, nx, ny, nz = image.shape
+    vol = image.permute(3, 4, 2, 5, 0, 1).reshape(nx, ny, s * nz, v * c)
+    return vol[..., 0] if v * c == 1 else vol
+
+
+def write_image(
+    rec: Any,
+    out: str | PathLike[str],
+    *,
+    png: str | PathLike[str] | None = None,
+    sidecar: dict[str, Any] | None = None,
+    centre_m: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> list[Path]:
+    """Write a :class:`~mr0core.recon.Reconstruction` as NIfTI (+ JSON sidecar) and PNG.
+
+    The affine follows the shared convention: voxel ``n // 2`` at the isocentre, which sits at
+    ``centre_m`` (RAS+, m) in world coordinates; for a simulation that is the world position of
+    the phantom's voxel ``n // 2`` (:func:`phantom_isocentre_m`). Returns the files written.
+    """
+    from mr0core.io.nifti import image_affine, sidecar_path, write_nifti
+    from mr0core.io.png import write_png
+
+    vol = image_volume(rec.image.detach().cpu().float())
+    nz = vol.shape[2]
+    fov = (rec.fov_m[0], rec.fov_m[1], rec.fov_m[2] * nz / max(rec.matrix[2], 1))
+    affine = image_affine((vol.shape[0], vol.shape[1], nz), fov, centre_m=centre_m)
+    written = [write_nifti(out, vol, affine, sidecar=sidecar)]
+    if sidecar is not None:
+        written.append(sidecar_path(out))
+    if png is not None:
+        title = (sidecar or {}).get("SeriesDescription")
+        written.append(write_png(png, vol, title=title))
+    return written
+
+
+def phantom_isocentre_m(phantom: Any) -> tuple[float, float, float]:
+    """World position (RAS+, m) of a grid phantom's voxel ``n // 2``.
+
+    The simulation places that voxel at the isocentre (MR-zero's grid convention), so images of
+    the simulation belong there in the phantom's world coordinates.
+    """
+    grid = phantom.combine() if hasattr(phantom, "combine") else phantom
+    affine = getattr(grid, "affine", None)
+    if affine is None:
+        return (0.0, 0.0, 0.0)
+    centre = np.array([n // 2 for n in grid.PD.shape] + [1.0])
+    ras_mm = np.asarray(affine, dtype=np.float64) @ centre
+    return (float(ras_mm[0]) / 1e3, float(ras_mm[1]) / 1e3, float(ras_mm[2]) / 1e3)
+
+
+def reconstruct_file(path: str | PathLike[str], method: str = "auto") -> tuple[Any, dict]:
+    """Read ISMRMRD raw data and reconstruct it; return ``(Reconstruction, sidecar)``."""
+    from mr0core.io.bids import bids_sidecar
+    from mr0core.io.mrd import read_mrd
+    from mr0core.recon import reconstruct
+
+    kdata = read_mrd(path)
+    rec = reconstruct(kdata, method=method)
+    sidecar = bids_sidecar(None, matrix=rec.matrix, fov_m=rec.fov_m, extra=_header_params(kdata))
+    sidecar["ReconstructionMethod"] = rec.method
+    return rec, sidecar
+
+
+def _header_params(kdata: Any) -> dict[str, Any]:
+    """BIDS keys from an ISMRMRD header (TR/TE/TI in ms there, s here)."""
+    out: dict[str, Any] = {}
+    head = getattr(kdata, "header", None)
+    seq = getattr(head, "sequenceParameters", None)
+    for key, name, scale in (
+        ("TR", "RepetitionTime", 1e-3),
+        ("TE", "EchoTime", 1e-3),
+        ("TI", "InversionTime", 1e-3),
+        ("flipAngle_deg", "FlipAngle", 1.0),
+    ):
+        values = getattr(seq, key, None) if seq is not None else None
+        if values:
+            out[name] = float(values[0]) * scale
+    system = getattr(head, "acquisitionSystemInformation", None)
+    field = getattr(system, "systemFieldStrength_T", None) if system is not None else None
+    if field:
+        out["MagneticFieldStrength"] = float(field)
+    info = getattr(head, "measurementInformation", None)
+    name = getattr(info, "sequenceName", None) if info is not None else None
+    if name:
+        out["PulseSequenceName"] = str(name)
+    return out
+
+
+def build_demo_flash(n: int = 64, fov_m: float = 0.22) -> Any:
+    """Build a 2-D RF-spoiled FLASH with PyPulseq (TE 5 ms, TR 12 ms, 15°); return pypulseq's.
+
+    ``n`` × ``n`` Cartesian, 5 mm slice, readout along x, phase encoding along y.
+    """
+    import pypulseq as pp
+
+    system = pp.Opts(
+        max_grad=28, grad_unit="mT/m", max_slew=150, slew_unit="T/m/s", rf_ringdown_time=20e-6,
+        rf_dead_time=100e-6, adc_dead_time=10e-6,
+    )  # fmt: skip
+    seq = pp.Sequence(system)
+    te, tr, flip = 5e-3, 12e-3, 15.0
+    rf, gz, _ = pp.make_sinc_pulse(
+        flip_angle=math.radians(flip), duration=3e-3, slice_thickness=5e-3, apodization=0.42,
+        time_bw_product=4, system=system, return_gz=True, delay=system.rf_dead_time,
+    )  # fmt: skip
+    dk = 1 / fov_m
+    gx = pp.make_trapezoid(channel="x", flat_area=n * dk, flat_time=3.2e-3, system=system)
+    adc = pp.make_adc(num_samples=n, duration=gx.flat_time, delay=gx.rise_time, system=system)
+    gx_pre = pp.make_trapezoid(channel="x", area=-gx.area / 2, duration=1e-3, system=system)
+    gz_reph = pp.make_trapezoid(channel="z", area=-gz.area / 2, duration=1e-3, system=system)
+    areas = (np.arange(n) - n // 2) * dk
+    gx_spoil = pp.make_trapezoid(channel="x", area=2 * n * dk, system=system)
+    gz_spoil = pp.make_trapezoid(channel="z", area=4 / 5e-3, system=system)
+    delay_te = te - pp.calc_duration(gx_pre) - gz.fall_time - gz.flat_time / 2
+    delay_te -= pp.calc_duration(gx) / 2
+    delay_te = math.ceil(delay_te / system.grad_raster_time) * system.grad_raster_time
+    delay_tr = tr - pp.calc_duration(gz) - pp.calc_duration(gx_pre) - delay_te
+    delay_tr -= pp.calc_duration(gx) + pp.calc_duration(gx_spoil, gz_spoil)
+    delay_tr = math.ceil(delay_tr / system.grad_raster_time) * system.grad_raster_time
+    if delay_te < 0 or delay_tr < 0:
+        raise ValueError(f"demo FLASH timing does not fit (n={n})")
+    rf_phase, rf_inc = 0.0, 0.0
+    for i in range(-10, n):  # 10 dummy repetitions to approach the steady state
+        rf.phase_offset = math.radians(rf_phase)
+        adc.phase_offset = math.radians(rf_phase)
+        rf_inc = (rf_inc + 117.0) % 360.0
+        rf_phase = (rf_phase + rf_inc) % 360.0
+        seq.add_block(rf, gz)
+        gy_pre = pp.make_trapezoid(
+            channel="y", area=areas[max(i, 0)], duration=pp.calc_duration(gx_pre), system=system
+        )
+        seq.add_block(gx_pre, gy_pre, gz_reph)
+        seq.add_block(pp.make_delay(delay_te))
+        if i >= 0:
+            seq.add_block(gx, adc)
+        else:
+            seq.add_block(gx)
+        gy_post = pp.make_trapezoid(
+            channel="y", area=-areas[max(i, 0)], duration=pp.calc_duration(gx_pre), system=system
+        )
+        seq.add_block(gx_spoil, gy_post, gz_spoil)
+        seq.add_block(pp.make_delay(delay_tr))
+    seq.set_definition("FOV", [fov_m, fov_m, 5e-3])
+    seq.set_definition("Name", "mr0_demo_flash")
+    seq.set_definition("TE", te)
+    seq.set_definition("TR", tr)
+    seq.set_definition("FlipAngle", flip)
+    return seq
+
+
+def settings_dict(settings: SimSettings, noise: float, seed: int | None) -> dict[str, Any]:
+    """Return the simulation settings as recorded in sidecars."""
+    out: dict[str, Any] = asdict(settings)
+    out["noise_std"] = noise
+    if seed is not None:
+        out["seed"] = seed
+    return out

@@ -1,0 +1,40 @@
+"""Reconstruction: Cartesian FFT, adjoint DFT, NUFFT, coil combination and CG-SENSE.
+
+:func:`reconstruct` picks the method by trajectory; the modules below can be used directly.
+Images follow the shared spatial convention: voxel ``i`` of ``n`` sits at ``(i - n // 2) · fov / n``
+(RAS+, the phantom's axes).
+"""
+
+from .adjoint import grid_from_kspace, reco_adjoint
+from .auto import METHODS, Reconstruction, reconstruct
+from .cartesian import CartesianKSpace, cartesian_kspace, kspace_to_image, prewhiten, reco_cartesian
+from .coils import adaptive_combine, rss, walsh_sensitivities
+from .kdata import AcqFlag, KData, KDataError
+from .nufft import density_compensation, nufft_adjoint, nufft_forward, reco_nufft
+from .sense import cg_sense, sensitivities_from_calibration, sensitivities_from_reference
+
+__all__ = [
+    "METHODS",
+    "AcqFlag",
+    "CartesianKSpace",
+    "KData",
+    "KDataError",
+    "Reconstruction",
+    "adaptive_combine",
+    "cartesian_kspace",
+    "cg_sense",
+    "density_compensation",
+    "grid_from_kspace",
+    "kspace_to_image",
+    "nufft_adjoint",
+    "nufft_forward",
+    "prewhiten",
+    "reco_adjoint",
+    "reco_cartesian",
+    "reco_nufft",
+    "reconstruct",
+    "rss",
+    "sensitivities_from_calibration",
+    "sensitivities_from_reference",
+    "walsh_sensitivities",
+]
