@@ -41,7 +41,7 @@ def test_phantom_brain_writes_a_loadable_spec_phantom(
     total = sum(t.PD for t in tissues.values())
     assert float(total.max()) <= 1.0 + 1e-5
     # a second run refuses to overwrite, --force does
-    assert main(["phantom", "brain", "--size", "48", "--out", str(out)]) == 1
+    assert main(["phantom", "brain", "--size", "48", "--out", str(out)]) == 2
     assert main(["phantom", "brain", "--size", "48", "--out", str(out), "--force"]) == 0
 
 
@@ -65,7 +65,7 @@ def test_phantom_field_and_shepp_logan(tmp_path: Path) -> None:
     [["--size", "2"], ["--field", "9.4T"], ["--coils", "0"], ["--slices", "0"]],
 )
 def test_phantom_bad_arguments(tmp_path: Path, args: list[str]) -> None:
-    assert main(["phantom", "brain", *args, "--out", str(tmp_path)]) == 1
+    assert main(["phantom", "brain", *args, "--out", str(tmp_path)]) == 2
     assert not list(tmp_path.iterdir())
 
 

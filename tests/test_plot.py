@@ -52,6 +52,7 @@ def test_imshow_2d_is_ras(tmp_path):
     np.testing.assert_array_equal(shown, image.T)
     # with origin="lower", row 0 is drawn at the bottom, column 5 at the right
     assert shown[0, 5] == 1.0
+    plt.close("all")
     out = tmp_path / "im.png"
     imshow(image, out=out)
     _nonempty(out)
