@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from mr0core.io.nifti import component_values
+
 if TYPE_CHECKING:
     import ismrmrd
 
@@ -174,16 +176,9 @@ def make_mrd_images(
     n = stack.shape[0]
     if 0 in stack.shape:
         raise ValueError(f"images must not be empty, got shape {stack.shape}")
-    if image_type == "magnitude":
-        values = np.abs(stack).astype(np.float32)
-    elif image_type == "phase":
-        values = np.angle(stack).astype(np.float32)
-    elif image_type == "real":
-        values = np.real(stack).astype(np.float32)
-    elif image_type == "imag":
-        values = np.imag(stack).astype(np.float32)
-    else:
-        values = stack.astype(np.complex64)
+    values = component_values(stack, image_type)
+    if image_type == "complex":
+        values = values.astype(np.complex64)
     matrix = stack.shape[1:]
     if fov_m is None:
         fov_mm = np.asarray(matrix, dtype=np.float64)

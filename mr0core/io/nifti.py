@@ -21,6 +21,22 @@ __all__ = ["image_affine", "sidecar_path", "write_nifti"]
 _COMPONENTS = ("magnitude", "phase", "real", "imag", "complex")
 
 
+def component_values(data: np.ndarray, component: str) -> np.ndarray:
+    """Return one part of (complex) ``data``: magnitude, phase (rad), real or imag part.
+
+    Those are float32; ``"complex"`` keeps complex64 (float32 for real input).
+    """
+    if component == "magnitude":
+        return np.abs(data).astype(np.float32)
+    if component == "phase":
+        return np.angle(data).astype(np.float32)
+    if component == "real":
+        return np.real(data).astype(np.float32)
+    if component == "imag":
+        return np.imag(data).astype(np.float32)
+    return data.astype(np.complex64 if np.iscomplexobj(data) else np.float32)
+
+
 def image_affine(
     matrix: SequenceABC[int],
     fov_m: SequenceABC[float],
@@ -152,16 +168,7 @@ def write_nifti(
     if aff.shape != (4, 4) or not np.isfinite(aff).all():
         raise ValueError(f"affine must be a finite 4x4 matrix, got shape {aff.shape}")
 
-    if component == "magnitude":
-        stored = np.abs(data).astype(np.float32)
-    elif component == "phase":
-        stored = np.angle(data).astype(np.float32)
-    elif component == "real":
-        stored = np.real(data).astype(np.float32)
-    elif component == "imag":
-        stored = np.imag(data).astype(np.float32)
-    else:
-        stored = data.astype(np.complex64 if np.iscomplexobj(data) else np.float32)
+    stored = component_values(data, component)
 
     img = nib.Nifti1Image(np.ascontiguousarray(stored), aff)
     img.header.set_qform(aff, code=1)  # scanner anatomical
