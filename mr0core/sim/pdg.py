@@ -19,7 +19,8 @@ sampled at the end of each ADC event, as MR-zero defines it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,6 +47,7 @@ __all__ = ["execute_graph"]
 _MAX_GROUPS = 16  # distinct (T2', D) pairs handled by grouped GEMMs
 _CHUNK_ELEMENTS = 1 << 24  # per-voxel fallback: states x samples x voxels per chunk
 _PHASOR_ELEMENTS = 1 << 22  # voxels x samples of the sample phasors per chunk (32 MiB)
+_CACHE_ELEMENTS = 1 << 20  # step products kept between repetitions (8 MiB of complex64)
 _ANCHOR = 32  # sample phasors computed exactly every this many samples
 _K_STEP_QUANTUM = 1e-6  # 1/m, to recognise equal steps between samples
 _T_STEP_QUANTUM = 1e-12  # s
@@ -115,6 +117,38 @@ def _cis(phase: torch.Tensor, mag: torch.Tensor | None = None) -> torch.Tensor:
     if mag is not None:
         c, s = c * mag, s * mag
     return torch.complex(c, s)
+
+
+class _StepCache:
+    """Step products ``W [B, V]`` shared between repetitions, bounded in memory.
+
+    A pattern is kept only from its second use on: a radial or spiral readout, whose every
+    spoke has new steps, would otherwise fill the cache with products that are never used
+    again. The least recently used are dropped beyond ``_CACHE_ELEMENTS`` (at least two).
+    """
+
+    def __init__(self, limit: int = _CACHE_ELEMENTS) -> None:
+        self.limit = limit
+        self.kept: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.seen: set[bytes] = set()
+        self.size = 0
+
+    def get(self, key: bytes, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        W = self.kept.get(key)
+        if W is not None:
+            self.kept.move_to_end(key)
+            return W
+        W = make()
+        if key not in self.seen:
+            if len(self.seen) > 1 << 16:  # bound the bookkeeping of one-off patterns, too
+                self.seen.clear()
+            self.seen.add(key)
+            return W
+        self.kept[key] = W
+        self.size += W.numel()
+        while self.size > self.limit and len(self.kept) > 2:
+            self.size -= self.kept.popitem(last=False)[1].numel()
+        return W
 
 
 def _remap(active: np.ndarray, n: int) -> np.ndarray:
@@ -199,7 +233,7 @@ def execute_graph(
         bounds = list(zip([0, *ends[:-1]], ends, strict=True))
 
     static_grad = pos.requires_grad or b0.requires_grad or t2.requires_grad
-    phasor_cache: dict[bytes, torch.Tensor] = {}
+    phasor_cache = _StepCache()
     p_k = torch.zeros((0, 3), dtype=fdt, device=dev)
     p_tau = torch.zeros(0, dtype=fdt, device=dev)
     p_mag = torch.zeros((0, n_vox), dtype=cdt, device=dev)
@@ -247,28 +281,23 @@ def execute_graph(
         z_from_plus = -1j * e1sa.conj()
         coef = torch.stack([c2.to(cdt), e1 * e1 * s2, -0.5j * e1sa, ca.to(cdt), z_from_plus,
                             z_from_plus.conj()])  # [6, V], rows as in _EDGE_RULES  # fmt: skip
-        # every edge is coef[row] · (parent or its conjugate): one gather, one product and one
-        # scatter per kind of child
-        n_pp, n_zp = len(p_mag), len(z_mag)
-        table = torch.cat([p_mag, z_mag, p_mag.conj(), z_mag.conj()])
-        parts: dict[bool, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {True: [], False: []}
+        # every edge is coef[row] · (parent or its conjugate): per edge kind one gather, one
+        # product and one scatter. Kind by kind rather than all edges at once, so that the
+        # transient is one kind's [edges, V] rather than several copies of all of them (the
+        # pass's peak memory)
+        new_p = torch.zeros((len(act_p), n_vox), dtype=cdt, device=dev)
+        new_z = torch.zeros((len(act_z), n_vox), dtype=cdt, device=dev)
         for kind, (to_plus, from_plus, conj, row) in _EDGE_RULES.items():
             child, parent = rg.edges[kind]
             ci = (map_p if to_plus else map_z)[child]
             pi = (prev_map_p if from_plus else prev_map_z)[parent]
             ok = (ci >= 0) & (pi >= 0)
-            if ok.any():
-                src = pi[ok] + (0 if from_plus else n_pp) + (n_pp + n_zp if conj else 0)
-                parts[to_plus].append((ci[ok], src, np.full(int(ok.sum()), row)))
-        new = []
-        for to_plus, n_new in ((True, len(act_p)), (False, len(act_z))):
-            out = torch.zeros((n_new, n_vox), dtype=cdt, device=dev)
-            if parts[to_plus]:
-                ci, src, rows = (np.concatenate(x) for x in zip(*parts[to_plus], strict=True))
-                src_t, rows_t, ci_t = (torch.from_numpy(x).to(dev) for x in (src, rows, ci))
-                out = out.index_add(0, ci_t, table[src_t] * coef[rows_t])
-            new.append(out)
-        new_p, new_z = new
+            if not ok.any():
+                continue
+            ci_t, pi_t = (torch.from_numpy(x[ok]).to(dev) for x in (ci, pi))
+            src = (p_mag if from_plus else z_mag).index_select(0, pi_t)
+            contrib = (src.conj() if conj else src) * coef[row]
+            (new_p if to_plus else new_z).index_add_(0, ci_t, contrib)
 
         k0 = new_p_k[torch.from_numpy(act_p).to(dev)]
         tau0 = new_p_tau[torch.from_numpy(act_p).to(dev)]
@@ -306,14 +335,15 @@ def execute_graph(
         if len(dt):
             four_pi2 = 4 * math.pi**2
             b_plus = four_pi2 * ((k0**2).sum(1) * total + k0 @ lin_cum[-1] + const_cum[-1])  # [S]
-            p_mag = new_p * torch.exp(-total / t2 - b_plus[:, None] * diff).to(cdt)
+            p_mag = _relax(new_p, total / t2, b_plus, diff)
             zk_act = new_z_k[torch.from_numpy(act_z).to(dev)]
             b_z = four_pi2 * (zk_act**2).sum(1) * total
             e1_t1 = torch.exp(-total / t1)
-            z_mag = new_z * torch.exp(
-                -total / t1 - b_z[:, None] * diff
-            ).to(cdt)  # fmt: skip
-            z_mag = torch.cat([z_mag[:1] + (1 - e1_t1).to(cdt), z_mag[1:]])
+            z_mag = _relax(new_z, total / t1, b_z, diff)
+            if z_mag.requires_grad:
+                z_mag = torch.cat([z_mag[:1] + (1 - e1_t1), z_mag[1:]])
+            else:
+                z_mag[0] += 1 - e1_t1  # recovery feeds the relaxed state
             p_k = new_p_k + kcum[-1]
             p_tau = new_p_tau + total
         else:
@@ -328,6 +358,19 @@ def execute_graph(
     if return_mag_adc:
         return out, mags
     return out
+
+
+def _relax(
+    m: torch.Tensor, rate: torch.Tensor, b: torch.Tensor, diff: torch.Tensor
+) -> torch.Tensor:
+    """``m [S, V] · exp(-rate [V] - b [S] ⊗ diff [V])``: relaxation and diffusion of states.
+
+    In place (no [S, V] temporaries beyond one float factor) when autograd does not need ``m``.
+    """
+    f = b[:, None] * diff
+    if any(x.requires_grad for x in (m, rate, b, diff)):
+        return m * torch.exp(-(f + rate))
+    return m.mul_(f.add_(rate).neg_().exp_())
 
 
 def _prev_count(graph: Graph, r: int, plus: bool) -> int:
@@ -356,7 +399,7 @@ def _signal(
     pd_coil: torch.Tensor, nyquist: torch.Tensor, dephasing_func: object,
     groups: torch.Tensor | None, bounds: list[tuple[int, int]], exact: bool,
     steps: tuple[torch.Tensor, torch.Tensor] | None = None,
-    cache: dict[bytes, torch.Tensor] | None = None,
+    cache: _StepCache | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:  # fmt: skip
     """Signal ``[samples, coils]`` of transverse states ``m [S, V]`` at one repetition's samples.
 
@@ -433,7 +476,7 @@ def _phasor_chunks(
     K: torch.Tensor,
     T: torch.Tensor,
     steps: tuple[torch.Tensor, torch.Tensor] | None,
-    cache: dict[bytes, torch.Tensor] | None,
+    cache: _StepCache | None,
 ) -> Iterator[tuple[slice, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]] | None]]:
     """Yield the sample phasors ``P = exp(-2πi (r·K_t + B0 T_t)) e^{-T_t / T2}`` chunk by chunk.
 
@@ -468,7 +511,6 @@ def _phasor_chunks(
     keys[1:n_t] = torch.round(inc / quantum).to(torch.int64).cpu().numpy()
     inc_pad = torch.zeros((n_pad, 4), dtype=torch.float32, device=dev)
     inc_pad[1:n_t] = inc.float()
-    max_cached = max(4, _PHASOR_ELEMENTS // max(n_v * _ANCHOR, 1))
     for t0 in range(0, n_t, chunk):
         t1 = min(n_t, t0 + chunk)
         anchors = list(range(t0, t1, _ANCHOR))
@@ -477,15 +519,13 @@ def _phasor_chunks(
             by_key.setdefault(keys[a + 1 : a + _ANCHOR].tobytes(), []).append(i)
         patterns = []
         for key, blocks in by_key.items():
-            W = cache.get(key)
-            if W is None:
-                a = anchors[blocks[0]]
-                W = _step_products(
+            a = anchors[blocks[0]]
+            W = cache.get(
+                key,
+                lambda a=a: _step_products(
                     pos, b0, t2, inc_pad[a + 1 : a + _ANCHOR], keys[a + 1 : a + _ANCHOR]
-                )
-                if len(cache) >= max_cached:
-                    cache.clear()
-                cache[key] = W
+                ),
+            )
             patterns.append((torch.tensor(blocks, device=dev), W))
         idx = torch.tensor(anchors, device=dev)
         yield slice(t0, t1), direct(K[idx], T[idx]), patterns
