@@ -1,1 +1,6 @@
-"""MRD/ISMRMRD streaming server and gadget chains (not yet built; see the README status table)."""
+"""MRD/ISMRMRD streaming server, client and gadget chains.
+
+``protocol`` frames the messages, ``core`` and ``chain`` define gadgets and build chains from
+``config/chains/*.xml``, ``recon`` holds the standard gadgets (which call ``mr0core.recon``),
+``server`` and ``client`` are ``mr0-server`` and ``mr0-client``.
+"""

@@ -3,6 +3,8 @@
 Files are HDF5 with a group (default ``dataset``) holding ``xml`` (the ISMRMRD header) and
 ``data`` (the acquisitions). Writing goes through the ``ismrmrd`` package (``ismrmrd.Dataset``,
 ``ismrmrd.xsd`` header objects); reading uses h5py on the same layout, all acquisitions at once.
+:func:`kdata_from_acquisitions` builds the same ``KData`` from ``ismrmrd.Acquisition`` objects
+that arrive as a stream (the MRD server's gadgets).
 
 Units inside ISMRMRD: FOV in mm, TR/TE/TI in ms, dwell time in µs, trajectories normalised to the
 encoded matrix (``k · fov / n``, ±0.5 at the edge of k-space). mr0core uses m, s and 1/m.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence as SequenceABC
 from os import PathLike, fspath
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ import torch
 
 from mr0core.recon.kdata import IDX_KEYS, AcqFlag, KData, as_sequence
 
-__all__ = ["MrdFormatError", "read_mrd", "sig_to_mrd"]
+__all__ = ["MrdFormatError", "kdata_from_acquisitions", "read_mrd", "sig_to_mrd"]
 
 GAMMA_1H_HZ_T = 42.577478e6
 DEFAULT_FIELD_T = 3.0
@@ -296,65 +299,48 @@ def _limit_centre(limits: Any, name: str, default: int) -> int:
     return int(limit.center)
 
 
-def read_mrd(path: str | PathLike[str], group: str = "dataset") -> KData:
-    """Read ISMRMRD raw data into :class:`~mr0core.recon.kdata.KData`.
-
-    Parameters
-    ----------
-    path
-        The HDF5 file.
-    group
-        The dataset group inside it.
-
-    Returns
-    -------
-    KData
-        Imaging, calibration and navigator readouts with their flags; noise readouts in
-        ``noise``; ``header`` the parsed ``ismrmrd.xsd.ismrmrdHeader``. ``discard_pre``/``post``
-        samples are dropped. Only the first encoding space is read (others are skipped with a
-        warning). ``kspace`` (1/m, from the trajectories ``k = traj · n / fov``; τ = time from the
-        centre sample) is set when every imaging acquisition carries a trajectory.
-
-    Raises
-    ------
-    FileNotFoundError
-        If there is no such file.
-    MrdFormatError
-        If it is not HDF5, lacks the group, header or acquisitions, or sizes do not match.
-    """
-    import h5py
+def _parse_header(where: str, xml: str | bytes) -> Any:
+    """Parse an ISMRMRD XML header; MrdFormatError naming ``where`` if it does not parse."""
     import ismrmrd.xsd as xsd
 
-    path = Path(fspath(path))
-    if not path.is_file():
-        raise FileNotFoundError(f"ISMRMRD file not found: {path}")
-    if not h5py.is_hdf5(path):
-        raise MrdFormatError(f"{path}: not an HDF5 file, so not ISMRMRD raw data")
-    with h5py.File(path, "r") as f:
-        if group not in f:
-            raise MrdFormatError(f"{path}: no group {group!r} (groups: {sorted(f.keys())})")
-        g = f[group]
-        if "xml" not in g:
-            raise MrdFormatError(f"{path}: group {group!r} has no ISMRMRD header ('xml')")
-        if "data" not in g:
-            raise MrdFormatError(f"{path}: group {group!r} has no acquisitions ('data')")
-        xml = g["xml"][0]
-        acqs = g["data"][()]
     if isinstance(xml, bytes):
         xml = xml.decode("utf-8")
     try:
         header = xsd.CreateFromDocument(xml)
     except Exception as exc:  # the parser raises several unrelated types
-        raise MrdFormatError(f"{path}: the ISMRMRD header does not parse: {exc}") from exc
+        raise MrdFormatError(f"{where}: the ISMRMRD header does not parse: {exc}") from exc
     if not header.encoding:
-        raise MrdFormatError(f"{path}: the header has no encoding section")
-    if acqs.dtype.names is None or not {"head", "data"} <= set(acqs.dtype.names):
-        raise MrdFormatError(f"{path}: {group}/data is not an ISMRMRD acquisition table")
-    if len(acqs) == 0:
-        raise MrdFormatError(f"{path}: the dataset holds no acquisitions")
+        raise MrdFormatError(f"{where}: the header has no encoding section")
+    return header
 
-    head = acqs["head"]
-    n_acq = len(acqs)
+
+def _kdata_from_arrays(
+    where: str,
+    header: Any,
+    head: Any,
+    data: list[np.ndarray],
+    traj: list[np.ndarray | None],
+) -> KData:
+    """Build :class:`KData` from acquisition headers and arrays (the shared part of reading).
+
+    Parameters
+    ----------
+    where
+        What the data came from (a path, or a description), for error messages.
+    header
+        Parsed ``ismrmrd.xsd.ismrmrdHeader`` with at least one encoding.
+    head
+        ``[acquisitions]`` numpy structured array of ISMRMRD acquisition headers
+        (``ismrmrd.AcquisitionHeader`` fields, e.g. ``dataset/data["head"]``).
+    data
+        Per acquisition, its samples as a flat float32 array of interleaved re/im values in
+        ISMRMRD order (``[channels, samples]``).
+    traj
+        Per acquisition, its trajectory as a flat float32 array (``[samples, dims]``) or None.
+    """
+    n_acq = len(head)
+    if n_acq == 0:
+        raise MrdFormatError(f"{where}: the dataset holds no acquisitions")
     flags = head["flags"].astype(np.uint64).view(np.int64)
     n_samples = head["number_of_samples"].astype(np.int64)
     channels = head["active_channels"].astype(np.int64)
@@ -365,20 +351,20 @@ def read_mrd(path: str | PathLike[str], group: str = "dataset") -> KData:
     blocks: list[np.ndarray] = []
     trajs: list[np.ndarray | None] = []
     for i in range(n_acq):
-        raw = np.asarray(acqs["data"][i], dtype=np.float32)
+        raw = np.asarray(data[i], dtype=np.float32).reshape(-1)
         if raw.size != 2 * channels[i] * n_samples[i]:
             raise MrdFormatError(
-                f"{path}: acquisition {i} has {raw.size // 2} complex values, its header says "
+                f"{where}: acquisition {i} has {raw.size // 2} complex values, its header says "
                 f"{channels[i]} channels x {n_samples[i]} samples"
             )
         block = raw.view(np.complex64).reshape(channels[i], n_samples[i]).T
         blocks.append(block[pre[i] : n_samples[i] - post[i]])
         t = None
-        if traj_dims[i] > 0 and "traj" in acqs.dtype.names:
-            raw_t = np.asarray(acqs["traj"][i], dtype=np.float32)
+        if traj_dims[i] > 0 and traj[i] is not None:
+            raw_t = np.asarray(traj[i], dtype=np.float32).reshape(-1)
             if raw_t.size != traj_dims[i] * n_samples[i]:
                 raise MrdFormatError(
-                    f"{path}: acquisition {i} has {raw_t.size} trajectory values, expected "
+                    f"{where}: acquisition {i} has {raw_t.size} trajectory values, expected "
                     f"{traj_dims[i]} x {n_samples[i]}"
                 )
             t = raw_t.reshape(n_samples[i], traj_dims[i])[pre[i] : n_samples[i] - post[i]]
@@ -386,21 +372,21 @@ def read_mrd(path: str | PathLike[str], group: str = "dataset") -> KData:
     keep_len = n_samples - pre - post
     if (keep_len < 1).any():
         bad = int(np.flatnonzero(keep_len < 1)[0])
-        raise MrdFormatError(f"{path}: acquisition {bad} discards all of its samples")
+        raise MrdFormatError(f"{where}: acquisition {bad} discards all of its samples")
 
     is_noise = (flags & int(AcqFlag.IS_NOISE_MEASUREMENT)) != 0
     other_space = (space_ref != 0) & ~is_noise
     if other_space.any():
         warnings.warn(
-            f"{path}: {int(other_space.sum())} acquisitions of other encoding spaces are skipped",
-            stacklevel=2,
+            f"{where}: {int(other_space.sum())} acquisitions of other encoding spaces are skipped",
+            stacklevel=3,
         )
     img = ~is_noise & ~other_space
     if not img.any():
-        raise MrdFormatError(f"{path}: the dataset holds only noise acquisitions")
+        raise MrdFormatError(f"{where}: the dataset holds only noise acquisitions")
     coils = set(channels[img].tolist())
     if len(coils) != 1:
-        raise MrdFormatError(f"{path}: acquisitions have different channel counts {sorted(coils)}")
+        raise MrdFormatError(f"{where}: acquisitions have different channel counts {sorted(coils)}")
     n_coils = coils.pop()
     noise = None
     if is_noise.any():
@@ -473,3 +459,118 @@ def read_mrd(path: str | PathLike[str], group: str = "dataset") -> KData:
         noise=noise,
         header=header,
     )
+
+
+def read_mrd(path: str | PathLike[str], group: str = "dataset") -> KData:
+    """Read ISMRMRD raw data into :class:`~mr0core.recon.kdata.KData`.
+
+    Parameters
+    ----------
+    path
+        The HDF5 file.
+    group
+        The dataset group inside it.
+
+    Returns
+    -------
+    KData
+        Imaging, calibration and navigator readouts with their flags; noise readouts in
+        ``noise``; ``header`` the parsed ``ismrmrd.xsd.ismrmrdHeader``. ``discard_pre``/``post``
+        samples are dropped. Only the first encoding space is read (others are skipped with a
+        warning). ``kspace`` (1/m, from the trajectories ``k = traj · n / fov``; τ = time from the
+        centre sample) is set when every imaging acquisition carries a trajectory.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    MrdFormatError
+        If it is not HDF5, lacks the group, header or acquisitions, or sizes do not match.
+    """
+    import h5py
+
+    path = Path(fspath(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"ISMRMRD file not found: {path}")
+    if not h5py.is_hdf5(path):
+        raise MrdFormatError(f"{path}: not an HDF5 file, so not ISMRMRD raw data")
+    with h5py.File(path, "r") as f:
+        if group not in f:
+            raise MrdFormatError(f"{path}: no group {group!r} (groups: {sorted(f.keys())})")
+        g = f[group]
+        if "xml" not in g:
+            raise MrdFormatError(f"{path}: group {group!r} has no ISMRMRD header ('xml')")
+        if "data" not in g:
+            raise MrdFormatError(f"{path}: group {group!r} has no acquisitions ('data')")
+        xml = g["xml"][0]
+        acqs = g["data"][()]
+    header = _parse_header(str(path), xml)
+    if acqs.dtype.names is None or not {"head", "data"} <= set(acqs.dtype.names):
+        raise MrdFormatError(f"{path}: {group}/data is not an ISMRMRD acquisition table")
+    if len(acqs) == 0:
+        raise MrdFormatError(f"{path}: the dataset holds no acquisitions")
+    has_traj = "traj" in acqs.dtype.names
+    return _kdata_from_arrays(
+        str(path),
+        header,
+        acqs["head"],
+        [acqs["data"][i] for i in range(len(acqs))],
+        [acqs["traj"][i] if has_traj else None for i in range(len(acqs))],
+    )
+
+
+def kdata_from_acquisitions(
+    header: str | bytes | Any,
+    acquisitions: SequenceABC[Any],
+    source: str = "acquisitions",
+) -> KData:
+    """Build :class:`~mr0core.recon.kdata.KData` from ``ismrmrd.Acquisition`` objects.
+
+    The in-memory twin of :func:`read_mrd` (same semantics), for data that arrive as a stream.
+
+    Parameters
+    ----------
+    header
+        The ISMRMRD XML header (``str``/``bytes``) or a parsed ``ismrmrd.xsd.ismrmrdHeader``.
+    acquisitions
+        ``ismrmrd.Acquisition`` objects in acquisition order. Noise acquisitions
+        (``IS_NOISE_MEASUREMENT``) go to ``noise``; ``discard_pre``/``post`` samples are
+        dropped; ``kspace`` (1/m) is set when every imaging acquisition carries a trajectory.
+    source
+        What the data are, for error messages.
+
+    Returns
+    -------
+    KData
+        As :func:`read_mrd` returns it, ``header`` the parsed header.
+
+    Raises
+    ------
+    MrdFormatError
+        If the header does not parse or has no encoding, there are no (imaging) acquisitions,
+        an item is not an acquisition, or sizes do not match.
+    """
+    import ismrmrd
+
+    parsed = _parse_header(source, header) if isinstance(header, str | bytes) else header
+    if parsed is None or not getattr(parsed, "encoding", None):
+        raise MrdFormatError(f"{source}: the header has no encoding section")
+    acqs = list(acquisitions)
+    if not acqs:
+        raise MrdFormatError(f"{source}: the dataset holds no acquisitions")
+    for i, acq in enumerate(acqs):
+        if not isinstance(acq, ismrmrd.Acquisition):
+            raise MrdFormatError(
+                f"{source}: item {i} is a {type(acq).__name__}, not an ismrmrd.Acquisition"
+            )
+    from ismrmrd.hdf5 import acquisition_header_dtype
+
+    head = np.frombuffer(
+        b"".join(bytes(acq.getHead()) for acq in acqs), dtype=acquisition_header_dtype
+    )
+    data = [np.asarray(acq.data, dtype=np.complex64).view(np.float32) for acq in acqs]
+    traj = [
+        np.asarray(acq.traj, dtype=np.float32) if acq.trajectory_dimensions else None
+        for acq in acqs
+    ]
+    return _kdata_from_arrays(source, parsed, head, data, traj)

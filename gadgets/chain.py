@@ -1,0 +1,356 @@
+"""Gadget chains: Gadgetron-v2-like XML into a pipeline of generators.
+
+A chain file looks like Gadgetron's stream configuration (version 2)::
+
+    <configuration>
+      <version>2</version>
+      <stream>
+        <gadget>
+          <name>Combine</name>
+          <classname>CombineGadget</classname>
+          <property name="method" value="rss"/>
+        </gadget>
+        ...
+      </stream>
+    </configuration>
+
+Gadgetron's v1 form (``<gadgetronStreamConfiguration>`` with ``<gadget>`` children and
+``<property><name/><value/></property>``) is read too; ``<reader>``/``<writer>``/``<dll>``
+elements are ignored (the server does the framing). ``<external>``, ``<parallel>`` and
+``<distributed>`` stream elements are refused.
+
+Class names resolve only through :data:`gadgets.core.REGISTRY`: nothing is imported by name.
+Chain files are chosen by name (:func:`chain_path`), and only inside the chains folder.
+
+Overrides (the session's JSON parameters) set properties over the XML: ``{"Prop": v}`` sets
+``Prop`` of every gadget that has it, ``{"GadgetName.Prop": v}`` of one gadget (this wins over
+the plain key). A key that matches nothing is an error.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gadgets.recon  # noqa: F401  (registers the standard gadgets)
+from gadgets.core import REGISTRY, ChainError, Context, Gadget, GadgetError, Item
+
+__all__ = [
+    "DEFAULT_CHAINS_DIR",
+    "MAX_CHAIN_BYTES",
+    "Chain",
+    "ChainError",
+    "ChainSpec",
+    "GadgetSpec",
+    "chain_path",
+    "load_chain",
+    "parse_chain",
+]
+
+DEFAULT_CHAINS_DIR: Path = Path(__file__).resolve().parent.parent / "config" / "chains"
+"""The repository's ``config/chains`` folder."""
+
+MAX_CHAIN_BYTES = 1 << 20
+"""Largest chain XML accepted (bytes of UTF-8)."""
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_GADGET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
+_FORBIDDEN = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+_REFUSED = ("external", "parallel", "distributed", "parallelprocess", "puredistributed")
+_IGNORED = ("reader", "writer", "readers", "writers", "version")
+
+
+@dataclass(frozen=True)
+class GadgetSpec:
+    """One gadget of a chain file.
+
+    Attributes
+    ----------
+    name
+        Its name in the chain (unique; default the class name).
+    classname
+        The registered class name.
+    properties
+        Property values as written in the XML (strings).
+    """
+
+    name: str
+    classname: str
+    properties: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    """A parsed chain: its gadgets in stream order."""
+
+    gadgets: tuple[GadgetSpec, ...]
+
+
+def _local(tag: Any) -> str:
+    """Tag name without an XML namespace."""
+    return str(tag).rpartition("}")[2] if isinstance(tag, str) else ""
+
+
+def _child_text(element: ET.Element, name: str) -> str | None:
+    for child in element:
+        if _local(child.tag) == name:
+            return (child.text or "").strip()
+    return None
+
+
+def _gadget_spec(element: ET.Element, position: int) -> GadgetSpec:
+    classname = _child_text(element, "classname")
+    if not classname:
+        raise ChainError(f"gadget {position + 1} of the chain has no <classname>")
+    name = _child_text(element, "name") or classname
+    if not _GADGET_NAME.fullmatch(name):
+        raise ChainError(f"gadget name {name!r} is not a plain name (letters, digits, _ and -)")
+    props: dict[str, str] = {}
+    for child in element:
+        if _local(child.tag) != "property":
+            continue
+        key = child.get("name")
+        value = child.get("value")
+        if key is None:  # Gadgetron v1: <property><name/><value/></property>
+            key = _child_text(child, "name")
+            value = _child_text(child, "value")
+        if not key:
+            raise ChainError(f"gadget {name!r}: a <property> without a name")
+        if key in props:
+            raise ChainError(f"gadget {name!r}: property {key!r} is set twice")
+        props[key] = value if value is not None else ""
+    return GadgetSpec(name=name, classname=classname, properties=props)
+
+
+def parse_chain(xml: str) -> ChainSpec:
+    """Parse chain XML (a chain file, or config text sent by a client).
+
+    Parameters
+    ----------
+    xml
+        Gadgetron-v2-like (or v1) stream configuration, at most :data:`MAX_CHAIN_BYTES`.
+
+    Returns
+    -------
+    ChainSpec
+        The gadgets in stream order. Class names are not resolved here (see :class:`Chain`).
+
+    Raises
+    ------
+    ChainError
+        If the text is too long, declares a DOCTYPE or ENTITY, is not well-formed, has another
+        root, version or element, or a gadget lacks a class name or repeats a name.
+    """
+    if not isinstance(xml, str):
+        raise ChainError(f"chain XML must be text, got {type(xml).__name__}")
+    size = len(xml.encode("utf-8", errors="replace"))
+    if size > MAX_CHAIN_BYTES:
+        raise ChainError(f"chain XML has {size} bytes, more than the limit {MAX_CHAIN_BYTES}")
+    if _FORBIDDEN.search(xml):
+        raise ChainError("chain XML must not declare a DOCTYPE or ENTITY")
+    try:
+        root = ET.fromstring(xml.strip().rstrip("\x00"))
+    except ET.ParseError as exc:
+        raise ChainError(f"chain XML is not well-formed: {exc}") from None
+    root_tag = _local(root.tag)
+    if root_tag == "configuration":
+        version = _child_text(root, "version")
+        if version not in (None, "2"):
+            raise ChainError(f"chain XML version must be 2, got {version!r}")
+        streams = [c for c in root if _local(c.tag) == "stream"]
+        if len(streams) != 1:
+            raise ChainError(f"chain XML needs exactly one <stream>, found {len(streams)}")
+        container = streams[0]
+    elif root_tag == "gadgetronStreamConfiguration":
+        container = root
+    else:
+        raise ChainError(
+            f"chain XML root must be <configuration> (or <gadgetronStreamConfiguration>), "
+            f"got <{root_tag}>"
+        )
+    specs: list[GadgetSpec] = []
+    for element in container:
+        tag = _local(element.tag)
+        if tag == "gadget":
+            specs.append(_gadget_spec(element, len(specs)))
+        elif tag in _REFUSED:
+            raise ChainError(f"<{tag}> stream elements are not supported")
+        elif tag in _IGNORED or tag == "":  # comments and processing instructions
+            continue
+        elif container is root:
+            continue  # v1 root: other top-level elements (readers, writers) are not ours
+        else:
+            raise ChainError(f"unknown stream element <{tag}>")
+    if not specs:
+        raise ChainError("the chain has no gadgets")
+    names = [s.name for s in specs]
+    for name in names:
+        if names.count(name) > 1:
+            raise ChainError(f"gadget name {name!r} is used more than once in the chain")
+    return ChainSpec(gadgets=tuple(specs))
+
+
+def _override_value(key: str, value: Any) -> Any:
+    if isinstance(value, str | bool | int | float):
+        return value
+    raise ChainError(f"override {key!r}: expected a string, number or boolean, got {value!r}")
+
+
+def _resolve(
+    spec: ChainSpec, overrides: Mapping[str, Any] | None
+) -> list[tuple[GadgetSpec, type[Gadget], dict[str, Any]]]:
+    resolved = []
+    for g in spec.gadgets:
+        cls = REGISTRY.get(g.classname)
+        if cls is None:
+            raise ChainError(
+                f"gadget {g.name!r}: unknown class {g.classname!r} "
+                f"(known: {', '.join(sorted(REGISTRY))})"
+            )
+        resolved.append((g, cls, dict(g.properties)))
+    if not overrides:
+        return resolved
+    if not isinstance(overrides, Mapping):
+        raise ChainError(f"overrides must be a JSON object, got {type(overrides).__name__}")
+    by_name = {g.name: (cls, props) for g, cls, props in resolved}
+    plain = {k: v for k, v in overrides.items() if "." not in str(k)}
+    dotted = {k: v for k, v in overrides.items() if "." in str(k)}
+    for key, value in plain.items():
+        if not isinstance(key, str):
+            raise ChainError(f"override keys must be strings, got {key!r}")
+        hits = [props for cls, props in by_name.values() if key in cls.properties]
+        if not hits:
+            raise ChainError(f"override {key!r}: no gadget of the chain has that property")
+        for props in hits:
+            props[key] = _override_value(key, value)
+    for key, value in dotted.items():
+        gadget, _, prop = str(key).rpartition(".")
+        if gadget not in by_name:
+            raise ChainError(f"override {key!r}: the chain has no gadget {gadget!r}")
+        cls, props = by_name[gadget]
+        if prop not in cls.properties:
+            raise ChainError(f"override {key!r}: gadget {gadget!r} has no property {prop!r}")
+        props[prop] = _override_value(key, value)
+    return resolved
+
+
+def _guard(gadget: Gadget, upstream: Iterator[Item]) -> Iterator[Item]:
+    """Run one gadget; an unexpected exception becomes a :class:`GadgetError` naming it."""
+    stream = gadget.process(upstream)
+    while True:
+        try:
+            item = next(stream)
+        except StopIteration:
+            return
+        except (GadgetError, ChainError):
+            raise
+        except Exception as exc:
+            raise GadgetError(f"{gadget.name}: {type(exc).__name__}: {exc}") from exc
+        yield item
+
+
+class Chain:
+    """A pipeline of gadgets built from a :class:`ChainSpec`.
+
+    Parameters
+    ----------
+    spec
+        The parsed chain.
+    context
+        The session context every gadget receives.
+    overrides
+        Property overrides (the JSON parameters), see the module docstring.
+
+    Raises
+    ------
+    ChainError
+        For an unknown class, an unknown property or override key, or a bad value.
+    """
+
+    def __init__(
+        self, spec: ChainSpec, context: Context, overrides: Mapping[str, Any] | None = None
+    ) -> None:
+        self.spec = spec
+        self.context = context
+        self.gadgets: list[Gadget] = [
+            cls(context, g.name, **props) for g, cls, props in _resolve(spec, overrides)
+        ]
+
+    def run(self, items: Iterable[Item]) -> Iterator[Item]:
+        """Feed ``items`` through the gadgets in order and yield what the last one yields.
+
+        Raises
+        ------
+        GadgetError
+            If a gadget fails; the message names it.
+        """
+        stream: Iterator[Item] = iter(items)
+        for gadget in self.gadgets:
+            stream = _guard(gadget, stream)
+        yield from stream
+
+    def __repr__(self) -> str:
+        return f"Chain({' -> '.join(g.name for g in self.gadgets)})"
+
+
+def chain_path(name: str, chains_dir: Path) -> Path:
+    """Return the chain file for a configuration name, refusing anything unsafe.
+
+    Parameters
+    ----------
+    name
+        A plain name matching ``[A-Za-z0-9][A-Za-z0-9_.-]{0,127}``, with or without ``.xml``.
+    chains_dir
+        The folder of chain files.
+
+    Returns
+    -------
+    Path
+        ``chains_dir/<name>.xml``, resolved; it exists and lies inside ``chains_dir``.
+
+    Raises
+    ------
+    ChainError
+        For an empty or unsafe name (paths, ``..``), or when there is no such chain.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ChainError(f"chain name {name!r} is not a plain name ([A-Za-z0-9][A-Za-z0-9_.-]*)")
+    stem = name[:-4] if name.lower().endswith(".xml") else name
+    if not stem:
+        raise ChainError(f"chain name {name!r} is empty without .xml")
+    root = Path(chains_dir).resolve()
+    path = (root / f"{stem}.xml").resolve()
+    if not path.is_relative_to(root) or path.parent != root:
+        raise ChainError(f"chain {name!r} lies outside the chains folder")
+    if not path.is_file():
+        available = sorted(p.stem for p in root.glob("*.xml")) if root.is_dir() else []
+        raise ChainError(f"no chain {stem!r} (available: {', '.join(available) or 'none'})")
+    return path
+
+
+def load_chain(
+    name: str,
+    chains_dir: Path,
+    context: Context,
+    overrides: Mapping[str, Any] | None = None,
+) -> Chain:
+    """Build the chain of a configuration name (:func:`chain_path`, :func:`parse_chain`).
+
+    Raises
+    ------
+    ChainError
+        For an unsafe or unknown name, or an invalid chain file.
+    """
+    path = chain_path(name, chains_dir)
+    size = path.stat().st_size
+    if size > MAX_CHAIN_BYTES:
+        raise ChainError(f"chain {name!r} has {size} bytes, more than the limit {MAX_CHAIN_BYTES}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ChainError(f"chain {name!r} is not UTF-8 text: {exc}") from None
+    return Chain(parse_chain(text), context, overrides)

@@ -1,0 +1,251 @@
+"""``mr0-client``: send an MRD HDF5 file to an MRD server, save what comes back.
+
+Sends the config (a chain name, or a local chain XML file as config text), the file's ISMRMRD
+header, optional JSON parameters, then every acquisition and waveform with a progress bar, then a
+close. A receiver thread reads the answer at the same time (a chain such as ``passthrough``
+answers while the data is still being sent, and with both sides only writing, full socket
+buffers would deadlock): images go to ``OUT.h5`` in one image group per series
+(``image_<series>``, which :func:`mr0core.io.mrd_images.read_mrd_images` reads), returned
+acquisitions to its ``data``, text is printed. The exit status is 0 on success, 1 when the server
+reports an error (a text starting with ``ERROR``) or the connection fails, 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import socket
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ismrmrd
+from tqdm import tqdm
+
+from .protocol import Limits, MessageId, MessageReader, MessageWriter, ProtocolError
+
+__all__ = ["ClientResult", "main", "send_file"]
+
+
+@dataclass
+class ClientResult:
+    """What came back from one session."""
+
+    images: int = 0
+    acquisitions: int = 0
+    texts: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    closed: bool = False  # the server sent its close message
+
+    @property
+    def ok(self) -> bool:
+        """No error text and a proper close."""
+        return self.closed and not self.errors
+
+
+def _read_input(path: Path, group: str) -> tuple[str, ismrmrd.Dataset]:
+    import h5py
+
+    if not path.is_file():
+        raise FileNotFoundError(f"input file not found: {path}")
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"{path} is not an HDF5 (MRD) file")
+    with h5py.File(path, "r") as f:
+        if group not in f:
+            raise ValueError(f"{path} has no group {group!r}; groups: {sorted(f.keys())}")
+        if "xml" not in f[group]:
+            raise ValueError(f"{path}:{group} has no ISMRMRD header")
+    dset = ismrmrd.Dataset(str(path), group, create_if_needed=False)
+    xml = dset.read_xml_header()
+    return (xml.decode("utf-8") if isinstance(xml, bytes) else str(xml)), dset
+
+
+def send_file(
+    path: Path,
+    out: Path,
+    *,
+    config: str = "default",
+    config_xml: str | None = None,
+    params: dict[str, Any] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 9002,
+    in_group: str = "dataset",
+    out_group: str = "dataset",
+    progress: bool = True,
+    nul_terminate: bool = False,
+    timeout_s: float = 600.0,
+) -> ClientResult:
+    """Send ``path`` through the server's chain ``config`` (or ``config_xml``); save to ``out``.
+
+    Parameters
+    ----------
+    path
+        MRD HDF5 input (header plus acquisitions, optionally waveforms).
+    out
+        MRD HDF5 output (appended to; created if missing).
+    config, config_xml
+        The chain's name on the server, or a chain XML to send as config text.
+    params
+        JSON parameters sent right after the header (chain property overrides).
+    host, port
+        The server.
+    in_group, out_group
+        HDF5 groups read and written.
+    progress
+        Show a progress bar while sending.
+    nul_terminate
+        End strings with a NUL, as python-ismrmrd-server's client and FIRE do.
+    timeout_s
+        Socket timeout in seconds.
+    """
+    header_xml, dset = _read_input(path, in_group)
+    result = ClientResult()
+    try:
+        n_acq = dset.number_of_acquisitions()
+        try:
+            n_wav = dset.number_of_waveforms()
+        except Exception:  # no waveform table
+            n_wav = 0
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+        try:
+            receiver = threading.Thread(
+                target=_receive, args=(sock, out, out_group, header_xml, result), daemon=True
+            )
+            receiver.start()
+            writer = MessageWriter(sock, nul_terminate=nul_terminate)
+            try:
+                if config_xml is not None:
+                    writer.write_config_text(config_xml)
+                else:
+                    writer.write_config_file(config)
+                writer.write_header(header_xml)
+                if params:
+                    writer.write_text(json.dumps(params))
+                bar = tqdm(total=n_acq + n_wav, unit="msg", desc="sending", disable=not progress)
+                with bar:
+                    for i in range(n_acq):
+                        writer.write_acquisition(dset.read_acquisition(i))
+                        bar.update()
+                    for i in range(n_wav):
+                        writer.write_waveform(dset.read_waveform(i))
+                        bar.update()
+                writer.write_close()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server stopped reading; its reason arrives on the receiver
+            receiver.join()
+        finally:
+            with contextlib.suppress(OSError):
+                sock.close()
+    finally:
+        dset.close()
+    return result
+
+
+def _receive(
+    sock: socket.socket, out: Path, group: str, header_xml: str, result: ClientResult
+) -> None:
+    reader = MessageReader(sock, Limits())
+    dset: ismrmrd.Dataset | None = None
+    try:
+        while True:
+            try:
+                msg = reader.read()
+            except EOFError:
+                break
+            except (ProtocolError, OSError) as exc:
+                result.errors.append(f"connection: {exc}")
+                break
+            if msg.id == MessageId.CLOSE:
+                result.closed = True
+                break
+            if msg.id == MessageId.TEXT:
+                text = str(msg.value)
+                result.texts.append(text)
+                if text.startswith("ERROR"):
+                    result.errors.append(text)
+                continue
+            if dset is None:
+                dset = ismrmrd.Dataset(str(out), group, create_if_needed=True)
+                dset.write_xml_header(header_xml)
+            if msg.id == MessageId.IMAGE:
+                img = msg.value
+                dset.append_image(f"image_{img.image_series_index}", img)
+                result.images += 1
+            elif msg.id == MessageId.ACQUISITION:
+                dset.append_acquisition(msg.value)
+                result.acquisitions += 1
+            elif msg.id == MessageId.WAVEFORM:
+                dset.append_waveform(msg.value)
+    finally:
+        if dset is not None:
+            dset.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``mr0-client``."""
+    parser = argparse.ArgumentParser(
+        prog="mr0-client", description="Send an MRD HDF5 file to an MRD server; save the answer."
+    )
+    parser.add_argument("input", type=Path, help="MRD HDF5 raw data")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("-c", "--config", default="default", help="chain name on the server")
+    how.add_argument("-C", "--config-local", type=Path, help="chain XML sent as config text")
+    parser.add_argument(
+        "--params", help='JSON object of chain properties, e.g. \'{"combine": "rss"}\''
+    )
+    parser.add_argument("-a", "--address", default="127.0.0.1", help="server host")
+    parser.add_argument("-p", "--port", type=int, default=9002)
+    parser.add_argument("-o", "--out", type=Path, required=True, help="output MRD HDF5 file")
+    parser.add_argument("-g", "--group", default="dataset", help="output group")
+    parser.add_argument("--in-group", default="dataset", help="input group")
+    parser.add_argument(
+        "--nul", action="store_true", help="NUL-terminate strings (python-ismrmrd-server style)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    opts = parser.parse_args(argv)
+    params = None
+    if opts.params:
+        try:
+            params = json.loads(opts.params)
+        except json.JSONDecodeError as exc:
+            parser.error(f"--params is not valid JSON: {exc}")
+        if not isinstance(params, dict):
+            parser.error("--params must be a JSON object")
+    config_xml = None
+    if opts.config_local is not None:
+        if not opts.config_local.is_file():
+            parser.error(f"--config-local file not found: {opts.config_local}")
+        config_xml = opts.config_local.read_text()
+    try:
+        result = send_file(
+            opts.input, opts.out, config=opts.config, config_xml=config_xml, params=params,
+            host=opts.address, port=opts.port, in_group=opts.in_group, out_group=opts.group,
+            progress=not opts.quiet, nul_terminate=opts.nul,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"mr0-client: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"mr0-client: cannot reach {opts.address}:{opts.port}: {exc}", file=sys.stderr)
+        return 1
+    for text in result.texts:
+        print(text)
+    print(
+        f"{result.images} images, {result.acquisitions} acquisitions back"
+        + (f" -> {opts.out}" if result.images or result.acquisitions else ""),
+        file=sys.stderr,
+    )
+    if not result.ok:
+        if not result.closed and not result.errors:
+            print("mr0-client: the server closed the connection without a close message",
+                  file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,537 @@
+"""``mr0-server``: serve MRD/ISMRMRD streams through gadget chains.
+
+One TCP connection is one session (DESIGN.md, "The server"):
+
+``config (file name or XML text) → header → optional JSON text → data … → close``
+
+The config name selects ``<chains_dir>/<name>.xml`` through :func:`gadgets.chain.chain_path`,
+which accepts plain names only; nothing named by a client is ever imported or opened elsewhere.
+A JSON object in the first text message (before or right after the header) overrides chain
+properties, as FIRE's ``parameters`` do. Everything the chain yields (images, acquisitions, text)
+goes back to the client, then a close. Any error reaches the client as a text message starting
+with ``ERROR``, then a close; it never ends the server.
+
+Threads per session: the connection's thread reads and validates messages and puts items into a
+bounded queue; a compute thread runs the chain and writes its output. So a large reconstruction
+neither stalls the other sessions nor stops its own connection from being read, and a slow
+client cannot make the server buffer without limit (the queue blocks the reader, TCP blocks the
+client). Every size is bounded: each message by :class:`gadgets.protocol.Limits`, the session by
+``max_session_bytes``, the session count by ``max_sessions``.
+
+SIGTERM (or :meth:`MrdServer.shutdown`) stops accepting connections and lets the sessions in
+flight finish (up to ``grace_s``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ismrmrd
+
+from .chain import DEFAULT_CHAINS_DIR, Chain, ChainError, load_chain, parse_chain
+from .core import Context, Text
+from .protocol import Limits, Message, MessageId, MessageReader, MessageWriter, ProtocolError
+
+__all__ = ["MrdServer", "ServerConfig", "main"]
+
+log = logging.getLogger("mr0.server")
+
+_END = object()  # end of the session's input
+_ABORT = object()  # the input failed: stop the chain without finishing it
+
+
+@dataclass
+class ServerConfig:
+    """Settings of :class:`MrdServer` (sizes in bytes, times in seconds)."""
+
+    host: str = "127.0.0.1"
+    port: int = 9002
+    chains_dir: Path = DEFAULT_CHAINS_DIR
+    save_dir: Path | None = None
+    limits: Limits = field(default_factory=Limits)
+    max_sessions: int = 16
+    max_session_bytes: int = 8 * 2**30
+    queue_items: int = 256
+    idle_timeout_s: float = 600.0
+    grace_s: float = 600.0
+
+
+class SessionError(Exception):
+    """A session's input is not acceptable (sent to the client as ``ERROR: …``)."""
+
+
+class MrdServer:
+    """A threaded MRD streaming server.
+
+    Parameters
+    ----------
+    config
+        Host, port, chain folder, limits; see :class:`ServerConfig`.
+    """
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config or ServerConfig()
+        self._listener: socket.socket | None = None
+        self._accepting = threading.Event()
+        self._sessions: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self.address: tuple[str, int] | None = None
+        self.sessions_served = 0
+        self.sessions_failed = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> tuple[str, int]:
+        """Bind and start accepting in a background thread; return the bound address.
+
+        Port 0 binds a free port (useful in tests).
+        """
+        cfg = self.config
+        if not cfg.chains_dir.is_dir():
+            raise FileNotFoundError(f"chain folder not found: {cfg.chains_dir}")
+        if cfg.save_dir is not None:
+            cfg.save_dir.mkdir(parents=True, exist_ok=True)
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((cfg.host, cfg.port))
+        sock.listen(64)
+        sock.settimeout(0.2)  # so that the accept loop notices a shutdown
+        self._listener = sock
+        self.address = sock.getsockname()[:2]
+        self._accepting.set()
+        threading.Thread(target=self._accept_loop, name="mr0-accept", daemon=True).start()
+        log.info("listening", extra={"event": "listen", "address": f"{self.address}"})
+        return self.address
+
+    def serve_forever(self) -> None:
+        """Start (if needed) and block until :meth:`shutdown` has finished."""
+        if self._listener is None:
+            self.start()
+        while self._accepting.is_set() or self.active_sessions():
+            time.sleep(0.2)
+
+    def shutdown(self, grace_s: float | None = None) -> None:
+        """Stop accepting; wait up to ``grace_s`` for the sessions in flight to finish."""
+        self._accepting.clear()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.close()
+        deadline = time.monotonic() + (self.config.grace_s if grace_s is None else grace_s)
+        for thread in list(self._sessions.values()):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        left = self.active_sessions()
+        log.info("stopped", extra={"event": "stop", "unfinished_sessions": left})
+
+    def active_sessions(self) -> int:
+        """Sessions in flight."""
+        with self._lock:
+            return len(self._sessions)
+
+    # -- connections ----------------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while self._accepting.is_set():
+            try:
+                conn, peer = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                break  # closed by shutdown
+            sid = uuid.uuid4().hex[:12]
+            with self._lock:
+                busy = len(self._sessions) >= self.config.max_sessions
+                if not busy:
+                    thread = threading.Thread(
+                        target=self._run_session, args=(conn, peer, sid), name=f"mr0-{sid}",
+                        daemon=True,
+                    )  # fmt: skip
+                    self._sessions[sid] = thread
+            if busy:
+                log.warning("busy", extra={"event": "reject", "peer": f"{peer}"})
+                _refuse(conn, f"ERROR: server busy ({self.config.max_sessions} sessions)")
+                continue
+            thread.start()
+
+    def _run_session(self, conn: socket.socket, peer: Any, sid: str) -> None:
+        extra = {"session": sid, "peer": f"{peer[0]}:{peer[1]}"}
+        started = time.monotonic()
+        try:
+            Session(self.config, conn, sid, extra).run()
+            self.sessions_served += 1
+        except Exception:  # a bug in a session never ends the server
+            self.sessions_failed += 1
+            log.exception("session crashed", extra={**extra, "event": "crash"})
+        finally:
+            with contextlib.suppress(OSError):
+                conn.close()
+            with self._lock:
+                self._sessions.pop(sid, None)
+            log.info(
+                "session closed",
+                extra={**extra, "event": "closed", "seconds": round(time.monotonic() - started, 3)},
+            )
+
+
+def _refuse(conn: socket.socket, text: str) -> None:
+    with contextlib.suppress(OSError):
+        conn.settimeout(5)
+        writer = MessageWriter(conn)
+        writer.write_text(text)
+        writer.write_close()
+    with contextlib.suppress(OSError):
+        conn.close()
+
+
+class Session:
+    """One connection: read, run the chain on a compute thread, answer."""
+
+    def __init__(
+        self, config: ServerConfig, conn: socket.socket, sid: str, extra: dict[str, str]
+    ) -> None:
+        self.config = config
+        self.conn = conn
+        self.sid = sid
+        self.extra = extra
+        self.reader = MessageReader(conn, config.limits)
+        # output is gathered up to 256 KiB and flushed whenever the chain waits for input
+        self.writer = MessageWriter(conn, buffer_size=256 * 1024)
+        self._write_lock = threading.Lock()
+        self._closed = False
+        self.items: queue.Queue[Any] = queue.Queue(maxsize=config.queue_items)
+        self.failed = threading.Event()
+        self.bytes_in = 0
+        self.saver: Any = None
+        self.worker: threading.Thread | None = None
+
+    # -- replies --------------------------------------------------------------------------------
+
+    def send(self, item: Any) -> None:
+        with self._write_lock:
+            if not self._closed:
+                self.writer.write(item)
+
+    def flush(self) -> None:
+        with self._write_lock:
+            if not self._closed:
+                self.writer.flush()
+
+    def error(self, text: str) -> None:
+        """Send ``ERROR: text`` and a close (once); later output is dropped."""
+        self.failed.set()
+        log.warning(text, extra={**self.extra, "event": "error"})
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            with contextlib.suppress(OSError):
+                self.writer.write_text(f"ERROR: {text}")
+                self.writer.write_close()
+                self.writer.flush()
+
+    def close(self) -> None:
+        with self._write_lock:
+            if not self._closed:
+                self._closed = True
+                with contextlib.suppress(OSError):
+                    self.writer.write_close()
+                    self.writer.flush()
+
+    # -- input ----------------------------------------------------------------------------------
+
+    def read(self) -> Message:
+        msg = self.reader.read()
+        self.bytes_in += msg.nbytes
+        if self.bytes_in > self.config.max_session_bytes:
+            raise SessionError(
+                f"the session exceeds {self.config.max_session_bytes} bytes "
+                "(server max_session_bytes)"
+            )
+        return msg
+
+    def run(self) -> None:
+        self.conn.settimeout(self.config.idle_timeout_s)
+        log.info("session opened", extra={**self.extra, "event": "open"})
+        try:
+            chain, first = self.open_chain()
+        except (ProtocolError, SessionError, ChainError, EOFError, OSError) as exc:
+            self.error(_describe(exc))
+            self.reader.close()
+            return
+        self.worker = threading.Thread(
+            target=self.compute, args=(chain,), name=f"mr0-{self.sid}-compute", daemon=True
+        )
+        self.worker.start()
+        try:
+            if first.id != MessageId.CLOSE:
+                self.put(self.item(first))
+                self.pump()
+            self.put(_END)
+        except (ProtocolError, SessionError, EOFError, OSError) as exc:
+            if not self.failed.is_set():
+                self.error(_describe(exc))
+            self.put(_ABORT)
+        finally:
+            self.worker.join()
+            self.reader.close()
+            if self.saver is not None:
+                with contextlib.suppress(Exception):
+                    self.saver.close()
+
+    def open_chain(self) -> tuple[Chain, Message]:
+        """Read the config, header and parameters; build the chain.
+
+        Returns the chain and the first message after the header and parameters.
+        """
+        first = self.read()
+        if first.id == MessageId.CONFIG_FILE:
+            config_name, config_xml = str(first.value), None
+        elif first.id == MessageId.CONFIG_TEXT:
+            config_name, config_xml = "config-text", str(first.value)
+        else:
+            raise SessionError(f"expected a config message (id 1 or 2) first, got {first.id.name}")
+        overrides: dict[str, Any] = {}
+        header_xml: str | None = None
+        while header_xml is None:
+            msg = self.read()
+            if msg.id == MessageId.HEADER:
+                header_xml = str(msg.value)
+            elif msg.id == MessageId.TEXT:
+                overrides.update(_parameters(str(msg.value)))
+            elif msg.id == MessageId.CLOSE:
+                raise SessionError("the session closed before the ISMRMRD header")
+            else:
+                raise SessionError(f"{msg.id.name.lower()} before the ISMRMRD header")
+        try:
+            header = ismrmrd.xsd.CreateFromDocument(header_xml)
+        except Exception as exc:  # the XML binding raises many unrelated types
+            raise SessionError(f"the ISMRMRD header does not parse: {exc}") from None
+        # a JSON object right after the header is a parameter set, too
+        msg = self.read()
+        if msg.id == MessageId.TEXT and _is_json_object(str(msg.value)):
+            overrides.update(_parameters(str(msg.value)))
+            msg = self.read()
+        context = Context(
+            header=header, header_xml=header_xml, session_id=self.sid,
+            save_dir=self.config.save_dir, logger=logging.getLogger(f"mr0.gadgets.{self.sid}"),
+            parameters=dict(overrides),
+        )  # fmt: skip
+        if config_xml is not None:
+            chain = Chain(parse_chain(config_xml), context, overrides)
+        else:
+            chain = load_chain(config_name, self.config.chains_dir, context, overrides)
+        log.info(
+            "chain ready",
+            extra={**self.extra, "event": "chain", "config": config_name,
+                   "parameters": sorted(overrides)},
+        )  # fmt: skip
+        if self.config.save_dir is not None:
+            from .mrdfile import SessionWriter
+
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            self.saver = SessionWriter(self.config.save_dir / f"{stamp}_{self.sid}.h5")
+            self.saver.write_header(header_xml)
+        return chain, msg
+
+    def item(self, msg: Message) -> Any:
+        if msg.id in (MessageId.ACQUISITION, MessageId.IMAGE, MessageId.WAVEFORM):
+            if self.saver is not None:
+                self.saver.add(msg.value)
+            return msg.value
+        if msg.id == MessageId.TEXT:
+            return Text(str(msg.value))
+        raise SessionError(f"unexpected {msg.id.name.lower()} message after the header")
+
+    def pump(self) -> None:
+        """Read data messages until the close."""
+        while not self.failed.is_set():
+            msg = self.read()
+            if msg.id == MessageId.CLOSE:
+                return
+            self.put(self.item(msg))
+
+    def put(self, item: Any) -> None:
+        """Queue an item for the chain; give up if the chain has failed."""
+        while True:
+            if self.failed.is_set() and (item is not _ABORT or not self.worker.is_alive()):
+                return
+            try:
+                self.items.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    # -- compute --------------------------------------------------------------------------------
+
+    def inputs(self) -> Iterator[Any]:
+        while True:
+            if self.items.empty():
+                self.flush()  # the chain is about to wait: what it produced goes out now
+            item = self.items.get()
+            if item is _END:
+                return
+            if item is _ABORT:
+                raise _Aborted
+            yield item
+
+    def compute(self, chain: Chain) -> None:
+        count = 0
+        try:
+            for out in chain.run(self.inputs()):
+                self.send(out)
+                count += 1
+            self.close()
+            log.info("session done", extra={**self.extra, "event": "done", "items_out": count})
+        except _Aborted:
+            pass
+        except Exception as exc:  # a gadget error or bug: report it, keep the server
+            if not isinstance(exc, ValueError | RuntimeError | ChainError | ProtocolError):
+                log.exception("chain failed", extra={**self.extra, "event": "chain_crash"})
+            self.error(_describe(exc))
+            # wake the reader, which may be waiting for data that will not be used
+            with contextlib.suppress(OSError):
+                self.conn.shutdown(socket.SHUT_RD)
+            _drain(self.items)
+
+
+class _Aborted(BaseException):
+    """The input failed: unwinds the chain's generators.
+
+    Not an ``Exception``, so that gadgets and the chain's guard do not report it as their error.
+    """
+
+
+def _drain(q: queue.Queue[Any]) -> None:
+    with contextlib.suppress(queue.Empty):
+        while True:
+            q.get_nowait()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, EOFError):
+        return "the connection closed before the session's close message"
+    if isinstance(exc, TimeoutError):
+        return "the connection was idle for too long"
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, ProtocolError | SessionError | ChainError) else (
+        f"{type(exc).__name__}: {text}"
+    )  # fmt: skip
+
+
+def _is_json_object(text: str) -> bool:
+    return text.lstrip().startswith("{")
+
+
+def _parameters(text: str) -> dict[str, Any]:
+    """Parse a JSON parameter object (FIRE's ``parameters``); other text is not parameters."""
+    if not _is_json_object(text):
+        raise SessionError("a text message before the header must be a JSON object of parameters")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SessionError(f"the parameter text is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise SessionError("the parameters must be a JSON object")
+    return value
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log record, with the record's extra fields (session, peer, event…)."""
+
+    _SKIP = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: v for k, v in record.__dict__.items() if k not in self._SKIP})
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str = "info", fmt: str = "json") -> None:
+    """Log to stderr, as JSON lines (default) or as plain text."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    )
+    root = logging.getLogger("mr0")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``mr0-server``."""
+    parser = argparse.ArgumentParser(
+        prog="mr0-server", description="Serve MRD/ISMRMRD streams through gadget chains."
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default localhost)")
+    parser.add_argument("--port", type=int, default=9002)
+    parser.add_argument("--chains", type=Path, default=DEFAULT_CHAINS_DIR,
+                        help="folder of chain XML files, chosen by config name")  # fmt: skip
+    parser.add_argument("--save-dir", type=Path, help="save every session as MRD HDF5 here")
+    parser.add_argument("--log-level", default="info",
+                        choices=("debug", "info", "warning", "error"))  # fmt: skip
+    parser.add_argument("--log-format", default="json", choices=("json", "text"))
+    parser.add_argument("--max-sessions", type=int, default=16)
+    parser.add_argument("--max-session-mb", type=float, default=8192,
+                        help="largest session accepted, in MiB")  # fmt: skip
+    parser.add_argument("--grace", type=float, default=600,
+                        help="seconds to let sessions finish after SIGTERM")  # fmt: skip
+    opts = parser.parse_args(argv)
+    configure_logging(opts.log_level, opts.log_format)
+    if not 0 <= opts.port < 65536:
+        parser.error(f"--port must be 0..65535, got {opts.port}")
+    if opts.max_sessions < 1:
+        parser.error("--max-sessions must be at least 1")
+    server = MrdServer(
+        ServerConfig(
+            host=opts.host, port=opts.port, chains_dir=opts.chains, save_dir=opts.save_dir,
+            max_sessions=opts.max_sessions, max_session_bytes=int(opts.max_session_mb * 2**20),
+            grace_s=opts.grace,
+        )
+    )  # fmt: skip
+    try:
+        server.start()
+    except (OSError, FileNotFoundError) as exc:
+        print(f"mr0-server: {exc}", file=sys.stderr)
+        return 2
+
+    def stop(signum: int, _frame: Any) -> None:
+        log.info("signal", extra={"event": "signal", "signal": signal.Signals(signum).name})
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
