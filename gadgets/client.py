@@ -25,6 +25,8 @@ from typing import Any
 import ismrmrd
 from tqdm import tqdm
 
+from mr0core.io.mrd import check_raw_file
+
 from .protocol import Limits, MessageId, MessageReader, MessageWriter, ProtocolError
 
 __all__ = ["ClientResult", "main", "send_file"]
@@ -47,17 +49,7 @@ class ClientResult:
 
 
 def _read_input(path: Path, group: str) -> tuple[str, ismrmrd.Dataset]:
-    import h5py
-
-    if not path.is_file():
-        raise FileNotFoundError(f"input file not found: {path}")
-    if not h5py.is_hdf5(path):
-        raise ValueError(f"{path} is not an HDF5 (MRD) file")
-    with h5py.File(path, "r") as f:
-        if group not in f:
-            raise ValueError(f"{path} has no group {group!r}; groups: {sorted(f.keys())}")
-        if "xml" not in f[group]:
-            raise ValueError(f"{path}:{group} has no ISMRMRD header")
+    check_raw_file(path, group)  # FileNotFoundError, MrdFormatError (a ValueError)
     dset = ismrmrd.Dataset(str(path), group, create_if_needed=False)
     xml = dset.read_xml_header()
     return (xml.decode("utf-8") if isinstance(xml, bytes) else str(xml)), dset

@@ -461,6 +461,31 @@ def _kdata_from_arrays(
     )
 
 
+def check_raw_file(path: str | PathLike[str], group: str = "dataset") -> Path:
+    """Check that ``path`` is an HDF5 file whose ``group`` holds an ISMRMRD header.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    MrdFormatError
+        If it is not HDF5, or lacks the group or its header (``xml``).
+    """
+    import h5py
+
+    path = Path(fspath(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"ISMRMRD file not found: {path}")
+    if not h5py.is_hdf5(path):
+        raise MrdFormatError(f"{path}: not an HDF5 file, so not ISMRMRD raw data")
+    with h5py.File(path, "r") as f:
+        if group not in f:
+            raise MrdFormatError(f"{path}: no group {group!r} (groups: {sorted(f.keys())})")
+        if "xml" not in f[group]:
+            raise MrdFormatError(f"{path}: group {group!r} has no ISMRMRD header ('xml')")
+    return path
+
+
 def read_mrd(path: str | PathLike[str], group: str = "dataset") -> KData:
     """Read ISMRMRD raw data into :class:`~mr0core.recon.kdata.KData`.
 
@@ -489,17 +514,9 @@ def read_mrd(path: str | PathLike[str], group: str = "dataset") -> KData:
     """
     import h5py
 
-    path = Path(fspath(path))
-    if not path.is_file():
-        raise FileNotFoundError(f"ISMRMRD file not found: {path}")
-    if not h5py.is_hdf5(path):
-        raise MrdFormatError(f"{path}: not an HDF5 file, so not ISMRMRD raw data")
+    path = check_raw_file(path, group)
     with h5py.File(path, "r") as f:
-        if group not in f:
-            raise MrdFormatError(f"{path}: no group {group!r} (groups: {sorted(f.keys())})")
         g = f[group]
-        if "xml" not in g:
-            raise MrdFormatError(f"{path}: group {group!r} has no ISMRMRD header ('xml')")
         if "data" not in g:
             raise MrdFormatError(f"{path}: group {group!r} has no acquisitions ('data')")
         xml = g["xml"][0]
