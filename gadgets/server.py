@@ -11,11 +11,14 @@ properties, as FIRE's ``parameters`` do. Everything the chain yields (images, ac
 goes back to the client, then a close. Any error reaches the client as a text message starting
 with ``ERROR``, then a close; it never ends the server.
 
-Threads per session: the connection's thread reads and validates messages and puts items into a
-bounded queue; a compute thread runs the chain and writes its output. So a large reconstruction
-neither stalls the other sessions nor stops its own connection from being read, and a slow
-client cannot make the server buffer without limit (the queue blocks the reader, TCP blocks the
-client). Every size is bounded: each message by :class:`gadgets.protocol.Limits`, the session by
+Threads per session: the connection's thread reads and validates messages and puts them, in
+batches, into a bounded queue; a compute thread runs the chain and writes its output. So a large
+reconstruction neither stalls the other sessions nor stops its own connection from being read,
+and a slow client cannot make the server buffer without limit (the queue blocks the reader, TCP
+blocks the client). A batch is handed over when it is full or when the reader would wait for the
+network (:class:`gadgets.protocol.SocketSource`), so batching never delays an item that has
+arrived; one hand-over per item between two threads would cost more than parsing the item.
+Every size is bounded: each message by :class:`gadgets.protocol.Limits`, the session by
 ``max_session_bytes``, the session count by ``max_sessions``.
 
 SIGTERM (or :meth:`MrdServer.shutdown`) stops accepting connections and lets the sessions in
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import logging
 import queue
@@ -40,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ismrmrd
+from mr0core.io.mrd import parse_header
 
 from .chain import DEFAULT_CHAINS_DIR, Chain, ChainError, load_chain, parse_chain
 from .core import Context, Text
@@ -52,6 +56,7 @@ log = logging.getLogger("mr0.server")
 
 _END = object()  # end of the session's input
 _ABORT = object()  # the input failed: stop the chain without finishing it
+_FLUSH_S = 0.05  # longest time output waits in the buffer while the chain works through a batch
 
 
 @dataclass
@@ -66,6 +71,8 @@ class ServerConfig:
     max_sessions: int = 16
     max_session_bytes: int = 8 * 2**30
     queue_items: int = 256
+    batch_items: int = 32
+    batch_bytes: int = 4 * 2**20
     idle_timeout_s: float = 600.0
     grace_s: float = 600.0
 
@@ -208,12 +215,17 @@ class Session:
         self.conn = conn
         self.sid = sid
         self.extra = extra
-        self.reader = MessageReader(conn, config.limits)
+        self.reader = MessageReader(conn, config.limits, on_wait=self.hand_over)
         # output is gathered up to 256 KiB and flushed whenever the chain waits for input
         self.writer = MessageWriter(conn, buffer_size=256 * 1024)
         self._write_lock = threading.Lock()
         self._closed = False
-        self.items: queue.Queue[Any] = queue.Queue(maxsize=config.queue_items)
+        # the queue holds batches (lists of items), or _END / _ABORT
+        self.items: queue.Queue[Any] = queue.Queue(
+            maxsize=max(1, config.queue_items // max(1, config.batch_items))
+        )
+        self._batch: list[Any] = []
+        self._batch_bytes = 0
         self.failed = threading.Event()
         self.bytes_in = 0
         self.saver: Any = None
@@ -279,8 +291,9 @@ class Session:
         self.worker.start()
         try:
             if first.id != MessageId.CLOSE:
-                self.put(self.item(first))
+                self.add(self.item(first), first.nbytes)
                 self.pump()
+            self.hand_over()
             self.put(_END)
         except (ProtocolError, SessionError, EOFError, OSError) as exc:
             if not self.failed.is_set():
@@ -318,7 +331,7 @@ class Session:
             else:
                 raise SessionError(f"{msg.id.name.lower()} before the ISMRMRD header")
         try:
-            header = ismrmrd.xsd.CreateFromDocument(header_xml)
+            header = parse_header(header_xml)
         except Exception as exc:  # the XML binding raises many unrelated types
             raise SessionError(f"the ISMRMRD header does not parse: {exc}") from None
         # a JSON object right after the header is a parameter set, too
@@ -363,10 +376,25 @@ class Session:
             msg = self.read()
             if msg.id == MessageId.CLOSE:
                 return
-            self.put(self.item(msg))
+            self.add(self.item(msg), msg.nbytes)
+
+    def add(self, item: Any, nbytes: int) -> None:
+        """Add an item to the batch; hand the batch over when it is full."""
+        self._batch.append(item)
+        self._batch_bytes += nbytes
+        if len(self._batch) >= self.config.batch_items or (
+            self._batch_bytes >= self.config.batch_bytes
+        ):
+            self.hand_over()
+
+    def hand_over(self) -> None:
+        """Queue the batch for the chain (called also when the reader is about to wait)."""
+        if self._batch:
+            batch, self._batch, self._batch_bytes = self._batch, [], 0
+            self.put(batch)
 
     def put(self, item: Any) -> None:
-        """Queue an item for the chain; give up if the chain has failed."""
+        """Queue a batch or a sentinel for the chain; give up if the chain has failed."""
         while True:
             if self.failed.is_set() and (item is not _ABORT or not self.worker.is_alive()):
                 return
@@ -379,15 +407,21 @@ class Session:
     # -- compute --------------------------------------------------------------------------------
 
     def inputs(self) -> Iterator[Any]:
+        flushed = time.monotonic()
         while True:
             if self.items.empty():
                 self.flush()  # the chain is about to wait: what it produced goes out now
-            item = self.items.get()
-            if item is _END:
+                flushed = time.monotonic()
+            batch = self.items.get()
+            if batch is _END:
                 return
-            if item is _ABORT:
+            if batch is _ABORT:
                 raise _Aborted
-            yield item
+            for item in batch:
+                yield item
+                if time.monotonic() - flushed > _FLUSH_S:  # a slow chain: keep output flowing
+                    self.flush()
+                    flushed = time.monotonic()
 
     def compute(self, chain: Chain) -> None:
         count = 0
@@ -486,6 +520,34 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     root.propagate = False
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+def keep_freed_memory(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 256 * 2**20) -> bool:
+    """Have glibc keep freed memory for reuse instead of returning it to the system at once.
+
+    Every acquisition's samples are a fresh array. By default glibc hands the memory of a
+    drained queue back to the kernel and takes it again a moment later, and the page faults of
+    touching it anew cost more than parsing the message (a third of the passthrough time in
+    ``scripts/bench_server.py``). With this, allocations under ``mmap_threshold`` come from the
+    heap and up to ``trim_threshold`` bytes of freed heap stay mapped. Process-wide, so only the
+    ``mr0-server`` command calls it, not :class:`MrdServer`.
+
+    Returns
+    -------
+    bool
+        Whether the C library took both settings (False off glibc: macOS, musl…).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``mr0-server``."""
     parser = argparse.ArgumentParser(
@@ -506,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds to let sessions finish after SIGTERM")  # fmt: skip
     opts = parser.parse_args(argv)
     configure_logging(opts.log_level, opts.log_format)
+    keep_freed_memory()
     if not 0 <= opts.port < 65536:
         parser.error(f"--port must be 0..65535, got {opts.port}")
     if opts.max_sessions < 1:

@@ -28,6 +28,7 @@ from gadgets.protocol import (
     MessageReader,
     MessageWriter,
     ProtocolError,
+    SocketSource,
 )
 
 HEADER_XML = (
@@ -727,12 +728,22 @@ def test_buffered_writer_sends_on_threshold_and_flush():
     writer.write(acq)
     assert stream.getvalue() == b""  # 598 bytes pending
     writer.write(acq)
-    assert len(stream.getvalue()) == 2 * 598  # over the threshold: both sent together
+    # the buffer takes the second header (940 bytes), not its samples: the 940 go out
+    assert len(stream.getvalue()) == 598 + 342
     writer.write_text("tail")
-    assert len(stream.getvalue()) == 2 * 598
+    assert len(stream.getvalue()) == 598 + 342
+    writer.flush()
+    assert len(stream.getvalue()) == 2 * 598 + 10
+    big = make_acq(rng, channels=4, samples=64, dims=0)  # samples of 2048 bytes > the buffer
+    writer.write(big)
+    writer.write(acq)
     writer.flush()
     messages = list(MessageReader(io.BytesIO(stream.getvalue())))
-    assert [m.id for m in messages] == [MessageId.ACQUISITION] * 2 + [MessageId.TEXT]
+    assert [m.id for m in messages] == [MessageId.ACQUISITION] * 2 + [MessageId.TEXT] + [
+        MessageId.ACQUISITION
+    ] * 2
+    np.testing.assert_array_equal(messages[3].value.data, big.data)
+    np.testing.assert_array_equal(messages[4].value.data, acq.data)
     assert_same_acq(messages[1].value, acq)
     a, b = socket.socketpair()
     with a, b:
@@ -781,3 +792,61 @@ def test_image_attributes_parse_as_ismrmrd_meta_does():
     expected = ismrmrd.Meta.deserialize(xml)
     assert message.value.meta == expected
     assert message.value.meta["A"] == ["1", "2", "3"]
+
+
+# SocketSource: the socket reader's own buffer
+
+
+def test_socket_source_calls_on_wait_only_before_blocking():
+    rng = np.random.default_rng(16)
+    first, second = make_acq(rng, channels=8, samples=512), make_acq(rng, channels=8, samples=512)
+    wire = io.BytesIO()
+    MessageWriter(wire).write(second)
+    tail = wire.getvalue()
+    a, b = socket.socketpair()
+    waits = []
+
+    def on_wait():
+        # the reader is about to block: nothing of the second message has been sent yet
+        waits.append(len(waits))
+        if len(waits) == 1:
+            a.sendall(tail[:100])  # part of it: the reader must wait again
+        elif len(waits) == 2:
+            a.sendall(tail[100:])
+
+    with a, b:
+        b.settimeout(10)  # a missing on_wait call would leave the reader waiting
+        MessageWriter(a).write(first)
+        reader = MessageReader(b, on_wait=on_wait)
+        assert_same_acq(reader.read().value, first)  # it had arrived: no wait
+        assert waits == []
+        assert_same_acq(reader.read().value, second)
+        assert waits == [0, 1]
+
+
+def test_socket_source_reads_strings_larger_than_its_buffer():
+    text = "x" * (3 << 20)  # 3 MiB of text, a 1 MiB buffer
+    a, b = socket.socketpair()
+    with a, b:
+        sender = threading.Thread(target=lambda: (MessageWriter(a).write_text(text),
+                                                  a.shutdown(socket.SHUT_WR)))  # fmt: skip
+        sender.start()
+        reader = MessageReader(b, Limits(text=4 << 20))
+        assert isinstance(reader._stream, SocketSource)
+        assert reader.read().value == text
+        sender.join()
+        with pytest.raises(EOFError):
+            reader.read()
+
+
+def test_socket_source_short_reads_at_the_end():
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(b"0123456789")
+        a.shutdown(socket.SHUT_WR)
+        source = SocketSource(b, 8)
+        assert source.read(4) == b"0123"
+        view = memoryview(bytearray(20))
+        assert source.readinto(view) == 6  # the peer closed after 10 bytes
+        assert bytes(view[:6]) == b"456789"
+        assert source.read(4) == b""

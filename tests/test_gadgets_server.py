@@ -205,6 +205,37 @@ def test_passthrough_returns_acquisitions_for_both_string_styles(server, nul):
         assert a.idx.kspace_encode_step_1 == b.idx.kspace_encode_step_1
 
 
+def test_each_item_is_answered_before_the_next_is_sent(server):
+    """An interactive client (one acquisition, wait for its echo, the next) is never stalled.
+
+    The reader hands its batch on when it would wait for the network and the compute thread
+    flushes its output when it would wait for input; if either held items back, this would
+    time out instead.
+    """
+    acqs = make_acquisitions(40)
+    with socket.create_connection(server.address, timeout=10) as sock:
+        writer = MessageWriter(sock)
+        writer.write_config_file("passthrough")
+        writer.write_header(HEADER)
+        reader = MessageReader(sock)
+        for acq in acqs:
+            writer.write(acq)
+            back = reader.read()
+            assert back.id == MessageId.ACQUISITION
+            assert back.value.scan_counter == acq.scan_counter
+            np.testing.assert_array_equal(back.value.data, acq.data)
+        writer.write_close()
+        assert reader.read().id == MessageId.CLOSE
+
+
+def test_batches_keep_order_across_many_items(server):
+    acqs = make_acquisitions(300, coils=2, samples=16, seed=3)  # many batches of 32
+    msgs = converse(server.address[1], stream(items=acqs))
+    back = [m.value for m in msgs if m.id == MessageId.ACQUISITION]
+    assert [a.scan_counter for a in back] == list(range(300))
+    np.testing.assert_array_equal(back[-1].data, acqs[-1].data)
+
+
 def test_gadgetron_style_image_attributes_pass_through(server):
     img = ismrmrd.Image.from_array(np.arange(64, dtype=np.float32).reshape(8, 8))
     meta = ismrmrd.Meta()
@@ -405,3 +436,14 @@ def test_cli_server_client_save_dir_and_sigterm(tmp_path):
         logs = proc.communicate()[1]
     lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
     assert any(entry.get("event") == "open" and "session" in entry for entry in lines)
+
+
+def test_keep_freed_memory_takes_on_glibc():
+    import platform
+
+    from gadgets.server import keep_freed_memory
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt settings are glibc's")
+    # the glibc defaults, set again, so that the test process keeps its usual behaviour
+    assert keep_freed_memory(128 * 1024, 128 * 1024)

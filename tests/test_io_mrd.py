@@ -206,3 +206,27 @@ def test_read_errors(tmp_path):
     ds.close()
     with pytest.raises(MrdFormatError, match="no acquisitions"):
         read_mrd(empty)
+
+
+def test_parse_header_equals_ismrmrd_and_refuses_bad_xml():
+    from mr0core.io.mrd import parse_header
+
+    xml = (
+        '<?xml version="1.0"?><ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD">'
+        "<experimentalConditions><H1resonanceFrequency_Hz>63500000</H1resonanceFrequency_Hz>"
+        "</experimentalConditions><encoding><encodedSpace><matrixSize><x>64</x><y>32</y>"
+        "<z>1</z></matrixSize><fieldOfView_mm><x>200</x><y>100</y><z>5</z></fieldOfView_mm>"
+        "</encodedSpace><reconSpace><matrixSize><x>64</x><y>32</y><z>1</z></matrixSize>"
+        "<fieldOfView_mm><x>200</x><y>100</y><z>5</z></fieldOfView_mm></reconSpace>"
+        "<encodingLimits/><trajectory>radial</trajectory></encoding></ismrmrdHeader>"
+    )
+    want = ismrmrd.xsd.CreateFromDocument(xml)
+    for _ in range(2):  # the second parse runs on the kept context
+        got = parse_header(xml)
+        assert got == want
+        assert got.encoding[0].encodedSpace.fieldOfView_mm.y == 100
+    assert parse_header(xml.encode()) == want
+    with pytest.raises(Exception, match=r"nknown|bogus"):
+        parse_header(xml.replace("<encodingLimits/>", "<bogus>1</bogus><encodingLimits/>"))
+    with pytest.raises(Exception, match="unclosed"):  # xsdata's ParserError
+        parse_header("<ismrmrdHeader")
