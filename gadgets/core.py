@@ -211,7 +211,9 @@ class Gadget:
 
     Subclasses declare :attr:`properties` and override :meth:`process`, or the simpler hooks
     :meth:`process_item` (one item in, any number out) and :meth:`finish` (at the end of the
-    stream). Items a gadget does not handle must be passed on unchanged.
+    stream). Items a gadget does not handle must be passed on unchanged. An item yielded is
+    handed on: the gadget must not change it (or its arrays) afterwards, because the server
+    sends the last gadget's output arrays by reference when it next flushes.
 
     Parameters
     ----------

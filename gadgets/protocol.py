@@ -193,6 +193,7 @@ _WIRE_DTYPES: dict[int, np.dtype] = {
 
 _SOCKET_READ_BUFFER = 1 << 20
 _SENDMSG_MIN = 1 << 16  # below this, one joined buffer and sendall
+_MAX_PARTS = 512  # parts per sendmsg (IOV_MAX is 1024 on Linux)
 
 
 def _byte_view(array: np.ndarray) -> memoryview | bytes:
@@ -666,6 +667,11 @@ class MessageWriter:
         gathered until ``buffer_size`` bytes are pending and sent together (far fewer system
         calls for many small messages); the caller must then call :meth:`flush` whenever the
         peer should see what was written (e.g. when its output queue runs empty).
+    keep_arrays
+        With ``buffer_size`` on a socket: gather the messages' arrays by reference and send
+        them with one ``sendmsg`` instead of copying them into the buffer. The caller must not
+        change an array it has written until the next flush. The server does this: an item a
+        chain has yielded is no longer the gadgets' to change.
 
     Notes
     -----
@@ -680,6 +686,7 @@ class MessageWriter:
         nul_terminate: bool = False,
         attribute_nul: bool = False,
         buffer_size: int = 0,
+        keep_arrays: bool = False,
     ) -> None:
         if buffer_size < 0:
             raise ValueError(f"buffer_size must be >= 0, got {buffer_size}")
@@ -695,6 +702,10 @@ class MessageWriter:
         self._buffer = bytearray(buffer_size)
         self._view = memoryview(self._buffer)
         self._fill = 0
+        # keep_arrays: the parts gathered for one sendmsg, and their size
+        self._keep = bool(keep_arrays and buffer_size and self._has_sendmsg)
+        self._parts: list[bytes | memoryview] = []
+        self._parts_bytes = 0
 
     # -- public -------------------------------------------------------------------------------
 
@@ -885,7 +896,13 @@ class MessageWriter:
 
     def _send(self, parts: list[bytes | memoryview]) -> None:
         """Write the parts of one message back to back, whole."""
-        if self.buffer_size:
+        if self._keep:
+            with self._lock:
+                self._parts += parts
+                self._parts_bytes += sum(map(len, parts))
+                if self._parts_bytes >= self.buffer_size or len(self._parts) >= _MAX_PARTS:
+                    self._send_pending()
+        elif self.buffer_size:
             with self._lock:
                 view, size = self._view, self.buffer_size
                 for part in parts:
@@ -911,6 +928,9 @@ class MessageWriter:
 
     def _send_pending(self) -> None:
         """Send the gathered bytes (the lock is held by the caller)."""
+        if self._parts:
+            parts, self._parts, self._parts_bytes = self._parts, [], 0
+            self._sendmsg_all(parts)
         if not self._fill:
             return
         data, self._fill = self._view[: self._fill], 0
@@ -933,14 +953,16 @@ class MessageWriter:
         """``sendmsg`` the parts without joining them, continuing after short sends."""
         sock: socket.socket = self._stream  # type: ignore[assignment]
         views = [memoryview(p) for p in parts if len(p)]
-        while views:
-            sent = sock.sendmsg(views)
+        first = 0  # views before this one are sent
+        while first < len(views):
+            sent = sock.sendmsg(views[first:] if first else views)
             while sent:
-                if sent >= len(views[0]):
-                    sent -= len(views[0])
-                    views.pop(0)
+                n = len(views[first])
+                if sent >= n:
+                    sent -= n
+                    first += 1
                 else:
-                    views[0] = views[0][sent:]
+                    views[first] = views[first][sent:]
                     sent = 0
 
     def _write_all(self, view: memoryview) -> None:

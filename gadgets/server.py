@@ -216,8 +216,9 @@ class Session:
         self.sid = sid
         self.extra = extra
         self.reader = MessageReader(conn, config.limits, on_wait=self.hand_over)
-        # output is gathered up to 256 KiB and flushed whenever the chain waits for input
-        self.writer = MessageWriter(conn, buffer_size=256 * 1024)
+        # output is gathered up to 256 KiB and flushed whenever the chain waits for input; the
+        # arrays of yielded items are sent by reference (see Gadget: yielded means handed on)
+        self.writer = MessageWriter(conn, buffer_size=2**20, keep_arrays=True)
         self._write_lock = threading.Lock()
         self._closed = False
         # the queue holds batches (lists of items), or _END / _ABORT

@@ -11,13 +11,15 @@ and, as the ceiling, the same bytes through a bare TCP echo (a separate process 
 ``recv_into``s and ``sendall``s them back) over the same loopback. Throughput is the dataset's
 wire bytes divided by the wall time from the first byte sent until the server has closed the
 connection, best of ``--repeat`` rounds (each round runs every path once, so that a slow spell
-of the machine hits them all). The client receives raw bytes without parsing them, for the
-server and the echo alike. Ratios to the ceiling are printed with the machine.
+of the machine hits them all). Ratios to the ceiling are given twice: best over best, and the
+median (with quartiles) of each round's ratio, which drifts less on a busy machine. The client
+receives raw bytes without parsing them, for the server and the echo alike. The machine is
+printed with the results.
 
 python-ismrmrd-server is not measured: it is not on PyPI (a GitHub script), and these machines
 reach only package registries.
 
-    python scripts/bench_server.py [--repeat 10] [--json out.json]
+    python scripts/bench_server.py [--repeat 20] [--json out.json]
 """
 
 from __future__ import annotations
@@ -152,7 +154,7 @@ def _session(port: int, payload: bytes) -> tuple[float, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--echo", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
@@ -218,12 +220,20 @@ def main(argv: list[str] | None = None) -> int:
             echo.kill()
             server.wait(30)
             echo.wait(30)
-    ceiling = rows["bare socket (ceiling)"]["mb_per_s"]
-    print(f"{'path':<24}{'MB sent':>9}{'MB back':>9}{'s':>8}{'MB/s':>9}{'ratio':>7}")
+    bare = "bare socket (ceiling)"
+    ceiling = rows[bare]["mb_per_s"]
+    print(f"{'path':<24}{'MB sent':>9}{'MB back':>9}{'s':>8}{'MB/s':>9}{'ratio':>7}"
+          f"{'median':>8}{'IQR':>12}")  # fmt: skip
     for name, row in rows.items():
         row["ratio"] = row["mb_per_s"] / ceiling
+        # the same bytes each way: a round's ratio is the echo's time over the path's time
+        per_round = np.array(times[bare]) / np.array(times[name])
+        q1, median, q3 = np.percentile(per_round, [25, 50, 75])
+        row["ratio_median"], row["ratio_iqr"] = float(median), [float(q1), float(q3)]
         print(f"{name:<24}{row['bytes_sent'] / 1e6:>9.1f}{row['bytes_back'] / 1e6:>9.1f}"
-              f"{row['seconds']:>8.3f}{row['mb_per_s']:>9.0f}{row['ratio']:>7.2f}")  # fmt: skip
+              f"{row['seconds']:>8.3f}{row['mb_per_s']:>9.0f}{row['ratio']:>7.2f}"
+              f"{median:>8.2f}   {q1:.2f}-{q3:.2f}")  # fmt: skip
+    print("ratio: best MB/s over the best echo MB/s; median, IQR: of the rounds' ratios")
     print("python-ismrmrd-server: not measured (not on PyPI; no network beyond package registries)")
     if opts.json:
         opts.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))

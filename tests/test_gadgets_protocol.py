@@ -850,3 +850,35 @@ def test_socket_source_short_reads_at_the_end():
         assert source.readinto(view) == 6  # the peer closed after 10 bytes
         assert bytes(view[:6]) == b"456789"
         assert source.read(4) == b""
+
+
+def test_keep_arrays_writer_sends_the_same_bytes_as_copying():
+    rng = np.random.default_rng(17)
+    items = [make_acq(rng, channels=2, samples=8, dims=2) for _ in range(300)]  # 900 parts
+    items += [make_acq(rng, channels=32, samples=2048, dims=0)]  # 512 KiB, over the buffer
+    items += session_items(rng)
+    copied = io.BytesIO()
+    writer = MessageWriter(copied, buffer_size=1 << 16, keep_arrays=True)
+    assert not writer._keep  # a file: nothing to sendmsg, so it copies
+    write_session(writer, items)
+    writer.flush()
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # short sends to be continued
+    a.settimeout(30)
+    received = bytearray()
+
+    def receive():
+        while chunk := b.recv(1 << 16):
+            received.extend(chunk)
+
+    with a, b:
+        receiver = threading.Thread(target=receive)
+        receiver.start()
+        writer = MessageWriter(a, buffer_size=1 << 16, keep_arrays=True)
+        assert writer._keep
+        write_session(writer, items)
+        writer.flush()
+        a.shutdown(socket.SHUT_WR)
+        receiver.join()
+    assert bytes(received) == copied.getvalue()
+    check_session(list(MessageReader(io.BytesIO(bytes(received)))), items)
