@@ -47,6 +47,7 @@ __all__ = [
     "ChainSpec",
     "GadgetSpec",
     "chain_path",
+    "chain_text",
     "load_chain",
     "parse_chain",
 ]
@@ -345,12 +346,22 @@ def load_chain(
     ChainError
         For an unsafe or unknown name, or an invalid chain file.
     """
+    return Chain(parse_chain(chain_text(name, chains_dir)), context, overrides)
+
+
+def chain_text(name: str, chains_dir: Path) -> str:
+    """Return the XML text of a configuration name's chain file (:func:`chain_path`).
+
+    Raises
+    ------
+    ChainError
+        For an unsafe or unknown name, a file over ``MAX_CHAIN_BYTES``, or one not UTF-8.
+    """
     path = chain_path(name, chains_dir)
     size = path.stat().st_size
     if size > MAX_CHAIN_BYTES:
         raise ChainError(f"chain {name!r} has {size} bytes, more than the limit {MAX_CHAIN_BYTES}")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ChainError(f"chain {name!r} is not UTF-8 text: {exc}") from None
-    return Chain(parse_chain(text), context, overrides)

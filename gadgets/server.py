@@ -46,7 +46,7 @@ from typing import Any
 
 from mr0core.io.mrd import parse_header
 
-from .chain import DEFAULT_CHAINS_DIR, Chain, ChainError, load_chain, parse_chain
+from .chain import DEFAULT_CHAINS_DIR, Chain, ChainError, chain_text, parse_chain
 from .core import Context, Text
 from .protocol import Limits, Message, MessageId, MessageReader, MessageWriter, ProtocolError
 
@@ -75,6 +75,16 @@ class ServerConfig:
     batch_bytes: int = 4 * 2**20
     idle_timeout_s: float = 600.0
     grace_s: float = 600.0
+
+
+@dataclass
+class _Preamble:
+    """What a session sends before its data: chain choice, header, parameters."""
+
+    config_name: str
+    config_xml: str
+    header_xml: str
+    overrides: dict[str, Any]
 
 
 class SessionError(Exception):
@@ -281,13 +291,16 @@ class Session:
         self.conn.settimeout(self.config.idle_timeout_s)
         log.info("session opened", extra={**self.extra, "event": "open"})
         try:
-            chain, first = self.open_chain()
+            preamble, first = self.read_preamble()
         except (ProtocolError, SessionError, ChainError, EOFError, OSError) as exc:
             self.error(_describe(exc))
             self.reader.close()
+            if self.saver is not None:
+                with contextlib.suppress(Exception):
+                    self.saver.close()
             return
         self.worker = threading.Thread(
-            target=self.compute, args=(chain,), name=f"mr0-{self.sid}-compute", daemon=True
+            target=self.compute, args=(preamble,), name=f"mr0-{self.sid}-compute", daemon=True
         )
         self.worker.start()
         try:
@@ -307,14 +320,16 @@ class Session:
                 with contextlib.suppress(Exception):
                     self.saver.close()
 
-    def open_chain(self) -> tuple[Chain, Message]:
-        """Read the config, header and parameters; build the chain.
+    def read_preamble(self) -> tuple[_Preamble, Message]:
+        """Read the config, header and parameters; check the config name.
 
-        Returns the chain and the first message after the header and parameters.
+        Returns them and the first message after them. Parsing the header and building the
+        chain are left to the compute thread, so that reading goes on meanwhile.
         """
         first = self.read()
         if first.id == MessageId.CONFIG_FILE:
-            config_name, config_xml = str(first.value), None
+            config_name = str(first.value)
+            config_xml = chain_text(config_name, self.config.chains_dir)  # unknown: fails here
         elif first.id == MessageId.CONFIG_TEXT:
             config_name, config_xml = "config-text", str(first.value)
         else:
@@ -331,36 +346,37 @@ class Session:
                 raise SessionError("the session closed before the ISMRMRD header")
             else:
                 raise SessionError(f"{msg.id.name.lower()} before the ISMRMRD header")
-        try:
-            header = parse_header(header_xml)
-        except Exception as exc:  # the XML binding raises many unrelated types
-            raise SessionError(f"the ISMRMRD header does not parse: {exc}") from None
         # a JSON object right after the header is a parameter set, too
         msg = self.read()
         if msg.id == MessageId.TEXT and _is_json_object(str(msg.value)):
             overrides.update(_parameters(str(msg.value)))
             msg = self.read()
-        context = Context(
-            header=header, header_xml=header_xml, session_id=self.sid,
-            save_dir=self.config.save_dir, logger=logging.getLogger(f"mr0.gadgets.{self.sid}"),
-            parameters=dict(overrides),
-        )  # fmt: skip
-        if config_xml is not None:
-            chain = Chain(parse_chain(config_xml), context, overrides)
-        else:
-            chain = load_chain(config_name, self.config.chains_dir, context, overrides)
-        log.info(
-            "chain ready",
-            extra={**self.extra, "event": "chain", "config": config_name,
-                   "parameters": sorted(overrides)},
-        )  # fmt: skip
         if self.config.save_dir is not None:
             from .mrdfile import SessionWriter
 
             stamp = time.strftime("%Y%m%dT%H%M%S")
             self.saver = SessionWriter(self.config.save_dir / f"{stamp}_{self.sid}.h5")
             self.saver.write_header(header_xml)
-        return chain, msg
+        return _Preamble(config_name, config_xml, header_xml, overrides), msg
+
+    def build_chain(self, pre: _Preamble) -> Chain:
+        """Parse the header and build the chain (on the compute thread)."""
+        try:
+            header = parse_header(pre.header_xml)
+        except Exception as exc:  # the XML binding raises many unrelated types
+            raise SessionError(f"the ISMRMRD header does not parse: {exc}") from None
+        context = Context(
+            header=header, header_xml=pre.header_xml, session_id=self.sid,
+            save_dir=self.config.save_dir, logger=logging.getLogger(f"mr0.gadgets.{self.sid}"),
+            parameters=dict(pre.overrides),
+        )  # fmt: skip
+        chain = Chain(parse_chain(pre.config_xml), context, pre.overrides)
+        log.info(
+            "chain ready",
+            extra={**self.extra, "event": "chain", "config": pre.config_name,
+                   "parameters": sorted(pre.overrides)},
+        )  # fmt: skip
+        return chain
 
     def item(self, msg: Message) -> Any:
         if msg.id in (MessageId.ACQUISITION, MessageId.IMAGE, MessageId.WAVEFORM):
@@ -424,9 +440,10 @@ class Session:
                     self.flush()
                     flushed = time.monotonic()
 
-    def compute(self, chain: Chain) -> None:
+    def compute(self, preamble: _Preamble) -> None:
         count = 0
         try:
+            chain = self.build_chain(preamble)
             for out in chain.run(self.inputs()):
                 self.send(out)
                 count += 1
@@ -435,7 +452,9 @@ class Session:
         except _Aborted:
             pass
         except Exception as exc:  # a gadget error or bug: report it, keep the server
-            if not isinstance(exc, ValueError | RuntimeError | ChainError | ProtocolError):
+            if not isinstance(
+                exc, ValueError | RuntimeError | ChainError | ProtocolError | SessionError
+            ):
                 log.exception("chain failed", extra={**self.extra, "event": "chain_crash"})
             self.error(_describe(exc))
             # wake the reader, which may be waiting for data that will not be used
