@@ -2,5 +2,6 @@
 
 ``protocol`` frames the messages, ``core`` and ``chain`` define gadgets and build chains from
 ``config/chains/*.xml``, ``recon`` holds the standard gadgets (which call ``mr0core.recon``),
-``server`` and ``client`` are ``mr0-server`` and ``mr0-client``.
+``twin`` the digital-twin preview, ``server`` and ``client`` are ``mr0-server`` and
+``mr0-client``.
 """

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gadgets.recon  # noqa: F401  (registers the standard gadgets)
+import gadgets.recon  # registers the standard gadgets
+import gadgets.twin  # noqa: F401  (registers the digital-twin gadgets)
 from gadgets.core import REGISTRY, ChainError, Context, Gadget, GadgetError, Item
 
 __all__ = [

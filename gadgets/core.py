@@ -86,7 +86,8 @@ class Context:
     Attributes
     ----------
     header
-        The parsed ISMRMRD header of the session, once it arrived.
+        The parsed ISMRMRD header of the session; None for a session that sent none (a job
+        described by its parameters alone).
     header_xml
         The same header as XML text.
     session_id
@@ -97,6 +98,8 @@ class Context:
         Logger for the gadgets' messages.
     parameters
         The JSON parameters sent after the header, if any.
+    phantoms_dir
+        The server's folder of NIfTI phantoms (``--phantoms``) that jobs may name, if any.
     """
 
     header: ismrmrd.xsd.ismrmrdHeader | None = None
@@ -105,6 +108,7 @@ class Context:
     save_dir: Path | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("mr0.gadgets"))
     parameters: dict[str, Any] = field(default_factory=dict)
+    phantoms_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,8 @@ class Property:
     doc
         One line on what it does (and its unit).
     min, max
-        Inclusive bounds for ``int`` and ``float`` (None: unbounded).
+        Inclusive bounds for ``int`` and ``float`` (None: unbounded); for ``str`` ``max`` is
+        the longest value in characters (default 4096).
     choices
         The allowed strings of a ``choice``.
     """
@@ -193,8 +198,9 @@ class Property:
             return number
         if text is None:
             raise ValueError(f"expected a string, got a {type(value).__name__}")
-        if len(text) > _MAX_STR:
-            raise ValueError(f"longer than {_MAX_STR} characters")
+        limit = int(self.max) if self.max is not None else _MAX_STR
+        if len(text) > limit:
+            raise ValueError(f"longer than {limit} characters")
         if self.type == "choice" and text not in self.choices:
             raise ValueError(f"expected one of {', '.join(self.choices)}")
         return text
@@ -254,9 +260,9 @@ class Gadget:
             try:
                 self.props[key] = prop.parse(value)
             except ValueError as exc:
-                raise ChainError(
-                    f"gadget {self.name!r}: property {key!r} = {value!r}: {exc}"
-                ) from None
+                shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+                msg = f"gadget {self.name!r}: property {key!r} = {shown}: {exc}"
+                raise ChainError(msg) from None
 
     @property
     def logger(self) -> logging.Logger:

@@ -67,6 +67,7 @@ class ServerConfig:
     port: int = 9002
     chains_dir: Path = DEFAULT_CHAINS_DIR
     save_dir: Path | None = None
+    phantoms_dir: Path | None = None
     limits: Limits = field(default_factory=Limits)
     max_sessions: int = 16
     max_session_bytes: int = 8 * 2**30
@@ -83,7 +84,7 @@ class _Preamble:
 
     config_name: str
     config_xml: str
-    header_xml: str
+    header_xml: str | None
     overrides: dict[str, Any]
 
 
@@ -343,7 +344,8 @@ class Session:
             elif msg.id == MessageId.TEXT:
                 overrides.update(_parameters(str(msg.value)))
             elif msg.id == MessageId.CLOSE:
-                raise SessionError("the session closed before the ISMRMRD header")
+                # no header and no data: a job described by its parameters (mr0_preview)
+                return _Preamble(config_name, config_xml, None, overrides), msg
             else:
                 raise SessionError(f"{msg.id.name.lower()} before the ISMRMRD header")
         # a JSON object right after the header is a parameter set, too
@@ -361,14 +363,16 @@ class Session:
 
     def build_chain(self, pre: _Preamble) -> Chain:
         """Parse the header and build the chain (on the compute thread)."""
-        try:
-            header = parse_header(pre.header_xml)
-        except Exception as exc:  # the XML binding raises many unrelated types
-            raise SessionError(f"the ISMRMRD header does not parse: {exc}") from None
+        header = None
+        if pre.header_xml is not None:
+            try:
+                header = parse_header(pre.header_xml)
+            except Exception as exc:  # the XML binding raises many unrelated types
+                raise SessionError(f"the ISMRMRD header does not parse: {exc}") from None
         context = Context(
-            header=header, header_xml=pre.header_xml, session_id=self.sid,
+            header=header, header_xml=pre.header_xml or "", session_id=self.sid,
             save_dir=self.config.save_dir, logger=logging.getLogger(f"mr0.gadgets.{self.sid}"),
-            parameters=dict(pre.overrides),
+            parameters=dict(pre.overrides), phantoms_dir=self.config.phantoms_dir,
         )  # fmt: skip
         chain = Chain(parse_chain(pre.config_xml), context, pre.overrides)
         log.info(
@@ -447,6 +451,8 @@ class Session:
             for out in chain.run(self.inputs()):
                 self.send(out)
                 count += 1
+                if isinstance(out, Text):  # progress and reports go out at once
+                    self.flush()
             self.close()
             log.info("session done", extra={**self.extra, "event": "done", "items_out": count})
         except _Aborted:
@@ -578,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chains", type=Path, default=DEFAULT_CHAINS_DIR,
                         help="folder of chain XML files, chosen by config name")  # fmt: skip
     parser.add_argument("--save-dir", type=Path, help="save every session as MRD HDF5 here")
+    parser.add_argument("--phantoms", type=Path,
+                        help="folder of NIfTI phantoms (<name>.json) for previews")  # fmt: skip
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error"))  # fmt: skip
     parser.add_argument("--log-format", default="json", choices=("json", "text"))
@@ -596,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     server = MrdServer(
         ServerConfig(
             host=opts.host, port=opts.port, chains_dir=opts.chains, save_dir=opts.save_dir,
+            phantoms_dir=opts.phantoms,
             max_sessions=opts.max_sessions, max_session_bytes=int(opts.max_session_mb * 2**20),
             grace_s=opts.grace,
         )

@@ -7,6 +7,7 @@ These are plain functions of files and settings, used by the ``mr0`` command (``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from os import PathLike, fspath
 from pathlib import Path
@@ -98,12 +99,14 @@ def run_simulation(
     noise: float = 0.0,
     progress: bool = True,
     seed: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Simulate ``seq`` on ``phantom`` with PDG; return the signal ``[samples, coils]`` complex64.
 
     ``device`` ``"cuda"`` needs a GPU (a clear error otherwise); default CPU. ``noise`` adds
     complex Gaussian noise of that standard deviation (per real and imaginary part), seeded by
-    ``seed``. The signal is returned on the CPU.
+    ``seed``. ``on_progress(done, total)`` is called after each simulated repetition. The
+    signal is returned on the CPU.
     """
     from mr0core.sim import compute_graph, execute_graph
 
@@ -118,8 +121,9 @@ def run_simulation(
         data, seq = data.cuda(), seq.cuda()
     graph = compute_graph(seq, data, settings.max_states, settings.min_state_mag)
     signal = execute_graph(
-        graph, seq, data, settings.min_emitted, settings.min_latent, print_progress=progress
-    )
+        graph, seq, data, settings.min_emitted, settings.min_latent, print_progress=progress,
+        progress_callback=on_progress,
+    )  # fmt: skip
     signal = signal.detach().cpu()
     if noise > 0:
         gen = torch.Generator().manual_seed(seed) if seed is not None else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import ClassVar
 
 import ismrmrd
 import numpy as np
@@ -385,3 +386,20 @@ def test_load_chain_from_another_folder(tmp_path: Path):
     assert out.text == "hi!"
     with pytest.raises(ChainError, match="no chain 'default'"):
         load_chain("default", tmp_path, Context())
+
+
+def test_str_property_length_bound_and_short_error():
+    default = Property("str", "")
+    assert default.parse("x" * 4096) == "x" * 4096
+    with pytest.raises(ValueError, match="longer than 4096"):
+        default.parse("x" * 4097)
+    big = Property("str", "", max=10_000)
+    assert len(big.parse("y" * 10_000)) == 10_000
+
+    class Long(Gadget):
+        properties: ClassVar[dict[str, Property]] = {"text": Property("str", "", max=8)}
+
+    with pytest.raises(ChainError) as info:
+        Long(Context(), text="z" * 5000)
+    assert "longer than 8" in str(info.value)
+    assert len(str(info.value)) < 200  # the value is shown cut, not whole

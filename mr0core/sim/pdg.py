@@ -167,6 +167,7 @@ def execute_graph(
     return_mag_adc: bool = False,
     clear_state_mag: bool = True,
     intitial_mag: torch.Tensor | None = None,
+    progress_callback: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Simulate the ADC signal of ``seq`` on ``data`` along ``graph``.
 
@@ -192,6 +193,9 @@ def execute_graph(
         them).
     intitial_mag
         Optional initial longitudinal magnetisation per voxel ``[voxels]`` (default 1).
+    progress_callback
+        Called as ``(repetitions done, repetitions)`` after each repetition (an addition to
+        MR-zero's signature, for servers that report progress).
 
     Returns
     -------
@@ -353,6 +357,8 @@ def execute_graph(
         p_active, z_active = act_p, act_z
         if clear_state_mag and not torch.is_grad_enabled():
             del new_p, new_z
+        if progress_callback is not None:
+            progress_callback(r + 1, len(graph))
 
     out = torch.cat(signals) if signals else torch.zeros((0, n_coil), dtype=cdt, device=dev)
     if return_mag_adc:

@@ -1,0 +1,222 @@
+"""Digital-twin gadgets: simulate a protocol on a phantom inside a session (chain ``mr0_preview``).
+
+A preview session sends config ``mr0_preview``, optionally an ISMRMRD header, and a JSON text
+message with the job (the JSON keys are this gadget's properties, see :class:`TwinPreviewGadget`):
+
+``{"seq": <.seq text> | "seq_b64": <base64>, "phantom": "brain", "size": 64, "coils": 1,
+"accuracy": 1e-3, "noise": 0, "return_raw": false}``
+
+The gadget parses the sequence from the text (nothing is read from a path a client names),
+builds the twin (a built-in phantom, or ``<name>.json`` from the server's ``--phantoms`` folder),
+simulates it with PDG (:func:`mr0core.jobs.run_simulation`, text progress messages while it
+runs), reconstructs it by its trajectory (:func:`mr0core.recon.reconstruct`: Cartesian FFT or
+NUFFT) and yields magnitude images in series "MR0 twin preview". The images are those of
+``mr0 simulate SEQ --phantom P --size N --recon OUT`` with the same settings.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import queue
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .core import Gadget, GadgetError, Item, Property, Text, register
+
+__all__ = ["PREVIEW_SERIES", "TwinPreviewGadget"]
+
+PREVIEW_SERIES = "MR0 twin preview"
+# the text message that carries the job is bounded by the server's limits (16 MiB by default)
+_MAX_SEQ = 16 * 2**20
+_PHANTOM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def _phantom(spec: str, size: int, coils: int, folder: Path | None) -> tuple[Any, str]:
+    """Build a built-in phantom, or load ``<spec>.json`` from the server's phantom folder.
+
+    Raises
+    ------
+    GadgetError
+        For an unsafe or unknown name.
+    """
+    from mr0core.jobs import load_job_phantom
+    from mr0core.phantom.builtin_phantoms import PHANTOMS
+
+    if spec in PHANTOMS:
+        return load_job_phantom(spec, size, coils)
+    if not _PHANTOM_NAME.fullmatch(spec):
+        raise GadgetError(f"phantom {spec!r} is not a plain name ([A-Za-z0-9][A-Za-z0-9_.-]*)")
+    if folder is None:
+        raise GadgetError(
+            f"no phantom {spec!r}: the built-ins are {', '.join(sorted(PHANTOMS))}, and the "
+            "server has no phantom folder (mr0-server --phantoms)"
+        )
+    stem = spec[:-5] if spec.lower().endswith(".json") else spec
+    root = folder.resolve()
+    path = (root / f"{stem}.json").resolve()
+    if path.parent != root or not path.is_file():
+        available = sorted(p.stem for p in root.glob("*.json")) if root.is_dir() else []
+        names = [*sorted(PHANTOMS), *available]
+        raise GadgetError(f"no phantom {spec!r} (available: {', '.join(names)})")
+    phantom, _ = load_job_phantom(str(path), size, coils)
+    if coils != 1:
+        raise GadgetError("coils applies to the built-in phantoms; a NIfTI phantom has its own")
+    return phantom, path.name
+
+
+@register
+class TwinPreviewGadget(Gadget):
+    """Simulate the session's sequence on a digital twin, reconstruct it, yield the images.
+
+    Items that arrive (a preview needs none) pass on unchanged; the preview runs at the end of
+    the input. With ``return_raw`` the simulated acquisitions (ISMRMRD headers as written by
+    :func:`mr0core.io.mrd.sig_to_mrd`) come first.
+    """
+
+    properties: ClassVar[dict[str, Property]] = {
+        "seq": Property("str", "", "the .seq file's text", max=_MAX_SEQ),
+        "seq_b64": Property("str", "", "the .seq file, base64 (instead of seq)", max=_MAX_SEQ),
+        "phantom": Property("str", "brain", "brain, shepp-logan, or <name> in --phantoms"),
+        "size": Property("int", 64, "phantom matrix in-plane (voxels)", min=4, max=512),
+        "coils": Property("int", 1, "receive coils of a built-in phantom", min=1, max=64),
+        "accuracy": Property("float", 1e-3, "PDG min emitted/latent signal", min=0.0, max=1.0),
+        "max_states": Property("int", 200, "PDG pre-pass states", min=1, max=100000),
+        "noise": Property("float", 0.0, "complex noise std per sample", min=0.0),
+        "seed": Property("int", 0, "noise seed", min=0),
+        "return_raw": Property("bool", False, "also return the simulated acquisitions"),
+        "progress_s": Property("float", 1.0, "seconds between progress texts", min=0.0),
+        "series_index": Property("int", 1, "image_series_index of the images", min=0, max=65535),
+    }
+
+    def process(self, items: Iterator[Item]) -> Iterator[Item]:
+        """Pass the input on, then run the preview."""
+        yield from items
+        yield from self.preview()
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def sequence_text(self) -> str:
+        """Return the ``.seq`` text from ``seq`` or ``seq_b64``."""
+        text, b64 = self.props["seq"], self.props["seq_b64"]
+        if text and b64:
+            raise GadgetError(f"{self.name}: give either seq or seq_b64, not both")
+        if b64:
+            try:
+                text = base64.b64decode(b64, validate=True).decode("utf-8")
+            except (binascii.Error, ValueError) as exc:
+                msg = f"{self.name}: seq_b64 is not base64 of UTF-8 text: {exc}"
+                raise GadgetError(msg) from None
+        if not text.strip():
+            raise GadgetError(
+                f"{self.name}: no sequence; send a JSON text with 'seq' (the .seq file's text) "
+                "or 'seq_b64'"
+            )
+        return text
+
+    def preview(self) -> Iterator[Item]:
+        """Parse, build the twin, simulate (with progress texts), reconstruct, yield images."""
+        from mr0core.jobs import SimSettings
+        from mr0core.pulseq import SeqFormatError, read_seq_text, seq_to_sequence
+
+        text = self.sequence_text()
+        try:
+            seq = seq_to_sequence(read_seq_text(text, "<session .seq>"))
+        except SeqFormatError as exc:
+            raise GadgetError(f"{self.name}: the sequence does not parse: {exc}") from None
+        size, coils = self.props["size"], self.props["coils"]
+        phantom, phantom_name = _phantom(
+            self.props["phantom"], size, coils, self.context.phantoms_dir
+        )
+        acc = self.props["accuracy"]
+        settings = SimSettings(max_states=self.props["max_states"], min_emitted=acc,
+                               min_latent=acc)  # fmt: skip
+        yield Text(json.dumps({"status": "simulating", "repetitions": len(seq),
+                               "phantom": phantom_name}))  # fmt: skip
+        signal = yield from self._simulate(seq, phantom, settings)
+        if self.props["return_raw"]:
+            yield from _acquisitions(signal, seq)
+        yield from self._images(signal, seq, phantom_name)
+
+    def _simulate(self, seq: Any, phantom: Any, settings: Any) -> Iterator[Item]:
+        """Run the simulation on a thread; yield progress texts meanwhile; return the signal."""
+        from mr0core.jobs import run_simulation
+
+        updates: queue.Queue[tuple[int, int]] = queue.Queue()
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                result["signal"] = run_simulation(
+                    seq, phantom, settings, noise=self.props["noise"], progress=False,
+                    seed=self.props["seed"], on_progress=lambda d, t: updates.put((d, t)),
+                )  # fmt: skip
+            except BaseException as exc:  # handed to the session's thread below
+                result["error"] = exc
+
+        thread = threading.Thread(target=work, name="mr0-twin-sim", daemon=True)
+        started = time.monotonic()
+        thread.start()
+        last = started
+        while thread.is_alive():
+            thread.join(0.05)
+            done = None
+            while not updates.empty():
+                done = updates.get_nowait()
+            now = time.monotonic()
+            if done is not None and now - last >= self.props["progress_s"]:
+                last = now
+                yield Text(json.dumps({"status": "simulating", "done": done[0], "of": done[1],
+                                       "seconds": round(now - started, 1)}))  # fmt: skip
+        if "error" in result:
+            exc = result["error"]
+            raise GadgetError(f"{self.name}: the simulation failed: {type(exc).__name__}: {exc}")
+        return result["signal"]
+
+    def _images(self, signal: Any, seq: Any, phantom_name: str) -> Iterable[Item]:
+        from mr0core.io.mrd_images import make_mrd_images
+        from mr0core.recon import KData, reconstruct
+
+        rec = reconstruct(KData.from_sequence(signal, seq))
+        image = rec.image.detach().cpu()  # [volumes, contrasts, slices, x, y, z]
+        volumes, contrasts, slices = image.shape[:3]
+        index = 1
+        meta = {
+            "MR0Phantom": phantom_name,
+            "MR0Accuracy": str(self.props["accuracy"]),
+            "MR0Reconstruction": rec.method,
+        }
+        for v in range(volumes):
+            for c in range(contrasts):
+                for s in range(slices):
+                    yield from make_mrd_images(
+                        image[v, c, s].abs(), series_index=self.props["series_index"],
+                        fov_m=rec.fov_m, slices=s, contrasts=c, repetitions=v,
+                        image_index_start=index, series_description=PREVIEW_SERIES,
+                        image_comment=f"MR0 twin {phantom_name} {rec.method}",
+                        processing_history=("MR0", "PDG", rec.method), meta=meta,
+                    )  # fmt: skip
+                    index += 1
+
+
+def _acquisitions(signal: Any, seq: Any) -> Iterator[Item]:
+    """Yield the simulated signal as ``ismrmrd.Acquisition`` objects (sig_to_mrd's headers)."""
+    import ismrmrd
+
+    from mr0core.io.mrd import sig_to_mrd
+
+    with tempfile.TemporaryDirectory(prefix="mr0-twin-") as tmp:
+        path = Path(tmp) / "raw.h5"
+        sig_to_mrd(path, signal, seq)
+        dataset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False)
+        try:
+            acqs = [dataset.read_acquisition(i) for i in range(dataset.number_of_acquisitions())]
+        finally:
+            dataset.close()
+    yield from acqs

@@ -1,0 +1,112 @@
+"""The digital-twin preview chain (``mr0_preview``) through the server, end to end.
+
+The reference is the ``mr0 simulate … --recon`` command on the same sequence and settings, run in
+the same test.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from pathlib import Path
+
+import ismrmrd
+import nibabel as nib
+import numpy as np
+import pytest
+
+from gadgets.chain import DEFAULT_CHAINS_DIR
+from gadgets.protocol import MessageId, MessageReader, MessageWriter
+from gadgets.server import MrdServer, ServerConfig
+from gadgets.twin import PREVIEW_SERIES
+from mr0core.cli import main as mr0_main
+from mr0core.io.mrd_images import image_array
+
+CORPUS = Path(__file__).parent / "data" / "seq-corpus"
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = MrdServer(ServerConfig(port=0, chains_dir=DEFAULT_CHAINS_DIR, idle_timeout_s=60))
+    srv.start()
+    yield srv
+    srv.shutdown(grace_s=10)
+
+
+def preview(port: int, params: dict, header: str | None = None) -> list:
+    """Run one preview session; return every message of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+        writer = MessageWriter(sock)
+        writer.write_config_file("mr0_preview")
+        if header is not None:
+            writer.write_header(header)
+        writer.write_text(json.dumps(params))
+        writer.write_close()
+        return list(MessageReader(sock))
+
+
+def test_preview_equals_mr0_simulate_recon(server, tmp_path):
+    seq = CORPUS / "write_gre.seq"
+    params = {"seq": seq.read_text(), "phantom": "brain", "size": 32, "accuracy": 1e-3,
+              "progress_s": 0}  # fmt: skip
+    msgs = preview(server.address[1], params)
+    assert msgs[-1].id == MessageId.CLOSE
+    texts = [m.value for m in msgs if m.id == MessageId.TEXT]
+    assert not any(t.startswith("ERROR") for t in texts), texts
+    progress = [json.loads(t) for t in texts]
+    assert progress[0]["status"] == "simulating"
+    assert any("done" in p for p in progress)  # progress while it ran
+    images = [m.value for m in msgs if m.id == MessageId.IMAGE]
+    assert len(images) == 1
+    image = images[0]
+    meta = ismrmrd.Meta.deserialize(image.attribute_string)
+    assert meta["SeriesDescription"] == PREVIEW_SERIES
+    assert meta["MR0Phantom"] == "builtin:brain"
+
+    out = tmp_path / "ref.nii.gz"
+    assert mr0_main(["simulate", str(seq), "--phantom", "brain", "--size", "32",
+                     "--out", str(tmp_path / "sig.npy"), "--recon", str(out)]) == 0  # fmt: skip
+    ref = np.asarray(nib.load(out).get_fdata(), np.float32)
+    got = image_array(image)[..., 0]
+    assert got.shape == ref.shape[:2]
+    np.testing.assert_allclose(got, ref.reshape(got.shape), rtol=1e-4, atol=1e-4 * ref.max())
+
+
+def test_preview_from_base64_returns_raw_acquisitions(server):
+    seq = CORPUS / "write_gre.seq"
+    params = {"seq_b64": base64.b64encode(seq.read_bytes()).decode(), "phantom": "shepp-logan",
+              "size": 16, "coils": 2, "return_raw": True}  # fmt: skip
+    msgs = preview(server.address[1], params)
+    acqs = [m.value for m in msgs if m.id == MessageId.ACQUISITION]
+    images = [m.value for m in msgs if m.id == MessageId.IMAGE]
+    assert len(images) == 1
+    assert len(acqs) > 0
+    assert {a.active_channels for a in acqs} == {2}
+    lines = sorted(a.idx.kspace_encode_step_1 for a in acqs)
+    assert lines == list(range(len(acqs)))  # one line per acquisition, in the header's counters
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"seq": "[VERSION]\nmajor 1\nminor 4\n[BLOCKS]\n1 1 7 0 0 0 0 0\n"}, "does not parse"),
+        ({}, "no sequence"),
+        ({"seq_b64": "%%%"}, "base64"),
+        ({"seq": "x", "phantom": "../../etc/passwd"}, "plain name"),
+        ({"seq": "x", "phantom": "nosuch"}, "no phantom"),
+        ({"seq": "x", "size": 100000}, "size"),
+    ],
+)
+def test_bad_preview_jobs_get_error_and_the_server_stays_up(server, params, message):
+    if "seq" in params and params["seq"] == "x":
+        params["seq"] = (CORPUS / "write_gre.seq").read_text()
+    msgs = preview(server.address[1], params)
+    texts = [m.value for m in msgs if m.id == MessageId.TEXT]
+    assert texts
+    assert texts[-1].startswith("ERROR"), texts
+    assert message in texts[-1]
+    assert msgs[-1].id == MessageId.CLOSE
+    # the next session is served
+    ok = preview(server.address[1], {"seq": (CORPUS / "write_gre.seq").read_text(), "size": 8})
+    assert any(m.id == MessageId.IMAGE for m in ok)
