@@ -65,9 +65,9 @@ def _phantom(spec: str, size: int, coils: int, folder: Path | None) -> tuple[Any
         available = sorted(p.stem for p in root.glob("*.json")) if root.is_dir() else []
         names = [*sorted(PHANTOMS), *available]
         raise GadgetError(f"no phantom {spec!r} (available: {', '.join(names)})")
-    phantom, _ = load_job_phantom(str(path), size, coils)
     if coils != 1:
         raise GadgetError("coils applies to the built-in phantoms; a NIfTI phantom has its own")
+    phantom, _ = load_job_phantom(str(path), size, coils)
     return phantom, path.name
 
 
