@@ -110,3 +110,21 @@ def test_bad_preview_jobs_get_error_and_the_server_stays_up(server, params, mess
     # the next session is served
     ok = preview(server.address[1], {"seq": (CORPUS / "write_gre.seq").read_text(), "size": 8})
     assert any(m.id == MessageId.IMAGE for m in ok)
+
+
+def test_preview_uses_a_phantom_from_the_server_folder(tmp_path):
+    from mr0core.phantom.builtin_phantoms import write_phantom
+
+    json_path, _ = write_phantom("shepp-logan", tmp_path / "twins", size=16)
+    srv = MrdServer(ServerConfig(port=0, phantoms_dir=json_path.parent, idle_timeout_s=60))
+    srv.start()
+    try:
+        seq = (CORPUS / "write_gre.seq").read_text()
+        msgs = preview(srv.address[1], {"seq": seq, "phantom": json_path.stem, "size": 16})
+        images = [m.value for m in msgs if m.id == MessageId.IMAGE]
+        assert len(images) == 1
+        assert ismrmrd.Meta.deserialize(images[0].attribute_string)["MR0Phantom"] == json_path.name
+        other = preview(srv.address[1], {"seq": seq, "phantom": "absent"})
+        assert json_path.stem in other[-2].value  # the error lists what the folder holds
+    finally:
+        srv.shutdown(grace_s=5)
