@@ -38,7 +38,7 @@ from typing import Any
 
 import gadgets.recon  # registers the standard gadgets
 import gadgets.twin  # noqa: F401  (registers the digital-twin gadgets)
-from gadgets.core import REGISTRY, ChainError, Context, Gadget, GadgetError, Item
+from gadgets.core import REGISTRY, ChainError, Context, Gadget, GadgetError, Item, named_file
 
 __all__ = [
     "DEFAULT_CHAINS_DIR",
@@ -59,7 +59,6 @@ DEFAULT_CHAINS_DIR: Path = Path(__file__).resolve().parent.parent / "config" / "
 MAX_CHAIN_BYTES = 1 << 20
 """Largest chain XML accepted (bytes of UTF-8)."""
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _GADGET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
 _FORBIDDEN = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 _REFUSED = ("external", "parallel", "distributed", "parallelprocess", "puredistributed")
@@ -300,38 +299,17 @@ class Chain:
 
 
 def chain_path(name: str, chains_dir: Path) -> Path:
-    """Return the chain file for a configuration name, refusing anything unsafe.
-
-    Parameters
-    ----------
-    name
-        A plain name matching ``[A-Za-z0-9][A-Za-z0-9_.-]{0,127}``, with or without ``.xml``.
-    chains_dir
-        The folder of chain files.
-
-    Returns
-    -------
-    Path
-        ``chains_dir/<name>.xml``, resolved; it exists and lies inside ``chains_dir``.
+    """Return the chain file for a configuration name (:func:`gadgets.core.named_file`).
 
     Raises
     ------
     ChainError
         For an empty or unsafe name (paths, ``..``), or when there is no such chain.
     """
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ChainError(f"chain name {name!r} is not a plain name ([A-Za-z0-9][A-Za-z0-9_.-]*)")
-    stem = name[:-4] if name.lower().endswith(".xml") else name
-    if not stem:
-        raise ChainError(f"chain name {name!r} is empty without .xml")
-    root = Path(chains_dir).resolve()
-    path = (root / f"{stem}.xml").resolve()
-    if not path.is_relative_to(root) or path.parent != root:
-        raise ChainError(f"chain {name!r} lies outside the chains folder")
-    if not path.is_file():
-        available = sorted(p.stem for p in root.glob("*.xml")) if root.is_dir() else []
-        raise ChainError(f"no chain {stem!r} (available: {', '.join(available) or 'none'})")
-    return path
+    try:
+        return named_file(name, chains_dir, ".xml", "chain")
+    except ValueError as exc:
+        raise ChainError(str(exc)) from None
 
 
 def load_chain(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ __all__ = [
     "Item",
     "Property",
     "Text",
+    "named_file",
     "register",
 ]
 
@@ -314,3 +316,51 @@ def register(cls: _G) -> _G:
             raise ValueError(f"gadget class name {name!r} is already registered by {other!r}")
         REGISTRY[name] = cls
     return cls
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_plain_name(name: str, what: str) -> None:
+    """Raise ValueError unless ``name`` matches ``[A-Za-z0-9][A-Za-z0-9_.-]{0,127}``."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"{what} name {name!r} is not a plain name ([A-Za-z0-9][A-Za-z0-9_.-]*)")
+
+
+def named_file(name: str, folder: Path, suffix: str, what: str) -> Path:
+    """Return ``folder/<name><suffix>`` for a plain name a client sent, refusing anything unsafe.
+
+    Parameters
+    ----------
+    name
+        A plain name matching ``[A-Za-z0-9][A-Za-z0-9_.-]{0,127}``, with or without ``suffix``.
+    folder
+        The only folder the file may come from.
+    suffix
+        The file ending, e.g. ``".xml"``.
+    what
+        What the file is, for messages (``"chain"``, ``"phantom"``).
+
+    Returns
+    -------
+    Path
+        The file, resolved; it exists and lies directly inside ``folder``.
+
+    Raises
+    ------
+    ValueError
+        For an empty or unsafe name (paths, ``..``), or when there is no such file; the message
+        lists the names the folder holds.
+    """
+    check_plain_name(name, what)
+    stem = name[: -len(suffix)] if name.lower().endswith(suffix) else name
+    if not stem:
+        raise ValueError(f"{what} name {name!r} is empty without {suffix}")
+    root = Path(folder).resolve()
+    path = (root / f"{stem}{suffix}").resolve()
+    if not path.is_relative_to(root) or path.parent != root:
+        raise ValueError(f"{what} {name!r} lies outside the {what}s folder")
+    if not path.is_file():
+        available = sorted(p.stem for p in root.glob(f"*{suffix}")) if root.is_dir() else []
+        raise ValueError(f"no {what} {stem!r} (available: {', '.join(available) or 'none'})")
+    return path

@@ -20,7 +20,6 @@ import base64
 import binascii
 import json
 import queue
-import re
 import tempfile
 import threading
 import time
@@ -28,14 +27,22 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .core import Gadget, GadgetError, Item, Property, Text, register
+from .core import (
+    Gadget,
+    GadgetError,
+    Item,
+    Property,
+    Text,
+    check_plain_name,
+    named_file,
+    register,
+)
 
 __all__ = ["PREVIEW_SERIES", "TwinPreviewGadget"]
 
 PREVIEW_SERIES = "MR0 twin preview"
 # the text message that carries the job is bounded by the server's limits (16 MiB by default)
 _MAX_SEQ = 16 * 2**20
-_PHANTOM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def _phantom(spec: str, size: int, coils: int, folder: Path | None) -> tuple[Any, str]:
@@ -51,20 +58,19 @@ def _phantom(spec: str, size: int, coils: int, folder: Path | None) -> tuple[Any
 
     if spec in PHANTOMS:
         return load_job_phantom(spec, size, coils)
-    if not _PHANTOM_NAME.fullmatch(spec):
-        raise GadgetError(f"phantom {spec!r} is not a plain name ([A-Za-z0-9][A-Za-z0-9_.-]*)")
+    try:
+        check_plain_name(spec, "phantom")
+    except ValueError as exc:
+        raise GadgetError(str(exc)) from None
     if folder is None:
         raise GadgetError(
             f"no phantom {spec!r}: the built-ins are {', '.join(sorted(PHANTOMS))}, and the "
             "server has no phantom folder (mr0-server --phantoms)"
         )
-    stem = spec[:-5] if spec.lower().endswith(".json") else spec
-    root = folder.resolve()
-    path = (root / f"{stem}.json").resolve()
-    if path.parent != root or not path.is_file():
-        available = sorted(p.stem for p in root.glob("*.json")) if root.is_dir() else []
-        names = [*sorted(PHANTOMS), *available]
-        raise GadgetError(f"no phantom {spec!r} (available: {', '.join(names)})")
+    try:
+        path = named_file(spec, folder, ".json", "phantom")
+    except ValueError as exc:
+        raise GadgetError(f"{exc}; built-ins: {', '.join(sorted(PHANTOMS))}") from None
     if coils != 1:
         raise GadgetError("coils applies to the built-in phantoms; a NIfTI phantom has its own")
     phantom, _ = load_job_phantom(str(path), size, coils)
