@@ -102,6 +102,12 @@ class Context:
         The JSON parameters sent after the header, if any.
     phantoms_dir
         The server's folder of NIfTI phantoms (``--phantoms``) that jobs may name, if any.
+    chains_dir
+        The server's chain folder, for gadgets that run another chain by name (``mr0_retrosim``
+        runs its reconstruction chain on measured and simulated data); None: the repository's.
+    store
+        The server's job and reference store (:class:`gadgets.store.Store`, ``--store``), for
+        background jobs, retrieval and external reference scans; None: there is none.
     """
 
     header: ismrmrd.xsd.ismrmrdHeader | None = None
@@ -111,6 +117,8 @@ class Context:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("mr0.gadgets"))
     parameters: dict[str, Any] = field(default_factory=dict)
     phantoms_dir: Path | None = None
+    chains_dir: Path | None = None
+    store: Any = None
 
 
 @dataclass(frozen=True)
