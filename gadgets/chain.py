@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gadgets.jobs  # registers the store's gadgets (retrieve, reference scans)
 import gadgets.recon  # registers the standard gadgets
 import gadgets.twin  # noqa: F401  (registers the digital-twin gadgets)
 from gadgets.core import REGISTRY, ChainError, Context, Gadget, GadgetError, Item, named_file

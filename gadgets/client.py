@@ -1,13 +1,18 @@
-"""``mr0-client``: send an MRD HDF5 file to an MRD server, save what comes back.
+"""``mr0-client``: send an MRD HDF5 file (or a job) to an MRD server, save what comes back.
 
 Sends the config (a chain name, or a local chain XML file as config text), the file's ISMRMRD
 header, optional JSON parameters, then every acquisition and waveform with a progress bar, then a
-close. A receiver thread reads the answer at the same time (a chain such as ``passthrough``
-answers while the data is still being sent, and with both sides only writing, full socket
-buffers would deadlock): images go to ``OUT.h5`` in one image group per series
-(``image_<series>``, which :func:`mr0core.io.mrd_images.read_mrd_images` reads), returned
-acquisitions to its ``data``, text is printed. The exit status is 0 on success, 1 when the server
-reports an error (a text starting with ``ERROR``) or the connection fails, 2 for bad arguments.
+close. A stored raw dataset (``--retro FILE.h5``, e.g. one the server saved with ``--save-dir``)
+is sent the same way through any chain. Header-less job sessions (config, JSON, close) are sent by
+:func:`send_job`: a digital-twin preview (``--preview SEQ``) and the retrieval of a background
+job (``--retrieve ID`` or ``--patient``/``--protocol``).
+
+A receiver thread reads the answer while the data are sent (a chain such as ``passthrough``
+answers at once, and with both sides only writing, full socket buffers would deadlock). Images
+go to ``OUT.h5``, one image group per series (``image_<series>``, which
+:func:`mr0core.io.mrd_images.read_mrd_images` reads), returned acquisitions to its ``data``;
+text is printed. The exit status is 0 on success, 1 when the server reports an error (a text
+starting with ``ERROR``) or the connection fails, 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from mr0core.io.mrd import check_raw_file
 
 from .protocol import Limits, MessageId, MessageReader, MessageWriter, ProtocolError
 
-__all__ = ["ClientResult", "main", "send_file"]
+__all__ = ["ClientResult", "main", "send_file", "send_job"]
 
 
 @dataclass
@@ -137,8 +142,41 @@ def send_file(
     return result
 
 
+def send_job(
+    params: dict[str, Any],
+    out: Path,
+    *,
+    config: str,
+    host: str = "127.0.0.1",
+    port: int = 9002,
+    out_group: str = "dataset",
+    timeout_s: float = 3600.0,
+    on_text: Any = None,
+) -> ClientResult:
+    """Send a header-less job session (config, JSON ``params``, close); save the answer.
+
+    Used for ``mr0_preview`` (the job is the JSON) and ``mr0_retrieve``. Images go to ``out``
+    as in :func:`send_file`; texts (progress, reports) are collected, and passed to
+    ``on_text(text)`` as they arrive when given.
+    """
+    result = ClientResult()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with socket.create_connection((host, port), timeout=timeout_s) as sock:
+        writer = MessageWriter(sock)
+        writer.write_config_file(config)
+        writer.write_text(json.dumps(params))
+        writer.write_close()
+        _receive(sock, out, out_group, "", result, on_text)
+    return result
+
+
 def _receive(
-    sock: socket.socket, out: Path, group: str, header_xml: str, result: ClientResult
+    sock: socket.socket,
+    out: Path,
+    group: str,
+    header_xml: str,
+    result: ClientResult,
+    on_text: Any = None,
 ) -> None:
     reader = MessageReader(sock, Limits())
     dset: ismrmrd.Dataset | None = None
@@ -157,12 +195,15 @@ def _receive(
             if msg.id == MessageId.TEXT:
                 text = str(msg.value)
                 result.texts.append(text)
+                if on_text is not None:
+                    on_text(text)
                 if text.startswith("ERROR"):
                     result.errors.append(text)
                 continue
             if dset is None:
                 dset = ismrmrd.Dataset(str(out), group, create_if_needed=True)
-                dset.write_xml_header(header_xml)
+                if header_xml:
+                    dset.write_xml_header(header_xml)
             if msg.id == MessageId.IMAGE:
                 img = msg.value
                 dset.append_image(f"image_{img.image_series_index}", img)
@@ -182,7 +223,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mr0-client", description="Send an MRD HDF5 file to an MRD server; save the answer."
     )
-    parser.add_argument("input", type=Path, help="MRD HDF5 raw data")
+    parser.add_argument("input", type=Path, nargs="?", help="MRD HDF5 raw data")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--retro", type=Path, metavar="FILE.h5",
+                      help="a stored raw dataset to run (again) through --config")  # fmt: skip
+    what.add_argument("--preview", type=Path, metavar="SEQ",
+                      help="digital-twin preview of a .seq file (chain mr0_preview)")  # fmt: skip
+    what.add_argument("--retrieve", metavar="JOB", help="fetch a background job's result")
+    what.add_argument("--patient", help="fetch the newest background job of this patient")
+    parser.add_argument("--protocol", help="with --patient (or alone): the protocol's newest job")
+    parser.add_argument(
+        "--phantom",
+        default="brain",
+        help="--preview twin: brain, shepp-logan or a server phantom name",
+    )
+    parser.add_argument("--size", type=int, default=64, help="--preview phantom matrix")
+    parser.add_argument(
+        "--background",
+        action="store_true",
+        help="run the chain as a background job: the answer is its id",
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        help="with --retrieve: seconds to wait for an unfinished job",
+    )
     how = parser.add_mutually_exclusive_group()
     how.add_argument("-c", "--config", default="default", help="chain name on the server")
     how.add_argument("-C", "--config-local", type=Path, help="chain XML sent as config text")
@@ -207,6 +273,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--params is not valid JSON: {exc}")
         if not isinstance(params, dict):
             parser.error("--params must be a JSON object")
+    params = dict(params or {})
+    if opts.background:
+        params["background"] = True
+    job_mode = opts.preview or opts.retrieve or opts.patient or (opts.protocol and not opts.input)
+    if job_mode:
+        return _run_job(parser, opts, params)
+    source = opts.retro or opts.input
+    if source is None:
+        parser.error("give an input file (or --retro FILE.h5, --preview SEQ, --retrieve JOB)")
+    if opts.retro is not None and opts.input is not None:
+        parser.error("give the input either as INPUT or as --retro, not both")
     config_xml = None
     if opts.config_local is not None:
         if not opts.config_local.is_file():
@@ -214,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         config_xml = opts.config_local.read_text()
     try:
         result = send_file(
-            opts.input, opts.out, config=opts.config, config_xml=config_xml, params=params,
+            source, opts.out, config=opts.config, config_xml=config_xml, params=params,
             host=opts.address, port=opts.port, in_group=opts.in_group, out_group=opts.group,
             progress=not opts.quiet, nul_terminate=opts.nul,
         )  # fmt: skip
@@ -226,9 +303,42 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for text in result.texts:
         print(text)
+    return _report(result, opts.out)
+
+
+def _run_job(parser: argparse.ArgumentParser, opts: argparse.Namespace, params: dict) -> int:
+    """--preview / --retrieve / --patient / --protocol: a header-less job session."""
+    if opts.input is not None:
+        parser.error("--preview and --retrieve take no input file")
+    if opts.preview is not None:
+        if not opts.preview.is_file():
+            print(f"mr0-client: .seq file not found: {opts.preview}", file=sys.stderr)
+            return 2
+        try:
+            seq_text = opts.preview.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"mr0-client: cannot read {opts.preview}: {exc}", file=sys.stderr)
+            return 2
+        config = "mr0_preview"
+        params = {"seq": seq_text, "phantom": opts.phantom, "size": opts.size, **params}
+    else:
+        config = "mr0_retrieve"
+        keys = {"job": opts.retrieve, "patient": opts.patient, "protocol": opts.protocol}
+        params = {**{k: v for k, v in keys.items() if v}, "wait_s": opts.wait, **params}
+    try:
+        result = send_job(params, opts.out, config=config, host=opts.address, port=opts.port,
+                          out_group=opts.group, on_text=print)  # fmt: skip
+    except OSError as exc:
+        print(f"mr0-client: cannot reach {opts.address}:{opts.port}: {exc}", file=sys.stderr)
+        return 1
+    return _report(result, opts.out)
+
+
+def _report(result: ClientResult, out: Path) -> int:
+    """Print the summary line; return the exit status."""
     print(
         f"{result.images} images, {result.acquisitions} acquisitions back"
-        + (f" -> {opts.out}" if result.images or result.acquisitions else ""),
+        + (f" -> {out}" if result.images or result.acquisitions else ""),
         file=sys.stderr,
     )
     if not result.ok:

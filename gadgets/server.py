@@ -35,6 +35,7 @@ import logging
 import queue
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -47,8 +48,10 @@ from typing import Any
 from mr0core.io.mrd import parse_header
 
 from .chain import DEFAULT_CHAINS_DIR, Chain, ChainError, chain_text, parse_chain
-from .core import Context, Text
+from .core import Context, GadgetError, Text
+from .jobs import JobRunner
 from .protocol import Limits, Message, MessageId, MessageReader, MessageWriter, ProtocolError
+from .store import Store
 
 __all__ = ["MrdServer", "ServerConfig", "main"]
 
@@ -68,6 +71,8 @@ class ServerConfig:
     chains_dir: Path = DEFAULT_CHAINS_DIR
     save_dir: Path | None = None
     phantoms_dir: Path | None = None
+    store_dir: Path | None = None
+    job_workers: int = 1
     limits: Limits = field(default_factory=Limits)
     max_sessions: int = 16
     max_session_bytes: int = 8 * 2**30
@@ -86,6 +91,7 @@ class _Preamble:
     config_xml: str
     header_xml: str | None
     overrides: dict[str, Any]
+    background: bool = False
 
 
 class SessionError(Exception):
@@ -110,6 +116,8 @@ class MrdServer:
         self.address: tuple[str, int] | None = None
         self.sessions_served = 0
         self.sessions_failed = 0
+        self.store: Store | None = None
+        self.runner: JobRunner | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -123,6 +131,12 @@ class MrdServer:
             raise FileNotFoundError(f"chain folder not found: {cfg.chains_dir}")
         if cfg.save_dir is not None:
             cfg.save_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.store_dir is not None and self.store is None:
+            self.store = Store(cfg.store_dir)
+            template = Context(save_dir=cfg.save_dir, phantoms_dir=cfg.phantoms_dir,
+                               chains_dir=cfg.chains_dir, store=self.store)  # fmt: skip
+            self.runner = JobRunner(self.store, template, workers=cfg.job_workers)
+            self.runner.start()  # jobs a stopped server left run again
         family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -153,6 +167,8 @@ class MrdServer:
         for thread in list(self._sessions.values()):
             thread.join(max(0.0, deadline - time.monotonic()))
         left = self.active_sessions()
+        if self.runner is not None:
+            self.runner.stop(max(0.0, deadline - time.monotonic()))
         log.info("stopped", extra={"event": "stop", "unfinished_sessions": left})
 
     def active_sessions(self) -> int:
@@ -190,7 +206,7 @@ class MrdServer:
         extra = {"session": sid, "peer": f"{peer[0]}:{peer[1]}"}
         started = time.monotonic()
         try:
-            Session(self.config, conn, sid, extra).run()
+            Session(self.config, conn, sid, extra, self.store, self.runner).run()
             self.sessions_served += 1
         except Exception:  # a bug in a session never ends the server
             self.sessions_failed += 1
@@ -220,9 +236,17 @@ class Session:
     """One connection: read, run the chain on a compute thread, answer."""
 
     def __init__(
-        self, config: ServerConfig, conn: socket.socket, sid: str, extra: dict[str, str]
+        self,
+        config: ServerConfig,
+        conn: socket.socket,
+        sid: str,
+        extra: dict[str, str],
+        store: Store | None = None,
+        runner: JobRunner | None = None,
     ) -> None:
         self.config = config
+        self.store = store
+        self.runner = runner
         self.conn = conn
         self.sid = sid
         self.extra = extra
@@ -345,7 +369,7 @@ class Session:
                 overrides.update(_parameters(str(msg.value)))
             elif msg.id == MessageId.CLOSE:
                 # no header and no data: a job described by its parameters (mr0_preview)
-                return _Preamble(config_name, config_xml, None, overrides), msg
+                return self._preamble(config_name, config_xml, None, overrides), msg
             else:
                 raise SessionError(f"{msg.id.name.lower()} before the ISMRMRD header")
         # a JSON object right after the header is a parameter set, too
@@ -359,7 +383,18 @@ class Session:
             stamp = time.strftime("%Y%m%dT%H%M%S")
             self.saver = SessionWriter(self.config.save_dir / f"{stamp}_{self.sid}.h5")
             self.saver.write_header(header_xml)
-        return _Preamble(config_name, config_xml, header_xml, overrides), msg
+        return self._preamble(config_name, config_xml, header_xml, overrides), msg
+
+    def _preamble(
+        self, name: str, xml: str, header_xml: str | None, overrides: dict[str, Any]
+    ) -> _Preamble:
+        """Take the session keys (``background``) out of the chain overrides."""
+        background = overrides.pop("background", False)
+        if not isinstance(background, bool):
+            raise SessionError(f"'background' must be true or false, got {background!r}")
+        if background and self.store is None:
+            raise SessionError("background jobs need the server's job store (mr0-server --store)")
+        return _Preamble(name, xml, header_xml, overrides, background)
 
     def build_chain(self, pre: _Preamble) -> Chain:
         """Parse the header and build the chain (on the compute thread)."""
@@ -373,6 +408,7 @@ class Session:
             header=header, header_xml=pre.header_xml or "", session_id=self.sid,
             save_dir=self.config.save_dir, logger=logging.getLogger(f"mr0.gadgets.{self.sid}"),
             parameters=dict(pre.overrides), phantoms_dir=self.config.phantoms_dir,
+            chains_dir=self.config.chains_dir, store=self.store,
         )  # fmt: skip
         chain = Chain(parse_chain(pre.config_xml), context, pre.overrides)
         log.info(
@@ -448,6 +484,9 @@ class Session:
         count = 0
         try:
             chain = self.build_chain(preamble)
+            if preamble.background:
+                self.store_job(preamble, chain)
+                return
             for out in chain.run(self.inputs()):
                 self.send(out)
                 count += 1
@@ -459,7 +498,8 @@ class Session:
             pass
         except Exception as exc:  # a gadget error or bug: report it, keep the server
             if not isinstance(
-                exc, ValueError | RuntimeError | ChainError | ProtocolError | SessionError
+                exc,
+                ValueError | RuntimeError | ChainError | GadgetError | ProtocolError | SessionError,
             ):
                 log.exception("chain failed", extra={**self.extra, "event": "chain_crash"})
             self.error(_describe(exc))
@@ -467,6 +507,31 @@ class Session:
             with contextlib.suppress(OSError):
                 self.conn.shutdown(socket.SHUT_RD)
             _drain(self.items)
+
+    def store_job(self, pre: _Preamble, chain: Chain) -> None:
+        """Store the session's input as a background job, queue it, answer with its id."""
+        from .mrdfile import SessionWriter
+
+        assert self.store is not None
+        assert self.runner is not None
+        job = self.store.create_job(pre.config_name, pre.config_xml, pre.overrides,
+                                    pre.header_xml or "", chain.context.header)  # fmt: skip
+        try:
+            with SessionWriter(self.store.input_path(job.id)) as writer:
+                if pre.header_xml:
+                    writer.write_header(pre.header_xml)
+                for item in self.inputs():
+                    if not isinstance(item, Text):
+                        writer.add(item)
+            self.store.mark_queued(job.id)
+        except BaseException as exc:
+            self.store.mark_failed(job.id, f"receiving the input failed: {_describe(exc)}")
+            raise
+        self.runner.submit(job.id)
+        self.send(Text(json.dumps({"job": job.id, "state": "queued"})))
+        self.close()
+        log.info("job queued", extra={**self.extra, "event": "job_queued", "job": job.id,
+                                      "config": pre.config_name})  # fmt: skip
 
 
 class _Aborted(BaseException):
@@ -488,7 +553,7 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "the connection was idle for too long"
     text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, ProtocolError | SessionError | ChainError) else (
+    return text if isinstance(exc, ProtocolError | SessionError | ChainError | GadgetError) else (
         f"{type(exc).__name__}: {text}"
     )  # fmt: skip
 
@@ -586,6 +651,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-dir", type=Path, help="save every session as MRD HDF5 here")
     parser.add_argument("--phantoms", type=Path,
                         help="folder of NIfTI phantoms (<name>.json) for previews")  # fmt: skip
+    parser.add_argument("--store", type=Path,
+                        help="job and reference store: background jobs, mr0_retrieve, "
+                        "reference scans (created if missing)")  # fmt: skip
+    parser.add_argument("--job-workers", type=int, default=1,
+                        help="background jobs run at once (default 1)")  # fmt: skip
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error"))  # fmt: skip
     parser.add_argument("--log-format", default="json", choices=("json", "text"))
@@ -601,17 +671,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--port must be 0..65535, got {opts.port}")
     if opts.max_sessions < 1:
         parser.error("--max-sessions must be at least 1")
+    if opts.job_workers < 1:
+        parser.error("--job-workers must be at least 1")
     server = MrdServer(
         ServerConfig(
             host=opts.host, port=opts.port, chains_dir=opts.chains, save_dir=opts.save_dir,
-            phantoms_dir=opts.phantoms,
+            phantoms_dir=opts.phantoms, store_dir=opts.store, job_workers=opts.job_workers,
             max_sessions=opts.max_sessions, max_session_bytes=int(opts.max_session_mb * 2**20),
             grace_s=opts.grace,
         )
     )  # fmt: skip
     try:
         server.start()
-    except (OSError, FileNotFoundError) as exc:
+    except (OSError, FileNotFoundError, sqlite3.Error) as exc:
         print(f"mr0-server: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,291 @@
+"""Background jobs, the store, retrieval (``mr0_retrieve``) and reference scans.
+
+The reference for a background result is the same chain run in the foreground in the same test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import ismrmrd
+import ismrmrd.xsd
+import numpy as np
+import pytest
+
+from gadgets.chain import DEFAULT_CHAINS_DIR
+from gadgets.client import main as client_main
+from gadgets.jobs import read_items
+from gadgets.protocol import MessageId, MessageReader, MessageWriter
+from gadgets.server import MrdServer, ServerConfig
+from gadgets.store import Store, StoreError
+from mr0core.io.mrd import parse_header
+from mr0core.io.mrd_images import image_array, read_mrd_images
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = Path(__file__).parent / "data" / "seq-corpus"
+GENERATE = shutil.which("ismrmrd_generate_cartesian_shepp_logan")
+needs_tools = pytest.mark.skipif(GENERATE is None, reason="needs Debian's ismrmrd-tools")
+
+
+def scan(tmp_path: Path, name: str, patient: str, protocol: str, mid: str = "") -> Path:
+    """A 64x64 4-coil Shepp-Logan scan whose header names a patient, protocol, measurement."""
+    path = tmp_path / name
+    subprocess.run([GENERATE, "-m", "64", "-c", "4", "-o", str(path)], cwd=tmp_path,
+                   check=True, capture_output=True)  # fmt: skip
+    ds = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False)
+    header = parse_header(ds.read_xml_header())
+    header.subjectInformation = ismrmrd.xsd.subjectInformationType(patientID=patient)
+    header.measurementInformation = ismrmrd.xsd.measurementInformationType(
+        protocolName=protocol, measurementID=mid or None, patientPosition="HFS"
+    )
+    ds.write_xml_header(ismrmrd.xsd.ToXML(header))
+    ds.close()
+    return path
+
+
+def session(port: int, config: str, params: dict, path: Path | None = None) -> list:
+    """One session: config, header and acquisitions of ``path`` (if any), JSON, close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+        writer = MessageWriter(sock)
+        writer.write_config_file(config)
+        ds = None
+        if path is not None:
+            ds = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False)
+            writer.write_header(ds.read_xml_header().decode())
+        try:
+            writer.write_text(json.dumps(params))
+            if ds is not None:
+                for i in range(ds.number_of_acquisitions()):
+                    writer.write_acquisition(ds.read_acquisition(i))
+            writer.write_close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server refused early; its reason is in the answer
+        finally:
+            if ds is not None:
+                ds.close()
+        return list(MessageReader(sock))
+
+
+def texts(msgs: list) -> list[str]:
+    return [m.value for m in msgs if m.id == MessageId.TEXT]
+
+
+def images(msgs: list) -> list:
+    return [m.value for m in msgs if m.id == MessageId.IMAGE]
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = MrdServer(ServerConfig(port=0, chains_dir=DEFAULT_CHAINS_DIR, idle_timeout_s=60,
+                                 store_dir=tmp_path / "store"))  # fmt: skip
+    srv.start()
+    yield srv
+    srv.shutdown(grace_s=10)
+
+
+# -- the store ----------------------------------------------------------------------------------
+
+
+def test_store_states_lookup_and_bad_ids(tmp_path):
+    store = Store(tmp_path / "s")
+    header = SimpleNamespace(  # what header_identity reads of a parsed header
+        subjectInformation=SimpleNamespace(patientID="P1"),
+        measurementInformation=SimpleNamespace(protocolName="t1", measurementID=None),
+    )
+    first = store.create_job("default", "<x/>", {"a": 1}, "<h/>", header)
+    second = store.create_job("default", "<x/>", {}, "<h/>", header)
+    other = store.create_job("default", "<x/>", {}, "", None)
+    assert first.state == "receiving"
+    assert (first.patient, first.protocol) == ("P1", "t1")
+    assert store.find(patient="P1").id == second.id  # the newest
+    assert store.find(protocol="t1", patient="P1").id == second.id
+    with pytest.raises(StoreError, match="no job for patient 'P2'"):
+        store.find(patient="P2")
+    with pytest.raises(StoreError, match="24 hex digits"):
+        store.job("../../etc/passwd")
+    with pytest.raises(StoreError, match="no job"):
+        store.job("0" * 24)
+    with pytest.raises(StoreError, match="not in state running"):
+        store.mark_done(first.id, [], {})  # it never ran
+    store.mark_queued(first.id)
+    store.mark_running(first.id)
+    store.mark_done(first.id, ["report"], {"images": 1})
+    done = store.job(first.id)
+    assert (done.state, done.texts, done.counts, done.attempts) == ("done", ["report"],
+                                                                     {"images": 1}, 1)  # fmt: skip
+    # a second Store on the same folder (a restarted server) sees the same jobs
+    again = Store(tmp_path / "s")
+    assert again.job(first.id).state == "done"
+    assert again.abandon_incomplete() == 2  # second and other never finished arriving
+    assert again.job(other.id).state == "failed"
+    with pytest.raises(StoreError, match="not a plain name"):
+        again.reference_path("../x")
+
+
+# -- background jobs through the server ---------------------------------------------------------
+
+
+@needs_tools
+def test_background_job_answers_at_once_and_is_retrieved(server, tmp_path):
+    path = scan(tmp_path, "a.h5", patient="P7", protocol="gre_t1")
+    port = server.address[1]
+    ref = session(port, "default", {}, path)  # the same chain in the foreground
+    ref_images = images(ref)
+    assert len(ref_images) == 1
+
+    answer = session(port, "default", {"background": True}, path)
+    assert [m.id for m in answer] == [MessageId.TEXT, MessageId.CLOSE]
+    reply = json.loads(answer[0].value)
+    assert reply["state"] == "queued"
+    job = reply["job"]
+
+    got = session(port, "mr0_retrieve", {"job": job, "wait_s": 60})
+    assert got[-1].id == MessageId.CLOSE
+    summary = json.loads(texts(got)[-1])
+    assert (summary["job"], summary["state"], summary["patient"]) == (job, "done", "P7")
+    (image,) = images(got)
+    np.testing.assert_array_equal(image_array(image), image_array(ref_images[0]))
+
+    # by patient and protocol: the newest match
+    path2 = scan(tmp_path, "b.h5", patient="P7", protocol="gre_t1")
+    job2 = json.loads(session(port, "sense", {"background": True}, path2)[0].value)["job"]
+    assert server.runner.wait_idle(60)
+    newest = session(port, "mr0_retrieve", {"patient": "P7", "protocol": "gre_t1"})
+    assert json.loads(texts(newest)[-1])["job"] == job2
+
+    # errors: unknown job, no key, a chain that fails in the background
+    for params, expected in (({"job": "f" * 24}, "no job"), ({}, "give a job id"),
+                             ({"job": "x"}, "24 hex digits")):  # fmt: skip
+        out = texts(session(port, "mr0_retrieve", params))
+        assert out[-1].startswith("ERROR"), out
+        assert expected in out[-1], out
+    # a job that fails while it runs: retrieving it reports why
+    bad = json.loads(
+        session(port, "mr0_preview", {"background": True, "seq": "[VERSION]\nmajor 1\n"})[0].value
+    )["job"]
+    assert server.runner.wait_idle(60)
+    assert server.store.job(bad).state == "failed"
+    out = texts(session(port, "mr0_retrieve", {"job": bad}))
+    assert out[-1].startswith(f"ERROR: Retrieve: job {bad} failed: ")
+    assert "parse" in out[-1]
+
+
+@needs_tools
+def test_background_refused_without_store_or_with_bad_chain(tmp_path):
+    srv = MrdServer(ServerConfig(port=0, chains_dir=DEFAULT_CHAINS_DIR, idle_timeout_s=30))
+    srv.start()
+    try:
+        path = scan(tmp_path, "a.h5", patient="P", protocol="p")
+        out = texts(session(srv.address[1], "default", {"background": True}, path))
+        assert out == ["ERROR: background jobs need the server's job store (mr0-server --store)"]
+    finally:
+        srv.shutdown(grace_s=5)
+    srv = MrdServer(ServerConfig(port=0, chains_dir=DEFAULT_CHAINS_DIR, idle_timeout_s=30,
+                                 store_dir=tmp_path / "store"))  # fmt: skip
+    srv.start()
+    try:
+        # an override no gadget has: refused at once, no job is made
+        out = texts(session(srv.address[1], "default", {"background": True, "nope": 1}, path))
+        assert out[-1].startswith("ERROR")
+        assert "nope" in out[-1]
+        assert srv.store.jobs() == []
+        out = texts(session(srv.address[1], "default", {"background": "yes"}, path))
+        assert "must be true or false" in out[-1]
+    finally:
+        srv.shutdown(grace_s=5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(port: int, store: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gadgets.server", "--port", str(port), "--store", str(store),
+         "--log-level", "warning"],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.communicate()[1]) from None
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the server did not start")
+
+
+def _state(store: Path, job: str) -> str:
+    with sqlite3.connect(store / "store.sqlite", timeout=30) as db:
+        return db.execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone()[0]
+
+
+def test_background_job_survives_a_killed_server(tmp_path):
+    """SIGKILL the server while the job runs; the restarted server runs it again."""
+    store = tmp_path / "store"
+    port = _free_port()
+    proc = _start_server(port, store)
+    try:
+        job_params = {
+            "seq": (CORPUS / "write_gre.seq").read_text(),
+            "phantom": "brain",
+            "size": 256,
+            "accuracy": 1e-6,
+            "max_states": 2000,
+            "background": True,
+        }
+        answer = session(port, "mr0_preview", job_params)
+        job = json.loads(answer[0].value)["job"]
+        deadline = time.monotonic() + 60
+        while _state(store, job) != "running":
+            assert time.monotonic() < deadline, _state(store, job)
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert _state(store, job) == "running"  # left behind by the killed server
+
+    port = _free_port()
+    proc = _start_server(port, store)
+    try:
+        out = tmp_path / "retrieved.h5"
+        status = client_main(["--retrieve", job, "--wait", "120", "-p", str(port),
+                              "-o", str(out)])  # fmt: skip
+        assert status == 0
+        (image,) = read_mrd_images(out)
+        assert float(image_array(image).max()) > 0
+        assert Store(store).job(job).attempts == 2  # it ran again after the restart
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+# -- reading stored files -----------------------------------------------------------------------
+
+
+@needs_tools
+def test_read_items_round_trips_a_session(tmp_path):
+    path = scan(tmp_path, "a.h5", patient="P", protocol="p")
+    xml, items = read_items(path)
+    assert "P" in xml
+    assert len(items) == 64  # -m 64: 64 lines
+    assert all(isinstance(a, ismrmrd.Acquisition) for a in items)
+    assert read_items(tmp_path / "a.h5")[1][5].idx.kspace_encode_step_1 == 5
