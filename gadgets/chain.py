@@ -38,6 +38,7 @@ from typing import Any
 
 import gadgets.jobs  # registers the store's gadgets (retrieve, reference scans)
 import gadgets.recon  # registers the standard gadgets
+import gadgets.retro  # registers retro-simulation
 import gadgets.twin  # noqa: F401  (registers the digital-twin gadgets)
 from gadgets.core import REGISTRY, ChainError, Context, Gadget, GadgetError, Item, named_file
 

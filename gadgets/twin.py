@@ -45,8 +45,13 @@ PREVIEW_SERIES = "MR0 twin preview"
 _MAX_SEQ = 16 * 2**20
 
 
-def _phantom(spec: str, size: int, coils: int, folder: Path | None) -> tuple[Any, str]:
+def _phantom(
+    spec: str, size: int, coils: int, folder: Path | None, coils_given: bool = True
+) -> tuple[Any, str]:
     """Build a built-in phantom, or load ``<spec>.json`` from the server's phantom folder.
+
+    A NIfTI phantom has its own coils: asking for ``coils`` other than 1 is an error when
+    ``coils_given`` (the job named them), else ``coils`` is ignored for it.
 
     Raises
     ------
@@ -71,9 +76,9 @@ def _phantom(spec: str, size: int, coils: int, folder: Path | None) -> tuple[Any
         path = named_file(spec, folder, ".json", "phantom")
     except ValueError as exc:
         raise GadgetError(f"{exc}; built-ins: {', '.join(sorted(PHANTOMS))}") from None
-    if coils != 1:
+    if coils != 1 and coils_given:
         raise GadgetError("coils applies to the built-in phantoms; a NIfTI phantom has its own")
-    phantom, _ = load_job_phantom(str(path), size, coils)
+    phantom, _ = load_job_phantom(str(path), size, 1)
     return phantom, path.name
 
 
