@@ -766,11 +766,55 @@ class SenseGadget(Gadget):
     :func:`mr0core.recon.sense.cg_sense`, both through :func:`mr0core.recon.auto.reconstruct`
     (``method="sense"``); data that are not undersampled, or lack calibration lines, fall back
     to the FFT with RSS (the history says which ran).
+
+    External reference: with ``reference`` (a measurement id), or a header
+    ``measurementDependency`` of type ``SenMap`` (Gadgetron's name) or ``CoilSensitivity``, the
+    maps come from that stored scan (chain ``mr0_reference``; the server's ``--store``), and
+    calibration lines are not needed. The reference must cover the same FOV with the same
+    coils; it is prewhitened with its own noise acquisitions (if it has any), and its readout
+    oversampling removed, as the chain does to the scan.
     """
 
     properties: ClassVar[dict[str, Property]] = {
         "iterations": Property("int", 30, "conjugate-gradient iterations", min=1, max=1000),
+        "reference": Property("str", "", "measurement id of a stored coil reference scan", max=128),
     }
+
+    _REFERENCE_TYPES = ("SenMap", "CoilSensitivity")
+
+    def __init__(self, context: Context, name: str = "", **properties: Any) -> None:
+        super().__init__(context, name, **properties)
+        self._reference: KData | None = None
+        self._reference_id = ""
+
+    def reference_kdata(self) -> KData | None:
+        """Return the stored reference scan the session names, ready for SENSE; None if none."""
+        from gadgets.jobs import reference_id
+        from gadgets.store import StoreError
+
+        mid = reference_id(self.context, self.props["reference"], self._REFERENCE_TYPES)
+        if not mid:
+            return None
+        if self._reference is not None and mid == self._reference_id:
+            return self._reference
+        if self.context.store is None:
+            raise GadgetError(
+                f"{self.name}: reference scan {mid!r} named, but the server has no store (--store)"
+            )
+        try:
+            header_xml, acqs = self.context.store.load_reference(mid)
+            kd = kdata_from_acquisitions(header_xml, acqs, f"reference scan {mid}")
+        except (StoreError, MrdFormatError, KDataError) as exc:
+            raise GadgetError(f"{self.name}: {exc}") from None
+        if kd.noise is not None and kd.noise.shape[-1] == kd.n_coils:
+            try:
+                kd = replace(kd, signal=prewhiten(kd.signal, kd.noise), noise=None)
+            except ValueError as exc:
+                raise GadgetError(f"{self.name}: reference scan {mid!r}: {exc}") from None
+        if kd.trajectory == "cartesian" and kd.recon_matrix[0] < kd.encoded_matrix[0]:
+            kd = _remove_oversampling(kd)
+        self._reference, self._reference_id = kd, mid
+        return kd
 
     def process_item(self, item: Item) -> Iterable[Item]:
         """Reconstruct one buffer."""
@@ -779,8 +823,11 @@ class SenseGadget(Gadget):
         kd = item.kdata
         if kd.trajectory != "cartesian":
             raise GadgetError(f"{self.name}: SENSE needs Cartesian data, got {kd.trajectory}")
+        reference = self.reference_kdata()
         try:
-            rec = reconstruct(kd, method="sense", sense_iter=self.props["iterations"])
+            rec = reconstruct(
+                kd, method="sense", sense_iter=self.props["iterations"], reference=reference
+            )
         except (KDataError, ValueError) as exc:
             raise GadgetError(f"{self.name}: {exc}") from None
         volumes, contrasts, slices = _counters(kd)

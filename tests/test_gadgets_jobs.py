@@ -289,3 +289,66 @@ def test_read_items_round_trips_a_session(tmp_path):
     assert len(items) == 64  # -m 64: 64 lines
     assert all(isinstance(a, ismrmrd.Acquisition) for a in items)
     assert read_items(tmp_path / "a.h5")[1][5].idx.kspace_encode_step_1 == 5
+
+
+# -- external reference scans -------------------------------------------------------------------
+
+
+def _nrmse(ours: np.ndarray, ref: np.ndarray) -> float:
+    a = float((ours * ref).sum() / (ours * ours).sum())
+    return float(np.linalg.norm(a * ours - ref) / np.linalg.norm(ref))
+
+
+def _generate(tmp_path: Path, name: str, *args: str) -> Path:
+    path = tmp_path / name
+    subprocess.run([GENERATE, *args, "-o", str(path)], cwd=tmp_path, check=True,
+                   capture_output=True)  # fmt: skip
+    return path
+
+
+@needs_tools
+def test_sense_with_an_external_reference_scan(server, tmp_path):
+    port = server.address[1]
+    full = _generate(tmp_path, "full.h5", "-m", "64", "-c", "8", "-n", "0.01")
+    fast = _generate(tmp_path, "fast.h5", "-m", "64", "-c", "8", "-a", "2", "-w", "0",
+                     "-n", "0.01")  # fmt: skip
+    truth = image_array(images(session(port, "default", {}, full))[0])[..., 0]
+
+    # the accelerated scan has no calibration lines: without a reference SENSE cannot run
+    # and the chain falls back to an aliased FFT
+    plain = image_array(images(session(port, "sense", {}, fast))[0])[..., 0]
+    # store a fully sampled low-resolution coil reference under a measurement id
+    ref = _generate(tmp_path, "ref.h5", "-m", "32", "-c", "8", "-n", "0.01")
+    stored = texts(session(port, "mr0_reference", {"measurement_id": "ref001"}, ref))
+    assert json.loads(stored[-1]) == {"reference": "ref001", "acquisitions": 32}
+    msgs = session(port, "sense", {"reference": "ref001"}, fast)
+    # the generator shifts the sampled lines from repetition to repetition: one image each
+    assert [im.repetition for im in images(msgs)] == [0, 1]
+    image = images(msgs)[0]
+    meta = ismrmrd.Meta.deserialize(image.attribute_string)
+    assert "SENSE" in str(meta["ImageProcessingHistory"])
+    unfolded = image_array(image)[..., 0]
+    # compare inside the object (SENSE zeroes the background, RSS keeps its noise floor)
+    inside = truth > 0.1 * truth.max()
+    error = _nrmse(unfolded[inside], truth[inside])
+    assert error < 0.06
+    assert _nrmse(plain[inside], truth[inside]) > 5 * error
+
+    # the header's measurementDependency (SenMap) names it as well
+    ds = ismrmrd.Dataset(str(fast), "dataset", create_if_needed=False)
+    header = parse_header(ds.read_xml_header())
+    header.measurementInformation = ismrmrd.xsd.measurementInformationType(
+        patientPosition="HFS", measurementDependency=[
+            ismrmrd.xsd.measurementDependencyType(dependencyType="SenMap", measurementID="ref001")
+        ],
+    )  # fmt: skip
+    ds.write_xml_header(ismrmrd.xsd.ToXML(header))
+    ds.close()
+    again = images(session(port, "sense", {}, fast))[0]
+    np.testing.assert_allclose(image_array(again)[..., 0], unfolded, rtol=1e-5, atol=1e-6)
+
+    # unknown and unsafe ids are clear errors
+    for mid, expected in (("nope", "no reference scan"), ("../x", "not a plain name")):
+        out = texts(session(port, "sense", {"reference": mid}, fast))
+        assert out[-1].startswith("ERROR"), out
+        assert expected in out[-1]
