@@ -94,6 +94,9 @@ class RetroSimGadget(TwinPreviewGadget):
             "header protocol: gre, se or auto (from the header)",
             choices=("auto", "gre", "se"),
         ),
+        "dummy_scans": Property(
+            "int", 0, "header protocol: repetitions without ADC first", min=0, max=10000
+        ),
         "recon": Property("str", "default", "chain that reconstructs both", max=128),
         "fit_scale": Property("bool", True, "scale the simulation onto the measurement"),
     }
@@ -206,7 +209,10 @@ class RetroSimGadget(TwinPreviewGadget):
         from mr0core.io.mrd_protocol import sequence_from_mrd
 
         try:
-            proto = sequence_from_mrd(self.context.header, acqs, kind=self.props["kind"])
+            proto = sequence_from_mrd(
+                self.context.header, acqs, kind=self.props["kind"],
+                dummy_scans=self.props["dummy_scans"],
+            )  # fmt: skip
         except ValueError as exc:
             raise GadgetError(f"{self.name}: no protocol from the header: {exc}") from None
         mapping, row = [], 0

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import ismrmrd
@@ -26,6 +28,7 @@ from mr0core.jobs import SimSettings, load_job_phantom, run_simulation
 from mr0core.pulseq import read_seq_text, seq_to_sequence
 
 CORPUS = Path(__file__).parent / "data" / "seq-corpus"
+GENERATE = shutil.which("ismrmrd_generate_cartesian_shepp_logan")
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +131,40 @@ def test_wrong_protocol_is_a_clear_error(server, measured):
     assert "3 imaging readouts, the scan 64" in texts[-1]
     msgs = session(server.address[1], path, {"protocol": "seq", "phantom": "brain"})
     assert "protocol 'seq' needs the .seq" in [m.value for m in msgs if m.id == MessageId.TEXT][-1]
+
+
+def test_client_retro_reruns_a_stored_dataset(server, measured, tmp_path, capsys):
+    from gadgets.client import main as client_main
+    from mr0core.io.mrd_images import read_mrd_images
+
+    path, text = measured
+    out = tmp_path / "retro.h5"
+    params = json.dumps({"seq": text, "phantom": "brain", "size": 32})
+    argv = ["--retro", str(path), "--config", "mr0_retrosim", "--params", params, "-q",
+            "-p", str(server.address[1]), "-o", str(out)]  # fmt: skip
+    assert client_main(argv) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if '"nrmse"' in line]
+    assert json.loads(printed[-1])["nrmse"] < 0.01
+    assert sorted(im.image_series_index for im in read_mrd_images(out)) == [1, 2, 3]
+
+
+@pytest.mark.skipif(GENERATE is None, reason="needs Debian's ismrmrd-tools")
+def test_header_only_protocol_on_generated_shepp_logan(server, tmp_path):
+    path = tmp_path / "sl.h5"
+    subprocess.run([GENERATE, "-m", "32", "-c", "2", "-o", str(path)], cwd=tmp_path,
+                   check=True, capture_output=True)  # fmt: skip
+    msgs = session(server.address[1], path, {"phantom": "shepp-logan", "size": 32,
+                                              "dummy_scans": 20})  # fmt: skip
+    assert msgs[-1].id == MessageId.CLOSE
+    series = by_series(msgs)
+    assert sorted(series) == [1, 2, 3]
+    assert all(len(images) == 1 for images in series.values())
+    rep = report(msgs)
+    assert rep["protocol"] == "header"
+    assert rep["kind"] == "gre"
+    assert {"TE", "TR", "flip"} <= set(rep["defaulted"])  # the generator writes none of them
+    assert rep["notes"]
+    simulated = np.asarray(series[2][0].data)
+    assert float(np.abs(simulated).max()) > 0
+    assert 0 < rep["nrmse"] < 1.5
+    assert rep["ssim"] is not None

@@ -128,3 +128,21 @@ def test_preview_uses_a_phantom_from_the_server_folder(tmp_path):
         assert json_path.stem in other[-2].value  # the error lists what the folder holds
     finally:
         srv.shutdown(grace_s=5)
+
+
+def test_client_preview_mode(server, tmp_path, capsys):
+    from gadgets.client import main as client_main
+    from mr0core.io.mrd_images import read_mrd_images
+
+    seq = CORPUS / "write_gre.seq"
+    out = tmp_path / "preview.h5"
+    argv = ["--preview", str(seq), "--phantom", "shepp-logan", "--size", "16", "-p",
+            str(server.address[1]), "-o", str(out)]  # fmt: skip
+    assert client_main(argv) == 0
+    assert '"status": "simulating"' in capsys.readouterr().out  # progress printed
+    (got,) = read_mrd_images(out)
+    msgs = preview(server.address[1], {"seq": seq.read_text(), "phantom": "shepp-logan",
+                                       "size": 16})  # fmt: skip
+    direct = [m.value for m in msgs if m.id == MessageId.IMAGE]
+    np.testing.assert_array_equal(image_array(got), image_array(direct[0]))
+    assert client_main(["--preview", str(tmp_path / "none.seq"), "-o", str(out)]) == 2
