@@ -82,7 +82,8 @@ class RetroSimGadget(TwinPreviewGadget):
         **{
             k: v
             for k, v in TwinPreviewGadget.properties.items()
-            if k not in ("return_raw", "series_index")  # the series are fixed: 1, 2, 3
+            # the series are fixed (1, 2, 3); the twin keeps its size and orientation
+            if k not in ("return_raw", "series_index", "match_fov")
         },
         "coils": Property("int", 0, "twin receive coils; 0: as many as measured", min=0, max=64),
         "protocol": Property(

@@ -6,6 +6,10 @@ message with the job (the JSON keys are this gadget's properties, see :class:`Tw
 ``{"seq": <.seq text> | "seq_b64": <base64>, "phantom": "brain", "size": 64, "coils": 1,
 "accuracy": 1e-3, "noise": 0, "return_raw": false}``
 
+With a header, the twin is placed as the subject lies (:func:`place_twin`): turned for the
+header's ``patientPosition`` and, with ``match_fov`` (default), stretched in-plane to the header's
+reconstructed field of view.
+
 The gadget parses the sequence from the text (nothing is read from a path a client names),
 builds the twin (a built-in phantom, or ``<name>.json`` from the server's ``--phantoms`` folder),
 simulates it with PDG (:func:`mr0core.jobs.run_simulation`, text progress messages while it
@@ -38,11 +42,74 @@ from .core import (
     register,
 )
 
-__all__ = ["PREVIEW_SERIES", "TwinPreviewGadget"]
+__all__ = ["PATIENT_POSITIONS", "PREVIEW_SERIES", "TwinPreviewGadget", "place_twin"]
 
 PREVIEW_SERIES = "MR0 twin preview"
 # the text message that carries the job is bounded by the server's limits (16 MiB by default)
 _MAX_SEQ = 16 * 2**20
+
+
+PATIENT_POSITIONS: dict[str, tuple[bool, tuple[int, ...]]] = {
+    "HFS": (False, ()),
+    "HFP": (False, (0, 1)),
+    "FFS": (False, (0,)),
+    "FFP": (False, (1,)),
+    "HFDR": (True, (0,)),
+    "HFDL": (True, (1,)),
+    "FFDR": (True, ()),
+    "FFDL": (True, (0, 1)),
+}
+"""ISMRMRD ``patientPosition`` → (swap x and y, then mirror these axes) of a twin made for HFS.
+
+The built-in twins are axial slices of a head-first supine subject (x: right → left, y:
+anterior → posterior). Prone turns the slice by 180°, feet-first mirrors left and right, and
+the decubitus positions turn it by a quarter (an in-plane approximation of lying on a side).
+"""
+
+
+def place_twin(phantom: Any, header: Any, match_fov: bool = True) -> tuple[Any, dict[str, str]]:
+    """Place a twin (a :class:`~mr0core.TissueDict`) as the ISMRMRD header's subject lies.
+
+    Parameters
+    ----------
+    phantom
+        The twin, built for a head-first supine subject.
+    header
+        A parsed ISMRMRD header: ``measurementInformation.patientPosition`` (see
+        :data:`PATIENT_POSITIONS`) and ``encoding[0].reconSpace.fieldOfView_mm``.
+    match_fov
+        Stretch the twin in-plane so that it spans the reconstructed FOV (x, y); its thickness
+        stays.
+
+    Returns
+    -------
+    tuple
+        The placed twin and meta attributes saying what was done (``MR0PatientPosition``,
+        ``MR0TwinSize_mm``).
+    """
+    meta: dict[str, str] = {}
+    info = getattr(header, "measurementInformation", None)
+    position = getattr(info, "patientPosition", None) if info is not None else None
+    if position is not None:
+        name = str(getattr(position, "value", position)).upper()
+        if name not in PATIENT_POSITIONS:
+            raise GadgetError(f"unknown patientPosition {name!r}")
+        swap, axes = PATIENT_POSITIONS[name]
+        if swap:
+            phantom = phantom.transpose_xy()
+        if axes:
+            phantom = phantom.mirror(axes)
+        meta["MR0PatientPosition"] = name
+    if match_fov:
+        encoding = (getattr(header, "encoding", None) or [None])[0]
+        space = getattr(encoding, "reconSpace", None)
+        fov = getattr(space, "fieldOfView_mm", None)
+        if fov is not None and fov.x and fov.y and fov.x > 0 and fov.y > 0:
+            size = next(iter(phantom.values())).size.tolist()
+            new = (float(fov.x) / 1e3, float(fov.y) / 1e3, float(size[2]))
+            phantom = phantom.with_size(new)
+            meta["MR0TwinSize_mm"] = " ".join(f"{v * 1e3:g}" for v in new[:2])
+    return phantom, meta
 
 
 def _phantom(
@@ -104,6 +171,7 @@ class TwinPreviewGadget(Gadget):
         "return_raw": Property("bool", False, "also return the simulated acquisitions"),
         "progress_s": Property("float", 1.0, "seconds between progress texts", min=0.0),
         "series_index": Property("int", 1, "image_series_index of the images", min=0, max=65535),
+        "match_fov": Property("bool", True, "with a header: stretch the twin to its recon FOV"),
     }
 
     def process(self, items: Iterator[Item]) -> Iterator[Item]:
@@ -145,6 +213,9 @@ class TwinPreviewGadget(Gadget):
         phantom, phantom_name = _phantom(
             self.props["phantom"], size, coils, self.context.phantoms_dir
         )
+        placed: dict[str, str] = {}
+        if self.context.header is not None:
+            phantom, placed = place_twin(phantom, self.context.header, self.props["match_fov"])
         acc = self.props["accuracy"]
         settings = SimSettings(max_states=self.props["max_states"], min_emitted=acc,
                                min_latent=acc)  # fmt: skip
@@ -153,7 +224,7 @@ class TwinPreviewGadget(Gadget):
         signal = yield from self._simulate(seq, phantom, settings)
         if self.props["return_raw"]:
             yield from _acquisitions(signal, seq)
-        yield from self._images(signal, seq, phantom_name)
+        yield from self._images(signal, seq, phantom_name, placed)
 
     def _simulate(self, seq: Any, phantom: Any, settings: Any) -> Iterator[Item]:
         """Run the simulation on a thread; yield progress texts meanwhile; return the signal."""
@@ -190,7 +261,9 @@ class TwinPreviewGadget(Gadget):
             raise GadgetError(f"{self.name}: the simulation failed: {type(exc).__name__}: {exc}")
         return result["signal"]
 
-    def _images(self, signal: Any, seq: Any, phantom_name: str) -> Iterable[Item]:
+    def _images(
+        self, signal: Any, seq: Any, phantom_name: str, placed: dict[str, str] | None = None
+    ) -> Iterable[Item]:
         from mr0core.io.mrd_images import make_mrd_images
         from mr0core.recon import KData, reconstruct
 
@@ -202,6 +275,7 @@ class TwinPreviewGadget(Gadget):
             "MR0Phantom": phantom_name,
             "MR0Accuracy": str(self.props["accuracy"]),
             "MR0Reconstruction": rec.method,
+            **(placed or {}),
         }
         for v in range(volumes):
             for c in range(contrasts):

@@ -10,6 +10,7 @@ import base64
 import json
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import ismrmrd
 import nibabel as nib
@@ -146,3 +147,67 @@ def test_client_preview_mode(server, tmp_path, capsys):
     direct = [m.value for m in msgs if m.id == MessageId.IMAGE]
     np.testing.assert_array_equal(image_array(got), image_array(direct[0]))
     assert client_main(["--preview", str(tmp_path / "none.seq"), "-o", str(out)]) == 2
+
+
+def _header(position: str, fov_mm: float) -> str:
+    return (
+        '<?xml version="1.0"?><ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD">'
+        f"<measurementInformation><patientPosition>{position}</patientPosition>"
+        "</measurementInformation><experimentalConditions><H1resonanceFrequency_Hz>127000000"
+        "</H1resonanceFrequency_Hz></experimentalConditions><encoding><encodedSpace><matrixSize>"
+        f"<x>64</x><y>64</y><z>1</z></matrixSize><fieldOfView_mm><x>{fov_mm}</x><y>{fov_mm}</y>"
+        "<z>5</z></fieldOfView_mm></encodedSpace><reconSpace><matrixSize><x>64</x><y>64</y>"
+        f"<z>1</z></matrixSize><fieldOfView_mm><x>{fov_mm}</x><y>{fov_mm}</y><z>5</z>"
+        "</fieldOfView_mm></reconSpace><encodingLimits/><trajectory>cartesian</trajectory>"
+        "</encoding></ismrmrdHeader>"
+    )
+
+
+def test_place_twin_turns_and_stretches():
+    import torch
+
+    from gadgets.core import GadgetError
+    from gadgets.twin import place_twin
+    from mr0core.io.mrd import parse_header
+    from mr0core.jobs import load_job_phantom
+
+    phantom, _ = load_job_phantom("brain", 16, 1)
+    pd = next(iter(phantom.values())).PD
+    mirror_x = (-torch.arange(16)) % 16
+    placed, meta = place_twin(phantom, parse_header(_header("FFS", 300)))
+    tissue = next(iter(placed.values()))
+    assert torch.equal(tissue.PD, pd[mirror_x])  # feet first: left and right swap
+    assert tissue.size[:2].tolist() == pytest.approx([0.3, 0.3])
+    assert meta == {"MR0PatientPosition": "FFS", "MR0TwinSize_mm": "300 300"}
+    placed, _ = place_twin(phantom, parse_header(_header("HFP", 300)), match_fov=False)
+    tissue = next(iter(placed.values()))
+    assert torch.equal(tissue.PD, pd[mirror_x][:, mirror_x])  # prone: a half turn
+    assert torch.equal(tissue.size, next(iter(phantom.values())).size)
+    placed, _ = place_twin(phantom, parse_header(_header("HFDR", 300)), match_fov=False)
+    assert torch.equal(next(iter(placed.values())).PD, pd.transpose(0, 1)[mirror_x])
+    with pytest.raises(GadgetError, match="patientPosition"):
+        place_twin(phantom, SimpleNamespace(measurementInformation=SimpleNamespace(
+            patientPosition="UPSIDE_DOWN")))  # fmt: skip
+
+
+def test_preview_with_header_places_the_twin(server):
+    seq = (CORPUS / "write_gre.seq").read_text()
+    job = {"seq": seq, "phantom": "brain", "size": 32, "match_fov": False}
+
+    def image(header: str | None, **extra) -> np.ndarray:
+        msgs = preview(server.address[1], {**job, **extra}, header)
+        (img,) = [m.value for m in msgs if m.id == MessageId.IMAGE]
+        return image_array(img)[..., 0]
+
+    plain = image(None)
+    n = plain.shape[0]
+    mirrored = plain[(-np.arange(n)) % n]
+    ffs = image(_header("FFS", 220))
+    corr = np.corrcoef(ffs.ravel(), mirrored.ravel())[0, 1]
+    assert corr > 0.99
+    assert corr > np.corrcoef(ffs.ravel(), plain.ravel())[0, 1] + 0.05
+    np.testing.assert_allclose(image(_header("HFS", 220)), plain, rtol=1e-5, atol=1e-6)
+    # stretched to a 120 mm FOV the brain covers about a quarter of the area it did
+    small = image(_header("HFS", 120), match_fov=True)
+    area = lambda a: (a > 0.2 * a.max()).sum()  # noqa: E731
+    assert 0.15 < area(small) / area(plain) < 0.4

@@ -270,6 +270,18 @@ class TissueDict(dict[str, VoxelGridPhantom]):
         """:meth:`VoxelGridPhantom.slices` on every tissue."""
         return self._map(lambda t: t.slices(slices))
 
+    def mirror(self, axes: SequenceABC[int]) -> TissueDict:
+        """:meth:`VoxelGridPhantom.mirror` on every tissue."""
+        return self._map(lambda t: t.mirror(axes))
+
+    def transpose_xy(self) -> TissueDict:
+        """:meth:`VoxelGridPhantom.transpose_xy` on every tissue."""
+        return self._map(lambda t: t.transpose_xy())
+
+    def with_size(self, size: SequenceABC[float] | torch.Tensor) -> TissueDict:
+        """:meth:`VoxelGridPhantom.with_size` on every tissue."""
+        return self._map(lambda t: t.with_size(size))
+
     def to(self, device: torch.device | str) -> TissueDict:
         """Every tissue on ``device``."""
         return self._map(lambda t: t.to(device))

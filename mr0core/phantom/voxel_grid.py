@@ -212,6 +212,50 @@ class VoxelGridPhantom:
     def _all_maps(self) -> dict[str, torch.Tensor]:
         return {k: getattr(self, k) for k in (*_REAL_MAPS, *_CHANNEL_MAPS)}
 
+    # ------------------------------------------------------------------ placing
+
+    def mirror(self, axes: SequenceABC[int]) -> VoxelGridPhantom:
+        """Mirror every map about the isocentre along the spatial ``axes`` (0: x, 1: y, 2: z).
+
+        Voxel ``i`` of an axis of ``n`` sits at ``(i - n // 2) · size / n``, so the mirror maps
+        voxel ``i`` to ``(-i) mod n`` (voxel ``n // 2``, the isocentre, stays; for even ``n`` the
+        first voxel, which has no mirror on the grid, stays too). Size unchanged. The source
+        affine (a NIfTI phantom's orientation) is dropped: the result describes the simulation
+        grid only.
+        """
+        dims = sorted({int(a) for a in axes})
+        if any(a not in (0, 1, 2) for a in dims):
+            raise ValueError(f"axes must be among 0, 1, 2, got {list(axes)}")
+
+        def turn(v: torch.Tensor) -> torch.Tensor:
+            for a in dims:
+                n = v.shape[a - 3]
+                index = (-torch.arange(n, device=v.device)) % n
+                v = v.index_select(a - 3 + v.dim(), index)
+            return v
+
+        maps: dict[str, Any] = {k: turn(v) for k, v in self._all_maps().items()}
+        maps["tissue_masks"] = {k: turn(v) for k, v in self.tissue_masks.items()}
+        out = self._with_maps(maps)
+        out._affine = None
+        return out
+
+    def transpose_xy(self) -> VoxelGridPhantom:
+        """Swap the x and y axes of every map and of ``size`` (a 90° turn with :meth:`mirror`)."""
+        maps: dict[str, Any] = {k: v.transpose(-3, -2) for k, v in self._all_maps().items()}
+        maps["tissue_masks"] = {k: v.transpose(-3, -2) for k, v in self.tissue_masks.items()}
+        size = self.size[[1, 0, 2]].clone()
+        out = self._with_maps(maps, size)
+        out._affine = None
+        return out
+
+    def with_size(self, size: SequenceABC[float] | torch.Tensor) -> VoxelGridPhantom:
+        """Return the same maps spanning another physical extent ``size`` ``(x, y, z)`` in m."""
+        new = torch.as_tensor(size, dtype=torch.float32).to(self.device).flatten()
+        if new.shape != (3,) or not bool(torch.all(new > 0)) or not bool(torch.isfinite(new).all()):
+            raise ValueError(f"size must be three positive lengths in m, got {size}")
+        return self._with_maps({**self._all_maps(), "tissue_masks": dict(self.tissue_masks)}, new)
+
     # ------------------------------------------------------------------ resizing
 
     def slices(self, slices: SequenceABC[int]) -> VoxelGridPhantom:
