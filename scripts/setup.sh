@@ -18,5 +18,5 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # CPU build of torch first: any other version pulls gigabytes of CUDA packages.
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[test,gadgetron]"
+python -m pip install -q -e ".[test,gadgetron,gpu,ray]"
 echo "setup: done ($(python -c 'import mr0core; print("mr0core", mr0core.__version__)'))"
