@@ -1,0 +1,134 @@
+"""The job functions workers run, by name.
+
+A job names its function (``JobSpec.function``); a worker looks it up here and calls
+``function(params, device, workdir)``. Nothing is ever imported from a name in a job: the
+registry is the only way in, as for gadget classes.
+
+A function takes JSON-able ``params``, the torch device it was placed on (``"cpu"`` or
+``"cuda"`` — a GPU worker sees its one GPU as ``cuda`` through ``CUDA_VISIBLE_DEVICES``), and a
+private working folder for files; it returns a JSON-able summary. Files it leaves in ``workdir``
+become the job's result files.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FUNCTIONS", "JobFunction", "is_out_of_memory", "job_function", "run_function"]
+
+JobFunction = Callable[[dict[str, Any], str, Path], dict[str, Any]]
+"""``(params, device, workdir) -> summary``."""
+
+FUNCTIONS: dict[str, JobFunction] = {}
+"""Job functions by name."""
+
+_MAX_SEQ = 16 * 2**20
+
+
+def job_function(name: str) -> Callable[[JobFunction], JobFunction]:
+    """Return a decorator that files a job function under ``name``."""
+
+    def register(fn: JobFunction) -> JobFunction:
+        if name in FUNCTIONS and FUNCTIONS[name] is not fn:
+            raise ValueError(f"job function {name!r} is already registered")
+        FUNCTIONS[name] = fn
+        return fn
+
+    return register
+
+
+def run_function(name: str, params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
+    """Look up and run a job function.
+
+    Raises
+    ------
+    ValueError
+        For an unknown function name or bad parameters.
+    """
+    fn = FUNCTIONS.get(name)
+    if fn is None:
+        raise ValueError(f"unknown job function {name!r} (known: {', '.join(sorted(FUNCTIONS))})")
+    if not isinstance(params, dict):
+        raise ValueError(f"job parameters must be a JSON object, got {type(params).__name__}")
+    return fn(params, device, workdir)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device (CUDA) or host allocation failure."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _number(params: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    value = params.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{key} must lie in [{lo:g}, {hi:g}], got {value}")
+    return value
+
+
+@job_function("noop")
+def noop(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
+    """Do nothing (or sleep ``sleep_s``, at most 60 s): for scheduling overhead and tests."""
+    sleep_s = _number(params, "sleep_s", 0.0, 0.0, 60.0)
+    if sleep_s:
+        time.sleep(sleep_s)
+    return {"device": device, "slept_s": sleep_s}
+
+
+@job_function("simulate")
+def simulate(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
+    """Simulate a sequence on a built-in phantom with PDG; write ``signal.npy``.
+
+    Parameters (``params``)
+    -----------------------
+    seq
+        The ``.seq`` file's text; or ``demo_flash`` (an int n: the built-in n x n FLASH).
+    phantom, size, coils
+        Built-in phantom (``brain``, ``shepp-logan``), matrix, receive coils.
+    accuracy, max_states
+        PDG thresholds (as ``mr0 simulate``).
+
+    Returns ``{"samples", "coils", "seconds", "device"}``; the signal ``[samples, coils]``
+    complex64 is in ``workdir/signal.npy``.
+    """
+    import numpy as np
+
+    from mr0core.jobs import SimSettings, build_demo_flash, load_job_phantom, run_simulation
+    from mr0core.phantom.builtin_phantoms import PHANTOMS
+    from mr0core.pulseq import read_seq_text, seq_to_sequence
+    from mr0core.sequence import Sequence
+
+    if "seq" in params:
+        text = params["seq"]
+        if not isinstance(text, str) or len(text) > _MAX_SEQ:
+            raise ValueError("seq must be the .seq file's text (at most 16 MiB)")
+        seq = seq_to_sequence(read_seq_text(text, "<job .seq>"))
+    else:
+        n = int(_number(params, "demo_flash", 64, 4, 512))
+        seq = Sequence.from_pypulseq(build_demo_flash(n))
+    name = params.get("phantom", "brain")
+    if name not in PHANTOMS:
+        raise ValueError(f"phantom must be one of {', '.join(sorted(PHANTOMS))}, got {name!r}")
+    size = int(_number(params, "size", 64, 4, 512))
+    coils = int(_number(params, "coils", 1, 1, 64))
+    acc = _number(params, "accuracy", 1e-3, 0.0, 1.0)
+    max_states = int(_number(params, "max_states", 200, 1, 100000))
+    phantom, _ = load_job_phantom(name, size, coils)
+    started = time.perf_counter()
+    signal = run_simulation(
+        seq, phantom, SimSettings(max_states=max_states, min_emitted=acc, min_latent=acc),
+        device="cuda" if device.startswith("cuda") else None, progress=False,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    np.save(workdir / "signal.npy", signal.numpy().astype(np.complex64))
+    return {"samples": int(signal.shape[0]), "coils": int(signal.shape[1]),
+            "seconds": round(seconds, 4), "device": device}  # fmt: skip
