@@ -84,6 +84,26 @@ def noop(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
     return {"device": device, "slept_s": sleep_s}
 
 
+@job_function("probe")
+def probe(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
+    """Report the worker's process id, device and environment (for status and tests)."""
+    import os
+
+    return {
+        "pid": os.getpid(), "device": device,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }  # fmt: skip
+
+
+@job_function("fail")
+def fail(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
+    """Raise: ``{"error": "oom"}`` a MemoryError, else a RuntimeError (for tests)."""
+    if params.get("error") == "oom":
+        raise MemoryError("out of memory (requested by the job)")
+    raise RuntimeError(str(params.get("message", "failed as asked")))
+
+
 @job_function("simulate")
 def simulate(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
     """Simulate a sequence on a built-in phantom with PDG; write ``signal.npy``.

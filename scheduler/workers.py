@@ -1,0 +1,326 @@
+"""Worker processes: one per GPU slot (with ``CUDA_VISIBLE_DEVICES`` set) and N for the CPU.
+
+A :class:`WorkerPool` starts the processes (``spawn``, so no CUDA state is inherited), hands a
+:class:`Task` to an idle worker of the device the scheduler chose, and reports back through two
+callbacks: ``on_outcome(Outcome)`` when a task ends (done, failed, out of memory) and
+``on_lost(worker, task)`` when a worker process dies (``kill -9``, a segfault, the OOM killer)
+with a task in hand. A dead worker is started again at once. Cancelling a running task (a
+timeout, a user's cancel) terminates its worker, which is then restarted: one task per process
+keeps that from touching other jobs, which is why a GPU with K slots has K processes.
+
+Nothing here decides anything: :mod:`scheduler.state` chooses devices, :mod:`scheduler.store`
+keeps the jobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .model import CPU
+
+__all__ = ["Outcome", "Task", "WorkerPool"]
+
+log = logging.getLogger("mr0.scheduler")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One job run, as a worker receives it.
+
+    Attributes
+    ----------
+    job_id, token
+        The job and its attempt token (from the store's claim).
+    function, params
+        The job function's registry name (:mod:`scheduler.functions`) and its parameters.
+    workdir
+        A fresh folder for the job's files.
+    """
+
+    job_id: str
+    token: int
+    function: str
+    params: dict[str, Any]
+    workdir: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a task ended in its worker.
+
+    Attributes
+    ----------
+    worker
+        The worker's name (``cuda:0/0``, ``cpu/1``, …).
+    device
+        ``cuda:<index>`` or ``cpu``.
+    task
+        The task.
+    ok
+        Whether the function returned.
+    summary
+        Its JSON-able return value (ok) or None.
+    error
+        The error text (not ok).
+    out_of_memory
+        The failure was a device or host allocation failure.
+    seconds
+        Run time of the function.
+    """
+
+    worker: str
+    device: str
+    task: Task
+    ok: bool
+    summary: dict[str, Any] | None = None
+    error: str = ""
+    out_of_memory: bool = False
+    seconds: float = 0.0
+
+
+def _worker_main(name: str, device: str, tasks: Any, results: Any) -> None:
+    """Run tasks in a worker process until ``None`` arrives (``CUDA_VISIBLE_DEVICES`` set)."""
+    from .functions import is_out_of_memory, run_function
+
+    torch_device = "cuda" if device.startswith("cuda") else "cpu"
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        results.put(("start", name, task.job_id, os.getpid()))
+        started = time.perf_counter()
+        try:
+            summary = run_function(task.function, task.params, torch_device, Path(task.workdir))
+            outcome = Outcome(name, device, task, True, summary=summary,
+                              seconds=time.perf_counter() - started)  # fmt: skip
+        except BaseException as exc:  # reported, never kills the worker
+            oom = is_out_of_memory(exc)
+            text = str(exc) if isinstance(exc, ValueError) else (
+                f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+            )  # fmt: skip
+            outcome = Outcome(name, device, task, False, error=text[:16384], out_of_memory=oom,
+                              seconds=time.perf_counter() - started)  # fmt: skip
+        results.put(("end", name, outcome))
+
+
+@dataclass
+class _Worker:
+    name: str
+    device: str
+    process: Any = None
+    tasks: Any = None
+    task: Task | None = None
+    pid: int = 0
+    restarts: int = 0
+    cancelled: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+
+class WorkerPool:
+    """Worker processes for GPU slots and the CPU.
+
+    Parameters
+    ----------
+    gpus
+        NVML indices of the GPUs to use.
+    gpu_slots
+        Worker processes (concurrent jobs) per GPU.
+    cpu_workers
+        Worker processes for CPU jobs.
+    on_outcome
+        Called (on the pool's monitor thread) with each :class:`Outcome`.
+    on_lost
+        Called with ``(worker name, device, task)`` when a worker died holding ``task``.
+    cpu_threads
+        Torch threads per CPU worker (``OMP_NUM_THREADS``); None: cores / CPU workers.
+    """
+
+    def __init__(
+        self,
+        gpus: list[int],
+        gpu_slots: int = 1,
+        cpu_workers: int = 1,
+        on_outcome: Callable[[Outcome], None] | None = None,
+        on_lost: Callable[[str, str, Task], None] | None = None,
+        cpu_threads: int | None = None,
+    ) -> None:
+        if gpu_slots < 1 or cpu_workers < 0:
+            raise ValueError("gpu_slots must be >= 1 and cpu_workers >= 0")
+        self._ctx = mp.get_context("spawn")
+        self._results = self._ctx.Queue()
+        self._workers: list[_Worker] = [
+            _Worker(f"cuda:{g}/{s}", f"cuda:{g}") for g in gpus for s in range(gpu_slots)
+        ] + [_Worker(f"cpu/{i}", CPU) for i in range(cpu_workers)]
+        self.on_outcome = on_outcome or (lambda outcome: None)
+        self.on_lost = on_lost or (lambda worker, device, task: None)
+        cores = os.cpu_count() or 1
+        self.cpu_threads = cpu_threads or max(1, cores // max(1, cpu_workers))
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._monitor: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _spawn(self, worker: _Worker) -> None:
+        worker.tasks = self._ctx.Queue()
+        env = {"CUDA_VISIBLE_DEVICES": worker.device.split(":")[1] if ":" in worker.device
+               else ""}  # fmt: skip
+        if worker.device == CPU:
+            env.update(OMP_NUM_THREADS=str(self.cpu_threads), MKL_NUM_THREADS=str(self.cpu_threads))
+        saved = {k: os.environ.get(k) for k in env}
+        # a spawned child copies the parent's environment at start: set it for that moment
+        with _ENV_LOCK:
+            os.environ.update(env)
+            try:
+                worker.process = self._ctx.Process(
+                    target=_worker_main, args=(worker.name, worker.device, worker.tasks,
+                                               self._results),
+                    name=f"mr0-worker-{worker.name}", daemon=True,
+                )  # fmt: skip
+                worker.process.start()
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+        worker.pid = worker.process.pid or 0
+        worker.task = None
+        worker.cancelled = False
+        worker.started = time.monotonic()
+
+    def start(self) -> None:
+        """Start every worker and the monitor thread."""
+        for worker in self._workers:
+            self._spawn(worker)
+        self._monitor = threading.Thread(target=self._watch, name="mr0-workers", daemon=True)
+        self._monitor.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the workers (after their current task, up to ``timeout_s``; then kill)."""
+        self._stopping.set()
+        for worker in self._workers:
+            with contextlib.suppress(Exception):
+                worker.tasks.put(None)
+        deadline = time.monotonic() + timeout_s
+        for worker in self._workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(2)
+        if self._monitor is not None:
+            self._monitor.join(2)
+
+    # -- work -----------------------------------------------------------------------------------
+
+    def idle(self, device: str) -> int:
+        """Idle workers of ``device`` (``cuda:<i>`` or ``cpu``)."""
+        with self._lock:
+            return sum(1 for w in self._workers if w.device == device and w.task is None)
+
+    def devices(self) -> list[str]:
+        """Return the devices that have workers."""
+        return sorted({w.device for w in self._workers})
+
+    def dispatch(self, device: str, task: Task) -> str:
+        """Give ``task`` to an idle worker of ``device``; return the worker's name.
+
+        Raises
+        ------
+        RuntimeError
+            If no worker of that device is idle.
+        """
+        with self._lock:
+            for worker in self._workers:
+                if worker.device == device and worker.task is None:
+                    worker.task = task
+                    worker.tasks.put(task)
+                    return worker.name
+        raise RuntimeError(f"no idle worker for {device}")
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop the worker running ``job_id`` (it restarts); return whether one was running it.
+
+        The task is then reported neither as an outcome nor as lost.
+        """
+        with self._lock:
+            for worker in self._workers:
+                if worker.task is not None and worker.task.job_id == job_id:
+                    worker.cancelled = True
+                    worker.process.kill()
+                    return True
+        return False
+
+    def running(self) -> dict[str, tuple[str, Task]]:
+        """``{job id: (worker name, task)}`` of the tasks in hand."""
+        with self._lock:
+            return {w.task.job_id: (w.name, w.task) for w in self._workers if w.task is not None}
+
+    def pids(self) -> dict[str, int]:
+        """Worker name → process id."""
+        with self._lock:
+            return {w.name: w.pid for w in self._workers}
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                message = self._results.get(timeout=0.1)
+            except queue.Empty:
+                message = None
+            except (EOFError, OSError):
+                return
+            if message is not None and message[0] == "end":
+                outcome: Outcome = message[2]
+                with self._lock:
+                    for worker in self._workers:
+                        if (
+                            worker.name == outcome.worker
+                            and worker.task is not None
+                            and (worker.task.job_id == outcome.task.job_id)
+                        ):
+                            worker.task = None
+                try:
+                    self.on_outcome(outcome)
+                except Exception:
+                    log.exception("on_outcome failed")
+            self._reap()
+
+    def _reap(self) -> None:
+        """Restart dead workers; report the task each held (unless it was cancelled)."""
+        lost: list[tuple[str, str, Task]] = []
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            for worker in self._workers:
+                if worker.process is None or worker.process.is_alive():
+                    continue
+                code = worker.process.exitcode
+                task, cancelled = worker.task, worker.cancelled
+                worker.restarts += 1
+                log.warning(
+                    "worker died",
+                    extra={"event": "worker_lost", "worker": worker.name, "exitcode": code,
+                           "job": task.job_id if task else None, "cancelled": cancelled},
+                )  # fmt: skip
+                self._spawn(worker)
+                if task is not None and not cancelled:
+                    lost.append((worker.name, worker.device, task))
+        for name, device, task in lost:
+            try:
+                self.on_lost(name, device, task)
+            except Exception:
+                log.exception("on_lost failed")
+
+
+_ENV_LOCK = threading.Lock()
