@@ -86,8 +86,15 @@ def noop(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
 
 @job_function("probe")
 def probe(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
-    """Report the worker's process id, device and environment (for status and tests)."""
+    """Report the worker's process id, device and environment (for status and tests).
+
+    ``{"write_bytes": n}`` also writes ``probe.bin`` of n bytes (at most 1 MiB) into ``workdir``.
+    """
     import os
+
+    n = int(_number(params, "write_bytes", 0, 0, 2**20))
+    if n:
+        (workdir / "probe.bin").write_bytes(bytes(range(256)) * (n // 256) + bytes(n % 256))
 
     return {
         "pid": os.getpid(), "device": device,

@@ -1,0 +1,154 @@
+"""Ray, beyond one machine: the same job functions as Ray tasks on a cluster's GPUs.
+
+``mr0-server --backend ray --address auto|HOST:PORT`` (or a :class:`RayBackend` directly)
+hands jobs to a Ray cluster instead of local worker processes. Ray places them; we write no
+cluster layer. A job asks for ``num_gpus`` = its memory estimate × the safety factor divided by
+one GPU's memory (rounded up to 1/100, at most 1), so small jobs share a GPU (fractional GPUs)
+and Ray never packs more estimated memory on a GPU than it has. A job that needs no GPU, or runs
+where the cluster has none, asks for CPUs only.
+
+A task runs :func:`scheduler.functions.run_function` in a fresh temporary folder on whichever
+node Ray chose and returns the summary with the files it wrote (bounded in size), so results
+travel through Ray's object store rather than a shared file system.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .workers import Outcome, Task
+
+__all__ = ["MAX_RESULT_BYTES", "RayBackend", "gpu_fraction"]
+
+MAX_RESULT_BYTES = 512 * 2**20
+"""Largest total size of the files one Ray task may return."""
+
+
+def gpu_fraction(estimate_bytes: int, gpu_bytes: int, safety: float = 1.2) -> float:
+    """Return the share of one GPU a job asks Ray for: estimate × safety / GPU memory.
+
+    Rounded up to 1/100 (Ray's resolution is finer; coarser shares keep packing readable),
+    at least 0.01 and at most 1.
+
+    Raises
+    ------
+    ValueError
+        For a negative estimate or a non-positive GPU size.
+    """
+    if estimate_bytes < 0 or gpu_bytes <= 0:
+        raise ValueError(
+            f"need estimate >= 0 and GPU memory > 0, got {estimate_bytes}, {gpu_bytes}"
+        )
+    share = estimate_bytes * safety / gpu_bytes
+    return min(1.0, max(0.01, math.ceil(share * 100 - 1e-9) / 100))
+
+
+def _run_task(task: Task, device: str) -> tuple[Outcome, dict[str, bytes], float, float]:
+    """Run a task on a Ray worker; return the outcome, its files and its start/end times."""
+    from .functions import is_out_of_memory, run_function
+
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="mr0-ray-") as tmp:
+        work = Path(tmp)
+        try:
+            summary = run_function(task.function, task.params, device, work)
+            outcome = Outcome("ray", device, task, True, summary=summary,
+                              seconds=time.time() - started)  # fmt: skip
+        except Exception as exc:  # reported to the driver
+            outcome = Outcome("ray", device, task, False, error=f"{type(exc).__name__}: {exc}",
+                              out_of_memory=is_out_of_memory(exc),
+                              seconds=time.time() - started)  # fmt: skip
+        files: dict[str, bytes] = {}
+        total = 0
+        for path in sorted(work.rglob("*")):
+            if path.is_file():
+                total += path.stat().st_size
+                if total > MAX_RESULT_BYTES:
+                    outcome = Outcome("ray", device, task, False,
+                                      error=f"results exceed {MAX_RESULT_BYTES} bytes")  # fmt: skip
+                    files = {}
+                    break
+                files[str(path.relative_to(work))] = path.read_bytes()
+    return outcome, files, started, time.time()
+
+
+class RayBackend:
+    """Submit tasks to a Ray cluster (or a local one).
+
+    Parameters
+    ----------
+    address
+        ``"auto"`` (a running cluster on this machine), ``"HOST:PORT"``, or None: start a local
+        Ray instance in this process.
+    gpu_bytes
+        Memory of one GPU of the cluster, for :func:`gpu_fraction` (default 80 GB).
+    safety
+        Safety factor on the memory estimates.
+    init_kwargs
+        Further ``ray.init`` arguments (e.g. ``num_gpus=2`` to declare GPUs on a local test
+        instance, ``num_cpus``).
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        gpu_bytes: int = 80 * 10**9,
+        safety: float = 1.2,
+        **init_kwargs: Any,
+    ) -> None:
+        import ray
+
+        self._ray = ray
+        self.gpu_bytes = gpu_bytes
+        self.safety = safety
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, **init_kwargs)  # fmt: skip
+        self._remote = ray.remote(max_retries=0)(_run_task)
+
+    def cluster_gpus(self) -> float:
+        """GPUs the cluster declares."""
+        return float(self._ray.cluster_resources().get("GPU", 0.0))
+
+    def submit(self, task: Task, estimate_bytes: int = 0, needs_gpu: bool = False) -> Any:
+        """Start a task; return its Ray object reference.
+
+        With GPUs in the cluster a job takes :func:`gpu_fraction` of one (every job that could
+        use a GPU does; ``needs_gpu`` on a cluster without GPUs is an error).
+
+        Raises
+        ------
+        ValueError
+            If the job needs a GPU and the cluster has none.
+        """
+        gpus = self.cluster_gpus()
+        if needs_gpu and gpus == 0:
+            raise ValueError(f"job {task.job_id} needs a GPU; the Ray cluster has none")
+        if gpus > 0:
+            share = gpu_fraction(estimate_bytes, self.gpu_bytes, self.safety)
+            return self._remote.options(num_gpus=share, num_cpus=1).remote(task, "cuda")
+        return self._remote.options(num_cpus=1).remote(task, "cpu")
+
+    def wait(
+        self, refs: list[Any], timeout_s: float | None = None
+    ) -> tuple[list[tuple[Outcome, dict[str, bytes], float, float]], list[Any]]:
+        """Return the finished results among ``refs`` (waiting up to ``timeout_s``) and the rest.
+
+        Each result is ``(outcome, files, started, ended)`` (wall-clock times on the node).
+        """
+        if not refs:
+            return [], []
+        done, rest = self._ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        return [self._ray.get(r) for r in done], list(rest)
+
+    def cancel(self, ref: Any) -> None:
+        """Cancel a task (forcefully: its worker process is killed)."""
+        self._ray.cancel(ref, force=True)
+
+    def shutdown(self) -> None:
+        """Disconnect from (or stop the local) Ray."""
+        self._ray.shutdown()
