@@ -94,8 +94,14 @@ def _worker_main(name: str, device: str, tasks: Any, results: Any) -> None:
     from .functions import is_out_of_memory, run_function
 
     torch_device = "cuda" if device.startswith("cuda") else "cpu"
+    parent = os.getppid()
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # the scheduler died (kill -9): do not linger
+                return
+            continue
         if task is None:
             return
         results.put(("start", name, task.job_id, os.getpid()))
@@ -250,15 +256,19 @@ class WorkerPool:
         raise RuntimeError(f"no idle worker for {device}")
 
     def cancel(self, job_id: str) -> bool:
-        """Stop the worker running ``job_id`` (it restarts); return whether one was running it.
+        """Kill the worker running ``job_id`` and start it again; return whether one ran it.
 
-        The task is then reported neither as an outcome nor as lost.
+        The task is then reported neither as an outcome nor as lost; the worker is idle when
+        this returns.
         """
         with self._lock:
             for worker in self._workers:
                 if worker.task is not None and worker.task.job_id == job_id:
-                    worker.cancelled = True
+                    # kill and restart at once, so the slot is free when the caller reuses it
                     worker.process.kill()
+                    worker.process.join(10)
+                    worker.restarts += 1
+                    self._spawn(worker)
                     return True
         return False
 

@@ -1,0 +1,209 @@
+"""``mr0-scheduler``: run the scheduler on a store, submit to it, show its state, cancel jobs.
+
+Every command works on the store folder (``--store DIR``, default ``$MR0_SCHEDULER_STORE`` or
+``./mr0-scheduler``); the store is the only channel between them, so ``status``, ``jobs``,
+``submit`` and ``cancel`` work whether or not a scheduler is running, and a running one picks
+up what they write (new jobs, cancellations) within its tick.
+
+::
+
+    mr0-scheduler run --cpu-workers 2              # the service, until SIGTERM
+    mr0-scheduler submit simulate --params '{"demo_flash": 64, "size": 64}' --kind batch
+    mr0-scheduler status [--json]                  # GPUs (NVML), queue, running jobs, counts
+    mr0-scheduler jobs [--state done] [--json]
+    mr0-scheduler cancel JOB
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .model import JOB_STATES, JobKind
+
+__all__ = ["main"]
+
+
+def _store_dir(opts: argparse.Namespace) -> Path:
+    return Path(opts.store or os.environ.get("MR0_SCHEDULER_STORE") or "mr0-scheduler")
+
+
+def _fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _run(opts: argparse.Namespace) -> int:
+    from .gpu import GpuMonitor
+    from .service import Scheduler
+
+    monitor = GpuMonitor(interval_s=opts.nvml_interval)
+    sched = Scheduler(_store_dir(opts), monitor=monitor, gpu_slots=opts.gpu_slots,
+                      cpu_workers=opts.cpu_workers, safety=opts.safety)  # fmt: skip
+    done = threading.Event()
+
+    def stop(signum: int, _frame: Any) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    requeued = sched.start()
+    gpus = len(monitor.snapshot())
+    print(f"mr0-scheduler: running on {_store_dir(opts)} ({gpus} GPUs, {opts.cpu_workers} CPU "
+          f"workers); {len(requeued)} jobs requeued", flush=True)  # fmt: skip
+    while not done.wait(0.5):
+        pass
+    sched.stop()
+    return 0
+
+
+def _status(opts: argparse.Namespace) -> int:
+    from .gpu import GpuMonitor
+    from .store import JobStore
+
+    store = JobStore(_store_dir(opts))
+    monitor = GpuMonitor(interval_s=0)
+    gpus = monitor.snapshot()
+    queued = store.queued()
+    running = store.jobs("running", limit=1000)
+    out = {
+        "gpu_monitor": "nvml" if monitor.available else monitor.reason,
+        "gpus": [{"device": g.device, "name": g.name, "total_bytes": g.total_bytes,
+                  "free_bytes": g.free_bytes, "utilization": g.utilization,
+                  "temperature_c": g.temperature_c,
+                  "processes": [{"pid": p.pid, "used_bytes": p.used_bytes} for p in g.processes]}
+                 for g in gpus],
+        "queued": [{"job": r.id, "kind": r.kind.name.lower(), "function": r.function,
+                    "attempts": r.attempts, "estimate_bytes": r.estimate_bytes} for r in queued],
+        "running": [{"job": r.id, "kind": r.kind.name.lower(), "device": r.device,
+                     "seconds": round(time.time() - (r.started or time.time()), 1),
+                     "attempts": r.attempts} for r in running],
+        "counts": store.counts(),
+    }  # fmt: skip
+    if opts.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"GPUs ({out['gpu_monitor']}):")
+    for g in out["gpus"]:
+        print(f"  {g['device']:8} {g['name'][:28]:28} free {_fmt_bytes(g['free_bytes'])} of "
+              f"{_fmt_bytes(g['total_bytes'])}, {g['utilization']:.0f} %, "
+              f"{len(g['processes'])} processes")  # fmt: skip
+    if not out["gpus"]:
+        print("  none")
+    print(f"running ({len(out['running'])}):")
+    for r in out["running"]:
+        print(f"  {r['job']:24} {r['kind']:9} {r['device']:8} {r['seconds']:8.1f} s "
+              f"attempt {r['attempts']}")  # fmt: skip
+    print(f"queued ({len(out['queued'])}):")
+    for r in out["queued"]:
+        print(f"  {r['job']:24} {r['kind']:9} {r['function']:10} "
+              f"~{_fmt_bytes(r['estimate_bytes'])}")  # fmt: skip
+    print("counts: " + ", ".join(f"{k} {v}" for k, v in out["counts"].items()))
+    return 0
+
+
+def _jobs(opts: argparse.Namespace) -> int:
+    from .store import JobStore
+
+    records = JobStore(_store_dir(opts)).jobs(opts.state, limit=opts.limit)
+    if opts.json:
+        print(json.dumps([r.as_dict() for r in records], indent=2, default=str))
+        return 0
+    for r in records:
+        extra = f" {r.error.splitlines()[0][:60]}" if r.error else ""
+        print(f"{r.id:24} {r.state:9} {r.kind.name.lower():9} {r.function:10} "
+              f"attempts {r.attempts}{' on ' + r.device if r.device else ''}{extra}")  # fmt: skip
+    return 0
+
+
+def _cancel(opts: argparse.Namespace) -> int:
+    from .store import JobStore, StoreError
+
+    try:
+        ok = JobStore(_store_dir(opts)).cancel(opts.job)
+    except (StoreError, ValueError, LookupError) as exc:
+        print(f"mr0-scheduler: {exc}", file=sys.stderr)
+        return 2
+    print(f"{opts.job}: {'cancelled' if ok else 'already finished'}")
+    return 0 if ok else 1
+
+
+def _submit(opts: argparse.Namespace) -> int:
+    import uuid
+
+    from .functions import FUNCTIONS
+    from .model import JobSpec
+    from .service import _estimate
+    from .store import JobStore
+
+    if opts.function not in FUNCTIONS:
+        print(f"mr0-scheduler: unknown function {opts.function!r} "
+              f"(known: {', '.join(sorted(FUNCTIONS))})", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        params = json.loads(opts.params)
+    except json.JSONDecodeError as exc:
+        print(f"mr0-scheduler: --params is not JSON: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(params, dict):
+        print("mr0-scheduler: --params must be a JSON object", file=sys.stderr)
+        return 2
+    spec = JobSpec(
+        id=opts.id or uuid.uuid4().hex[:16], kind=JobKind.parse(opts.kind),
+        estimate_bytes=_estimate(opts.function, params), function=opts.function, params=params,
+        allow_cpu=not opts.gpu_only, needs_gpu=opts.gpu_only, timeout_s=opts.timeout,
+        submitted=time.time(),
+    )  # fmt: skip
+    JobStore(_store_dir(opts)).submit(spec)
+    print(spec.id)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``mr0-scheduler``."""
+    parser = argparse.ArgumentParser(prog="mr0-scheduler", description=__doc__.splitlines()[0])
+    parser.add_argument("--store", help="store folder (default $MR0_SCHEDULER_STORE or "
+                        "./mr0-scheduler)")  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the scheduler service until SIGTERM")
+    run.add_argument("--gpu-slots", type=int, default=1, help="concurrent jobs per GPU")
+    run.add_argument("--cpu-workers", type=int, default=1, help="CPU worker processes")
+    run.add_argument("--safety", type=float, default=1.2, help="factor on memory estimates")
+    run.add_argument("--nvml-interval", type=float, default=1.0, help="seconds between polls")
+    status = sub.add_parser("status", help="GPUs, queue, running jobs")
+    status.add_argument("--json", action="store_true")
+    jobs = sub.add_parser("jobs", help="list jobs, newest first")
+    jobs.add_argument("--state", choices=JOB_STATES)
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.add_argument("--json", action="store_true")
+    cancel = sub.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("job")
+    submit = sub.add_parser("submit", help="queue a job (prints its id)")
+    submit.add_argument("function", help="job function (noop, probe, simulate, ...)")
+    submit.add_argument("--params", default="{}", help="JSON object of its parameters")
+    submit.add_argument("--kind", default="batch", choices=[k.name.lower() for k in JobKind])
+    submit.add_argument("--gpu-only", action="store_true", help="never run it on the CPU")
+    submit.add_argument("--timeout", type=float, help="seconds before it is stopped")
+    submit.add_argument("--id", help="job id (default: random)")
+    opts = parser.parse_args(argv)
+    if getattr(opts, "cpu_workers", 1) < 0 or getattr(opts, "gpu_slots", 1) < 1:
+        parser.error("--cpu-workers must be >= 0 and --gpu-slots >= 1")
+    handler = {"run": _run, "status": _status, "jobs": _jobs, "cancel": _cancel,
+               "submit": _submit}[opts.command]  # fmt: skip
+    return handler(opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,358 @@
+"""The scheduler service: the durable store, the decisions and the worker processes, joined.
+
+:class:`Scheduler` owns a :class:`~scheduler.store.JobStore` (what is to be done, durably), a
+:class:`~scheduler.state.SchedulerState` (what to do next; pure) and a
+:class:`~scheduler.workers.WorkerPool` (who does it), and a :class:`~scheduler.gpu.GpuMonitor`
+for NVML snapshots. One loop thread feeds the state its events: new jobs found in the store
+(submitted by this process or by others, e.g. ``mr0-scheduler submit``), GPU snapshots, clock
+ticks (timeouts), and cancellations written to the store (``mr0-scheduler cancel``); worker
+outcomes and lost workers arrive on the pool's thread. Every instruction the state returns is
+carried out here: ``Start`` claims the job in the store (its attempt token) and hands it to an
+idle worker of that device; ``Requeue``/``Fail`` record it; ``Cancel`` kills the worker.
+
+A finished job's working folder (its files and ``summary.json``) becomes its result in the
+store (:meth:`JobStore.complete <scheduler.store.JobStore.complete>`, accepted only with the
+current token, so no job completes twice). :meth:`Scheduler.start` first recovers the store:
+jobs a killed scheduler left running are queued again (attempts + 1, up to their limit).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .functions import FUNCTIONS
+from .gpu import GpuMonitor
+from .model import JobKind, JobSpec
+from .state import Cancel, Cancelled, Fail, Instruction, Requeue, SchedulerState, Start
+from .store import JobRecord, JobStore, StoreError
+from .workers import Outcome, Task, WorkerPool
+
+__all__ = ["Scheduler", "job_result"]
+
+log = logging.getLogger("mr0.scheduler")
+
+_FINAL = ("done", "failed", "cancelled")
+
+
+class Scheduler:
+    """An in-process scheduler with worker processes (see the module docstring).
+
+    Parameters
+    ----------
+    root
+        The store folder (created if missing).
+    monitor
+        The GPU monitor; default one on NVML (CPU only without a driver).
+    gpu_slots
+        Worker processes, and so concurrent jobs, per GPU.
+    cpu_workers
+        CPU worker processes.
+    safety, starvation_s, settle_s
+        :class:`~scheduler.state.SchedulerState` settings.
+    tick_s
+        Period of the loop (s): snapshots, timeouts, store polling.
+    cpu_threads
+        Torch threads per CPU worker (default: cores / CPU workers).
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        monitor: GpuMonitor | None = None,
+        gpu_slots: int = 1,
+        cpu_workers: int = 1,
+        safety: float = 1.2,
+        starvation_s: float = 300.0,
+        settle_s: float = 5.0,
+        tick_s: float = 0.1,
+        cpu_threads: int | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.store = JobStore(self.root)
+        self.monitor = monitor if monitor is not None else GpuMonitor(interval_s=1.0)
+        self.state = SchedulerState(gpu_slots=gpu_slots, cpu_slots=cpu_workers, safety=safety,
+                                    starvation_s=starvation_s, settle_s=settle_s)  # fmt: skip
+        gpus = [g.index for g in self.monitor.snapshot()]
+        self.pool = WorkerPool(gpus, gpu_slots=gpu_slots, cpu_workers=cpu_workers,
+                               on_outcome=self._outcome, on_lost=self._lost,
+                               cpu_threads=cpu_threads)  # fmt: skip
+        self.tick_s = tick_s
+        self._lock = threading.RLock()
+        self._tokens: dict[str, int] = {}
+        self._known: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._snapshot_at: float | None = None
+        self.work = self.root / "work"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> list[str]:
+        """Recover the store, start the workers and the loop; return the requeued job ids."""
+        requeued = self.store.recover()
+        if requeued:
+            log.warning("jobs requeued after a restart", extra={"event": "recover",
+                                                                 "jobs": requeued})  # fmt: skip
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.pool.start()
+        with self._lock:
+            self._feed_snapshots(force=True)
+            self._sync_store()
+        self._thread = threading.Thread(target=self._loop, name="mr0-scheduler", daemon=True)
+        self._thread.start()
+        return requeued
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the loop and the workers (running jobs stay ``running`` for the next start)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self.pool.stop(timeout_s)
+
+    def __enter__(self) -> Scheduler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- API ------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        function: str,
+        params: dict[str, Any] | None = None,
+        kind: str | JobKind = JobKind.BATCH,
+        *,
+        estimate_bytes: int | None = None,
+        allow_cpu: bool = True,
+        needs_gpu: bool = False,
+        timeout_s: float | None = None,
+        max_attempts: int = 3,
+        job_id: str | None = None,
+    ) -> str:
+        """Queue a job durably; return its id.
+
+        ``estimate_bytes`` None: :func:`scheduler.estimate.estimate_job` of the function and
+        parameters (0 when it has no estimate for the function).
+
+        Raises
+        ------
+        ValueError
+            For an unknown function or bad parameters.
+        """
+        if function not in FUNCTIONS:
+            raise ValueError(f"unknown job function {function!r}")
+        params = dict(params or {})
+        if estimate_bytes is None:
+            estimate_bytes = _estimate(function, params)
+        spec = JobSpec(
+            id=job_id or uuid.uuid4().hex[:16], kind=JobKind.parse(kind),
+            estimate_bytes=int(estimate_bytes), function=function, params=params,
+            allow_cpu=allow_cpu, needs_gpu=needs_gpu, timeout_s=timeout_s,
+            submitted=time.time(), max_attempts=max_attempts,
+        )  # fmt: skip
+        self.store.submit(spec)
+        with self._lock:
+            self._sync_store()
+        return spec.id
+
+    def wait(self, job_id: str, timeout_s: float | None = None) -> JobRecord:
+        """Wait until the job is final (or ``timeout_s`` passed); return its record."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            record = self.store.get(job_id)
+            if record.state in _FINAL or (deadline is not None and time.monotonic() > deadline):
+                return record
+            time.sleep(0.02)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued or running job; return whether it was not yet final."""
+        with self._lock:
+            ok = self.store.cancel(job_id)
+            self._apply(self.state.cancel(job_id, time.time()))
+            return ok
+
+    def status(self) -> dict[str, Any]:
+        """GPUs (NVML view and our reservations), queue, running jobs, counts (JSON-able)."""
+        with self._lock:
+            now = time.time()
+            reserved = self.state.reserved_bytes()
+            return {
+                "gpus": [
+                    {
+                        "device": g.device,
+                        "name": g.name,
+                        "total_bytes": g.total_bytes,
+                        "free_bytes": g.free_bytes,
+                        "utilization": g.utilization,
+                        "temperature_c": g.temperature_c,
+                        "processes": len(g.processes),
+                        "reserved_bytes": reserved.get(g.device, 0),
+                    }
+                    for g in self.monitor.snapshot()
+                ],
+                "gpu_monitor": "nvml" if self.monitor.available else self.monitor.reason,
+                "queued": [
+                    {
+                        "job": q.job_id,
+                        "kind": q.kind.name.lower(),
+                        "waited_s": round(q.waited_s, 1),
+                        "need_bytes": q.need_bytes,
+                        "claim": q.claim,
+                        "attempts": q.attempts,
+                    }
+                    for q in self.state.queued(now)
+                ],
+                "running": [
+                    {
+                        "job": r.job_id,
+                        "kind": r.kind.name.lower(),
+                        "device": r.device,
+                        "seconds": round(now - r.started_at, 1),
+                        "attempts": r.attempts,
+                    }
+                    for r in self.state.running()
+                ],
+                "counts": self.store.counts(),
+                "workers": self.pool.pids(),
+            }
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            try:
+                with self._lock:
+                    self._feed_snapshots()
+                    self._sync_store()
+                    self._apply(self.state.tick(time.time()))
+            except Exception:  # the loop must survive anything
+                log.exception("scheduler loop error")
+
+    def _feed_snapshots(self, force: bool = False) -> None:
+        snaps = self.monitor.snapshot()
+        taken = self.monitor.taken_at
+        if force or (taken is not None and taken != self._snapshot_at):
+            self._snapshot_at = taken
+            self._apply(self.state.gpus(snaps, time.time()))
+
+    def _sync_store(self) -> None:
+        """Queue jobs new in the store; cancel jobs cancelled in the store."""
+        now = time.time()
+        for record in self.store.queued():
+            if record.id in self._known:
+                continue
+            self._known.add(record.id)
+            spec = record.spec()
+            left = max(1, spec.max_attempts - record.attempts)  # starts already used count
+            spec = JobSpec(**{**spec.__dict__, "max_attempts": left})
+            self._apply(self.state.submit(spec, now))
+        for job in self.state.running():
+            try:
+                if self.store.get(job.job_id).state == "cancelled":
+                    self._apply(self.state.cancel(job.job_id, now))
+            except StoreError:
+                continue
+
+    # -- instructions ---------------------------------------------------------------------------
+
+    def _apply(self, instructions: list[Instruction]) -> None:
+        for ins in instructions:
+            if isinstance(ins, Start):
+                self._start(ins)
+            elif isinstance(ins, Requeue):
+                token = self._tokens.pop(ins.job_id, None)
+                if token is not None:
+                    self.store.fail(ins.job_id, token, ins.reason, retry=True)
+                log.info("job requeued", extra={"event": "requeue", "job": ins.job_id,
+                                                "reason": ins.reason})  # fmt: skip
+            elif isinstance(ins, Fail):
+                token = self._tokens.pop(ins.job_id, None)
+                if token is not None:
+                    self.store.fail(ins.job_id, token, ins.reason, retry=False)
+                else:
+                    self.store.cancel(ins.job_id, ins.reason)
+                log.warning("job failed", extra={"event": "job_failed", "job": ins.job_id,
+                                                 "reason": ins.reason})  # fmt: skip
+            elif isinstance(ins, Cancel):
+                self.pool.cancel(ins.job_id)
+            elif isinstance(ins, Cancelled):
+                self._tokens.pop(ins.job_id, None)
+                self.store.cancel(ins.job_id, ins.reason)
+
+    def _start(self, ins: Start) -> None:
+        record = self.store.get(ins.job_id)
+        token = self.store.claim(ins.job_id, ins.device, worker=ins.device)
+        if token is None:  # cancelled (or taken) in the store meanwhile
+            self._apply(self.state.cancel(ins.job_id, time.time()))
+            return
+        self._tokens[ins.job_id] = token
+        workdir = self.work / f"{ins.job_id}.{token}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        task = Task(ins.job_id, token, record.function, record.params, str(workdir))
+        try:
+            self.pool.dispatch(ins.device, task)
+        except RuntimeError as exc:  # no idle worker: treat as a lost start
+            log.error("dispatch failed: %s", exc)
+            self._apply(self.state.worker_lost(ins.job_id, time.time()))
+            return
+        log.info("job started", extra={"event": "start", "job": ins.job_id,
+                                        "device": ins.device, "attempt": token})  # fmt: skip
+
+    # -- worker callbacks -----------------------------------------------------------------------
+
+    def _outcome(self, outcome: Outcome) -> None:
+        task = outcome.task
+        with self._lock:
+            if self._tokens.get(task.job_id) != task.token:
+                shutil.rmtree(task.workdir, ignore_errors=True)
+                return  # a stale worker (cancelled or requeued meanwhile)
+            now = time.time()
+            if outcome.ok:
+                workdir = Path(task.workdir)
+                (workdir / "summary.json").write_text(json.dumps(outcome.summary))
+                accepted = self.store.complete(task.job_id, task.token, workdir)
+                self._tokens.pop(task.job_id, None)
+                if accepted:
+                    self._apply(self.state.finished(task.job_id, now, device=outcome.device))
+                else:
+                    self._apply(self.state.cancel(task.job_id, now))
+                shutil.rmtree(workdir, ignore_errors=True)
+            else:
+                shutil.rmtree(task.workdir, ignore_errors=True)
+                self._apply(self.state.failed(task.job_id, outcome.error, now,
+                                              oom=outcome.out_of_memory,
+                                              device=outcome.device))  # fmt: skip
+
+    def _lost(self, worker: str, device: str, task: Task) -> None:
+        with self._lock:
+            if self._tokens.get(task.job_id) == task.token:
+                self._apply(self.state.worker_lost(task.job_id, time.time()))
+
+
+def _estimate(function: str, params: dict[str, Any]) -> int:
+    try:
+        from .estimate import estimate_job
+    except ImportError:
+        return 0
+    try:
+        return int(estimate_job(function, params))
+    except ValueError:
+        return 0
+
+
+def job_result(store: JobStore, job_id: str) -> Path | None:
+    """Return the folder of a done job's files (``summary.json`` and what it wrote), or None."""
+    path = store.result_path(job_id)
+    if path is None:
+        return None
+    return path if path.is_dir() else path.parent
