@@ -117,7 +117,20 @@ def _worker_main(name: str, device: str, tasks: Any, results: Any) -> None:
             )  # fmt: skip
             outcome = Outcome(name, device, task, False, error=text[:16384], out_of_memory=oom,
                               seconds=time.perf_counter() - started)  # fmt: skip
+        if torch_device == "cuda":  # the scheduler takes "ended" as "memory released"
+            _release_cuda_memory()
         results.put(("end", name, outcome))
+
+
+def _release_cuda_memory() -> None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 @dataclass
