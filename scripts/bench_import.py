@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import benchlib  # scripts/benchlib.py (the script's own folder is on sys.path)
 import pypulseq as pp
 import torch
 
@@ -62,16 +63,9 @@ def mz_import(path: Path) -> object:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return (
-        f"{cpu}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
+        f"{benchlib.cpu_name()}, {torch.get_num_threads()} torch threads, Python "
+        f"{platform.python_version()}, "
         f"torch {torch.__version__}, pypulseq {pp.__version__}"
     )
 

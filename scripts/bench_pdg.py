@@ -43,6 +43,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import benchlib  # scripts/benchlib.py (the script's own folder is on sys.path)
+
 REPO = Path(__file__).resolve().parent.parent
 CORPORA = (REPO / "tests" / "data" / "seq-corpus", REPO.parent / "shared" / "seq-corpus")
 CASES = ("write_gre", "write_tse", "write_epi", "write_radial_gre", "write_haste")
@@ -169,13 +171,7 @@ def _nrmse(path: Path, ref_path: Path) -> float:
 def _machine(opts: argparse.Namespace) -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores, {opts.threads} threads, Python "
+    text = f"{benchlib.cpu_name()}, {os.cpu_count()} cores, {opts.threads} threads, Python "
     text += f"{platform.python_version()}, torch {torch.__version__}"
     if opts.device == "cuda":
         text += f", GPU {torch.cuda.get_device_name()}"

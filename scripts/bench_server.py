@@ -28,7 +28,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import benchlib  # scripts/benchlib.py (the script's own folder is on sys.path)
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
@@ -163,17 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import tempfile
 
-    import torch
-
     header, acqs = _dataset()
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    machine = f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-    machine += f"torch {torch.__version__}"
+    machine = benchlib.machine()
     print(f"machine: {machine}")
     print(f"dataset: {LINES} lines x {COILS} coils x {SAMPLES} samples")
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,25 @@
+"""Shared helpers of the ``bench_*.py`` scripts (imported as ``benchlib`` from this folder)."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def cpu_name() -> str:
+    """Return the CPU model from ``/proc/cpuinfo`` (else what :mod:`platform` knows)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return cpu
+
+
+def machine() -> str:
+    """Return ``"<CPU>, <n> cores, Python <v>, torch <v>"`` for a benchmark's header."""
+    import torch
+
+    return (f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"torch {torch.__version__}")  # fmt: skip
