@@ -108,6 +108,9 @@ class Context:
     store
         The server's job and reference store (:class:`gadgets.store.Store`, ``--store``), for
         background jobs, retrieval and external reference scans; None: there is none.
+    scheduler
+        The server's :class:`scheduler.service.Scheduler`: simulations run as its jobs (in
+        worker processes, on a GPU when one fits); None: in the session's own thread.
     """
 
     header: ismrmrd.xsd.ismrmrdHeader | None = None
@@ -119,6 +122,7 @@ class Context:
     phantoms_dir: Path | None = None
     chains_dir: Path | None = None
     store: Any = None
+    scheduler: Any = None
 
 
 @dataclass(frozen=True)

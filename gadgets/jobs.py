@@ -195,6 +195,7 @@ class JobRunner:
                 context = Context(
                     save_dir=self.context.save_dir, phantoms_dir=self.context.phantoms_dir,
                     chains_dir=self.context.chains_dir, store=self.store,
+                    scheduler=self.context.scheduler,
                     logger=logging.getLogger(f"mr0.gadgets.{job_id}"),
                 )  # fmt: skip
                 run_job(self.store, job_id, context)

@@ -102,6 +102,8 @@ class RetroSimGadget(TwinPreviewGadget):
         "fit_scale": Property("bool", True, "scale the simulation onto the measurement"),
     }
 
+    job_kind: ClassVar[str] = "retrosim"
+
     def process(self, items: Iterator[Item]) -> Iterator[Item]:
         """Collect the acquisitions, simulate, reconstruct both, compare."""
         import ismrmrd

@@ -33,6 +33,7 @@ import ctypes
 import json
 import logging
 import queue
+import shutil
 import signal
 import socket
 import sqlite3
@@ -73,6 +74,10 @@ class ServerConfig:
     phantoms_dir: Path | None = None
     store_dir: Path | None = None
     job_workers: int = 1
+    scheduler: bool = True
+    scheduler_dir: Path | None = None
+    sim_workers: int = 1
+    gpu_slots: int = 1
     limits: Limits = field(default_factory=Limits)
     max_sessions: int = 16
     max_session_bytes: int = 8 * 2**30
@@ -118,6 +123,8 @@ class MrdServer:
         self.sessions_failed = 0
         self.store: Store | None = None
         self.runner: JobRunner | None = None
+        self.scheduler: Any = None
+        self._scheduler_tmp: Path | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -131,10 +138,13 @@ class MrdServer:
             raise FileNotFoundError(f"chain folder not found: {cfg.chains_dir}")
         if cfg.save_dir is not None:
             cfg.save_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.scheduler and self.scheduler is None:
+            self._start_scheduler()
         if cfg.store_dir is not None and self.store is None:
             self.store = Store(cfg.store_dir)
             template = Context(save_dir=cfg.save_dir, phantoms_dir=cfg.phantoms_dir,
-                               chains_dir=cfg.chains_dir, store=self.store)  # fmt: skip
+                               chains_dir=cfg.chains_dir, store=self.store,
+                               scheduler=self.scheduler)  # fmt: skip
             self.runner = JobRunner(self.store, template, workers=cfg.job_workers)
             self.runner.start()  # jobs a stopped server left run again
         family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
@@ -149,6 +159,22 @@ class MrdServer:
         threading.Thread(target=self._accept_loop, name="mr0-accept", daemon=True).start()
         log.info("listening", extra={"event": "listen", "address": f"{self.address}"})
         return self.address
+
+    def _start_scheduler(self) -> None:
+        """Start the in-process scheduler (simulations run as its jobs, in worker processes)."""
+        import tempfile
+
+        from scheduler.service import Scheduler
+
+        cfg = self.config
+        root = cfg.scheduler_dir
+        if root is None and cfg.store_dir is not None:
+            root = cfg.store_dir / "scheduler"
+        if root is None:
+            self._scheduler_tmp = root = Path(tempfile.mkdtemp(prefix="mr0-scheduler-"))
+        self.scheduler = Scheduler(root, gpu_slots=cfg.gpu_slots, cpu_workers=cfg.sim_workers)
+        self.scheduler.start()
+        log.info("scheduler started", extra={"event": "scheduler", "root": str(root)})
 
     def serve_forever(self) -> None:
         """Start (if needed) and block until :meth:`shutdown` has finished."""
@@ -169,6 +195,11 @@ class MrdServer:
         left = self.active_sessions()
         if self.runner is not None:
             self.runner.stop(max(0.0, deadline - time.monotonic()))
+        if self.scheduler is not None:
+            self.scheduler.stop(max(1.0, deadline - time.monotonic()))
+            self.scheduler = None
+        if self._scheduler_tmp is not None:
+            shutil.rmtree(self._scheduler_tmp, ignore_errors=True)
         log.info("stopped", extra={"event": "stop", "unfinished_sessions": left})
 
     def active_sessions(self) -> int:
@@ -206,7 +237,7 @@ class MrdServer:
         extra = {"session": sid, "peer": f"{peer[0]}:{peer[1]}"}
         started = time.monotonic()
         try:
-            Session(self.config, conn, sid, extra, self.store, self.runner).run()
+            Session(self.config, conn, sid, extra, self.store, self.runner, self.scheduler).run()
             self.sessions_served += 1
         except Exception:  # a bug in a session never ends the server
             self.sessions_failed += 1
@@ -243,10 +274,12 @@ class Session:
         extra: dict[str, str],
         store: Store | None = None,
         runner: JobRunner | None = None,
+        scheduler: Any = None,
     ) -> None:
         self.config = config
         self.store = store
         self.runner = runner
+        self.scheduler = scheduler
         self.conn = conn
         self.sid = sid
         self.extra = extra
@@ -408,7 +441,7 @@ class Session:
             header=header, header_xml=pre.header_xml or "", session_id=self.sid,
             save_dir=self.config.save_dir, logger=logging.getLogger(f"mr0.gadgets.{self.sid}"),
             parameters=dict(pre.overrides), phantoms_dir=self.config.phantoms_dir,
-            chains_dir=self.config.chains_dir, store=self.store,
+            chains_dir=self.config.chains_dir, store=self.store, scheduler=self.scheduler,
         )  # fmt: skip
         chain = Chain(parse_chain(pre.config_xml), context, pre.overrides)
         log.info(
@@ -656,6 +689,24 @@ def main(argv: list[str] | None = None) -> int:
                         "reference scans (created if missing)")  # fmt: skip
     parser.add_argument("--job-workers", type=int, default=1,
                         help="background jobs run at once (default 1)")  # fmt: skip
+    parser.add_argument(
+        "--no-scheduler",
+        action="store_true",
+        help="run simulations in the session's thread, not as scheduler jobs",
+    )
+    parser.add_argument(
+        "--scheduler-dir",
+        type=Path,
+        help="the scheduler's store (default STORE/scheduler, else temporary)",
+    )
+    parser.add_argument(
+        "--sim-workers",
+        type=int,
+        default=1,
+        help="CPU worker processes of the scheduler (default 1)",
+    )
+    parser.add_argument("--gpu-slots", type=int, default=1,
+                        help="concurrent simulations per GPU (default 1)")  # fmt: skip
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error"))  # fmt: skip
     parser.add_argument("--log-format", default="json", choices=("json", "text"))
@@ -673,10 +724,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-sessions must be at least 1")
     if opts.job_workers < 1:
         parser.error("--job-workers must be at least 1")
+    if opts.sim_workers < 0 or opts.gpu_slots < 1:
+        parser.error("--sim-workers must be >= 0 and --gpu-slots >= 1")
     server = MrdServer(
         ServerConfig(
             host=opts.host, port=opts.port, chains_dir=opts.chains, save_dir=opts.save_dir,
             phantoms_dir=opts.phantoms, store_dir=opts.store, job_workers=opts.job_workers,
+            scheduler=not opts.no_scheduler, scheduler_dir=opts.scheduler_dir,
+            sim_workers=opts.sim_workers, gpu_slots=opts.gpu_slots,
             max_sessions=opts.max_sessions, max_session_bytes=int(opts.max_session_mb * 2**20),
             grace_s=opts.grace,
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import queue
 import tempfile
@@ -226,8 +227,13 @@ class TwinPreviewGadget(Gadget):
             yield from _acquisitions(signal, seq)
         yield from self._images(signal, seq, phantom_name, placed)
 
+    job_kind: ClassVar[str] = "preview"
+    """The scheduler's priority class of this gadget's simulations."""
+
     def _simulate(self, seq: Any, phantom: Any, settings: Any) -> Iterator[Item]:
-        """Run the simulation on a thread; yield progress texts meanwhile; return the signal."""
+        """Simulate (a scheduler job, or on a thread); yield progress texts; return the signal."""
+        if self.context.scheduler is not None:
+            return (yield from self._simulate_job(seq, phantom, settings))
         from mr0core.jobs import run_simulation
 
         updates: queue.Queue[tuple[int, int]] = queue.Queue()
@@ -260,6 +266,61 @@ class TwinPreviewGadget(Gadget):
             exc = result["error"]
             raise GadgetError(f"{self.name}: the simulation failed: {type(exc).__name__}: {exc}")
         return result["signal"]
+
+    def _simulate_job(self, seq: Any, phantom: Any, settings: Any) -> Iterator[Item]:
+        """Run the simulation as a job of the server's scheduler (``simulate_saved``).
+
+        The sequence and the built twin go to a folder of the scheduler's store; progress comes
+        back through its ``progress.json``; a session that ends early cancels the job.
+        """
+        import shutil
+
+        import numpy as np
+        import torch
+
+        from scheduler.service import job_result
+
+        sched = self.context.scheduler
+        folder = sched.inputs_folder()
+        job = None
+        try:
+            data = phantom.build() if hasattr(phantom, "build") else phantom
+            torch.save(seq, folder / "seq.pt")
+            torch.save(data, folder / "phantom.pt")
+            params = {
+                "inputs": str(folder), "max_states": settings.max_states,
+                "min_state_mag": settings.min_state_mag, "min_emitted": settings.min_emitted,
+                "min_latent": settings.min_latent, "noise": self.props["noise"],
+                "seed": self.props["seed"],
+            }  # fmt: skip
+            job = sched.submit("simulate_saved", params, self.job_kind)
+            started = last = time.monotonic()
+            state = ""
+            while True:
+                record = sched.store.get(job)
+                if record.state in ("done", "failed", "cancelled"):
+                    break
+                now = time.monotonic()
+                if now - last >= self.props["progress_s"] or record.state != state:
+                    last, state = now, record.state
+                    text = {"status": "simulating" if state == "running" else "queued",
+                            "job": job, "seconds": round(now - started, 1)}  # fmt: skip
+                    with contextlib.suppress(OSError, ValueError):
+                        text.update(json.loads((folder / "progress.json").read_text()))
+                    yield Text(json.dumps(text))
+                time.sleep(0.05)
+            if record.state != "done":
+                raise GadgetError(
+                    f"{self.name}: the simulation job {job} {record.state}: {record.error}"
+                )
+            result = job_result(sched.store, job)
+            return torch.from_numpy(np.load(result / "signal.npy"))
+        except GeneratorExit:  # the session ended: do not leave the job running
+            if job is not None:
+                sched.cancel(job)
+            raise
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _images(
         self, signal: Any, seq: Any, phantom_name: str, placed: dict[str, str] | None = None

@@ -159,3 +159,60 @@ def simulate(params: dict[str, Any], device: str, workdir: Path) -> dict[str, An
     np.save(workdir / "signal.npy", signal.numpy().astype(np.complex64))
     return {"samples": int(signal.shape[0]), "coils": int(signal.shape[1]),
             "seconds": round(seconds, 4), "device": device}  # fmt: skip
+
+
+@job_function("simulate_saved")
+def simulate_saved(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
+    """Simulate a sequence and phantom that the submitter saved with ``torch.save``.
+
+    For in-process submitters (the server's twin gadgets) whose sequence and twin are objects
+    (a header-built protocol, a placed twin) rather than a ``.seq`` text and a name. ``inputs``
+    is the folder the submitter made with :meth:`scheduler.service.Scheduler.inputs_folder`:
+    ``seq.pt`` (an :class:`mr0core.Sequence`) and ``phantom.pt`` (a built ``SimData``); the
+    files are trusted as the store itself is (only the server writes them). Progress goes to
+    ``inputs/progress.json`` (``{"done", "of"}``, every 0.5 s) for the submitter to relay.
+
+    Other parameters: ``max_states``, ``min_state_mag``, ``min_emitted``, ``min_latent``,
+    ``noise``, ``seed``. Writes ``signal.npy`` (``[samples, coils]`` complex64).
+    """
+    import json
+    import os
+
+    import numpy as np
+    import torch
+
+    from mr0core.jobs import SimSettings, run_simulation
+
+    inputs = Path(str(params.get("inputs", "")))
+    if not (
+        inputs.is_dir() and (inputs / "seq.pt").is_file() and (inputs / "phantom.pt").is_file()
+    ):
+        raise ValueError(f"inputs {str(inputs)[:200]!r} is not a folder with seq.pt and phantom.pt")
+    seq = torch.load(inputs / "seq.pt", weights_only=False)
+    phantom = torch.load(inputs / "phantom.pt", weights_only=False)
+    settings = SimSettings(
+        max_states=int(_number(params, "max_states", 200, 1, 100000)),
+        min_state_mag=_number(params, "min_state_mag", 1e-4, 0.0, 1.0),
+        min_emitted=_number(params, "min_emitted", 1e-3, 0.0, 1.0),
+        min_latent=_number(params, "min_latent", 1e-3, 0.0, 1.0),
+    )
+    noise = _number(params, "noise", 0.0, 0.0, 1e12)
+    seed = int(_number(params, "seed", 0, 0, 2**63 - 1))
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 0.5 or done == total:
+            last[0] = now
+            tmp = inputs / ".progress.json.tmp"
+            tmp.write_text(json.dumps({"done": done, "of": total}))
+            os.replace(tmp, inputs / "progress.json")
+
+    started = time.perf_counter()
+    signal = run_simulation(
+        seq, phantom, settings, device="cuda" if device.startswith("cuda") else None,
+        noise=noise, progress=False, seed=seed, on_progress=progress,
+    )  # fmt: skip
+    np.save(workdir / "signal.npy", signal.numpy().astype(np.complex64))
+    return {"samples": int(signal.shape[0]), "coils": int(signal.shape[1]),
+            "seconds": round(time.perf_counter() - started, 4), "device": device}  # fmt: skip

@@ -165,6 +165,15 @@ class Scheduler:
             self._sync_store()
         return spec.id
 
+    def inputs_folder(self) -> Path:
+        """Return a new empty folder (``STORE/inputs/<random>``) for a job's input files.
+
+        The submitter owns it and removes it when the job has ended.
+        """
+        folder = self.root / "inputs" / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        return folder
+
     def wait(self, job_id: str, timeout_s: float | None = None) -> JobRecord:
         """Wait until the job is final (or ``timeout_s`` passed); return its record."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

@@ -89,12 +89,22 @@ class Outcome:
     seconds: float = 0.0
 
 
-def _worker_main(name: str, device: str, tasks: Any, results: Any) -> None:
-    """Run tasks in a worker process until ``None`` arrives (``CUDA_VISIBLE_DEVICES`` set)."""
+def _worker_main(name: str, device: str, tasks: Any, results: Any, parent: int) -> None:
+    """Run tasks in a worker process until ``None`` arrives (``CUDA_VISIBLE_DEVICES`` set).
+
+    ``parent`` is the pool's process id: once this process is no longer its child (the
+    scheduler was killed, possibly before this worker got going), the worker exits.
+    """
     from .functions import is_out_of_memory, run_function
 
     torch_device = "cuda" if device.startswith("cuda") else "cpu"
-    parent = os.getppid()
+
+    def orphan_watch() -> None:  # also mid-task: a killed scheduler's work is void anyway
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=orphan_watch, name="mr0-orphan-watch", daemon=True).start()
     while True:
         try:
             task = tasks.get(timeout=1.0)
@@ -204,7 +214,7 @@ class WorkerPool:
             try:
                 worker.process = self._ctx.Process(
                     target=_worker_main, args=(worker.name, worker.device, worker.tasks,
-                                               self._results),
+                                               self._results, os.getpid()),
                     name=f"mr0-worker-{worker.name}", daemon=True,
                 )  # fmt: skip
                 worker.process.start()

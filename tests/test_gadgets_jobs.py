@@ -213,18 +213,20 @@ def _free_port() -> int:
 
 def _start_server(port: int, store: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    log = open(store.parent / f"server-{port}.log", "w")  # noqa: SIM115 (closed with the process)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gadgets.server", "--port", str(port), "--store", str(store),
          "--log-level", "warning"],
-        env=env, stderr=subprocess.PIPE, text=True,
+        env=env, stderr=log, text=True,
     )  # fmt: skip
+    proc.log_file = log
     for _ in range(300):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return proc
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(proc.communicate()[1]) from None
+                raise RuntimeError(Path(log.name).read_text()) from None
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError("the server did not start")
@@ -260,7 +262,8 @@ def test_background_job_survives_a_killed_server(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.communicate()
+        proc.wait(20)
+        proc.log_file.close()
     assert _state(store, job) == "running"  # left behind by the killed server
 
     port = _free_port()
@@ -276,6 +279,7 @@ def test_background_job_survives_a_killed_server(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+        proc.log_file.close()
 
 
 # -- reading stored files -----------------------------------------------------------------------
