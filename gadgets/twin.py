@@ -293,7 +293,12 @@ class TwinPreviewGadget(Gadget):
                 "min_latent": settings.min_latent, "noise": self.props["noise"],
                 "seed": self.props["seed"],
             }  # fmt: skip
-            job = sched.submit("simulate_saved", params, self.job_kind)
+            job = sched.submit(
+                "simulate_saved",
+                params,
+                self.job_kind,
+                estimate_bytes=_estimate(seq, data, settings.max_states),
+            )
             started = last = time.monotonic()
             state = ""
             while True:
@@ -366,3 +371,14 @@ def _acquisitions(signal: Any, seq: Any) -> Iterator[Item]:
         finally:
             dataset.close()
     yield from acqs
+
+
+def _estimate(seq: Any, data: Any, max_states: int) -> int:
+    """Peak memory of a simulation job for the scheduler's placement (0 if it cannot tell)."""
+    try:
+        from scheduler.estimate import estimate_pdg
+
+        coils = int(data.coil_sens.shape[0]) if hasattr(data, "coil_sens") else 1
+        return estimate_pdg(seq, int(data.voxel_count), coils, max_states, device="cuda")
+    except Exception:  # an estimate is advice: never fail a preview over it
+        return 0
