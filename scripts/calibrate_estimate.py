@@ -40,6 +40,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import benchlib  # scripts/benchlib.py (the script's own folder is on sys.path)
+
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "tests" / "data" / "seq-corpus"
 
@@ -426,13 +428,7 @@ def machine(device: str, threads: int) -> str:
     """Describe the machine: CPU model (/proc/cpuinfo), cores, threads, Python, torch, GPU."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores, {threads} threads, Python "
+    text = f"{benchlib.cpu_name()}, {os.cpu_count()} cores, {threads} threads, Python "
     text += f"{platform.python_version()}, torch {torch.__version__}"
     if device == "cuda":
         text += f", GPU {torch.cuda.get_device_name()}"

@@ -92,6 +92,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mr0core.io.mrd import _IDX_FIELDS, _limit_centre  # shared with the MRD reader
 from mr0core.recon.kdata import AcqFlag
 from mr0core.sequence import Pulse, PulseUsage, Repetition, Sequence
 
@@ -137,18 +138,6 @@ MAX_READOUTS = 1_000_000
 MAX_SAMPLES = 65536
 """Most samples a readout may have."""
 
-# MrdProtocol label (Pulseq name) -> ISMRMRD idx field
-_IDX_FIELDS = {
-    "LIN": "kspace_encode_step_1",
-    "PAR": "kspace_encode_step_2",
-    "SLC": "slice",
-    "AVG": "average",
-    "REP": "repetition",
-    "ECO": "contrast",
-    "SET": "set",
-    "SEG": "segment",
-    "PHS": "phase",
-}
 _TOL_S = 1e-9  # timing tolerance when deciding whether a header value was raised
 _GRE_WORDS = {"gre", "flash", "fl", "fl2d", "fl3d", "fisp", "ssfp", "spgr", "bssfp", "trufi"}
 _SE_WORDS = {"se", "tse", "fse", "rare", "haste", "spinecho", "turbospinecho"}
@@ -240,16 +229,6 @@ def _parsed_header(header: Any) -> Any:
         except Exception as exc:  # the XML binding raises several unrelated types
             raise MrdProtocolError(f"the ISMRMRD header does not parse: {exc}") from exc
     return header
-
-
-def _limit_centre(limits: Any, name: str, default: int) -> int:
-    """``encodingLimits.<name>.center``; ``default`` when missing, or 0 with a maximum > 0."""
-    limit = getattr(limits, name, None) if limits is not None else None
-    if limit is None or limit.center is None:
-        return default
-    if int(limit.center) == 0 and int(limit.maximum or 0) > 0:
-        return default
-    return int(limit.center)
 
 
 @dataclass(frozen=True)
