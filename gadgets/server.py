@@ -78,6 +78,8 @@ class ServerConfig:
     scheduler_dir: Path | None = None
     sim_workers: int = 1
     gpu_slots: int = 1
+    backend: str = "local"
+    ray_address: str | None = None
     limits: Limits = field(default_factory=Limits)
     max_sessions: int = 16
     max_session_bytes: int = 8 * 2**30
@@ -172,7 +174,8 @@ class MrdServer:
             root = cfg.store_dir / "scheduler"
         if root is None:
             self._scheduler_tmp = root = Path(tempfile.mkdtemp(prefix="mr0-scheduler-"))
-        self.scheduler = Scheduler(root, gpu_slots=cfg.gpu_slots, cpu_workers=cfg.sim_workers)
+        self.scheduler = Scheduler(root, gpu_slots=cfg.gpu_slots, cpu_workers=cfg.sim_workers,
+                                   backend=cfg.backend, ray_address=cfg.ray_address)  # fmt: skip
         self.scheduler.start()
         log.info("scheduler started", extra={"event": "scheduler", "root": str(root)})
 
@@ -707,6 +710,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--gpu-slots", type=int, default=1,
                         help="concurrent simulations per GPU (default 1)")  # fmt: skip
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="scheduler jobs in local worker processes, or as Ray tasks",
+    )
+    parser.add_argument("--address", help="with --backend ray: auto or HOST:PORT")  # fmt: skip
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error"))  # fmt: skip
     parser.add_argument("--log-format", default="json", choices=("json", "text"))
@@ -731,7 +741,8 @@ def main(argv: list[str] | None = None) -> int:
             host=opts.host, port=opts.port, chains_dir=opts.chains, save_dir=opts.save_dir,
             phantoms_dir=opts.phantoms, store_dir=opts.store, job_workers=opts.job_workers,
             scheduler=not opts.no_scheduler, scheduler_dir=opts.scheduler_dir,
-            sim_workers=opts.sim_workers, gpu_slots=opts.gpu_slots,
+            sim_workers=opts.sim_workers, gpu_slots=opts.gpu_slots, backend=opts.backend,
+            ray_address=opts.address,
             max_sessions=opts.max_sessions, max_session_bytes=int(opts.max_session_mb * 2**20),
             grace_s=opts.grace,
         )

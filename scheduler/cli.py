@@ -8,6 +8,7 @@ up what they write (new jobs, cancellations) within its tick.
 ::
 
     mr0-scheduler run --cpu-workers 2              # the service, until SIGTERM
+    mr0-scheduler run --backend ray --address auto # jobs as Ray tasks on a running cluster
     mr0-scheduler submit simulate --params '{"demo_flash": 64, "size": 64}' --kind batch
     mr0-scheduler status [--json]                  # GPUs (NVML), queue, running jobs, counts
     mr0-scheduler jobs [--state done] [--json]
@@ -51,7 +52,8 @@ def _run(opts: argparse.Namespace) -> int:
 
     monitor = GpuMonitor(interval_s=opts.nvml_interval)
     sched = Scheduler(_store_dir(opts), monitor=monitor, gpu_slots=opts.gpu_slots,
-                      cpu_workers=opts.cpu_workers, safety=opts.safety)  # fmt: skip
+                      cpu_workers=opts.cpu_workers, safety=opts.safety, backend=opts.backend,
+                      ray_address=opts.address)  # fmt: skip
     done = threading.Event()
 
     def stop(signum: int, _frame: Any) -> None:
@@ -182,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--cpu-workers", type=int, default=1, help="CPU worker processes")
     run.add_argument("--safety", type=float, default=1.2, help="factor on memory estimates")
     run.add_argument("--nvml-interval", type=float, default=1.0, help="seconds between polls")
+    run.add_argument("--backend", choices=("local", "ray"), default="local",
+                     help="worker processes here, or Ray tasks on a cluster")  # fmt: skip
+    run.add_argument("--address", help="with --backend ray: auto or HOST:PORT (default: a "
+                     "local Ray instance)")  # fmt: skip
     status = sub.add_parser("status", help="GPUs, queue, running jobs")
     status.add_argument("--json", action="store_true")
     jobs = sub.add_parser("jobs", help="list jobs, newest first")

@@ -14,6 +14,7 @@ travel through Ray's object store rather than a shared file system.
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
@@ -22,7 +23,9 @@ from typing import Any
 
 from .workers import Outcome, Task
 
-__all__ = ["MAX_RESULT_BYTES", "RayBackend", "gpu_fraction"]
+__all__ = ["MAX_RESULT_BYTES", "RayBackend", "RayPool", "gpu_fraction"]
+
+log = logging.getLogger("mr0.scheduler")
 
 MAX_RESULT_BYTES = 512 * 2**20
 """Largest total size of the files one Ray task may return."""
@@ -152,3 +155,112 @@ class RayBackend:
     def shutdown(self) -> None:
         """Disconnect from (or stop the local) Ray."""
         self._ray.shutdown()
+
+
+class RayPool:
+    """A :class:`~scheduler.workers.WorkerPool` look-alike whose "workers" are Ray tasks.
+
+    :class:`scheduler.service.Scheduler` with ``backend="ray"`` uses it: the scheduler's state
+    sees one device, ``cpu``, with ``slots`` places (by default the cluster's CPUs), keeps the
+    queue order, priorities, retries and durability, and leaves placement on the cluster's GPUs
+    to Ray (``num_gpus`` from each job's estimate, :func:`gpu_fraction`). A task's files come
+    back through the object store and are written into its ``workdir``, as a local worker
+    would leave them.
+    """
+
+    def __init__(
+        self,
+        backend: RayBackend,
+        slots: int | None = None,
+        on_outcome: Any = None,
+        on_lost: Any = None,
+    ) -> None:
+        import threading
+
+        self.backend = backend
+        cpus = int(backend._ray.cluster_resources().get("CPU", 1))
+        self.slots = max(1, slots or cpus)
+        self.on_outcome = on_outcome or (lambda outcome: None)
+        self.on_lost = on_lost or (lambda worker, device, task: None)
+        self._refs: dict[Any, Task] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the thread that collects finished tasks."""
+        import threading
+
+        self._thread = threading.Thread(target=self._watch, name="mr0-ray", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop collecting (running Ray tasks are left to Ray)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def devices(self) -> list[str]:
+        """Return the one device the scheduler's state sees."""
+        return ["cpu"]
+
+    def idle(self, device: str) -> int:
+        """Free places."""
+        with self._lock:
+            return self.slots - len(self._refs) if device == "cpu" else 0
+
+    def dispatch(self, device: str, task: Task, estimate_bytes: int = 0,
+                 needs_gpu: bool = False) -> str:  # fmt: skip
+        """Submit ``task`` to Ray; return ``"ray"``."""
+        ref = self.backend.submit(task, estimate_bytes, needs_gpu)
+        with self._lock:
+            self._refs[ref] = task
+        return "ray"
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel the Ray task of ``job_id``; return whether one was running."""
+        with self._lock:
+            hits = [r for r, t in self._refs.items() if t.job_id == job_id]
+            for ref in hits:
+                del self._refs[ref]
+        for ref in hits:
+            self.backend.cancel(ref)
+        return bool(hits)
+
+    def running(self) -> dict[str, tuple[str, Task]]:
+        """``{job id: ("ray", task)}``."""
+        with self._lock:
+            return {t.job_id: ("ray", t) for t in self._refs.values()}
+
+    def pids(self) -> dict[str, int]:
+        """No local worker processes."""
+        return {}
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                refs = list(self._refs)
+            if not refs:
+                self._stop.wait(0.05)
+                continue
+            done, _ = self.backend._ray.wait(refs, num_returns=1, timeout=0.1)
+            for ref in done:
+                with self._lock:
+                    task = self._refs.pop(ref, None)
+                if task is None:  # cancelled meanwhile
+                    continue
+                try:
+                    outcome, files, _, _ = self.backend._ray.get(ref)
+                except Exception as exc:  # the task's worker died (node lost, OOM killer)
+                    self.on_lost("ray", "cpu", task)
+                    log.warning("ray task lost: %s", exc)
+                    continue
+                work = Path(task.workdir)
+                for name, data in files.items():
+                    target = (work / name).resolve()
+                    if target.is_relative_to(work.resolve()):
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(data)
+                from dataclasses import replace
+
+                self.on_outcome(replace(outcome, device="cpu"))

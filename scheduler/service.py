@@ -60,6 +60,15 @@ class Scheduler:
         Period of the loop (s): snapshots, timeouts, store polling.
     cpu_threads
         Torch threads per CPU worker (default: cores / CPU workers).
+    backend
+        ``"local"`` (worker processes here) or ``"ray"``: jobs run as Ray tasks
+        (:class:`scheduler.ray_backend.RayPool`); Ray places them on the cluster's GPUs by
+        their estimates, this scheduler keeps order, priorities, retries and durability.
+    ray_address
+        With ``backend="ray"``: ``"auto"``, ``"HOST:PORT"``, or None (a local Ray instance).
+    ray_options
+        Further :class:`scheduler.ray_backend.RayBackend` arguments (``gpu_bytes``,
+        ``num_gpus`` for a local instance, ...).
     """
 
     def __init__(
@@ -73,16 +82,29 @@ class Scheduler:
         settle_s: float = 5.0,
         tick_s: float = 0.1,
         cpu_threads: int | None = None,
+        backend: str = "local",
+        ray_address: str | None = None,
+        ray_options: dict[str, Any] | None = None,
     ) -> None:
+        if backend not in ("local", "ray"):
+            raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
         self.root = Path(root)
         self.store = JobStore(self.root)
         self.monitor = monitor if monitor is not None else GpuMonitor(interval_s=1.0)
+        self.backend = backend
+        if backend == "ray":
+            from .ray_backend import RayBackend, RayPool
+
+            ray = RayBackend(ray_address, safety=safety, **(ray_options or {}))
+            self.pool: Any = RayPool(ray, on_outcome=self._outcome, on_lost=self._lost)
+            cpu_workers = self.pool.slots
+        else:
+            gpus = [g.index for g in self.monitor.snapshot()]
+            self.pool = WorkerPool(gpus, gpu_slots=gpu_slots, cpu_workers=cpu_workers,
+                                   on_outcome=self._outcome, on_lost=self._lost,
+                                   cpu_threads=cpu_threads)  # fmt: skip
         self.state = SchedulerState(gpu_slots=gpu_slots, cpu_slots=cpu_workers, safety=safety,
                                     starvation_s=starvation_s, settle_s=settle_s)  # fmt: skip
-        gpus = [g.index for g in self.monitor.snapshot()]
-        self.pool = WorkerPool(gpus, gpu_slots=gpu_slots, cpu_workers=cpu_workers,
-                               on_outcome=self._outcome, on_lost=self._lost,
-                               cpu_threads=cpu_threads)  # fmt: skip
         self.tick_s = tick_s
         self._lock = threading.RLock()
         self._tokens: dict[str, int] = {}
@@ -248,6 +270,10 @@ class Scheduler:
                 log.exception("scheduler loop error")
 
     def _feed_snapshots(self, force: bool = False) -> None:
+        if self.backend == "ray":  # Ray places on the cluster's GPUs; the state sees none
+            if force:
+                self._apply(self.state.gpus([], time.time()))
+            return
         snaps = self.monitor.snapshot()
         taken = self.monitor.taken_at
         if force or (taken is not None and taken != self._snapshot_at):
@@ -264,6 +290,8 @@ class Scheduler:
             spec = record.spec()
             left = max(1, spec.max_attempts - record.attempts)  # starts already used count
             spec = JobSpec(**{**spec.__dict__, "max_attempts": left})
+            if self.backend == "ray":  # Ray decides GPU or not; here every job takes a slot
+                spec = JobSpec(**{**spec.__dict__, "needs_gpu": False, "allow_cpu": True})
             self._apply(self.state.submit(spec, now))
         for job in self.state.running():
             try:
@@ -309,7 +337,10 @@ class Scheduler:
         workdir.mkdir(parents=True, exist_ok=True)
         task = Task(ins.job_id, token, record.function, record.params, str(workdir))
         try:
-            self.pool.dispatch(ins.device, task)
+            if self.backend == "ray":
+                self.pool.dispatch(ins.device, task, record.estimate_bytes, record.needs_gpu)
+            else:
+                self.pool.dispatch(ins.device, task)
         except RuntimeError as exc:  # no idle worker: treat as a lost start
             log.error("dispatch failed: %s", exc)
             self._apply(self.state.worker_lost(ins.job_id, time.time()))

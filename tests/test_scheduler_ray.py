@@ -63,3 +63,29 @@ def test_half_gpu_jobs_share_and_files_come_back(backend):
     (failed,) = backend.wait([backend.submit(Task("f", 1, "fail", {"message": "x"}, ""))], 60)[0]
     assert not failed[0].ok
     assert "RuntimeError: x" in failed[0].error
+
+
+def test_scheduler_service_on_the_ray_backend(backend, tmp_path):
+    import json
+
+    from scheduler.gpu import FakeNvml, GpuMonitor
+    from scheduler.service import Scheduler, job_result
+
+    monitor = GpuMonitor(interval_s=0, nvml=FakeNvml(driver_missing=True))
+    sched = Scheduler(tmp_path / "s", monitor=monitor, backend="ray", tick_s=0.02,
+                      ray_options={"gpu_bytes": 10 * 10**9})  # fmt: skip
+    with sched:
+        jobs = [sched.submit("probe", {"write_bytes": 500}, "recon", estimate_bytes=9 * 10**9,
+                             needs_gpu=True) for _ in range(4)]  # fmt: skip
+        bad = sched.submit("fail", {"message": "nope"}, "batch", max_attempts=2)
+        for job in jobs:
+            record = sched.wait(job, timeout_s=120)
+            assert record.state == "done"
+            folder = job_result(sched.store, job)
+            assert (folder / "probe.bin").stat().st_size == 500  # files came back from Ray
+            summary = json.loads((folder / "summary.json").read_text())
+            assert summary["cuda_visible_devices"] in ("0", "1")  # Ray gave it a (fake) GPU
+        failed = sched.wait(bad, timeout_s=120)
+        assert failed.state == "failed"
+        assert failed.attempts == 2
+        assert "nope" in failed.error
