@@ -714,6 +714,39 @@ class ImageFinishGadget(Gadget):
         return (image,)
 
 
+def _reconstruct(gadget: Gadget, kd: KData, method: str, **options: Any) -> Any:
+    """:func:`mr0core.recon.auto.reconstruct`, as a job of the server's scheduler when it has one.
+
+    The SENSE and NUFFT recons are the heavy ones: they go to a worker (a GPU when one fits),
+    with the session's priority class ``recon``. The raw data (and a reference scan) travel
+    through the scheduler's store. Without a scheduler the recon runs here.
+    """
+    sched = gadget.context.scheduler
+    if sched is None:
+        return reconstruct(kd, method=method, **options)
+    import shutil
+
+    from mr0core.recon.auto import Reconstruction
+    from scheduler.service import job_result
+
+    folder = sched.inputs_folder()
+    try:
+        torch.save(kd.to("cpu"), folder / "kdata.pt")
+        reference = options.pop("reference", None)
+        if reference is not None:
+            torch.save(reference.to("cpu"), folder / "reference.pt")
+        params = {"inputs": str(folder), "method": method, **options}
+        job = sched.submit("reconstruct_saved", params, "recon")
+        record = sched.wait(job)
+        if record.state != "done":
+            raise GadgetError(f"{gadget.name}: the recon job {job} {record.state}: {record.error}")
+        out = torch.load(job_result(sched.store, job) / "recon.pt", weights_only=False)
+        return Reconstruction(out["image"], tuple(out["fov_m"]), tuple(out["matrix"]),
+                              out["method"])  # fmt: skip
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @register
 class NUFFTGadget(Gadget):
     """Non-Cartesian :class:`AcquisitionBuffer` with a trajectory -> combined magnitude images.
@@ -739,7 +772,7 @@ class NUFFTGadget(Gadget):
             )
         combine = "walsh" if self.props["combine"] == "adaptive" else "rss"
         try:
-            rec = reconstruct(kd, method=self.props["method"], coil_combine=combine)
+            rec = _reconstruct(self, kd, self.props["method"], coil_combine=combine)
         except (KDataError, ValueError) as exc:
             raise GadgetError(f"{self.name}: {exc}") from None
         volumes, contrasts, _ = _counters(kd)
@@ -825,8 +858,8 @@ class SenseGadget(Gadget):
             raise GadgetError(f"{self.name}: SENSE needs Cartesian data, got {kd.trajectory}")
         reference = self.reference_kdata()
         try:
-            rec = reconstruct(
-                kd, method="sense", sense_iter=self.props["iterations"], reference=reference
+            rec = _reconstruct(
+                self, kd, "sense", sense_iter=self.props["iterations"], reference=reference
             )
         except (KDataError, ValueError) as exc:
             raise GadgetError(f"{self.name}: {exc}") from None

@@ -216,3 +216,42 @@ def simulate_saved(params: dict[str, Any], device: str, workdir: Path) -> dict[s
     np.save(workdir / "signal.npy", signal.numpy().astype(np.complex64))
     return {"samples": int(signal.shape[0]), "coils": int(signal.shape[1]),
             "seconds": round(time.perf_counter() - started, 4), "device": device}  # fmt: skip
+
+
+@job_function("reconstruct_saved")
+def reconstruct_saved(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
+    """Reconstruct raw data that the submitter saved with ``torch.save`` (the recon gadgets).
+
+    ``inputs`` holds ``kdata.pt`` (a :class:`mr0core.recon.KData`) and optionally
+    ``reference.pt`` (a coil reference scan's KData for SENSE); the same trust as for
+    :func:`simulate_saved`. Parameters ``method``, ``coil_combine``, ``sense_iter`` are those of
+    :func:`mr0core.recon.reconstruct`. Writes ``recon.pt``: ``{"image", "fov_m", "matrix",
+    "method"}`` (the image on the CPU).
+    """
+    import torch
+
+    from mr0core.recon.auto import METHODS, reconstruct
+
+    inputs = Path(str(params.get("inputs", "")))
+    if not (inputs / "kdata.pt").is_file():
+        raise ValueError(f"inputs {str(inputs)[:200]!r} is not a folder with kdata.pt")
+    method = params.get("method", "auto")
+    combine = params.get("coil_combine", "rss")
+    if method not in METHODS or combine not in ("rss", "walsh"):
+        raise ValueError(f"bad method {method!r} or coil_combine {combine!r}")
+    iters = int(_number(params, "sense_iter", 30, 1, 1000))
+    kdata = torch.load(inputs / "kdata.pt", weights_only=False)
+    reference = None
+    if (inputs / "reference.pt").is_file():
+        reference = torch.load(inputs / "reference.pt", weights_only=False)
+    if device.startswith("cuda"):
+        kdata = kdata.to("cuda") if hasattr(kdata, "to") else kdata
+        if reference is not None and hasattr(reference, "to"):
+            reference = reference.to("cuda")
+    started = time.perf_counter()
+    rec = reconstruct(kdata, method=method, coil_combine=combine, sense_iter=iters,
+                      reference=reference)  # fmt: skip
+    torch.save({"image": rec.image.detach().cpu(), "fov_m": rec.fov_m, "matrix": rec.matrix,
+                "method": rec.method}, workdir / "recon.pt")  # fmt: skip
+    return {"method": rec.method, "seconds": round(time.perf_counter() - started, 4),
+            "device": device}  # fmt: skip
