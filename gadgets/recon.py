@@ -736,7 +736,9 @@ def _reconstruct(gadget: Gadget, kd: KData, method: str, **options: Any) -> Any:
         if reference is not None:
             torch.save(reference.to("cpu"), folder / "reference.pt")
         params = {"inputs": str(folder), "method": method, **options}
-        job = sched.submit("reconstruct_saved", params, "recon")
+        job = sched.submit(
+            "reconstruct_saved", params, "recon", estimate_bytes=_recon_estimate(kd, method)
+        )
         record = sched.wait(job)
         if record.state != "done":
             raise GadgetError(f"{gadget.name}: the recon job {job} {record.state}: {record.error}")
@@ -745,6 +747,17 @@ def _reconstruct(gadget: Gadget, kd: KData, method: str, **options: Any) -> Any:
                               out["method"])  # fmt: skip
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _recon_estimate(kd: KData, method: str) -> int:
+    """Peak memory of a recon job for the scheduler's placement (0 if it cannot tell)."""
+    try:
+        from scheduler.estimate import estimate_recon_bytes
+
+        return estimate_recon_bytes(kd.recon_matrix, kd.n_coils, method,
+                                    samples=int(kd.signal.shape[0]))  # fmt: skip
+    except Exception:  # an estimate is advice: never fail a recon over it
+        return 0
 
 
 @register
