@@ -23,3 +23,21 @@ def machine() -> str:
 
     return (f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"torch {torch.__version__}")  # fmt: skip
+
+
+def rss_bytes() -> int:
+    """Return this process's resident set size in bytes (Linux ``/proc``)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """Return this process's peak resident set size (``VmHWM``) in bytes."""
+    with open("/proc/self/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("VmHWM:"))) * 1024
+
+
+def reset_peak_rss() -> None:
+    """Set the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")

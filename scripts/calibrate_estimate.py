@@ -108,20 +108,9 @@ RECON_QUICK = (
 # -- the child: one case in a fresh process -----------------------------------------------------
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        return int(next(line.split()[1] for line in f if line.startswith("VmHWM:"))) * 1024
-
-
-def _reset_peak_rss() -> None:
-    """Set the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+_rss_bytes = benchlib.rss_bytes
+_peak_rss_bytes = benchlib.peak_rss_bytes
+_reset_peak_rss = benchlib.reset_peak_rss
 
 
 class _Meter:
