@@ -152,7 +152,6 @@ class _Worker:
     task: Task | None = None
     pid: int = 0
     restarts: int = 0
-    cancelled: bool = False
     started: float = field(default_factory=time.monotonic)
 
 
@@ -226,7 +225,6 @@ class WorkerPool:
                         os.environ[k] = v
         worker.pid = worker.process.pid or 0
         worker.task = None
-        worker.cancelled = False
         worker.started = time.monotonic()
 
     def start(self) -> None:
@@ -330,7 +328,7 @@ class WorkerPool:
             self._reap()
 
     def _reap(self) -> None:
-        """Restart dead workers; report the task each held (unless it was cancelled)."""
+        """Restart dead workers and report the task each held (cancel restarts its own)."""
         lost: list[tuple[str, str, Task]] = []
         with self._lock:
             if self._stopping.is_set():
@@ -339,15 +337,15 @@ class WorkerPool:
                 if worker.process is None or worker.process.is_alive():
                     continue
                 code = worker.process.exitcode
-                task, cancelled = worker.task, worker.cancelled
+                task = worker.task
                 worker.restarts += 1
                 log.warning(
                     "worker died",
                     extra={"event": "worker_lost", "worker": worker.name, "exitcode": code,
-                           "job": task.job_id if task else None, "cancelled": cancelled},
+                           "job": task.job_id if task else None},
                 )  # fmt: skip
                 self._spawn(worker)
-                if task is not None and not cancelled:
+                if task is not None:
                     lost.append((worker.name, worker.device, task))
         for name, device, task in lost:
             try:
