@@ -673,6 +673,12 @@ class MessageWriter:
         change an array it has written until the next flush. The server does this: an item a
         chain has yielded is no longer the gadgets' to change.
 
+    Attributes
+    ----------
+    bytes_written
+        Bytes of the messages written so far (sent, or gathered to be sent). Counted without
+        a lock: exact while one thread writes at a time, as the server's sessions do.
+
     Notes
     -----
     With both flags off (the default) the bytes are those of
@@ -706,6 +712,7 @@ class MessageWriter:
         self._keep = bool(keep_arrays and buffer_size and self._has_sendmsg)
         self._parts: list[bytes | memoryview] = []
         self._parts_bytes = 0
+        self.bytes_written = 0  # message bytes handed to write (sent, or gathered to be sent)
 
     # -- public -------------------------------------------------------------------------------
 
@@ -896,6 +903,7 @@ class MessageWriter:
 
     def _send(self, parts: list[bytes | memoryview]) -> None:
         """Write the parts of one message back to back, whole."""
+        self.bytes_written += sum(map(len, parts))
         if self._keep:
             with self._lock:
                 self._parts += parts

@@ -23,6 +23,11 @@ Every size is bounded: each message by :class:`gadgets.protocol.Limits`, the ses
 
 SIGTERM (or :meth:`MrdServer.shutdown`) stops accepting connections and lets the sessions in
 flight finish (up to ``grace_s``).
+
+Access (:mod:`gadgets.access`): both ports bind to localhost by default. ``allow`` limits the
+MRD port to client networks (others get ``ERROR: ... not allowed`` and a close). The HTTP port
+(``http_port``: status page, JSON API, Prometheus ``/metrics``; :mod:`gadgets.status`) refuses
+to start on a non-loopback address without a token.
 """
 
 from __future__ import annotations
@@ -46,12 +51,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ismrmrd
+
 from mr0core.io.mrd import parse_header
 
+from .access import TOKEN_ENV, AccessError, Network, allowed, is_loopback, load_token, parse_allow
 from .chain import DEFAULT_CHAINS_DIR, Chain, ChainError, chain_text, parse_chain
 from .core import Context, GadgetError, Text
 from .jobs import JobRunner
 from .protocol import Limits, Message, MessageId, MessageReader, MessageWriter, ProtocolError
+from .status import StatusBoard, StatusHttpServer
 from .store import Store
 
 __all__ = ["MrdServer", "ServerConfig", "main"]
@@ -65,10 +74,20 @@ _FLUSH_S = 0.05  # longest time output waits in the buffer while the chain works
 
 @dataclass
 class ServerConfig:
-    """Settings of :class:`MrdServer` (sizes in bytes, times in seconds)."""
+    """Settings of :class:`MrdServer` (sizes in bytes, times in seconds).
+
+    ``allow``: MRD client networks (empty: any client). ``http_port`` None: no HTTP port;
+    ``http_token``: required for a non-loopback ``http_host``. ``previews``: thumbnails kept
+    for the status page (0: none).
+    """
 
     host: str = "127.0.0.1"
     port: int = 9002
+    allow: list[Network] = field(default_factory=list)
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
+    http_token: str | None = field(default=None, repr=False)
+    previews: int = 12
     chains_dir: Path = DEFAULT_CHAINS_DIR
     save_dir: Path | None = None
     phantoms_dir: Path | None = None
@@ -112,10 +131,22 @@ class MrdServer:
     ----------
     config
         Host, port, chain folder, limits; see :class:`ServerConfig`.
+    gpu_monitor
+        The scheduler's :class:`scheduler.gpu.GpuMonitor` (default: one on NVML).
+
+    Attributes
+    ----------
+    board
+        The :class:`~gadgets.status.StatusBoard` (status page, metrics).
+    http
+        The :class:`~gadgets.status.StatusHttpServer` while it runs, else None.
     """
 
-    def __init__(self, config: ServerConfig | None = None) -> None:
+    def __init__(self, config: ServerConfig | None = None, gpu_monitor: Any = None) -> None:
         self.config = config or ServerConfig()
+        self.gpu_monitor = gpu_monitor
+        self.board = StatusBoard(self, previews=self.config.previews)
+        self.http: StatusHttpServer | None = None
         self._listener: socket.socket | None = None
         self._accepting = threading.Event()
         self._sessions: dict[str, threading.Thread] = {}
@@ -133,11 +164,22 @@ class MrdServer:
     def start(self) -> tuple[str, int]:
         """Bind and start accepting in a background thread; return the bound address.
 
-        Port 0 binds a free port (useful in tests).
+        Port 0 binds a free port (useful in tests); so does ``http_port`` 0 (see
+        :attr:`http`'s ``address``).
+
+        Raises
+        ------
+        AccessError
+            The HTTP port would bind a non-loopback address without a token.
         """
         cfg = self.config
         if not cfg.chains_dir.is_dir():
             raise FileNotFoundError(f"chain folder not found: {cfg.chains_dir}")
+        if cfg.http_port is not None and cfg.http_token is None and not is_loopback(cfg.http_host):
+            raise AccessError(
+                f"the HTTP port binds {cfg.http_host}, not a loopback address: it needs a token "
+                "(--http-token-file, or $MR0_HTTP_TOKEN)"
+            )
         if cfg.save_dir is not None:
             cfg.save_dir.mkdir(parents=True, exist_ok=True)
         if cfg.scheduler and self.scheduler is None:
@@ -157,6 +199,20 @@ class MrdServer:
         sock.settimeout(0.2)  # so that the accept loop notices a shutdown
         self._listener = sock
         self.address = sock.getsockname()[:2]
+        if not is_loopback(cfg.host) and not cfg.allow:
+            log.warning("the MRD port is open to every client (no --allow list)",
+                        extra={"event": "open_port", "host": cfg.host})  # fmt: skip
+        self.board.watch_scheduler(self.scheduler)
+        if cfg.http_port is not None and self.http is None:
+            try:
+                self.http = StatusHttpServer(self.board, cfg.http_host, cfg.http_port,
+                                             cfg.http_token)  # fmt: skip
+            except OSError:
+                sock.close()
+                raise
+            self.http.start()
+            log.info("status page", extra={"event": "http", "address": f"{self.http.address}",
+                                           "token": cfg.http_token is not None})  # fmt: skip
         self._accepting.set()
         threading.Thread(target=self._accept_loop, name="mr0-accept", daemon=True).start()
         log.info("listening", extra={"event": "listen", "address": f"{self.address}"})
@@ -174,8 +230,9 @@ class MrdServer:
             root = cfg.store_dir / "scheduler"
         if root is None:
             self._scheduler_tmp = root = Path(tempfile.mkdtemp(prefix="mr0-scheduler-"))
-        self.scheduler = Scheduler(root, gpu_slots=cfg.gpu_slots, cpu_workers=cfg.sim_workers,
-                                   backend=cfg.backend, ray_address=cfg.ray_address)  # fmt: skip
+        self.scheduler = Scheduler(root, monitor=self.gpu_monitor, gpu_slots=cfg.gpu_slots,
+                                   cpu_workers=cfg.sim_workers, backend=cfg.backend,
+                                   ray_address=cfg.ray_address)  # fmt: skip
         self.scheduler.start()
         log.info("scheduler started", extra={"event": "scheduler", "root": str(root)})
 
@@ -201,6 +258,10 @@ class MrdServer:
         if self.scheduler is not None:
             self.scheduler.stop(max(1.0, deadline - time.monotonic()))
             self.scheduler = None
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
+        self.board.close()
         if self._scheduler_tmp is not None:
             shutil.rmtree(self._scheduler_tmp, ignore_errors=True)
         log.info("stopped", extra={"event": "stop", "unfinished_sessions": left})
@@ -221,6 +282,12 @@ class MrdServer:
                 continue
             except OSError:
                 break  # closed by shutdown
+            if not allowed(str(peer[0]), self.config.allow):
+                self.board.refused.labels("allowlist").inc()
+                log.warning("client not on the allow-list",
+                            extra={"event": "reject", "peer": f"{peer[0]}"})  # fmt: skip
+                _refuse(conn, f"ERROR: client address {peer[0]} is not allowed")
+                continue
             sid = uuid.uuid4().hex[:12]
             with self._lock:
                 busy = len(self._sessions) >= self.config.max_sessions
@@ -231,6 +298,7 @@ class MrdServer:
                     )  # fmt: skip
                     self._sessions[sid] = thread
             if busy:
+                self.board.refused.labels("busy").inc()
                 log.warning("busy", extra={"event": "reject", "peer": f"{peer}"})
                 _refuse(conn, f"ERROR: server busy ({self.config.max_sessions} sessions)")
                 continue
@@ -239,13 +307,19 @@ class MrdServer:
     def _run_session(self, conn: socket.socket, peer: Any, sid: str) -> None:
         extra = {"session": sid, "peer": f"{peer[0]}:{peer[1]}"}
         started = time.monotonic()
+        self.board.session_opened(sid, extra["peer"])
+        outcome = "crash"
         try:
-            Session(self.config, conn, sid, extra, self.store, self.runner, self.scheduler).run()
+            session = Session(self.config, conn, sid, extra, self.store, self.runner,
+                              self.scheduler, self.board)  # fmt: skip
+            session.run()
+            outcome = "error" if session.failed.is_set() else "ok"
             self.sessions_served += 1
         except Exception:  # a bug in a session never ends the server
             self.sessions_failed += 1
             log.exception("session crashed", extra={**extra, "event": "crash"})
         finally:
+            self.board.session_closed(sid, outcome)
             with contextlib.suppress(OSError):
                 conn.close()
             with self._lock:
@@ -256,14 +330,44 @@ class MrdServer:
             )
 
 
+_LINGER = threading.BoundedSemaphore(16)  # refused connections drained at once
+
+
 def _refuse(conn: socket.socket, text: str) -> None:
-    with contextlib.suppress(OSError):
-        conn.settimeout(5)
+    """Answer ``text`` and a close, and hang up without waiting on the accept loop.
+
+    Closing a socket with unread input resets the connection, and the reset can destroy the
+    answer before the client reads it. So the input is drained (up to 1 MiB, 2 s) on a short
+    thread first, when fewer than 16 such threads run; otherwise it is closed at once.
+    """
+    try:
+        conn.settimeout(2)
         writer = MessageWriter(conn)
         writer.write_text(text)
         writer.write_close()
-    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
+    except OSError:
         conn.close()
+        return
+    if not _LINGER.acquire(blocking=False):
+        conn.close()
+        return
+
+    def drain() -> None:
+        try:
+            left, deadline = 2**20, time.monotonic() + 2
+            while left > 0 and time.monotonic() < deadline:
+                chunk = conn.recv(min(left, 65536))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            _LINGER.release()
+
+    threading.Thread(target=drain, name="mr0-refuse", daemon=True).start()
 
 
 class Session:
@@ -278,8 +382,13 @@ class Session:
         store: Store | None = None,
         runner: JobRunner | None = None,
         scheduler: Any = None,
+        board: StatusBoard | None = None,
     ) -> None:
         self.config = config
+        self.board = board
+        self.config_name = ""
+        self._counted_in = 0  # bytes received and sent already added to the board
+        self._counted_out = 0
         self.store = store
         self.runner = runner
         self.scheduler = scheduler
@@ -314,6 +423,19 @@ class Session:
         with self._write_lock:
             if not self._closed:
                 self.writer.flush()
+            self._count_sent()
+
+    def _count_sent(self) -> None:
+        """Add the bytes written since the last call to the board (write lock held)."""
+        if self.board is not None and self.writer.bytes_written > self._counted_out:
+            self.board.count_bytes(sent=self.writer.bytes_written - self._counted_out)
+            self._counted_out = self.writer.bytes_written
+
+    def _count_received(self) -> None:
+        """Add the bytes read since the last call to the board (reader thread)."""
+        if self.board is not None and self.bytes_in > self._counted_in:
+            self.board.count_bytes(received=self.bytes_in - self._counted_in)
+            self._counted_in = self.bytes_in
 
     def error(self, text: str) -> None:
         """Send ``ERROR: text`` and a close (once); later output is dropped."""
@@ -327,6 +449,7 @@ class Session:
                 self.writer.write_text(f"ERROR: {text}")
                 self.writer.write_close()
                 self.writer.flush()
+            self._count_sent()
 
     def close(self) -> None:
         with self._write_lock:
@@ -335,6 +458,7 @@ class Session:
                 with contextlib.suppress(OSError):
                     self.writer.write_close()
                     self.writer.flush()
+                self._count_sent()
 
     # -- input ----------------------------------------------------------------------------------
 
@@ -354,6 +478,7 @@ class Session:
         try:
             preamble, first = self.read_preamble()
         except (ProtocolError, SessionError, ChainError, EOFError, OSError) as exc:
+            self._count_received()
             self.error(_describe(exc))
             self.reader.close()
             if self.saver is not None:
@@ -375,6 +500,7 @@ class Session:
                 self.error(_describe(exc))
             self.put(_ABORT)
         finally:
+            self._count_received()
             self.worker.join()
             self.reader.close()
             if self.saver is not None:
@@ -395,6 +521,9 @@ class Session:
             config_name, config_xml = "config-text", str(first.value)
         else:
             raise SessionError(f"expected a config message (id 1 or 2) first, got {first.id.name}")
+        self.config_name = config_name
+        if self.board is not None:
+            self.board.session_config(self.sid, config_name)
         overrides: dict[str, Any] = {}
         header_xml: str | None = None
         while header_xml is None:
@@ -482,6 +611,7 @@ class Session:
 
     def hand_over(self) -> None:
         """Queue the batch for the chain (called also when the reader is about to wait)."""
+        self._count_received()
         if self._batch:
             batch, self._batch, self._batch_bytes = self._batch, [], 0
             self.put(batch)
@@ -523,9 +653,12 @@ class Session:
             if preamble.background:
                 self.store_job(preamble, chain)
                 return
+            board = self.board
             for out in chain.run(self.inputs()):
                 self.send(out)
                 count += 1
+                if board is not None and type(out) is ismrmrd.Image:
+                    board.add_preview(self.sid, preamble.config_name, out)
                 if isinstance(out, Text):  # progress and reports go out at once
                     self.flush()
             self.close()
@@ -680,8 +813,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mr0-server", description="Serve MRD/ISMRMRD streams through gadget chains."
     )
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default localhost)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="MRD bind address (default localhost)")  # fmt: skip
     parser.add_argument("--port", type=int, default=9002)
+    parser.add_argument(
+        "--allow",
+        action="append",
+        metavar="CIDR[,CIDR...]",
+        help="MRD clients allowed (addresses or networks; repeatable; default any)",
+    )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        help="serve the status page, JSON API and /metrics here (e.g. 8080)",
+    )
+    parser.add_argument(
+        "--http-host",
+        default="127.0.0.1",
+        help="HTTP bind address (default localhost; elsewhere it needs a token)",
+    )
+    parser.add_argument(
+        "--http-token-file",
+        type=Path,
+        help=f"file whose first line is the HTTP bearer token (else ${TOKEN_ENV})",
+    )
+    parser.add_argument("--previews", type=int, default=12,
+                        help="image thumbnails kept for the status page (0: none)")  # fmt: skip
     parser.add_argument("--chains", type=Path, default=DEFAULT_CHAINS_DIR,
                         help="folder of chain XML files, chosen by config name")  # fmt: skip
     parser.add_argument("--save-dir", type=Path, help="save every session as MRD HDF5 here")
@@ -736,21 +893,32 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--job-workers must be at least 1")
     if opts.sim_workers < 0 or opts.gpu_slots < 1:
         parser.error("--sim-workers must be >= 0 and --gpu-slots >= 1")
+    if opts.http_port is not None and not 0 <= opts.http_port < 65536:
+        parser.error(f"--http-port must be 0..65535, got {opts.http_port}")
+    if not 0 <= opts.previews <= 256:
+        parser.error("--previews must be 0..256")
+    try:
+        allow = parse_allow(opts.allow)
+        token = load_token(opts.http_token_file)
+    except AccessError as exc:
+        parser.error(str(exc))
     server = MrdServer(
         ServerConfig(
             host=opts.host, port=opts.port, chains_dir=opts.chains, save_dir=opts.save_dir,
             phantoms_dir=opts.phantoms, store_dir=opts.store, job_workers=opts.job_workers,
             scheduler=not opts.no_scheduler, scheduler_dir=opts.scheduler_dir,
             sim_workers=opts.sim_workers, gpu_slots=opts.gpu_slots, backend=opts.backend,
-            ray_address=opts.address,
+            ray_address=opts.address, allow=allow, http_host=opts.http_host,
+            http_port=opts.http_port, http_token=token, previews=opts.previews,
             max_sessions=opts.max_sessions, max_session_bytes=int(opts.max_session_mb * 2**20),
             grace_s=opts.grace,
         )
     )  # fmt: skip
     try:
         server.start()
-    except (OSError, FileNotFoundError, sqlite3.Error) as exc:
+    except (OSError, FileNotFoundError, sqlite3.Error, AccessError) as exc:
         print(f"mr0-server: {exc}", file=sys.stderr)
+        server.shutdown(0)
         return 2
 
     def stop(signum: int, _frame: Any) -> None:

@@ -307,6 +307,14 @@ class Store:
         args: tuple[Any, ...] = (state, int(limit)) if state else (int(limit),)
         return [self._job(r) for r in self._connection().execute(sql, args).fetchall()]
 
+    def counts(self) -> dict[str, int]:
+        """Return the number of jobs in each state (every state of ``JOB_STATES``, 0 if none)."""
+        out = dict.fromkeys(JOB_STATES, 0)
+        rows = self._connection().execute("SELECT state, count(*) FROM jobs GROUP BY state")
+        for state, n in rows.fetchall():
+            out[state] = n
+        return out
+
     def pending(self) -> list[Job]:
         """Jobs to run (``queued``, and ``running`` ones a stopped server left), oldest first."""
         rows = (

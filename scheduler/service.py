@@ -24,6 +24,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,15 @@ class Scheduler:
     ray_options
         Further :class:`scheduler.ray_backend.RayBackend` arguments (``gpu_bytes``,
         ``num_gpus`` for a local instance, ...).
+
+    Attributes
+    ----------
+    listeners
+        Callables given an event dict whenever a job starts (``{"event": "start", "job",
+        "function", "kind", "device", "wait_s"}``; ``wait_s`` from submission to this start)
+        or finishes (``{"event": "done", "job", "function", "kind", "device", "run_s"}``).
+        They run under the scheduler's lock and must be quick; one that raises is logged and
+        skipped (metrics, :mod:`gadgets.status`).
     """
 
     def __init__(
@@ -113,6 +123,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._snapshot_at: float | None = None
         self.work = self.root / "work"
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -347,6 +358,16 @@ class Scheduler:
             return
         log.info("job started", extra={"event": "start", "job": ins.job_id,
                                         "device": ins.device, "attempt": token})  # fmt: skip
+        self._notify({"event": "start", "job": ins.job_id, "function": record.function,
+                      "kind": record.kind.name.lower(), "device": ins.device,
+                      "wait_s": max(0.0, time.time() - record.submitted)})  # fmt: skip
+
+    def _notify(self, event: dict[str, Any]) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:  # a listener never stops the scheduler
+                log.exception("scheduler listener failed")
 
     # -- worker callbacks -----------------------------------------------------------------------
 
@@ -364,6 +385,7 @@ class Scheduler:
                 self._tokens.pop(task.job_id, None)
                 if accepted:
                     self._apply(self.state.finished(task.job_id, now, device=outcome.device))
+                    self._notify_done(task.job_id, outcome.device, now)
                 else:
                     self._apply(self.state.cancel(task.job_id, now))
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -372,6 +394,15 @@ class Scheduler:
                 self._apply(self.state.failed(task.job_id, outcome.error, now,
                                               oom=outcome.out_of_memory,
                                               device=outcome.device))  # fmt: skip
+
+    def _notify_done(self, job_id: str, device: str, now: float) -> None:
+        if not self.listeners:
+            return
+        record = self.store.get(job_id)
+        run_s = now - record.started if record.started is not None else 0.0
+        self._notify({"event": "done", "job": job_id, "function": record.function,
+                      "kind": record.kind.name.lower(), "device": device,
+                      "run_s": max(0.0, run_s)})  # fmt: skip
 
     def _lost(self, worker: str, device: str, task: Task) -> None:
         with self._lock:

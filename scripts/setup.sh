@@ -4,15 +4,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System tools: ismrmrd-tools gives the reference ISMRMRD reconstruction used by the tests of
-# later features. Needs root and apt; elsewhere install it with your package manager.
+# System tools, for the tests: ismrmrd-tools (the reference ISMRMRD reconstruction) and
+# chromium with its driver (the status page is tested in a headless browser). Needs root and
+# apt; elsewhere install them with your package manager (the browser test then skips).
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  if ! command -v ismrmrd_info >/dev/null 2>&1; then
+  missing=()
+  command -v ismrmrd_info >/dev/null 2>&1 || missing+=(ismrmrd-tools)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+  if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ismrmrd-tools >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 else
-  echo "setup: not root or no apt-get; install Debian's ismrmrd-tools yourself if you need it" >&2
+  echo "setup: not root or no apt-get; install Debian's ismrmrd-tools, chromium and" \
+    "chromium-driver yourself if you need them" >&2
 fi
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
