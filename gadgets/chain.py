@@ -24,7 +24,9 @@ Chain files are chosen by name (:func:`chain_path`), and only inside the chains 
 
 Overrides (the session's JSON parameters) set properties over the XML: ``{"Prop": v}`` sets
 ``Prop`` of every gadget that has it, ``{"GadgetName.Prop": v}`` of one gadget (this wins over
-the plain key). A key that matches nothing is an error.
+the plain key). A key that matches nothing is an error, except where a caller first keeps only
+the keys the chain has (:func:`applicable_overrides`: a scanner UI sends every parameter,
+whichever chain it chose).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ __all__ = [
     "ChainError",
     "ChainSpec",
     "GadgetSpec",
+    "applicable_overrides",
     "chain_path",
     "chain_text",
     "load_chain",
@@ -239,6 +242,33 @@ def _resolve(
             raise ChainError(f"override {key!r}: gadget {gadget!r} has no property {prop!r}")
         props[prop] = _override_value(key, value)
     return resolved
+
+
+def applicable_overrides(
+    spec: ChainSpec, overrides: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """Split overrides into those some gadget of the chain has and the rest.
+
+    Returns
+    -------
+    kept, dropped
+        The overrides the chain can take (still checked when the chain is built), and the keys
+        it has no property for.
+    """
+    properties: dict[str, set[str]] = {}
+    for g in spec.gadgets:
+        cls = REGISTRY.get(g.classname)
+        properties[g.name] = set(cls.properties) if cls is not None else set()
+    every = set().union(*properties.values()) if properties else set()
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    for key, value in overrides.items():
+        gadget, dot, prop = str(key).rpartition(".")
+        if (prop in properties.get(gadget, ())) if dot else (key in every):
+            kept[key] = value
+        else:
+            dropped.append(str(key))
+    return kept, dropped
 
 
 def _guard(gadget: Gadget, upstream: Iterator[Item]) -> Iterator[Item]:

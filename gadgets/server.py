@@ -7,7 +7,12 @@ One TCP connection is one session (DESIGN.md, "The server"):
 The config name selects ``<chains_dir>/<name>.xml`` through :func:`gadgets.chain.chain_path`,
 which accepts plain names only; nothing named by a client is ever imported or opened elsewhere.
 A JSON object in the first text message (before or right after the header) overrides chain
-properties, as FIRE's ``parameters`` do. Everything the chain yields (images, acquisitions, text)
+properties. The FIRE/OpenRecon form ``{"version": …, "parameters": {"config": NAME, …}}``
+(python-ismrmrd-server's convention, what a Siemens scanner sends from an OpenRecon UI) chooses
+the chain by ``parameters.customconfig`` (when not empty) or ``parameters.config``, in place of
+the config message's name, and applies each other parameter where the chosen chain has that
+property (the UI sends all of its parameters, whichever chain it chose); the keys no gadget has
+are logged and left out. Everything the chain yields (images, acquisitions, text)
 goes back to the client, then a close. Any error reaches the client as a text message starting
 with ``ERROR``, then a close; it never ends the server.
 
@@ -56,7 +61,14 @@ import ismrmrd
 from mr0core.io.mrd import parse_header
 
 from .access import TOKEN_ENV, AccessError, Network, allowed, is_loopback, load_token, parse_allow
-from .chain import DEFAULT_CHAINS_DIR, Chain, ChainError, chain_text, parse_chain
+from .chain import (
+    DEFAULT_CHAINS_DIR,
+    Chain,
+    ChainError,
+    applicable_overrides,
+    chain_text,
+    parse_chain,
+)
 from .core import Context, GadgetError, Text
 from .jobs import JobRunner
 from .protocol import Limits, Message, MessageId, MessageReader, MessageWriter, ProtocolError
@@ -118,6 +130,7 @@ class _Preamble:
     header_xml: str | None
     overrides: dict[str, Any]
     background: bool = False
+    lenient: bool = False  # FIRE/OpenRecon parameters: keep only what the chain has
 
 
 class SessionError(Exception):
@@ -514,44 +527,87 @@ class Session:
         chain are left to the compute thread, so that reading goes on meanwhile.
         """
         first = self.read()
+        unknown: ChainError | None = None  # a config name without a chain: FIRE may choose one
+        config_xml: str | None = None
         if first.id == MessageId.CONFIG_FILE:
             config_name = str(first.value)
-            config_xml = chain_text(config_name, self.config.chains_dir)  # unknown: fails here
+            try:
+                config_xml = chain_text(config_name, self.config.chains_dir)
+            except ChainError as exc:
+                unknown = exc
         elif first.id == MessageId.CONFIG_TEXT:
             config_name, config_xml = "config-text", str(first.value)
         else:
             raise SessionError(f"expected a config message (id 1 or 2) first, got {first.id.name}")
-        self.config_name = config_name
-        if self.board is not None:
-            self.board.session_config(self.sid, config_name)
         overrides: dict[str, Any] = {}
+        lenient = False
+
+        def parameters(text: str) -> None:
+            nonlocal config_name, config_xml, lenient
+            values = _parameters(text)
+            fire = values.get("parameters")
+            if isinstance(fire, dict):  # {"version": ..., "parameters": {"config": ...}}
+                values = dict(fire)
+                lenient = True
+                choice = values.pop("customconfig", "") or values.pop("config", "")
+                values.pop("customconfig", None)
+                if choice:
+                    if not isinstance(choice, str):
+                        raise SessionError(
+                            f"parameters.config must be a chain name, got {choice!r}"
+                        )
+                    config_name = choice
+                    config_xml = chain_text(choice, self.config.chains_dir)
+            overrides.update(values)
+
+        def chosen() -> tuple[str, str]:
+            if config_xml is None:
+                assert unknown is not None
+                raise unknown
+            self.config_name = config_name
+            if self.board is not None:
+                self.board.session_config(self.sid, config_name)
+            return config_name, config_xml
+
         header_xml: str | None = None
-        while header_xml is None:
+        try:
+            while header_xml is None:
+                msg = self.read()
+                if msg.id == MessageId.HEADER:
+                    header_xml = str(msg.value)
+                elif msg.id == MessageId.TEXT:
+                    parameters(str(msg.value))
+                elif msg.id == MessageId.CLOSE:
+                    # no header and no data: a job described by its parameters (mr0_preview)
+                    name, xml = chosen()
+                    return self._preamble(name, xml, None, overrides, lenient), msg
+                else:
+                    raise SessionError(f"{msg.id.name.lower()} before the ISMRMRD header")
+            # a JSON object right after the header is a parameter set, too
             msg = self.read()
-            if msg.id == MessageId.HEADER:
-                header_xml = str(msg.value)
-            elif msg.id == MessageId.TEXT:
-                overrides.update(_parameters(str(msg.value)))
-            elif msg.id == MessageId.CLOSE:
-                # no header and no data: a job described by its parameters (mr0_preview)
-                return self._preamble(config_name, config_xml, None, overrides), msg
-            else:
-                raise SessionError(f"{msg.id.name.lower()} before the ISMRMRD header")
-        # a JSON object right after the header is a parameter set, too
-        msg = self.read()
-        if msg.id == MessageId.TEXT and _is_json_object(str(msg.value)):
-            overrides.update(_parameters(str(msg.value)))
-            msg = self.read()
+            if msg.id == MessageId.TEXT and _is_json_object(str(msg.value)):
+                parameters(str(msg.value))
+                msg = self.read()
+        except (EOFError, OSError):
+            if unknown is not None and config_xml is None:
+                raise unknown from None  # the first problem, not the hang-up it led to
+            raise
+        name, xml = chosen()
         if self.config.save_dir is not None:
             from .mrdfile import SessionWriter
 
             stamp = time.strftime("%Y%m%dT%H%M%S")
             self.saver = SessionWriter(self.config.save_dir / f"{stamp}_{self.sid}.h5")
             self.saver.write_header(header_xml)
-        return self._preamble(config_name, config_xml, header_xml, overrides), msg
+        return self._preamble(name, xml, header_xml, overrides, lenient), msg
 
     def _preamble(
-        self, name: str, xml: str, header_xml: str | None, overrides: dict[str, Any]
+        self,
+        name: str,
+        xml: str,
+        header_xml: str | None,
+        overrides: dict[str, Any],
+        lenient: bool = False,
     ) -> _Preamble:
         """Take the session keys (``background``) out of the chain overrides."""
         background = overrides.pop("background", False)
@@ -559,7 +615,7 @@ class Session:
             raise SessionError(f"'background' must be true or false, got {background!r}")
         if background and self.store is None:
             raise SessionError("background jobs need the server's job store (mr0-server --store)")
-        return _Preamble(name, xml, header_xml, overrides, background)
+        return _Preamble(name, xml, header_xml, overrides, background, lenient)
 
     def build_chain(self, pre: _Preamble) -> Chain:
         """Parse the header and build the chain (on the compute thread)."""
@@ -575,7 +631,15 @@ class Session:
             parameters=dict(pre.overrides), phantoms_dir=self.config.phantoms_dir,
             chains_dir=self.config.chains_dir, store=self.store, scheduler=self.scheduler,
         )  # fmt: skip
-        chain = Chain(parse_chain(pre.config_xml), context, pre.overrides)
+        spec = parse_chain(pre.config_xml)
+        if pre.lenient:
+            pre.overrides, dropped = applicable_overrides(spec, pre.overrides)
+            context.parameters = dict(pre.overrides)
+            if dropped:
+                log.info("parameters the chain has no property for were left out",
+                         extra={**self.extra, "event": "parameters_dropped",
+                                "config": pre.config_name, "keys": sorted(dropped)})  # fmt: skip
+        chain = Chain(spec, context, pre.overrides)
         log.info(
             "chain ready",
             extra={**self.extra, "event": "chain", "config": pre.config_name,

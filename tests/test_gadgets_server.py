@@ -323,6 +323,81 @@ def test_config_name_never_reaches_the_filesystem(server, tmp_path):
     assert str(msgs[0].value).startswith("ERROR")
 
 
+# -- FIRE / OpenRecon parameters -----------------------------------------------------------------
+
+
+def fire(parameters: dict) -> str:
+    return json.dumps({"version": "1.1.0", "parameters": parameters})
+
+
+def test_fire_parameters_choose_the_chain_and_keep_what_it_has(server):
+    """An OpenRecon UI sends every parameter; the chain is parameters.config, the rest applies
+    where the chain has the property (and is left out where it has none)."""
+    acqs = make_acquisitions(3, seed=5)
+    ui = {"config": "passthrough", "phantom": "brain", "size": 64, "prewhitening": "False"}
+    msgs = converse(server.address[1], stream(config="openrecon", items=[fire(ui), *acqs]))
+    back = [m.value for m in msgs if m.id == MessageId.ACQUISITION]
+    assert not [m for m in msgs if m.id == MessageId.TEXT], msgs
+    assert [a.scan_counter for a in back] == [0, 1, 2]
+    # customconfig, when set, wins over config
+    ui = {"config": "no_such_chain", "customconfig": "passthrough"}
+    msgs = converse(server.address[1], stream(config="openrecon", items=[fire(ui), *acqs]))
+    assert len([m for m in msgs if m.id == MessageId.ACQUISITION]) == 3
+
+
+@needs_tools
+def test_fire_parameters_reach_the_chosen_chains_properties(server, tmp_path):
+    """prewhitening "False" from the UI gives the image of {"prewhitening": false}, not the
+    default (prewhitened) one; the UI's twin parameters, which `default` lacks, are dropped."""
+    raw = generate(tmp_path, "sl.h5", "-c", "8", "-m", "64", "-n", "0.05", "-C")
+    ds = ismrmrd.Dataset(str(raw), "dataset", create_if_needed=False)
+    header = ds.read_xml_header().decode()
+    acqs = [ds.read_acquisition(i) for i in range(ds.number_of_acquisitions())]
+    ds.close()
+
+    def image(config: str, text: str | None) -> np.ndarray:
+        items = [text, *acqs] if text else acqs
+        msgs = converse(server.address[1], stream(config=config, header=header, items=items))
+        texts = [m.value for m in msgs if m.id == MessageId.TEXT]
+        assert not texts, texts
+        return image_array([m.value for m in msgs if m.id == MessageId.IMAGE])
+
+    ui = {"config": "default", "prewhitening": "False", "phantom": "brain", "kind": "auto"}
+    from_ui = image("openrecon", fire(ui))
+    plain = image("default", json.dumps({"prewhitening": False}))
+    whitened = image("default", None)
+    np.testing.assert_allclose(from_ui, plain, rtol=1e-6)
+    assert not np.allclose(from_ui, whitened, rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("config", "ui", "error"),
+    [
+        ("openrecon", None, "no chain 'openrecon'"),  # no FIRE parameters: the name must exist
+        ("openrecon", {"size": 64}, "no chain 'openrecon'"),  # parameters without a choice
+        ("openrecon", {"config": "no_such_chain"}, "no chain 'no_such_chain'"),
+        ("openrecon", {"config": "../../etc/passwd"}, "ERROR"),
+        ("openrecon", {"config": 7}, "must be a chain name"),
+        ("passthrough", {"config": "default", "Combine.nope": 1}, None),  # dropped, not an error
+    ],
+)
+def test_fire_parameter_errors(server, config, ui, error):
+    items = [fire(ui)] if ui is not None else []
+    msgs = converse(server.address[1], stream(config=config, items=items))
+    texts = [str(m.value) for m in msgs if m.id == MessageId.TEXT]
+    if error is None:
+        assert not texts
+    else:
+        assert texts[-1].startswith("ERROR")
+        assert error in texts[-1]
+    assert msgs[-1].id == MessageId.CLOSE
+
+
+def test_plain_parameters_stay_strict(server):
+    msgs = converse(server.address[1], stream(config="default", items=[json.dumps({"size": 64})]))
+    assert "no gadget of the chain has that property" in str(msgs[0].value)
+
+
 # -- concurrency --------------------------------------------------------------------------------
 
 
