@@ -22,8 +22,8 @@ path                        token  what
 "token: yes" means: when the server has a token (it must, bound to a non-loopback address;
 :mod:`gadgets.access`), the request carries ``Authorization: Bearer <token>``, else it gets
 401. The static files hold no data. Only GET and HEAD are served; paths are matched against
-the table, never opened; a request is read with a 10 s timeout, at most 32 at once, one per
-connection.
+the table, never opened; each read of a request times out after 10 s; one request per
+connection, at most 32 at once.
 
 Metrics (all prefixed ``mr0_``): ``mrd_received_bytes_total``, ``mrd_sent_bytes_total``,
 ``mrd_sessions_total{outcome}`` (ok, error, crash), ``mrd_sessions_active``,
