@@ -22,8 +22,8 @@ path                        token  what
 "token: yes" means: when the server has a token (it must, bound to a non-loopback address;
 :mod:`gadgets.access`), the request carries ``Authorization: Bearer <token>``, else it gets
 401. The static files hold no data. Only GET and HEAD are served; paths are matched against
-the table, never opened; each read of a request times out after 10 s; one request per
-connection, at most 32 at once.
+the table, never opened; one request per connection, at most 32 at once, each hung up on
+after 15 s (a slow client cannot hold a slot).
 
 Metrics (all prefixed ``mr0_``): ``mrd_received_bytes_total``, ``mrd_sent_bytes_total``,
 ``mrd_sessions_total{outcome}`` (ok, error, crash), ``mrd_sessions_active``,
@@ -553,13 +553,19 @@ class _HttpServer(ThreadingHTTPServer):
     request_queue_size = 64
 
     def __init__(
-        self, address: tuple[str, int], board: StatusBoard, token: str | None, max_requests: int
+        self,
+        address: tuple[str, int],
+        board: StatusBoard,
+        token: str | None,
+        max_requests: int,
+        request_timeout_s: float,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
         self.board = board
         self.token = token
         self.unauthorised = 0
+        self.request_timeout_s = request_timeout_s
         self._slots = threading.BoundedSemaphore(max_requests)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -573,10 +579,20 @@ class _HttpServer(ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        timer = threading.Timer(self.request_timeout_s, _hang_up, args=(request,))
+        timer.daemon = True
+        timer.start()
         try:
             super().process_request_thread(request, client_address)
         finally:
+            timer.cancel()
             self._slots.release()
+
+
+def _hang_up(sock: socket.socket) -> None:
+    """End a request that has taken too long (its thread then fails on the socket and ends)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class StatusHttpServer:
@@ -593,6 +609,8 @@ class StatusHttpServer:
         for a non-loopback ``host``).
     max_requests
         Requests served at once; more are dropped.
+    request_timeout_s
+        Longest time a request may take, reading and answering (s).
     """
 
     def __init__(
@@ -602,8 +620,9 @@ class StatusHttpServer:
         port: int = 8080,
         token: str | None = None,
         max_requests: int = 32,
+        request_timeout_s: float = 15.0,
     ) -> None:
-        self._httpd = _HttpServer((host, port), board, token, max_requests)
+        self._httpd = _HttpServer((host, port), board, token, max_requests, request_timeout_s)
         self.address: tuple[str, int] = self._httpd.server_address[:2]  # type: ignore[assignment]
         self._thread: threading.Thread | None = None
 

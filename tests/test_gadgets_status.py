@@ -6,6 +6,7 @@ jobs it submitted, sessions it ran, bytes it wrote and read on its own sockets.
 
 from __future__ import annotations
 
+import http.client as http_client
 import io
 import json
 import socket
@@ -259,6 +260,35 @@ def test_http_rejects_what_it_does_not_serve(make_server):
         sock.sendall(b"\x00\xff garbage\r\n\r\n")
         sock.recv(1024)
     assert http(address, "/healthz")[0] == 200
+
+
+def healthy(address) -> bool:
+    try:
+        return http(address, "/healthz")[0] == 200
+    except (ConnectionError, http_client.RemoteDisconnected):
+        return False
+
+
+def test_a_slow_client_is_hung_up_on_and_frees_its_slot():
+    from gadgets.status import StatusBoard, StatusHttpServer
+
+    class Idle:  # the board reads nothing for /healthz
+        scheduler = store = address = None
+
+    http_server = StatusHttpServer(StatusBoard(Idle()), port=0, max_requests=1,
+                                   request_timeout_s=0.5)  # fmt: skip
+    http_server.start()
+    try:
+        with socket.create_connection(http_server.address, timeout=5) as slow:
+            slow.sendall(b"GET /healthz HT")  # and never the rest
+            time.sleep(0.2)
+            assert not healthy(http_server.address)  # the one slot is taken: dropped
+            start = time.monotonic()
+            assert slow.recv(1024) == b""  # hung up on
+            assert time.monotonic() - start < 3
+        assert wait_for(lambda: healthy(http_server.address), timeout=5)
+    finally:
+        http_server.stop()
 
 
 def test_the_mrd_allow_list_refuses_other_clients(make_server):
