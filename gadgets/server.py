@@ -399,7 +399,6 @@ class Session:
     ) -> None:
         self.config = config
         self.board = board
-        self.config_name = ""
         self._counted_in = 0  # bytes received and sent already added to the board
         self._counted_out = 0
         self.store = store
@@ -549,8 +548,8 @@ class Session:
             if isinstance(fire, dict):  # {"version": ..., "parameters": {"config": ...}}
                 values = dict(fire)
                 lenient = True
-                choice = values.pop("customconfig", "") or values.pop("config", "")
-                values.pop("customconfig", None)
+                custom, named = values.pop("customconfig", ""), values.pop("config", "")
+                choice = custom or named
                 if choice:
                     if not isinstance(choice, str):
                         raise SessionError(
@@ -564,7 +563,6 @@ class Session:
             if config_xml is None:
                 assert unknown is not None
                 raise unknown
-            self.config_name = config_name
             if self.board is not None:
                 self.board.session_config(self.sid, config_name)
             return config_name, config_xml
