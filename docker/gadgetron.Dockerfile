@@ -1,6 +1,6 @@
 # A real Gadgetron (4.x, the official runtime image) with our chains as external Python gadgets
-# (gadgets/gadgetron_external.py) and our stream configurations (config/gadgetron/*.xml) in its
-# config folder. Build from the repository root:
+# (gadgets/gadgetron_external.py) and our stream configurations
+# (gadgets/config/gadgetron/*.xml) in its config folder. Build from the repository root:
 #
 #   docker build -f docker/gadgetron.Dockerfile -t mr0-gadgetron .
 #   docker run --rm -p 127.0.0.1:9002:9002 mr0-gadgetron          # Gadgetron on 9002
@@ -32,19 +32,18 @@ USER 0
 # torch first, from TORCH_INDEX (CPU by default): the PyPI wheel would bring CUDA packages.
 RUN python -m pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 
-# Our package with the gadgetron extra into Gadgetron's Python, installed in place so that
-# gadgets.gadgetron_external finds config/chains/ next to the sources.
+# Our package with the gadgetron extra into Gadgetron's Python, installed in place (its chains
+# are package data, gadgets/config/chains/).
 COPY pyproject.toml README.md /opt/mr0/
 COPY mr0core /opt/mr0/mr0core
 COPY gadgets /opt/mr0/gadgets
 COPY scheduler /opt/mr0/scheduler
-COPY config /opt/mr0/config
 RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /opt/mr0/constraints.txt \
     && python -m pip install --no-cache-dir -c /opt/mr0/constraints.txt -e "/opt/mr0[gadgetron]" \
     && python -m compileall -q /opt/mr0/mr0core /opt/mr0/gadgets /opt/mr0/scheduler \
     && python -c "import gadgetron, gadgets.gadgetron_external"
 
 # The stream configurations, where `gadgetron_ismrmrd_client -c mr0_recon.xml` looks for them.
-COPY config/gadgetron/*.xml ${GADGETRON_PREFIX}/share/gadgetron/config/
+COPY gadgets/config/gadgetron/*.xml ${GADGETRON_PREFIX}/share/gadgetron/config/
 
 USER ${GADGETRON_USER}

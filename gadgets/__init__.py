@@ -1,7 +1,8 @@
 """MRD/ISMRMRD streaming server, client and gadget chains.
 
 ``protocol`` frames the messages, ``core`` and ``chain`` define gadgets and build chains from
-``config/chains/*.xml``, ``recon`` holds the standard gadgets (which call ``mr0core.recon``),
+``gadgets/config/chains/*.xml`` (package data), ``recon`` holds the standard gadgets (which
+call ``mr0core.recon``),
 ``twin`` the digital-twin preview, ``server`` and ``client`` are ``mr0-server`` and
 ``mr0-client``.
 """

@@ -20,7 +20,8 @@ elements are ignored (the server does the framing). ``<external>``, ``<parallel>
 ``<distributed>`` stream elements are refused.
 
 Class names resolve only through :data:`gadgets.core.REGISTRY`: nothing is imported by name.
-Chain files are chosen by name (:func:`chain_path`), and only inside the chains folder.
+Chain files are chosen by name (:func:`chain_path`), only inside a site's chain folder or the
+built-in one.
 
 Overrides (the session's JSON parameters) set properties over the XML: ``{"Prop": v}`` sets
 ``Prop`` of every gadget that has it, ``{"GadgetName.Prop": v}`` of one gadget (this wins over
@@ -35,6 +36,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,16 @@ import gadgets.jobs  # registers the store's gadgets (retrieve, reference scans)
 import gadgets.recon  # registers the standard gadgets
 import gadgets.retro  # registers retro-simulation
 import gadgets.twin  # noqa: F401  (registers the digital-twin gadgets)
-from gadgets.core import REGISTRY, ChainError, Context, Gadget, GadgetError, Item, named_file
+from gadgets.core import (
+    REGISTRY,
+    ChainError,
+    Context,
+    Gadget,
+    GadgetError,
+    Item,
+    check_plain_name,
+    named_file,
+)
 
 __all__ = [
     "DEFAULT_CHAINS_DIR",
@@ -52,14 +63,17 @@ __all__ = [
     "ChainSpec",
     "GadgetSpec",
     "applicable_overrides",
+    "available_chains",
     "chain_path",
     "chain_text",
     "load_chain",
     "parse_chain",
 ]
 
-DEFAULT_CHAINS_DIR: Path = Path(__file__).resolve().parent.parent / "config" / "chains"
-"""The repository's ``config/chains`` folder."""
+# Package data (gadgets/config/chains/*.xml), so an installed wheel has its chains. setuptools
+# installs packages unzipped, so the resource is a real folder that can be globbed and resolved.
+DEFAULT_CHAINS_DIR: Path = Path(str(resources.files("gadgets").joinpath("config", "chains")))
+"""The built-in chains (package data ``gadgets/config/chains``); always searched last."""
 
 MAX_CHAIN_BYTES = 1 << 20
 """Largest chain XML accepted (bytes of UTF-8)."""
@@ -330,23 +344,55 @@ class Chain:
         return f"Chain({' -> '.join(g.name for g in self.gadgets)})"
 
 
-def chain_path(name: str, chains_dir: Path) -> Path:
+def _chain_folders(chains_dir: Path | None) -> list[Path]:
+    """Return the folders searched for chains: a site's own (if any), then the built-in ones."""
+    folders = [Path(chains_dir).resolve()] if chains_dir is not None else []
+    if DEFAULT_CHAINS_DIR.resolve() not in folders:
+        folders.append(DEFAULT_CHAINS_DIR.resolve())
+    return folders
+
+
+def available_chains(chains_dir: Path | None = None) -> list[str]:
+    """Return the configuration names that :func:`chain_path` finds, sorted.
+
+    Parameters
+    ----------
+    chains_dir
+        A site's own chain folder (``mr0-server --chains``), searched before the built-in chains
+        (:data:`DEFAULT_CHAINS_DIR`); ``None`` for the built-in chains only.
+    """
+    names = {p.stem for folder in _chain_folders(chains_dir) if folder.is_dir()
+             for p in folder.glob("*.xml")}  # fmt: skip
+    return sorted(names)
+
+
+def chain_path(name: str, chains_dir: Path | None = None) -> Path:
     """Return the chain file for a configuration name (:func:`gadgets.core.named_file`).
+
+    ``chains_dir`` (a site's own chains) is searched first, then the built-in chains
+    (:data:`DEFAULT_CHAINS_DIR`), so a site folder adds chains and may replace a built-in one of
+    the same name.
 
     Raises
     ------
     ChainError
-        For an empty or unsafe name (paths, ``..``), or when there is no such chain.
+        For an empty or unsafe name (paths, ``..``), or when no folder has such a chain.
     """
     try:
-        return named_file(name, chains_dir, ".xml", "chain")
+        check_plain_name(name, "chain")
+        stem = name[:-4] if name.lower().endswith(".xml") else name
+        for folder in _chain_folders(chains_dir):
+            if (folder / f"{stem}.xml").is_file():
+                return named_file(name, folder, ".xml", "chain")
     except ValueError as exc:
         raise ChainError(str(exc)) from None
+    available = ", ".join(available_chains(chains_dir)) or "none"
+    raise ChainError(f"no chain {stem!r} (available: {available})")
 
 
 def load_chain(
     name: str,
-    chains_dir: Path,
+    chains_dir: Path | None,
     context: Context,
     overrides: Mapping[str, Any] | None = None,
 ) -> Chain:
@@ -360,7 +406,7 @@ def load_chain(
     return Chain(parse_chain(chain_text(name, chains_dir)), context, overrides)
 
 
-def chain_text(name: str, chains_dir: Path) -> str:
+def chain_text(name: str, chains_dir: Path | None = None) -> str:
     """Return the XML text of a configuration name's chain file (:func:`chain_path`).
 
     Raises

@@ -30,6 +30,7 @@ from typing import Any
 import ismrmrd
 from tqdm import tqdm
 
+from mr0core.clitools import exit_quietly_on_closed_pipe
 from mr0core.io.mrd import check_raw_file
 
 from .protocol import Limits, MessageId, MessageReader, MessageWriter, ProtocolError
@@ -218,6 +219,7 @@ def _receive(
             dset.close()
 
 
+@exit_quietly_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     """Run ``mr0-client``."""
     parser = argparse.ArgumentParser(

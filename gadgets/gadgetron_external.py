@@ -36,7 +36,9 @@ PASSIVE mode (start the gadget first; Gadgetron connects to it, once per stream)
       <configuration/>
     </external>
 
-Complete stream configurations are in ``config/gadgetron/``.
+Complete stream configurations are package data, in :data:`GADGETRON_CONFIGS_DIR`
+(``gadgets/config/gadgetron/``); ``python -m gadgets.gadgetron_external --configs-dir`` prints
+that folder, to copy them into Gadgetron's ``share/gadgetron/config/``.
 
 Parameters. Gadgetron sends the external element's ``<configuration>`` child as the config text.
 Its ``<property name="P" value="V"/>`` elements (or Gadgetron-v1 ``<property><name/><value/>``)
@@ -86,6 +88,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHAINS_ENV",
+    "GADGETRON_CONFIGS_DIR",
     "HEADER_SEQ_PARAMETER",
     "MAX_CONFIG_BYTES",
     "PHANTOMS_ENV",
@@ -117,6 +120,9 @@ TARGETS: dict[str, str] = {
     "retrosim": "mr0_retrosim",
 }
 """Chain name (in the chain folder) of each target."""
+
+GADGETRON_CONFIGS_DIR: Path = DEFAULT_CHAINS_DIR.parent / "gadgetron"
+"""Our stream configurations for a real Gadgetron (package data ``gadgets/config/gadgetron``)."""
 
 CHAINS_ENV = "MR0_CHAINS"
 """Environment variable naming the chain folder (default :data:`DEFAULT_CHAINS_DIR`)."""
@@ -285,7 +291,10 @@ def _has_property(spec: ChainSpec, name: str) -> bool:
 
 
 def chains_dir_from_env() -> Path:
-    """Return ``$MR0_CHAINS`` if set, else :data:`DEFAULT_CHAINS_DIR`."""
+    """Return ``$MR0_CHAINS`` if set, else :data:`DEFAULT_CHAINS_DIR`.
+
+    A site folder is searched before the built-in chains (:func:`gadgets.chain.chain_path`).
+    """
     value = os.environ.get(CHAINS_ENV, "").strip()
     return Path(value) if value else DEFAULT_CHAINS_DIR
 
@@ -569,13 +578,20 @@ def main(argv: list[str] | None = None) -> int:
         'on PORT for one connection (<external><connect port="PORT"/>…</external>). Chains '
         f"come from ${CHAINS_ENV} (default {DEFAULT_CHAINS_DIR}), phantoms from ${PHANTOMS_ENV}.",
     )
-    parser.add_argument("--listen", type=int, required=True, metavar="PORT",
+    parser.add_argument("--listen", type=int, metavar="PORT",
                         help="TCP port Gadgetron connects to (1-65535)")  # fmt: skip
+    parser.add_argument("--configs-dir", action="store_true",
+                        help="print the folder of our Gadgetron stream configurations")  # fmt: skip
     parser.add_argument("--target", default="recon", choices=sorted(TARGETS),
                         help="which chain to run (default recon)")  # fmt: skip
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error"))  # fmt: skip
     opts = parser.parse_args(argv)
+    if opts.configs_dir:
+        print(GADGETRON_CONFIGS_DIR)
+        return 0
+    if opts.listen is None:
+        parser.error("--listen PORT is required")
     if not 1 <= opts.listen <= 65535:
         parser.error(f"--listen must be a port 1..65535, got {opts.listen}")
     logging.basicConfig(

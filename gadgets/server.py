@@ -58,6 +58,7 @@ from typing import Any
 
 import ismrmrd
 
+from mr0core.clitools import exit_quietly_on_closed_pipe
 from mr0core.io.mrd import parse_header
 
 from .access import TOKEN_ENV, AccessError, Network, allowed, is_loopback, load_token, parse_allow
@@ -870,6 +871,7 @@ def keep_freed_memory(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 25
     )
 
 
+@exit_quietly_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     """Run ``mr0-server``."""
     parser = argparse.ArgumentParser(

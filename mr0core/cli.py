@@ -20,6 +20,8 @@ from mr0core.jobs import SimSettings
 from mr0core.pulseq.info import format_seq_info, seq_info
 from mr0core.pulseq.reader import SeqFormatError
 
+from .clitools import exit_quietly_on_closed_pipe
+
 __all__ = ["DEFAULT_SEQ", "main"]
 
 DEFAULT_SEQ = Path(__file__).parent / "data" / "sequences" / "gre.seq"
@@ -294,11 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@exit_quietly_on_closed_pipe
 def main(argv: SequenceABC[str] | None = None) -> int:
     """Run ``mr0``; return the exit status (0 ok, 2 bad input or usage error)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        raise  # standard output closed: exit_quietly_on_closed_pipe ends quietly
     except (SeqFormatError, OSError, ValueError, KeyError, RuntimeError) as exc:
         if args.debug:
             raise

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mr0core.clitools import exit_quietly_on_closed_pipe
+
 from .model import JOB_STATES, JobKind
 
 __all__ = ["main"]
@@ -34,6 +36,20 @@ __all__ = ["main"]
 
 def _store_dir(opts: argparse.Namespace) -> Path:
     return Path(opts.store or os.environ.get("MR0_SCHEDULER_STORE") or "mr0-scheduler")
+
+
+def _existing_store(opts: argparse.Namespace) -> Any:
+    """Return the store's :class:`scheduler.store.JobStore`, or None where there is none yet.
+
+    The read-only commands (``status``, ``jobs``, ``cancel``) use this so that they never create
+    a store where they are run.
+    """
+    from .store import DB_NAME, JobStore
+
+    root = _store_dir(opts)
+    if not (root / DB_NAME).is_file():
+        return None
+    return JobStore(root)
 
 
 def _fmt_bytes(n: float | None) -> str:
@@ -73,14 +89,15 @@ def _run(opts: argparse.Namespace) -> int:
 
 def _status(opts: argparse.Namespace) -> int:
     from .gpu import GpuMonitor
-    from .store import JobStore
 
-    store = JobStore(_store_dir(opts))
+    store = _existing_store(opts)
     monitor = GpuMonitor(interval_s=0)
     gpus = monitor.snapshot()
-    queued = store.queued()
-    running = store.jobs("running", limit=1000)
+    queued = store.queued() if store else []
+    running = store.jobs("running", limit=1000) if store else []
     out = {
+        "store": str(_store_dir(opts)),
+        "store_exists": store is not None,
         "gpu_monitor": "nvml" if monitor.available else monitor.reason,
         "gpus": [{"device": g.device, "name": g.name, "total_bytes": g.total_bytes,
                   "free_bytes": g.free_bytes, "utilization": g.utilization,
@@ -92,11 +109,13 @@ def _status(opts: argparse.Namespace) -> int:
         "running": [{"job": r.id, "kind": r.kind.name.lower(), "device": r.device,
                      "seconds": round(time.time() - (r.started or time.time()), 1),
                      "attempts": r.attempts} for r in running],
-        "counts": store.counts(),
+        "counts": store.counts() if store else dict.fromkeys(JOB_STATES, 0),
     }  # fmt: skip
     if opts.json:
         print(json.dumps(out, indent=2))
         return 0
+    if store is None:
+        print(f"store: none at {out['store']} (nothing submitted there)")
     print(f"GPUs ({out['gpu_monitor']}):")
     for g in out["gpus"]:
         print(f"  {g['device']:8} {g['name'][:28]:28} free {_fmt_bytes(g['free_bytes'])} of "
@@ -117,9 +136,8 @@ def _status(opts: argparse.Namespace) -> int:
 
 
 def _jobs(opts: argparse.Namespace) -> int:
-    from .store import JobStore
-
-    records = JobStore(_store_dir(opts)).jobs(opts.state, limit=opts.limit)
+    store = _existing_store(opts)
+    records = store.jobs(opts.state, limit=opts.limit) if store else []
     if opts.json:
         print(json.dumps([r.as_dict() for r in records], indent=2, default=str))
         return 0
@@ -131,10 +149,14 @@ def _jobs(opts: argparse.Namespace) -> int:
 
 
 def _cancel(opts: argparse.Namespace) -> int:
-    from .store import JobStore, StoreError
+    from .store import StoreError
 
+    store = _existing_store(opts)
+    if store is None:
+        print(f"mr0-scheduler: no job store at {_store_dir(opts)}", file=sys.stderr)
+        return 2
     try:
-        ok = JobStore(_store_dir(opts)).cancel(opts.job)
+        ok = store.cancel(opts.job)
     except (StoreError, ValueError, LookupError) as exc:
         print(f"mr0-scheduler: {exc}", file=sys.stderr)
         return 2
@@ -173,6 +195,7 @@ def _submit(opts: argparse.Namespace) -> int:
     return 0
 
 
+@exit_quietly_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     """Run ``mr0-scheduler``."""
     parser = argparse.ArgumentParser(prog="mr0-scheduler", description=__doc__.splitlines()[0])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,12 @@ import torch
 DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "seq-corpus"
 CORPUS_FILES = sorted(CORPUS.glob("*.seq"))
+
+# The environment's own commands (mr0, mr0-server, hadolint, ...) come first on PATH, as if it
+# were activated: the README runs the tests as `.venv/bin/python -m pytest` without activation.
+_BIN = str(Path(sys.executable).parent)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:
+    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

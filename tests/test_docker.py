@@ -327,10 +327,10 @@ def test_gadgetron_image_installs_into_gadgetrons_python():
     assert parser.baseimage.startswith("ghcr.io/gadgetron/gadgetron/")
     assert any(any("[gadgetron]" in a for a in args) for args in _pip_installs(GADGETRON))
     copies = [i["value"] for i in _instructions(GADGETRON) if i["instruction"] == "COPY"]
-    xml = [c for c in copies if c.startswith("config/gadgetron/")]
+    xml = [c for c in copies if c.startswith("gadgets/config/gadgetron/")]
     assert xml
     assert xml[0].split()[-1].endswith("/share/gadgetron/config/")
-    assert sorted(REPO.glob("config/gadgetron/*.xml"))
+    assert sorted(REPO.glob("gadgets/config/gadgetron/*.xml"))
 
 
 # -- our console scripts and the options given to them ------------------------------------------
@@ -638,6 +638,7 @@ def test_label_matches_the_server(template):
     for parameter in template["parameters"]:
         if parameter["id"] == "config":
             for value in parameter["values"]:
-                assert (REPO / "config" / "chains" / f"{value['id']}.xml").is_file(), value
+                chain = REPO / "gadgets" / "config" / "chains" / f"{value['id']}.xml"
+                assert chain.is_file(), value
         else:
             assert f'"{parameter["id"]}": Property(' in gadget_source, parameter["id"]

@@ -376,9 +376,14 @@ def test_context_is_built_like_the_server(scan, tmp_path, monkeypatch):
     assert ctx.chains_dir == DEFAULT_CHAINS_DIR
     assert ctx.parameters == {"series_index": "3"}
     assert chain.gadgets[-1].props["series_index"] == 3
-    monkeypatch.setenv(ge.CHAINS_ENV, str(tmp_path))  # a folder without chains
-    with pytest.raises(ChainError, match="no chain 'default'"):
-        ge.open_chain("default", None, scan.header)
+    # $MR0_CHAINS is the site's folder: its chains come first, the built-in ones stay
+    (tmp_path / "default.xml").write_text((DEFAULT_CHAINS_DIR / "passthrough.xml").read_text())
+    monkeypatch.setenv(ge.CHAINS_ENV, str(tmp_path))
+    site = ge.open_chain("default", None, scan.header)
+    assert [g.name for g in site.gadgets] != [g.name for g in chain.gadgets]
+    assert len(ge.open_chain("sense", None, scan.header).gadgets) > 1
+    with pytest.raises(ChainError, match="no chain 'nowhere'"):
+        ge.open_chain("nowhere", None, scan.header)
     with pytest.raises(GadgetError, match="does not parse"):
         ge.open_chain("passthrough", None, "<ismrmrdHeader><oops")
 
@@ -396,7 +401,7 @@ def test_targets_and_their_chains():
 
 
 def test_gadgetron_stream_configurations_are_complete():
-    files = sorted((REPO / "config" / "gadgetron").glob("*.xml"))
+    files = sorted((REPO / "gadgets" / "config" / "gadgetron").glob("*.xml"))
     names = {p.name for p in files}
     assert {"mr0_twin_preview.xml", "mr0_recon.xml", "mr0_recon_passive.xml"} <= names
     for path in files:
@@ -424,7 +429,7 @@ def test_gadgetron_stream_configurations_are_complete():
         text = ET.tostring(configuration, encoding="unicode") if configuration is not None else ""
         chain = ge.open_chain(ge.TARGETS[target], pugi_config(text), None)
         assert chain.context.parameters == ge.config_properties(text)
-    preview = ET.parse(REPO / "config" / "gadgetron" / "mr0_twin_preview.xml").getroot()
+    preview = ET.parse(REPO / "gadgets" / "config" / "gadgetron" / "mr0_twin_preview.xml").getroot()
     props = {p.get("name"): p.get("value") for p in preview.iter("property")}
     assert props["phantom"] == "brain"
 

@@ -319,7 +319,9 @@ def test_hostile_input_gets_error_then_close(server, case):
 
 
 def test_config_name_never_reaches_the_filesystem(server, tmp_path):
-    msgs = converse(server.address[1], stream(config=str(REPO / "config" / "chains" / "default")))
+    msgs = converse(
+        server.address[1], stream(config=str(REPO / "gadgets" / "config" / "chains" / "default"))
+    )
     assert str(msgs[0].value).startswith("ERROR")
 
 
