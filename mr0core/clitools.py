@@ -33,9 +33,10 @@ def exit_quietly_on_closed_pipe(main: Callable[P, int]) -> Callable[P, int]:
     @functools.wraps(main)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> int:
         try:
-            status = main(*args, **kwargs)
-            sys.stdout.flush()
-            return status
+            try:
+                return main(*args, **kwargs)
+            finally:  # also on SystemExit (argparse's --help): what is buffered must go now
+                sys.stdout.flush()
         except BrokenPipeError:
             devnull = os.open(os.devnull, os.O_WRONLY)
             try:

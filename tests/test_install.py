@@ -197,7 +197,7 @@ def test_scheduler_read_commands_create_no_store(tmp_path: Path, command: list[s
         ["mr0", "seq-info", str(CORPUS / "write_gre.seq")],
         ["mr0-scheduler", "status"],
         ["mr0-scheduler", "jobs", "--json"],
-        ["mr0-server", "--help"],  # argparse's help drops the error itself: status 0
+        ["mr0-server", "--help"],
         ["mr0-client", "--help"],
     ],
 )
@@ -208,10 +208,12 @@ def test_commands_exit_quietly_on_a_closed_pipe(tmp_path: Path, command: list[st
     os.close(write)
     os.close(read)  # the reader goes away before the command writes
     _, err = proc.communicate(timeout=120)
-    want = 0 if "--help" in command else CLOSED_PIPE_STATUS
-    assert proc.returncode == want, err
+    # argparse's help swallows a failed write itself; whatever is left fails at the flush
+    want = {0, CLOSED_PIPE_STATUS} if "--help" in command else {CLOSED_PIPE_STATUS}
+    assert proc.returncode in want, err
     assert "Traceback" not in err, err
     assert "BrokenPipe" not in err, err
+    assert "Exception ignored" not in err, err
 
 
 def test_a_closed_pipe_without_the_wrapper_is_a_traceback(tmp_path: Path) -> None:
