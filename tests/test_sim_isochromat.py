@@ -119,11 +119,12 @@ def test_b1_scales_the_flip_and_shifts_the_phase() -> None:
 def test_ptx_shim_combines_channels() -> None:
     b1 = torch.tensor([[1.0 + 0j], [1j]])  # [tx, voxels]
     seq = _fid(math.pi / 2)
-    # 0.5·1 + 0.5·e^{-iπ/2}·i = 1: the channels add up to a 90° pulse of phase 0
-    seq[0].pulse.shim_array = torch.tensor([[0.5, 0.0], [0.5, -math.pi / 2]])
+    # channel c is driven with amp·e^{−iφ} (MR-zero's convention):
+    # 0.5·1 + 0.5·e^{−iπ/2}·i = 1: the channels add up to a 90° pulse of phase 0
+    seq[0].pulse.shim_array = torch.tensor([[0.5, 0.0], [0.5, math.pi / 2]])
     assert complex(_sim(seq, _voxel(B1=b1))[0, 0]) == pytest.approx(-1j, abs=1e-5)
     # in phase opposition they cancel: no flip, no signal
-    seq[0].pulse.shim_array = torch.tensor([[0.5, 0.0], [0.5, math.pi / 2]])
+    seq[0].pulse.shim_array = torch.tensor([[0.5, 0.0], [0.5, -math.pi / 2]])
     assert abs(complex(_sim(seq, _voxel(B1=b1))[0, 0])) < 1e-5
     seq[0].pulse.shim_array = torch.ones(3, 2)
     with pytest.raises(ValueError, match="shim channels"):
@@ -259,6 +260,34 @@ def test_diffusion_attenuates_like_stejskal_tanner() -> None:
     # without the gradients nothing happens
     seq[0].gradm[:] = 0
     assert complex(_sim(seq, _voxel(D=d), 1000)[0, 0]) == pytest.approx(-1j, abs=1e-5)
+
+
+@pytest.mark.parametrize("model", ["isochromat", "pdg"])
+def test_pgse_with_one_event_per_lobe_gives_exp_minus_bd(model: str) -> None:
+    """A PGSE whose lobes are single events of duration δ: b = (2πk)² (Δ − δ/3).
+
+    The moment of an event is played through it (as the PDG takes it), not as an impulse at its
+    start; the impulse would give b = (2πk)² Δ (checked to differ by more than the tolerance).
+    """
+    d, delta, big_delta, k = 2.0, 10e-3, 25e-3, 2.0e4  # 10⁻³ mm²/s, s, s, 1/m
+    seq = mr0.Sequence(normalized_grads=False)
+    _add_rep(seq, math.pi / 2, [(delta, False, k), (big_delta - delta, False, 0.0)])
+    _add_rep(seq, math.pi, [(delta, False, k), (big_delta - delta, True, 0.0)], math.pi / 2)
+    seq[1].pulse.usage = mr0.PulseUsage.REFOC
+    data = _voxel(D=d)
+    if model == "isochromat":
+        echo = abs(complex(_sim(seq, data, 20000, spin_dist="rand")[0, 0]))
+    else:
+        built = data.build()
+        graph = mr0.compute_graph(seq, built, 200, 1e-6)
+        echo = abs(complex(mr0.execute_graph(graph, seq, built, 1e-6, 1e-6,
+                                             print_progress=False)[0, 0]))  # fmt: skip
+    b = (2 * math.pi * k) ** 2 * (big_delta - delta / 3)  # s/m²
+    expected = math.exp(-b * d * 1e-9)
+    impulse = math.exp(-((2 * math.pi * k) ** 2) * big_delta * d * 1e-9)
+    assert expected == pytest.approx(0.5, abs=0.05)
+    assert echo == pytest.approx(expected, abs=0.015)
+    assert abs(impulse - expected) > 0.04  # the impulse model would fail the line above
 
 
 # --------------------------------------------------------------------------- autograd

@@ -10,8 +10,9 @@ Model
 Pulse
     Instantaneous, at the start of each repetition. Per voxel the flip is ``α = angle · |B1eff|``
     and the phase ``φ = phase + arg B1eff`` with ``B1eff = Σ_c B1[c] · shim_amp[c] ·
-    exp(i shim_phase[c])``. The pulse is a right-handed rotation by ``α`` about
-    ``(cos φ, sin φ, 0)``; with ``m+ = Mx + i My``, ``c = cos(α/2)``, ``s = sin(α/2)``::
+    exp(−i shim_phase[c])`` (a one-channel shim is not applied: :mod:`mr0core.sim.rf`). The
+    pulse is a right-handed rotation by ``α`` about ``(cos φ, sin φ, 0)``; with
+    ``m+ = Mx + i My``, ``c = cos(α/2)``, ``s = sin(α/2)``::
 
         m+' = c² m+ + e^{2iφ} s² conj(m+) − i e^{iφ} sin(α) Mz
         Mz' = cos(α) Mz + sin(α) Im(e^{−iφ} m+)
@@ -45,12 +46,18 @@ Spin samples
     generator seeded from ``r2_seed`` (0 by default). The same spin pattern is used in every voxel,
     so every voxel has the same (sampled) shape, like the PDG's voxel response.
 Diffusion
-    Always on (set ``D = 0`` to switch it off): after each event every spin takes an independent
-    Gaussian random-walk step of standard deviation ``sqrt(2 D dt)`` per axis (``D`` in
-    10⁻³ mm²/s = 10⁻⁹ m²/s), from a generator seeded like the spin samples, so results are
-    reproducible (for a given voxel chunking). Spins are not confined to their voxel.
+    Always on (set ``D = 0`` to switch it off): every spin does an independent Brownian walk
+    (``D`` in 10⁻³ mm²/s = 10⁻⁹ m²/s, variance ``2 D dt`` per axis and event). The gradient
+    moment of an event is taken as played at a constant rate through the event, as in the PDG,
+    so the phase a spin gains in it is ``2π Δk · (r + mean displacement over the event)``.
+    For each event the walk's increment ``ΔW`` and its time average ``A`` are drawn jointly
+    and exactly (``ΔW ~ N(0, 2D dt)``, ``A = ΔW/2 + N(0, 2D dt / 12)``), so a PGSE gives
+    ``exp(−bD)`` with ``b = (2πG)² δ² (Δ − δ/3)`` even with one event per lobe. The generator
+    is seeded like the spin samples, so results are reproducible (for a given voxel chunking).
+    Spins are not confined to their voxel.
 ``perfect_spoiling``
-    Sets all ``m+`` to zero right before every pulse.
+    Sets all ``m+`` to zero right before every excitation pulse (usage ``EXCIT``), as MR-zero
+    does; refocusing and other pulses act on the transverse magnetisation as it is.
 
 Everything is plain differentiable torch (no in-place operations), in float32 / complex64 on the
 phantom's device. Large problems (more than ``_CHUNK_ELEMENTS`` voxel × spin elements) are
@@ -66,6 +73,10 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 from tqdm import tqdm
+
+from mr0core.sequence import PulseUsage
+
+from .rf import effective_b1
 
 if TYPE_CHECKING:
     from mr0core.phantom.sim_data import SimData
@@ -85,6 +96,8 @@ _DIMS = 4  # T2' offset, x, y, z
 class _Rep:
     """A repetition prepared for the simulation (tensors on the phantom device)."""
 
+    index: int  # in the sequence, for messages
+    excitation: bool  # the pulse's usage is EXCIT
     angle: torch.Tensor  # 0-d, rad
     phase: torch.Tensor  # 0-d, rad
     shim: torch.Tensor  # [tx, 2]
@@ -117,7 +130,8 @@ def isochromat_sim(
     spin_count
         Isochromats per voxel, 1 … 100000.
     perfect_spoiling
-        If True, the transverse magnetisation is set to zero before every pulse.
+        If True, the transverse magnetisation is set to zero before every excitation pulse
+        (usage ``EXCIT``).
     print_progress
         Show a tqdm progress bar over the repetitions.
     spin_dist
@@ -258,15 +272,15 @@ def _prepare(rep: Repetition, data: SimData, normalized: bool, index: int) -> _R
         gradm = gradm / data.size.to(dev, fdt)
     shim = rep.pulse.shim_array.to(dev, fdt)
     tx = data.B1.shape[0]
-    if shim.shape[0] != tx:
-        if shim.shape[0] != 1:
-            raise ValueError(
-                f"repetition {index}: the pulse has {shim.shape[0]} shim channels, the phantom "
-                f"{tx} B1 channels"
-            )
-        shim = shim.expand(tx, 2)
+    if shim.shape[0] not in (1, tx):
+        raise ValueError(
+            f"repetition {index}: the pulse has {shim.shape[0]} shim channels, the phantom "
+            f"{tx} B1 channels"
+        )
     dt = rep.event_time.to(dev, fdt)
     return _Rep(
+        index=index,
+        excitation=rep.pulse.usage == PulseUsage.EXCIT,
         angle=rep.pulse.angle.to(dev, fdt),
         phase=rep.pulse.phase.to(dev, fdt),
         shim=shim,
@@ -312,9 +326,9 @@ def _simulate(
     mz = torch.ones(n_vox, n_spins, dtype=fdt, device=dev)
     out: list[torch.Tensor] = []
     for rep in reps:
-        if perfect_spoiling:
+        if perfect_spoiling and rep.excitation:
             mp = torch.zeros_like(mp)
-        b1eff = (torch.polar(rep.shim[:, 0], rep.shim[:, 1])[:, None] * b1).sum(0)  # [V]
+        b1eff = effective_b1(rep.shim, b1, rep.index)  # [V]
         angle = (rep.angle * b1eff.abs())[:, None]
         phase = (rep.phase + torch.angle(b1eff))[:, None]
         mp, mz = _pulse(mp, mz, angle, phase)
@@ -322,16 +336,21 @@ def _simulate(
             dt, k = rep.dt[e], rep.k[e]
             # gradient phase k·r with r = voxel position + spin offset (+ random walk)
             cycles = (pos @ k)[:, None] + (offsets @ k)[None, :] + df * dt
-            if walk is not None:
+            if diffusing and rep.dt_list[e] > 0:
+                # the walk during the event: increment and time average, drawn jointly (module
+                # documentation); sqrt has an infinite derivative at 0 (D = 0 voxels): clamp
+                std = torch.sqrt(torch.clamp(2 * diff * dt, min=1e-30))
+                z = torch.randn(2, n_vox, n_spins, 3, generator=gen, device=dev, dtype=fdt)
+                step = z[0] * std
+                mean_offset = step / 2 + z[1] * (std / math.sqrt(12))
+                start = mean_offset if walk is None else walk + mean_offset
+                cycles = cycles + start @ k
+                walk = step if walk is None else walk + step
+            elif walk is not None:
                 cycles = cycles + walk @ k
             mp = mp * torch.polar(torch.exp(-dt / t2), -_TWO_PI * cycles)
             e1 = torch.exp(-dt / t1)
             mz = mz * e1 + (1 - e1)
-            if diffusing and rep.dt_list[e] > 0:
-                # sqrt has an infinite derivative at 0 (D = 0 voxels): clamp, gradient 0 there
-                std = torch.sqrt(torch.clamp(2 * diff * dt, min=1e-30))
-                step = torch.randn(n_vox, n_spins, 3, generator=gen, device=dev, dtype=fdt)
-                walk = step * std if walk is None else walk + step * std
             if rep.adc[e]:
                 rot = torch.polar(torch.ones_like(rep.adc_phase[e]), rep.adc_phase[e])
                 out.append((pd_coil * mp.mean(dim=1)).sum(dim=1) * rot)

@@ -37,6 +37,7 @@ from .graph import (
     Z_FROM_Z,
     Graph,
 )
+from .rf import effective_b1
 
 if TYPE_CHECKING:
     from mr0core.phantom.sim_data import SimData
@@ -264,16 +265,7 @@ def execute_graph(
         prev_map_z = _remap(z_active, _prev_count(graph, r, plus=False))
 
         pulse = rep.pulse
-        shim = pulse.shim_array.to(dev, fdt)
-        if shim.shape[0] != b1.shape[0]:
-            if shim.shape[0] == 1 and b1.shape[0] > 1:
-                shim = shim.expand(b1.shape[0], 2)
-            else:
-                raise ValueError(
-                    f"repetition {r}: the pulse has {shim.shape[0]} shim channels, the phantom "
-                    f"{b1.shape[0]} B1 channels"
-                )
-        b1eff = (_cis(shim[:, 1], shim[:, 0]).unsqueeze(1) * b1).sum(0)  # [V]
+        b1eff = effective_b1(pulse.shim_array.to(dev, fdt), b1, r)  # [V]
         angle = pulse.angle.to(dev, fdt) * b1eff.abs()
         phase = pulse.phase.to(dev, fdt) + torch.angle(b1eff)
         c2 = torch.cos(angle / 2) ** 2
