@@ -166,5 +166,17 @@ def test_header_only_protocol_on_generated_shepp_logan(server, tmp_path):
     assert rep["notes"]
     simulated = np.asarray(series[2][0].data)
     assert float(np.abs(simulated).max()) > 0
-    assert 0 < rep["nrmse"] < 1.5
     assert rep["ssim"] is not None
+    # The metric is what it says, on this data too: a is the least-squares scale of the
+    # simulation onto the measurement, series 3 is measured − a·simulated, and NRMSE is
+    # ‖m − a·s‖/‖m‖ (a wrong scale, difference or norm fails these). The header-only twin does not
+    # reproduce this generator's image (NRMSE about 0.9: its Shepp-Logan is proton density only,
+    # ours a 1 ms-TR GRE transient), so no bound on the value itself is claimed here.
+    m = np.asarray(series[1][0].data, dtype=np.float64)
+    d = np.asarray(series[3][0].data, dtype=np.float64)
+    s = simulated.astype(np.float64)
+    scale = float((m * s).sum() / (s * s).sum())
+    assert rep["scale"] == pytest.approx(scale, rel=1e-4)
+    np.testing.assert_allclose(d, m - scale * s, atol=1e-5 * np.abs(m).max())
+    assert rep["nrmse"] == pytest.approx(np.linalg.norm(m - scale * s) / np.linalg.norm(m),
+                                         rel=1e-4)  # fmt: skip

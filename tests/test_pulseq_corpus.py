@@ -76,7 +76,7 @@ def test_adc_count_and_duration_match_pypulseq(corpus_file: Path) -> None:
 
 
 def test_kspace_matches_pypulseq(corpus_file: Path) -> None:
-    """k of every ADC sample within 1% of k_max of PyPulseq's calculate_kspace (same sign, 1/m)."""
+    """k of every ADC sample within 10⁻⁵ of k_max of PyPulseq's calculate_kspace (same sign)."""
     ref = reference(corpus_file)
     if len(ref["t_adc"]) == 0:
         pytest.skip("file has no ADC")
@@ -84,7 +84,8 @@ def test_kspace_matches_pypulseq(corpus_file: Path) -> None:
     k_ref = ref["k_adc"]
     k_max = np.abs(k_ref).max()
     err = np.abs(k - k_ref).max()
-    assert err <= 0.01 * max(k_max, 1e-9) + 1e-6, f"max error {err} for k_max {k_max}"
+    # measured: at most 2.4e-6 of k_max over the corpus (float32 sample times and moments)
+    assert err <= 1e-5 * max(k_max, 1e-9) + 1e-9, f"max error {err} for k_max {k_max}"
 
 
 def test_labels_match_pypulseq(corpus_file: Path) -> None:

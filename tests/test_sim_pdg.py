@@ -251,7 +251,17 @@ def test_util_simulate_defaults_and_no_files_in_cwd(
     assert signal.shape == (4096, 1)
     assert ktraj.shape == (4096, 4)
     assert signal.dtype == torch.complex64
-    assert float(signal.abs().max()) > 1.0
+    # the documented defaults: the built-in brain at sim_size, pre-pass (200, 1e-4), accuracy 1e-3
+    seq = mr0.Sequence.import_file(CORPUS / "write_gre.seq")
+    data = mr0.util.load_phantom(size=(32, 32)).build()
+    graph = compute_graph(seq, data, 200, 1e-4)
+    explicit = execute_graph(graph, seq, data, 1e-3, 1e-3, print_progress=False)
+    torch.testing.assert_close(signal, explicit, rtol=0, atol=1e-6 * float(explicit.abs().max()))
+    torch.testing.assert_close(ktraj, seq.get_kspace())
+    # negative control: another phantom gives another signal (the comparison above can fail)
+    other = execute_graph(graph, seq, mr0.util.load_phantom(size=(16, 16)).build(), 1e-3, 1e-3,
+                          print_progress=False)  # fmt: skip
+    assert (signal - other).abs().max() > 0.01 * signal.abs().max()  # the phantom matters
     noisy, _ = mr0.util.simulate(str(CORPUS / "write_gre.seq"), sim_size=(32, 32), noise_level=0.5)
     residual = (noisy - signal).abs().pow(2).mean().sqrt()
     assert float(residual) == pytest.approx(0.5, rel=0.1)

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .rf import effective_b1
+
 if TYPE_CHECKING:
     import matplotlib.figure
 
@@ -294,8 +296,8 @@ def _b1_scales(seq: Sequence, data: SimData, weights: torch.Tensor) -> tuple[flo
     """
     b1 = data.B1.detach()
     shim = seq[0].pulse.shim_array.detach().to(b1.device) if len(seq) else None
-    if shim is not None and shim.shape[0] == b1.shape[0]:
-        b1 = (torch.polar(shim[:, 0].float(), shim[:, 1].float())[:, None] * b1).sum(0)
+    if shim is not None and shim.shape[0] in (1, b1.shape[0]):
+        b1 = effective_b1(shim.float(), b1, 0)
     else:
         b1 = b1.sum(0)
     scale = b1.abs().double().cpu().numpy()
