@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .sim_data import SimData, VoxelShape, voxel_shape
+from .sim_data import MOTION_NOT_SIMULATED, NotSimulated, SimData, VoxelShape, voxel_shape
 
 if TYPE_CHECKING:
     import matplotlib.figure
@@ -52,6 +52,9 @@ class CustomVoxelPhantom:
     coil_sens
         Optional ``[coils, voxels]`` receive sensitivities; one coil of ones by default.
     """
+
+    phantom_motion = NotSimulated(MOTION_NOT_SIMULATED)
+    voxel_motion = NotSimulated(MOTION_NOT_SIMULATED)
 
     def __init__(
         self,

@@ -120,6 +120,34 @@ def _check(name: str, value: torch.Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError(f"SimData.{name} has shape {tuple(value.shape)}, expected {shape}")
 
 
+class NotSimulated:
+    """An attribute of MR-zero's interface that the simulation does not implement yet.
+
+    Reading it gives ``None``; setting it to anything else raises :class:`NotImplementedError`
+    naming the attribute, so that a script that relies on it fails loudly instead of getting a
+    result that silently ignores it (``phantom_motion`` and ``voxel_motion``: the simulated
+    subject does not move yet).
+    """
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: object, objtype: type | None = None) -> Any:
+        return self if obj is None else None
+
+    def __set__(self, obj: object, value: Any) -> None:
+        if value is not None:
+            raise NotImplementedError(f"{type(obj).__name__}.{self.name}: {self.why}")
+
+
+MOTION_NOT_SIMULATED = (
+    "motion is not simulated yet (the subject stands still), so it would be ignored; leave it None"
+)
+
+
 class SimData:
     """Flattened simulation input: one entry per voxel that carries signal.
 
@@ -143,12 +171,17 @@ class SimData:
     recover_func
         Optional function ``SimData -> phantom`` that undoes ``build()``.
     phantom_motion, voxel_motion
-        Optional motion descriptions, passed through unchanged.
+        MR-zero's motion interface: only ``None`` is accepted for now; anything else raises
+        :class:`NotImplementedError` (motion is not simulated yet, and it is never ignored
+        silently).
     tissue_masks
         Optional ``{name: bool [voxels]}``, e.g. which voxels belong to which tissue.
     affine
         Optional ``[4, 4]`` voxel index → RAS+ mm transform of the source grid (NIfTI convention).
     """
+
+    phantom_motion = NotSimulated(MOTION_NOT_SIMULATED)
+    voxel_motion = NotSimulated(MOTION_NOT_SIMULATED)
 
     def __init__(
         self,

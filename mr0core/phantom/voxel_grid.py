@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .sim_data import SimData, voxel_shape
+from .sim_data import MOTION_NOT_SIMULATED, NotSimulated, SimData, voxel_shape
 
 if TYPE_CHECKING:
     import matplotlib.figure
@@ -103,13 +103,17 @@ class VoxelGridPhantom:
         ``[3]`` physical extent in m. May also be a ``[4, 4]`` affine (MR-zero ≥ 1.2 passes the
         affine in this position); then the size is taken from it.
     phantom_motion, voxel_motion
-        Optional motion descriptions, passed through to :class:`SimData`.
+        MR-zero's motion interface: only ``None`` for now (anything else raises
+        :class:`NotImplementedError`; see :class:`~mr0core.phantom.sim_data.NotSimulated`).
     tissue_masks
         Optional ``{name: [x, y, z]}`` masks.
     affine
         Optional ``[4, 4]`` voxel index → RAS+ mm transform (NIfTI convention). Only its rotation
         and the position of the centre voxel are kept; the voxel size always follows ``size``.
     """
+
+    phantom_motion = NotSimulated(MOTION_NOT_SIMULATED)
+    voxel_motion = NotSimulated(MOTION_NOT_SIMULATED)
 
     def __init__(
         self,
