@@ -22,11 +22,14 @@ and the extended-phase-graph formalism, Weigel 2015; Endres et al., MRM 2024):
 - States with equal (k, τ) in a repetition are one node (quantised to 10⁻³ /m and 10 ns), which
   is what keeps the graph from growing exponentially.
 
-The pre-pass runs this for one average voxel (mean T1, T2, T2′, D; B1 = 1) in float64 numpy,
-keeps at most ``max_state_count`` states per kind and repetition with ``|m| ≥ min_state_mag``, and
-estimates for every state the signal it emits in its repetition and the largest signal it and its
-descendants can still emit ("latent"). The main pass (:func:`~mr0core.sim.execute_graph`) uses
-these estimates to simulate only the states that matter, with every voxel.
+The pre-pass runs this in float64 numpy for a few representative voxels in parallel ("columns"):
+the PD-weighted mean tissue at the mean and the 2nd/98th percentile flip scale, and each tissue of
+the phantom (or, without tissue masks, the T1 and T2 extremes). It keeps at most
+``max_state_count`` states per kind and repetition with ``|m| ≥ min_state_mag`` in any column, and
+estimates for every state the signal it emits in its repetition and a bound on the total signal it
+and its descendants can still emit ("latent"), each relative to its column's strongest state and
+maximised over the columns. The main pass (:func:`~mr0core.sim.execute_graph`) uses these
+estimates to simulate only the states that matter, with every voxel.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ class RepGraph:
     # defining parent of each state: (edge kind, parent index); k and τ follow from it
     plus_def: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     z_def: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
-    # estimates for every B1 scale of the pre-pass [n, scales]; plus_mag/z_mag are column 0
+    # magnitudes of the nominal column [n, 1] (the pre-pass uses every column, then trims)
     plus_mags: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), complex))
     z_mags: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), complex))
 
@@ -253,15 +256,15 @@ def _seq_arrays(seq: Sequence, size: np.ndarray) -> list[_SeqRep]:
 def compute_graph(
     seq: Sequence, data: SimData, max_state_count: int = 200, min_state_mag: float = 1e-4
 ) -> Graph:
-    """Compute the PDG of ``seq`` for the phantom ``data`` (mean tissue values).
+    """Compute the PDG of ``seq`` for the phantom ``data`` (its mean tissue and its tissues).
 
     Parameters
     ----------
     seq
         The sequence.
     data
-        The phantom; its PD-weighted mean T1, T2, T2′, D and its Nyquist frequency and size are
-        used.
+        The phantom; its PD-weighted mean T1, T2, T2′, D, those of its tissues (or extremes),
+        the spread of its flip scale, and its Nyquist frequency and size are used.
     max_state_count
         At most this many transverse and this many longitudinal states per repetition.
     min_state_mag
@@ -273,19 +276,69 @@ def compute_graph(
     def mean(x: torch.Tensor) -> float:
         return float((x.detach() * w).sum())
 
-    return compute_graph_ext(
-        seq,
-        mean(data.T1),
-        mean(data.T2),
-        mean(data.T2dash),
-        mean(data.D),
-        max_state_count,
-        min_state_mag,
-        data.nyquist.detach().cpu().double().numpy(),
-        data.size.detach().cpu().double().numpy(),
+    b1_scales = _b1_scales(seq, data, w)
+    columns = [(mean(data.T1), mean(data.T2), mean(data.T2dash), mean(data.D), b)
+               for b in b1_scales]  # fmt: skip
+    columns += _tissue_columns(data, w, b1_scales[0])
+    return _prepass(
+        seq, _dedupe(columns), max_state_count, min_state_mag,
+        data.nyquist.detach().cpu().double().numpy(), data.size.detach().cpu().double().numpy(),
         data.dephasing_func,
-        b1_scales=_b1_scales(seq, data, w),
-    )
+    )  # fmt: skip
+
+
+_Column = tuple[float, float, float, float, float]
+"""One voxel the pre-pass follows: T1, T2, T2′ (s), D (10⁻³ mm²/s), flip scale |B1eff|."""
+
+MAX_TISSUE_COLUMNS = 6
+"""At most this many tissue columns besides the mean tissue (the largest tissues win)."""
+
+
+def _tissue_columns(data: SimData, weights: torch.Tensor, b1: float) -> list[_Column]:
+    """Return the tissues the pre-pass follows beside the mean one.
+
+    A state is kept when it matters for any of them (relative to that tissue's own strongest
+    state), so a state that is negligible for the mean tissue but not for, say, CSF (long T1, T2)
+    or for a tissue near its inversion null is not lost. With ``tissue_masks`` (a ``TissueDict``'s
+    build) each tissue holding ≥ 1 % of the PD is one column (PD-weighted means over its voxels);
+    otherwise the voxels of the lowest and the highest decile of T1 and the highest decile of T2
+    (PD-weighted) make three columns.
+    """
+    props = [x.detach().double() for x in (data.T1, data.T2, data.T2dash, data.D)]
+    total = float(weights.sum())
+    out: list[tuple[float, _Column]] = []
+
+    def column(m: torch.Tensor) -> tuple[float, _Column] | None:
+        wm = weights.double() * m.detach().double().clamp_min(0)
+        share = float(wm.sum())
+        if share < 0.01 * total or share <= 0:
+            return None
+        t1, t2, t2d, d = (float((x * wm).sum() / share) for x in props)
+        return share, (t1, t2, t2d, d, b1)
+
+    if data.tissue_masks:
+        candidates = [column(m) for m in data.tissue_masks.values()]
+    else:
+        candidates = []
+        for values, lo in ((props[0], True), (props[0], False), (props[1], False)):
+            order = torch.argsort(values, descending=not lo)
+            cdf = torch.cumsum(weights.double()[order], 0)
+            mask = torch.zeros_like(values)
+            mask[order[cdf <= 0.1 * cdf[-1] + 1e-12]] = 1
+            candidates.append(column(mask))
+    out = [c for c in candidates if c is not None]
+    out.sort(key=lambda c: -c[0])
+    return [c for _, c in out[:MAX_TISSUE_COLUMNS]]
+
+
+def _dedupe(columns: list[_Column], rel: float = 0.02) -> list[_Column]:
+    """Drop columns within ``rel`` (relative, on every value) of an earlier one."""
+    kept: list[_Column] = []
+    for col in columns:
+        if not any(all(abs(a - b) <= rel * max(abs(a), abs(b), 1e-12) for a, b in zip(col, k,
+                   strict=True)) for k in kept):  # fmt: skip
+            kept.append(col)
+    return kept
 
 
 def _b1_scales(seq: Sequence, data: SimData, weights: torch.Tensor) -> tuple[float, ...]:
@@ -348,14 +401,28 @@ def compute_graph_ext(
         Flip-angle scales to follow in parallel (the first is the nominal one); states are kept
         if they matter at any of them.
     """
+    scales = np.asarray(b1_scales, dtype=np.float64).reshape(-1)
+    columns = [(float(T1), float(T2), float(T2dash), float(D), float(b)) for b in scales]
+    return _prepass(seq, columns, max_state_count, min_state_mag, nyquist, size, dephasing_func)
+
+
+def _prepass(
+    seq: Sequence, columns: list[_Column], max_state_count: int, min_state_mag: float,
+    nyquist: Any, size: Any, dephasing_func: Any,
+) -> Graph:  # fmt: skip
+    """Run the pre-pass for the voxels ``columns`` in parallel (column 0 is the nominal one).
+
+    Magnitudes are ``[states, columns]``; a state is kept when it matters for any column.
+    """
     if int(max_state_count) < 1:
         raise ValueError(f"max_state_count must be >= 1, got {max_state_count}")
     if not min_state_mag >= 0:
         raise ValueError(f"min_state_mag must be >= 0, got {min_state_mag}")
     nyq = np.asarray(nyquist, dtype=np.float64).reshape(3)
     reps = _seq_arrays(seq, np.asarray(size, dtype=np.float64).reshape(3))
-    t1, t2, t2d = (max(float(v), 1e-9) for v in (T1, T2, T2dash))
-    d_si = max(float(D), 0.0) * 1e-9  # m²/s
+    cols = np.asarray(columns, dtype=np.float64).reshape(-1, 5)
+    t1, t2, t2d = (np.maximum(cols[:, i], 1e-9) for i in range(3))  # [C] s
+    d_si = np.maximum(cols[:, 3], 0.0) * 1e-9  # [C] m²/s
 
     def shape(k: np.ndarray) -> np.ndarray:
         if dephasing_func is None:
@@ -365,11 +432,11 @@ def compute_graph_ext(
 
     graph = Graph()
     # state after the previous repetition (end of rep): start with Mz = 1 at k = 0
-    scales = np.asarray(b1_scales, dtype=np.float64).reshape(-1)
+    scales = cols[:, 4]
     nb = len(scales)
     p_k, p_tau, p_mag = np.zeros((0, 3)), np.zeros(0), np.zeros((0, nb), complex)
     z_k, z_tau, z_mag = np.zeros((1, 3)), np.zeros(1), np.ones((1, nb), complex)
-    decays: list[tuple[float, float]] = []
+    decays: list[tuple[np.ndarray, np.ndarray]] = []
     for rep in reps:
         a, ph = rep.angle, rep.phase
         ab = a * scales
@@ -426,28 +493,33 @@ def compute_graph_ext(
         total = float(dt.sum())
         kcum = np.cumsum(g, axis=0)
         tcum = np.cumsum(dt)
-        e2_t2 = math.exp(-total / t2)
-        emitted = np.zeros(len(rg.plus_tau))
+        e2_t2 = np.exp(-total / t2)  # [C]
+        emitted = np.zeros((len(rg.plus_tau), nb))
         if rep.adc.any() and len(rg.plus_tau):
             ks = rg.plus_k[:, None, :] + kcum[rep.adc][None]  # [n, samples, 3]
             taus = rg.plus_tau[:, None] + tcum[rep.adc][None]
-            decay = np.exp(-tcum[rep.adc] / t2)[None] * np.exp(-np.abs(taus) / t2d)
-            emitted = (shape(ks) * decay).max(axis=1)  # per unit magnetisation
+            response = shape(ks)  # [n, samples]
+            abs_tau = np.abs(taus)
+            for c in range(nb):  # column by column: temporaries stay [n, samples]
+                decay = np.exp(-tcum[rep.adc] / t2[c])[None] * np.exp(-abs_tau / t2d[c])
+                emitted[:, c] = (response * decay).max(axis=1)  # per unit magnetisation
         rg.plus_emitted = emitted  # filled with |m| below
         # diffusion over the repetition, per state (linear k ramps within events)
         b_plus = _b_values(rg.plus_k, g, dt)
         b_z = 4 * math.pi**2 * (rg.z_k**2).sum(1) * total
         p_k = rg.plus_k + kcum[-1] if len(dt) else rg.plus_k.copy()
         p_tau = rg.plus_tau + total
-        p_mag = rg.plus_mags * e2_t2 * np.exp(-b_plus * d_si)[:, None]
-        e1_t1 = math.exp(-total / t1)
+        p_mag = rg.plus_mags * e2_t2 * np.exp(-b_plus[:, None] * d_si)
+        e1_t1 = np.exp(-total / t1)  # [C]
         z_k, z_tau = rg.z_k, rg.z_tau
-        z_mag = rg.z_mags * e1_t1 * np.exp(-b_z * d_si)[:, None]
+        z_mag = rg.z_mags * e1_t1 * np.exp(-b_z[:, None] * d_si)
         z_mag[0] += 1 - e1_t1
         decays.append((e2_t2, e1_t1))
         graph.append(rg)
 
     _latent(graph, decays, reps, scales)
+    for rg in graph:  # the other columns have served their purpose: keep the graph small
+        rg.plus_mags, rg.z_mags = rg.plus_mags[:, :1], rg.z_mags[:, :1]
     return graph
 
 
@@ -520,25 +592,32 @@ def _b_values(k0: np.ndarray, g: np.ndarray, dt: np.ndarray) -> np.ndarray:
 
 
 def _latent(
-    graph: Graph, decays: list[tuple[float, float]], reps: list[_SeqRep], scales: np.ndarray
-) -> None:
+    graph: Graph, decays: list[tuple[np.ndarray, np.ndarray]], reps: list[_SeqRep],
+    scales: np.ndarray,
+) -> None:  # fmt: skip
     """Fill emitted and latent signal estimates, relative to the strongest state per repetition.
 
-    ``sens`` is the largest signal a unit magnetisation in a state can still produce (in its own
-    repetition or through its descendants); latent = |m| · sens.
+    ``sens`` bounds the total signal a unit magnetisation in a state can still produce: its own
+    repetition's largest sample plus, summed over its children, what they can produce; latent
+    = |m| · sens. The sum (rather than the largest single descendant) counts a state that feeds
+    many later echoes by all of them: in RF-spoiled FLASH, dropping many individually small
+    pathways is what costs accuracy, and on the suite the sum halves the error at the same
+    thresholds and the same cost. Both are computed for every
+    column of the pre-pass, normalised to that column's strongest state, and the state's
+    estimate is the largest over the columns.
     """
     n = len(graph)
     next_plus: np.ndarray | None = None
     next_z: np.ndarray | None = None
     for r in range(n - 1, -1, -1):
         rg = graph[r]
-        sens_p = rg.plus_emitted.copy()
-        sens_z = np.zeros(len(rg.z_tau))
+        sens_p = rg.plus_emitted.copy()  # [n, C]
+        sens_z = np.zeros((len(rg.z_tau), len(scales)))
         if next_plus is not None:
             child = graph[r + 1]
             ab = reps[r + 1].angle * scales
-            c2, s2 = float((np.cos(ab / 2) ** 2).max()), float((np.sin(ab / 2) ** 2).max())
-            sa, ca = float(np.abs(np.sin(ab)).max()), float(np.abs(np.cos(ab)).max())
+            c2, s2 = np.cos(ab / 2) ** 2, np.sin(ab / 2) ** 2  # [C]
+            sa, ca = np.abs(np.sin(ab)), np.abs(np.cos(ab))
             e2_t2, e1_t1 = decays[r]
             factor = {
                 PLUS_FROM_PLUS: (c2, next_plus, True), PLUS_FROM_PLUS_REFOC: (s2, next_plus, True),
@@ -551,19 +630,17 @@ def _latent(
                 ci, pi = child.edges[kind]
                 if len(ci) == 0:
                     continue
-                contrib = coef * child_sens[ci] * (e2_t2 if from_plus else e1_t1)
+                contrib = coef * child_sens[ci] * (e2_t2 if from_plus else e1_t1)  # [m, C]
                 target = sens_p if from_plus else sens_z
-                np.maximum.at(target, pi, contrib)
-        p_abs = np.abs(rg.plus_mags).max(1) if len(rg.plus_mags) else np.zeros(0)
-        z_abs = np.abs(rg.z_mags).max(1) if len(rg.z_mags) else np.zeros(0)
-        rg.plus_latent = p_abs * sens_p
-        rg.z_latent = z_abs * sens_z
-        rg.plus_emitted = p_abs * rg.plus_emitted
-        top = max(rg.plus_latent.max(initial=0.0), rg.z_latent.max(initial=0.0))
-        if top > 0:
-            rg.plus_latent = rg.plus_latent / top
-            rg.z_latent = rg.z_latent / top
-        top_e = rg.plus_emitted.max(initial=0.0)
-        if top_e > 0:
-            rg.plus_emitted = rg.plus_emitted / top_e
+                np.add.at(target, pi, contrib)
+        p_lat = np.abs(rg.plus_mags) * sens_p  # [n, C]
+        z_lat = np.abs(rg.z_mags) * sens_z
+        p_emit = np.abs(rg.plus_mags) * rg.plus_emitted
+        top = np.maximum(p_lat.max(0, initial=0.0), z_lat.max(0, initial=0.0))  # [C]
+        top = np.where(top > 0, top, 1.0)
+        top_e = p_emit.max(0, initial=0.0)
+        top_e = np.where(top_e > 0, top_e, 1.0)
+        rg.plus_latent = (p_lat / top).max(1, initial=0.0)
+        rg.z_latent = (z_lat / top).max(1, initial=0.0)
+        rg.plus_emitted = (p_emit / top_e).max(1, initial=0.0)
         next_plus, next_z = sens_p, sens_z
