@@ -18,7 +18,9 @@ from mr0core.phantom import (
     TissueDict,
     VoxelGridPhantom,
 )
+from mr0core.phantom.brainweb import generate_brainweb_phantoms
 from mr0core.pulseq import SeqFormatError
+from mr0core.pulseq.export import pulseq_write_cartesian
 from mr0core.recon.adjoint import reco_adjoint
 from mr0core.sequence import Pulse, PulseUsage, Repetition, Sequence, chain
 from mr0core.sim import Graph, compute_graph, compute_graph_ext, execute_graph, isochromat_sim
@@ -44,7 +46,9 @@ __all__ = [
     "compute_graph",
     "compute_graph_ext",
     "execute_graph",
+    "generate_brainweb_phantoms",
     "isochromat_sim",
+    "pulseq_write_cartesian",
     "reco_adjoint",
     "sig_to_mrd",
     "util",

@@ -28,6 +28,8 @@ __all__ = [
     "plot_kspace_trajectory",
     "plot_phantom",
     "pulseq_plot",
+    "pulseq_plot_142",
+    "pulseq_plot_pre14",
 ]
 
 
@@ -108,15 +110,16 @@ def _display_image(reco: Any) -> np.ndarray:
 
 
 def imshow(
-    reco: Any, *args: Any, out: str | PathLike[str] | None = None, **kwargs: Any
+    data: Any, *args: Any, out: str | PathLike[str] | None = None, **kwargs: Any
 ) -> matplotlib.image.AxesImage:
     """``matplotlib.pyplot.imshow`` for MR images, in RAS+.
 
     Parameters
     ----------
-    reco
-        ``[x, y]``, ``[x, y, z]`` or ``[coil, x, y, z]``; complex data is shown as magnitude,
-        coils are combined by root-sum-of-squares, z slices are tiled into a grid.
+    data
+        The reconstruction: ``[x, y]``, ``[x, y, z]`` or ``[coil, x, y, z]``; complex data is
+        shown as magnitude, coils are combined by root-sum-of-squares, z slices are tiled into a
+        grid.
     *args, **kwargs
         Passed to ``plt.imshow`` (``cmap``, ``vmin``, …); ``origin`` is fixed to ``"lower"``.
     out
@@ -129,10 +132,10 @@ def imshow(
     """
     import matplotlib.pyplot as plt
 
-    data = _display_image(reco)
+    image = _display_image(data)
     kwargs.setdefault("interpolation", "nearest")
     kwargs["origin"] = "lower"
-    artist = plt.imshow(data.T, *args, **kwargs)
+    artist = plt.imshow(image.T, *args, **kwargs)
     if out is not None:
         _save(plt.gcf(), out)
     return artist
@@ -183,6 +186,7 @@ def _adc_axes(plot: Any = None) -> matplotlib.axes.Axes:
 def insert_signal_plot(
     seq: Any,
     signal: Any,
+    ax: matplotlib.axes.Axes | None = None,
     out: str | PathLike[str] | None = None,
     *,
     plot: Any = None,
@@ -198,6 +202,9 @@ def insert_signal_plot(
     signal
         ``[samples]`` or ``[samples, coils]`` (first coil shown), complex; ``samples`` must
         equal the number of ADC samples. Real and imaginary parts are drawn.
+    ax
+        The axes to draw into; default: the ADC axes of ``plot`` or of the newest open pypulseq
+        figure.
     out
         Save the figure there and close it.
     plot
@@ -217,7 +224,8 @@ def insert_signal_plot(
             f"signal must be [samples] or [samples, coils] with {times.shape[0]} samples "
             f"(the sequence's ADC samples), got shape {_numpy(signal).shape}"
         )
-    ax = _adc_axes(plot)
+    if ax is None:
+        ax = _adc_axes(plot)
     t_factor = float(getattr(ax.figure, "_seq_t_factor", 1.0))
     xlim = ax.get_xlim()
     ax.plot(t_factor * times, np.real(sig), "-", linewidth=0.8, label="signal (real)")
@@ -238,10 +246,10 @@ def pulseq_plot(
     show_blocks: bool = False,
     clear: bool = False,
     signal: Any = None,
-    figid: Any = None,
+    figid: Any = (1, 2),
+    stacked: bool = True,
     *,
     out: str | PathLike[str] | None = None,
-    stacked: bool = False,
 ) -> Any:
     """Plot a pypulseq sequence, optionally with the simulated signal in the ADC row.
 
@@ -250,16 +258,18 @@ def pulseq_plot(
     seq
         ``pypulseq.Sequence``.
     type, clear, figid
-        Accepted for MR-zero compatibility, ignored.
+        MR-zero documents these as ignored; so are they here.
     time_range, time_disp, show_blocks
         As for pypulseq's ``Sequence.plot``.
     signal
         Optional ``[samples]`` / ``[samples, coils]`` signal for :func:`insert_signal_plot`.
+    stacked
+        One figure with all six rows (MR-zero's default). Needs pypulseq ≥ 1.5; older pypulseq
+        always draws two figures, and ``stacked=True`` then raises :class:`NotImplementedError`
+        unless you pass ``stacked=False``.
     out
         Save and close the figure(s): the RF/ADC figure (or the stacked one) at ``out``, the
-        gradient figure at ``<stem>_grad<suffix>``.
-    stacked
-        One figure with all six rows (pypulseq ≥ 1.5).
+        gradient figure (if any) at ``<stem>_grad<suffix>``.
 
     Returns
     -------
@@ -267,15 +277,10 @@ def pulseq_plot(
         pypulseq's plot handle (``fig1``, ``ax1``, ``fig2``, ``ax2``); older pypulseq returns None.
     """
     del type, clear, figid
-    kwargs: dict[str, Any] = {
-        "time_range": time_range,
-        "time_disp": time_disp,
-        "show_blocks": show_blocks,
-        "plot_now": False,
-    }
-    if stacked:
-        kwargs["stacked"] = True
-    handle = seq.plot(**kwargs)
+    handle = _seq_plot(
+        seq, time_range=time_range, time_disp=time_disp, show_blocks=show_blocks, plot_now=False,
+        stacked=stacked,
+    )  # fmt: skip
     if signal is not None:
         insert_signal_plot(seq, signal, plot=handle)
     if out is not None:
@@ -293,6 +298,122 @@ def pulseq_plot(
             _save(fig2, path.with_name(f"{path.stem}_grad{path.suffix}"))
         _save(fig1, path)
     return handle
+
+
+def _seq_plot(seq: Any, stacked: bool, **kwargs: Any) -> Any:
+    """Call ``seq.plot(**kwargs)``, with ``stacked`` where this pypulseq supports it."""
+    import inspect
+
+    try:
+        takes_stacked = "stacked" in inspect.signature(seq.plot).parameters
+    except (TypeError, ValueError):  # a plot method without an introspectable signature
+        takes_stacked = False
+    if takes_stacked:
+        kwargs["stacked"] = bool(stacked)
+    elif stacked:
+        raise NotImplementedError(
+            "stacked=True needs pypulseq >= 1.5 (its plot has no 'stacked'); pass stacked=False"
+        )
+    return seq.plot(**kwargs)
+
+
+def pulseq_plot_142(
+    seq: Any,
+    label: str = "",
+    show_blocks: bool = False,
+    save: bool = False,
+    time_range: tuple[float, float] = (0, np.inf),
+    time_disp: str = "s",
+    grad_disp: str = "kHz/m",
+    plot_now: bool = True,
+    figid: Any = (1, 2),
+    stacked: bool = True,
+    clear: bool = False,
+) -> tuple[matplotlib.axes.Axes, np.ndarray]:
+    """Pypulseq's ``Sequence.plot`` (1.4.2 parameters) that returns the ADC axes.
+
+    With the axes, :func:`insert_signal_plot` can add a simulated signal (call with
+    ``plot_now=False`` and show the figure afterwards).
+
+    Parameters
+    ----------
+    seq
+        ``pypulseq.Sequence``.
+    label, show_blocks, save, time_range, time_disp, grad_disp, plot_now
+        As for pypulseq's ``Sequence.plot``.
+    figid
+        MR-zero's figure numbers; ignored (pypulseq makes its own figures), as in
+        :func:`pulseq_plot`.
+    stacked
+        One figure with all rows (pypulseq ≥ 1.5; see :func:`pulseq_plot`).
+    clear
+        Close all open figures first.
+
+    Returns
+    -------
+    tuple
+        The ADC axes and the ADC sample times in s ``[samples]`` (:func:`adc_sample_times`).
+    """
+    import matplotlib.pyplot as plt
+
+    del figid
+    if clear:
+        plt.close("all")
+    handle = _seq_plot(
+        seq, stacked=stacked, label=label, show_blocks=show_blocks, save=save,
+        time_range=time_range, time_disp=time_disp, grad_disp=grad_disp, plot_now=False,
+    )  # fmt: skip
+    ax = _adc_axes(handle)
+    if plot_now:
+        plt.show()
+    return ax, adc_sample_times(seq)
+
+
+def pulseq_plot_pre14(
+    seq: Any,
+    type: str = "Gradient",  # MR-zero's parameter name
+    time_range: tuple[float, float] = (0, np.inf),
+    time_disp: str = "s",
+    clear: bool = False,
+    signal: Any = 0,
+    figid: Any = (1, 2),
+    stacked: bool = True,
+) -> tuple[matplotlib.axes.Axes, np.ndarray]:
+    """MR-zero's sequence plot for old pypulseq, with the signal in the ADC row.
+
+    mr0core draws it with the installed pypulseq (:func:`pulseq_plot`), so it works with any
+    version that :func:`pulseq_plot` supports.
+
+    Parameters
+    ----------
+    seq
+        ``pypulseq.Sequence``.
+    type, figid
+        Ignored, as in :func:`pulseq_plot`.
+    time_range, time_disp
+        As for pypulseq's ``Sequence.plot``.
+    clear
+        Close all open figures first.
+    signal
+        Signal to insert into the ADC row; ``0`` (MR-zero's default) or None for none.
+    stacked
+        See :func:`pulseq_plot`.
+
+    Returns
+    -------
+    tuple
+        The ADC axes and the ADC sample times in s ``[samples]``.
+    """
+    import matplotlib.pyplot as plt
+
+    if clear:
+        plt.close("all")
+    if isinstance(signal, int | float) and signal == 0:
+        signal = None
+    handle = pulseq_plot(
+        seq, type, time_range, time_disp, signal=signal, figid=figid, stacked=stacked
+    )
+    return _adc_axes(handle), adc_sample_times(seq)
 
 
 # -- k-space and phantoms ------------------------------------------------------------------------

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Pulse", "PulseUsage", "Repetition", "Sequence", "chain"]
 
+_DEFAULT_SHIM = torch.tensor([[1.0, 0.0]])
+"""Single-channel shim (amplitude 1, phase 0), the default of :meth:`Sequence.import_file`."""
+
 
 class PulseUsage(Enum):
     """What a pulse does to the k-space trajectory (the simulation ignores it)."""
@@ -59,8 +62,18 @@ def _scalar(value: float | torch.Tensor, like: torch.Tensor | None = None) -> to
     return torch.tensor(float(value), dtype=torch.float32, device=device)
 
 
+_OFF_RES_NOT_SIMULATED = (
+    "off-resonant pulse response (off_res=True) is not simulated: mr0core's pulses are "
+    "instantaneous rotations; use off_res=False"
+)
+
+
 class Pulse:
     """An instantaneous RF pulse.
+
+    The parameters follow MR-zero 1.2's order. Its documentation lists only ``usage, angle,
+    phase, shim_array, selective``; pass those two by keyword (a shim given where ``pulse_freq``
+    belongs is refused with a message that says so).
 
     Parameters
     ----------
@@ -70,6 +83,17 @@ class Pulse:
         Flip angle in rad, 0-d tensor or float.
     phase
         Pulse phase in rad, 0-d tensor or float.
+    pulse_freq, freq_offset
+        Frequency terms of MR-zero 1.2's off-resonant pulse model, in Hz (0-d).
+    duration
+        Pulse duration in s (0-d).
+    grad
+        Gradient during the pulse, ``[3]`` in Hz/m.
+    off_res
+        MR-zero 1.2 simulates the pulse's off-resonant response when True. mr0core's pulses are
+        instantaneous, so only False is accepted (True raises :class:`NotImplementedError`);
+        with False, ``pulse_freq``, ``freq_offset``, ``duration`` and ``grad`` are carried along
+        (cloned, moved, exported) but do not change the simulation, as in MR-zero.
     shim_array
         pTx shim, shape ``[tx channels, 2]``: relative amplitude and phase (rad) per channel.
         ``[[1, 0]]`` is a single-channel transmitter.
@@ -77,11 +101,21 @@ class Pulse:
         Whether the pulse was slice selective (kept for exporters; the simulation ignores it).
     """
 
+    _pulse_freq: torch.Tensor | None = None
+    _freq_offset: torch.Tensor | None = None
+    _duration: torch.Tensor | None = None
+    _grad: torch.Tensor | None = None
+
     def __init__(
         self,
         usage: PulseUsage,
         angle: float | torch.Tensor,
         phase: float | torch.Tensor,
+        pulse_freq: float | torch.Tensor = 0.0,
+        freq_offset: float | torch.Tensor = 0.0,
+        duration: float | torch.Tensor = 0.0,
+        grad: Any = None,
+        off_res: bool = False,
         shim_array: torch.Tensor | None = None,
         selective: bool = True,
     ) -> None:
@@ -90,6 +124,19 @@ class Pulse:
         self.usage = usage
         self.angle = _scalar(angle)
         self.phase = _scalar(phase, like=self.angle)
+        for name, value in (("pulse_freq", pulse_freq), ("freq_offset", freq_offset),
+                            ("duration", duration)):  # fmt: skip
+            if isinstance(value, torch.Tensor) and value.numel() != 1:
+                raise ValueError(
+                    f"{name} must be a scalar, got shape {tuple(value.shape)}; Pulse takes MR-zero "
+                    "1.2's order (usage, angle, phase, pulse_freq, freq_offset, duration, grad, "
+                    "off_res, shim_array, selective): pass shim_array by keyword"
+                )
+        self.pulse_freq = pulse_freq
+        self.freq_offset = freq_offset
+        self.duration = duration
+        self.grad = torch.zeros(3) if grad is None else grad
+        self.off_res = off_res
         if shim_array is None:
             shim_array = torch.tensor([[1.0, 0.0]], device=self.angle.device)
         shim_array = torch.as_tensor(shim_array, dtype=torch.float32, device=self.angle.device)
@@ -114,6 +161,66 @@ class Pulse:
         pulse.usage, pulse._angle, pulse._phase = usage, angle, phase
         pulse.shim_array, pulse.selective = shim_array, selective
         return pulse
+
+    @property
+    def pulse_freq(self) -> torch.Tensor:
+        """Frequency term of MR-zero 1.2's off-resonant pulse model in Hz (0-d; not simulated)."""
+        if self._pulse_freq is None:
+            self._pulse_freq = torch.zeros((), device=self.angle.device)
+        return self._pulse_freq
+
+    @pulse_freq.setter
+    def pulse_freq(self, value: float | torch.Tensor) -> None:
+        self._pulse_freq = _scalar(value, like=self.angle)
+
+    @property
+    def freq_offset(self) -> torch.Tensor:
+        """Frequency offset of MR-zero 1.2's off-resonant pulse model in Hz (0-d)."""
+        if self._freq_offset is None:
+            self._freq_offset = torch.zeros((), device=self.angle.device)
+        return self._freq_offset
+
+    @freq_offset.setter
+    def freq_offset(self, value: float | torch.Tensor) -> None:
+        self._freq_offset = _scalar(value, like=self.angle)
+
+    @property
+    def duration(self) -> torch.Tensor:
+        """Pulse duration in s (0-d); the simulated pulse is instantaneous."""
+        if self._duration is None:
+            self._duration = torch.zeros((), device=self.angle.device)
+        return self._duration
+
+    @duration.setter
+    def duration(self, value: float | torch.Tensor) -> None:
+        self._duration = _scalar(value, like=self.angle)
+
+    @property
+    def grad(self) -> torch.Tensor:
+        """Gradient during the pulse, ``[3]`` in Hz/m."""
+        if self._grad is None:
+            self._grad = torch.zeros(3, device=self.angle.device)
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Any) -> None:
+        if not isinstance(value, torch.Tensor):
+            value = torch.as_tensor(value, dtype=torch.float32)
+        t = value
+        t = t.to(self.angle.device).reshape(-1)
+        if t.shape != (3,):
+            raise ValueError(f"grad must have 3 components (Hz/m), got shape {tuple(t.shape)}")
+        self._grad = t
+
+    @property
+    def off_res(self) -> bool:
+        """Always False: off-resonant pulse response is not simulated (True is refused)."""
+        return False
+
+    @off_res.setter
+    def off_res(self, value: bool) -> None:
+        if bool(value):
+            raise NotImplementedError(f"Pulse.off_res: {_OFF_RES_NOT_SIMULATED}")
 
     @property
     def angle(self) -> torch.Tensor:
@@ -149,6 +256,11 @@ class Pulse:
             self.usage,
             self.angle.to(device),
             self.phase.to(device),
+            self.pulse_freq.to(device),
+            self.freq_offset.to(device),
+            self.duration.to(device),
+            self.grad.to(device),
+            self.off_res,
             self.shim_array.to(device),
             self.selective,
         )
@@ -167,6 +279,11 @@ class Pulse:
             self.usage,
             self.angle.clone(),
             self.phase.clone(),
+            self.pulse_freq.clone(),
+            self.freq_offset.clone(),
+            self.duration.clone(),
+            self.grad.clone(),
+            self.off_res,
             self.shim_array.clone(),
             self.selective,
         )
@@ -520,9 +637,16 @@ class Sequence(list):
         file_name: str | PathLike[str],
         exact_trajectories: bool = True,
         print_stats: bool = False,
-        default_shim: torch.Tensor | None = None,
-        ref_voltage: float | None = None,
+        default_shim: torch.Tensor = _DEFAULT_SHIM,
+        ref_voltage: float = 300.0,
         resolution: int | None = None,
+        backend: str = "pulseq_rs",
+        larmor_hz: float | None = None,
+        fov_scale: float | None = None,
+        fov_pos: tuple[float, float, float] | None = None,
+        fov_rot: tuple[float, float, float, float] | None = None,
+        soft_delays: dict[str, float] | None = None,
+        output_dir: str | None = None,
     ) -> Sequence:
         """Read a Pulseq ``.seq`` file (format 1.2–1.5) into a sequence.
 
@@ -536,20 +660,44 @@ class Sequence(list):
         print_stats
             Print a short summary of the imported sequence.
         default_shim
-            ``[channels, 2]`` shim for pulses whose block carries no RF shim extension.
+            ``[channels, 2]`` shim for pulses whose block carries no RF shim extension
+            (default ``[[1, 0]]``, one channel).
         ref_voltage, resolution
-            Only meaningful for Siemens ``.dsv`` input, which is not supported; must be None.
+            For Siemens ``.dsv`` input only (reference voltage in V, samples per ADC), which
+            mr0core does not read: only the defaults (300 V, None) are accepted.
+        backend
+            MR-zero's choice of Pulseq parser, ``"pulseq_rs"`` or ``"pydisseqt"``. Both read the
+            same files; mr0core always uses its own reader (:mod:`mr0core.pulseq`), so this only
+            checks the name.
+        larmor_hz, fov_scale, fov_pos, fov_rot, soft_delays, output_dir
+            Options of MR-zero 1.2's importer that mr0core does not implement: only ``None`` is
+            accepted (anything else raises :class:`NotImplementedError`).
 
         Raises
         ------
         mr0core.pulseq.SeqFormatError
             The file is malformed; the message names the file, the line and the problem.
+        NotImplementedError
+            A ``.dsv`` option or one of the unimplemented MR-zero 1.2 options was set.
         """
         from mr0core.pulseq import read_seq, seq_to_sequence
 
-        if ref_voltage is not None or resolution is not None:
+        if float(ref_voltage) != 300.0 or resolution is not None:
             raise NotImplementedError(
-                "Siemens .dsv import is not supported; ref_voltage and resolution must be None"
+                "ref_voltage and resolution apply to Siemens .dsv input, which mr0core does not "
+                "read; leave them at their defaults (300.0, None)"
+            )
+        if backend not in ("pulseq_rs", "pydisseqt"):
+            raise ValueError(f"backend must be 'pulseq_rs' or 'pydisseqt', got {backend!r}")
+        unsupported = {
+            "larmor_hz": larmor_hz, "fov_scale": fov_scale, "fov_pos": fov_pos,
+            "fov_rot": fov_rot, "soft_delays": soft_delays, "output_dir": output_dir,
+        }  # fmt: skip
+        given = [name for name, value in unsupported.items() if value is not None]
+        if given:
+            raise NotImplementedError(
+                f"Sequence.import_file: {', '.join(given)} (MR-zero 1.2 importer options) are not "
+                "implemented by mr0core's Pulseq reader; leave them None"
             )
         # The import creates thousands of small tensors at once; a cyclic GC pass in the middle
         # of that costs more than the whole conversion, and nothing here makes reference cycles.

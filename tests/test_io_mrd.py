@@ -54,7 +54,7 @@ def tool_recon(path: Path) -> np.ndarray:
 def simulated():
     """A 32 x 32 FLASH of the built-in brain, simulated once."""
     seq = make_flash(tr=10e-3, flip_deg=15.0)
-    signal, _ = mr0.util.simulate(seq, mr0.util.load_phantom((32, 32)))
+    signal, _ = mr0.util.simulate(seq, mr0.util.load_phantom((32, 32), url="builtin:brain"))
     return seq, signal
 
 

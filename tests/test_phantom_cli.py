@@ -69,8 +69,8 @@ def test_phantom_bad_arguments(tmp_path: Path, args: list[str]) -> None:
     assert not list(tmp_path.iterdir())
 
 
-def test_load_phantom_default_is_builtin_brain() -> None:
-    p = mr0.util.load_phantom(size=(32, 32))
+def test_load_phantom_builtin_brain() -> None:
+    p = mr0.util.load_phantom(size=(32, 32), url="builtin:brain")
     assert isinstance(p, mr0.VoxelGridPhantom)
     assert p.shape == (32, 32, 1)
     assert float(p.PD.max()) > 0.5
@@ -80,21 +80,23 @@ def test_load_phantom_default_is_builtin_brain() -> None:
 
 
 def test_load_phantom_modifiers() -> None:
-    base = mr0.util.load_phantom(size=(32, 32))
+    brain = "builtin:brain"
+    base = mr0.util.load_phantom(size=(32, 32), url=brain)
     mod = mr0.util.load_phantom(
-        size=(32, 32), dB0_fB0=(5, 2), dB1_fB1=(0.1, 3), B0_polynomial=(1, 0, 0, 0, 0, 0)
-    )
+        size=(32, 32), url=brain, dB0_fB0=(5, 2), dB1_fB1=(0.1, 3),
+        B0_polynomial=(1, 0, 0, 0, 0, 0),
+    )  # fmt: skip
     torch.testing.assert_close(mod.B0, (base.B0 + 5) * 2 + 1)
     torch.testing.assert_close(mod.B1, (base.B1 + 0.1) * 3)
-    lin = mr0.util.load_phantom(size=(32, 32), B0_polynomial=(0, 10, 0, 0, 0, 0))
+    lin = mr0.util.load_phantom(size=(32, 32), url=brain, B0_polynomial=(0, 10, 0, 0, 0, 0))
     dx = (lin.B0 - base.B0)[:, 0, 0]
     # x runs from -1 to 1 over the field of view: the left edge is -10 Hz, the centre 0
     assert float(dx[0]) == pytest.approx(-10, abs=1e-4)
     assert float(dx[16]) == pytest.approx(0, abs=1e-4)
     with pytest.raises(ValueError, match="6 finite"):
-        mr0.util.load_phantom(size=(8, 8), B0_polynomial=(1, 2))
-    with pytest.raises(ValueError, match="download"):
-        mr0.util.load_phantom(url="https://example.org/x.mat")
+        mr0.util.load_phantom(size=(8, 8), url=brain, B0_polynomial=(1, 2))
+    with pytest.raises(ValueError, match="http"):  # downloads: tests/test_util_load_phantom.py
+        mr0.util.load_phantom(url="ftp://example.org/x.mat")
     with pytest.raises(FileNotFoundError):
         mr0.util.load_phantom(url="/nonexistent/x.mat")
 

@@ -468,11 +468,23 @@ def test_rejects_unsupported_inputs():
         with pytest.raises(TypeError):
             f(bad)  # type: ignore[call-overload]
     with pytest.raises(TypeError):
-        f(np.array([1 + 1j]))
-    with pytest.raises(TypeError):
-        f(torch.tensor([1 + 1j]))
-    with pytest.raises(TypeError):
         f(np.array(["a"]))
+
+
+def test_complex_maps_follow_numpy():
+    """Complex maps (B1 with phase): complex mean, real std, numpy's order for min and max."""
+    x = np.array([1 + 2j, 1 - 1j, -0.5 + 3j, 2 - 2j, 2 + 0.5j])
+    for source, expected in [
+        ("(x - x_mean) * 3 / x_std + x_mean", (x - x.mean()) * 3 / x.std() + x.mean()),
+        ("(x - x_min) / (x_max - x_min)", (x - x.min()) / (x.max() - x.min())),
+    ]:
+        f = parse_mapping(source)
+        np.testing.assert_allclose(f(x), expected, rtol=1e-12)
+        np.testing.assert_allclose(f(torch.from_numpy(x)).numpy(), expected, rtol=1e-12)
+    # x_min / x_max: lowest real part, ties broken by the imaginary part (numpy's order)
+    assert parse_mapping("x_min")(x)[0] == -0.5 + 3j
+    assert parse_mapping("x_max")(torch.from_numpy(x))[0].item() == 2 + 0.5j
+    assert parse_mapping("x_std")(x).dtype == np.complex128  # same dtype as the map
 
 
 def test_scalar_and_empty_maps():

@@ -15,7 +15,7 @@ def _motion(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_motion_is_refused_not_ignored() -> None:
-    grid = mr0.util.load_phantom(size=(8, 8))
+    grid = mr0.util.load_phantom(size=(8, 8), url="builtin:brain")
     data = grid.build()
     custom = mr0.CustomVoxelPhantom([[0.0, 0.0, 0.0]])
     for target in (grid, data, custom):
@@ -27,8 +27,8 @@ def test_motion_is_refused_not_ignored() -> None:
             with pytest.raises(NotImplementedError, match=message):
                 setattr(target, name, _motion)
             assert getattr(target, name) is None
-    fields = ("PD", "T1", "T2", "T2dash", "D", "B0", "B1", "coil_sens", "size", "voxel_pos",
-              "nyquist", "dephasing_func")  # fmt: skip
+    fields = ("PD", "T1", "T2", "T2dash", "D", "B0", "B1", "coil_sens", "size", "affine",
+              "voxel_pos", "nyquist", "dephasing_func")  # fmt: skip
     with pytest.raises(NotImplementedError, match=re.escape("SimData.voxel_motion")):
         mr0.SimData(**{k: getattr(data, k) for k in fields}, voxel_motion=_motion)
     with pytest.raises(NotImplementedError, match=re.escape("VoxelGridPhantom.phantom_motion")):

@@ -133,7 +133,7 @@ def test_insert_signal_plot_needs_an_open_plot(flash):
 
 def test_pulseq_plot_with_signal_writes_both_figures(flash, tmp_path):
     out = tmp_path / "seq.png"
-    handle = pulseq_plot(flash, signal=np.ones(64, complex), out=out, time_disp="ms")
+    handle = pulseq_plot(flash, signal=np.ones(64, complex), out=out, time_disp="ms", stacked=False)
     _nonempty(out)
     _nonempty(tmp_path / "seq_grad.png")
     signal_lines = [ln for ln in handle.ax1[0].get_lines() if ln.get_linestyle() == "-"]

@@ -451,7 +451,7 @@ def make_flash(n=32, fov=0.22, tr=10e-3, flip_deg=10.0, thickness=5e-3, dummies=
 
 @pytest.fixture(scope="module")
 def brain32():
-    return mr0.util.load_phantom((32, 32))
+    return mr0.util.load_phantom((32, 32), url="builtin:brain")
 
 
 def test_simulated_pd_flash_matches_pd_map(brain32):

@@ -169,7 +169,7 @@ def brain_images():
     by NUFFT on write_gre's grid (64², FOV 0.256 m), so both images share voxels.
     """
     gre, rad = CORPUS / "write_gre.seq", CORPUS / "write_radial_gre.seq"
-    phantom = mr0.util.load_phantom((64, 64))
+    phantom = mr0.util.load_phantom((64, 64), url="builtin:brain")
     for path in (gre, rad):
         fov = [float(v) for v in mr0.Sequence.import_file(path).definitions["FOV"]]
         assert all(f >= float(s) for f, s in zip(fov[:2], phantom.size[:2], strict=True))

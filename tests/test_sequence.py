@@ -176,7 +176,7 @@ def test_validation_errors_name_the_shape() -> None:
             torch.zeros(2, dtype=torch.int32),
         )
     with pytest.raises(ValueError, match="shim_array"):
-        mr0.Pulse(PulseUsage.EXCIT, 0.1, 0.0, torch.zeros(2, 3))
+        mr0.Pulse(PulseUsage.EXCIT, 0.1, 0.0, shim_array=torch.zeros(2, 3))
     with pytest.raises(TypeError, match="PulseUsage"):
         mr0.Pulse("excitation", 0.1, 0.0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="unexpected"):

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.cuda
 @pytest.mark.parametrize("name", ["write_gre", "write_tse", "write_epi"])
 def test_pdg_cuda_equals_cpu(name: str) -> None:
     seq = mr0.Sequence.import_file(CORPUS / f"{name}.seq")
-    data = mr0.util.load_phantom((32, 32)).build()
+    data = mr0.util.load_phantom((32, 32), url="builtin:brain").build()
     graph = mr0.compute_graph(seq, data)
     cpu = mr0.execute_graph(graph, seq, data, print_progress=False)
     gpu = mr0.execute_graph(graph, seq.cuda(), data.cuda(), print_progress=False)
@@ -25,7 +25,7 @@ def test_pdg_cuda_equals_cpu(name: str) -> None:
 
 def test_isochromat_cuda_equals_cpu() -> None:
     seq = mr0.Sequence.import_file(CORPUS / "write_gre.seq")
-    data = mr0.util.load_phantom((16, 16)).build(voxel_shape="box")
+    data = mr0.util.load_phantom((16, 16), url="builtin:brain").build(voxel_shape="box")
     cpu = mr0.isochromat_sim(seq, data, 64, spin_dist="r2", print_progress=False)
     gpu = mr0.isochromat_sim(seq.cuda(), data.cuda(), 64, spin_dist="r2", print_progress=False)
     assert gpu.device.type == "cuda"

@@ -247,22 +247,25 @@ def test_util_simulate_defaults_and_no_files_in_cwd(
     from conftest import CORPUS
 
     monkeypatch.chdir(tmp_path)
-    signal, ktraj = mr0.util.simulate(str(CORPUS / "write_gre.seq"), sim_size=(32, 32))
+    # the built-in brain, passed explicitly (the default phantom, MR-zero's, is downloaded: see
+    # tests/test_util_load_phantom.py), resampled to sim_size
+    signal, ktraj = mr0.util.simulate(str(CORPUS / "write_gre.seq"), "builtin:brain", (32, 32))
     assert signal.shape == (4096, 1)
     assert ktraj.shape == (4096, 4)
     assert signal.dtype == torch.complex64
-    # the documented defaults: the built-in brain at sim_size, pre-pass (200, 1e-4), accuracy 1e-3
+    # the documented defaults: the brain at sim_size, pre-pass (200, 1e-4), accuracy 1e-3
     seq = mr0.Sequence.import_file(CORPUS / "write_gre.seq")
-    data = mr0.util.load_phantom(size=(32, 32)).build()
+    data = mr0.util.load_phantom(size=(32, 32), url="builtin:brain").build()
     graph = compute_graph(seq, data, 200, 1e-4)
     explicit = execute_graph(graph, seq, data, 1e-3, 1e-3, print_progress=False)
     torch.testing.assert_close(signal, explicit, rtol=0, atol=1e-6 * float(explicit.abs().max()))
     torch.testing.assert_close(ktraj, seq.get_kspace())
     # negative control: another phantom gives another signal (the comparison above can fail)
-    other = execute_graph(graph, seq, mr0.util.load_phantom(size=(16, 16)).build(), 1e-3, 1e-3,
-                          print_progress=False)  # fmt: skip
+    small = mr0.util.load_phantom(size=(16, 16), url="builtin:brain").build()
+    other = execute_graph(graph, seq, small, 1e-3, 1e-3, print_progress=False)
     assert (signal - other).abs().max() > 0.01 * signal.abs().max()  # the phantom matters
-    noisy, _ = mr0.util.simulate(str(CORPUS / "write_gre.seq"), sim_size=(32, 32), noise_level=0.5)
+    noisy, _ = mr0.util.simulate(str(CORPUS / "write_gre.seq"), "builtin:brain", (32, 32),
+                                 noise_level=0.5)  # fmt: skip
     residual = (noisy - signal).abs().pow(2).mean().sqrt()
     assert float(residual) == pytest.approx(0.5, rel=0.1)
     assert list(tmp_path.iterdir()) == []
@@ -275,7 +278,7 @@ def test_exact_per_voxel_path_equals_grouped_path(monkeypatch: pytest.MonkeyPatc
     import mr0core.sim.pdg as pdg
 
     seq = mr0.Sequence.import_file(CORPUS / "write_tse.seq")
-    data = mr0.util.load_phantom(size=(16, 16)).build()
+    data = mr0.util.load_phantom(size=(16, 16), url="builtin:brain").build()
     graph = compute_graph(seq, data)
     grouped = execute_graph(graph, seq, data, print_progress=False)
     monkeypatch.setattr(pdg, "_MAX_GROUPS", 0)

@@ -71,7 +71,7 @@ def _tse(n: int = N, refocus_deg: float = 160.0) -> mr0.Sequence:
 
 @pytest.fixture(scope="module")
 def data() -> mr0.SimData:
-    return mr0.util.load_phantom((N, N)).build(voxel_shape="box")
+    return mr0.util.load_phantom((N, N), url="builtin:brain").build(voxel_shape="box")
 
 
 def _nrmse(signal: torch.Tensor, reference: torch.Tensor) -> float:
@@ -98,7 +98,7 @@ def test_comparison_detects_a_10_percent_b1_error(data: mr0.SimData, make_seq: o
     """The 2% bound is tight enough to catch a physics error in one simulator only."""
     seq = make_seq()  # type: ignore[operator]
     iso = isochromat_sim(seq, data, SPINS, spin_dist="r2", print_progress=False)
-    phantom = mr0.util.load_phantom((N, N))
+    phantom = mr0.util.load_phantom((N, N), url="builtin:brain")
     phantom.B1 = phantom.B1 * 0.9
     wrong = phantom.build(voxel_shape="box")
     pdg = execute_graph(compute_graph(seq, wrong, 5000, 1e-9), seq, wrong, 1e-5, 1e-5,

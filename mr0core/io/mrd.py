@@ -158,7 +158,7 @@ def _set_head(acq: Any, **values: Any) -> None:
 
 def sig_to_mrd(
     mrd_path: str | PathLike[str],
-    signal: torch.Tensor,
+    mr0_signal: torch.Tensor,
     seq: Any,
     verbose: int = 0,
     overwrite: bool = True,
@@ -169,8 +169,9 @@ def sig_to_mrd(
     ----------
     mrd_path
         The ``.h5``/``.mrd`` file to write (group ``dataset``).
-    signal
-        ``[samples, coils]`` (or ``[samples]``) complex, one row per ADC sample of ``seq``.
+    mr0_signal
+        ``[samples, coils]`` (or ``[samples]``) complex, one row per ADC sample of ``seq``
+        (MR-zero's parameter name).
     seq
         A ``pypulseq.Sequence``, an :class:`mr0core.Sequence` (with ``definitions``) or a ``.seq``
         path: trajectory, labels and definitions come from it.
@@ -202,7 +203,7 @@ def sig_to_mrd(
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
         path.unlink()
     mr0_seq = as_sequence(seq)
-    kd = KData.from_sequence(signal, mr0_seq)
+    kd = KData.from_sequence(mr0_signal, mr0_seq)
     params = _parameters(mr0_seq)
     field_t = _field_strength(mr0_seq.definitions)
     header = _header(kd, params, field_t)

@@ -33,6 +33,39 @@ def _per_voxel(value: Any, name: str, n: int, dtype: torch.dtype) -> torch.Tenso
     return t
 
 
+class _VoxelValues:
+    """A per-voxel attribute of :class:`CustomVoxelPhantom`, converted when assigned.
+
+    As in MR-zero scripts, ``obj.T2 = 80e-3`` sets every voxel (a number or 0-d tensor is
+    broadcast to the voxel count), and lists become tensors; a wrong voxel count is refused at
+    once, naming the attribute.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: object, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(f"{type(obj).__name__}.{self.name} is not set") from None
+
+    def __set__(self, obj: object, value: Any) -> None:
+        pos: torch.Tensor = obj.voxel_pos  # type: ignore[attr-defined]
+        n = pos.shape[0]
+        if self.name in ("B1", "coil_sens"):
+            complex_dtype = torch.complex64 if pos.dtype != torch.float64 else torch.complex128
+            t = _per_voxel(value, self.name, n, complex_dtype)
+            t = t.unsqueeze(0) if t.dim() == 1 else t
+        else:
+            t = _per_voxel(value, self.name, n, pos.dtype)
+            if t.dim() != 1:
+                raise ValueError(f"{self.name} must be a number or [{n}], got {tuple(t.shape)}")
+        obj.__dict__[self.name] = t
+
+
 class CustomVoxelPhantom:
     """Voxels at arbitrary positions.
 
@@ -51,10 +84,27 @@ class CustomVoxelPhantom:
         ``"sinc"`` (default), ``"box"`` or ``"gauss"`` (Gaussian with σ = voxel_size / 2).
     coil_sens
         Optional ``[coils, voxels]`` receive sensitivities; one coil of ones by default.
+
+    Attributes
+    ----------
+    PD, T1, T2, T2dash, D, B0, B1, coil_sens
+        Per-voxel values; assigning a number sets every voxel.
+    size
+        ``[3]`` extent in m that normalised gradients are scaled to: by default the extent of the
+        voxel positions (an axis without extent: the voxel size). Assigning a ``[3]`` length
+        overrides it, as in MR-zero; assigning ``None`` returns to the default.
     """
 
     phantom_motion = NotSimulated(MOTION_NOT_SIMULATED)
     voxel_motion = NotSimulated(MOTION_NOT_SIMULATED)
+    PD = _VoxelValues()
+    T1 = _VoxelValues()
+    T2 = _VoxelValues()
+    T2dash = _VoxelValues()
+    D = _VoxelValues()
+    B0 = _VoxelValues()
+    B1 = _VoxelValues()
+    coil_sens = _VoxelValues()
 
     def __init__(
         self,
@@ -76,30 +126,40 @@ class CustomVoxelPhantom:
             raise ValueError(
                 f"pos must be [voxels, 3] with at least one voxel, got {tuple(p.shape)}"
             )
-        n = p.shape[0]
         self.voxel_pos = p
-        self.PD = _per_voxel(PD, "PD", n, p.dtype)
-        self.T1 = _per_voxel(T1, "T1", n, p.dtype)
-        self.T2 = _per_voxel(T2, "T2", n, p.dtype)
-        self.T2dash = _per_voxel(T2dash, "T2dash", n, p.dtype)
-        self.D = _per_voxel(D, "D", n, p.dtype)
-        self.B0 = _per_voxel(B0, "B0", n, p.dtype)
-        complex_dtype = torch.complex64 if p.dtype != torch.float64 else torch.complex128
-        b1 = _per_voxel(B1, "B1", n, complex_dtype)
-        self.B1 = b1.unsqueeze(0) if b1.dim() == 1 else b1
-        cs = _per_voxel(1.0 if coil_sens is None else coil_sens, "coil_sens", n, complex_dtype)
-        self.coil_sens = cs.unsqueeze(0) if cs.dim() == 1 else cs
+        self.PD = PD
+        self.T1 = T1
+        self.T2 = T2
+        self.T2dash = T2dash
+        self.D = D
+        self.B0 = B0
+        self.B1 = B1
+        self.coil_sens = 1.0 if coil_sens is None else coil_sens
         self.voxel_shape = voxel_shape
         self.voxel_size = voxel_size
         # validates name and size early, with a clear message
         self._shape_func: VoxelShape = voxel_shape_func(voxel_shape, voxel_size)
+        self._size: torch.Tensor | None = None
 
     @property
     def size(self) -> torch.Tensor:
-        """Extent ``[3]`` of the voxel positions in m (an axis without extent: the voxel size)."""
+        """``[3]`` extent in m (see the class attributes); assignable."""
+        if self._size is not None:
+            return self._size
         extent = self.voxel_pos.max(dim=0).values - self.voxel_pos.min(dim=0).values
         vs = torch.tensor(self._shape_func.voxel_size, dtype=extent.dtype, device=extent.device)
         return torch.where(extent > 0, extent, vs)
+
+    @size.setter
+    def size(self, value: Any) -> None:
+        if value is None:
+            self._size = None
+            return
+        t = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+        t = t.to(device=self.voxel_pos.device, dtype=self.voxel_pos.dtype).flatten().clone()
+        if t.shape != (3,) or not bool((t > 0).all()) or not bool(torch.isfinite(t).all()):
+            raise ValueError(f"size must be three positive lengths in m, got {t.tolist()}")
+        self._size = t
 
     def build(self) -> SimData:
         """Convert into :class:`SimData` (Nyquist frequency infinite: the voxel shape decides)."""
@@ -113,6 +173,7 @@ class CustomVoxelPhantom:
             B1=self.B1,
             coil_sens=self.coil_sens,
             size=self.size,
+            affine=None,  # custom voxels lie on no grid
             voxel_pos=self.voxel_pos,
             nyquist=torch.full(
                 (3,), math.inf, dtype=self.voxel_pos.dtype, device=self.voxel_pos.device

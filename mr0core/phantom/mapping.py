@@ -32,7 +32,10 @@ Evaluation semantics
 * :class:`MappingFunc` is callable on a ``torch.Tensor`` (any device) or a ``numpy.ndarray`` and
   returns the same type and shape. Floating dtypes are kept; integer and boolean maps are
   converted to the default float dtype (``torch.get_default_dtype()`` for tensors, ``float64``
-  for arrays). Complex maps are rejected with ``TypeError``.
+  for arrays). Complex maps (B1 channels with their phase) are evaluated in complex arithmetic,
+  with numpy's conventions: ``x_mean`` is the complex mean, ``x_std`` the real population
+  standard deviation ``sqrt(mean |x - x_mean|²)``, and ``x_min``/``x_max`` are the voxel values
+  first and last in numpy's complex order (by real part, then imaginary part).
 * The statistics are computed over *all* voxels of the map passed in (NaN voxels included, so a
   NaN makes them NaN); only those the expression uses are computed. ``x_std`` is the
   *population* standard deviation (``ddof=0``, numpy's default; ``correction=0`` in torch).
@@ -385,14 +388,26 @@ def _torch_statistics(x: torch.Tensor, names: frozenset[str]) -> dict[str, Any]:
         return {name: nan for name in names}
     stats: dict[str, Any] = {}
     if "x_min" in names:
-        stats["x_min"] = x.min()
+        stats["x_min"] = _complex_extreme(x, largest=False) if x.is_complex() else x.min()
     if "x_max" in names:
-        stats["x_max"] = x.max()
+        stats["x_max"] = _complex_extreme(x, largest=True) if x.is_complex() else x.max()
     if "x_mean" in names:
         stats["x_mean"] = x.mean()
     if "x_std" in names:
         stats["x_std"] = x.std(correction=0)
     return stats
+
+
+def _complex_extreme(x: torch.Tensor, largest: bool) -> torch.Tensor:
+    """Return the first (last) value of ``x`` in numpy's complex order: real, then imaginary."""
+    flat = x.reshape(-1)
+    real = flat.real.detach()
+    edge = real.max() if largest else real.min()
+    imag = flat.imag.detach()
+    fill = -math.inf if largest else math.inf
+    imag = torch.where(real == edge, imag, torch.full_like(imag, fill))
+    index = torch.argmax(imag) if largest else torch.argmin(imag)
+    return flat[index]
 
 
 def _numpy_statistics(x: np.ndarray, names: frozenset[str]) -> dict[str, Any]:
@@ -482,7 +497,7 @@ class MappingFunc:
         Raises
         ------
         TypeError
-            If ``x`` is neither a tensor nor an array, or is complex or not numeric.
+            If ``x`` is neither a tensor nor an array, or is not numeric.
         """
         if isinstance(x, torch.Tensor):
             return self._evaluate_torch(x)
@@ -494,9 +509,8 @@ class MappingFunc:
         )
 
     def _evaluate_torch(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_complex():
-            raise TypeError(f"mapping function {self.source!r}: complex maps are not supported")
-        xf = x if x.is_floating_point() else x.to(torch.get_default_dtype())
+        keep = x.is_floating_point() or x.is_complex()
+        xf = x if keep else x.to(torch.get_default_dtype())
         values = _torch_statistics(xf, self._variables)
         values["x"] = xf
         result = _run(self._program, values, float)
@@ -509,7 +523,7 @@ class MappingFunc:
         return result
 
     def _evaluate_numpy(self, x: np.ndarray) -> np.ndarray:
-        if np.issubdtype(x.dtype, np.floating):
+        if np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.complexfloating):
             xf = x
         elif np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.bool_):
             xf = x.astype(np.float64)

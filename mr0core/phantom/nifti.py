@@ -356,12 +356,30 @@ class NiftiTissue:
 
 @dataclass
 class NiftiPhantom:
-    """A phantom's JSON configuration: units, system and tissues."""
+    """A phantom's JSON configuration: units, system and tissues.
+
+    Parameters
+    ----------
+    units, system, tissues
+        As in the specification (``"units"``, ``"system"``, ``"tissues"``).
+    reslice_to
+        MR-zero 1.2's option to resample the phantom onto another grid while loading; not
+        implemented here, so only ``None`` is accepted (resample the loaded
+        :class:`~mr0core.TissueDict` with ``interpolate`` instead).
+    """
 
     units: PhantomUnits
     system: PhantomSystem
     tissues: dict[str, NiftiTissue]
+    reslice_to: Any = None
     file_type: ClassVar[str] = FILE_TYPE
+
+    def __post_init__(self) -> None:
+        if self.reslice_to is not None:
+            raise NotImplementedError(
+                "NiftiPhantom.reslice_to (reslicing while loading) is not implemented; load the "
+                "phantom and resample it with TissueDict.interpolate"
+            )
 
     @classmethod
     def default(cls, gyro: float = 42.5764, B0: float = 3.0) -> NiftiPhantom:

@@ -162,6 +162,10 @@ class SimData:
         ``[coils, voxels]`` receive sensitivities (complex).
     size
         ``[3]`` physical size of the phantom in m; scales sequences with normalised gradients.
+    affine
+        ``[4, 4]`` voxel index → RAS+ mm transform of the source grid (NIfTI convention), or
+        None where there is no grid (custom voxels). Its position follows MR-zero 1.2, whose
+        ``SimData`` takes it between ``size`` and ``voxel_pos``.
     voxel_pos
         ``[voxels, 3]`` voxel positions in m (RAS+, MR-zero's FFT-centred grid convention).
     nyquist
@@ -176,8 +180,6 @@ class SimData:
         silently).
     tissue_masks
         Optional ``{name: bool [voxels]}``, e.g. which voxels belong to which tissue.
-    affine
-        Optional ``[4, 4]`` voxel index → RAS+ mm transform of the source grid (NIfTI convention).
     """
 
     phantom_motion = NotSimulated(MOTION_NOT_SIMULATED)
@@ -194,6 +196,7 @@ class SimData:
         B1: torch.Tensor,
         coil_sens: torch.Tensor,
         size: torch.Tensor,
+        affine: torch.Tensor | None,
         voxel_pos: torch.Tensor,
         nyquist: torch.Tensor,
         dephasing_func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -201,7 +204,6 @@ class SimData:
         phantom_motion: Any = None,
         voxel_motion: Any = None,
         tissue_masks: dict[str, torch.Tensor] | None = None,
-        affine: torch.Tensor | None = None,
     ) -> None:
         n = PD.shape[0] if PD.dim() == 1 else -1
         if n < 0:

@@ -172,6 +172,11 @@ class TissueDict(dict[str, VoxelGridPhantom]):
             directory = p.parent
         else:
             directory = p if p.is_dir() else p.parent
+        if config.reslice_to is not None:
+            raise NotImplementedError(
+                "NiftiPhantom.reslice_to (reslicing while loading) is not implemented; load the "
+                "phantom and resample it with TissueDict.interpolate"
+            )
         reader = _VolumeReader(directory)
         tissues: dict[str, VoxelGridPhantom] = {}
         for name, tissue in config.tissues.items():
@@ -489,6 +494,7 @@ class _TissueRecovery:
                 B1=data.B1[:, sel],
                 coil_sens=data.coil_sens[:, sel],
                 size=data.size,
+                affine=data.affine,
                 voxel_pos=data.voxel_pos[sel],
                 nyquist=data.nyquist,
                 dephasing_func=data.dephasing_func,

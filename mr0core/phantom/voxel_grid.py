@@ -35,7 +35,11 @@ _MAX_GRID = 4096  # per axis; far beyond any MRI grid, but stops absurd resize r
 
 
 def _real(value: Any, name: str, like: torch.Tensor | None = None) -> torch.Tensor:
-    t = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    if isinstance(value, torch.Tensor | np.ndarray):
+        t = torch.as_tensor(value)
+    else:  # numbers and lists: PD's dtype (float32 by default), not numpy's float64
+        dtype = like.dtype if like is not None and like.is_floating_point() else torch.float32
+        t = torch.as_tensor(np.asarray(value), dtype=dtype)
     if t.is_complex():
         raise ValueError(f"{name} must be real, got a complex tensor")
     t = t.to(torch.float32) if not t.is_floating_point() or t.dtype == torch.float16 else t
@@ -87,6 +91,56 @@ def default_affine(shape: SequenceABC[int], size: torch.Tensor) -> np.ndarray:
     return affine
 
 
+class _GridMap:
+    """A map attribute of :class:`VoxelGridPhantom`, checked and converted when assigned.
+
+    MR-zero scripts assign maps directly (``obj.T2 = 80e-3``, ``obj.B1 = obj.B1**3``): a number
+    or a 0-d tensor is broadcast to PD's ``[x, y, z]`` grid, lists and arrays become tensors, and
+    a map of the wrong shape is refused at once, naming the attribute. In-place edits
+    (``obj.D[i, j] = 1.5``) act on the stored tensor.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: object, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(f"{type(obj).__name__}.{self.name} is not set") from None
+
+    def __set__(self, obj: object, value: Any) -> None:
+        pd = obj.__dict__.get("PD")
+        if self.name == "PD":
+            t = _real(value, "PD")
+            if t.dim() != 3:
+                raise ValueError(f"PD must be [x, y, z], got shape {tuple(t.shape)}")
+        elif pd is None:
+            raise AttributeError(f"set PD before {self.name}: the maps take PD's grid")
+        elif self.name in _CHANNEL_MAPS:
+            t = _channels(value, self.name, tuple(pd.shape), pd)
+        else:
+            t = _real(value, self.name, like=pd)
+            if tuple(t.shape) != tuple(pd.shape):
+                raise ValueError(
+                    f"{self.name} has shape {tuple(t.shape)}, PD has {tuple(pd.shape)}"
+                )
+        obj.__dict__[self.name] = t
+
+
+def _affine_4x4(value: Any) -> np.ndarray:
+    """Return a finite ``[4, 4]`` affine from a ``[4, 4]`` or MR-zero's ``[3, 4]`` matrix."""
+    a = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+    a = a.astype(np.float64)
+    if a.shape == (3, 4):
+        a = np.vstack([a, [0.0, 0.0, 0.0, 1.0]])
+    if a.shape != (4, 4) or not np.isfinite(a).all():
+        raise ValueError(f"affine must be a finite 4x4 (or 3x4) matrix, got shape {a.shape}")
+    return a
+
+
 class VoxelGridPhantom:
     """Tissue maps on a Cartesian voxel grid.
 
@@ -99,21 +153,40 @@ class VoxelGridPhantom:
         ``[tx channels, x, y, z]`` relative transmit field (3-D input means one channel).
     coil_sens
         ``[coils, x, y, z]`` receive sensitivities (3-D input means one coil).
-    size
-        ``[3]`` physical extent in m. May also be a ``[4, 4]`` affine (MR-zero ≥ 1.2 passes the
-        affine in this position); then the size is taken from it.
+    affine
+        ``[4, 4]`` (or MR-zero's ``[3, 4]``) voxel index → RAS+ mm transform (NIfTI convention),
+        as MR-zero 1.2 takes it in this position; or, as MR-zero's documentation and older
+        releases pass here, the ``[3]`` physical size in m. Of an affine only the rotation and the
+        position of the centre voxel are kept; the voxel size follows ``size`` when it is given,
+        else the affine's column lengths.
     phantom_motion, voxel_motion
         MR-zero's motion interface: only ``None`` for now (anything else raises
         :class:`NotImplementedError`; see :class:`~mr0core.phantom.sim_data.NotSimulated`).
     tissue_masks
         Optional ``{name: [x, y, z]}`` masks.
-    affine
-        Optional ``[4, 4]`` voxel index → RAS+ mm transform (NIfTI convention). Only its rotation
-        and the position of the centre voxel are kept; the voxel size always follows ``size``.
+    size
+        ``[3]`` physical extent in m (keyword, as in MR-zero's documentation). One of ``size``
+        and ``affine`` is required.
+
+    Attributes
+    ----------
+    PD, T1, T2, T2dash, D, B0, B1, coil_sens
+        The maps; assigning one converts and checks it (a number is broadcast to the grid).
+    size
+        ``[3]`` physical extent in m; assignable (a list or tensor of three positive lengths),
+        and editable in place (``obj.size[2] = 0.008``).
     """
 
     phantom_motion = NotSimulated(MOTION_NOT_SIMULATED)
     voxel_motion = NotSimulated(MOTION_NOT_SIMULATED)
+    PD = _GridMap()
+    T1 = _GridMap()
+    T2 = _GridMap()
+    T2dash = _GridMap()
+    D = _GridMap()
+    B0 = _GridMap()
+    B1 = _GridMap()
+    coil_sens = _GridMap()
 
     def __init__(
         self,
@@ -125,37 +198,34 @@ class VoxelGridPhantom:
         B0: torch.Tensor,
         B1: torch.Tensor,
         coil_sens: torch.Tensor,
-        size: Any = None,
+        affine: Any = None,
         phantom_motion: Any = None,
         voxel_motion: Any = None,
         tissue_masks: dict[str, torch.Tensor] | None = None,
-        affine: Any = None,
+        size: Any = None,
     ) -> None:
-        self.PD = _real(PD, "PD")
-        if self.PD.dim() != 3:
-            raise ValueError(f"PD must be [x, y, z], got shape {tuple(self.PD.shape)}")
+        self.PD = PD
         spatial = tuple(self.PD.shape)
-        for name, value in zip(_REAL_MAPS[1:], (T1, T2, T2dash, D, B0), strict=True):
-            t = _real(value, name, like=self.PD)
-            if tuple(t.shape) != spatial:
-                raise ValueError(f"{name} has shape {tuple(t.shape)}, PD has {spatial}")
-            setattr(self, name, t)
-        self.B1 = _channels(B1, "B1", spatial, self.PD)
-        self.coil_sens = _channels(coil_sens, "coil_sens", spatial, self.PD)
-        if size is not None and np.shape(size) == (4, 4):
-            affine, size = size, None
+        self.T1 = T1
+        self.T2 = T2
+        self.T2dash = T2dash
+        self.D = D
+        self.B0 = B0
+        self.B1 = B1
+        self.coil_sens = coil_sens
+        if affine is not None and np.shape(affine) not in ((4, 4), (3, 4)):
+            if size is not None:
+                raise ValueError(
+                    f"affine has shape {tuple(np.shape(affine))} (a size?) and size is given too"
+                )
+            affine, size = None, affine  # the documented positional `size`
         if affine is not None:
-            affine = np.asarray(affine.cpu() if isinstance(affine, torch.Tensor) else affine)
-            affine = affine.astype(np.float64)
-            if affine.shape != (4, 4) or not np.isfinite(affine).all():
-                raise ValueError(f"affine must be a finite 4x4 matrix, got shape {affine.shape}")
+            affine = _affine_4x4(affine)
         if size is None:
             if affine is None:
                 raise ValueError("VoxelGridPhantom needs a size [3] in m (or an affine)")
             size = np.linalg.norm(affine[:3, :3], axis=0) * np.array(spatial) / 1000.0
-        self.size = _real(size, "size").to(self.PD.device).flatten().clone()
-        if self.size.shape != (3,) or not bool((self.size > 0).all()):
-            raise ValueError(f"size must be three positive lengths in m, got {self.size.tolist()}")
+        self.size = size
         self._affine = affine
         self._affine_shape = spatial  # grid shape the affine describes
         self.phantom_motion = phantom_motion
@@ -164,6 +234,20 @@ class VoxelGridPhantom:
             k: _real(v, f"tissue_masks[{k!r}]", like=self.PD)
             for k, v in (tissue_masks or {}).items()
         }
+
+    @property
+    def size(self) -> torch.Tensor:
+        """``[3]`` physical extent in m (assignable, editable in place)."""
+        return self._size
+
+    @size.setter
+    def size(self, value: Any) -> None:
+        if not isinstance(value, torch.Tensor):  # lists, arrays: the maps' float dtype
+            value = torch.as_tensor(np.asarray(value, dtype=np.float64)).to(self.PD.dtype)
+        t = _real(value, "size").to(self.PD.device).flatten().clone()
+        if t.shape != (3,) or not bool((t > 0).all()) or not bool(torch.isfinite(t).all()):
+            raise ValueError(f"size must be three positive lengths in m, got {t.tolist()}")
+        self._size = t
 
     # ------------------------------------------------------------------ properties
 
@@ -348,6 +432,11 @@ class VoxelGridPhantom:
             :mod:`mr0core.phantom.sim_data`.
         """
         dephasing = _grid_shape(voxel_shape)
+        for name in (*_REAL_MAPS[1:], *_CHANNEL_MAPS):
+            if tuple(getattr(self, name).shape[-3:]) != self.shape:
+                raise ValueError(
+                    f"{name} has shape {tuple(getattr(self, name).shape)}, PD has {self.shape}"
+                )
         mask = PD_threshold < self.PD
         pos = grid_positions(self.shape, self.size)
         return SimData(

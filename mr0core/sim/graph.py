@@ -156,16 +156,39 @@ class Graph(list[RepGraph]):
         self, transversal_mag: bool = True, dephasing: str = "tau", color: str = "latent signal",
         log_color: bool = True,
     ) -> matplotlib.figure.Figure:  # fmt: skip
-        """Scatter-plot the states over repetitions (arguments as :meth:`plot_data`)."""
+        """Scatter-plot the states over repetitions into the current matplotlib axes.
+
+        As in MR-zero, no figure is created or shown: make one first (``plt.figure()``) and
+        decorate or show it afterwards.
+
+        Parameters
+        ----------
+        transversal_mag
+            Transverse (True) or longitudinal (False) states.
+        dephasing
+            y axis: ``"k_x"``, ``"k_y"``, ``"k_z"`` (1/m) or ``"tau"`` (s).
+        color
+            ``"abs(mag)"``, ``"phase(mag)"`` (rad), ``"latent signal"``, ``"emitted signal"``
+            (relative to the strongest state of the repetition), ``"signal"`` or
+            ``"latent signal unormalized"`` (MR-zero's spelling; the same estimates before that
+            normalisation, in units of M0).
+        log_color
+            Colour by log10 of the value (not for the phase).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            The figure that was drawn into (the current one).
+        """
         import matplotlib.pyplot as plt
 
-        x, y, c = self.plot_data(transversal_mag, dephasing, color, log_color)
-        fig, ax = plt.subplots(figsize=(8, 4))
+        x, y, c = _plot_values(self, transversal_mag, dephasing, color, log_color)
+        ax = plt.gca()
         sc = ax.scatter(x, y, c=c, s=4)
         ax.set_xlabel("repetition")
         ax.set_ylabel(dephasing)
-        fig.colorbar(sc, ax=ax, label=("log10 " if log_color else "") + color)
-        return fig
+        ax.figure.colorbar(sc, ax=ax, label=("log10 " if log_color else "") + color)
+        return ax.figure
 
     @property
     def state_counts(self) -> tuple[int, int]:
@@ -644,3 +667,45 @@ def _latent(
         rg.z_latent = (z_lat / top).max(1, initial=0.0)
         rg.plus_emitted = (p_emit / top_e).max(1, initial=0.0)
         next_plus, next_z = sens_p, sens_z
+
+
+# -- helpers of Graph.plot --------------------------------------------------------------------
+
+_UNNORMALISED_COLORS = {
+    # colour: (attribute of transverse states, attribute of longitudinal states or None: zero)
+    "signal": ("plus_signal", None),
+    "latent signal unormalized": ("plus_latent_unnormalized", "z_latent_unnormalized"),
+}
+
+
+def _plot_values(
+    graph: Graph, transversal_mag: bool, dephasing: str, color: str, log_color: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(repetition, dephasing, colour)`` of every state for :meth:`Graph.plot`.
+
+    The four colours of :meth:`Graph.plot_data` come from it; ``"signal"`` and ``"latent signal
+    unormalized"`` are the emitted and latent estimates before the per-repetition normalisation,
+    read from the repetition graphs when the pre-pass stored them.
+    """
+    if color not in _UNNORMALISED_COLORS:
+        return graph.plot_data(transversal_mag, dephasing, color, log_color)
+    plus_attr, z_attr = _UNNORMALISED_COLORS[color]
+    attr = plus_attr if transversal_mag else z_attr
+    x, y, _ = graph.plot_data(transversal_mag, dephasing, "abs(mag)", False)
+    values = []
+    for rep in graph:
+        n = len(rep.plus_tau) if transversal_mag else len(rep.z_tau)
+        if attr is None:
+            values.append(np.zeros(n))
+            continue
+        stored = getattr(rep, attr, None)
+        if stored is None:
+            raise NotImplementedError(
+                f"Graph.plot(color={color!r}): this graph keeps only the per-repetition "
+                f"normalised estimates; the pre-pass does not store {attr} yet"
+            )
+        values.append(np.asarray(stored, dtype=np.float64).reshape(n))
+    c = np.concatenate(values) if values else np.zeros(0)
+    if log_color:
+        c = np.log10(np.maximum(c, 1e-12))
+    return x, y, c
