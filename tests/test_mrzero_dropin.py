@@ -227,24 +227,16 @@ def test_graph_plot_normalised_colours(graph: mr0.Graph, color: str) -> None:
     np.testing.assert_allclose(plt.gca().collections[0].get_array(), expected)
 
 
-@pytest.mark.parametrize(
-    "color",
-    [
-        pytest.param(
-            c,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=NotImplementedError,
-                reason="the pre-pass (graph.py, another developer's) does not store the "
-                "unnormalised estimates yet; patch: /tmp/helper2_graph_unnormalised.patch",
-            ),
-        )
-        for c in ("signal", "latent signal unormalized")
-    ],
-)
+@pytest.mark.parametrize("color", ["signal", "latent signal unormalized"])
 def test_graph_plot_unnormalised_colours_on_a_real_graph(graph: mr0.Graph, color: str) -> None:
     plt.figure()
-    graph.plot(color=color)
+    graph.plot(transversal_mag=True, color=color, log_color=False)
+    values = plt.gca().collections[0].get_array()
+    _, _, expected = graph.plot_data(True, "tau", color, False)
+    np.testing.assert_allclose(values, expected)
+    # unnormalised: in units of M0, not scaled so that each repetition's strongest state is 1
+    normalised = graph.plot_data(True, "tau", "latent signal", False)[2]
+    assert not np.allclose(values, normalised)
 
 
 def test_graph_plot_unnormalised_colours_show_the_stored_estimates(graph: mr0.Graph) -> None:

@@ -99,6 +99,11 @@ class RepGraph:
     # magnitudes of the nominal column [n, 1] (the pre-pass uses every column, then trims)
     plus_mags: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), complex))
     z_mags: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), complex))
+    # column 0 (nominal) estimates before the per-repetition normalisation, in units of M0:
+    # Graph.plot's colours "signal" and "latent signal unormalized"
+    plus_signal: np.ndarray | None = None
+    plus_latent_unnormalized: np.ndarray | None = None
+    z_latent_unnormalized: np.ndarray | None = None
 
 
 class Graph(list[RepGraph]):
@@ -120,13 +125,16 @@ class Graph(list[RepGraph]):
         dephasing
             y axis: ``"k_x"``, ``"k_y"``, ``"k_z"`` (1/m) or ``"tau"`` (s).
         color
-            ``"abs(mag)"``, ``"phase(mag)"``, ``"latent signal"`` or ``"emitted signal"``.
+            ``"abs(mag)"``, ``"phase(mag)"``, ``"latent signal"``, ``"emitted signal"``,
+            ``"signal"`` or ``"latent signal unormalized"`` (see :meth:`plot`).
         log_color
             Colour by log10 of the value.
         """
         axis = {"k_x": 0, "k_y": 1, "k_z": 2, "tau": 3}
         if dephasing not in axis:
             raise ValueError(f"dephasing must be one of {', '.join(axis)}, got {dephasing!r}")
+        if color in _UNNORMALISED_COLORS:
+            return _plot_values(self, transversal_mag, dephasing, color, log_color)
         colors = ("abs(mag)", "phase(mag)", "latent signal", "emitted signal")
         if color not in colors:
             raise ValueError(f"color must be one of {', '.join(colors)}, got {color!r}")
@@ -666,6 +674,9 @@ def _latent(
         rg.plus_latent = (p_lat / top).max(1, initial=0.0)
         rg.z_latent = (z_lat / top).max(1, initial=0.0)
         rg.plus_emitted = (p_emit / top_e).max(1, initial=0.0)
+        rg.plus_signal = p_emit[:, 0].copy()
+        rg.plus_latent_unnormalized = p_lat[:, 0].copy()
+        rg.z_latent_unnormalized = z_lat[:, 0].copy()
         next_plus, next_z = sens_p, sens_z
 
 
