@@ -68,7 +68,6 @@ class Entry(NamedTuple):
 
 
 _NIFTI_REF = "phantom.nifti_phantom."
-_GRAPH_PY = "mr0core/sim/graph.py is being changed by another developer in parallel"
 
 API: list[Entry] = [
     # ---------------------------------------------------------------- sequence building blocks
@@ -236,13 +235,12 @@ API: list[Entry] = [
     # ---------------------------------------------------------------- simulation
     Entry("compute_graph", "function",
           "(seq, data, max_state_count=200, min_state_mag=0.0001, tissues=None, threaded=True)",
-          returns="Graph", blocked=_GRAPH_PY,
+          returns="Graph",
           note="doc: (seq, data, max_state_count, min_state_mag); 1.2.0 adds tissues, threaded"),
     Entry("compute_graph_ext", "function",
           "(seq, T1, T2, T2dash, D, max_state_count=200, min_state_mag=0.0001, "
           "nyquist=(inf, inf, inf), size=(1.0, 1.0, 1.0), avg_b1_trig=None)",
-          returns="Graph", blocked=_GRAPH_PY + " (ours has dephasing_func where 1.2.0 has "
-          "avg_b1_trig)",
+          returns="Graph",
           note="doc: no defaults and no avg_b1_trig"),
     Entry("execute_graph", "function",
           "(graph, seq, data, min_emitted_signal=0.01, min_latent_signal=0.01, "

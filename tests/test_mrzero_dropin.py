@@ -476,3 +476,27 @@ def test_no_silent_stubs() -> None:
         ]
         assert body, f"{entry.path} has no statements"
         assert not all(isinstance(n, ast.Pass) for n in body), f"{entry.path} is a stub"
+
+
+def test_compute_graph_mrzero_120_arguments() -> None:
+    """tissues / avg_b1_trig are refused, threaded=False warns that it changes nothing."""
+    import warnings
+
+    import mr0core.sim.graph as graph_module
+
+    seq = mr0.Sequence()
+    rep = seq.new_rep(2)
+    rep.pulse.angle = 1.0
+    rep.adc_usage[1] = 1
+    data = mr0.CustomVoxelPhantom([[0.0, 0.0, 0.0]]).build()
+    with pytest.raises(NotImplementedError, match="tissues"):
+        mr0.compute_graph(seq, data, 200, 1e-4, tissues={"wm": 1})
+    with pytest.raises(NotImplementedError, match="avg_b1_trig"):
+        mr0.compute_graph_ext(seq, 1.0, 0.1, 0.05, 1.0, 200, 1e-4, avg_b1_trig=torch.ones(3))
+    graph_module._WARNED.discard("threaded")
+    with pytest.warns(UserWarning, match=r"threaded=False\) changes nothing"):
+        a = mr0.compute_graph(seq, data, threaded=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b = mr0.compute_graph(seq, data)
+    assert len(a) == len(b)

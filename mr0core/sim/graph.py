@@ -35,6 +35,7 @@ estimates to simulate only the states that matter, with every voxel.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -285,8 +286,9 @@ def _seq_arrays(seq: Sequence, size: np.ndarray) -> list[_SeqRep]:
 
 
 def compute_graph(
-    seq: Sequence, data: SimData, max_state_count: int = 200, min_state_mag: float = 1e-4
-) -> Graph:
+    seq: Sequence, data: SimData, max_state_count: int = 200, min_state_mag: float = 1e-4,
+    tissues: Any = None, threaded: bool = True,
+) -> Graph:  # fmt: skip
     """Compute the PDG of ``seq`` for the phantom ``data`` (its mean tissue and its tissues).
 
     Parameters
@@ -300,7 +302,21 @@ def compute_graph(
         At most this many transverse and this many longitudinal states per repetition.
     min_state_mag
         States with an estimated magnetisation below this (relative to M0 = 1) are dropped.
+    tissues
+        MR-zero 1.2.0's choice of tissues for the pre-pass: not supported (ours follows the
+        phantom's ``tissue_masks`` by itself); anything but ``None`` raises.
+    threaded
+        MR-zero 1.2.0's switch for its threaded (Rust) pre-pass. Ours is vectorised numpy in one
+        thread either way; ``False`` warns once that it changes nothing.
     """
+    if tissues is not None:
+        raise NotImplementedError(
+            "compute_graph(tissues=...): not supported; the pre-pass follows the phantom's "
+            "tissue_masks (a TissueDict's build) by itself"
+        )
+    if not threaded:
+        _warn_once("threaded", "compute_graph(threaded=False) changes nothing here: the "
+                   "pre-pass is vectorised numpy in one thread either way")  # fmt: skip
     w = data.PD.detach().clamp_min(0)
     w = w / w.sum() if float(w.sum()) > 0 else torch.full_like(w, 1 / max(len(w), 1))
 
@@ -316,6 +332,16 @@ def compute_graph(
         data.nyquist.detach().cpu().double().numpy(), data.size.detach().cpu().double().numpy(),
         data.dephasing_func,
     )  # fmt: skip
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    """Warn ``message`` the first time ``key`` comes up in this process."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, stacklevel=3)
 
 
 _Column = tuple[float, float, float, float, float]
@@ -407,6 +433,8 @@ def compute_graph_ext(
     min_state_mag: float = 1e-4,
     nyquist: Any = (math.inf, math.inf, math.inf),
     size: Any = (1.0, 1.0, 1.0),
+    avg_b1_trig: Any = None,
+    *,
     dephasing_func: Any = None,
     b1_scales: tuple[float, ...] = (1.0,),
 ) -> Graph:
@@ -426,12 +454,20 @@ def compute_graph_ext(
         ``[3]`` Nyquist frequency in 1/m (for the voxel-shape response of the estimates).
     size
         ``[3]`` phantom size in m (scales normalised gradients).
+    avg_b1_trig
+        MR-zero 1.2.0's averaged B1 trigonometry table: not supported (give the flip scales to
+        follow as ``b1_scales``); anything but ``None`` raises.
     dephasing_func
         Voxel-shape response ``(k [..., 3], nyquist [3]) -> [...]``; default: 1 (point).
     b1_scales
         Flip-angle scales to follow in parallel (the first is the nominal one); states are kept
         if they matter at any of them.
     """
+    if avg_b1_trig is not None:
+        raise NotImplementedError(
+            "compute_graph_ext(avg_b1_trig=...): not supported; pass the flip scales to follow "
+            "as b1_scales=(...)"
+        )
     scales = np.asarray(b1_scales, dtype=np.float64).reshape(-1)
     columns = [(float(T1), float(T2), float(T2dash), float(D), float(b)) for b in scales]
     return _prepass(seq, columns, max_state_count, min_state_mag, nyquist, size, dephasing_func)
