@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +36,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_cuda)
         if "reference" in item.keywords and not has_mr0:
             item.add_marker(skip_ref)
+
+
+@contextlib.contextmanager
+def quiet_mrzero() -> Iterator[None]:
+    """Silence MR-zero, which prints from Rust to file descriptor 1, and its warnings."""
+    fd = os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        os.dup2(fd, 1)
+        os.close(null)
+        os.close(fd)
 
 
 @pytest.fixture(params=CORPUS_FILES, ids=[p.name for p in CORPUS_FILES])

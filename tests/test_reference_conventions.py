@@ -8,15 +8,13 @@ magnetisation zeroed before excitation pulses only).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
-import os
 import warnings
 from types import ModuleType
 
 import pytest
 import torch
+from conftest import quiet_mrzero
 
 import mr0core as mr0
 import mr0core.sim.rf as rf
@@ -24,19 +22,7 @@ import mr0core.sim.rf as rf
 pytestmark = pytest.mark.reference
 
 
-@contextlib.contextmanager
-def _quiet():  # MR-zero prints from Rust to fd 1
-    fd = os.dup(1)
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 1)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        os.dup2(fd, 1)
-        os.close(null)
-        os.close(fd)
+_quiet = quiet_mrzero
 
 
 @pytest.fixture(scope="module")

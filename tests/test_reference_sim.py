@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CORPUS
+from conftest import CORPUS, quiet_mrzero
 
 import mr0core as mr0
 from mr0core.phantom.builtin_phantoms import write_phantom
@@ -19,19 +15,7 @@ from mr0core.sim import compute_graph, execute_graph
 pytestmark = pytest.mark.reference
 
 
-@contextlib.contextmanager
-def _quiet():  # MR-zero prints from Rust to fd 1
-    fd = os.dup(1)
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 1)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        os.dup2(fd, 1)
-        os.close(null)
-        os.close(fd)
+_quiet = quiet_mrzero
 
 
 @pytest.mark.parametrize("name", ["write_gre", "write_tse"])
