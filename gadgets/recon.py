@@ -190,6 +190,7 @@ class PassthroughGadget(Gadget):
 
     aliases = ("AcquisitionPassthroughGadget",)
     properties: ClassVar[dict[str, Property]] = {}
+    takes_images = True
 
 
 @register
@@ -908,6 +909,7 @@ class SaveDataGadget(Gadget):
     to the name.
     """
 
+    takes_images = True
     properties: ClassVar[dict[str, Property]] = {
         "passthrough": Property("bool", False, "also pass the saved items on"),
         "group": Property("str", "dataset", "HDF5 group of the session"),
