@@ -24,12 +24,15 @@ and the extended-phase-graph formalism, Weigel 2015; Endres et al., MRM 2024):
 
 The pre-pass runs this in float64 numpy for a few representative voxels in parallel ("columns"):
 the PD-weighted mean tissue at the mean and the 2nd/98th percentile flip scale, and each tissue of
-the phantom (or, without tissue masks, the T1 and T2 extremes). It keeps at most
-``max_state_count`` states per kind and repetition with ``|m| ≥ min_state_mag`` in any column, and
-estimates for every state the signal it emits in its repetition and a bound on the total signal it
-and its descendants can still emit ("latent"), each relative to its column's strongest state and
-maximised over the columns. The main pass (:func:`~mr0core.sim.execute_graph`) uses these
-estimates to simulate only the states that matter, with every voxel.
+the phantom (or, without tissue masks, the T1 and T2 extremes). It follows at most
+``PREPASS_OVERSAMPLE · max_state_count`` states per kind and repetition with
+``|m| ≥ min_state_mag`` in any column, and estimates for every state the signal it emits in its
+repetition and a bound on the total signal it and its descendants can still emit ("latent"),
+each relative to its column's strongest state (the relaxed state k = 0, τ = 0 aside) and
+maximised over the columns. Of these candidates the ``max_state_count`` per kind with the largest
+latent signal stay eligible: the cap keeps the states that will be heard rather than the largest
+ones, many of which are dephased for good. The main pass (:func:`~mr0core.sim.execute_graph`)
+uses these estimates to simulate only the states that matter, with every voxel.
 """
 
 from __future__ import annotations
@@ -347,6 +350,11 @@ def _warn_once(key: str, message: str) -> None:
 _Column = tuple[float, float, float, float, float]
 """One voxel the pre-pass follows: T1, T2, T2′ (s), D (10⁻³ mm²/s), flip scale |B1eff|."""
 
+PREPASS_OVERSAMPLE = 2
+"""The pre-pass follows this many times ``max_state_count`` candidate states per kind and
+repetition, then keeps the ``max_state_count`` with the largest latent signal. Measured on DREAM
+(32² brain, accuracy 1e-3, 200 states): error 0.96 % with 1, 0.44 % with 2, 0.44 % with 4."""
+
 MAX_TISSUE_COLUMNS = 6
 """At most this many tissue columns besides the mean tissue (the largest tissues win)."""
 
@@ -550,8 +558,9 @@ def _prepass(
         mzk, mztau, mzmag, zinv = _merge(zk_c, ztau_c, zmag_c)
         # the relaxed state (k = 0, τ = 0) first
         zero = np.flatnonzero((_keys(mzk, mztau) == 0).all(1))
-        order_z = _select(np.abs(mzmag).max(1), max_state_count, min_state_mag, keep=zero)
-        order_p = _select(np.abs(nmag).max(1), max_state_count, min_state_mag)
+        cap = PREPASS_OVERSAMPLE * int(max_state_count)
+        order_z = _select(np.abs(mzmag).max(1), cap, min_state_mag, keep=zero)
+        order_p = _select(np.abs(nmag).max(1), cap, min_state_mag)
         rg = _rep_graph(nk, ntau, nmag, inv, ckind, cparent, order_p,
                         mzk, mztau, mzmag, zinv, zkind, zparent, order_z)  # fmt: skip
 
@@ -585,9 +594,25 @@ def _prepass(
         graph.append(rg)
 
     _latent(graph, decays, reps, scales)
+    _keep_most_latent(graph, int(max_state_count))
     for rg in graph:  # the other columns have served their purpose: keep the graph small
         rg.plus_mags, rg.z_mags = rg.plus_mags[:, :1], rg.z_mags[:, :1]
     return graph
+
+
+def _keep_most_latent(graph: Graph, max_count: int) -> None:
+    """Leave per kind and repetition only the ``max_count`` states of largest latent eligible.
+
+    The others get latent 0, so that the main pass never simulates them (whatever its
+    threshold); the relaxed state (longitudinal index 0) always stays.
+    """
+    for rg in graph:
+        if len(rg.plus_latent) > max_count:
+            order = np.argsort(-rg.plus_latent, kind="stable")
+            rg.plus_latent[order[max_count:]] = 0.0
+        if len(rg.z_latent) > max_count:
+            order = 1 + np.argsort(-rg.z_latent[1:], kind="stable")
+            rg.z_latent[order[max(max_count - 1, 0):]] = 0.0
 
 
 def _select(
@@ -703,7 +728,11 @@ def _latent(
         p_lat = np.abs(rg.plus_mags) * sens_p  # [n, C]
         z_lat = np.abs(rg.z_mags) * sens_z
         p_emit = np.abs(rg.plus_mags) * rg.plus_emitted
-        top = np.maximum(p_lat.max(0, initial=0.0), z_lat.max(0, initial=0.0))  # [C]
+        # the relaxed state (z index 0) is always simulated, and its latent, which sums all the
+        # signal the sequence will still give, would make every other state look negligible:
+        # the scale is the strongest of the others (FLASH at 1e-2: 3.1 % error with it, 0.5 %
+        # without, on a 32² brain)
+        top = np.maximum(p_lat.max(0, initial=0.0), z_lat[1:].max(0, initial=0.0))  # [C]
         top = np.where(top > 0, top, 1.0)
         top_e = p_emit.max(0, initial=0.0)
         top_e = np.where(top_e > 0, top_e, 1.0)
