@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 from collections.abc import Iterable
 from copy import deepcopy
 from enum import Enum
@@ -295,6 +296,60 @@ class Pulse:
         )
 
 
+def _plain(value: Any, where: str) -> Any:
+    """Return ``value`` as plain data (dicts with str keys, lists, str, int, float, bool, None).
+
+    Tuples become lists and paths strings. Raises :class:`TypeError` naming ``where`` for
+    anything else.
+    """
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where}: key {key!r} is not a string")
+            out[key] = _plain(item, f"{where}[{key!r}]")
+        return out
+    if isinstance(value, list | tuple):
+        return [_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{where} holds a {type(value).__name__}, which is not plain data")
+
+
+def _entry(state: dict[str, Any], key: str, kind: type) -> Any:
+    """Return ``state[key]``, checked to be a ``kind``."""
+    if key not in state:
+        raise ValueError(f"Sequence state: {key!r} is missing")
+    value = state[key]
+    if not isinstance(value, kind):
+        raise ValueError(
+            f"Sequence state: {key!r} must be a {kind.__name__}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _tensor(
+    state: dict[str, Any],
+    key: str,
+    shape: tuple[int, ...] | None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Return ``state[key]``, checked to be a CPU tensor of ``shape`` (and ``dtype``)."""
+    value = _entry(state, key, torch.Tensor)
+    if value.device.type != "cpu":
+        raise ValueError(f"Sequence state: {key!r} is on {value.device}, not the CPU")
+    if shape is None:
+        if value.ndim != 1:
+            raise ValueError(f"Sequence state: {key!r} must be 1-D, got {tuple(value.shape)}")
+    elif tuple(value.shape) != shape:
+        raise ValueError(f"Sequence state: {key!r} has shape {tuple(value.shape)}, not {shape}")
+    if dtype is not None and value.dtype != dtype:
+        raise ValueError(f"Sequence state: {key!r} has dtype {value.dtype}, not {dtype}")
+    return value
+
+
 def _cuda_device(device: int | str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda", torch.cuda.current_device())
@@ -498,6 +553,166 @@ class Sequence(list):
     def device(self) -> torch.device:
         """The device of the repetition data (CPU for an empty sequence)."""
         return self[0].device if len(self) > 0 else torch.device("cpu")
+
+    # -- plain-data state (no pickled objects) ------------------------------------------------
+
+    STATE_FORMAT = "mr0core.Sequence"
+    """The ``format`` entry of :meth:`to_state`."""
+
+    STATE_VERSION = 1
+    """The ``version`` entry of :meth:`to_state`."""
+
+    def to_state(self) -> dict[str, Any]:
+        """Return the sequence as plain data that ``torch.load(weights_only=True)`` reads.
+
+        The state holds only CPU tensors, ints, floats, bools, strings, lists and dicts, so a
+        file of it cannot carry code; :meth:`from_state` rebuilds the sequence. Per-repetition
+        tensors are concatenated (``[repetitions]``, ``[events, ...]``, ``[shim channels, 2]``)
+        with the counts to split them again, so a long sequence is a few large tensors rather
+        than millions of small ones. Autograd history is not kept (tensors are detached).
+
+        Returns
+        -------
+        dict
+            ``{"format", "version", "normalized_grads", "definitions", "usages", "pulse":
+            {...}, "events": [repetitions] int64, "event": {...}, "labels": {name: {"present":
+            [repetitions] bool, "values": [labelled events]}}}``.
+
+        Raises
+        ------
+        TypeError
+            When :attr:`definitions` holds something other than plain data (the message names
+            the key).
+        """
+        reps = list(self)
+        usages = [u.name for u in PulseUsage]
+        code = {name: i for i, name in enumerate(usages)}
+
+        def stack(values: list[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+            if not values:
+                return torch.zeros((0, *shape))
+            return torch.stack([v.detach().cpu() for v in values])
+
+        def cat(values: list[torch.Tensor], shape: tuple[int, ...], dtype: torch.dtype) -> Any:
+            if not values:
+                return torch.zeros((0, *shape), dtype=dtype)
+            return torch.cat([v.detach().cpu() for v in values])
+
+        pulses = [rep.pulse for rep in reps]
+        names = sorted({name for rep in reps for name in rep.labels})
+        labels = {}
+        for name in names:
+            present = [name in rep.labels for rep in reps]
+            values = [rep.labels[name] for rep in reps if name in rep.labels]
+            labels[name] = {
+                "present": torch.tensor(present, dtype=torch.bool),
+                "values": cat(values, (), torch.int64),
+            }
+        return {
+            "format": self.STATE_FORMAT,
+            "version": self.STATE_VERSION,
+            "normalized_grads": bool(self.normalized_grads),
+            "definitions": _plain(self.definitions, "definitions"),
+            "usages": usages,
+            "pulse": {
+                "usage": torch.tensor([code[p.usage.name] for p in pulses], dtype=torch.int64),
+                "angle": stack([p.angle for p in pulses], ()),
+                "phase": stack([p.phase for p in pulses], ()),
+                "pulse_freq": stack([p.pulse_freq for p in pulses], ()),
+                "freq_offset": stack([p.freq_offset for p in pulses], ()),
+                "duration": stack([p.duration for p in pulses], ()),
+                "grad": stack([p.grad for p in pulses], (3,)),
+                "shim_channels": torch.tensor(
+                    [p.shim_array.shape[0] for p in pulses], dtype=torch.int64
+                ),
+                "shim": cat([p.shim_array for p in pulses], (2,), torch.float32),
+                "selective": torch.tensor([p.selective for p in pulses], dtype=torch.bool),
+            },
+            "events": torch.tensor([rep.event_count for rep in reps], dtype=torch.int64),
+            "event": {
+                "time": cat([r.event_time for r in reps], (), torch.float32),
+                "gradm": cat([r.gradm for r in reps], (3,), torch.float32),
+                "adc_phase": cat([r.adc_phase for r in reps], (), torch.float32),
+                "adc_usage": cat([r.adc_usage for r in reps], (), torch.int32),
+            },
+            "labels": labels,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Sequence:
+        """Rebuild a sequence from :meth:`to_state`'s plain data (on the CPU).
+
+        Every entry is checked (type, shape, counts) before anything is built.
+
+        Raises
+        ------
+        ValueError
+            For a state of another format or version, a missing entry, or tensors whose shapes
+            or counts disagree (the message names the entry).
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"a Sequence state is a dict, got {type(state).__name__}")
+        if state.get("format") != cls.STATE_FORMAT or state.get("version") != cls.STATE_VERSION:
+            raise ValueError(
+                f"not a Sequence state of version {cls.STATE_VERSION}: format "
+                f"{state.get('format')!r}, version {state.get('version')!r}"
+            )
+        pulse, event = _entry(state, "pulse", dict), _entry(state, "event", dict)
+        events = _tensor(state, "events", None, torch.int64)
+        n = int(events.shape[0])
+        if n and int(events.min()) < 0:
+            raise ValueError("Sequence state: events holds a negative count")
+        total = int(events.sum()) if n else 0
+        usages = _entry(state, "usages", list)
+        try:
+            kinds = [PulseUsage[str(name)] for name in usages]
+        except KeyError as exc:
+            raise ValueError(f"Sequence state: unknown pulse usage {exc}") from None
+        usage = _tensor(pulse, "usage", (n,), torch.int64)
+        if n and (int(usage.min()) < 0 or int(usage.max()) >= len(kinds)):
+            raise ValueError("Sequence state: pulse usage codes outside the usages list")
+        scalars = {k: _tensor(pulse, k, (n,)) for k in
+                   ("angle", "phase", "pulse_freq", "freq_offset", "duration")}  # fmt: skip
+        grad = _tensor(pulse, "grad", (n, 3))
+        channels = _tensor(pulse, "shim_channels", (n,), torch.int64)
+        if n and int(channels.min()) < 1:
+            raise ValueError("Sequence state: a pulse with no shim channel")
+        shim = _tensor(pulse, "shim", (int(channels.sum()) if n else 0, 2))
+        selective = _tensor(pulse, "selective", (n,), torch.bool)
+        e_time = _tensor(event, "time", (total,))
+        e_gradm = _tensor(event, "gradm", (total, 3))
+        e_phase = _tensor(event, "adc_phase", (total,))
+        e_usage = _tensor(event, "adc_usage", (total,))
+        if e_usage.is_floating_point() or e_usage.is_complex():
+            raise ValueError(f"Sequence state: adc_usage must be integer, not {e_usage.dtype}")
+        counts = events.tolist()
+        labels: list[dict[str, torch.Tensor]] = [{} for _ in range(n)]
+        for name, entry in _entry(state, "labels", dict).items():
+            if not isinstance(name, str) or not isinstance(entry, dict):
+                raise ValueError(f"Sequence state: label {name!r} is not a named dict")
+            present = _tensor(entry, "present", (n,), torch.bool)
+            own = [c for c, p in zip(counts, present.tolist(), strict=True) if p]
+            values = _tensor(entry, "values", (sum(own),))
+            parts = iter(torch.split(values, own))
+            for i, p in enumerate(present.tolist()):
+                if p:
+                    labels[i][name] = next(parts)
+        shims = torch.split(shim, channels.tolist())
+        sel = selective.tolist()
+        codes = usage.tolist()
+        split = {k: torch.split(v, counts) for k, v in
+                 (("t", e_time), ("g", e_gradm), ("p", e_phase), ("u", e_usage))}  # fmt: skip
+        reps = []
+        for i in range(n):
+            p = Pulse._trusted(kinds[codes[i]], scalars["angle"][i], scalars["phase"][i],
+                               shims[i], bool(sel[i]))  # fmt: skip
+            p._pulse_freq, p._freq_offset = scalars["pulse_freq"][i], scalars["freq_offset"][i]
+            p._duration, p._grad = scalars["duration"][i], grad[i]
+            reps.append(Repetition._trusted(p, split["t"][i], split["g"][i], split["p"][i],
+                                            split["u"][i], labels[i]))  # fmt: skip
+        seq = cls(reps, normalized_grads=bool(_entry(state, "normalized_grads", bool)))
+        seq.definitions = deepcopy(_entry(state, "definitions", dict))
+        return seq
 
     # -- k-space -----------------------------------------------------------------------------
 

@@ -8,7 +8,9 @@ up what they write (new jobs, cancellations) within its tick.
 ::
 
     mr0-scheduler run --cpu-workers 2              # the service, until SIGTERM
+    mr0-scheduler run --retention-days 30 --max-store-gb 50   # ... deleting old results
     mr0-scheduler run --backend ray --address auto # jobs as Ray tasks on a running cluster
+    mr0-scheduler prune --retention-days 30        # apply a retention policy once
     mr0-scheduler submit simulate --params '{"demo_flash": 64, "size": 64}' --kind batch
     mr0-scheduler status [--json]                  # GPUs (NVML), queue, running jobs, counts
     mr0-scheduler jobs [--state done] [--json]
@@ -30,8 +32,37 @@ from typing import Any
 from mr0core.clitools import exit_quietly_on_closed_pipe
 
 from .model import JOB_STATES, JobKind
+from .retention import GB, RetentionPolicy, RetentionTimer
 
-__all__ = ["main"]
+__all__ = ["add_retention_options", "main"]
+
+
+def add_retention_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--retention-days``, ``--max-store-gb`` and ``--retention-interval`` to a parser.
+
+    The same options as ``mr0-server`` has (see :mod:`scheduler.retention`).
+    """
+    parser.add_argument("--retention-days", type=_non_negative, metavar="DAYS",
+                        help="delete finished data older than this (default: keep)")  # fmt: skip
+    parser.add_argument("--max-store-gb", type=_non_negative, metavar="GB",
+                        help="keep stored data under this many GB (10^9 bytes), oldest "
+                        "deleted first (default: no limit)")  # fmt: skip
+    parser.add_argument("--retention-interval", type=_positive, default=3600.0, metavar="S",
+                        help="seconds between retention runs (default 3600)")  # fmt: skip
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
 
 
 def _store_dir(opts: argparse.Namespace) -> Path:
@@ -67,9 +98,13 @@ def _run(opts: argparse.Namespace) -> int:
     from .service import Scheduler
 
     monitor = GpuMonitor(interval_s=opts.nvml_interval)
+    cpu_memory: int | str | None = "auto"
+    if opts.cpu_memory_gb is not None:
+        cpu_memory = None if opts.cpu_memory_gb == 0 else int(opts.cpu_memory_gb * GB)
     sched = Scheduler(_store_dir(opts), monitor=monitor, gpu_slots=opts.gpu_slots,
                       cpu_workers=opts.cpu_workers, safety=opts.safety, backend=opts.backend,
-                      ray_address=opts.address)  # fmt: skip
+                      ray_address=opts.address, cpu_memory_bytes=cpu_memory,
+                      retention=_policy(opts))  # fmt: skip
     done = threading.Event()
 
     def stop(signum: int, _frame: Any) -> None:
@@ -85,6 +120,31 @@ def _run(opts: argparse.Namespace) -> int:
         pass
     sched.stop()
     return 0
+
+
+def _policy(opts: argparse.Namespace) -> RetentionPolicy | None:
+    """Return the policy of ``--retention-days``/``--max-store-gb`` (None: neither given)."""
+    if opts.retention_days is None and opts.max_store_gb is None:
+        return None
+    return RetentionPolicy(retention_days=opts.retention_days, max_store_gb=opts.max_store_gb,
+                           interval_s=opts.retention_interval)  # fmt: skip
+
+
+def _prune(opts: argparse.Namespace) -> int:
+    policy = _policy(opts)
+    if policy is None:
+        print("mr0-scheduler: prune needs --retention-days and/or --max-store-gb", file=sys.stderr)
+        return 2
+    store = _existing_store(opts)
+    if store is None:
+        print(f"mr0-scheduler: no job store at {_store_dir(opts)}", file=sys.stderr)
+        return 2
+    report = RetentionTimer([store], policy).run_once()
+    print(f"deleted {len(report.deleted)} jobs ({_fmt_bytes(report.freed_bytes)}); "
+          f"{_fmt_bytes(report.kept_bytes)} kept")  # fmt: skip
+    for error in report.errors:
+        print(f"mr0-scheduler: {error}", file=sys.stderr)
+    return 1 if report.errors else 0
 
 
 def _status(opts: argparse.Namespace) -> int:
@@ -167,7 +227,7 @@ def _cancel(opts: argparse.Namespace) -> int:
 def _submit(opts: argparse.Namespace) -> int:
     import uuid
 
-    from .functions import FUNCTIONS
+    from .functions import FUNCTIONS, INPUT_FUNCTIONS
     from .model import JobSpec
     from .service import _estimate
     from .store import JobStore
@@ -175,6 +235,11 @@ def _submit(opts: argparse.Namespace) -> int:
     if opts.function not in FUNCTIONS:
         print(f"mr0-scheduler: unknown function {opts.function!r} "
               f"(known: {', '.join(sorted(FUNCTIONS))})", file=sys.stderr)  # fmt: skip
+        return 2
+    if opts.function in INPUT_FUNCTIONS:
+        print(f"mr0-scheduler: {opts.function} reads an inputs folder that an in-process "
+              "submitter (the server) makes; it cannot be submitted here",
+              file=sys.stderr)  # fmt: skip
         return 2
     try:
         params = json.loads(opts.params)
@@ -211,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
                      help="worker processes here, or Ray tasks on a cluster")  # fmt: skip
     run.add_argument("--address", help="with --backend ray: auto or HOST:PORT (default: a "
                      "local Ray instance)")  # fmt: skip
+    run.add_argument("--cpu-memory-gb", type=_non_negative, metavar="GB",
+                     help="host memory CPU jobs may need together, by their estimates (default: "
+                     "75%% of the memory available at start; 0: no check)")  # fmt: skip
+    add_retention_options(run)
+    prune = sub.add_parser("prune", help="delete old finished jobs and results once")
+    add_retention_options(prune)
     status = sub.add_parser("status", help="GPUs, queue, running jobs")
     status.add_argument("--json", action="store_true")
     jobs = sub.add_parser("jobs", help="list jobs, newest first")
@@ -230,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(opts, "cpu_workers", 1) < 0 or getattr(opts, "gpu_slots", 1) < 1:
         parser.error("--cpu-workers must be >= 0 and --gpu-slots >= 1")
     handler = {"run": _run, "status": _status, "jobs": _jobs, "cancel": _cancel,
-               "submit": _submit}[opts.command]  # fmt: skip
+               "submit": _submit, "prune": _prune}[opts.command]  # fmt: skip
     return handler(opts)
 
 

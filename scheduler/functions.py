@@ -8,6 +8,14 @@ A function takes JSON-able ``params``, the torch device it was placed on (``"cpu
 ``"cuda"`` — a GPU worker sees its one GPU as ``cuda`` through ``CUDA_VISIBLE_DEVICES``), and a
 private working folder for files; it returns a JSON-able summary. Files it leaves in ``workdir``
 become the job's result files.
+
+A function registered with ``inputs=True`` also reads files its submitter left in a folder of
+the scheduler's store; ``params["inputs"]`` names it. :func:`run_function` confines that name
+to the scheduler's ``inputs/`` folder before the function sees it
+(:func:`scheduler.paths.confined_folder`: ``/etc``, ``../../x`` or a link out of it is an
+:class:`~scheduler.paths.InputPathError`) and passes the folder as a fourth argument. The
+files there are job files (:mod:`scheduler.jobfiles`): plain data read with
+``torch.load(weights_only=True)``, never a pickle that could run code.
 """
 
 from __future__ import annotations
@@ -18,42 +26,79 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FUNCTIONS", "JobFunction", "is_out_of_memory", "job_function", "run_function"]
+from .paths import confined_file, confined_folder
 
-JobFunction = Callable[[dict[str, Any], str, Path], dict[str, Any]]
-"""``(params, device, workdir) -> summary``."""
+__all__ = [
+    "FUNCTIONS",
+    "INPUT_FUNCTIONS",
+    "JobFunction",
+    "is_out_of_memory",
+    "job_function",
+    "run_function",
+]
+
+JobFunction = Callable[..., dict[str, Any]]
+"""``(params, device, workdir) -> summary``; with ``inputs=True``: ``(..., inputs) -> summary``."""
 
 FUNCTIONS: dict[str, JobFunction] = {}
 """Job functions by name."""
 
+INPUT_FUNCTIONS: set[str] = set()
+"""Names of the functions that read an inputs folder (``params["inputs"]``)."""
+
 _MAX_SEQ = 16 * 2**20
 
 
-def job_function(name: str) -> Callable[[JobFunction], JobFunction]:
-    """Return a decorator that files a job function under ``name``."""
+def job_function(name: str, *, inputs: bool = False) -> Callable[[JobFunction], JobFunction]:
+    """Return a decorator that files a job function under ``name``.
+
+    ``inputs``: the function reads the folder ``params["inputs"]`` names, and is called with it
+    (confined, see the module docstring) as a fourth argument.
+    """
 
     def register(fn: JobFunction) -> JobFunction:
         if name in FUNCTIONS and FUNCTIONS[name] is not fn:
             raise ValueError(f"job function {name!r} is already registered")
         FUNCTIONS[name] = fn
+        if inputs:
+            INPUT_FUNCTIONS.add(name)
         return fn
 
     return register
 
 
-def run_function(name: str, params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
+def run_function(
+    name: str,
+    params: dict[str, Any],
+    device: str,
+    workdir: Path,
+    *,
+    inputs_root: Path | None = None,
+) -> dict[str, Any]:
     """Look up and run a job function.
+
+    Parameters
+    ----------
+    name, params, device, workdir
+        The function's registry name and its arguments.
+    inputs_root
+        The scheduler's ``inputs/`` folder: the only place a function's ``params["inputs"]``
+        may name (None: functions that read inputs cannot run here).
 
     Raises
     ------
     ValueError
-        For an unknown function name or bad parameters.
+        For an unknown function name or bad parameters;
+        :class:`~scheduler.paths.InputPathError` (a ValueError) for an inputs folder outside
+        ``inputs_root``.
     """
     fn = FUNCTIONS.get(name)
     if fn is None:
         raise ValueError(f"unknown job function {name!r} (known: {', '.join(sorted(FUNCTIONS))})")
     if not isinstance(params, dict):
         raise ValueError(f"job parameters must be a JSON object, got {type(params).__name__}")
+    if name in INPUT_FUNCTIONS:
+        return fn(params, device, workdir, confined_folder(params.get("inputs"), inputs_root))
     return fn(params, device, workdir)
 
 
@@ -63,7 +108,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
     if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text  # torch's CPU allocator
+    )
 
 
 def _number(params: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
@@ -161,16 +209,21 @@ def simulate(params: dict[str, Any], device: str, workdir: Path) -> dict[str, An
             "seconds": round(seconds, 4), "device": device}  # fmt: skip
 
 
-@job_function("simulate_saved")
-def simulate_saved(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
-    """Simulate a sequence and phantom that the submitter saved with ``torch.save``.
+@job_function("simulate_saved", inputs=True)
+def simulate_saved(
+    params: dict[str, Any], device: str, workdir: Path, inputs: Path
+) -> dict[str, Any]:
+    """Simulate a sequence and phantom that the submitter saved as job files.
 
     For in-process submitters (the server's twin gadgets) whose sequence and twin are objects
-    (a header-built protocol, a placed twin) rather than a ``.seq`` text and a name. ``inputs``
-    is the folder the submitter made with :meth:`scheduler.service.Scheduler.inputs_folder`:
-    ``seq.pt`` (an :class:`mr0core.Sequence`) and ``phantom.pt`` (a built ``SimData``); the
-    files are trusted as the store itself is (only the server writes them). Progress goes to
-    ``inputs/progress.json`` (``{"done", "of"}``, every 0.5 s) for the submitter to relay.
+    (a header-built protocol, a placed twin) rather than a ``.seq`` text and a name.
+    ``params["inputs"]`` names the folder the submitter made with
+    :meth:`scheduler.service.Scheduler.inputs_folder` (``inputs``, confined to the scheduler's
+    ``inputs/`` folder by :func:`run_function`): ``seq.pt`` (a :class:`mr0core.Sequence`) and
+    ``phantom.pt`` (a built ``SimData``), both written with
+    :func:`scheduler.jobfiles.save_object` and read as plain data (nothing in them can run).
+    Progress goes to ``inputs/progress.json`` (``{"done", "of"}``, every 0.5 s) for the
+    submitter to relay.
 
     Other parameters: ``max_states``, ``min_state_mag``, ``min_emitted``, ``min_latent``,
     ``noise``, ``seed``. Writes ``signal.npy`` (``[samples, coils]`` complex64).
@@ -179,17 +232,14 @@ def simulate_saved(params: dict[str, Any], device: str, workdir: Path) -> dict[s
     import os
 
     import numpy as np
-    import torch
 
+    # torch and mr0core load only in the worker that runs a job (the service stays light)
     from mr0core.jobs import SimSettings, run_simulation
 
-    inputs = Path(str(params.get("inputs", "")))
-    if not (
-        inputs.is_dir() and (inputs / "seq.pt").is_file() and (inputs / "phantom.pt").is_file()
-    ):
-        raise ValueError(f"inputs {str(inputs)[:200]!r} is not a folder with seq.pt and phantom.pt")
-    seq = torch.load(inputs / "seq.pt", weights_only=False)
-    phantom = torch.load(inputs / "phantom.pt", weights_only=False)
+    from .jobfiles import load_object
+
+    seq = load_object(confined_file(inputs, "seq.pt"), "Sequence")
+    phantom = load_object(confined_file(inputs, "phantom.pt"), "SimData")
     settings = SimSettings(
         max_states=int(_number(params, "max_states", 200, 1, 100000)),
         min_state_mag=_number(params, "min_state_mag", 1e-4, 0.0, 1.0),
@@ -218,40 +268,42 @@ def simulate_saved(params: dict[str, Any], device: str, workdir: Path) -> dict[s
             "seconds": round(time.perf_counter() - started, 4), "device": device}  # fmt: skip
 
 
-@job_function("reconstruct_saved")
-def reconstruct_saved(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
-    """Reconstruct raw data that the submitter saved with ``torch.save`` (the recon gadgets).
+@job_function("reconstruct_saved", inputs=True)
+def reconstruct_saved(
+    params: dict[str, Any], device: str, workdir: Path, inputs: Path
+) -> dict[str, Any]:
+    """Reconstruct raw data that the submitter saved as job files (the recon gadgets).
 
-    ``inputs`` holds ``kdata.pt`` (a :class:`mr0core.recon.KData`) and optionally
-    ``reference.pt`` (a coil reference scan's KData for SENSE); the same trust as for
-    :func:`simulate_saved`. Parameters ``method``, ``coil_combine``, ``sense_iter`` are those of
-    :func:`mr0core.recon.reconstruct`. Writes ``recon.pt``: ``{"image", "fov_m", "matrix",
-    "method"}`` (the image on the CPU).
+    ``inputs`` (confined as for :func:`simulate_saved`) holds ``kdata.pt`` (a
+    :class:`mr0core.recon.KData`) and optionally ``reference.pt`` (a coil reference scan's
+    KData for SENSE), written with :func:`scheduler.jobfiles.save_object`. Parameters
+    ``method``, ``coil_combine``, ``sense_iter`` are those of :func:`mr0core.recon.reconstruct`.
+    Writes ``recon.pt``, a job file of the dict ``{"image", "fov_m", "matrix", "method"}`` (the
+    image on the CPU; read it with ``load_object(path, "dict")``).
     """
-    import torch
-
+    # torch and mr0core load only in the worker that runs a job (the service stays light)
     from mr0core.recon.auto import METHODS, reconstruct
 
-    inputs = Path(str(params.get("inputs", "")))
-    if not (inputs / "kdata.pt").is_file():
-        raise ValueError(f"inputs {str(inputs)[:200]!r} is not a folder with kdata.pt")
+    from .jobfiles import load_object, save_object
+
     method = params.get("method", "auto")
     combine = params.get("coil_combine", "rss")
     if method not in METHODS or combine not in ("rss", "walsh"):
         raise ValueError(f"bad method {method!r} or coil_combine {combine!r}")
     iters = int(_number(params, "sense_iter", 30, 1, 1000))
-    kdata = torch.load(inputs / "kdata.pt", weights_only=False)
+    kdata = load_object(confined_file(inputs, "kdata.pt"), "KData")
     reference = None
-    if (inputs / "reference.pt").is_file():
-        reference = torch.load(inputs / "reference.pt", weights_only=False)
+    if (inputs / "reference.pt").exists() or (inputs / "reference.pt").is_symlink():
+        reference = load_object(confined_file(inputs, "reference.pt"), "KData")
     if device.startswith("cuda"):
-        kdata = kdata.to("cuda") if hasattr(kdata, "to") else kdata
-        if reference is not None and hasattr(reference, "to"):
+        kdata = kdata.to("cuda")
+        if reference is not None:
             reference = reference.to("cuda")
     started = time.perf_counter()
     rec = reconstruct(kdata, method=method, coil_combine=combine, sense_iter=iters,
                       reference=reference)  # fmt: skip
-    torch.save({"image": rec.image.detach().cpu(), "fov_m": rec.fov_m, "matrix": rec.matrix,
-                "method": rec.method}, workdir / "recon.pt")  # fmt: skip
+    result = {"image": rec.image.detach().cpu(), "fov_m": list(rec.fov_m),
+              "matrix": list(rec.matrix), "method": rec.method}  # fmt: skip
+    save_object(result, workdir / "recon.pt")
     return {"method": rec.method, "seconds": round(time.perf_counter() - started, 4),
             "device": device}  # fmt: skip

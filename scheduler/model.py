@@ -81,6 +81,11 @@ class JobSpec:
         Wall-clock submission time (``time.time()``); orders jobs of equal priority.
     max_attempts
         Starts allowed before the job fails for good (a crashed worker or scheduler counts).
+    durable
+        Whether the job outlives its submitter: True (background and command-line jobs) runs
+        again after a restart; False (a preview or a session's recon, whose submitter waits for
+        it in-process) is cancelled by the next start's recovery, since nobody would read its
+        result.
     """
 
     id: str
@@ -93,6 +98,7 @@ class JobSpec:
     timeout_s: float | None = None
     submitted: float = 0.0
     max_attempts: int = 3
+    durable: bool = True
 
 
 @dataclass(frozen=True)

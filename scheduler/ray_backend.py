@@ -58,7 +58,9 @@ def _run_task(task: Task, device: str) -> tuple[Outcome, dict[str, bytes], float
     with tempfile.TemporaryDirectory(prefix="mr0-ray-") as tmp:
         work = Path(tmp)
         try:
-            summary = run_function(task.function, task.params, device, work)
+            summary = run_function(task.function, task.params, device, work,
+                                   inputs_root=Path(task.inputs_root) if task.inputs_root
+                                   else None)  # fmt: skip
             outcome = Outcome("ray", device, task, True, summary=summary,
                               seconds=time.time() - started)  # fmt: skip
         except Exception as exc:  # reported to the driver
@@ -181,7 +183,7 @@ class RayPool:
         cpus = int(backend._ray.cluster_resources().get("CPU", 1))
         self.slots = max(1, slots or cpus)
         self.on_outcome = on_outcome or (lambda outcome: None)
-        self.on_lost = on_lost or (lambda worker, device, task: None)
+        self.on_lost = on_lost or (lambda worker, device, task, oom_killed=False: None)
         self._refs: dict[Any, Task] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -252,7 +254,7 @@ class RayPool:
                 try:
                     outcome, files, _, _ = self.backend._ray.get(ref)
                 except Exception as exc:  # the task's worker died (node lost, OOM killer)
-                    self.on_lost("ray", "cpu", task)
+                    self.on_lost("ray", "cpu", task, False)
                     log.warning("ray task lost: %s", exc)
                     continue
                 work = Path(task.workdir)

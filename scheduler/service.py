@@ -13,29 +13,43 @@ idle worker of that device; ``Requeue``/``Fail`` record it; ``Cancel`` kills the
 A finished job's working folder (its files and ``summary.json``) becomes its result in the
 store (:meth:`JobStore.complete <scheduler.store.JobStore.complete>`, accepted only with the
 current token, so no job completes twice). :meth:`Scheduler.start` first recovers the store:
-jobs a killed scheduler left running are queued again (attempts + 1, up to their limit).
+jobs a killed scheduler left running are queued again (attempts + 1, up to their limit), jobs
+that are not durable (an in-process submitter waited for them) are cancelled, and the working
+and inputs folders of the previous run are removed.
+
+CPU jobs are placed against a host-memory budget (``cpu_memory_bytes``; by default 75 % of the
+memory available when the scheduler is made), as GPU jobs against NVML's free memory. With a
+:class:`~scheduler.retention.RetentionPolicy` the scheduler deletes old results itself (at
+start and every ``interval_s``); the server instead puts :attr:`Scheduler.store` among its
+own retention areas. Every file and folder under the root is private (``0600``/``0700``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from .functions import FUNCTIONS
+from .functions import FUNCTIONS, INPUT_FUNCTIONS
 from .gpu import GpuMonitor
 from .model import JobKind, JobSpec
+from .paths import DIR_MODE, confined_folder, private_dir, write_private
+from .retention import RetentionPolicy, RetentionTimer
 from .state import Cancel, Cancelled, Fail, Instruction, Requeue, SchedulerState, Start
 from .store import JobRecord, JobStore, StoreError
 from .workers import Outcome, Task, WorkerPool
 
-__all__ = ["Scheduler", "job_result"]
+__all__ = ["CPU_MEMORY_SHARE", "Scheduler", "host_memory_budget", "job_result"]
+
+CPU_MEMORY_SHARE = 0.75
+"""Share of the available host memory that CPU jobs may need together (``"auto"`` budget)."""
 
 log = logging.getLogger("mr0.scheduler")
 
@@ -70,6 +84,12 @@ class Scheduler:
     ray_options
         Further :class:`scheduler.ray_backend.RayBackend` arguments (``gpu_bytes``,
         ``num_gpus`` for a local instance, ...).
+    cpu_memory_bytes
+        Host memory CPU jobs may need together (bytes); ``"auto"``:
+        :func:`host_memory_budget`; None: no host-memory check (slots only).
+    retention
+        Delete old results by this policy at start and periodically (None: keep everything;
+        the server passes None and includes :attr:`store` in its own retention).
 
     Attributes
     ----------
@@ -95,9 +115,21 @@ class Scheduler:
         backend: str = "local",
         ray_address: str | None = None,
         ray_options: dict[str, Any] | None = None,
+        cpu_memory_bytes: int | Literal["auto"] | None = "auto",
+        retention: RetentionPolicy | None = None,
     ) -> None:
         if backend not in ("local", "ray"):
             raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+        if cpu_memory_bytes == "auto":
+            cpu_memory_bytes = host_memory_budget()
+        elif cpu_memory_bytes is not None and (
+            isinstance(cpu_memory_bytes, bool)
+            or not isinstance(cpu_memory_bytes, int)
+            or cpu_memory_bytes < 0
+        ):
+            raise ValueError(
+                f"cpu_memory_bytes must be bytes >= 0, 'auto' or None, got {cpu_memory_bytes!r}"
+            )
         self.root = Path(root)
         self.store = JobStore(self.root)
         self.monitor = monitor if monitor is not None else GpuMonitor(interval_s=1.0)
@@ -114,7 +146,8 @@ class Scheduler:
                                    on_outcome=self._outcome, on_lost=self._lost,
                                    cpu_threads=cpu_threads)  # fmt: skip
         self.state = SchedulerState(gpu_slots=gpu_slots, cpu_slots=cpu_workers, safety=safety,
-                                    starvation_s=starvation_s, settle_s=settle_s)  # fmt: skip
+                                    starvation_s=starvation_s, settle_s=settle_s,
+                                    cpu_memory_bytes=cpu_memory_bytes)  # fmt: skip
         self.tick_s = tick_s
         self._lock = threading.RLock()
         self._tokens: dict[str, int] = {}
@@ -123,18 +156,31 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._snapshot_at: float | None = None
         self.work = self.root / "work"
+        self.inputs = self.root / "inputs"
+        """Where :meth:`inputs_folder` makes folders; the only place ``inputs`` may name."""
+        self.retention = retention
+        self._retention_timer: RetentionTimer | None = None
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> list[str]:
-        """Recover the store, start the workers and the loop; return the requeued job ids."""
+        """Recover the store, start the workers and the loop; return the requeued job ids.
+
+        The previous run's working folders and inputs folders go (their jobs were requeued
+        with fresh working folders, or, not being durable, cancelled); with a
+        :attr:`retention` policy, old results go too, now and every ``interval_s``.
+        """
         requeued = self.store.recover()
         if requeued:
             log.warning("jobs requeued after a restart", extra={"event": "recover",
                                                                  "jobs": requeued})  # fmt: skip
-        shutil.rmtree(self.work, ignore_errors=True)
-        self.work.mkdir(parents=True, exist_ok=True)
+        for folder in (self.work, self.inputs):
+            shutil.rmtree(folder, ignore_errors=True)
+            private_dir(folder)
+        if self.retention is not None and self.retention.active:
+            self._retention_timer = RetentionTimer([self.store], self.retention)
+            self._retention_timer.start()
         self.pool.start()
         with self._lock:
             self._feed_snapshots(force=True)
@@ -148,6 +194,8 @@ class Scheduler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        if self._retention_timer is not None:
+            self._retention_timer.stop(timeout_s)
         self.pool.stop(timeout_s)
 
     def __enter__(self) -> Scheduler:
@@ -171,27 +219,43 @@ class Scheduler:
         timeout_s: float | None = None,
         max_attempts: int = 3,
         job_id: str | None = None,
+        durable: bool | None = None,
     ) -> str:
-        """Queue a job durably; return its id.
+        """Queue a job in the store; return its id.
 
         ``estimate_bytes`` None: :func:`scheduler.estimate.estimate_job` of the function and
-        parameters (0 when it has no estimate for the function).
+        parameters (0 when it has no estimate for the function). ``durable`` (see
+        :class:`~scheduler.model.JobSpec`) None: False for functions that read an inputs
+        folder (:meth:`inputs_folder` is this process's, and goes at the next start), else
+        True.
 
         Raises
         ------
         ValueError
-            For an unknown function or bad parameters.
+            For an unknown function or bad parameters, an ``inputs`` parameter outside
+            :attr:`inputs` (:class:`~scheduler.paths.InputPathError`), or ``durable=True`` for
+            a function that reads an inputs folder.
         """
         if function not in FUNCTIONS:
             raise ValueError(f"unknown job function {function!r}")
         params = dict(params or {})
+        if function in INPUT_FUNCTIONS:
+            confined_folder(params.get("inputs"), self.inputs)
+            if durable:
+                raise ValueError(
+                    f"{function} reads an inputs folder, which does not outlive this process: "
+                    "it cannot be durable"
+                )
+            durable = False
+        elif durable is None:
+            durable = True
         if estimate_bytes is None:
             estimate_bytes = _estimate(function, params)
         spec = JobSpec(
             id=job_id or uuid.uuid4().hex[:16], kind=JobKind.parse(kind),
             estimate_bytes=int(estimate_bytes), function=function, params=params,
             allow_cpu=allow_cpu, needs_gpu=needs_gpu, timeout_s=timeout_s,
-            submitted=time.time(), max_attempts=max_attempts,
+            submitted=time.time(), max_attempts=max_attempts, durable=bool(durable),
         )  # fmt: skip
         self.store.submit(spec)
         with self._lock:
@@ -199,13 +263,24 @@ class Scheduler:
         return spec.id
 
     def inputs_folder(self) -> Path:
-        """Return a new empty folder (``STORE/inputs/<random>``) for a job's input files.
+        """Return a new empty private folder (``STORE/inputs/<random>``) for a job's inputs.
 
-        The submitter owns it and removes it when the job has ended.
+        The submitter owns it and removes it when the job has ended (a restart removes what a
+        stopped process left). Write job files into it with
+        :func:`scheduler.jobfiles.save_object`.
         """
-        folder = self.root / "inputs" / uuid.uuid4().hex
-        folder.mkdir(parents=True)
+        private_dir(self.inputs)
+        folder = self.inputs / uuid.uuid4().hex
+        os.mkdir(folder, DIR_MODE)
+        os.chmod(folder, DIR_MODE)
         return folder
+
+    def forget(self, job_id: str) -> bool:
+        """Delete a final job and its result once its submitter has read it.
+
+        Returns False (and keeps it) while it is queued or running.
+        """
+        return self.store.delete(job_id)
 
     def wait(self, job_id: str, timeout_s: float | None = None) -> JobRecord:
         """Wait until the job is final (or ``timeout_s`` passed); return its record."""
@@ -266,6 +341,7 @@ class Scheduler:
                 ],
                 "counts": self.store.counts(),
                 "workers": self.pool.pids(),
+                "cpu_memory": self.state.cpu_memory(),
             }
 
     # -- the loop -------------------------------------------------------------------------------
@@ -344,9 +420,9 @@ class Scheduler:
             self._apply(self.state.cancel(ins.job_id, time.time()))
             return
         self._tokens[ins.job_id] = token
-        workdir = self.work / f"{ins.job_id}.{token}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        task = Task(ins.job_id, token, record.function, record.params, str(workdir))
+        workdir = private_dir(self.work / f"{ins.job_id}.{token}")
+        task = Task(ins.job_id, token, record.function, record.params, str(workdir),
+                    inputs_root=str(self.inputs))  # fmt: skip
         try:
             if self.backend == "ray":
                 self.pool.dispatch(ins.device, task, record.estimate_bytes, record.needs_gpu)
@@ -380,7 +456,7 @@ class Scheduler:
             now = time.time()
             if outcome.ok:
                 workdir = Path(task.workdir)
-                (workdir / "summary.json").write_text(json.dumps(outcome.summary))
+                write_private(workdir / "summary.json", json.dumps(outcome.summary).encode())
                 accepted = self.store.complete(task.job_id, task.token, workdir)
                 self._tokens.pop(task.job_id, None)
                 if accepted:
@@ -404,10 +480,34 @@ class Scheduler:
                       "kind": record.kind.name.lower(), "device": device,
                       "run_s": max(0.0, run_s)})  # fmt: skip
 
-    def _lost(self, worker: str, device: str, task: Task) -> None:
+    def _lost(self, worker: str, device: str, task: Task, oom_killed: bool = False) -> None:
+        """Record a worker that died holding ``task`` (killed for memory: not retried)."""
         with self._lock:
             if self._tokens.get(task.job_id) == task.token:
-                self._apply(self.state.worker_lost(task.job_id, time.time()))
+                self._apply(self.state.worker_lost(task.job_id, time.time(), oom=oom_killed))
+
+
+def host_memory_budget(share: float = CPU_MEMORY_SHARE) -> int | None:
+    """Return ``share`` of the host memory available now (bytes): the default CPU budget.
+
+    Linux: ``MemAvailable`` of ``/proc/meminfo``; elsewhere the physical memory; None when
+    neither can be read (then there is no host-memory check).
+    """
+    available = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        available = None
+    if available is None:
+        try:
+            available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, AttributeError):
+            return None
+    return int(available * share)
 
 
 def _estimate(function: str, params: dict[str, Any]) -> int:

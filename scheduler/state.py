@@ -25,8 +25,18 @@ Placement
     that free memory and fewer than ``gpu_slots`` of our jobs run there. Among the GPUs it fits
     (and that the claims of jobs ahead of it allow, below) it takes the least utilised one;
     ties: more free memory, then the lower index. A job that fits no GPU runs on the CPU when
-    ``allow_cpu`` and not ``needs_gpu`` and one of ``cpu_slots`` is free; otherwise it waits,
-    even when no GPU could ever hold it (the status views show it waiting).
+    ``allow_cpu`` and not ``needs_gpu``, one of ``cpu_slots`` is free, and (with a
+    ``cpu_memory_bytes`` budget) its need fits the budget less the needs of the CPU jobs
+    running; otherwise it waits, even when no GPU could ever hold it (the status views show it
+    waiting). The exception: a job that may run on the CPU but needs more than the whole CPU
+    budget, when the GPU view (after the first snapshot) has no GPU that large, fails at once
+    (it could never start).
+Host memory
+    CPU jobs are accounted like GPU ones, by their need (the estimate × safety), against
+    ``cpu_memory_bytes`` (None: no host-memory check, slots only). The first waiting job that
+    could run on the CPU but does not start there claims the CPU, as a waiting job claims a
+    GPU: a later job may then start on the CPU only if ``need(C) + need(S) + Σ need(CPU jobs
+    started since C began waiting)`` ≤ the budget.
 Backfilling and claims
     Each scheduling pass walks the queue in order and starts every job that can start, so a job
     may start while jobs ahead of it wait, but only on a device that none of them can use at
@@ -52,7 +62,10 @@ Failures
     Every start counts as an attempt. A failure or a lost worker requeues the job (keeping its
     submission time) unless it has used ``max_attempts`` starts: then it fails for good. After
     an out-of-memory on a GPU the job needs more than the memory that GPU had free when it
-    started; it fails at once when it may not use the CPU and no known GPU is that large.
+    started; it fails at once when it may not use the CPU (or needs more than the CPU budget)
+    and no known GPU is that large. Running out of memory on the CPU (``failed(oom=True)`` from
+    the CPU) or being killed there by the out-of-memory killer (``worker_lost(oom=True)``) is
+    not retried: the job fails at once, since the same job would run out again.
 Timeouts and passes
     After its own effect, every event that is not ignored kills the running jobs that have run
     for ``timeout_s`` or longer (:class:`Cancel`, then :class:`Fail`), then runs one scheduling
@@ -272,12 +285,14 @@ class SchedulerState:
         Time (s) a started job has to allocate its memory before a snapshot is trusted to see
         it; its reservation ends with the first snapshot taken more than ``settle_s`` after
         its start.
+    cpu_memory_bytes
+        Host memory (bytes) that CPU jobs may need together (None: no host-memory check).
 
     Raises
     ------
     ValueError
         For a non-positive ``gpu_slots``, ``safety`` or ``starvation_s``, a negative
-        ``cpu_slots`` or ``settle_s``.
+        ``cpu_slots``, ``settle_s`` or ``cpu_memory_bytes``.
     """
 
     def __init__(
@@ -288,6 +303,7 @@ class SchedulerState:
         starvation_s: float = 300.0,
         *,
         settle_s: float = 5.0,
+        cpu_memory_bytes: int | None = None,
     ) -> None:
         if gpu_slots < 1:
             raise ValueError(f"gpu_slots must be >= 1, got {gpu_slots!r}")
@@ -299,6 +315,9 @@ class SchedulerState:
             raise ValueError(f"starvation_s must be > 0 s, got {starvation_s!r}")
         if not settle_s >= 0:
             raise ValueError(f"settle_s must be >= 0 s, got {settle_s!r}")
+        if cpu_memory_bytes is not None and not cpu_memory_bytes >= 0:
+            raise ValueError(f"cpu_memory_bytes must be >= 0, got {cpu_memory_bytes!r}")
+        self.cpu_memory_bytes = None if cpu_memory_bytes is None else int(cpu_memory_bytes)
         self.gpu_slots = int(gpu_slots)
         self.cpu_slots = int(cpu_slots)
         self.safety = float(safety)
@@ -309,6 +328,8 @@ class SchedulerState:
         self._ghosts: dict[int, list[_Reservation]] = {}
         self._cpu_jobs: set[str] = set()
         self._claims: dict[str, str] = {}
+        self._cpu_claim: str | None = None
+        self._gpu_view_seen = False
         self._now = 0.0
 
     # -- events ------------------------------------------------------------------------------
@@ -346,8 +367,13 @@ class SchedulerState:
             return []
         submitted = spec.submitted if spec.submitted > 0 else now
         need = math.ceil(spec.estimate_bytes * self.safety)
-        self._jobs[spec.id] = _Job(spec=spec, submitted=submitted, need=need, since=now)
-        return self._after(now, [])
+        job = _Job(spec=spec, submitted=submitted, need=need, since=now)
+        self._jobs[spec.id] = job
+        out: list[Instruction] = []
+        never = self._never_fits(job)
+        if never:
+            out.append(self._end(job, "failed", never))
+        return self._after(now, out)
 
     def gpus(self, snapshots: Iterable[GpuSnapshot], now: float) -> list[Instruction]:
         """Replace the GPU view with a new NVML snapshot taken at ``now``.
@@ -373,6 +399,7 @@ class SchedulerState:
                 if job.spec.id not in gpu.reservations:
                     gpu.seen[job.spec.id] = job.need
         self._gpus = view
+        self._gpu_view_seen = True
         self._ghosts = {
             i: kept
             for i, ghosts in self._ghosts.items()
@@ -402,10 +429,11 @@ class SchedulerState:
         *,
         device: str | None = None,
     ) -> list[Instruction]:
-        """Record that a running job failed with ``error``; ``oom``: out of GPU memory.
+        """Record that a running job failed with ``error``; ``oom``: out of memory.
 
-        Requeues it (for an out-of-memory: needing more free memory than its GPU had), or
-        fails it for good after ``max_attempts`` starts or when nothing could ever hold it.
+        Requeues it (for an out-of-memory on a GPU: needing more free memory than its GPU
+        had), or fails it for good after ``max_attempts`` starts, when nothing could ever hold
+        it, or when it ran out of memory on the CPU (not retried).
         """
         job = self._running(job_id, device)
         if job is None:
@@ -417,9 +445,12 @@ class SchedulerState:
         if gpu_oom:
             job.min_free = max(job.min_free, job.free_at_start + 1)
             job.need = max(job.need, job.min_free)
-        if job.attempts >= job.spec.max_attempts:
+        if oom and not gpu_oom:
+            reason = f"out of memory on {where} (not retried: it would run out again): {error}"
+            out.append(self._end(job, "failed", reason))
+        elif job.attempts >= job.spec.max_attempts:
             out.append(self._end(job, "failed", f"{error} (on {where}, attempt {job.attempts})"))
-        elif gpu_oom and not self._cpu_allowed(job) and not self._could_ever_fit(job):
+        elif gpu_oom and not self._cpu_possible(job) and not self._could_ever_fit(job):
             largest = max(g.snapshot.total_bytes for g in self._gpus.values())
             out.append(
                 self._end(
@@ -446,7 +477,7 @@ class SchedulerState:
         out.append(self._end(job, "cancelled", "cancelled"))
         return self._after(now, out)
 
-    def worker_lost(self, target: str, now: float) -> list[Instruction]:
+    def worker_lost(self, target: str, now: float, *, oom: bool = False) -> list[Instruction]:
         """Record that a worker died or stopped answering.
 
         Parameters
@@ -456,11 +487,15 @@ class SchedulerState:
             job id (that job is lost).
         now
             Event time (s).
+        oom
+            The kernel's out-of-memory killer killed the worker: the lost jobs fail at once
+            (a retry would be killed again).
 
         Returns
         -------
         list of Instruction
-            Each lost job is requeued, or failed once it has used ``max_attempts`` starts.
+            Each lost job is requeued, or failed once it has used ``max_attempts`` starts (or
+            at once with ``oom``).
         """
         if target == CPU or _gpu_index(target) is not None:
             lost = [j for j in self._jobs.values() if j.state == "running" and j.device == target]
@@ -473,7 +508,11 @@ class SchedulerState:
         for job in sorted(lost, key=lambda j: j.spec.id):
             where = job.device
             self._release(job, ghost=True, now=now)
-            if job.attempts >= job.spec.max_attempts:
+            if oom:
+                reason = (f"worker on {where} was killed by the out-of-memory killer; not "
+                          "retried: it would be killed again")  # fmt: skip
+                out.append(self._end(job, "failed", reason))
+            elif job.attempts >= job.spec.max_attempts:
                 reason = f"worker lost on {where} after {job.attempts} attempts"
                 out.append(self._end(job, "failed", reason))
             else:
@@ -544,8 +583,24 @@ class SchedulerState:
         return {self._gpus[i].snapshot.device: self._potential(i) for i in sorted(self._gpus)}
 
     def claims(self) -> dict[str, str]:
-        """Return the claimed GPUs (device name → the waiting job that claims it)."""
-        return {device: job_id for job_id, device in sorted(self._claims.items())}
+        """Return the claimed devices (device name → the waiting job that claims it).
+
+        GPUs by ``"cuda:<index>"``; ``"cpu"`` when a waiting job claims the CPU's memory.
+        """
+        out = {device: job_id for job_id, device in sorted(self._claims.items())}
+        if self._cpu_claim is not None:
+            out[CPU] = self._cpu_claim
+        return out
+
+    def cpu_memory(self) -> dict[str, int | None]:
+        """Return the CPU's memory accounting: ``{"budget", "used", "free"}`` (bytes).
+
+        ``used``: the needs of the running CPU jobs; ``budget`` and ``free`` are None without
+        a ``cpu_memory_bytes`` budget.
+        """
+        used = self._cpu_used()
+        budget = self.cpu_memory_bytes
+        return {"budget": budget, "used": used, "free": None if budget is None else budget - used}
 
     def counts(self) -> dict[str, int]:
         """Return the number of jobs in each state (``JOB_STATES``)."""
@@ -607,6 +662,29 @@ class SchedulerState:
 
     def _cpu_allowed(self, job: _Job) -> bool:
         return job.spec.allow_cpu and not job.spec.needs_gpu and self.cpu_slots > 0
+
+    def _cpu_possible(self, job: _Job) -> bool:
+        """Whether the job may run on the CPU and its need fits the whole CPU budget."""
+        budget = self.cpu_memory_bytes
+        return self._cpu_allowed(job) and (budget is None or job.need <= budget)
+
+    def _cpu_used(self) -> int:
+        return sum(self._jobs[j].need for j in self._cpu_jobs)
+
+    def _never_fits(self, job: _Job) -> str:
+        """Why a job that may use the CPU could never start ('' if it could, or may wait)."""
+        budget = self.cpu_memory_bytes
+        if budget is None or not self._cpu_allowed(job) or job.need <= budget:
+            return ""
+        if not self._gpu_view_seen:
+            return ""  # no GPU view yet: a GPU may hold it
+        largest = max((g.snapshot.total_bytes for g in self._gpus.values()), default=0)
+        if job.need <= largest:
+            return ""
+        return (
+            f"needs {job.need} bytes (estimate x safety): more than the CPU memory budget "
+            f"({budget} bytes) and any GPU (largest {largest} bytes)"
+        )
 
     def _could_ever_fit(self, job: _Job) -> bool:
         if not self._gpus:
@@ -692,7 +770,24 @@ class SchedulerState:
         claims: dict[int, _Job] = {}
         potential = {i: self._potential(i) for i in self._gpus}
         cpu_free = self.cpu_slots - len(self._cpu_jobs)
+        budget = self.cpu_memory_bytes
+        cpu_claimer: _Job | None = None
         self._claims = {}
+        self._cpu_claim = None
+
+        def cpu_fits(job: _Job) -> bool:
+            if budget is None:
+                return True
+            if self._cpu_used() + job.need > budget:
+                return False
+            if cpu_claimer is None:
+                return True
+            since = sum(
+                self._jobs[j].need
+                for j in self._cpu_jobs
+                if (self._jobs[j].started_at or 0.0) >= cpu_claimer.since
+            )
+            return cpu_claimer.need + job.need + since <= budget
 
         def claim_allows(index: int, job: _Job) -> bool:
             claimer = claims.get(index)
@@ -720,10 +815,13 @@ class SchedulerState:
                 )
                 out.append(self._start(job, self._gpus[best].snapshot.device, now))
                 continue
-            if self._cpu_allowed(job) and cpu_free > 0:
+            if self._cpu_allowed(job) and cpu_free > 0 and cpu_fits(job):
                 cpu_free -= 1
                 out.append(self._start(job, CPU, now))
                 continue
+            if budget is not None and cpu_claimer is None and self._cpu_possible(job):
+                cpu_claimer = job
+                self._cpu_claim = job.spec.id
             candidates = [i for i in self._gpus if i not in claims and job.need <= potential[i]]
             if candidates:
                 target = max(candidates, key=lambda i: (potential[i], -i))

@@ -7,6 +7,9 @@ Layout under the store folder::
                             or a file or folder the job wrote and the store moved in
     staging/                results being written, and replaced results on their way out
 
+Every file is ``0600`` and every folder ``0700``, whatever the umask (:mod:`scheduler.paths`);
+the SQLite journal files take the database file's mode.
+
 A job moves through the states of :data:`scheduler.model.JOB_STATES`::
 
     submit                            -> queued
@@ -15,7 +18,9 @@ A job moves through the states of :data:`scheduler.model.JOB_STATES`::
     running  --fail(token, retry)-->     queued     while attempts < max_attempts, else failed
     running  --fail(token)-->            failed
     running  --recover()-->              queued     while attempts < max_attempts, else failed
+    queued, running  --recover()-->      cancelled  a job that is not durable (nobody waits)
     queued, running  --cancel-->         cancelled
+    done, failed, cancelled  --delete(), purge(), retention-->  gone, with its result
 
 ``done``, ``failed`` and ``cancelled`` are final.
 
@@ -57,6 +62,8 @@ from pathlib import Path
 from typing import Any
 
 from .model import JOB_STATES, JobKind, JobSpec
+from .paths import DIR_MODE, make_private, open_private, private_dir, private_file
+from .retention import Entry, tree_bytes
 
 __all__ = [
     "DB_NAME",
@@ -99,7 +106,7 @@ MAX_ERROR_CHARS = 64 * 1024
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _DEVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@-]{0,127}")
 _APPLICATION_ID = 0x6D72304A  # "mr0J": marks the SQLite file as this store's
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: the durable column
 _RESULT_KINDS = ("json", "bytes", "file", "dir")
 
 _SCHEMA = f"""
@@ -124,7 +131,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished REAL,
     error TEXT NOT NULL DEFAULT '',
     result TEXT,
-    result_kind TEXT CHECK (result_kind IN ({", ".join(f"'{k}'" for k in _RESULT_KINDS)}))
+    result_kind TEXT CHECK (result_kind IN ({", ".join(f"'{k}'" for k in _RESULT_KINDS)})),
+    durable INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
 """
@@ -181,7 +189,7 @@ class JobRecord:
     Attributes
     ----------
     id, kind, estimate_bytes, function, params, allow_cpu, needs_gpu, timeout_s, submitted, \
-max_attempts
+max_attempts, durable
         As in :class:`~scheduler.model.JobSpec` (``submitted``: the store's clock when the spec
         gave 0).
     seq
@@ -227,6 +235,7 @@ max_attempts
     error: str
     result: str | None
     result_kind: str | None
+    durable: bool = True
 
     @property
     def final(self) -> bool:
@@ -239,7 +248,7 @@ max_attempts
             id=self.id, kind=self.kind, estimate_bytes=self.estimate_bytes,
             function=self.function, params=dict(self.params), allow_cpu=self.allow_cpu,
             needs_gpu=self.needs_gpu, timeout_s=self.timeout_s, submitted=self.submitted,
-            max_attempts=self.max_attempts,
+            max_attempts=self.max_attempts, durable=self.durable,
         )  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
@@ -281,10 +290,12 @@ class JobStore:
         self._closed = False
         try:
             for folder in (self.root, self._results, self._staging):
-                folder.mkdir(parents=True, exist_ok=True)
+                private_dir(folder)
             probe = self.root / f".probe-{uuid.uuid4().hex[:12]}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            private_file(probe).unlink()
+            private_file(self._db)  # SQLite's -wal and -shm files take its mode
+            for journal in (self.root / f"{DB_NAME}-wal", self.root / f"{DB_NAME}-shm"):
+                make_private(journal)
         except OSError as exc:
             raise StoreError(f"job store folder {self.root} is not usable: {exc}") from exc
         try:
@@ -376,6 +387,9 @@ class JobStore:
                         db.execute(statement)
                 db.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            elif app == _APPLICATION_ID and version == 1:
+                db.execute("ALTER TABLE jobs ADD COLUMN durable INTEGER NOT NULL DEFAULT 1")
+                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             elif app != _APPLICATION_ID:
                 raise StoreError(
                     f"{self._db} is an SQLite database of something else (application_id "
@@ -410,6 +424,7 @@ class JobStore:
             timeout_s=row["timeout_s"], submitted=row["submitted"], started=row["started"],
             finished=row["finished"], device=row["device"], worker=row["worker"],
             error=row["error"], result=row["result"], result_kind=row["result_kind"],
+            durable=bool(row["durable"]),
         )  # fmt: skip
 
     @staticmethod
@@ -456,9 +471,9 @@ class JobStore:
                 raise DuplicateJobError(f"job {job_id!r} is already in the store ({old['state']})")
             db.execute(
                 "INSERT INTO jobs (id, kind, priority, estimate_bytes, function, params, "
-                "allow_cpu, needs_gpu, timeout_s, max_attempts, state, submitted) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
-                (job_id, kind.name.lower(), int(kind), *row, submitted),
+                "allow_cpu, needs_gpu, timeout_s, max_attempts, state, submitted, durable) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                (job_id, kind.name.lower(), int(kind), *row, submitted, int(bool(spec.durable))),
             )
         return self.get(job_id)
 
@@ -659,12 +674,15 @@ class JobStore:
     def recover(self) -> list[str]:
         """Requeue the jobs a crashed or stopped scheduler left running; call it at start.
 
-        Every ``running`` job becomes ``queued`` (device and worker cleared) while
+        Jobs that are not durable (``JobSpec.durable`` False: a preview or a session's recon,
+        whose submitter waited for it in the process that stopped) are cancelled, queued or
+        running: nobody will read their result, so they do not run again. Every other
+        ``running`` job becomes ``queued`` (device and worker cleared) while
         ``attempts < max_attempts``, else ``failed`` ("interrupted N times"). Its attempt was
         counted when it was claimed, so its next claim returns ``attempts + 1`` and the old
         worker's token is refused. In the same transaction, leftovers of interrupted
-        completions go: result folders of jobs that are not done (or not in the store) and
-        everything under ``staging/``.
+        completions go: result folders of jobs that are not done (or not in the store),
+        everything under ``staging/``, and stray ``.probe-*`` files.
 
         Returns
         -------
@@ -675,6 +693,12 @@ class JobStore:
         requeued: list[str] = []
         doomed: list[Path] = []
         with self._tx() as db:
+            dropped = db.execute(
+                "UPDATE jobs SET state = 'cancelled', finished = ?, error = ? "
+                "WHERE durable = 0 AND state IN ('queued', 'running')",
+                (now, "cancelled at a restart: its submitter (a session) ended with the previous "
+                 "run, so nobody would read its result"),
+            ).rowcount  # fmt: skip
             rows = db.execute(
                 "SELECT id, attempts, max_attempts, device FROM jobs WHERE state = 'running' "
                 "ORDER BY seq"
@@ -702,11 +726,13 @@ class JobStore:
                 if state is None or state["state"] != "done":
                     doomed.append(self._move_to_trash(folder))
             doomed.extend(self._staging.iterdir())
+            doomed.extend(self.root.glob(".probe-*"))
         for path in doomed:
             _remove(path)
-        if requeued or rows:
-            log.info("job store %s: requeued %d interrupted job(s), failed %d", self.root,
-                     len(requeued), len(rows) - len(requeued))  # fmt: skip
+        if requeued or rows or dropped:
+            log.info("job store %s: requeued %d interrupted job(s), failed %d, cancelled %d "
+                     "interactive", self.root, len(requeued), len(rows) - len(requeued),
+                     dropped)  # fmt: skip
         return requeued
 
     def purge(self, older_than_s: float) -> list[str]:
@@ -735,6 +761,55 @@ class JobStore:
         for job_id in ids:
             _remove(self._results / job_id)
         return ids
+
+    def delete(self, job_id: str) -> bool:
+        """Delete a final job and its result (e.g. once its submitter has read it).
+
+        Returns
+        -------
+        bool
+            True when it was deleted; False when it is queued or running (it stays).
+
+        Raises
+        ------
+        UnknownJobError
+            For an id not in the store.
+        """
+        check_job_id(job_id)
+        with self._tx() as db:
+            row = self._row(db, job_id)
+            if row["state"] not in FINAL_STATES:
+                return False
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        _remove(self._results / job_id)  # after the row (see purge)
+        return True
+
+    # -- retention (scheduler.retention.Area) -----------------------------------------------------
+
+    name = "scheduler"
+    """The store's name as a retention area."""
+
+    def retention_entries(self, now: float) -> list[Entry]:
+        """Return one entry per job: final ones removable (timed by ``finished``), others not.
+
+        An entry's size is its result's; queued and running jobs (no result yet) are listed
+        with size 0 only so that they show up, never removable.
+        """
+        rows = self._read("SELECT id, state, submitted, finished FROM jobs ORDER BY seq")
+        out = []
+        for row in rows:
+            final = row["state"] in FINAL_STATES
+            when = row["finished"] if final and row["finished"] is not None else row["submitted"]
+            size = tree_bytes(self._results / row["id"]) if row["state"] == "done" else 0
+            out.append(Entry(self.name, row["id"], float(when), size, removable=final))
+        return out
+
+    def remove_entry(self, key: str) -> bool:
+        """Delete the final job ``key`` and its result (False: not final, or gone)."""
+        try:
+            return self.delete(key)
+        except UnknownJobError:
+            return False
 
     # -- queries ----------------------------------------------------------------------------------
 
@@ -825,7 +900,8 @@ class JobStore:
         if payload is None:
             return None, None, None
         stage = self._staging / f"{job_id}.{token}.{uuid.uuid4().hex[:12]}"
-        stage.mkdir()
+        os.mkdir(stage, DIR_MODE)
+        os.chmod(stage, DIR_MODE)
         try:
             if isinstance(payload, tuple):
                 entry, data = payload
@@ -839,6 +915,7 @@ class JobStore:
                 else:
                     kind = "file"
                     _link_or_copy(payload, stage / entry)
+                make_private(stage / entry)
                 _sync_tree(stage / entry)
             _sync_dir(stage)
         except BaseException:
@@ -945,7 +1022,7 @@ def _encode_result(job_id: str, result: object) -> tuple[str, bytes] | Path | No
 
 
 def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "xb") as f:
+    with open_private(path, exclusive=True) as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

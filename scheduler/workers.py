@@ -3,10 +3,14 @@
 A :class:`WorkerPool` starts the processes (``spawn``, so no CUDA state is inherited), hands a
 :class:`Task` to an idle worker of the device the scheduler chose, and reports back through two
 callbacks: ``on_outcome(Outcome)`` when a task ends (done, failed, out of memory) and
-``on_lost(worker, task)`` when a worker process dies (``kill -9``, a segfault, the OOM killer)
-with a task in hand. A dead worker is started again at once. Cancelling a running task (a
-timeout, a user's cancel) terminates its worker, which is then restarted: one task per process
-keeps that from touching other jobs, which is why a GPU with K slots has K processes.
+``on_lost(worker, device, task, oom_killed)`` when a worker process dies (``kill -9``, a
+segfault, the OOM killer) with a task in hand. ``oom_killed`` is True when it died of SIGKILL
+while the kernel's count of out-of-memory kills (``oom_kill`` in ``/proc/vmstat``) went up
+since the task was handed over: the OOM killer took it (see :func:`oom_kill_count`). A dead
+worker is started again at once.
+Cancelling a running task (a timeout, a user's cancel) terminates its worker, which is then
+restarted: one task per process keeps that from touching other jobs, which is why a GPU with K
+slots has K processes. Workers run with umask ``077``: what jobs write is private.
 
 Nothing here decides anything: :mod:`scheduler.state` chooses devices, :mod:`scheduler.store`
 keeps the jobs.
@@ -19,6 +23,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import signal
 import threading
 import time
 import traceback
@@ -29,7 +34,7 @@ from typing import Any
 
 from .model import CPU
 
-__all__ = ["Outcome", "Task", "WorkerPool"]
+__all__ = ["Outcome", "Task", "WorkerPool", "oom_kill_count"]
 
 log = logging.getLogger("mr0.scheduler")
 
@@ -46,6 +51,9 @@ class Task:
         The job function's registry name (:mod:`scheduler.functions`) and its parameters.
     workdir
         A fresh folder for the job's files.
+    inputs_root
+        The scheduler's ``inputs/`` folder, the only place ``params["inputs"]`` may name
+        ('' for none).
     """
 
     job_id: str
@@ -53,6 +61,7 @@ class Task:
     function: str
     params: dict[str, Any]
     workdir: str
+    inputs_root: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,7 @@ def _worker_main(name: str, device: str, tasks: Any, results: Any, parent: int) 
     """
     from .functions import is_out_of_memory, run_function
 
+    os.umask(0o077)  # what jobs write is patient data: private whatever the inherited umask
     torch_device = "cuda" if device.startswith("cuda") else "cpu"
 
     def orphan_watch() -> None:  # also mid-task: a killed scheduler's work is void anyway
@@ -117,7 +127,9 @@ def _worker_main(name: str, device: str, tasks: Any, results: Any, parent: int) 
         results.put(("start", name, task.job_id, os.getpid()))
         started = time.perf_counter()
         try:
-            summary = run_function(task.function, task.params, torch_device, Path(task.workdir))
+            summary = run_function(task.function, task.params, torch_device, Path(task.workdir),
+                                   inputs_root=Path(task.inputs_root) if task.inputs_root
+                                   else None)  # fmt: skip
             outcome = Outcome(name, device, task, True, summary=summary,
                               seconds=time.perf_counter() - started)  # fmt: skip
         except BaseException as exc:  # reported, never kills the worker
@@ -153,6 +165,24 @@ class _Worker:
     pid: int = 0
     restarts: int = 0
     started: float = field(default_factory=time.monotonic)
+    oom_kills: int | None = None
+    """:func:`oom_kill_count` when the task was handed over."""
+
+
+def oom_kill_count() -> int | None:
+    """Return the kernel's count of out-of-memory kills so far (None where unknown).
+
+    Linux counts every OOM kill, system-wide or of a cgroup's limit, as ``oom_kill`` in
+    ``/proc/vmstat`` (since 4.13; the host's count inside a container too).
+    """
+    try:
+        with open("/proc/vmstat", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 class WorkerPool:
@@ -169,7 +199,8 @@ class WorkerPool:
     on_outcome
         Called (on the pool's monitor thread) with each :class:`Outcome`.
     on_lost
-        Called with ``(worker name, device, task)`` when a worker died holding ``task``.
+        Called with ``(worker name, device, task, oom_killed)`` when a worker died holding
+        ``task`` (``oom_killed``: SIGKILL while the kernel's OOM-kill count rose).
     cpu_threads
         Torch threads per CPU worker (``OMP_NUM_THREADS``); None: cores / CPU workers.
     """
@@ -180,7 +211,7 @@ class WorkerPool:
         gpu_slots: int = 1,
         cpu_workers: int = 1,
         on_outcome: Callable[[Outcome], None] | None = None,
-        on_lost: Callable[[str, str, Task], None] | None = None,
+        on_lost: Callable[[str, str, Task, bool], None] | None = None,
         cpu_threads: int | None = None,
     ) -> None:
         if gpu_slots < 1 or cpu_workers < 0:
@@ -191,7 +222,7 @@ class WorkerPool:
             _Worker(f"cuda:{g}/{s}", f"cuda:{g}") for g in gpus for s in range(gpu_slots)
         ] + [_Worker(f"cpu/{i}", CPU) for i in range(cpu_workers)]
         self.on_outcome = on_outcome or (lambda outcome: None)
-        self.on_lost = on_lost or (lambda worker, device, task: None)
+        self.on_lost = on_lost or (lambda worker, device, task, oom_killed: None)
         cores = os.cpu_count() or 1
         self.cpu_threads = cpu_threads or max(1, cores // max(1, cpu_workers))
         self._lock = threading.Lock()
@@ -272,6 +303,7 @@ class WorkerPool:
             for worker in self._workers:
                 if worker.device == device and worker.task is None:
                     worker.task = task
+                    worker.oom_kills = oom_kill_count()
                     worker.tasks.put(task)
                     return worker.name
         raise RuntimeError(f"no idle worker for {device}")
@@ -329,7 +361,7 @@ class WorkerPool:
 
     def _reap(self) -> None:
         """Restart dead workers and report the task each held (cancel restarts its own)."""
-        lost: list[tuple[str, str, Task]] = []
+        lost: list[tuple[str, str, Task, bool]] = []
         with self._lock:
             if self._stopping.is_set():
                 return
@@ -338,18 +370,21 @@ class WorkerPool:
                     continue
                 code = worker.process.exitcode
                 task = worker.task
+                kills, before = oom_kill_count(), worker.oom_kills
+                oom = code == -signal.SIGKILL and None not in (kills, before)
+                oom = oom and int(kills or 0) > int(before or 0)
                 worker.restarts += 1
                 log.warning(
                     "worker died",
                     extra={"event": "worker_lost", "worker": worker.name, "exitcode": code,
-                           "job": task.job_id if task else None},
+                           "oom_killed": oom, "job": task.job_id if task else None},
                 )  # fmt: skip
                 self._spawn(worker)
                 if task is not None:
-                    lost.append((worker.name, worker.device, task))
-        for name, device, task in lost:
+                    lost.append((worker.name, worker.device, task, oom))
+        for name, device, task, oom in lost:
             try:
-                self.on_lost(name, device, task)
+                self.on_lost(name, device, task, oom)
             except Exception:
                 log.exception("on_lost failed")
 

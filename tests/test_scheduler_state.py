@@ -704,12 +704,16 @@ class SchedulerMachine(RuleBasedStateMachine):
                     no_gpu_large = bool(self.snap) and all(
                         j.need > s.total_bytes for s in self.snap.values()
                     )
-                    must_fail = j.attempts >= j.spec.max_attempts or (
-                        kind == "failed"
-                        and oom
-                        and was_gpu
-                        and not (j.cpu_ok and self.cpu_slots > 0)
-                        and no_gpu_large
+                    must_fail = (
+                        j.attempts >= j.spec.max_attempts
+                        or (kind == "failed" and oom and not was_gpu)  # host OOM: no retry
+                        or (
+                            kind == "failed"
+                            and oom
+                            and was_gpu
+                            and not (j.cpu_ok and self.cpu_slots > 0)
+                            and no_gpu_large
+                        )
                     )
                     assert isinstance(ins, Fail) == must_fail, (ins, j)
                 else:

@@ -67,8 +67,8 @@ def test_a_killed_worker_reports_its_task_and_restarts(pool, tmp_path):
     old_pid = pool.pids()[name]
     time.sleep(0.5)  # let it start the task
     os.kill(old_pid, signal.SIGKILL)
-    worker, device, lost = pool.lost.get(timeout=30)
-    assert (worker, device, lost.job_id) == (name, "cpu", "slow")
+    worker, device, lost, oom_killed = pool.lost.get(timeout=30)
+    assert (worker, device, lost.job_id, oom_killed) == (name, "cpu", "slow", False)
     assert pool.pids()[name] != old_pid  # restarted
     pool.dispatch("cpu", task(tmp_path, "after", "probe"))
     pool.dispatch("cpu", task(tmp_path, "after2", "probe"))

@@ -289,6 +289,86 @@ class SimData:
             return self.to(torch.device("cuda", torch.cuda.current_device()))
         return self.to(device if isinstance(device, str) else torch.device("cuda", device))
 
+    STATE_FORMAT = "mr0core.SimData"
+    """The ``format`` entry of :meth:`to_state`."""
+
+    STATE_VERSION = 1
+    """The ``version`` entry of :meth:`to_state`."""
+
+    def to_state(self) -> dict[str, Any]:
+        """Return the data as plain data that ``torch.load(weights_only=True)`` reads.
+
+        The state holds only CPU tensors (detached), strings, floats, lists and dicts, so a file
+        of it cannot carry code; :meth:`from_state` rebuilds the data. The voxel shape is kept by
+        name (and voxel size). ``recover_func`` is a function and is *not* kept: the rebuilt
+        data simulate the same, but :meth:`recover` raises on them.
+
+        Raises
+        ------
+        TypeError
+            When ``dephasing_func`` is not a :class:`VoxelShape` (a custom function cannot be
+            written as plain data).
+        """
+        shape = self.dephasing_func
+        if not isinstance(shape, VoxelShape):
+            raise TypeError(
+                f"SimData.dephasing_func is a {type(shape).__name__}, not a VoxelShape: a custom "
+                "function cannot be saved as plain data"
+            )
+        size = None if shape.voxel_size is None else [float(v) for v in shape.voxel_size]
+        return {
+            "format": self.STATE_FORMAT,
+            "version": self.STATE_VERSION,
+            "tensors": {name: getattr(self, name).detach().cpu() for name in self._TENSORS},
+            "affine": None if self.affine is None else torch.as_tensor(self.affine).detach().cpu(),
+            "tissue_masks": {k: v.detach().cpu() for k, v in self.tissue_masks.items()},
+            "voxel_shape": shape.name,
+            "voxel_size": size,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> SimData:
+        """Rebuild data from :meth:`to_state`'s plain data (on the CPU, no ``recover_func``).
+
+        Raises
+        ------
+        ValueError
+            For a state of another format or version, a missing entry, an entry of the wrong
+            type, or tensors whose shapes disagree (the message names the entry).
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"a SimData state is a dict, got {type(state).__name__}")
+        if state.get("format") != cls.STATE_FORMAT or state.get("version") != cls.STATE_VERSION:
+            raise ValueError(
+                f"not a SimData state of version {cls.STATE_VERSION}: format "
+                f"{state.get('format')!r}, version {state.get('version')!r}"
+            )
+        tensors = state.get("tensors")
+        if not isinstance(tensors, dict) or set(tensors) != set(cls._TENSORS):
+            got = sorted(tensors) if isinstance(tensors, dict) else type(tensors).__name__
+            raise ValueError(f"SimData state: tensors must be {list(cls._TENSORS)}, got {got}")
+        masks = state.get("tissue_masks")
+        if not isinstance(masks, dict) or not all(isinstance(k, str) for k in masks):
+            raise ValueError("SimData state: tissue_masks must be a dict with string keys")
+        affine = state.get("affine")
+        for name, value in [*tensors.items(), *masks.items(), ("affine", affine)]:
+            if name == "affine" and value is None:
+                continue
+            if not isinstance(value, torch.Tensor) or value.device.type != "cpu":
+                raise ValueError(f"SimData state: {name!r} is not a CPU tensor")
+        size = state.get("voxel_size")
+        if size is not None and (
+            not isinstance(size, list)
+            or len(size) != 3
+            or not all(isinstance(v, float) for v in size)
+        ):
+            raise ValueError(f"SimData state: voxel_size must be None or 3 floats, got {size!r}")
+        name = state.get("voxel_shape")
+        if not isinstance(name, str):
+            raise ValueError(f"SimData state: voxel_shape must be a name, got {name!r}")
+        shape = VoxelShape(name, None if size is None else (size[0], size[1], size[2]))
+        return cls(**tensors, affine=affine, dephasing_func=shape, tissue_masks=masks)
+
     def recover(self) -> Any:
         """Rebuild the phantom this data was built from (voxels under the threshold are zero)."""
         if self.recover_func is None:
