@@ -125,3 +125,53 @@ def test_stand_in_phantom_is_used_only_without_the_shared_file(tmp_path: Path) -
             ms.SHARED_MAT.read_bytes()
         )
     shutil.rmtree(tmp_path)
+
+
+NOTEBOOK = """
+import numpy as np
+import pypulseq as pp
+import torch
+import MRzeroCore as mr0
+
+# a playground-style FLASH: PyPulseq sequence, MR-zero's default phantom, simulate, reconstruct
+system = pp.Opts(max_grad=28, grad_unit="mT/m", max_slew=150, slew_unit="T/m/s",
+                 rf_ringdown_time=20e-6, rf_dead_time=100e-6, adc_dead_time=20e-6)
+seq = pp.Sequence(system)
+fov, n = 200e-3, 24
+rf, gz, gzr = pp.make_sinc_pulse(flip_angle=8 * np.pi / 180, duration=1e-3, slice_thickness=8e-3,
+                                 apodization=0.5, time_bw_product=4, system=system, delay=100e-6,
+                                 return_gz=True)
+gx = pp.make_trapezoid("x", flat_area=n / fov, flat_time=n * 50e-6, system=system)
+adc = pp.make_adc(n, duration=n * 50e-6, delay=gx.rise_time, system=system)
+gx_pre = pp.make_trapezoid("x", area=-gx.area / 2, duration=1e-3, system=system)
+for i in range(n):
+    rf.phase_offset = (117 * i * (i + 1) / 2 % 360) * np.pi / 180
+    adc.phase_offset = rf.phase_offset
+    gp = pp.make_trapezoid("y", area=(i - n // 2) / fov, duration=1e-3, system=system)
+    seq.add_block(rf, gz)
+    seq.add_block(gx_pre, gp, gzr)
+    seq.add_block(gx, adc)
+    seq.add_block(pp.make_trapezoid("x", area=2 * gx.area, duration=1.5e-3, system=system),
+                  pp.make_trapezoid("y", area=-gp.area, duration=1.5e-3, system=system))
+seq.set_definition("FOV", [fov, fov, 8e-3])
+signal, ktraj_adc = mr0.util.simulate(seq, sim_size=(32, 32))
+reco = mr0.reco_adjoint(signal, ktraj_adc, resolution=(n, n, 1), FOV=(fov, fov, 1))
+"""
+
+
+def _run_notebook(source: str) -> dict:
+    namespace: dict = {}
+    exec(compile(source, "<notebook>", "exec"), namespace)  # our own test text, never input
+    return namespace
+
+
+def test_playground_notebook_runs_unchanged_with_mr_zeros_numbers(mz, workdir) -> None:
+    """The same notebook text, once as written for MR-zero and once with only the import changed."""
+    with quiet_mrzero():
+        theirs = _run_notebook(NOTEBOOK)
+    ours = _run_notebook(NOTEBOOK.replace("import MRzeroCore as mr0", "import mr0core as mr0"))
+    assert ours["mr0"] is mr0
+    assert theirs["mr0"] is mz
+    assert ms.nrmse(ours["signal"], theirs["signal"]) < 0.01
+    assert ms.nrmse(ours["reco"].reshape(theirs["reco"].shape), theirs["reco"]) < 0.01
+    assert float(theirs["signal"].abs().max()) > 0
