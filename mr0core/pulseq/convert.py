@@ -32,10 +32,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mr0core.pulseq.reader import SeqFile, SeqFormatError
+from mr0core.pulseq.reader import SeqFile, SeqFormatError, SeqLimitError, SeqLimits, _limits
 from mr0core.sequence import Pulse, PulseUsage, Repetition, Sequence
 
-__all__ = ["ConversionInfo", "seq_to_sequence", "validate_blocks"]
+__all__ = [
+    "ConversionInfo",
+    "ConversionSize",
+    "check_conversion",
+    "conversion_size",
+    "estimate_conversion_bytes",
+    "seq_to_sequence",
+    "validate_blocks",
+]
 
 GAMMA_HZ_PER_T = 42.576e6
 DEFAULT_B0_T = 1.5
@@ -53,6 +61,30 @@ _USE_LETTER = {
 
 # Block columns after normalisation (see SeqFile).
 RF, GX, GY, GZ, ADC, EXT, DELAY = range(7)
+
+# Peak memory of the conversion per item, in bytes: measured (peak RSS of seq_to_sequence on
+# synthetic sequences that scale one item at a time, numpy 2 / torch 2, x86-64) and rounded up.
+# tests/test_hostile_seq.py checks that the estimate bounds the measured peak.
+BYTES_PER_REPETITION = 5120
+"""A repetition: its Repetition and Pulse objects and ~9 tensor views (split and unbound)."""
+BYTES_PER_EVENT = 112
+"""An event (an upper count of cuts): cut times, moments, the event arrays and float32 copies."""
+BYTES_PER_ADC_SAMPLE = 48
+"""An ADC sample beyond its event: sample time, receiver phase, block, sort order."""
+BYTES_PER_GRADIENT_PIECE = 192
+"""A linear piece of a gradient waveform (trapezoid ramp or flat top, arbitrary sample)."""
+BYTES_PER_BLOCK = 256
+"""A block: the parsed table row and the per-block arrays of the conversion."""
+BYTES_PER_LABEL_EVENT = 16
+"""One label's value at one event (int32 plus temporaries)."""
+BYTES_PER_LABEL_BLOCK = 32
+"""One label's value after one block."""
+BYTES_PER_LABEL_REPETITION = 512
+"""One label's tensor view in one repetition."""
+BYTES_PER_WAVEFORM_SAMPLE = 32
+"""A sample of a gradient waveform built from a shape (kept, with its time, while converting)."""
+BYTES_PER_SHAPE_SAMPLE = 8
+"""A decompressed shape sample (kept in the parsed file)."""
 
 
 @dataclass
@@ -110,11 +142,12 @@ def _compute_rf_properties(seq: SeqFile) -> RfProperties:
     center = np.zeros(n)
     end = np.zeros(n)
     usage: list[PulseUsage] = []
-    cache: dict[tuple[int, int, int, float], tuple[float, float, float, float]] = {}
+    # per (magnitude, phase, time) shape triple: |∫B1|, peak centre, duration, arg ∫B1
+    cache: dict[tuple[int, int, int], tuple[float, float, float, float]] = {}
     for r in range(n):
         amp, mag_id, ph_id, time_id, c, delay, f_ppm, p_ppm, freq, ph = tab.data[r]
         line = int(tab.lines[r])
-        key = (int(mag_id), int(ph_id), int(time_id), c)
+        key = (int(mag_id), int(ph_id), int(time_id))
         if key not in cache:
             mag = seq.shape(int(mag_id), line)
             if len(mag) == 0:
@@ -144,20 +177,17 @@ def _compute_rf_properties(seq: SeqFile) -> RfProperties:
                     )
                 duration = math.ceil(t[-1] / raster - 1e-10) * raster
                 integral = np.sum(0.5 * (b1[1:] + b1[:-1]) * np.diff(t))  # piecewise linear
-            if np.isnan(
-                c
-            ):  # no centre stored: the peak, or the middle of a plateau (PyPulseq rule)
-                peak = np.flatnonzero(np.abs(mag) >= np.abs(mag).max() * 0.99999)
-                c_rel = 0.5 * (t[peak[0]] + t[peak[-1]])
-            else:
-                c_rel = c
+            # the centre when the file stores none: the peak, or the middle of a plateau
+            # (PyPulseq rule)
+            peak = np.flatnonzero(np.abs(mag) >= np.abs(mag).max() * 0.99999)
             cache[key] = (
                 float(abs(integral)),
-                float(c_rel),
+                float(0.5 * (t[peak[0]] + t[peak[-1]])),
                 float(duration),
                 float(np.angle(integral)),
             )
-        integral, c_rel, duration, phase_shape = cache[key]
+        integral, peak_centre, duration, phase_shape = cache[key]
+        c_rel = peak_centre if np.isnan(c) else float(c)
         full_freq = freq + f_ppm * 1e-6 * gamma_b0
         angle[r] = 2 * math.pi * abs(amp) * integral
         phase[r] = (
@@ -258,6 +288,20 @@ def _event_ends(
     }
 
 
+def _groups(rows: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Group positions by value: ``[(value, positions in ascending order), ...]``.
+
+    The same as ``[(r, np.flatnonzero(rows == r)) for r in np.unique(rows)]`` in
+    O(n log n) rather than O(n · distinct values).
+    """
+    if len(rows) == 0:
+        return []
+    order = np.argsort(rows, kind="stable")
+    values, starts = np.unique(rows[order], return_index=True)
+    parts = np.split(order, starts[1:])
+    return list(zip(values.tolist(), parts, strict=True))
+
+
 def _take(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``values[rows]``, with 0 where ``rows`` is -1 (undefined or no event)."""
     padded = np.append(values, 0.0)
@@ -309,7 +353,19 @@ def _compute_extension_uses(seq: SeqFile) -> ExtensionUses:
     found_block, found_step, found_type, found_ref = [], [], [], []
     prev_rows = np.zeros(len(blocks), np.int64)  # the list entry that led here (for errors)
     step = 0
+    walked = 0
+    limit = seq.limits.max_extension_uses
     while len(blocks):
+        walked += len(blocks)
+        if walked > limit:
+            raise SeqLimitError(
+                seq.path,
+                int(seq.block_lines[blocks[0]]),
+                "max_extension_uses",
+                limit,
+                walked,
+                f"extension list entries walked (at step {step} of the lists)",
+            )
         rows = ext.rows_of(ids)
         if (rows < 0).any():
             i = int(np.argmax(rows < 0))
@@ -358,6 +414,61 @@ def _compute_extension_uses(seq: SeqFile) -> ExtensionUses:
     return ExtensionUses(block, names, rows)
 
 
+def _over(seq: SeqFile, block: int | None, limit: str, needed: int, what: str) -> SeqLimitError:
+    """Return a SeqLimitError at ``block``'s line (or the file), naming ``seq.limits.<limit>``."""
+    line = None if block is None else int(seq.block_lines[block])
+    return SeqLimitError(seq.path, line, limit, getattr(seq.limits, limit), needed, what)
+
+
+def _crossing(cumulative: np.ndarray, bound: float) -> int:
+    """Index of the first entry of a non-decreasing array above ``bound``."""
+    return int(np.searchsorted(cumulative, bound, side="right"))
+
+
+def _check_adc_total(seq: SeqFile) -> None:
+    """Check the ADC samples summed over all blocks against ``max_total_adc_samples``."""
+    rows = seq.adc.rows_of(seq.blocks[:, ADC])
+    per_block = _take(seq.adc.data[:, 0], rows) if len(seq.adc.ids) else np.zeros(len(rows))
+    total = np.cumsum(per_block)
+    limit = seq.limits.max_total_adc_samples
+    if len(total) and total[-1] > limit:
+        raise _over(
+            seq, _crossing(total, limit), "max_total_adc_samples", int(total[-1]),
+            "ADC samples summed over all blocks",
+        )  # fmt: skip
+
+
+def _shape_len(seq: SeqFile, shape_id: float) -> int:
+    shape = seq.shapes.get(int(shape_id))
+    return 0 if shape is None else len(shape.samples)
+
+
+def _check_waveform_samples(seq: SeqFile) -> None:
+    """Check the samples of the waveforms built from shapes against ``max_waveform_samples``.
+
+    One per distinct RF (magnitude, phase, time) triple and one per [GRADIENTS] row, checked
+    before any is built. Undefined shapes count 0 here (their own error comes later).
+    """
+    limit = seq.limits.max_waveform_samples
+    total = 0
+    if len(seq.rf.ids):
+        keys, first = np.unique(seq.rf.data[:, 1:4].astype(np.int64), axis=0, return_index=True)
+        for key, r in zip(keys.tolist(), first.tolist(), strict=True):
+            total += _shape_len(seq, key[0])
+            if total > limit:
+                raise SeqLimitError(
+                    seq.path, int(seq.rf.lines[r]), "max_waveform_samples", limit, total,
+                    "RF and gradient waveform samples",
+                )  # fmt: skip
+    for r in range(len(seq.grad.ids)):
+        total += _shape_len(seq, seq.grad.data[r, 3])
+        if total > limit:
+            raise SeqLimitError(
+                seq.path, int(seq.grad.lines[r]), "max_waveform_samples", limit, total,
+                "RF and gradient waveform samples",
+            )  # fmt: skip
+
+
 def validate_blocks(seq: SeqFile) -> None:
     """Check every reference of every block and fix block durations for files before 1.4.
 
@@ -370,6 +481,8 @@ def validate_blocks(seq: SeqFile) -> None:
     blocks = seq.blocks
     if len(blocks) == 0:
         return
+    _check_adc_total(seq)
+    _check_waveform_samples(seq)
     rf = _rf_properties(seq)
     templates = _grad_templates(seq)
     ends = _event_ends(seq, templates, rf)
@@ -496,9 +609,8 @@ def _channel_pieces(
     grad_rows = seq.grad.rows_of(ids)
     occ = np.flatnonzero(grad_rows >= 0)
     if len(occ):
-        rows = grad_rows[occ]
-        for r in np.unique(rows).tolist():
-            blocks_r = occ[rows == r]
+        for r, where in _groups(grad_rows[occ]):
+            blocks_r = occ[where]
             tpl = templates[r]
             s = starts[blocks_r][:, None]
             t = tpl.t[None, :] + s
@@ -567,6 +679,146 @@ def _quaternion_matrix(q: np.ndarray) -> np.ndarray:
     )
 
 
+# -- the size of the conversion, before it allocates ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConversionSize:
+    """What converting a :class:`SeqFile` will allocate, counted from its tables alone.
+
+    Counts are upper bounds (coinciding cuts merge into one event).
+    """
+
+    repetitions: int
+    """RF pulses plus one (the time before the first pulse)."""
+    events: int
+    """Cuts of the time line: pulses, ADC samples, gradient corners, rotated block bounds."""
+    adc_samples: int
+    """ADC samples of the whole sequence."""
+    gradient_pieces: int
+    """Linear pieces of the gradient waveforms of all blocks and axes."""
+    labels: int
+    """Distinct label names used."""
+    bytes: int
+    """Estimated peak memory of the conversion in bytes, the parsed file it reads included."""
+    block_bytes: np.ndarray
+    """Cumulative estimate after each block, shape ``[blocks]`` (bytes; to name a line)."""
+    block_events: np.ndarray
+    """Cumulative events after each block, shape ``[blocks]``."""
+
+
+def conversion_size(seq: SeqFile, exact_trajectories: bool = True) -> ConversionSize:
+    """Count what :func:`seq_to_sequence` will allocate for ``seq``, without converting it.
+
+    Costs only ``O(blocks)`` small arrays. The byte estimate is the sum of each count times its
+    measured cost (``BYTES_PER_*`` in this module), plus the parsed shapes and gradient
+    waveforms that the conversion reads.
+
+    Parameters
+    ----------
+    seq
+        A validated file (from :func:`mr0core.pulseq.read_seq`).
+    exact_trajectories
+        As for :func:`seq_to_sequence` (more cuts at gradient corners).
+    """
+    blocks = seq.blocks
+    nb = len(blocks)
+    templates = _grad_templates(seq)
+    uses = _extension_uses(seq)
+    events = (blocks[:, RF] != 0).astype(np.int64)  # one cut per pulse
+    adc_rows = seq.adc.rows_of(blocks[:, ADC])
+    adc = _take(seq.adc.data[:, 0], adc_rows).astype(np.int64) if len(seq.adc.ids) else 0 * events
+    events = events + adc
+    pieces = np.zeros(nb, np.int64)
+    tpl_pieces = np.array([len(t.t) - 1 for t in templates], np.int64)
+    tpl_knots = np.array(
+        [len(t.t) if exact_trajectories and not t.regular else 2 for t in templates], np.int64
+    )
+    for c in (GX, GY, GZ):
+        has_trap = seq.trap.rows_of(blocks[:, c]) >= 0
+        events += has_trap * (4 if exact_trajectories else 2)
+        pieces += has_trap * 3
+        grad_rows = seq.grad.rows_of(blocks[:, c])
+        if len(templates):
+            events += _take(tpl_knots.astype(np.float64), grad_rows).astype(np.int64)
+            pieces += _take(tpl_pieces.astype(np.float64), grad_rows).astype(np.int64)
+    rot_blocks, _ = uses.of("ROTATIONS")
+    np.add.at(events, rot_blocks, 2)
+    label_names = {
+        seq.extension_tables[name].text[r][0]
+        for name in ("LABELSET", "LABELINC")
+        for r in uses.of(name)[1].tolist()
+    }
+    n_labels = len(label_names)
+    reps = (blocks[:, RF] != 0).astype(np.int64)
+    per_block = (
+        BYTES_PER_BLOCK
+        + reps * (BYTES_PER_REPETITION + n_labels * BYTES_PER_LABEL_REPETITION)
+        + events * (BYTES_PER_EVENT + n_labels * BYTES_PER_LABEL_EVENT)
+        + adc * BYTES_PER_ADC_SAMPLE
+        + pieces * BYTES_PER_GRADIENT_PIECE
+        + n_labels * BYTES_PER_LABEL_BLOCK
+    )
+    fixed = (
+        BYTES_PER_REPETITION  # the repetition before the first pulse
+        + 2 * BYTES_PER_EVENT  # the cuts at 0 and at the end
+        + BYTES_PER_SHAPE_SAMPLE * sum(len(s.samples) for s in seq.shapes.values())
+        + BYTES_PER_WAVEFORM_SAMPLE * int(sum(len(t.t) for t in templates))
+    )
+    block_bytes = fixed + np.cumsum(per_block)
+    block_events = 2 + np.cumsum(events)
+    return ConversionSize(
+        repetitions=int(reps.sum()) + 1,
+        events=int(block_events[-1]) if nb else 2,
+        adc_samples=int(np.sum(adc)),
+        gradient_pieces=int(pieces.sum()),
+        labels=n_labels,
+        bytes=int(block_bytes[-1]) if nb else fixed,
+        block_bytes=block_bytes,
+        block_events=block_events,
+    )
+
+
+def estimate_conversion_bytes(seq: SeqFile, exact_trajectories: bool = True) -> int:
+    """Return the estimated peak memory of :func:`seq_to_sequence` on ``seq`` in bytes.
+
+    An upper estimate, the parsed file included (see :func:`conversion_size`).
+    """
+    return conversion_size(seq, exact_trajectories).bytes
+
+
+def check_conversion(
+    seq: SeqFile, exact_trajectories: bool = True, limits: SeqLimits | None = None
+) -> ConversionSize:
+    """Refuse a conversion that would exceed ``limits`` (default ``seq.limits``).
+
+    Raises
+    ------
+    SeqLimitError
+        Naming ``max_repetitions``, ``max_events`` or ``max_memory_bytes``, and the line of the
+        block where the count passes the bound.
+    """
+    limits = seq.limits if limits is None else _limits(limits)
+    size = conversion_size(seq, exact_trajectories)
+    if size.repetitions > limits.max_repetitions:
+        rf_blocks = np.flatnonzero(seq.blocks[:, RF])
+        block = int(rf_blocks[max(limits.max_repetitions - 1, 0)])
+        raise SeqLimitError(
+            seq.path, int(seq.block_lines[block]), "max_repetitions", limits.max_repetitions,
+            size.repetitions, "repetitions (RF pulses + 1)",
+        )  # fmt: skip
+    for name, needed, cumulative, what in (
+        ("max_events", size.events, size.block_events, "events (upper count)"),
+        ("max_memory_bytes", size.bytes, size.block_bytes, "estimated conversion bytes"),
+    ):
+        bound = getattr(limits, name)
+        if needed > bound:
+            block = min(_crossing(cumulative, bound), len(cumulative) - 1)
+            line = int(seq.block_lines[block]) if len(cumulative) else None
+            raise SeqLimitError(seq.path, line, name, bound, needed, what)
+    return size
+
+
 # -- the conversion ----------------------------------------------------------------------------
 
 
@@ -575,6 +827,8 @@ def seq_to_sequence(
     exact_trajectories: bool = True,
     default_shim: torch.Tensor | None = None,
     return_info: bool = False,
+    *,
+    limits: SeqLimits | None = None,
 ) -> Sequence | tuple[Sequence, ConversionInfo]:
     """Convert a validated :class:`SeqFile` into a :class:`Sequence` (CPU, float32).
 
@@ -588,7 +842,16 @@ def seq_to_sequence(
         ``[channels, 2]`` shim for pulses without an RF_SHIMS extension; default ``[[1, 0]]``.
     return_info
         Also return a :class:`ConversionInfo`.
+    limits
+        Bounds on repetitions, events and memory (:class:`mr0core.pulseq.SeqLimits`); default
+        the ones the file was read with (``seq.limits``). Checked before anything is allocated.
+
+    Raises
+    ------
+    SeqLimitError
+        The conversion would exceed ``limits`` (see :func:`check_conversion`).
     """
+    check_conversion(seq, exact_trajectories, limits)
     blocks = seq.blocks
     nb = len(blocks)
     durations = seq.block_durations
@@ -614,13 +877,13 @@ def seq_to_sequence(
     adc_rows = seq.adc.rows_of(blocks[adc_blocks, ADC])
     adc_t_parts, adc_ph_parts, adc_block_parts = [], [], []
     gamma_b0 = GAMMA_HZ_PER_T * _b0(seq)
-    for r in np.unique(adc_rows).tolist():
+    for r, where in _groups(adc_rows):
         num, dwell, delay, f_ppm, p_ppm, freq, ph, phase_id = seq.adc.data[r]
         rel = (np.arange(int(num)) + 0.5) * dwell
         rx = ph + p_ppm * 1e-6 * gamma_b0 + 2 * math.pi * (freq + f_ppm * 1e-6 * gamma_b0) * rel
         if phase_id:
             rx = rx + seq.shape(int(phase_id), int(seq.adc.lines[r]))
-        bl = adc_blocks[adc_rows == r]
+        bl = adc_blocks[where]
         adc_t_parts.append((starts[bl][:, None] + delay + rel[None, :]).ravel())
         adc_ph_parts.append(np.broadcast_to(rx, (len(bl), len(rx))).ravel())
         adc_block_parts.append(np.repeat(bl, len(rel)))
@@ -668,10 +931,10 @@ def seq_to_sequence(
     )
     if rotations:
         mid = 0.5 * (times[:-1] + times[1:])
-        ev_block = np.searchsorted(starts, mid, side="right") - 1
+        ev_block = np.searchsorted(starts, mid, side="right") - 1  # non-decreasing
         for b, mat in rotations.items():
-            sel = ev_block == b
-            gradm[sel] = gradm[sel] @ mat.T
+            lo, hi = np.searchsorted(ev_block, [b, b + 1])
+            gradm[lo:hi] = gradm[lo:hi] @ mat.T
 
     adc_event = np.searchsorted(cuts, quantise(adc_t)) - 1
     adc_usage = np.zeros(n_events, np.int32)

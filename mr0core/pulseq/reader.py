@@ -13,17 +13,29 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
-from dataclasses import dataclass, field
+from array import array
+from dataclasses import dataclass, field, fields
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SeqFile", "SeqFormatError", "Shape", "read_seq", "read_seq_text"]
+__all__ = [
+    "DEFAULT_SEQ_LIMITS",
+    "SeqFile",
+    "SeqFormatError",
+    "SeqLimitError",
+    "SeqLimits",
+    "Shape",
+    "read_seq",
+    "read_seq_text",
+]
 
-# A hostile or broken file must not make us allocate without bound.
-MAX_SHAPE_SAMPLES = 1 << 26
-MAX_FILE_BYTES = 1 << 31
+# Characters that str.splitlines() breaks at, besides "\n" ("\r\n" counts once).
+_OTHER_LINE_BREAKS = ("\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+# Tables are tokenised this many characters at a time, so that the short-lived per-token
+# Python strings never exist for the whole file at once.
+_CHUNK_CHARS = 1 << 20
 
 DEFAULT_RASTERS = {
     "GradientRasterTime": 10e-6,
@@ -67,6 +79,125 @@ class SeqFormatError(ValueError):
         self.problem = problem
         where = f"{path}:{line}" if line is not None else path
         super().__init__(f"{where}: {problem}")
+
+
+class SeqLimitError(SeqFormatError):
+    """A ``.seq`` file needs more than a :class:`SeqLimits` bound allows.
+
+    Raised while parsing or before the conversion allocates, never after. It is a
+    :class:`SeqFormatError` (and so a ``ValueError``), so handlers of malformed files catch it.
+
+    Attributes
+    ----------
+    limit
+        The name of the :class:`SeqLimits` field, e.g. ``"max_total_adc_samples"``.
+    value
+        The bound in force.
+    needed
+        What the file needs (at least; counting stops at the first item over the bound).
+    """
+
+    def __init__(
+        self, path: str, line: int | None, limit: str, value: int, needed: int, what: str
+    ) -> None:
+        self.limit = limit
+        self.value = value
+        self.needed = needed
+        super().__init__(
+            path,
+            line,
+            f"{what}: {needed} is more than the limit {limit}={value} "
+            "(raise it with limits=SeqLimits(...) if the file is trusted)",
+        )
+
+
+@dataclass(frozen=True)
+class SeqLimits:
+    """Bounds on what one ``.seq`` file may make the reader and the conversion allocate.
+
+    Every bound is checked while parsing or before the allocation it guards, so a hostile
+    file is refused with a :class:`SeqLimitError` before memory grows. The defaults keep one
+    read plus conversion below about 1 GiB (16 sessions on a 24 GiB machine) and accept real
+    protocols up to about 250 000 repetitions or 16 M ADC samples. Pass
+    ``limits=SeqLimits(...)`` to :func:`read_seq`, :func:`read_seq_text` or
+    :meth:`mr0core.Sequence.import_file` to change them.
+
+    Attributes
+    ----------
+    max_file_bytes
+        Size of the file in bytes (characters for :func:`read_seq_text`).
+    max_lines
+        Lines of the file (counted before the text is split).
+    max_line_chars
+        Characters of one line.
+    max_definition_values
+        Values in ``[DEFINITIONS]``, summed over all its lines.
+    max_blocks
+        Rows of ``[BLOCKS]``.
+    max_shape_samples
+        Decompressed samples of one shape (its ``num_samples``).
+    max_total_shape_samples
+        Decompressed samples of all shapes together, checked from the ``num_samples`` headers
+        before any shape is decompressed.
+    max_waveform_samples
+        Samples of the waveforms built from shapes: one per ``[GRADIENTS]`` row (scaled by its
+        amplitude) plus one per distinct RF (magnitude, phase, time) shape triple, summed.
+    max_adc_samples
+        Samples of one ``[ADC]`` event (its ``num``).
+    max_total_adc_samples
+        ADC samples of the whole sequence: ``num`` summed over every block that plays an ADC.
+    max_repetitions
+        Repetitions of the converted :class:`mr0core.Sequence` (RF pulses, plus one).
+    max_events
+        Events of the converted sequence (an upper estimate: ADC samples, pulses and gradient
+        corners).
+    max_extension_uses
+        Extension list entries walked over all blocks (``[EXTENSIONS]`` chains).
+    max_label_names
+        Distinct label names in ``LABELSET``/``LABELINC``.
+    max_shim_channels
+        Channels of one ``RF_SHIMS`` row.
+    max_memory_bytes
+        Estimated peak memory in bytes of the conversion to :class:`mr0core.Sequence`
+        (:func:`mr0core.pulseq.estimate_conversion_bytes`), including the parsed file it reads.
+    """
+
+    max_file_bytes: int = 64 << 20
+    max_lines: int = 2_000_000
+    max_line_chars: int = 65_536
+    max_definition_values: int = 100_000
+    max_blocks: int = 1_000_000
+    max_shape_samples: int = 1 << 22
+    max_total_shape_samples: int = 1 << 24
+    max_waveform_samples: int = 1 << 24
+    max_adc_samples: int = 1 << 20
+    max_total_adc_samples: int = 1 << 24
+    max_repetitions: int = 250_000
+    max_events: int = 1 << 24
+    max_extension_uses: int = 1 << 22
+    max_label_names: int = 32
+    max_shim_channels: int = 64
+    max_memory_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise TypeError(f"SeqLimits.{f.name} must be an int, got {value!r}")
+            if value < 0:
+                raise ValueError(f"SeqLimits.{f.name} must be >= 0, got {value}")
+
+
+DEFAULT_SEQ_LIMITS = SeqLimits()
+"""The bounds used when no ``limits`` are given (see :class:`SeqLimits`)."""
+
+
+def _limits(limits: SeqLimits | None) -> SeqLimits:
+    if limits is None:
+        return DEFAULT_SEQ_LIMITS
+    if not isinstance(limits, SeqLimits):
+        raise TypeError(f"limits must be a SeqLimits or None, got {type(limits).__name__}")
+    return limits
 
 
 @dataclass
@@ -161,6 +292,8 @@ class SeqFile:
     extension_tables: dict[str, Table]
     shapes: dict[int, Shape]
     signature_ok: bool | None = None
+    limits: SeqLimits = DEFAULT_SEQ_LIMITS
+    """The bounds it was read with; :func:`mr0core.pulseq.seq_to_sequence` applies them too."""
     cache: dict = field(default_factory=dict, repr=False)
     """Derived per-event properties, computed once by :mod:`mr0core.pulseq.convert`."""
 
@@ -232,7 +365,8 @@ def decompress_shape(data: np.ndarray, num_samples: int) -> np.ndarray | None:
         if c + 2 >= n:
             return None
         count = data[c + 2]
-        if count < 0 or count != int(count) or count > MAX_SHAPE_SAMPLES:
+        # a run longer than the shape is inconsistent; the bound also keeps the sum in int64
+        if count < 0 or count != int(count) or count > num_samples:
             return None
         if c > pos:
             values.append(data[pos:c])
@@ -257,13 +391,24 @@ def decompress_shape(data: np.ndarray, num_samples: int) -> np.ndarray | None:
 class _Parser:
     """One pass over the lines; collects each section's data lines, then parses them."""
 
-    def __init__(self, text: str, path: str) -> None:
+    def __init__(self, text: str, path: str, limits: SeqLimits) -> None:
         self.path = path
         self.text = text
+        self.limits = limits
+        if len(text) > limits.max_file_bytes:
+            raise self.over(None, "max_file_bytes", len(text), "file size in characters")
+        # count the lines before splitting: each line costs ~100 bytes of Python objects
+        breaks = text.count("\n") + text.count("\r") - text.count("\r\n")
+        breaks += sum(text.count(c) for c in _OTHER_LINE_BREAKS)
+        if breaks + 1 > limits.max_lines:
+            raise self.over(None, "max_lines", breaks + 1, "lines")
         self.lines = text.splitlines()
 
     def error(self, line: int | None, problem: str) -> SeqFormatError:
         return SeqFormatError(self.path, line, problem)
+
+    def over(self, line: int | None, limit: str, needed: int, what: str) -> SeqLimitError:
+        return SeqLimitError(self.path, line, limit, getattr(self.limits, limit), needed, what)
 
     # Collect (line number, content) per section; extension sections are keyed "extension NAME".
     def split_sections(self) -> tuple[dict[str, list[tuple[int, str]]], dict[str, int], dict]:
@@ -272,7 +417,10 @@ class _Parser:
         ext_declared: dict[str, tuple[int, int]] = {}  # name -> (type id, line)
         current: str | None = None
         rows: list[tuple[int, str]] = []
+        max_chars = self.limits.max_line_chars
         for i, raw in enumerate(self.lines, start=1):
+            if len(raw) > max_chars:
+                raise self.over(i, "max_line_chars", len(raw), "line length in characters")
             line = raw.strip()
             if not line:
                 continue
@@ -329,26 +477,35 @@ class _Parser:
         width = max(allowed)
         if not rows:
             return Table.empty(width - 1 - text_columns)
-        tokens = [line.split() for _, line in rows]
         lines = np.fromiter((ln for ln, _ in rows), dtype=np.int64, count=len(rows))
-        numeric: list[list[str]] = []
-        texts: list[list[str]] = []
-        for (ln, _), tok in zip(rows, tokens, strict=True):
-            if len(tok) not in allowed:
-                expected = " or ".join(str(a) for a in allowed)
-                raise self.error(ln, f"[{name}] row has {len(tok)} fields, expected {expected}")
-            if len(tok) < width:  # an older layout without the trailing columns: pad with zeros
-                tok = tok + ["0"] * (width - len(tok))
-            if text_columns:
-                numeric.append(tok[: width - text_columns])
-                texts.append(tok[width - text_columns :])
-            else:
-                numeric.append(tok)
         ncol = width - text_columns
-        try:
-            values = np.array(numeric, dtype=np.float64).reshape(len(rows), ncol)
-        except ValueError:
-            values = self._locate_bad_number(name, rows, numeric)
+        values = np.empty((len(rows), ncol))
+        texts: list[list[str]] = []
+        # Tokenise a chunk of rows at a time: the token strings are ~50 bytes each.
+        ends = np.cumsum(np.fromiter((len(line) for _, line in rows), np.int64, len(rows)))
+        start = 0
+        while start < len(rows):
+            stop = int(np.searchsorted(ends, ends[start] + _CHUNK_CHARS, side="right"))
+            stop = min(max(stop, start + 1), len(rows))
+            chunk = rows[start:stop]
+            numeric: list[list[str]] = []
+            for ln, line in chunk:
+                tok = line.split()
+                if len(tok) not in allowed:
+                    expected = " or ".join(str(a) for a in allowed)
+                    raise self.error(ln, f"[{name}] row has {len(tok)} fields, expected {expected}")
+                if len(tok) < width:  # an older layout without the trailing columns: pad
+                    tok = tok + ["0"] * (width - len(tok))
+                if text_columns:
+                    numeric.append(tok[:ncol])
+                    texts.append(tok[ncol:])
+                else:
+                    numeric.append(tok)
+            try:
+                values[start:stop] = np.array(numeric, dtype=np.float64).reshape(len(chunk), ncol)
+            except ValueError:
+                self._locate_bad_number(name, chunk, numeric)
+            start = stop
         bad = ~np.isfinite(values)
         if bad.any():
             r = int(np.argwhere(bad)[0][0])
@@ -379,7 +536,7 @@ class _Parser:
 
     def _locate_bad_number(
         self, name: str, rows: list[tuple[int, str]], numeric: list[list[str]]
-    ) -> np.ndarray:
+    ) -> None:
         for (ln, _), tok in zip(rows, numeric, strict=True):
             for t in tok:
                 try:
@@ -420,8 +577,12 @@ class _Parser:
 
         # DEFINITIONS
         definitions: dict[str, list[str]] = {}
+        n_values = 0
         for ln, line in sections.get("DEFINITIONS", []):
             parts = line.split()
+            n_values += len(parts) - 1
+            if n_values > self.limits.max_definition_values:
+                raise self.over(ln, "max_definition_values", n_values, "[DEFINITIONS] values")
             definitions[parts[0]] = parts[1:]
             if parts[0] in DEFAULT_RASTERS or parts[0] in ("FOV", "TotalDuration", "B0"):
                 try:
@@ -516,6 +677,15 @@ class _Parser:
             if bad.any():
                 r = int(np.argmax(bad))
                 raise self.error(int(adc.lines[r]), "[ADC] dwell time must be positive")
+            big = adc.data[:, 0] > self.limits.max_adc_samples
+            if big.any():
+                r = int(np.argmax(big))
+                raise self.over(
+                    int(adc.lines[r]),
+                    "max_adc_samples",
+                    int(adc.data[r, 0]),
+                    f"[ADC] event {int(adc.ids[r])}: samples",
+                )
 
         if "DELAYS" in sections and v14:
             raise self.error(
@@ -552,9 +722,14 @@ class _Parser:
             else:  # RF_SHIMS: id num_channels amp1 phase1 amp2 phase2 ...
                 tab = self._rf_shims(rows)
             extension_tables[ext_name] = tab
+        self._check_label_names(extension_tables)
 
         # BLOCKS
         block_rows = sections.get("BLOCKS", [])
+        if len(block_rows) > self.limits.max_blocks:
+            raise self.over(
+                block_rows[self.limits.max_blocks][0], "max_blocks", len(block_rows), "blocks"
+            )
         if combined <= 1_002_001:
             bt = self.table("BLOCKS", block_rows, (7, 8), int_columns=tuple(range(1, 7)))
         else:
@@ -581,6 +756,7 @@ class _Parser:
             extension_names=extension_names,
             extension_tables=extension_tables,
             shapes=shapes,
+            limits=self.limits,
         )
         if v14:
             seq.block_durations = b[:, 0] * seq.raster("BlockDurationRaster")
@@ -588,29 +764,63 @@ class _Parser:
             seq.signature_ok = self._check_signature(sections["SIGNATURE"])
         return seq
 
+    def _check_label_names(self, tables: dict[str, Table]) -> None:
+        seen: set[str] = set()
+        for name in ("LABELSET", "LABELINC"):
+            tab = tables.get(name)
+            if tab is None:
+                continue
+            for r, (label,) in enumerate(tab.text):
+                if label not in seen:
+                    seen.add(label)
+                    if len(seen) > self.limits.max_label_names:
+                        raise self.over(
+                            int(tab.lines[r]), "max_label_names", len(seen), "distinct labels"
+                        )
+
     def _rf_shims(self, rows: list[tuple[int, str]]) -> Table:
-        ids, data, lines = [], [], []
-        width = 0
-        for ln, line in rows:
+        ids = np.zeros(len(rows), np.int64)
+        counts = np.zeros(len(rows), np.int64)
+        flat = array("d")  # all values after the id, row after row (8 bytes each)
+        max_channels = self.limits.max_shim_channels
+        for i, (ln, line) in enumerate(rows):
             tok = line.split()
+            if len(tok) > 2 + 2 * max_channels:
+                raise self.over(ln, "max_shim_channels", (len(tok) - 2) // 2, "[RF_SHIMS] channels")
             try:
                 vals = [float(t) for t in tok]
             except ValueError:
                 raise self.error(ln, f"[RF_SHIMS] non-numeric field in {line[:60]!r}") from None
             if len(vals) < 2 or vals[1] != int(vals[1]) or len(vals) != 2 + 2 * int(vals[1]):
                 raise self.error(ln, "[RF_SHIMS] expected 'id num_channels amp1 phase1 ...'")
-            ids.append(int(vals[0]))
-            data.append(vals[1:])
-            lines.append(ln)
-            width = max(width, len(vals) - 1)
-        arr = np.full((len(data), width), np.nan)
-        for i, v in enumerate(data):
-            arr[i, : len(v)] = v
+            ids[i] = int(vals[0])
+            counts[i] = len(vals) - 1
+            flat.extend(vals[1:])
+        # The table is rows x widest row, padded: a wide row among many narrow ones multiplies
+        # the padding, so it may take at most a quarter of the memory budget.
+        width = int(counts.max()) if len(rows) else 0
+        needed = 4 * 8 * len(rows) * width
+        if needed > self.limits.max_memory_bytes:
+            raise self.over(
+                None, "max_memory_bytes", needed, "[RF_SHIMS] table bytes x 4 (rows x widest row)"
+            )
         order = np.argsort(ids, kind="stable")
-        return Table(np.array(ids, np.int64)[order], arr[order], np.array(lines, np.int64)[order])
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        row_of_value = np.repeat(rank, counts)
+        column = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
+        arr = np.full((len(rows), width), np.nan)
+        arr[row_of_value, column] = np.frombuffer(flat, dtype=np.float64)
+        lines = np.fromiter((ln for ln, _ in rows), np.int64, len(rows))
+        return Table(ids[order], arr, lines[order])
 
     def _shapes(self, rows: list[tuple[int, str]], v14: bool) -> dict[int, Shape]:
-        shapes: dict[int, Shape] = {}
+        # First the headers of all shapes (id, num_samples, where the data rows are), so that
+        # the per-shape and total sample bounds hold before anything is decompressed.
+        headers: list[tuple[int, int, int, int, int, int]] = []  # id, num, ln, ln2, i0, i1
+        seen: set[int] = set()
+        total = 0
+        limits = self.limits
         i = 0
         n = len(rows)
         while i < n:
@@ -622,8 +832,9 @@ class _Parser:
                 shape_id = int(parts[1])
             except ValueError:
                 raise self.error(ln, f"[SHAPES] non-numeric shape id {parts[1]!r}") from None
-            if shape_id in shapes:
+            if shape_id in seen:
                 raise self.error(ln, f"[SHAPES] shape id {shape_id} is defined twice")
+            seen.add(shape_id)
             if i + 1 >= n or not rows[i + 1][1].startswith("num_samples"):
                 raise self.error(ln, f"[SHAPES] shape {shape_id}: 'num_samples N' missing")
             ln2, line2 = rows[i + 1]
@@ -632,16 +843,30 @@ class _Parser:
                 num = int(parts[1]) if len(parts) == 2 else -1
             except ValueError:
                 num = -1
-            if not 0 <= num <= MAX_SHAPE_SAMPLES:
+            if num < 0:
                 raise self.error(ln2, f"[SHAPES] shape {shape_id}: bad num_samples {line2[:40]!r}")
+            if num > limits.max_shape_samples:
+                raise self.over(
+                    ln2, "max_shape_samples", num, f"[SHAPES] shape {shape_id}: num_samples"
+                )
+            total += num
+            if total > limits.max_total_shape_samples:
+                raise self.over(
+                    ln2, "max_total_shape_samples", total, "[SHAPES] num_samples summed"
+                )
             j = i + 2
             while j < n and not rows[j][1].startswith("shape_id"):
                 j += 1
-            values = [r[1] for r in rows[i + 2 : j]]
+            headers.append((shape_id, num, ln, ln2, i + 2, j))
+            i = j
+
+        shapes: dict[int, Shape] = {}
+        for shape_id, num, ln, ln2, i0, i1 in headers:
+            values = [r[1] for r in rows[i0:i1]]
             try:
                 data = np.array(values, dtype=np.float64)
             except ValueError:
-                for lnv, v in rows[i + 2 : j]:
+                for lnv, v in rows[i0:i1]:
                     try:
                         float(v)
                     except ValueError:
@@ -654,14 +879,13 @@ class _Parser:
             else:
                 samples = decompress_shape(data, num)
                 if samples is None:
-                    last = rows[j - 1][0] if j - 1 > i + 1 else ln2
+                    last = rows[i1 - 1][0] if i1 > i0 else ln2
                     raise self.error(
                         last,
                         f"[SHAPES] shape {shape_id}: compressed data does not expand to "
                         f"num_samples={num} (file truncated?)",
                     )
             shapes[shape_id] = Shape(samples, ln)
-            i = j
         return shapes
 
     def _check_signature(self, rows: list[tuple[int, str]]) -> bool | None:
@@ -682,7 +906,7 @@ class _Parser:
         return ok
 
 
-def read_seq_text(text: str, path: str = "<text>") -> SeqFile:
+def read_seq_text(text: str, path: str = "<text>", *, limits: SeqLimits | None = None) -> SeqFile:
     """Parse the content of a ``.seq`` file.
 
     Parameters
@@ -691,22 +915,36 @@ def read_seq_text(text: str, path: str = "<text>") -> SeqFile:
         The file content.
     path
         Name used in error messages.
+    limits
+        Bounds on what the file may make us allocate; default :data:`DEFAULT_SEQ_LIMITS`. They
+        are kept in the result (``SeqFile.limits``) for the conversion.
 
     Raises
     ------
     SeqFormatError
         On any malformed content; nothing partial is returned.
+    SeqLimitError
+        The file needs more than ``limits`` allow (a :class:`SeqFormatError` too).
     """
-    parser = _Parser(text, path)
+    parser = _Parser(text, path, _limits(limits))
     seq = parser.parse()
+    del parser  # its per-line strings are no longer needed while the blocks are checked
     from mr0core.pulseq.convert import validate_blocks
 
     validate_blocks(seq)
     return seq
 
 
-def read_seq(path: str | PathLike[str]) -> SeqFile:
+def read_seq(path: str | PathLike[str], *, limits: SeqLimits | None = None) -> SeqFile:
     """Read and validate a ``.seq`` file.
+
+    Parameters
+    ----------
+    path
+        The file.
+    limits
+        Bounds on what the file may make us allocate; default :data:`DEFAULT_SEQ_LIMITS`.
+        ``max_file_bytes`` is checked before the file is read.
 
     Raises
     ------
@@ -714,12 +952,15 @@ def read_seq(path: str | PathLike[str]) -> SeqFile:
         The file does not exist.
     SeqFormatError
         The file is malformed; the message names the file, the line and the problem.
+    SeqLimitError
+        The file needs more than ``limits`` allow (a :class:`SeqFormatError` too).
     """
+    limits = _limits(limits)
     p = Path(path)
     size = p.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise SeqFormatError(
-            str(p), None, f"file is {size} bytes, more than the {MAX_FILE_BYTES} allowed"
+    if size > limits.max_file_bytes:
+        raise SeqLimitError(
+            str(p), None, "max_file_bytes", limits.max_file_bytes, size, "file size in bytes"
         )
     raw = p.read_bytes()
     try:
@@ -727,4 +968,5 @@ def read_seq(path: str | PathLike[str]) -> SeqFile:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise SeqFormatError(str(p), line, "not UTF-8 text") from None
-    return read_seq_text(text, str(p))
+    del raw
+    return read_seq_text(text, str(p), limits=limits)
