@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
     import matplotlib.figure
 
+    from mr0core.pulseq.reader import SeqLimits
+
 __all__ = ["Pulse", "PulseUsage", "Repetition", "Sequence", "chain"]
 
 _DEFAULT_SHIM = torch.tensor([[1.0, 0.0]])
@@ -862,6 +864,8 @@ class Sequence(list):
         fov_rot: tuple[float, float, float, float] | None = None,
         soft_delays: dict[str, float] | None = None,
         output_dir: str | None = None,
+        *,
+        limits: SeqLimits | None = None,
     ) -> Sequence:
         """Read a Pulseq ``.seq`` file (format 1.2–1.5) into a sequence.
 
@@ -887,11 +891,16 @@ class Sequence(list):
         larmor_hz, fov_scale, fov_pos, fov_rot, soft_delays, output_dir
             Options of MR-zero 1.2's importer that mr0core does not implement: only ``None`` is
             accepted (anything else raises :class:`NotImplementedError`).
+        limits
+            Bounds on what the file may make the reader and the conversion allocate
+            (:class:`mr0core.pulseq.SeqLimits`); default ``mr0core.pulseq.DEFAULT_SEQ_LIMITS``.
 
         Raises
         ------
         mr0core.pulseq.SeqFormatError
             The file is malformed; the message names the file, the line and the problem.
+        mr0core.pulseq.SeqLimitError
+            The file needs more than ``limits`` allow (names the limit, its value and the line).
         NotImplementedError
             A ``.dsv`` option or one of the unimplemented MR-zero 1.2 options was set.
         """
@@ -919,7 +928,7 @@ class Sequence(list):
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            parsed = read_seq(file_name)
+            parsed = read_seq(file_name, limits=limits)
             seq = seq_to_sequence(
                 parsed, exact_trajectories=exact_trajectories, default_shim=default_shim
             )
