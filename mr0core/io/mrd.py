@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence as SequenceABC
+from dataclasses import dataclass, fields
 from os import PathLike, fspath
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,17 @@ import torch
 
 from mr0core.recon.kdata import IDX_KEYS, AcqFlag, KData, as_sequence
 
-__all__ = ["MrdFormatError", "kdata_from_acquisitions", "parse_header", "read_mrd", "sig_to_mrd"]
+__all__ = [
+    "DEFAULT_MATRIX_LIMITS",
+    "MatrixLimits",
+    "MrdFormatError",
+    "MrdHeaderError",
+    "check_matrix",
+    "kdata_from_acquisitions",
+    "parse_header",
+    "read_mrd",
+    "sig_to_mrd",
+]
 
 GAMMA_1H_HZ_T = 42.577478e6
 DEFAULT_FIELD_T = 3.0
@@ -64,6 +75,173 @@ _TRAJ_FROM_MRD = {
 
 class MrdFormatError(ValueError):
     """A file that is not (valid) ISMRMRD raw data; the message names the file and the problem."""
+
+
+class MrdHeaderError(MrdFormatError):
+    """The header's matrices ask for more than :class:`MatrixLimits` allow.
+
+    Attributes
+    ----------
+    field
+        The header field, e.g. ``"encoding[0].encodedSpace.matrixSize"``, or ``"grid bytes"``.
+    value
+        What the header asks for (a matrix, or a count).
+    limit
+        The name of the :class:`MatrixLimits` field.
+    bound
+        Its value.
+    """
+
+    def __init__(
+        self, where: str, field: str, value: Any, limit: str, bound: int, what: str
+    ) -> None:
+        self.field = field
+        self.value = value
+        self.limit = limit
+        self.bound = bound
+        super().__init__(f"{where}: {field} {value}: {what} is more than the limit {limit}={bound}")
+
+
+@dataclass(frozen=True)
+class MatrixLimits:
+    """Bounds on the matrices an ISMRMRD header may ask the recon to allocate.
+
+    The Cartesian recon grids the data on the encoded matrix, one complex64 grid per coil and per
+    (repetition/set/phase, contrast, slice) group, then transforms at the recon matrix; the NUFFT
+    grids on the recon matrix oversampled 2x per axis. The defaults keep that below 1 GiB per
+    buffer (16 sessions on a 24 GiB machine) and accept matrices up to 512 x 512 x 256.
+
+    Attributes
+    ----------
+    max_dim
+        Each of x, y, z of the encoded and the recon matrix.
+    max_voxels
+        x · y · z of the encoded and of the recon matrix.
+    max_grid_bytes
+        Estimated bytes of the k-space grid the recon allocates:
+        ``groups · voxels · (coils · GRID_BYTES_PER_CELL_COIL + GRID_BYTES_PER_CELL)`` with the
+        larger of the encoded and (non-Cartesian: 2^d-oversampled) recon voxels.
+    """
+
+    max_dim: int = 4096
+    max_voxels: int = 1 << 26
+    max_grid_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise TypeError(f"MatrixLimits.{f.name} must be an int, got {value!r}")
+            if value < 1:
+                raise ValueError(f"MatrixLimits.{f.name} must be >= 1, got {value}")
+
+
+DEFAULT_MATRIX_LIMITS = MatrixLimits()
+"""The bounds used when no ``limits`` are given (see :class:`MatrixLimits`)."""
+
+GRID_BYTES_PER_CELL_COIL = 40
+"""Recon bytes per grid cell and coil: the complex64 accumulator, its normalised copy, the
+transform and its shifted copies (measured 27–36 bytes, peak RSS of ``reconstruct``)."""
+GRID_BYTES_PER_CELL = 16
+"""Recon bytes per grid cell whatever the coils: sample counts (int64, float32) and the mask."""
+
+
+def _matrix_of(space: Any, name: str, where: str) -> tuple[int, int, int]:
+    size = getattr(space, "matrixSize", None) if space is not None else None
+    if size is None:
+        raise MrdFormatError(f"{where}: the header's {name} has no matrixSize")
+    values = []
+    for axis in ("x", "y", "z"):
+        v = getattr(size, axis, None)
+        if v is None or isinstance(v, bool) or int(v) != v:
+            raise MrdFormatError(f"{where}: {name}.matrixSize.{axis} is not an integer: {v!r}")
+        values.append(int(v))
+    return (values[0], values[1], values[2])
+
+
+def check_matrix(
+    header: Any,
+    coils: int | None = None,
+    groups: int = 1,
+    limits: MatrixLimits | None = None,
+    where: str = "header",
+) -> int:
+    """Check the encoded and recon matrices of a parsed header against ``limits``.
+
+    Cheap; call it when the header arrives, before any acquisition is buffered (``coils`` from
+    the header), and again when the data are known (:func:`kdata_from_acquisitions` and
+    :func:`read_mrd` do, with the real coils and groups).
+
+    Parameters
+    ----------
+    header
+        A parsed ``ismrmrd.xsd.ismrmrdHeader`` (:func:`parse_header`); ``encoding[0]`` is checked.
+    coils
+        Receive channels; default the header's ``acquisitionSystemInformation.receiverChannels``,
+        else 1.
+    groups
+        Separate grids (repetition/set/phase × contrast × slice) the data fill.
+    limits
+        Default :data:`DEFAULT_MATRIX_LIMITS`.
+    where
+        What the header belongs to, for the message.
+
+    Returns
+    -------
+    int
+        The estimated grid bytes.
+
+    Raises
+    ------
+    MrdHeaderError
+        A dimension, a matrix's voxels or the grid bytes exceed ``limits``; the message names the
+        header field, its value and the limit.
+    MrdFormatError
+        The header has no encoding or a matrix is not three positive integers.
+    """
+    limits = DEFAULT_MATRIX_LIMITS if limits is None else limits
+    if not isinstance(limits, MatrixLimits):
+        raise TypeError(f"limits must be a MatrixLimits or None, got {type(limits).__name__}")
+    encodings = getattr(header, "encoding", None)
+    if not encodings:
+        raise MrdFormatError(f"{where}: the header has no encoding section")
+    enc = encodings[0]
+    if coils is None:
+        system = getattr(header, "acquisitionSystemInformation", None)
+        channels = getattr(system, "receiverChannels", None) if system is not None else None
+        coils = int(channels) if channels else 1
+    if coils < 1 or groups < 1:
+        raise ValueError(f"coils and groups must be >= 1, got {coils}, {groups}")
+    matrices: dict[str, tuple[int, int, int]] = {}
+    for name in ("encodedSpace", "reconSpace"):
+        field = f"encoding[0].{name}.matrixSize"
+        matrix = _matrix_of(getattr(enc, name, None), f"encoding[0].{name}", where)
+        if min(matrix) < 1:
+            raise MrdFormatError(f"{where}: {field} must be positive, got {matrix}")
+        if max(matrix) > limits.max_dim:
+            raise MrdHeaderError(
+                where, field, matrix, "max_dim", limits.max_dim, f"dimension {max(matrix)}"
+            )
+        voxels = math.prod(matrix)
+        if voxels > limits.max_voxels:
+            raise MrdHeaderError(
+                where, field, matrix, "max_voxels", limits.max_voxels, f"{voxels} voxels"
+            )
+        matrices[name] = matrix
+    e_mat, r_mat = matrices["encodedSpace"], matrices["reconSpace"]
+    traj = getattr(enc.trajectory, "value", enc.trajectory)
+    recon = math.prod(r_mat)
+    if str(traj).lower() != "cartesian":  # the NUFFT's grid is oversampled 2x per axis
+        recon *= 8 if r_mat[2] > 1 else 4
+    cells = groups * max(math.prod(e_mat), recon)
+    needed = cells * (coils * GRID_BYTES_PER_CELL_COIL + GRID_BYTES_PER_CELL)
+    if needed > limits.max_grid_bytes:
+        raise MrdHeaderError(
+            where, "encoding[0].encodedSpace/reconSpace.matrixSize", f"{e_mat}/{r_mat}",
+            "max_grid_bytes", limits.max_grid_bytes,
+            f"with {coils} coils and {groups} groups, {needed} grid bytes",
+        )  # fmt: skip
+    return needed
 
 
 # -------------------------------------------------------------------------------------------
@@ -346,12 +524,24 @@ def _parse_header(where: str, xml: str | bytes) -> Any:
     return header
 
 
+def _grid_groups(head: Any, img: np.ndarray) -> int:
+    """Return the number of Cartesian grids the imaging acquisitions fill.
+
+    Distinct (repetition, set, phase) x distinct contrasts x distinct slices, as
+    :func:`mr0core.recon.cartesian.cartesian_kspace` grids them.
+    """
+    idx = head["idx"][img]
+    volumes = np.unique(np.stack([idx["repetition"], idx["set"], idx["phase"]], axis=1), axis=0)
+    return len(volumes) * len(np.unique(idx["contrast"])) * len(np.unique(idx["slice"]))
+
+
 def _kdata_from_arrays(
     where: str,
     header: Any,
     head: Any,
     data: list[np.ndarray],
     traj: list[np.ndarray | None],
+    limits: MatrixLimits | None = None,
 ) -> KData:
     """Build :class:`KData` from acquisition headers and arrays (the shared part of reading).
 
@@ -369,6 +559,8 @@ def _kdata_from_arrays(
         ISMRMRD order (``[channels, samples]``).
     traj
         Per acquisition, its trajectory as a flat float32 array (``[samples, dims]``) or None.
+    limits
+        Bounds on the header's matrices (:func:`check_matrix`, with the data's coils and groups).
     """
     n_acq = len(head)
     if n_acq == 0:
@@ -420,6 +612,7 @@ def _kdata_from_arrays(
     if len(coils) != 1:
         raise MrdFormatError(f"{where}: acquisitions have different channel counts {sorted(coils)}")
     n_coils = coils.pop()
+    check_matrix(header, n_coils, _grid_groups(head, img), limits, where)
     noise = None
     if is_noise.any():
         noise_blocks = [
@@ -518,7 +711,9 @@ def check_raw_file(path: str | PathLike[str], group: str = "dataset") -> Path:
     return path
 
 
-def read_mrd(path: str | PathLike[str], group: str = "dataset") -> KData:
+def read_mrd(
+    path: str | PathLike[str], group: str = "dataset", *, limits: MatrixLimits | None = None
+) -> KData:
     """Read ISMRMRD raw data into :class:`~mr0core.recon.kdata.KData`.
 
     Parameters
@@ -527,6 +722,9 @@ def read_mrd(path: str | PathLike[str], group: str = "dataset") -> KData:
         The HDF5 file.
     group
         The dataset group inside it.
+    limits
+        Bounds on the header's matrices (:class:`MatrixLimits`); default
+        :data:`DEFAULT_MATRIX_LIMITS`.
 
     Returns
     -------
@@ -543,6 +741,8 @@ def read_mrd(path: str | PathLike[str], group: str = "dataset") -> KData:
         If there is no such file.
     MrdFormatError
         If it is not HDF5, lacks the group, header or acquisitions, or sizes do not match.
+    MrdHeaderError
+        If the header's matrices exceed ``limits`` (an :class:`MrdFormatError` too).
     """
     import h5py
 
@@ -565,6 +765,7 @@ def read_mrd(path: str | PathLike[str], group: str = "dataset") -> KData:
         acqs["head"],
         [acqs["data"][i] for i in range(len(acqs))],
         [acqs["traj"][i] if has_traj else None for i in range(len(acqs))],
+        limits,
     )
 
 
@@ -572,6 +773,8 @@ def kdata_from_acquisitions(
     header: str | bytes | Any,
     acquisitions: SequenceABC[Any],
     source: str = "acquisitions",
+    *,
+    limits: MatrixLimits | None = None,
 ) -> KData:
     """Build :class:`~mr0core.recon.kdata.KData` from ``ismrmrd.Acquisition`` objects.
 
@@ -587,6 +790,9 @@ def kdata_from_acquisitions(
         dropped; ``kspace`` (1/m) is set when every imaging acquisition carries a trajectory.
     source
         What the data are, for error messages.
+    limits
+        Bounds on the header's matrices (:class:`MatrixLimits`); default
+        :data:`DEFAULT_MATRIX_LIMITS`.
 
     Returns
     -------
@@ -598,6 +804,8 @@ def kdata_from_acquisitions(
     MrdFormatError
         If the header does not parse or has no encoding, there are no (imaging) acquisitions,
         an item is not an acquisition, or sizes do not match.
+    MrdHeaderError
+        If the header's matrices exceed ``limits`` (an :class:`MrdFormatError` too).
     """
     import ismrmrd
 
@@ -622,4 +830,4 @@ def kdata_from_acquisitions(
         np.asarray(acq.traj, dtype=np.float32) if acq.trajectory_dimensions else None
         for acq in acqs
     ]
-    return _kdata_from_arrays(source, parsed, head, data, traj)
+    return _kdata_from_arrays(source, parsed, head, data, traj, limits)
