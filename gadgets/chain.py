@@ -65,6 +65,7 @@ __all__ = [
     "applicable_overrides",
     "available_chains",
     "chain_path",
+    "chain_takes_images",
     "chain_text",
     "load_chain",
     "parse_chain",
@@ -283,6 +284,16 @@ def applicable_overrides(
         else:
             dropped.append(str(key))
     return kept, dropped
+
+
+def chain_takes_images(spec: ChainSpec) -> bool:
+    """Whether a chain takes images sent by the client: every gadget's class says so.
+
+    See :attr:`gadgets.core.Gadget.takes_images`; an unknown class counts as no.
+    """
+    return all(
+        (cls := REGISTRY.get(g.classname)) is not None and cls.takes_images for g in spec.gadgets
+    )
 
 
 def _guard(gadget: Gadget, upstream: Iterator[Item]) -> Iterator[Item]:

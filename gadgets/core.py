@@ -254,6 +254,10 @@ class Gadget:
     properties: ClassVar[dict[str, Property]] = {}
     aliases: ClassVar[tuple[str, ...]] = ()
     """Further class names (e.g. Gadgetron's) under which :func:`register` files the class."""
+    takes_images: ClassVar[bool] = False
+    """Whether the gadget is right for images sent by the client. The server refuses a
+    client's image (``ERROR``) unless every gadget of the chain says so: a reconstruction
+    chain would otherwise finish and label a client's image as its own."""
 
     def __init__(self, context: Context, name: str = "", **properties: Any) -> None:
         self.context = context

@@ -36,12 +36,16 @@ as ``int32`` (values must fit).
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import math
+import os
 import select
 import socket
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -61,6 +65,9 @@ __all__ = [
     "MessageReader",
     "MessageWriter",
     "ProtocolError",
+    "RateWindow",
+    "ReadPace",
+    "SlowPeerError",
 ]
 
 
@@ -83,6 +90,24 @@ class ProtocolError(Exception):
     The message names what was wrong and the offending number, never the payload itself, so
     ``str(error)`` is safe and useful to send back to the client.
     """
+
+
+class SlowPeerError(ProtocolError):
+    """The peer broke a time bound (:class:`ReadPace`, :class:`RateWindow`).
+
+    A deadline passed, a message arrived under the minimum rate, the peer took no data for
+    the socket's timeout, or the wait was cancelled (the server evicts the connection or
+    stops). Like every :class:`ProtocolError`, ``str(error)`` is safe to send to the client.
+
+    Attributes
+    ----------
+    bound
+        Which bound: ``deadline``, ``idle``, ``rate``, ``send`` or ``cancelled``.
+    """
+
+    def __init__(self, message: str, bound: str) -> None:
+        super().__init__(message)
+        self.bound = bound
 
 
 @dataclass(frozen=True)
@@ -209,6 +234,219 @@ def _describe(size: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# time bounds
+
+
+class RateWindow:
+    """Bytes moved over a sliding window of time, to hold a transfer to a minimum rate.
+
+    A transfer (one message being read, one flush being sent) runs from :meth:`start` to
+    :meth:`stop`. Once it has run for ``window_s``, the bytes moved in the last ``window_s``
+    must reach ``min_rate * window_s``: the rate is measured over the window, not per system
+    call, so a peer that sends one byte per call cannot pass.
+
+    Parameters
+    ----------
+    min_rate
+        Bytes per second, on average over the window (0: no minimum).
+    window_s
+        Length of the window (s).
+
+    Raises
+    ------
+    ValueError
+        A negative or non-finite rate, or a window that is not positive.
+    """
+
+    _BUCKET_S = 0.25  # bytes are counted in buckets of this length (s)
+
+    def __init__(self, min_rate: float = 0.0, window_s: float = 10.0) -> None:
+        if not (math.isfinite(min_rate) and min_rate >= 0):
+            raise ValueError(f"min_rate must be a finite number >= 0 (bytes/s), got {min_rate}")
+        if not (math.isfinite(window_s) and window_s > 0):
+            raise ValueError(f"window_s must be a finite number > 0 (s), got {window_s}")
+        self.min_rate = float(min_rate)
+        self.window_s = float(window_s)
+        self.since: float | None = None
+        """Start of the transfer under way (``time.monotonic``), None between transfers."""
+        self._buckets: deque[list[float]] = deque()  # [bucket start (s), bytes]
+
+    def start(self, now: float) -> None:
+        """Begin a transfer (no change when one is under way)."""
+        if self.since is None:
+            self.since = now
+
+    def stop(self) -> None:
+        """End the transfer under way."""
+        self.since = None
+
+    def add(self, nbytes: int, now: float) -> None:
+        """Count ``nbytes`` moved at time ``now`` (``time.monotonic``, s)."""
+        buckets = self._buckets
+        if buckets and now - buckets[-1][0] < self._BUCKET_S:
+            buckets[-1][1] += nbytes
+        else:
+            buckets.append([now, nbytes])
+        horizon = now - self.window_s - self._BUCKET_S
+        while buckets[0][0] < horizon:
+            buckets.popleft()
+
+    def moved(self, now: float) -> int:
+        """Bytes moved in the window that ends at ``now`` (a partly covered bucket counts)."""
+        horizon = now - self.window_s - self._BUCKET_S
+        return int(sum(n for t, n in self._buckets if t >= horizon))
+
+    def check(self, now: float, what: str) -> None:
+        """Raise :class:`SlowPeerError` if the transfer under way is below the minimum rate.
+
+        ``what`` names the transfer in the message (e.g. ``"sending"``).
+        """
+        if not self.min_rate or self.since is None or now - self.since < self.window_s:
+            return
+        moved = self.moved(now)
+        if moved < self.min_rate * self.window_s:
+            raise SlowPeerError(
+                f"{what}: {moved} bytes in the last {self.window_s:g} s, under the minimum "
+                f"rate of {self.min_rate:g} bytes/s",
+                "rate",
+            )
+
+    def shift(self, seconds: float) -> None:
+        """Move the transfer's start and the counted bytes ``seconds`` later.
+
+        For a pause that was not the peer's doing (the consumer stopped reading): the window
+        then looks back over time the peer was really being waited on.
+        """
+        if self.since is not None:
+            self.since += seconds
+        for bucket in self._buckets:
+            bucket[0] += seconds
+
+
+class ReadPace:
+    """Time bounds on reading one connection: a deadline, an idle limit, a minimum rate.
+
+    :class:`SocketSource` calls :meth:`check` before each wait for bytes and waits at most
+    :meth:`wait_ms` before checking again; :class:`MessageReader` says where message
+    boundaries are. A :meth:`cancel` from another thread ends a wait at once.
+
+    Parameters
+    ----------
+    idle_s
+        Longest wait for the next message to begin (s; None: no limit).
+    min_rate, window_s
+        While a message is partly read, the bytes received in the last ``window_s`` seconds
+        must reach ``min_rate * window_s`` (see :class:`RateWindow`; 0: no minimum).
+
+    Notes
+    -----
+    A peer that is idle *between* messages is held only to ``idle_s``: a scanner sends each
+    acquisition whole as it is acquired and may pause for seconds between them. A peer that
+    trickles bytes *inside* a message (slowloris) is held to the rate.
+    """
+
+    _MAX_WAIT_S = 1.0
+
+    def __init__(
+        self, idle_s: float | None = None, min_rate: float = 0.0, window_s: float = 10.0
+    ) -> None:
+        if idle_s is not None and not idle_s > 0:
+            raise ValueError(f"idle_s must be > 0 s or None, got {idle_s}")
+        self.idle_s = idle_s
+        self.rate = RateWindow(min_rate, window_s)
+        self._deadline: float | None = None
+        self._deadline_what = ""
+        self._deadline_s = 0.0
+        self._idle_since = time.monotonic()
+        self._in_message = False
+        self._cancelled: str | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+
+    @property
+    def wake_fd(self) -> int:
+        """A descriptor that becomes readable when :meth:`cancel` is called."""
+        return self._wake_r
+
+    def set_deadline(self, seconds: float, what: str) -> None:
+        """Require ``what`` (e.g. ``"the config and header"``) within ``seconds`` from now."""
+        self._deadline = time.monotonic() + seconds
+        self._deadline_s = seconds
+        self._deadline_what = what
+
+    def clear_deadline(self) -> None:
+        """Drop the deadline (what it was for has arrived)."""
+        self._deadline = None
+
+    def message_started(self) -> None:
+        """Note a message's first bytes: the minimum rate applies until it is whole."""
+        self._in_message = True
+        self.rate.start(time.monotonic())
+
+    def message_done(self) -> None:
+        """Note a whole message: the idle limit applies until the next one begins."""
+        self._in_message = False
+        self.rate.stop()
+        self._idle_since = time.monotonic()
+
+    def received(self, nbytes: int) -> None:
+        """Count bytes received."""
+        self.rate.add(nbytes, time.monotonic())
+
+    def cancel(self, reason: str) -> None:
+        """End the reading from another thread: the next check raises ``reason``."""
+        self._cancelled = reason
+        with contextlib.suppress(OSError):  # a full pipe already wakes the reader
+            os.write(self._wake_w, b"x")
+
+    @property
+    def cancelled(self) -> str | None:
+        """The reason given to :meth:`cancel`, if it was called."""
+        return self._cancelled
+
+    def check(self) -> None:
+        """Raise :class:`SlowPeerError` if a bound is broken or the reading was cancelled."""
+        if self._cancelled is not None:
+            raise SlowPeerError(self._cancelled, "cancelled")
+        now = time.monotonic()
+        if self._deadline is not None and now >= self._deadline:
+            raise SlowPeerError(
+                f"{self._deadline_what} did not arrive within {self._deadline_s:g} s", "deadline"
+            )
+        if self._in_message:
+            self.rate.check(now, "a message arrived too slowly")
+        elif self.idle_s is not None and now - self._idle_since >= self.idle_s:
+            raise SlowPeerError(f"no message for {self.idle_s:g} s", "idle")
+
+    def paused(self, seconds: float) -> None:
+        """Leave out ``seconds`` the reader spent not reading (its consumer was busy).
+
+        The idle time and the rate window then count only time spent waiting on the peer.
+        The deadline is not moved.
+        """
+        if seconds > 0:
+            self._idle_since += seconds
+            self.rate.shift(seconds)
+
+    def wait_ms(self) -> int:
+        """How long to wait for bytes before checking again (ms)."""
+        now = time.monotonic()
+        wait = self._MAX_WAIT_S
+        if self._deadline is not None:
+            wait = min(wait, self._deadline - now)
+        if not self._in_message and self.idle_s is not None:
+            wait = min(wait, self._idle_since + self.idle_s - now)
+        return max(1, math.ceil(wait * 1000))
+
+    def close(self) -> None:
+        """Close the wake-up pipe."""
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+
+# --------------------------------------------------------------------------------------------
 # reading
 
 
@@ -223,26 +461,37 @@ class SocketSource:
     Parameters
     ----------
     sock
-        A connected stream socket; its timeout applies to every wait.
+        A connected stream socket; without ``pace`` its timeout applies to every wait.
     size
         Buffer size in bytes.
     on_wait
         Called before each wait for bytes that have not arrived yet.
+    pace
+        Time bounds on the waits (:class:`ReadPace`); the socket's own timeout then plays no
+        part in reading (it may bound sending instead).
     """
 
     def __init__(
-        self, sock: socket.socket, size: int, on_wait: Callable[[], None] | None = None
+        self,
+        sock: socket.socket,
+        size: int,
+        on_wait: Callable[[], None] | None = None,
+        pace: ReadPace | None = None,
     ) -> None:
         self._sock = sock
+        self._fd = sock.fileno()
         self._buf = bytearray(size)
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
         self._on_wait = on_wait
+        self._pace = pace
         self._poll: select.poll | None = None
-        if on_wait is not None:
+        if on_wait is not None or pace is not None:
             self._poll = select.poll()  # not select(): that fails for descriptors over 1023
             self._poll.register(sock, select.POLLIN)
+            if pace is not None:
+                self._poll.register(pace.wake_fd, select.POLLIN)
 
     def close(self) -> None:
         """Drop the buffer (the socket stays open)."""
@@ -250,11 +499,25 @@ class SocketSource:
         self._view = memoryview(self._buf)
         self._start = self._end = 0
 
+    def _ready(self, timeout_ms: int) -> bool:
+        """Whether the socket has bytes (or an end) within ``timeout_ms``."""
+        fd = self._fd
+        return any(ready == fd for ready, _ in self._poll.poll(timeout_ms))  # type: ignore[union-attr]
+
     def _recv(self, view: memoryview) -> int:
-        """One ``recv_into``; first tell ``on_wait`` if nothing has arrived."""
-        if self._poll is not None and not self._poll.poll(0):
-            self._on_wait()  # type: ignore[misc]
-        return self._sock.recv_into(view)
+        """One ``recv_into``; first tell ``on_wait`` if nothing has arrived, and keep ``pace``."""
+        pace = self._pace
+        if self._poll is not None and not self._ready(0):
+            if self._on_wait is not None:
+                self._on_wait()
+            if pace is not None:
+                pace.check()
+                while not self._ready(pace.wait_ms()):
+                    pace.check()
+        n = self._sock.recv_into(view)
+        if pace is not None:
+            pace.received(n)
+        return n
 
     def _refill(self, need: int) -> None:
         """Receive until at least ``need`` bytes are buffered, or the peer closes."""
@@ -324,6 +587,9 @@ class MessageReader:
         Sockets only: called (no arguments) each time the reader is about to block because no
         more bytes have arrived. A consumer that gathers messages in batches hands its batch on
         here, so that nothing waits for a message that has not been sent yet.
+    pace
+        Sockets only: time bounds on reading (:class:`ReadPace`); a broken bound is a
+        :class:`SlowPeerError` from :meth:`read`.
 
     Examples
     --------
@@ -336,13 +602,17 @@ class MessageReader:
         stream: BinaryIO | socket.socket,
         limits: Limits = DEFAULT_LIMITS,
         on_wait: Callable[[], None] | None = None,
+        pace: ReadPace | None = None,
     ) -> None:
         self.limits = limits
         stream_: BinaryIO | SocketSource
         if isinstance(stream, socket.socket):
-            stream_ = SocketSource(stream, _SOCKET_READ_BUFFER, on_wait)
+            stream_ = SocketSource(stream, _SOCKET_READ_BUFFER, on_wait, pace)
         else:
+            if pace is not None:
+                raise TypeError("pace applies to sockets only")
             stream_ = stream
+        self._pace = pace
         self._stream = stream_
         self._read = stream_.read
         self._readinto: Callable[[memoryview], int | None] | None = getattr(
@@ -376,11 +646,15 @@ class MessageReader:
             The stream ended cleanly before a message id.
         ProtocolError
             Unknown id, a length over :class:`Limits`, a stream cut inside the message, text
-            that is not UTF-8, malformed image attributes, an unknown pixel type.
+            that is not UTF-8, malformed image attributes, an unknown pixel type; a broken
+            time bound (:class:`SlowPeerError`, with ``pace``).
         """
         first = self._read(2)
         if not first:
             raise EOFError("end of stream before a message id")
+        pace = self._pace
+        if pace is not None:
+            pace.message_started()
         if len(first) < 2:
             rest = self._read(1)
             if not rest:
@@ -391,6 +665,8 @@ class MessageReader:
         if entry is None:
             raise ProtocolError(f"unknown message id {msg_id}")
         value, payload = entry[1]()
+        if pace is not None:
+            pace.message_done()
         return Message(entry[0], value, 2 + payload)
 
     def __iter__(self) -> Iterator[Message]:
@@ -672,12 +948,20 @@ class MessageWriter:
         them with one ``sendmsg`` instead of copying them into the buffer. The caller must not
         change an array it has written until the next flush. The server does this: an item a
         chain has yielded is no longer the gadgets' to change.
+    send_rate
+        Sockets only: hold each send to this minimum rate (:class:`RateWindow`), and bound
+        each wait for the peer to take data by the socket's timeout (a peer that never reads
+        is given up on after that long, not after ``sendall``'s whole-call timeout). A broken
+        bound is a :class:`SlowPeerError`.
 
     Attributes
     ----------
     bytes_written
         Bytes of the messages written so far (sent, or gathered to be sent). Counted without
         a lock: exact while one thread writes at a time, as the server's sessions do.
+    broken
+        The error that ended sending on a socket, if one did; every later write raises an
+        ``OSError`` at once instead of waiting on the peer again.
 
     Notes
     -----
@@ -693,9 +977,12 @@ class MessageWriter:
         attribute_nul: bool = False,
         buffer_size: int = 0,
         keep_arrays: bool = False,
+        send_rate: RateWindow | None = None,
     ) -> None:
         if buffer_size < 0:
             raise ValueError(f"buffer_size must be >= 0, got {buffer_size}")
+        if send_rate is not None and not isinstance(stream, socket.socket):
+            raise TypeError("send_rate applies to sockets only")
         self.nul_terminate = nul_terminate
         self.attribute_nul = attribute_nul
         self._stream = stream
@@ -713,6 +1000,8 @@ class MessageWriter:
         self._parts: list[bytes | memoryview] = []
         self._parts_bytes = 0
         self.bytes_written = 0  # message bytes handed to write (sent, or gathered to be sent)
+        self._rate = send_rate
+        self.broken: BaseException | None = None
 
     # -- public -------------------------------------------------------------------------------
 
@@ -932,7 +1221,7 @@ class MessageWriter:
         else:
             data = b"".join(parts)
             with self._lock:
-                self._stream.sendall(data)  # type: ignore[union-attr]
+                self._sock_sendall(data)
 
     def _send_pending(self) -> None:
         """Send the gathered bytes (the lock is held by the caller)."""
@@ -947,9 +1236,25 @@ class MessageWriter:
     def _send_now(self, data: bytes | memoryview) -> None:
         """Send one block, whole (the lock is held by the caller)."""
         if self._is_socket:
-            self._stream.sendall(data)  # type: ignore[union-attr]
+            self._sock_sendall(data)
         else:
             self._write_file(data)
+
+    def _sock_sendall(self, data: bytes | memoryview) -> None:
+        """Send one block to the socket, whole (under ``send_rate`` when there is one)."""
+        if self._rate is not None and self._has_sendmsg:
+            self._sendmsg_all([data])
+            return
+        if self.broken is not None:
+            raise OSError(f"sending failed before: {self.broken}")
+        try:
+            if self._rate is None:
+                self._stream.sendall(data)  # type: ignore[union-attr]
+            else:  # pragma: no cover - a socket without sendmsg (not on Linux)
+                self._sendmsg_all([data])
+        except OSError as exc:
+            self.broken = exc
+            raise
 
     def _write_file(self, data: bytes | bytearray) -> None:
         """Write ``data`` to a file-like stream, continuing after short writes."""
@@ -959,11 +1264,35 @@ class MessageWriter:
 
     def _sendmsg_all(self, parts: list[bytes | memoryview]) -> None:
         """``sendmsg`` the parts without joining them, continuing after short sends."""
+        if self.broken is not None:
+            raise OSError(f"sending failed before: {self.broken}")
+        rate = self._rate
+        if rate is not None:
+            rate.start(time.monotonic())
+        try:
+            self._sendmsg_parts(parts, rate)
+        except (OSError, SlowPeerError) as exc:
+            self.broken = exc
+            raise
+        finally:
+            if rate is not None:
+                rate.stop()
+
+    def _sendmsg_parts(self, parts: list[bytes | memoryview], rate: RateWindow | None) -> None:
         sock: socket.socket = self._stream  # type: ignore[assignment]
         views = [memoryview(p) for p in parts if len(p)]
         first = 0  # views before this one are sent
         while first < len(views):
-            sent = sock.sendmsg(views[first:] if first else views)
+            try:
+                sent = sock.sendmsg(views[first:] if first else views)
+            except TimeoutError:
+                raise SlowPeerError(
+                    f"the client took no data for {sock.gettimeout():g} s", "send"
+                ) from None
+            if rate is not None:
+                now = time.monotonic()
+                rate.add(sent, now)
+                rate.check(now, "the client took the answer too slowly")
             while sent:
                 n = len(views[first])
                 if sent >= n:

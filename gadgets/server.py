@@ -24,7 +24,37 @@ blocks the client). A batch is handed over when it is full or when the reader wo
 network (:class:`gadgets.protocol.SocketSource`), so batching never delays an item that has
 arrived; one hand-over per item between two threads would cost more than parsing the item.
 Every size is bounded: each message by :class:`gadgets.protocol.Limits`, the session by
-``max_session_bytes``, the session count by ``max_sessions``.
+``max_session_bytes``, the session count by ``max_sessions``, a JSON parameter text by
+:data:`MAX_JSON_DEPTH` levels of nesting and :data:`MAX_JSON_NUMBER_CHARS` characters per number.
+
+Slots and time (no peer can hold the server by being idle or slow; option, default):
+
+- A new connection waits in a *pending* pool (``--max-pending``, 64), not in a session slot,
+  until its config and header have arrived. They must arrive within ``--preamble-timeout``
+  (30 s). When the pool is full, the connection that has waited longest is evicted (it gets
+  ``ERROR: evicted …``), so idle sockets cannot keep a real client out.
+- With its header in, the connection takes one of ``--max-sessions`` (16) slots, at most
+  ``--max-per-peer`` (8; 0: no limit) of them per client address; over either it gets
+  ``ERROR: server busy …``.
+- After that, a message that has begun must keep arriving at ``--min-rate`` (1024 bytes/s)
+  on average over ``--rate-window`` (10 s), measured over the window, not per ``recv``; between
+  messages a client may be idle for ``--idle-timeout`` (600 s; a scanner sends each
+  acquisition whole, as it is acquired). Time the server spends not reading (its chain is
+  busy) is not counted against the client.
+- Sending waits at most ``--send-timeout`` (60 s) for a client to take data, and the answer
+  must go out at the same minimum rate: a client that never reads is given up on.
+
+Every failure reaches the client as ``ERROR: …`` and a close, never as a reset: a bound
+broken, a malformed message, or a bug (logged with its traceback, counted as outcome
+``crash``). After an error the server half-closes and reads what the client still sends
+(up to 4 MiB, 1 s) before it closes, so that the answer is not destroyed by a reset.
+
+Acquisitions (and client images) with NaN or Inf samples are passed on, with one
+``WARNING: …`` text to the client per session and the metric
+``mr0_mrd_nonfinite_items_total``. An image sent by the client is refused (``ERROR``) unless
+every gadget of the chain takes client images (:attr:`gadgets.core.Gadget.takes_images`: the
+``passthrough`` and ``savedata`` chains); client images are never shown on the status page,
+which keeps thumbnails of images the server produced.
 
 SIGTERM (or :meth:`MrdServer.shutdown`) stops accepting connections and lets the sessions in
 flight finish (up to ``grace_s``).
@@ -42,7 +72,9 @@ import contextlib
 import ctypes
 import json
 import logging
+import math
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -51,12 +83,14 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ismrmrd
+import numpy as np
 
 from mr0core.clitools import exit_quietly_on_closed_pipe
 from mr0core.io.mrd import parse_header
@@ -67,22 +101,44 @@ from .chain import (
     Chain,
     ChainError,
     applicable_overrides,
+    available_chains,
+    chain_takes_images,
     chain_text,
     parse_chain,
 )
 from .core import Context, GadgetError, Text
 from .jobs import JobRunner
-from .protocol import Limits, Message, MessageId, MessageReader, MessageWriter, ProtocolError
+from .protocol import (
+    Limits,
+    Message,
+    MessageId,
+    MessageReader,
+    MessageWriter,
+    ProtocolError,
+    RateWindow,
+    ReadPace,
+    SlowPeerError,
+)
 from .status import StatusBoard, StatusHttpServer
 from .store import Store
 
-__all__ = ["MrdServer", "ServerConfig", "main"]
+__all__ = ["MAX_JSON_DEPTH", "MAX_JSON_NUMBER_CHARS", "MrdServer", "ServerConfig", "main"]
 
 log = logging.getLogger("mr0.server")
 
 _END = object()  # end of the session's input
 _ABORT = object()  # the input failed: stop the chain without finishing it
 _FLUSH_S = 0.05  # longest time output waits in the buffer while the chain works through a batch
+_DRAIN_BYTES = 4 * 2**20  # after an error: input read (and dropped) before the close, at most
+_DRAIN_S = 1.0  # ... and for at most this long
+_DRAIN_QUIET_S = 0.25  # ... or until the client has sent nothing for this long
+_DRAINING = threading.BoundedSemaphore(32)  # sessions draining at once
+
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays and objects accepted in a JSON parameter text."""
+
+MAX_JSON_NUMBER_CHARS = 64
+"""Longest number literal accepted in a JSON parameter text (characters)."""
 
 
 @dataclass
@@ -92,6 +148,12 @@ class ServerConfig:
     ``allow``: MRD client networks (empty: any client). ``http_port`` None: no HTTP port;
     ``http_token``: required for a non-loopback ``http_host``. ``previews``: thumbnails kept
     for the status page (0: none).
+
+    Slots and time (see the module docstring): ``max_pending`` connections may wait for their
+    config and header, for ``preamble_timeout_s`` each; ``max_sessions`` admitted sessions,
+    ``max_per_peer`` per client address (0: no limit); ``min_rate`` (bytes/s over
+    ``rate_window_s``) inside a message and while sending; ``idle_timeout_s`` between
+    messages; ``send_timeout_s`` for the client to take data.
     """
 
     host: str = "127.0.0.1"
@@ -114,6 +176,12 @@ class ServerConfig:
     ray_address: str | None = None
     limits: Limits = field(default_factory=Limits)
     max_sessions: int = 16
+    max_pending: int = 64
+    max_per_peer: int = 8
+    preamble_timeout_s: float = 30.0
+    min_rate: float = 1024.0
+    rate_window_s: float = 10.0
+    send_timeout_s: float = 60.0
     max_session_bytes: int = 8 * 2**30
     queue_items: int = 256
     batch_items: int = 32
@@ -132,6 +200,21 @@ class _Preamble:
     overrides: dict[str, Any]
     background: bool = False
     lenient: bool = False  # FIRE/OpenRecon parameters: keep only what the chain has
+
+
+def _check_config(cfg: ServerConfig) -> None:
+    """Raise ValueError naming the first setting of ``cfg`` that is out of range."""
+    for name in ("max_sessions", "max_pending"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.max_per_peer < 0:
+        raise ValueError(f"max_per_peer must be >= 0 (0: no limit), got {cfg.max_per_peer}")
+    for name in ("preamble_timeout_s", "rate_window_s", "send_timeout_s", "idle_timeout_s"):
+        value = getattr(cfg, name)
+        if not (value > 0 and value != float("inf")):
+            raise ValueError(f"{name} must be a finite number of seconds > 0, got {value}")
+    if not (cfg.min_rate >= 0 and cfg.min_rate != float("inf")):
+        raise ValueError(f"min_rate must be a finite number >= 0 (bytes/s), got {cfg.min_rate}")
 
 
 class SessionError(Exception):
@@ -163,7 +246,9 @@ class MrdServer:
         self.http: StatusHttpServer | None = None
         self._listener: socket.socket | None = None
         self._accepting = threading.Event()
-        self._sessions: dict[str, threading.Thread] = {}
+        self._sessions: dict[str, threading.Thread] = {}  # every connection's thread
+        self._pending: dict[str, ReadPace] = {}  # waiting for their preamble, oldest first
+        self._admitted: dict[str, str] = {}  # session id -> client address
         self._lock = threading.Lock()
         self.address: tuple[str, int] | None = None
         self.sessions_served = 0
@@ -185,8 +270,11 @@ class MrdServer:
         ------
         AccessError
             The HTTP port would bind a non-loopback address without a token.
+        ValueError
+            A setting of :class:`ServerConfig` is out of range.
         """
         cfg = self.config
+        _check_config(cfg)
         if not cfg.chains_dir.is_dir():
             raise FileNotFoundError(f"chain folder not found: {cfg.chains_dir}")
         if cfg.http_port is not None and cfg.http_token is None and not is_loopback(cfg.http_host):
@@ -258,11 +346,17 @@ class MrdServer:
             time.sleep(0.2)
 
     def shutdown(self, grace_s: float | None = None) -> None:
-        """Stop accepting; wait up to ``grace_s`` for the sessions in flight to finish."""
+        """Stop accepting; wait up to ``grace_s`` for the sessions in flight to finish.
+
+        Connections still waiting for their config and header are ended at once (``ERROR``).
+        """
         self._accepting.clear()
         if self._listener is not None:
             with contextlib.suppress(OSError):
                 self._listener.close()
+        with self._lock:  # cancel under the lock: a pace leaves the pool before it is closed
+            for pace in self._pending.values():
+                pace.cancel("the server is shutting down")
         deadline = time.monotonic() + (self.config.grace_s if grace_s is None else grace_s)
         for thread in list(self._sessions.values()):
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -281,9 +375,19 @@ class MrdServer:
         log.info("stopped", extra={"event": "stop", "unfinished_sessions": left})
 
     def active_sessions(self) -> int:
-        """Sessions in flight."""
+        """Count the connections in flight: admitted sessions and those still pending."""
         with self._lock:
             return len(self._sessions)
+
+    def admitted_sessions(self) -> int:
+        """Count the sessions holding a slot (their config and header have arrived)."""
+        with self._lock:
+            return len(self._admitted)
+
+    def pending_connections(self) -> int:
+        """Count the connections waiting for their config and header (holding no slot)."""
+        with self._lock:
+            return len(self._pending)
 
     # -- connections ----------------------------------------------------------------------------
 
@@ -302,46 +406,137 @@ class MrdServer:
                             extra={"event": "reject", "peer": f"{peer[0]}"})  # fmt: skip
                 _refuse(conn, f"ERROR: client address {peer[0]} is not allowed")
                 continue
-            sid = uuid.uuid4().hex[:12]
-            with self._lock:
-                busy = len(self._sessions) >= self.config.max_sessions
-                if not busy:
-                    thread = threading.Thread(
-                        target=self._run_session, args=(conn, peer, sid), name=f"mr0-{sid}",
-                        daemon=True,
-                    )  # fmt: skip
-                    self._sessions[sid] = thread
-            if busy:
-                self.board.refused.labels("busy").inc()
-                log.warning("busy", extra={"event": "reject", "peer": f"{peer}"})
-                _refuse(conn, f"ERROR: server busy ({self.config.max_sessions} sessions)")
-                continue
-            thread.start()
+            try:
+                self._open(conn, peer)
+            except Exception:  # e.g. no thread or descriptor left: this connection only
+                log.exception("could not open a session", extra={"event": "crash"})
+                _refuse(conn, "ERROR: the server could not open a session")
 
-    def _run_session(self, conn: socket.socket, peer: Any, sid: str) -> None:
+    def _open(self, conn: socket.socket, peer: Any) -> None:
+        """Give a new connection its thread, in the pending pool (evicting its oldest)."""
+        cfg = self.config
+        sid = uuid.uuid4().hex[:12]
+        pace = ReadPace(idle_s=cfg.idle_timeout_s, min_rate=cfg.min_rate,
+                        window_s=cfg.rate_window_s)  # fmt: skip
+        pace.set_deadline(cfg.preamble_timeout_s, "the config and header")
+        thread = threading.Thread(target=self._run_session, args=(conn, peer, sid, pace),
+                                  name=f"mr0-{sid}", daemon=True)  # fmt: skip
+        with self._lock:  # cancel under the lock: a pace leaves the pool before it is closed
+            while len(self._pending) >= cfg.max_pending:
+                self._pending.pop(next(iter(self._pending))).cancel(
+                    f"evicted: {cfg.max_pending} connections were waiting for their config and "
+                    "header, and this one had waited longest"
+                )
+                self.board.refused.labels("evicted").inc()
+            self._pending[sid] = pace
+            self._sessions[sid] = thread
+        try:
+            thread.start()
+        except BaseException:
+            with self._lock:
+                self._pending.pop(sid, None)
+                self._sessions.pop(sid, None)
+            pace.close()
+            raise
+
+    def _admit(self, sid: str, host: str, pace: ReadPace) -> None:
+        """Move a connection whose preamble has arrived from the pending pool to a slot.
+
+        Raises
+        ------
+        SessionError
+            All slots are taken, or the client address holds its share.
+        SlowPeerError
+            The connection was evicted from the pending pool in the meantime.
+        """
+        cfg = self.config
+        with self._lock:
+            if self._pending.pop(sid, None) is None:
+                raise SlowPeerError(pace.cancelled or "evicted from the pending pool", "cancelled")
+            if len(self._admitted) >= cfg.max_sessions:
+                reason = "busy"
+                text = f"server busy ({cfg.max_sessions} sessions)"
+            elif cfg.max_per_peer and (
+                sum(1 for h in self._admitted.values() if h == host) >= cfg.max_per_peer
+            ):
+                reason = "per_peer"
+                text = f"server busy (client address {host} has {cfg.max_per_peer} sessions)"
+            else:
+                self._admitted[sid] = host
+                pace.clear_deadline()
+                return
+        self.board.refused.labels(reason).inc()
+        log.warning("busy", extra={"event": "reject", "peer": host, "reason": reason})
+        raise SessionError(text)
+
+    def _run_session(self, conn: socket.socket, peer: Any, sid: str, pace: ReadPace) -> None:
         extra = {"session": sid, "peer": f"{peer[0]}:{peer[1]}"}
         started = time.monotonic()
         self.board.session_opened(sid, extra["peer"])
         outcome = "crash"
+        session: Session | None = None
         try:
             session = Session(self.config, conn, sid, extra, self.store, self.runner,
-                              self.scheduler, self.board)  # fmt: skip
+                              self.scheduler, self.board, pace=pace,
+                              admit=lambda: self._admit(sid, str(peer[0]), pace))  # fmt: skip
             session.run()
-            outcome = "error" if session.failed.is_set() else "ok"
+            outcome = "crash" if session.crashed else "error" if session.failed.is_set() else "ok"
             self.sessions_served += 1
-        except Exception:  # a bug in a session never ends the server
+        except Exception as exc:  # a bug in a session never ends the server
             self.sessions_failed += 1
             log.exception("session crashed", extra={**extra, "event": "crash"})
+            if session is not None:
+                session.error(_describe(exc))
+            else:
+                with contextlib.suppress(OSError):
+                    conn.settimeout(2)
+                    writer = MessageWriter(conn)
+                    writer.write_text(f"ERROR: {_describe(exc)}")
+                    writer.write_close()
         finally:
             self.board.session_closed(sid, outcome)
+            with self._lock:
+                self._pending.pop(sid, None)
+                self._admitted.pop(sid, None)
+            if outcome != "ok":
+                _close_gently(conn)
             with contextlib.suppress(OSError):
                 conn.close()
+            pace.close()
             with self._lock:
                 self._sessions.pop(sid, None)
             log.info(
                 "session closed",
                 extra={**extra, "event": "closed", "seconds": round(time.monotonic() - started, 3)},
             )
+
+
+def _close_gently(conn: socket.socket) -> None:
+    """Half-close, then read and drop what the client still sends (bounded) before the close.
+
+    Closing a socket with unread input resets the connection, and the reset can destroy the
+    answer (``ERROR: …``) before the client has read it. The drain ends at the client's end
+    of stream, after ``_DRAIN_BYTES`` or ``_DRAIN_S``, or once the client has been quiet for
+    ``_DRAIN_QUIET_S``; at most 32 connections drain at once (the others close at once).
+    """
+    if not _DRAINING.acquire(blocking=False):
+        return
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        left, deadline = _DRAIN_BYTES, time.monotonic() + _DRAIN_S
+        while left > 0:
+            wait = min(_DRAIN_QUIET_S, deadline - time.monotonic())
+            if wait <= 0:
+                break
+            conn.settimeout(wait)
+            chunk = conn.recv(min(left, 65536))
+            if not chunk:
+                break
+            left -= len(chunk)
+    except OSError:  # quiet for long enough, or the client is gone
+        pass
+    finally:
+        _DRAINING.release()
 
 
 _LINGER = threading.BoundedSemaphore(16)  # refused connections drained at once
@@ -385,7 +580,12 @@ def _refuse(conn: socket.socket, text: str) -> None:
 
 
 class Session:
-    """One connection: read, run the chain on a compute thread, answer."""
+    """One connection: read, run the chain on a compute thread, answer.
+
+    ``pace`` holds the reading to its time bounds (a fresh one, with the preamble deadline, by
+    default); ``admit`` is called once the config and header are in, and raises to refuse the
+    session (no slot left).
+    """
 
     def __init__(
         self,
@@ -397,8 +597,16 @@ class Session:
         runner: JobRunner | None = None,
         scheduler: Any = None,
         board: StatusBoard | None = None,
+        pace: ReadPace | None = None,
+        admit: Any = None,
     ) -> None:
         self.config = config
+        if pace is None:
+            pace = ReadPace(idle_s=config.idle_timeout_s, min_rate=config.min_rate,
+                            window_s=config.rate_window_s)  # fmt: skip
+            pace.set_deadline(config.preamble_timeout_s, "the config and header")
+        self.pace = pace
+        self._admit = admit
         self.board = board
         self._counted_in = 0  # bytes received and sent already added to the board
         self._counted_out = 0
@@ -408,10 +616,15 @@ class Session:
         self.conn = conn
         self.sid = sid
         self.extra = extra
-        self.reader = MessageReader(conn, config.limits, on_wait=self.hand_over)
+        self.reader = MessageReader(conn, config.limits, on_wait=self.hand_over, pace=pace)
         # output is gathered up to 256 KiB and flushed whenever the chain waits for input; the
-        # arrays of yielded items are sent by reference (see Gadget: yielded means handed on)
-        self.writer = MessageWriter(conn, buffer_size=2**20, keep_arrays=True)
+        # arrays of yielded items are sent by reference (see Gadget: yielded means handed on).
+        # The socket's timeout bounds each wait for the client to take data (reading waits
+        # are bounded by the pace instead).
+        conn.settimeout(config.send_timeout_s)
+        send_rate = RateWindow(config.min_rate, config.rate_window_s)
+        self.writer = MessageWriter(conn, buffer_size=2**20, keep_arrays=True,
+                                    send_rate=send_rate)  # fmt: skip
         self._write_lock = threading.Lock()
         self._closed = False
         # the queue holds batches (lists of items), or _END / _ABORT
@@ -421,9 +634,16 @@ class Session:
         self._batch: list[Any] = []
         self._batch_bytes = 0
         self.failed = threading.Event()
+        self.crashed = False  # failed by a bug (an unexpected exception), not by its input
         self.bytes_in = 0
         self.saver: Any = None
         self.worker: threading.Thread | None = None
+        self.preamble: _Preamble | None = None
+        self._takes_images: bool | None = None  # whether the chain takes client images
+        self._client_images: weakref.WeakValueDictionary[int, Any] = (
+            weakref.WeakValueDictionary()
+        )  # images the client sent, by id(): never shown as the server's previews
+        self._nonfinite = 0
 
     # -- replies --------------------------------------------------------------------------------
 
@@ -451,18 +671,38 @@ class Session:
             self._counted_in = self.bytes_in
 
     def error(self, text: str) -> None:
-        """Send ``ERROR: text`` and a close (once); later output is dropped."""
+        """Send ``ERROR: text`` and a close (once); later output is dropped.
+
+        Nothing is sent when sending has failed already (a client that does not read is not
+        waited on twice).
+        """
         self.failed.set()
         log.warning(text, extra={**self.extra, "event": "error"})
         with self._write_lock:
             if self._closed:
                 return
             self._closed = True
-            with contextlib.suppress(OSError):
-                self.writer.write_text(f"ERROR: {text}")
-                self.writer.write_close()
-                self.writer.flush()
+            if self.writer.broken is None:
+                with contextlib.suppress(OSError, ProtocolError):
+                    self.writer.write_text(f"ERROR: {text}")
+                    self.writer.write_close()
+                    self.writer.flush()
             self._count_sent()
+
+    def fail(self, exc: BaseException) -> None:
+        """Report ``exc`` as ``ERROR: …``; log an unexpected one (a bug) with its traceback."""
+        if not isinstance(exc, _EXPECTED):
+            self.crashed = True
+            log.error("session failed", exc_info=exc, extra={**self.extra, "event": "crash"})
+        if isinstance(exc, SlowPeerError) and self.board is not None:
+            self.board.slow_peers.labels(exc.bound).inc()
+        self.error(_describe(exc))
+
+    def warn(self, text: str) -> None:
+        """Send ``WARNING: text`` to the client (among the chain's output)."""
+        log.warning(text, extra={**self.extra, "event": "warning"})
+        with contextlib.suppress(OSError, ProtocolError):
+            self.send(Text(f"WARNING: {text}"))
 
     def close(self) -> None:
         with self._write_lock:
@@ -486,18 +726,25 @@ class Session:
         return msg
 
     def run(self) -> None:
-        self.conn.settimeout(self.config.idle_timeout_s)
+        """Serve the session; every failure ends as ``ERROR: …`` and a close, never a raise."""
+        # numpy's error state is per thread: the reader's checks of hostile samples
+        # (_all_finite) overflow without a warning
+        with np.errstate(over="ignore", invalid="ignore"):
+            self._run()
+
+    def _run(self) -> None:
         log.info("session opened", extra={**self.extra, "event": "open"})
         try:
             preamble, first = self.read_preamble()
-        except (ProtocolError, SessionError, ChainError, EOFError, OSError) as exc:
+        except Exception as exc:
             self._count_received()
-            self.error(_describe(exc))
+            self.fail(exc)
             self.reader.close()
             if self.saver is not None:
                 with contextlib.suppress(Exception):
                     self.saver.close()
             return
+        self.preamble = preamble
         self.worker = threading.Thread(
             target=self.compute, args=(preamble,), name=f"mr0-{self.sid}-compute", daemon=True
         )
@@ -508,9 +755,9 @@ class Session:
                 self.pump()
             self.hand_over()
             self.put(_END)
-        except (ProtocolError, SessionError, EOFError, OSError) as exc:
+        except Exception as exc:
             if not self.failed.is_set():
-                self.error(_describe(exc))
+                self.fail(exc)
             self.put(_ABORT)
         finally:
             self._count_received()
@@ -579,9 +826,11 @@ class Session:
                 elif msg.id == MessageId.CLOSE:
                     # no header and no data: a job described by its parameters (mr0_preview)
                     name, xml = chosen()
+                    self.admit()
                     return self._preamble(name, xml, None, overrides, lenient), msg
                 else:
                     raise SessionError(f"{msg.id.name.lower()} before the ISMRMRD header")
+            self.admit()  # the preamble is in: take a session slot (or be refused)
             # a JSON object right after the header is a parameter set, too
             msg = self.read()
             if msg.id == MessageId.TEXT and _is_json_object(str(msg.value)):
@@ -599,6 +848,13 @@ class Session:
             self.saver = SessionWriter(self.config.save_dir / f"{stamp}_{self.sid}.h5")
             self.saver.write_header(header_xml)
         return self._preamble(name, xml, header_xml, overrides, lenient), msg
+
+    def admit(self) -> None:
+        """Take a session slot now that the config and header are in (see ``admit``)."""
+        if self._admit is not None:
+            self._admit()
+        else:
+            self.pace.clear_deadline()
 
     def _preamble(
         self,
@@ -647,13 +903,51 @@ class Session:
         return chain
 
     def item(self, msg: Message) -> Any:
-        if msg.id in (MessageId.ACQUISITION, MessageId.IMAGE, MessageId.WAVEFORM):
-            if self.saver is not None:
-                self.saver.add(msg.value)
-            return msg.value
-        if msg.id == MessageId.TEXT:
-            return Text(str(msg.value))
-        raise SessionError(f"unexpected {msg.id.name.lower()} message after the header")
+        """Check a data message and return the item it holds for the chain."""
+        value = msg.value
+        if msg.id == MessageId.ACQUISITION:
+            if not (_all_finite(value.data) and _all_finite(value.traj)):
+                self.nonfinite("acquisition", f"acquisition {value.scan_counter} (scan_counter)")
+        elif msg.id == MessageId.IMAGE:
+            if not self.takes_images():
+                name = self.preamble.config_name if self.preamble is not None else "?"
+                raise SessionError(
+                    f"chain {name!r} does not take images from the client (chains that do: "
+                    f"{', '.join(_image_chains(self.config.chains_dir)) or 'none'})"
+                )
+            self._client_images[id(value)] = value
+            if value.data.dtype.kind in "fc" and not _all_finite(value.data):
+                self.nonfinite("image", f"image {value.image_index} of series "
+                               f"{value.image_series_index}")  # fmt: skip
+        elif msg.id == MessageId.TEXT:
+            return Text(str(value))
+        elif msg.id != MessageId.WAVEFORM:  # waveforms are integers: always finite
+            raise SessionError(f"unexpected {msg.id.name.lower()} message after the header")
+        if self.saver is not None:
+            self.saver.add(value)
+        return value
+
+    def takes_images(self) -> bool:
+        """Whether the session's chain takes images from the client (every gadget does)."""
+        if self._takes_images is None:
+            try:
+                spec = parse_chain(self.preamble.config_xml) if self.preamble else None
+            except ChainError:
+                spec = None  # the compute thread reports it
+            self._takes_images = spec is not None and chain_takes_images(spec)
+        return self._takes_images
+
+    def nonfinite(self, kind: str, what: str) -> None:
+        """Count an item with NaN or Inf samples; warn the client about the first one."""
+        self._nonfinite += 1
+        if self.board is not None:
+            self.board.nonfinite.labels(kind).inc()
+        if self._nonfinite == 1:
+            self.warn(
+                f"{what} holds NaN or Inf samples; what is made from it will not be finite "
+                "(further such items are counted in mr0_mrd_nonfinite_items_total, not "
+                "reported again)"
+            )
 
     def pump(self) -> None:
         """Read data messages until the close."""
@@ -680,15 +974,27 @@ class Session:
             self.put(batch)
 
     def put(self, item: Any) -> None:
-        """Queue a batch or a sentinel for the chain; give up if the chain has failed."""
-        while True:
-            if self.failed.is_set() and (item is not _ABORT or not self.worker.is_alive()):
-                return
-            try:
-                self.items.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
+        """Queue a batch or a sentinel for the chain; give up if the chain has failed.
+
+        Time spent waiting here (the chain is busy) is not counted against the client.
+        """
+        try:
+            self.items.put_nowait(item)
+            return
+        except queue.Full:
+            pass
+        waited = time.monotonic()
+        try:
+            while True:
+                if self.failed.is_set() and (item is not _ABORT or not self.worker.is_alive()):
+                    return
+                try:
+                    self.items.put(item, timeout=0.2)
+                    return
+                except queue.Full:
+                    continue
+        finally:
+            self.pace.paused(time.monotonic() - waited)
 
     # -- compute --------------------------------------------------------------------------------
 
@@ -717,10 +1023,15 @@ class Session:
                 self.store_job(preamble, chain)
                 return
             board = self.board
+            client_images = self._client_images
             for out in chain.run(self.inputs()):
                 self.send(out)
                 count += 1
-                if board is not None and type(out) is ismrmrd.Image:
+                if (
+                    board is not None
+                    and type(out) is ismrmrd.Image
+                    and client_images.get(id(out)) is not out  # only images the server made
+                ):
                     board.add_preview(self.sid, preamble.config_name, out)
                 if isinstance(out, Text):  # progress and reports go out at once
                     self.flush()
@@ -733,11 +1044,13 @@ class Session:
                 exc,
                 ValueError | RuntimeError | ChainError | GadgetError | ProtocolError | SessionError,
             ):
+                self.crashed = True
                 log.exception("chain failed", extra={**self.extra, "event": "chain_crash"})
+            elif isinstance(exc, SlowPeerError) and self.board is not None:
+                self.board.slow_peers.labels(exc.bound).inc()
             self.error(_describe(exc))
             # wake the reader, which may be waiting for data that will not be used
-            with contextlib.suppress(OSError):
-                self.conn.shutdown(socket.SHUT_RD)
+            self.pace.cancel("the session failed")
             _drain(self.items)
 
     def store_job(self, pre: _Preamble, chain: Chain) -> None:
@@ -790,18 +1103,128 @@ def _describe(exc: BaseException) -> str:
     )  # fmt: skip
 
 
+_EXPECTED = (ProtocolError, SessionError, ChainError, GadgetError, EOFError, OSError)
+"""Session failures that are the input's or the network's doing (not logged as bugs)."""
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """Whether a float or complex array holds no NaN and no Inf.
+
+    A BLAS dot product of the samples with themselves (a few µs for 16k samples, no temporary
+    array) is finite exactly when they all are, unless it overflows (samples over 1e19); only
+    then is every sample checked. The caller silences numpy's overflow warning
+    (:meth:`Session.run` does, for its thread).
+    """
+    if not array.size:
+        return True
+    flat = array.reshape(-1)
+    if flat.dtype.kind == "c":
+        flat = flat.view(flat.real.dtype)
+    if np.isfinite(np.dot(flat, flat)):
+        return True
+    return bool(np.isfinite(array).all())
+
+
+def _image_chains(chains_dir: Path) -> list[str]:
+    """Names of the chains that take client images (for error messages)."""
+    names = []
+    for name in available_chains(chains_dir):
+        try:
+            if chain_takes_images(parse_chain(chain_text(name, chains_dir))):
+                names.append(name)
+        except ChainError:
+            continue
+    return names
+
+
 def _is_json_object(text: str) -> bool:
     return text.lstrip().startswith("{")
+
+
+# a JSON string, or an unterminated one to the end of the text: every quote that starts a match
+# ends it, so the search is linear (possessive repeats keep no backtracking state)
+_JSON_STRING = re.compile(r'"[^"\\]*+(?:\\[\s\S][^"\\]*+)*+(?:"|\\?\Z)')
+_DEPTH_CHUNK = 1 << 20  # characters per step of the depth count (bounds its memory)
+_OPEN = np.zeros(256, np.int8)
+_OPEN[[ord("["), ord("{")]] = 1
+_OPEN[[ord("]"), ord("}")]] = -1
+
+
+class _JsonBoundError(ValueError):
+    """A JSON text breaks a bound (:data:`MAX_JSON_DEPTH`, :data:`MAX_JSON_NUMBER_CHARS`)."""
+
+
+def json_depth(text: str) -> int:
+    """Return the deepest nesting of arrays and objects in a JSON text, without parsing it.
+
+    Brackets inside strings are not counted. Linear time (about 0.1 s for 16 MiB of
+    brackets), memory in steps of :data:`_DEPTH_CHUNK`, no recursion.
+
+    Parameters
+    ----------
+    text
+        The JSON text (need not be valid; the depth of valid JSON is exact).
+    """
+    bare = np.frombuffer(_JSON_STRING.sub("", text).encode("utf-8", errors="replace"), np.uint8)
+    level = peak = 0
+    for start in range(0, bare.size, _DEPTH_CHUNK):
+        levels = np.cumsum(_OPEN[bare[start : start + _DEPTH_CHUNK]], dtype=np.int64)
+        peak = max(peak, level + int(levels.max()))
+        level += int(levels[-1])
+    return peak
+
+
+def _json_int(literal: str) -> int:
+    if len(literal) > MAX_JSON_NUMBER_CHARS:
+        raise _JsonBoundError(
+            f"a number of {len(literal)} characters (the limit is {MAX_JSON_NUMBER_CHARS})"
+        )
+    return int(literal)
+
+
+def _json_float(literal: str) -> float:
+    if len(literal) > MAX_JSON_NUMBER_CHARS:
+        raise _JsonBoundError(
+            f"a number of {len(literal)} characters (the limit is {MAX_JSON_NUMBER_CHARS})"
+        )
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _JsonBoundError(f"the number {literal} is out of range")
+    return value
+
+
+def _json_constant(name: str) -> float:
+    raise _JsonBoundError(f"{name} is not a number JSON allows")
+
+
+def parse_json(text: str) -> Any:
+    """Parse a JSON text from a client, within bounds.
+
+    Raises
+    ------
+    SessionError
+        Not valid JSON, nested deeper than :data:`MAX_JSON_DEPTH`, a number literal longer
+        than :data:`MAX_JSON_NUMBER_CHARS`, a number out of range, or NaN/Infinity.
+    """
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise SessionError(
+            f"the parameter text is nested {depth} levels deep (the limit is {MAX_JSON_DEPTH})"
+        )
+    try:
+        return json.loads(text, parse_int=_json_int, parse_float=_json_float,
+                          parse_constant=_json_constant)  # fmt: skip
+    except _JsonBoundError as exc:
+        raise SessionError(f"the parameter text holds {exc}") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise SessionError(f"the parameter text is not valid JSON: {exc}") from None
 
 
 def _parameters(text: str) -> dict[str, Any]:
     """Parse a JSON parameter object (FIRE's ``parameters``); other text is not parameters."""
     if not _is_json_object(text):
         raise SessionError("a text message before the header must be a JSON object of parameters")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SessionError(f"the parameter text is not valid JSON: {exc}") from None
+    value = parse_json(text)
     if not isinstance(value, dict):
         raise SessionError("the parameters must be a JSON object")
     return value
@@ -941,9 +1364,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error"))  # fmt: skip
     parser.add_argument("--log-format", default="json", choices=("json", "text"))
-    parser.add_argument("--max-sessions", type=int, default=16)
+    parser.add_argument("--max-sessions", type=int, default=16,
+                        help="sessions served at once (default 16)")  # fmt: skip
     parser.add_argument("--max-session-mb", type=float, default=8192,
                         help="largest session accepted, in MiB")  # fmt: skip
+    bounds = parser.add_argument_group(
+        "slow and idle clients",
+        "A connection waits in a pending pool, holding no session slot, until its config and "
+        "header are in; the pool evicts its oldest connection when full.",
+    )
+    bounds.add_argument("--max-pending", type=int, default=64,
+                        help="connections waiting for config and header (default 64)")  # fmt: skip
+    bounds.add_argument("--preamble-timeout", type=float, default=30.0, metavar="S",
+                        help="seconds for config and header to arrive (default 30)")  # fmt: skip
+    bounds.add_argument("--max-per-peer", type=int, default=8,
+                        help="sessions per client address (default 8; 0: no limit)")  # fmt: skip
+    bounds.add_argument("--min-rate", type=float, default=1024.0, metavar="BYTES_PER_S",
+                        help="least rate inside a message and while sending, averaged over "
+                        "--rate-window (default 1024; 0: none)")  # fmt: skip
+    bounds.add_argument("--rate-window", type=float, default=10.0, metavar="S",
+                        help="window of the --min-rate average (default 10)")  # fmt: skip
+    bounds.add_argument("--idle-timeout", type=float, default=600.0, metavar="S",
+                        help="longest wait between two messages (default 600)")  # fmt: skip
+    bounds.add_argument("--send-timeout", type=float, default=60.0, metavar="S",
+                        help="longest wait for a client to take data (default 60)")  # fmt: skip
     parser.add_argument("--grace", type=float, default=600,
                         help="seconds to let sessions finish after SIGTERM")  # fmt: skip
     opts = parser.parse_args(argv)
@@ -975,9 +1419,17 @@ def main(argv: list[str] | None = None) -> int:
             ray_address=opts.address, allow=allow, http_host=opts.http_host,
             http_port=opts.http_port, http_token=token, previews=opts.previews,
             max_sessions=opts.max_sessions, max_session_bytes=int(opts.max_session_mb * 2**20),
-            grace_s=opts.grace,
+            grace_s=opts.grace, max_pending=opts.max_pending, max_per_peer=opts.max_per_peer,
+            preamble_timeout_s=opts.preamble_timeout, min_rate=opts.min_rate,
+            rate_window_s=opts.rate_window, idle_timeout_s=opts.idle_timeout,
+            send_timeout_s=opts.send_timeout,
         )
     )  # fmt: skip
+    try:
+        _check_config(server.config)
+    except ValueError as exc:
+        name, _, rest = str(exc).partition(" ")  # "preamble_timeout_s must be ..."
+        parser.error(f"--{name.removesuffix('_s').replace('_', '-')} {rest}")
     try:
         server.start()
     except (OSError, FileNotFoundError, sqlite3.Error, AccessError) as exc:

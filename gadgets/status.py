@@ -22,12 +22,20 @@ path                        token  what
 "token: yes" means: when the server has a token (it must, bound to a non-loopback address;
 :mod:`gadgets.access`), the request carries ``Authorization: Bearer <token>``, else it gets
 401. The static files hold no data. Only GET and HEAD are served; paths are matched against
-the table, never opened; one request per connection, at most 32 at once, each hung up on
-after 15 s (a slow client cannot hold a slot).
+the table, never opened; one request per connection.
+
+Slow and large requests: one thread reads the request heads of all connections without
+blocking, each within 15 s of its connection (``request_timeout_s``) and up to 64 KiB in all
+(request line up to 8 KiB; over that: 431 or 414, and the connection is closed). At most 256
+connections may be sending their heads at once; a new one closes the oldest. Only a complete
+head gets a handler thread, at most 32 at once (more: 503), each hung up on after 15 s. So
+slow clients hold no handler, and ``/healthz`` answers while they trickle.
 
 Metrics (all prefixed ``mr0_``): ``mrd_received_bytes_total``, ``mrd_sent_bytes_total``,
 ``mrd_sessions_total{outcome}`` (ok, error, crash), ``mrd_sessions_active``,
-``mrd_refused_connections_total{reason}`` (allowlist, busy), ``scheduler_jobs{state}``,
+``mrd_refused_connections_total{reason}`` (allowlist, busy, per_peer, evicted),
+``mrd_slow_peers_total{bound}`` (deadline, idle, rate, send, cancelled),
+``mrd_nonfinite_items_total{kind}`` (acquisition, image), ``scheduler_jobs{state}``,
 ``scheduler_queue_wait_seconds{kind}`` (histogram: submission to start),
 ``scheduler_run_seconds{function}`` (histogram: start to done), ``gpu_memory_used_bytes``,
 ``gpu_memory_total_bytes``, ``gpu_utilization_ratio`` (0–1), ``gpu_reserved_bytes`` (the
@@ -42,13 +50,14 @@ import json
 import logging
 import math
 import re
+import selectors
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -192,6 +201,14 @@ class StatusBoard:
                                 ["outcome"], registry=self.registry)  # fmt: skip
         self.refused = Counter("mr0_mrd_refused_connections", "MRD connections refused",
                                ["reason"], registry=self.registry)  # fmt: skip
+        self.slow_peers = Counter(
+            "mr0_mrd_slow_peers", "MRD sessions ended for breaking a time bound, by bound",
+            ["bound"], registry=self.registry,
+        )  # fmt: skip
+        self.nonfinite = Counter(
+            "mr0_mrd_nonfinite_items", "MRD items received with NaN or Inf samples, by kind",
+            ["kind"], registry=self.registry,
+        )  # fmt: skip
         self.queue_wait = Histogram(
             "mr0_scheduler_queue_wait_seconds", "Scheduler jobs: submission to start",
             ["kind"], buckets=_WAIT_BUCKETS, registry=self.registry,
@@ -202,8 +219,12 @@ class StatusBoard:
         )  # fmt: skip
         for outcome in ("ok", "error", "crash"):
             self.sessions.labels(outcome)
-        for reason in ("allowlist", "busy"):
+        for reason in ("allowlist", "busy", "per_peer", "evicted"):
             self.refused.labels(reason)
+        for bound in ("deadline", "idle", "rate", "send", "cancelled"):
+            self.slow_peers.labels(bound)
+        for kind in ("acquisition", "image"):
+            self.nonfinite.labels(kind)
         self.registry.register(_LiveCollector(self))
 
     # -- events from the server ---------------------------------------------------------------
@@ -253,7 +274,10 @@ class StatusBoard:
         self.sessions.labels(outcome).inc()
 
     def add_preview(self, sid: str, config: str, image: Any) -> None:
-        """Keep a thumbnail of an image a session sent back (replacing its series' last one)."""
+        """Keep a thumbnail of an image a session sent back (replacing its series' last one).
+
+        The server calls this for images its chains made, never for images a client sent.
+        """
         if not self.max_previews:
             return
         try:
@@ -453,6 +477,11 @@ _STATIC = {
 }
 _PREVIEW_PATH = re.compile(r"/api/previews/([0-9]{1,12})\.png")
 _MAX_PATH = 2048
+MAX_HEAD_BYTES = 64 * 1024
+"""Largest request head (request line and headers) the HTTP port reads (bytes)."""
+MAX_REQUEST_LINE = 8 * 1024
+"""Longest request line the HTTP port reads (bytes)."""
+_MAX_WAITING = 256  # connections whose heads are arriving at once
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -474,7 +503,21 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "mr0-status"
     sys_version = ""
     protocol_version = "HTTP/1.0"  # one request per connection: a client cannot hold a thread
-    timeout = 10.0
+
+    def setup(self) -> None:
+        """Take the connection and its head, already read by :class:`_HttpServer`."""
+        sock, head = self.request
+        self.connection = sock
+        sock.settimeout(self.server.request_timeout_s)
+        self.rfile = io.BytesIO(head)
+        self.wfile = sock.makefile("wb")
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+        with contextlib.suppress(OSError):
+            self.wfile.close()
+        self.rfile.close()
 
     def do_GET(self) -> None:
         self._route(head=False)
@@ -548,9 +591,37 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-class _HttpServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64
+@dataclass(eq=False)
+class _Waiting:
+    """A connection whose request head is still arriving."""
+
+    sock: socket.socket
+    address: Any
+    deadline: float
+    head: bytearray = field(default_factory=bytearray)
+
+
+def _head_end(head: bytearray, start: int) -> int:
+    """Return the length of the request head in ``head`` (0 while its blank line is missing)."""
+    ends = [i + n for i, n in ((head.find(b"\r\n\r\n", start), 4), (head.find(b"\n\n", start), 2))
+            if i >= 0]  # fmt: skip
+    return min(ends) if ends else 0
+
+
+class _HttpServer:
+    """The HTTP port: one thread reads request heads, a bounded pool of threads answers.
+
+    Parameters
+    ----------
+    address
+        Host and port to bind (port 0: a free one).
+    board, token
+        What to serve, and the bearer token (None: none).
+    max_requests
+        Requests answered at once (handler threads); a complete request over that gets 503.
+    request_timeout_s
+        Longest time for a connection's head to arrive, and again for its answer (s).
+    """
 
     def __init__(
         self,
@@ -560,33 +631,159 @@ class _HttpServer(ThreadingHTTPServer):
         max_requests: int,
         request_timeout_s: float,
     ) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        super().__init__(address, _Handler)
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind(address)
+            self.socket.listen(128)
+            self.socket.setblocking(False)
+        except OSError:
+            self.socket.close()
+            raise
+        self.server_address = self.socket.getsockname()
         self.board = board
         self.token = token
         self.unauthorised = 0
         self.request_timeout_s = request_timeout_s
         self._slots = threading.BoundedSemaphore(max_requests)
+        self._stop = threading.Event()
+        self._waiting: dict[socket.socket, _Waiting] = {}  # oldest first
+        self._selector = selectors.DefaultSelector()
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):  # too many at once: drop this one
-            self.shutdown_request(request)
-            return
+    def serve_forever(self) -> None:
+        """Accept and read heads until :meth:`shutdown`."""
+        selector = self._selector
+        selector.register(self.socket, selectors.EVENT_READ)
         try:
-            super().process_request(request, client_address)
+            while not self._stop.is_set():
+                for key, _ in selector.select(timeout=0.2):
+                    if key.fileobj is self.socket:
+                        self._accept()
+                    else:
+                        self._read_head(key.data)
+                self._expire()
+        finally:
+            for waiting in list(self._waiting.values()):
+                self._drop(waiting)
+            selector.close()
+
+    def shutdown(self) -> None:
+        """Make :meth:`serve_forever` return (within 0.2 s)."""
+        self._stop.set()
+
+    def server_close(self) -> None:
+        """Close the listening socket."""
+        self.socket.close()
+
+    # -- reading heads (the loop's thread) ----------------------------------------------------
+
+    def _accept(self) -> None:
+        for _ in range(64):
+            try:
+                sock, address = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. out of descriptors: try again on the next turn
+                log.warning("accept failed: %s", exc, extra={"event": "http_accept"})
+                return
+            sock.setblocking(False)
+            while len(self._waiting) >= _MAX_WAITING:
+                self._drop(next(iter(self._waiting.values())))
+            waiting = _Waiting(sock, address, time.monotonic() + self.request_timeout_s)
+            self._waiting[sock] = waiting
+            self._selector.register(sock, selectors.EVENT_READ, waiting)
+
+    def _read_head(self, waiting: _Waiting) -> None:
+        head = waiting.head
+        try:
+            chunk = waiting.sock.recv(MAX_HEAD_BYTES + 1 - len(head))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(waiting)
+            return
+        if not chunk:
+            self._drop(waiting)
+            return
+        start = max(0, len(head) - 3)
+        head += chunk
+        line = head.find(b"\n")
+        if (line if line >= 0 else len(head)) > MAX_REQUEST_LINE:
+            self._refuse(waiting, HTTPStatus.REQUEST_URI_TOO_LONG, b"request line too long\n")
+            return
+        end = _head_end(head, start)
+        if not end:
+            if len(head) > MAX_HEAD_BYTES:
+                self._refuse(waiting, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                             b"request headers too large\n")  # fmt: skip
+            return
+        self._forget(waiting)
+        self._dispatch(waiting.sock, waiting.address, bytes(head[:end]))
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for waiting in list(self._waiting.values()):
+            if waiting.deadline > now:
+                break  # the rest came later
+            self._drop(waiting)
+
+    def _forget(self, waiting: _Waiting) -> None:
+        self._waiting.pop(waiting.sock, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(waiting.sock)
+
+    def _drop(self, waiting: _Waiting) -> None:
+        self._forget(waiting)
+        waiting.sock.close()
+
+    def _refuse(self, waiting: _Waiting, status: HTTPStatus, body: bytes) -> None:
+        """Answer an error in one non-blocking send (best effort) and close."""
+        self._forget(waiting)
+        _answer_now(waiting.sock, status, body)
+
+    # -- answering (a thread each) ------------------------------------------------------------
+
+    def _dispatch(self, sock: socket.socket, address: Any, head: bytes) -> None:
+        if not self._slots.acquire(blocking=False):
+            _answer_now(sock, HTTPStatus.SERVICE_UNAVAILABLE, b"busy\n")
+            return
+        thread = threading.Thread(target=self._answer, args=(sock, address, head),
+                                  name="mr0-http-request", daemon=True)  # fmt: skip
+        try:
+            thread.start()
         except BaseException:
             self._slots.release()
+            sock.close()
             raise
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        timer = threading.Timer(self.request_timeout_s, _hang_up, args=(request,))
+    def _answer(self, sock: socket.socket, address: Any, head: bytes) -> None:
+        timer = threading.Timer(self.request_timeout_s, _hang_up, args=(sock,))
         timer.daemon = True
         timer.start()
         try:
-            super().process_request_thread(request, client_address)
+            sock.setblocking(True)
+            _Handler((sock, head), address, self)  # type: ignore[arg-type]
+        except OSError:
+            pass  # the client went away, or was hung up on
+        except Exception:  # a bug answers nothing and leaves the server up
+            log.exception("status request failed", extra={"event": "http_error"})
         finally:
             timer.cancel()
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+            sock.close()
             self._slots.release()
+
+
+def _answer_now(sock: socket.socket, status: HTTPStatus, body: bytes) -> None:
+    """Send a small plain-text answer without waiting (what does not fit is lost), close."""
+    head = [f"HTTP/1.0 {status.value} {status.phrase}", "Content-Type: text/plain; charset=utf-8",
+            f"Content-Length: {len(body)}", "Connection: close",
+            *(f"{k}: {v}" for k, v in _SECURITY_HEADERS.items())]  # fmt: skip
+    with contextlib.suppress(OSError):
+        sock.send(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+    sock.close()
 
 
 def _hang_up(sock: socket.socket) -> None:
@@ -608,9 +805,10 @@ class StatusHttpServer:
         The bearer token; None serves without one (refused by :class:`~gadgets.server.MrdServer`
         for a non-loopback ``host``).
     max_requests
-        Requests served at once; more are dropped.
+        Requests answered at once; a complete request over that gets 503. Connections still
+        sending their heads do not count (see the module docstring).
     request_timeout_s
-        Longest time a request may take, reading and answering (s).
+        Longest time for a request's head to arrive, and again for its answer (s).
     """
 
     def __init__(
@@ -629,8 +827,7 @@ class StatusHttpServer:
     def start(self) -> tuple[str, int]:
         """Serve in a background thread; return the bound address."""
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="mr0-http",
-            daemon=True,
+            target=self._httpd.serve_forever, name="mr0-http", daemon=True,
         )  # fmt: skip
         self._thread.start()
         return self.address
