@@ -443,8 +443,6 @@ def _quiet_load(mz: ModuleType, path: Path):
 def test_unavailable_functions_say_why(tmp_path: Path) -> None:
     with pytest.raises(NotImplementedError, match="scanner"):
         mr0.util.get_signal_from_real_system(str(tmp_path / "meas.dat"), 64, 64)
-    with pytest.raises(NotImplementedError, match="BrainWeb"):
-        mr0.generate_brainweb_phantoms(tmp_path / "brainweb")
     assert list(tmp_path.iterdir()) == []
     units, system = mr0.PhantomUnits.default(), mr0.PhantomSystem()
     with pytest.raises(NotImplementedError, match="reslice_to"):
