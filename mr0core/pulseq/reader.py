@@ -173,7 +173,7 @@ class SeqLimits:
     max_adc_samples: int = 1 << 20
     max_total_adc_samples: int = 1 << 24
     max_repetitions: int = 250_000
-    max_events: int = 1 << 24
+    max_events: int = 1 << 25
     max_extension_uses: int = 1 << 22
     max_label_names: int = 32
     max_shim_channels: int = 64
