@@ -30,6 +30,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+from scheduler.paths import make_private, private_file
+
 from .core import Context, Gadget, GadgetError, Item, Property, Text, register
 from .store import Job, Store, StoreError, header_identity
 
@@ -91,6 +93,7 @@ def run_job(store: Store, job_id: str, context: Context) -> Job:
     job = store.job(job_id)
     result = store.result_path(job_id)
     tmp = result.with_name(f".result.{uuid.uuid4().hex[:8]}.tmp")
+    private_file(tmp)  # patient data: 0600 whatever the umask (the writer keeps the mode)
     texts: list[str] = []
     try:
         _, items = read_items(store.input_path(job_id))
@@ -108,6 +111,7 @@ def run_job(store: Store, job_id: str, context: Context) -> Job:
                 elif isinstance(out, ismrmrd.Acquisition | ismrmrd.Image | ismrmrd.Waveform):
                     writer.add(out)
             counts = {k: v for k, v in writer.counts.items() if v}
+        make_private(tmp)
         os.replace(tmp, result)
         store.mark_done(job_id, texts, counts)
         log.info("job done", extra={"event": "job_done", "job": job_id, "counts": counts})
@@ -147,10 +151,14 @@ class JobRunner:
         self._busy = 0
 
     def start(self) -> list[str]:
-        """Start the workers and queue the jobs a stopped server left; return those ids."""
-        failed = self.store.abandon_incomplete()
-        if failed:
-            log.warning("incomplete jobs failed", extra={"event": "jobs_abandoned", "n": failed})
+        """Recover the store, start the workers, queue the jobs a stopped server left.
+
+        :meth:`Store.recover <gadgets.store.Store.recover>` first fails the jobs whose input
+        never finished (and deletes that partial input) and removes temporary files; the
+        queued and running jobs then run again (background jobs are durable: a later
+        ``mr0_retrieve`` reads their result). Returns the ids of the jobs run again.
+        """
+        self.store.recover()
         resumed = [job.id for job in self.store.pending()]
         for job_id in resumed:
             self._queue.put(job_id)

@@ -3,7 +3,8 @@
 The layout is the one ``ismrmrd.Dataset`` writes and python-ismrmrd-server's ``savedata``
 produces: ``<group>/xml``, ``<group>/data`` (acquisitions), ``<group>/waveforms`` and
 ``<group>/image_<series index>`` (images), so :func:`mr0core.io.mrd.read_mrd`,
-``ismrmrd.Dataset`` and the ISMRMRD tools read it back.
+``ismrmrd.Dataset`` and the ISMRMRD tools read it back. The file is patient data: it is made
+``0600`` before anything is written, whatever the umask.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from os import fspath
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from scheduler.paths import private_file
 
 __all__ = ["SessionWriter"]
 
@@ -37,6 +40,7 @@ class SessionWriter:
         self.path = Path(path)
         self.group = group
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)  # 0600 before any data; HDF5 keeps the mode
         self._dataset: Any = ismrmrd.Dataset(fspath(self.path), group, create_if_needed=True)
         self.counts = {"acquisitions": 0, "waveforms": 0, "images": 0}
 

@@ -728,14 +728,17 @@ def _reconstruct(gadget: Gadget, kd: KData, method: str, **options: Any) -> Any:
     import shutil
 
     from mr0core.recon.auto import Reconstruction
+    from scheduler.jobfiles import load_object, save_object
     from scheduler.service import job_result
 
     folder = sched.inputs_folder()
+    job = None
     try:
-        torch.save(kd.to("cpu"), folder / "kdata.pt")
+        # job files are plain data (weights_only loading): nothing in them can run code
+        save_object(kd, folder / "kdata.pt")
         reference = options.pop("reference", None)
         if reference is not None:
-            torch.save(reference.to("cpu"), folder / "reference.pt")
+            save_object(reference, folder / "reference.pt")
         params = {"inputs": str(folder), "method": method, **options}
         job = sched.submit(
             "reconstruct_saved", params, "recon", estimate_bytes=_recon_estimate(kd, method)
@@ -743,11 +746,13 @@ def _reconstruct(gadget: Gadget, kd: KData, method: str, **options: Any) -> Any:
         record = sched.wait(job)
         if record.state != "done":
             raise GadgetError(f"{gadget.name}: the recon job {job} {record.state}: {record.error}")
-        out = torch.load(job_result(sched.store, job) / "recon.pt", weights_only=False)
+        out = load_object(job_result(sched.store, job) / "recon.pt", "dict")
         return Reconstruction(out["image"], tuple(out["fov_m"]), tuple(out["matrix"]),
                               out["method"])  # fmt: skip
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        if job is not None:
+            sched.forget(job)  # read (or failed and reported): its result files go
 
 
 def _recon_estimate(kd: KData, method: str) -> int:

@@ -16,26 +16,51 @@ leaves a half-written result that looks finished.
 
 Job ids are 24 hex digits made here; measurement ids come from clients, so they are checked as
 plain names (:func:`gadgets.core.check_plain_name`) before they name a file.
+
+Privacy: every file is ``0600`` and every folder ``0700``, whatever the umask (the index's
+SQLite journal files take its mode); :meth:`Store.recover` also makes older files private.
+
+Bounded: :meth:`Store.retention_areas` gives the background jobs (finished ones are
+removable) and the reference scans as areas of :mod:`scheduler.retention`;
+:func:`retention_timer` joins them with ``--save-dir`` and the scheduler's results under one
+policy (``--retention-days``, ``--max-store-gb``). :meth:`Store.recover` (at start) removes what
+a stopped server left half-written: inputs of sessions that never finished, temporary result
+and reference files, job folders without an index row.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
+import shutil
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scheduler.paths import make_private, private_dir, private_file
+from scheduler.retention import (
+    Area,
+    Entry,
+    FolderArea,
+    RetentionPolicy,
+    RetentionTimer,
+    tree_bytes,
+)
+from scheduler.store import JobStore
+
 from .core import check_plain_name
 
-__all__ = ["JOB_STATES", "Job", "Reference", "Store", "StoreError"]
+__all__ = ["JOB_STATES", "Job", "Reference", "Store", "StoreError", "retention_timer"]
+
+log = logging.getLogger("mr0.store")
 
 JOB_STATES = ("receiving", "queued", "running", "done", "failed")
 """The states of a job, in order."""
@@ -43,6 +68,8 @@ JOB_STATES = ("receiving", "queued", "running", "done", "failed")
 _JOB_ID = re.compile(r"[0-9a-f]{24}")
 _MAX_TEXTS = 1000  # text messages kept per job result
 _MAX_TEXT = 64 * 1024  # characters kept per text message
+_INCOMPLETE = "the server stopped before the job's input was complete"
+_FINAL = ("done", "failed")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -183,9 +210,13 @@ class Store:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        (self.root / "jobs").mkdir(parents=True, exist_ok=True)
-        (self.root / "references").mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
+        private_dir(self.root / "jobs")
+        private_dir(self.root / "references")
         self._db = self.root / "store.sqlite"
+        private_file(self._db)  # SQLite's -wal and -shm files take its mode
+        for journal in ("store.sqlite-wal", "store.sqlite-shm"):
+            make_private(self.root / journal)
         self._local = threading.local()
         self._connection().executescript(_SCHEMA)  # idempotent; commits by itself
 
@@ -240,7 +271,7 @@ class Store:
         """
         job_id = uuid.uuid4().hex[:24]
         patient, protocol, mid = header_identity(header)
-        (self.root / "jobs" / job_id).mkdir()
+        private_dir(self.root / "jobs" / job_id)
         with self._tx() as db:
             db.execute(
                 "INSERT INTO jobs (id, state, config_name, config_xml, header_xml, parameters, "
@@ -326,6 +357,47 @@ class Store:
         )
         return [self._job(r) for r in rows]
 
+    def recover(self) -> int:
+        """Clean up after a stopped server; call it at start (before running pending jobs).
+
+        Jobs whose input never finished arriving are failed (:meth:`abandon_incomplete`) and
+        their partial input deleted; temporary result files (``jobs/<id>/.result.*.tmp``) and
+        reference files (``references/.*.tmp``), and job folders without an index row, go.
+        Everything left is made private (``0600``/``0700``), for stores an older version wrote.
+
+        Returns
+        -------
+        int
+            The number of files and folders removed.
+        """
+        self.abandon_incomplete()
+        removed = 0
+        known = {
+            r[0]: r[1] for r in self._connection().execute("SELECT id, error FROM jobs").fetchall()
+        }
+        for folder in sorted((self.root / "jobs").iterdir()):
+            if folder.name not in known:
+                if _JOB_ID.fullmatch(folder.name) and not folder.is_symlink():
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed += 1
+                continue
+            leftovers = list(folder.glob(".result.*.tmp"))
+            if known[folder.name] == _INCOMPLETE:
+                leftovers.append(folder / "input.h5")
+            for path in leftovers:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+        for path in (self.root / "references").glob(".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+        for sub in ("jobs", "references"):
+            make_private(self.root / sub)
+        if removed:
+            log.info("store recovered", extra={"event": "store_recover", "removed": removed})
+        return removed
+
     def abandon_incomplete(self) -> int:
         """Fail the jobs whose input never finished arriving (a server stopped mid-session).
 
@@ -335,7 +407,7 @@ class Store:
             cur = db.execute(
                 "UPDATE jobs SET state = 'failed', finished = ?, error = ? "
                 "WHERE state = 'receiving'",
-                (time.time(), "the server stopped before the job's input was complete"),
+                (time.time(), _INCOMPLETE),
             )
             return cur.rowcount
 
@@ -413,10 +485,12 @@ class Store:
         if not acqs:
             raise StoreError(f"reference {measurement_id}: the session sent no acquisitions")
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        private_file(tmp)
         with SessionWriter(tmp) as writer:
             writer.write_header(header_xml)
             for acq in acqs:
                 writer.add(acq)
+        make_private(tmp)
         os.replace(tmp, path)
         patient, protocol, _ = header_identity(header)
         with self._tx() as db:
@@ -458,3 +532,145 @@ class Store:
         finally:
             dataset.close()
         return (xml.decode("utf-8") if isinstance(xml, bytes) else str(xml)), acqs
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def retention_areas(self) -> list[Area]:
+        """Return the background jobs (``store``) and reference scans (``references``) as areas.
+
+        Finished jobs (done, failed) are removable, timed by when they finished; jobs still
+        receiving, queued or running count towards the total but are never removed. Reference
+        scans are removable, timed by when they were stored.
+        """
+        return [_JobsArea(self), _ReferencesArea(self)]
+
+    def delete_job(self, job_id: str) -> bool:
+        """Delete a finished job and its files; return False (and keep it) if not finished.
+
+        Raises
+        ------
+        StoreError
+            For a malformed or unknown id.
+        """
+        job = self.job(job_id)
+        with self._tx() as db:
+            marks = ", ".join("?" for _ in _FINAL)
+            cur = db.execute(f"DELETE FROM jobs WHERE id = ? AND state IN ({marks})",
+                             (job.id, *_FINAL))  # fmt: skip
+            if cur.rowcount != 1:
+                return False
+        shutil.rmtree(self.root / "jobs" / job.id, ignore_errors=True)
+        return True
+
+    def delete_reference(self, measurement_id: str) -> bool:
+        """Delete a stored reference scan (its file and index row); False if there was none."""
+        path = self.reference_path(measurement_id)
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM refs WHERE measurement_id = ?", (measurement_id,))
+        existed = cur.rowcount > 0
+        try:
+            path.unlink()
+            existed = True
+        except FileNotFoundError:
+            pass
+        return existed
+
+
+class _JobsArea:
+    """The background jobs of a :class:`Store` as a retention area."""
+
+    name = "store"
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def retention_entries(self, now: float) -> list[Entry]:
+        rows = (
+            self.store._connection()
+            .execute("SELECT id, state, created, finished FROM jobs")
+            .fetchall()
+        )
+        out = []
+        for job_id, state, created, finished in rows:
+            final = state in _FINAL
+            when = finished if final and finished is not None else created
+            size = tree_bytes(self.store.root / "jobs" / job_id)
+            out.append(Entry(self.name, job_id, float(when), size, removable=final))
+        return out
+
+    def remove_entry(self, key: str) -> bool:
+        try:
+            return self.store.delete_job(key)
+        except StoreError:
+            return False
+
+
+class _ReferencesArea:
+    """The reference scans of a :class:`Store` as a retention area."""
+
+    name = "references"
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def retention_entries(self, now: float) -> list[Entry]:
+        created = dict(
+            self.store._connection().execute("SELECT measurement_id, created FROM refs").fetchall()
+        )
+        out = []
+        for path in sorted((self.store.root / "references").glob("*.h5")):
+            mid = path.name[: -len(".h5")]
+            if path.is_symlink() or mid.startswith("."):
+                continue
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            when = float(created.get(mid, st.st_mtime))
+            out.append(Entry(self.name, mid, when, st.st_size))
+        return out
+
+    def remove_entry(self, key: str) -> bool:
+        try:
+            return self.store.delete_reference(key)
+        except StoreError:
+            return False
+
+
+def retention_timer(
+    policy: RetentionPolicy,
+    *,
+    save_dir: Path | None = None,
+    store: Store | None = None,
+    scheduler_store: JobStore | None = None,
+    in_use: Callable[[], Iterable[Path]] | None = None,
+) -> RetentionTimer:
+    """Return a timer that applies ``policy`` to everything the server keeps (not started).
+
+    Parameters
+    ----------
+    policy
+        Age and total size (one budget for all areas together).
+    save_dir
+        ``--save-dir``: each file (or folder) in it is an entry, timed by its last write.
+    store
+        The job and reference store (``--store``).
+    scheduler_store
+        The scheduler's job store (its finished jobs' results).
+    in_use
+        Returns the paths being written now (the files of sessions still saving); never
+        deleted.
+
+    Notes
+    -----
+    ``timer.start()`` applies the policy once and then every ``policy.interval_s``;
+    ``timer.stop()`` ends it.
+    """
+    areas: list[Area] = []
+    if save_dir is not None:
+        areas.append(FolderArea(save_dir, "save-dir", in_use))
+    if store is not None:
+        areas.extend(store.retention_areas())
+    if scheduler_store is not None:
+        areas.append(scheduler_store)
+    return RetentionTimer(areas, policy)

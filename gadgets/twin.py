@@ -230,6 +230,15 @@ class TwinPreviewGadget(Gadget):
     job_kind: ClassVar[str] = "preview"
     """The scheduler's priority class of this gadget's simulations."""
 
+    job_timeout_s: ClassVar[float] = 600.0
+    """Longest run of a simulation job (s); the scheduler then stops it and the session ends
+    with an error."""
+
+    job_attempts: ClassVar[int] = 2
+    """Starts a simulation job may use: one retry after a crashed worker. Running out of host
+    memory is not retried at all (the scheduler fails the job at once); out of GPU memory, the
+    retry goes only to a device with more."""
+
     def _simulate(self, seq: Any, phantom: Any, settings: Any) -> Iterator[Item]:
         """Simulate (a scheduler job, or on a thread); yield progress texts; return the signal."""
         if self.context.scheduler is not None:
@@ -270,14 +279,19 @@ class TwinPreviewGadget(Gadget):
     def _simulate_job(self, seq: Any, phantom: Any, settings: Any) -> Iterator[Item]:
         """Run the simulation as a job of the server's scheduler (``simulate_saved``).
 
-        The sequence and the built twin go to a folder of the scheduler's store; progress comes
-        back through its ``progress.json``; a session that ends early cancels the job.
+        The sequence and the built twin go to a folder of the scheduler's store as job files
+        (plain data, :func:`scheduler.jobfiles.save_object`: nothing in them can run code);
+        progress comes back through its ``progress.json``; a session that ends early cancels
+        the job. The job is not durable (a restart cancels it: nobody would read it), has a
+        timeout (:attr:`job_timeout_s`) and at most :attr:`job_attempts` starts; once read,
+        its result files are deleted from the scheduler's store (the record stays).
         """
         import shutil
 
         import numpy as np
         import torch
 
+        from scheduler.jobfiles import save_object
         from scheduler.service import job_result
 
         sched = self.context.scheduler
@@ -285,8 +299,8 @@ class TwinPreviewGadget(Gadget):
         job = None
         try:
             data = phantom.build() if hasattr(phantom, "build") else phantom
-            torch.save(seq, folder / "seq.pt")
-            torch.save(data, folder / "phantom.pt")
+            save_object(seq, folder / "seq.pt")
+            save_object(data, folder / "phantom.pt")
             params = {
                 "inputs": str(folder), "max_states": settings.max_states,
                 "min_state_mag": settings.min_state_mag, "min_emitted": settings.min_emitted,
@@ -298,6 +312,9 @@ class TwinPreviewGadget(Gadget):
                 params,
                 self.job_kind,
                 estimate_bytes=_estimate(seq, data, settings.max_states),
+                timeout_s=self.job_timeout_s,
+                max_attempts=self.job_attempts,
+                durable=False,
             )
             started = last = time.monotonic()
             state = ""
@@ -319,13 +336,12 @@ class TwinPreviewGadget(Gadget):
                     f"{self.name}: the simulation job {job} {record.state}: {record.error}"
                 )
             result = job_result(sched.store, job)
-            return torch.from_numpy(np.load(result / "signal.npy"))
-        except GeneratorExit:  # the session ended: do not leave the job running
-            if job is not None:
-                sched.cancel(job)
-            raise
+            return torch.from_numpy(np.load(result / "signal.npy", allow_pickle=False))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+            if job is not None:
+                sched.cancel(job)  # the session ended early (or failed): do not leave it running
+                sched.forget(job)  # read, or failed and reported: its result files go
 
     def _images(
         self, signal: Any, seq: Any, phantom_name: str, placed: dict[str, str] | None = None

@@ -64,9 +64,10 @@ def _run_task(task: Task, device: str) -> tuple[Outcome, dict[str, bytes], float
             outcome = Outcome("ray", device, task, True, summary=summary,
                               seconds=time.time() - started)  # fmt: skip
         except Exception as exc:  # reported to the driver
+            oom = is_out_of_memory(exc)
             outcome = Outcome("ray", device, task, False, error=f"{type(exc).__name__}: {exc}",
-                              out_of_memory=is_out_of_memory(exc),
-                              seconds=time.time() - started)  # fmt: skip
+                              out_of_memory=oom, seconds=time.time() - started,
+                              permanent=isinstance(exc, ValueError) and not oom)  # fmt: skip
         files: dict[str, bytes] = {}
         total = 0
         for path in sorted(work.rglob("*")):

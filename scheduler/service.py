@@ -276,11 +276,12 @@ class Scheduler:
         return folder
 
     def forget(self, job_id: str) -> bool:
-        """Delete a final job and its result once its submitter has read it.
+        """Delete a done job's result files once its submitter has read them.
 
-        Returns False (and keeps it) while it is queued or running.
+        The record stays (``done``, for status and history) until retention removes it.
+        Returns False for a job that is not done (nothing to delete).
         """
-        return self.store.delete(job_id)
+        return self.store.drop_result(job_id)
 
     def wait(self, job_id: str, timeout_s: float | None = None) -> JobRecord:
         """Wait until the job is final (or ``timeout_s`` passed); return its record."""
@@ -469,6 +470,7 @@ class Scheduler:
                 shutil.rmtree(task.workdir, ignore_errors=True)
                 self._apply(self.state.failed(task.job_id, outcome.error, now,
                                               oom=outcome.out_of_memory,
+                                              retry=not outcome.permanent,
                                               device=outcome.device))  # fmt: skip
 
     def _notify_done(self, job_id: str, device: str, now: float) -> None:

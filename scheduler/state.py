@@ -65,7 +65,9 @@ Failures
     started; it fails at once when it may not use the CPU (or needs more than the CPU budget)
     and no known GPU is that large. Running out of memory on the CPU (``failed(oom=True)`` from
     the CPU) or being killed there by the out-of-memory killer (``worker_lost(oom=True)``) is
-    not retried: the job fails at once, since the same job would run out again.
+    not retried: the job fails at once, since the same job would run out again. Nor is a
+    failure the worker marks as the job's own (``failed(retry=False)``: bad parameters or
+    input files).
 Timeouts and passes
     After its own effect, every event that is not ignored kills the running jobs that have run
     for ``timeout_s`` or longer (:class:`Cancel`, then :class:`Fail`), then runs one scheduling
@@ -428,12 +430,14 @@ class SchedulerState:
         oom: bool = False,
         *,
         device: str | None = None,
+        retry: bool = True,
     ) -> list[Instruction]:
         """Record that a running job failed with ``error``; ``oom``: out of memory.
 
         Requeues it (for an out-of-memory on a GPU: needing more free memory than its GPU
         had), or fails it for good after ``max_attempts`` starts, when nothing could ever hold
-        it, or when it ran out of memory on the CPU (not retried).
+        it, when it ran out of memory on the CPU, or without ``retry`` (a failure of the job's
+        own, e.g. bad parameters, that a retry would repeat).
         """
         job = self._running(job_id, device)
         if job is None:
@@ -448,6 +452,8 @@ class SchedulerState:
         if oom and not gpu_oom:
             reason = f"out of memory on {where} (not retried: it would run out again): {error}"
             out.append(self._end(job, "failed", reason))
+        elif not retry and not gpu_oom:
+            out.append(self._end(job, "failed", f"{error} (on {where}; not retried)"))
         elif job.attempts >= job.spec.max_attempts:
             out.append(self._end(job, "failed", f"{error} (on {where}, attempt {job.attempts})"))
         elif gpu_oom and not self._cpu_possible(job) and not self._could_ever_fit(job):

@@ -21,6 +21,7 @@ A job moves through the states of :data:`scheduler.model.JOB_STATES`::
     queued, running  --recover()-->      cancelled  a job that is not durable (nobody waits)
     queued, running  --cancel-->         cancelled
     done, failed, cancelled  --delete(), purge(), retention-->  gone, with its result
+    done  --drop_result()-->             done       without its result files (read and done with)
 
 ``done``, ``failed`` and ``cancelled`` are final.
 
@@ -681,8 +682,8 @@ class JobStore:
         ``attempts < max_attempts``, else ``failed`` ("interrupted N times"). Its attempt was
         counted when it was claimed, so its next claim returns ``attempts + 1`` and the old
         worker's token is refused. In the same transaction, leftovers of interrupted
-        completions go: result folders of jobs that are not done (or not in the store),
-        everything under ``staging/``, and stray ``.probe-*`` files.
+        completions go: result folders of jobs that are not done (or not in the store, or whose
+        result was dropped), everything under ``staging/``, and stray ``.probe-*`` files.
 
         Returns
         -------
@@ -722,8 +723,10 @@ class JobStore:
             for folder in sorted(self._results.iterdir()):
                 if not _ID.fullmatch(folder.name):
                     continue
-                state = db.execute("SELECT state FROM jobs WHERE id = ?", (folder.name,)).fetchone()
-                if state is None or state["state"] != "done":
+                state = db.execute(
+                    "SELECT state, result FROM jobs WHERE id = ?", (folder.name,)
+                ).fetchone()
+                if state is None or state["state"] != "done" or state["result"] is None:
                     doomed.append(self._move_to_trash(folder))
             doomed.extend(self._staging.iterdir())
             doomed.extend(self.root.glob(".probe-*"))
@@ -782,6 +785,33 @@ class JobStore:
                 return False
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         _remove(self._results / job_id)  # after the row (see purge)
+        return True
+
+    def drop_result(self, job_id: str) -> bool:
+        """Delete a done job's result files, keeping its record (it stays ``done``).
+
+        For a submitter that has read the result (a preview's signal): the record stays for
+        status and history until retention removes it; :meth:`load_result` then returns None.
+
+        Returns
+        -------
+        bool
+            True when a result was dropped; False for a job that is not done or has none.
+
+        Raises
+        ------
+        UnknownJobError
+            For an id not in the store.
+        """
+        check_job_id(job_id)
+        with self._tx() as db:
+            row = db.execute("SELECT state, result FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise UnknownJobError(f"no job {job_id!r} in the job store")
+            if row["state"] != "done" or row["result"] is None:
+                return False
+            db.execute("UPDATE jobs SET result = NULL, result_kind = NULL WHERE id = ?", (job_id,))
+        _remove(self._results / job_id)  # after the row: a crash leaves a folder recover() removes
         return True
 
     # -- retention (scheduler.retention.Area) -----------------------------------------------------

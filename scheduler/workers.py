@@ -84,6 +84,9 @@ class Outcome:
         The error text (not ok).
     out_of_memory
         The failure was a device or host allocation failure.
+    permanent
+        The failure is the job's own (bad parameters or input files: a ``ValueError``), so a
+        retry would fail the same way.
     seconds
         Run time of the function.
     """
@@ -96,6 +99,7 @@ class Outcome:
     error: str = ""
     out_of_memory: bool = False
     seconds: float = 0.0
+    permanent: bool = False
 
 
 def _worker_main(name: str, device: str, tasks: Any, results: Any, parent: int) -> None:
@@ -138,7 +142,8 @@ def _worker_main(name: str, device: str, tasks: Any, results: Any, parent: int) 
                 f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
             )  # fmt: skip
             outcome = Outcome(name, device, task, False, error=text[:16384], out_of_memory=oom,
-                              seconds=time.perf_counter() - started)  # fmt: skip
+                              seconds=time.perf_counter() - started,
+                              permanent=isinstance(exc, ValueError) and not oom)  # fmt: skip
         if torch_device == "cuda":  # the scheduler takes "ended" as "memory released"
             _release_cuda_memory()
         results.put(("end", name, outcome))

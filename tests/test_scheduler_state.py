@@ -494,6 +494,113 @@ def test_invalid_arguments_raise() -> None:
         state.submit(JobSpec("cpu", JobKind.BATCH), now=0.0)
 
 
+# -- host memory (issue 21): CPU jobs are placed with a memory check too --------------------
+
+
+def cpu_running(state: SchedulerState) -> list[str]:
+    return [r.job_id for r in state.running() if r.device == CPU]
+
+
+def test_cpu_jobs_are_placed_against_the_host_memory_budget() -> None:
+    state = SchedulerState(cpu_slots=4, safety=1.0, cpu_memory_bytes=10 * GB)
+    assert state.gpus([], now=0.0) == []  # a machine without GPUs
+    out = []
+    for n in range(3):
+        out += state.submit(job(f"j{n}", est_gb=4), now=1.0 + n)
+    # two 4 GB jobs fit 10 GB; the third waits although two slots are free
+    assert starts(out) == [("j0", CPU), ("j1", CPU)]
+    assert state.cpu_memory() == {"budget": 10 * GB, "used": 8 * GB, "free": 2 * GB}
+    assert state.claims() == {CPU: "j2"}
+    assert starts(state.finished("j0", now=5.0)) == [("j2", CPU)]
+    # negative control: without a budget all three start (slots only)
+    bare = SchedulerState(cpu_slots=4, safety=1.0)
+    out = []
+    for n in range(3):
+        out += bare.submit(job(f"j{n}", est_gb=4), now=1.0)
+    assert len(starts(out)) == 3
+
+
+def test_a_waiting_cpu_job_is_not_starved_by_smaller_ones() -> None:
+    state = SchedulerState(cpu_slots=8, safety=1.0, cpu_memory_bytes=10 * GB)
+    state.gpus([], now=0.0)
+    state.submit(job("a", est_gb=6), now=1.0)
+    out = state.submit(job("big", est_gb=8), now=2.0)  # waits for a, claims the CPU
+    assert starts(out) == []
+    # 3 GB would fit next to a (6 + 3 <= 10), but then big could not start when a ends
+    assert starts(state.submit(job("small", est_gb=3), now=3.0)) == []
+    # 2 GB may backfill: big + it = 10 GB still fit once a has ended
+    assert starts(state.submit(job("tiny", est_gb=2), now=3.5)) == [("tiny", CPU)]
+    assert starts(state.finished("a", now=4.0)) == [("big", CPU)]
+    assert starts(state.finished("big", now=5.0)) == [("small", CPU)]
+    # negative control: the same jobs without a waiting claimer backfill at once
+    free = SchedulerState(cpu_slots=8, safety=1.0, cpu_memory_bytes=10 * GB)
+    free.gpus([], now=0.0)
+    free.submit(job("a", est_gb=6), now=1.0)
+    assert starts(free.submit(job("small", est_gb=3), now=3.0)) == [("small", CPU)]
+
+
+def test_a_job_larger_than_every_device_fails_at_once() -> None:
+    state = SchedulerState(cpu_slots=2, safety=1.2, cpu_memory_bytes=10 * GB)
+    state.gpus([gpu(0, 16, total_gb=16)], now=0.0)
+    out = state.submit(job("huge", est_gb=20), now=1.0)
+    assert [type(i) for i in out] == [Fail]
+    assert "CPU memory budget" in out[0].reason
+    assert "largest 16000000000" in out[0].reason
+    # one a GPU could hold goes there (or waits for it), never failed
+    assert starts(state.submit(job("gpu-sized", est_gb=12), now=2.0)) == [("gpu-sized", "cuda:0")]
+    # before any GPU snapshot a GPU may still come: the job waits
+    fresh = SchedulerState(cpu_slots=2, cpu_memory_bytes=10 * GB)
+    assert fresh.submit(job("huge", est_gb=20), now=1.0) == []
+    assert fresh.state_of("huge") == "queued"
+
+
+def test_running_out_of_host_memory_is_not_retried() -> None:
+    state = SchedulerState(cpu_slots=1, cpu_memory_bytes=10 * GB)
+    state.submit(job("j", est_gb=1, max_attempts=3), now=0.0)
+    out = state.failed("j", "MemoryError: out of memory", now=1.0, oom=True)
+    assert [type(i) for i in out] == [Fail]
+    assert "not retried" in out[0].reason
+    # the OOM killer (worker lost with oom) is not retried either
+    state.submit(job("k", est_gb=1, max_attempts=3), now=2.0)
+    out = state.worker_lost("k", now=3.0, oom=True)
+    assert [type(i) for i in out] == [Fail]
+    assert "out-of-memory killer" in out[0].reason
+    # negative control: a plain failure, or a lost worker, is retried
+    state.submit(job("m", est_gb=1, max_attempts=3), now=4.0)
+    assert isinstance(state.failed("m", "RuntimeError: flaky", now=5.0)[0], Requeue)
+    assert isinstance(state.worker_lost("m", now=6.0)[0], Requeue)
+    # a failure of the job's own (bad parameters or inputs) is not
+    out = state.failed("m", "bad inputs", now=7.0, retry=False)
+    assert out == [Fail("m", "bad inputs (on cpu; not retried)")]
+
+
+def test_cpu_memory_budget_holds_under_random_events() -> None:
+    """Whatever the events, the CPU jobs' needs never exceed the budget."""
+    import random
+
+    rng = random.Random(7)
+    budget = 20 * GB
+    state = SchedulerState(cpu_slots=6, safety=1.0, cpu_memory_bytes=budget)
+    state.gpus([], now=0.0)
+    t, n = 0.0, 0
+    for _ in range(400):
+        t += 1.0
+        action = rng.random()
+        running = cpu_running(state)
+        if action < 0.5:
+            state.submit(job(f"j{n}", est_gb=rng.choice([1, 3, 7, 12, 19])), now=t)
+            n += 1
+        elif running and action < 0.8:
+            state.finished(rng.choice(running), now=t)
+        elif running and action < 0.9:
+            state.failed(rng.choice(running), "boom", now=t, oom=rng.random() < 0.5)
+        elif running:
+            state.worker_lost(rng.choice(running), now=t)
+        assert state.cpu_memory()["used"] <= budget
+        assert len(cpu_running(state)) <= 6
+    assert n > 100
+
+
 # -- property test ------------------------------------------------------------------------
 
 SAFETY = 1.2

@@ -91,3 +91,25 @@ def test_cancel_stops_only_that_task(pool, tmp_path):
     while pool.idle("cpu") < 2:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_a_worker_killed_by_the_oom_killer_is_reported_as_such(pool, tmp_path, monkeypatch):
+    """SIGKILL while the kernel's OOM-kill count rose: ``oom_killed`` (the job is not retried).
+
+    The count is faked (the real OOM killer is not invoked in a test); the plain ``kill -9``
+    of the test above, with the count unchanged, reports False.
+    """
+    import scheduler.workers as workers
+
+    kills = iter(range(100, 200))
+    monkeypatch.setattr(workers, "oom_kill_count", lambda: next(kills))
+    pool.dispatch("cpu", task(tmp_path, "hog", "noop", sleep_s=30))
+    deadline = time.monotonic() + 30
+    while "hog" not in pool.running():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    name = pool.running()["hog"][0]
+    time.sleep(0.5)
+    os.kill(pool.pids()[name], signal.SIGKILL)
+    worker, device, lost, oom_killed = pool.lost.get(timeout=30)
+    assert (worker, device, lost.job_id, oom_killed) == (name, "cpu", "hog", True)
