@@ -86,7 +86,8 @@ class Scheduler:
         ``num_gpus`` for a local instance, ...).
     cpu_memory_bytes
         Host memory CPU jobs may need together (bytes); ``"auto"``:
-        :func:`host_memory_budget`; None: no host-memory check (slots only).
+        :func:`host_memory_budget`; None: no host-memory check (slots only). With
+        ``backend="ray"`` only ``"auto"`` or None (Ray places jobs by their resources).
     retention
         Delete old results by this policy at start and periodically (None: keep everything;
         the server passes None and includes :attr:`store` in its own retention).
@@ -120,7 +121,11 @@ class Scheduler:
     ) -> None:
         if backend not in ("local", "ray"):
             raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
-        if cpu_memory_bytes == "auto":
+        if backend == "ray":  # Ray places every job by its own resources: no host budget here
+            if cpu_memory_bytes not in ("auto", None):
+                raise ValueError("cpu_memory_bytes applies to the local backend, not to Ray")
+            cpu_memory_bytes = None
+        elif cpu_memory_bytes == "auto":
             cpu_memory_bytes = host_memory_budget()
         elif cpu_memory_bytes is not None and (
             isinstance(cpu_memory_bytes, bool)

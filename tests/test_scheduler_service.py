@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from scheduler.gpu import FakeGpu, FakeNvml, GpuMonitor
 from scheduler.model import JobKind, JobSpec
@@ -147,3 +148,23 @@ def test_twenty_simulations_survive_a_killed_scheduler(tmp_path):
         assert json.loads((folder / "summary.json").read_text())["samples"] > 0
         assert record.attempts in (1, 2)
     assert any(store.get(j).attempts == 2 for j in ids)  # some were interrupted and re-run
+
+
+def test_cpu_jobs_get_a_host_memory_budget(tmp_path):
+    from scheduler.service import host_memory_budget
+
+    auto = Scheduler(tmp_path / "a", monitor=_cpu_only(), cpu_workers=0)
+    budget = host_memory_budget()
+    assert (budget or 0) > 0
+    # "auto" is 75 % of the memory available when the scheduler is made (it moves a little)
+    assert abs(auto.state.cpu_memory_bytes - budget) < 0.1 * budget
+    assert auto.status()["cpu_memory"]["budget"] == auto.state.cpu_memory_bytes
+    fixed = Scheduler(tmp_path / "b", monitor=_cpu_only(), cpu_workers=0, cpu_memory_bytes=5)
+    assert fixed.state.cpu_memory_bytes == 5
+    off = Scheduler(tmp_path / "c", monitor=_cpu_only(), cpu_workers=0, cpu_memory_bytes=None)
+    assert off.state.cpu_memory_bytes is None
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="cpu_memory_bytes"):
+            Scheduler(tmp_path / "d", monitor=_cpu_only(), cpu_workers=0, cpu_memory_bytes=bad)
+    with pytest.raises(ValueError, match="local backend"):
+        Scheduler(tmp_path / "e", monitor=_cpu_only(), backend="ray", cpu_memory_bytes=5)
