@@ -593,12 +593,12 @@ class Sequence(list):
         def stack(values: list[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
             if not values:
                 return torch.zeros((0, *shape))
-            return torch.stack([v.detach().cpu() for v in values])
+            return torch.stack(values).detach().cpu()  # one detach: the sequence's device
 
         def cat(values: list[torch.Tensor], shape: tuple[int, ...], dtype: torch.dtype) -> Any:
             if not values:
                 return torch.zeros((0, *shape), dtype=dtype)
-            return torch.cat([v.detach().cpu() for v in values])
+            return torch.cat(values).detach().cpu()
 
         pulses = [rep.pulse for rep in reps]
         names = sorted({name for rep in reps for name in rep.labels})
@@ -704,12 +704,18 @@ class Sequence(list):
         codes = usage.tolist()
         split = {k: torch.split(v, counts) for k, v in
                  (("t", e_time), ("g", e_gradm), ("p", e_phase), ("u", e_usage))}  # fmt: skip
+        views = {k: v.unbind(0) for k, v in (*scalars.items(), ("grad", grad))
+                 if k in ("angle", "phase") or bool(v.any())}  # fmt: skip
+        lazy = [None] * n  # an all-zero field stays unset: the pulse makes zeros when read
+        extra = [(name, views.get(key, lazy)) for name, key in (
+            ("_pulse_freq", "pulse_freq"), ("_freq_offset", "freq_offset"),
+            ("_duration", "duration"), ("_grad", "grad"))]  # fmt: skip
         reps = []
         for i in range(n):
-            p = Pulse._trusted(kinds[codes[i]], scalars["angle"][i], scalars["phase"][i],
+            p = Pulse._trusted(kinds[codes[i]], views["angle"][i], views["phase"][i],
                                shims[i], bool(sel[i]))  # fmt: skip
-            p._pulse_freq, p._freq_offset = scalars["pulse_freq"][i], scalars["freq_offset"][i]
-            p._duration, p._grad = scalars["duration"][i], grad[i]
+            for name, values in extra:
+                setattr(p, name, values[i])
             reps.append(Repetition._trusted(p, split["t"][i], split["g"][i], split["p"][i],
                                             split["u"][i], labels[i]))  # fmt: skip
         seq = cls(reps, normalized_grads=bool(_entry(state, "normalized_grads", bool)))
