@@ -140,6 +140,9 @@ def test_a_job_file_of_another_kind_or_format_is_refused(tmp_path: Path) -> None
 
 def test_job_files_round_trip(tmp_path: Path, small: SimpleNamespace) -> None:
     seq = Sequence.import_file(CORPUS / "write_gre_label.seq")
+    seq[1].pulse.grad = torch.tensor([1.0, 2.0, 3.0])  # fields that are usually zero
+    seq[1].pulse.duration = 1e-3
+    seq[2].pulse.pulse_freq = 50.0
     save_object(seq, tmp_path / "seq.pt")
     back = load_object(tmp_path / "seq.pt", "Sequence")
     assert len(back) == len(seq)
@@ -147,8 +150,10 @@ def test_job_files_round_trip(tmp_path: Path, small: SimpleNamespace) -> None:
     assert back.normalized_grads == seq.normalized_grads
     for a, b in zip(seq, back, strict=True):
         assert a.pulse.usage is b.pulse.usage
-        for name in ("angle", "phase", "shim_array", "grad"):
-            assert torch.equal(getattr(a.pulse, name), getattr(b.pulse, name))
+        for name in ("angle", "phase", "shim_array", "grad", "duration", "pulse_freq",
+                     "freq_offset", "selective"):  # fmt: skip
+            assert torch.equal(torch.as_tensor(getattr(a.pulse, name)),
+                               torch.as_tensor(getattr(b.pulse, name))), name  # fmt: skip
         for name in ("event_time", "gradm", "adc_phase", "adc_usage"):
             assert torch.equal(getattr(a, name), getattr(b, name)), name
         assert a.labels.keys() == b.labels.keys()
