@@ -69,7 +69,7 @@ BYTES_PER_REPETITION = 5120
 """A repetition: its Repetition and Pulse objects and ~9 tensor views (split and unbound)."""
 BYTES_PER_EVENT = 112
 """An event (an upper count of cuts): cut times, moments, the event arrays and float32 copies."""
-BYTES_PER_ADC_SAMPLE = 48
+BYTES_PER_ADC_SAMPLE = 64
 """An ADC sample beyond its event: sample time, receiver phase, block, sort order."""
 BYTES_PER_GRADIENT_PIECE = 192
 """A linear piece of a gradient waveform (trapezoid ramp or flat top, arbitrary sample)."""
