@@ -955,15 +955,20 @@ class Sequence(list):
         return cls.import_file(file_name, **kwargs)
 
     @classmethod
-    def from_pypulseq(cls, seq: Any, exact_trajectories: bool = True) -> Sequence:
-        """Convert a ``pypulseq.Sequence`` object, through a temporary file outside the cwd."""
+    def from_pypulseq(
+        cls, seq: Any, exact_trajectories: bool = True, *, limits: SeqLimits | None = None
+    ) -> Sequence:
+        """Convert a ``pypulseq.Sequence`` object, through a temporary file outside the cwd.
+
+        ``limits`` as for :meth:`import_file`.
+        """
         import tempfile
         from pathlib import Path
 
         with tempfile.TemporaryDirectory(prefix="mr0_pypulseq_") as tmp:
             path = Path(tmp) / "sequence.seq"
             seq.write(str(path))
-            return cls.import_file(path, exact_trajectories=exact_trajectories)
+            return cls.import_file(path, exact_trajectories=exact_trajectories, limits=limits)
 
 
 def chain(*sequences: Sequence, oneshot: bool = False) -> Sequence:
