@@ -649,10 +649,12 @@ class MessageReader:
             that is not UTF-8, malformed image attributes, an unknown pixel type; a broken
             time bound (:class:`SlowPeerError`, with ``pace``).
         """
+        pace = self._pace
+        if pace is not None:
+            pace.check()  # also between messages that arrive without a wait
         first = self._read(2)
         if not first:
             raise EOFError("end of stream before a message id")
-        pace = self._pace
         if pace is not None:
             pace.message_started()
         if len(first) < 2:

@@ -47,7 +47,8 @@ Slots and time (no peer can hold the server by being idle or slow; option, defau
 Every failure reaches the client as ``ERROR: …`` and a close, never as a reset: a bound
 broken, a malformed message, or a bug (logged with its traceback, counted as outcome
 ``crash``). After an error the server half-closes and reads what the client still sends
-(up to 4 MiB, 1 s) before it closes, so that the answer is not destroyed by a reset.
+(up to 4 MiB, 1 s, until 0.25 s pass without a byte) before it closes, so that the answer is
+not destroyed by a reset.
 
 Acquisitions (and client images) with NaN or Inf samples are passed on, with one
 ``WARNING: …`` text to the client per session and the metric
@@ -1118,11 +1119,16 @@ def _all_finite(array: np.ndarray) -> bool:
     if not array.size:
         return True
     flat = array.reshape(-1)
-    if flat.dtype.kind == "c":
-        flat = flat.view(flat.real.dtype)
-    if np.isfinite(np.dot(flat, flat)):
+    real = _REAL_VIEW.get(flat.dtype)
+    if real is not None:
+        flat = flat.view(real)
+    if math.isfinite(flat.dot(flat)):
         return True
     return bool(np.isfinite(array).all())
+
+
+_REAL_VIEW = {np.dtype(np.complex64): np.dtype(np.float32),
+              np.dtype(np.complex128): np.dtype(np.float64)}  # fmt: skip
 
 
 def _image_chains(chains_dir: Path) -> list[str]:

@@ -599,6 +599,7 @@ class _Waiting:
     address: Any
     deadline: float
     head: bytearray = field(default_factory=bytearray)
+    line: int = -1  # length of the request line, once its end has arrived
 
 
 def _head_end(head: bytearray, start: int) -> int:
@@ -708,8 +709,9 @@ class _HttpServer:
             return
         start = max(0, len(head) - 3)
         head += chunk
-        line = head.find(b"\n")
-        if (line if line >= 0 else len(head)) > MAX_REQUEST_LINE:
+        if waiting.line < 0:
+            waiting.line = head.find(b"\n", start)
+        if (waiting.line if waiting.line >= 0 else len(head)) > MAX_REQUEST_LINE:
             self._refuse(waiting, HTTPStatus.REQUEST_URI_TOO_LONG, b"request line too long\n")
             return
         end = _head_end(head, start)

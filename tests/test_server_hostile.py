@@ -26,7 +26,7 @@ from test_gadgets_server import HEADER, make_acquisitions, stream
 
 import gadgets.server
 from gadgets.chain import DEFAULT_CHAINS_DIR
-from gadgets.protocol import MessageId, MessageReader, MessageWriter
+from gadgets.protocol import MessageId, MessageReader, MessageWriter, RateWindow, SlowPeerError
 from gadgets.server import MAX_JSON_DEPTH, MrdServer, ServerConfig, json_depth
 from gadgets.status import MAX_HEAD_BYTES, StatusBoard, StatusHttpServer
 
@@ -208,6 +208,29 @@ def test_a_message_trickled_after_the_preamble_is_cut_off(make):
     assert "under the minimum rate of 1000 bytes/s" in errors(msgs)[0]
     assert time.monotonic() - start < 5
     assert counter(srv.board, "mr0_mrd_slow_peers_total", bound="rate") == 1
+
+
+def test_the_rate_is_measured_over_a_sliding_window():
+    slow = RateWindow(min_rate=100, window_s=1.0)
+    slow.start(0.0)
+    for i in range(20):
+        slow.add(10, i * 0.1)  # 100 bytes/s: on the bound
+    slow.check(1.95, "reading")
+    burst = RateWindow(min_rate=100, window_s=1.0)
+    burst.start(0.0)
+    burst.add(10_000, 0.0)  # one big recv, then nothing
+    burst.check(0.9, "reading")  # not a whole window yet
+    with pytest.raises(SlowPeerError, match="0 bytes in the last 1 s, under the minimum"):
+        burst.check(1.6, "reading")
+    # a pause of the reader's own (its chain was busy) does not count against the peer
+    burst.shift(1.0)
+    burst.check(1.6, "reading")
+    trickle = RateWindow(min_rate=100, window_s=1.0)
+    trickle.start(0.0)
+    for i in range(30):
+        trickle.add(1, i * 0.1)  # one byte per recv, 10 bytes/s
+    with pytest.raises(SlowPeerError, match="under the minimum rate of 100 bytes/s"):
+        trickle.check(2.95, "reading")
 
 
 def test_a_client_idle_between_messages_is_not_cut_off(make):
@@ -432,6 +455,10 @@ def test_http_request_heads_are_bounded(http_server):
     assert not answer_bytes.startswith(b"HTTP/1.0 200")
     if answer_bytes:
         assert answer_bytes.startswith(b"HTTP/1.0 431")
+    # a request line over 8 KiB is answered at once, without waiting for its end
+    with socket.create_connection(http_server.address, timeout=5) as sock:
+        sock.sendall(b"GET /" + b"a" * 20_000)
+        assert sock.recv(65536).startswith(b"HTTP/1.0 414")
     # a head just under the bound is served
     pad = b"X-Pad: " + b"a" * (MAX_HEAD_BYTES - 200) + b"\r\n"
     with socket.create_connection(http_server.address, timeout=5) as sock:
