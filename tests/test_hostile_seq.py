@@ -346,3 +346,29 @@ def test_limits_travel_from_the_reader_to_the_conversion() -> None:
     with pytest.raises(SeqLimitError, match="max_repetitions=5"):
         seq_to_sequence(parsed)
     assert len(seq_to_sequence(parsed, limits=SeqLimits(max_repetitions=6))) == 5
+
+
+# -- malformed numbers: always a SeqFormatError, never another exception --------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "words"),
+    [
+        ("1 250 1 0 0 0 0 0 0 0 0 e", "1 250 1 0 0 2e9 0 0 0 0 0 e", "outside the pulse"),
+        ("1 250 1 0 0 0 0 0 0 0 0 e", "1 250 1 0 0 0 -1 0 0 0 0 e", "[RF] negative delay"),
+        ("1 4 10000 0 0 0 0 0 0", "1 4 10000 -5 0 0 0 0 0", "[ADC] negative delay"),
+        ("BlockDurationRaster 1e-05", "BlockDurationRaster 1e300", "a sequence may last"),
+        ("1 20 1 0 0 0 0 0", "1e300 20 1 0 0 0 0 0", "from 0 to 2^53"),
+    ],
+)
+def test_malformed_numbers_are_format_errors(old: str, new: str, words: str) -> None:
+    text = pulses(3)
+    assert old in text
+    with pytest.raises(SeqFormatError, match=words.replace("[", r"\[").replace("^", r"\^")):
+        convert(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("row", ["nan 1 1 0", "1e300 1 1 0", "1 inf 1 0", "1 1 nan 0"])
+def test_malformed_shim_rows_are_format_errors(row: str) -> None:
+    with pytest.raises(SeqFormatError, match="RF_SHIMS"):
+        read_seq_text(f"{HEAD}\n[EXTENSIONS]\nextension RF_SHIMS 1\n{row}\n")

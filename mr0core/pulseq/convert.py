@@ -49,6 +49,8 @@ GAMMA_HZ_PER_T = 42.576e6
 DEFAULT_B0_T = 1.5
 # Cut times are compared on a 1 ps grid, far below any Pulseq raster.
 TIME_QUANTUM = 1e-12
+MAX_DURATION_S = 1e6
+"""Longest sequence we convert, s (11.6 days; cut times in ps stay far inside int64)."""
 
 _USE_LETTER = {
     "e": PulseUsage.EXCIT,
@@ -188,6 +190,13 @@ def _compute_rf_properties(seq: SeqFile) -> RfProperties:
             )
         integral, peak_centre, duration, phase_shape = cache[key]
         c_rel = peak_centre if np.isnan(c) else float(c)
+        if not -0.5 * raster <= c_rel <= duration + 0.5 * raster:
+            raise SeqFormatError(
+                seq.path,
+                line,
+                f"[RF] centre {c_rel * 1e6:.6g} us lies outside the pulse "
+                f"(0 to {duration * 1e6:.6g} us)",
+            )
         full_freq = freq + f_ppm * 1e-6 * gamma_b0
         angle[r] = 2 * math.pi * abs(amp) * integral
         phase[r] = (
@@ -528,6 +537,16 @@ def validate_blocks(seq: SeqFile) -> None:
                 f"block {int(seq.block_ids[b])}: events last {block_end[b] * 1e6:.3f} us, "
                 f"longer than the block duration {seq.block_durations[b] * 1e6:.3f} us",
             )
+    ends = np.cumsum(seq.block_durations)
+    long = ~(ends <= MAX_DURATION_S)  # NaN and inf too
+    if long.any():
+        b = int(np.argmax(long))
+        raise SeqFormatError(
+            seq.path,
+            int(seq.block_lines[b]),
+            f"block {int(seq.block_ids[b])} ends at {ends[b]:.6g} s, beyond the "
+            f"{MAX_DURATION_S:.0f} s a sequence may last",
+        )
 
 
 # -- the gradient moment integral --------------------------------------------------------------
@@ -871,6 +890,13 @@ def seq_to_sequence(
     rf_blocks = np.flatnonzero(blocks[:, RF])
     rf_rows = seq.rf.rows_of(blocks[rf_blocks, RF])
     pulse_t = starts[rf_blocks] + rf.center[rf_rows]
+    back = np.flatnonzero(np.diff(pulse_t) < 0)
+    if len(back):  # each pulse lies in its block (validated), so only a broken file gets here
+        b = int(rf_blocks[back[0] + 1])
+        raise SeqFormatError(
+            seq.path, int(seq.block_lines[b]), f"block {int(seq.block_ids[b])}: RF pulse "
+            "centre lies before the previous pulse's",
+        )  # fmt: skip
 
     # ADC samples
     adc_blocks = np.flatnonzero(blocks[:, ADC])

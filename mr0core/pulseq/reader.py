@@ -11,6 +11,7 @@ The reader only parses and validates; :mod:`mr0core.pulseq.convert` turns the re
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import warnings
 from array import array
@@ -36,6 +37,8 @@ _OTHER_LINE_BREAKS = ("\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2
 # Tables are tokenised this many characters at a time, so that the short-lived per-token
 # Python strings never exist for the whole file at once.
 _CHUNK_CHARS = 1 << 20
+# Ids and counts are exact in float64 (and in int64) below this.
+_MAX_INT = 2.0**53
 
 DEFAULT_RASTERS = {
     "GradientRasterTime": 10e-6,
@@ -513,12 +516,12 @@ class _Parser:
         ids = values[:, 0]
         int_cols = (0, *int_columns)
         check = values[:, list(int_cols)]
-        nonint = (check != np.round(check)) | (check < 0)
+        nonint = (check != np.round(check)) | (check < 0) | (check >= _MAX_INT)
         if nonint.any():
             r = int(np.argwhere(nonint)[0][0])
             raise self.error(
                 int(lines[r]),
-                f"[{name}] ids and counts must be non-negative integers: {rows[r][1][:60]!r}",
+                f"[{name}] ids and counts must be integers from 0 to 2^53: {rows[r][1][:60]!r}",
             )
         ids = ids.astype(np.int64)
         order = np.argsort(ids, kind="stable")
@@ -687,6 +690,12 @@ class _Parser:
                     f"[ADC] event {int(adc.ids[r])}: samples",
                 )
 
+        for tab, col, what in ((rf, 5, "RF"), (grad, 5, "GRADIENTS"), (adc, 2, "ADC")):
+            negative = tab.data[:, col] < 0 if len(tab.ids) else np.zeros(0, bool)
+            if negative.any():
+                r = int(np.argmax(negative))
+                raise self.error(int(tab.lines[r]), f"[{what}] negative delay")
+
         if "DELAYS" in sections and v14:
             raise self.error(
                 header_lines["DELAYS"], "[DELAYS] is not allowed in format 1.4 and later"
@@ -791,7 +800,13 @@ class _Parser:
                 vals = [float(t) for t in tok]
             except ValueError:
                 raise self.error(ln, f"[RF_SHIMS] non-numeric field in {line[:60]!r}") from None
-            if len(vals) < 2 or vals[1] != int(vals[1]) or len(vals) != 2 + 2 * int(vals[1]):
+            if (
+                len(vals) < 2
+                or not all(math.isfinite(v) for v in vals)
+                or not (0 <= vals[0] < _MAX_INT and vals[0] == int(vals[0]))
+                or vals[1] != int(vals[1])
+                or len(vals) != 2 + 2 * int(vals[1])
+            ):
                 raise self.error(ln, "[RF_SHIMS] expected 'id num_channels amp1 phase1 ...'")
             ids[i] = int(vals[0])
             counts[i] = len(vals) - 1
