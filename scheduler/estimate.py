@@ -460,27 +460,35 @@ def pdg_load(
     Every repetition is taken to simulate and emit as many states as the pulses so far can have
     made (a pulse turns each transverse state into two transverse and one longitudinal, each
     longitudinal state into one longitudinal and two transverse), at most ``max_states`` of each
-    kind; the voxels are taken as one (T2′, D) group.
+    kind; the voxels are taken as one (T2′, D) group. The pre-pass graph follows up to
+    ``PREPASS_OVERSAMPLE × max_states`` candidates per kind (:mod:`mr0core.sim.graph`), so its
+    counts (``graph_plus``, ``graph_states``) are bounded with that cap.
     """
+    from mr0core.sim.graph import PREPASS_OVERSAMPLE
+
     _check_int("voxels", voxels, 1, 1 << 40)
     _check_int("coils", coils, 1, MAX_COILS)
     _check_int("max_states", max_states, 1, MAX_STATES)
     _check_int("tx", tx, 1, MAX_COILS)
     n = len(seq)
-    plus, z, edges = (np.zeros(n, np.int64) for _ in range(3))
+    plus, z, edges, g_plus, g_z = (np.zeros(n, np.int64) for _ in range(5))
     n_p, n_z = 0, 1
+    g_p, g_zc = 0, 1
+    cap = PREPASS_OVERSAMPLE * max_states
     for r, rep in enumerate(seq):
         edges[r] = max(n_p, n_z)  # every parent has at most one child of each edge kind
         if float(rep.pulse.angle.detach()) != 0.0:
             n_p, n_z = min(max_states, 2 * n_p + 2 * n_z), min(max_states, n_z + n_p)
+            g_p, g_zc = min(cap, 2 * g_p + 2 * g_zc), min(cap, g_zc + g_p)
         plus[r], z[r] = n_p, n_z
+        g_plus[r], g_z[r] = g_p, g_zc
     plan = _sample_plan(seq, voxels, size_m, exact)
     return PdgLoad(
         voxels=int(voxels), coils=int(coils), tx=int(tx), groups=(int(voxels),), exact=exact,
         plus=plus, z=z, edges=edges, edges_last=edges.copy(),
         emit=np.where(plan.samples > 0, plus, 0), samples=plan.samples, blocks=plan.blocks,
         pattern_blocks=plan.pattern_blocks, step_products=plan.step_products,
-        graph_plus=plus.copy(), graph_states=int(plus.sum() + z.sum()),
+        graph_plus=g_plus, graph_states=int(g_plus.sum() + g_z.sum()),
     )  # fmt: skip
 
 
