@@ -44,6 +44,17 @@ Slots and time (no peer can hold the server by being idle or slow; option, defau
 - Sending waits at most ``--send-timeout`` (60 s) for a client to take data, and the answer
   must go out at the same minimum rate: a client that never reads is given up on.
 
+The ISMRMRD header is parsed as it arrives and its encoded and recon matrices are checked
+against ``matrix_limits`` (:class:`mr0core.io.mrd.MatrixLimits`: each dimension, voxels, and
+the grid bytes with the header's ``receiverChannels``), so a header asking for a huge grid is
+answered ``ERROR`` before any acquisition is buffered.
+
+Storage: ``--save-dir`` is made ``0700`` (its files ``0600``). With ``--retention-days`` and/or
+``--max-store-gb``, a :class:`scheduler.retention.RetentionTimer` deletes finished data in
+``--save-dir``, ``--store`` (jobs, references) and the scheduler's results by age and total
+size, at start and every ``--retention-interval`` (3600 s); the files sessions are writing are
+never deleted.
+
 Every failure reaches the client as ``ERROR: …`` and a close, never as a reset: a bound
 broken, a malformed message, or a bug (logged with its traceback, counted as outcome
 ``crash``). After an error the server half-closes and reads what the client still sends
@@ -94,7 +105,16 @@ import ismrmrd
 import numpy as np
 
 from mr0core.clitools import exit_quietly_on_closed_pipe
-from mr0core.io.mrd import parse_header
+from mr0core.io.mrd import (
+    MatrixLimits,
+    MrdFormatError,
+    MrdHeaderError,
+    check_matrix,
+    parse_header,
+)
+from scheduler.cli import add_retention_options
+from scheduler.paths import private_dir
+from scheduler.retention import RetentionPolicy
 
 from .access import TOKEN_ENV, AccessError, Network, allowed, is_loopback, load_token, parse_allow
 from .chain import (
@@ -121,9 +141,16 @@ from .protocol import (
     SlowPeerError,
 )
 from .status import StatusBoard, StatusHttpServer
-from .store import Store
+from .store import Store, retention_timer
 
-__all__ = ["MAX_JSON_DEPTH", "MAX_JSON_NUMBER_CHARS", "MrdServer", "ServerConfig", "main"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "MAX_JSON_NUMBER_CHARS",
+    "MrdServer",
+    "ServerConfig",
+    "main",
+    "parse_args",
+]
 
 log = logging.getLogger("mr0.server")
 
@@ -155,6 +182,14 @@ class ServerConfig:
     ``max_per_peer`` per client address (0: no limit); ``min_rate`` (bytes/s over
     ``rate_window_s``) inside a message and while sending; ``idle_timeout_s`` between
     messages; ``send_timeout_s`` for the client to take data.
+
+    ``matrix_limits``: bounds on the header's encoded and recon matrices, checked when the
+    header arrives (:func:`mr0core.io.mrd.check_matrix`).
+
+    Storage (:mod:`scheduler.retention`): with ``retention_days`` and/or ``max_store_gb``
+    (GB, 10⁹ bytes), finished data in ``save_dir``, the job store, its reference scans and the
+    scheduler's results is deleted when older, or oldest first while the total is over the
+    cap: at start and every ``retention_interval_s``. None and None: everything is kept.
     """
 
     host: str = "127.0.0.1"
@@ -189,6 +224,15 @@ class ServerConfig:
     batch_bytes: int = 4 * 2**20
     idle_timeout_s: float = 600.0
     grace_s: float = 600.0
+    matrix_limits: MatrixLimits = field(default_factory=MatrixLimits)
+    retention_days: float | None = None
+    max_store_gb: float | None = None
+    retention_interval_s: float = 3600.0
+
+    def retention_policy(self) -> RetentionPolicy:
+        """Return the retention policy of these settings (ValueError for bad values)."""
+        return RetentionPolicy(retention_days=self.retention_days, max_store_gb=self.max_store_gb,
+                               interval_s=self.retention_interval_s)  # fmt: skip
 
 
 @dataclass
@@ -201,6 +245,7 @@ class _Preamble:
     overrides: dict[str, Any]
     background: bool = False
     lenient: bool = False  # FIRE/OpenRecon parameters: keep only what the chain has
+    header: Any = None  # the parsed header (checked against the matrix limits at arrival)
 
 
 def _check_config(cfg: ServerConfig) -> None:
@@ -216,10 +261,36 @@ def _check_config(cfg: ServerConfig) -> None:
             raise ValueError(f"{name} must be a finite number of seconds > 0, got {value}")
     if not (cfg.min_rate >= 0 and cfg.min_rate != float("inf")):
         raise ValueError(f"min_rate must be a finite number >= 0 (bytes/s), got {cfg.min_rate}")
+    if not isinstance(cfg.matrix_limits, MatrixLimits):
+        raise ValueError(f"matrix_limits must be a MatrixLimits, got {cfg.matrix_limits!r}")
+    cfg.retention_policy()  # names a bad retention_days, max_store_gb or interval_s
 
 
 class SessionError(Exception):
     """A session's input is not acceptable (sent to the client as ``ERROR: …``)."""
+
+
+class _OpenPaths:
+    """The ``--save-dir`` files being written now (shared by the session threads).
+
+    The retention timer reads them (:meth:`MrdServer._saving_paths`) and never deletes them.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._paths: set[Path] = set()
+
+    def add(self, path: Path) -> None:
+        with self._lock:
+            self._paths.add(Path(path))
+
+    def discard(self, path: Path) -> None:
+        with self._lock:
+            self._paths.discard(Path(path))
+
+    def snapshot(self) -> list[Path]:
+        with self._lock:
+            return list(self._paths)
 
 
 class MrdServer:
@@ -258,6 +329,9 @@ class MrdServer:
         self.runner: JobRunner | None = None
         self.scheduler: Any = None
         self._scheduler_tmp: Path | None = None
+        self.retention: Any = None
+        """The :class:`scheduler.retention.RetentionTimer` while it runs (a policy is set)."""
+        self._saving = _OpenPaths()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -284,7 +358,7 @@ class MrdServer:
                 "(--http-token-file, or $MR0_HTTP_TOKEN)"
             )
         if cfg.save_dir is not None:
-            cfg.save_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(cfg.save_dir)  # 0700 whatever the umask (patient data)
         if cfg.scheduler and self.scheduler is None:
             self._start_scheduler()
         if cfg.store_dir is not None and self.store is None:
@@ -294,6 +368,19 @@ class MrdServer:
                                scheduler=self.scheduler)  # fmt: skip
             self.runner = JobRunner(self.store, template, workers=cfg.job_workers)
             self.runner.start()  # jobs a stopped server left run again
+        policy = cfg.retention_policy()
+        if policy.active and self.retention is None:
+            self.retention = retention_timer(
+                policy, save_dir=cfg.save_dir, store=self.store,
+                scheduler_store=self.scheduler.store if self.scheduler is not None else None,
+                in_use=self._saving_paths,
+            )  # fmt: skip
+            report = self.retention.start()  # applied once now, then every interval
+            log.info("retention", extra={"event": "retention_start",
+                                         "retention_days": policy.retention_days,
+                                         "max_store_gb": policy.max_store_gb,
+                                         "deleted": len(report.deleted),
+                                         "kept_bytes": report.kept_bytes})  # fmt: skip
         family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -339,6 +426,10 @@ class MrdServer:
         self.scheduler.start()
         log.info("scheduler started", extra={"event": "scheduler", "root": str(root)})
 
+    def _saving_paths(self) -> list[Path]:
+        """Return the ``--save-dir`` files sessions are writing now (retention keeps them)."""
+        return self._saving.snapshot()
+
     def serve_forever(self) -> None:
         """Start (if needed) and block until :meth:`shutdown` has finished."""
         if self._listener is None:
@@ -362,6 +453,9 @@ class MrdServer:
         for thread in list(self._sessions.values()):
             thread.join(max(0.0, deadline - time.monotonic()))
         left = self.active_sessions()
+        if self.retention is not None:
+            self.retention.stop()
+            self.retention = None
         if self.runner is not None:
             self.runner.stop(max(0.0, deadline - time.monotonic()))
         if self.scheduler is not None:
@@ -479,7 +573,8 @@ class MrdServer:
         try:
             session = Session(self.config, conn, sid, extra, self.store, self.runner,
                               self.scheduler, self.board, pace=pace,
-                              admit=lambda: self._admit(sid, str(peer[0]), pace))  # fmt: skip
+                              admit=lambda: self._admit(sid, str(peer[0]), pace),
+                              saving=self._saving)  # fmt: skip
             session.run()
             outcome = "crash" if session.crashed else "error" if session.failed.is_set() else "ok"
             self.sessions_served += 1
@@ -585,7 +680,8 @@ class Session:
 
     ``pace`` holds the reading to its time bounds (a fresh one, with the preamble deadline, by
     default); ``admit`` is called once the config and header are in, and raises to refuse the
-    session (no slot left).
+    session (no slot left). ``saving`` holds the ``--save-dir`` files being written (the
+    session's is in it while it writes).
     """
 
     def __init__(
@@ -600,8 +696,11 @@ class Session:
         board: StatusBoard | None = None,
         pace: ReadPace | None = None,
         admit: Any = None,
+        saving: _OpenPaths | None = None,
     ) -> None:
         self.config = config
+        self._saving = saving
+        self._saver_path: Path | None = None
         if pace is None:
             pace = ReadPace(idle_s=config.idle_timeout_s, min_rate=config.min_rate,
                             window_s=config.rate_window_s)  # fmt: skip
@@ -741,9 +840,7 @@ class Session:
             self._count_received()
             self.fail(exc)
             self.reader.close()
-            if self.saver is not None:
-                with contextlib.suppress(Exception):
-                    self.saver.close()
+            self._close_saver()
             return
         self.preamble = preamble
         self.worker = threading.Thread(
@@ -764,9 +861,7 @@ class Session:
             self._count_received()
             self.worker.join()
             self.reader.close()
-            if self.saver is not None:
-                with contextlib.suppress(Exception):
-                    self.saver.close()
+            self._close_saver()
 
     def read_preamble(self) -> tuple[_Preamble, Message]:
         """Read the config, header and parameters; check the config name.
@@ -832,6 +927,7 @@ class Session:
                 else:
                     raise SessionError(f"{msg.id.name.lower()} before the ISMRMRD header")
             self.admit()  # the preamble is in: take a session slot (or be refused)
+            header = self.check_header(header_xml)  # before any acquisition is buffered
             # a JSON object right after the header is a parameter set, too
             msg = self.read()
             if msg.id == MessageId.TEXT and _is_json_object(str(msg.value)):
@@ -846,9 +942,55 @@ class Session:
             from .mrdfile import SessionWriter
 
             stamp = time.strftime("%Y%m%dT%H%M%S")
-            self.saver = SessionWriter(self.config.save_dir / f"{stamp}_{self.sid}.h5")
+            path = self.config.save_dir / f"{stamp}_{self.sid}.h5"
+            if self._saving is not None:
+                self._saving.add(path)  # before the file exists: retention never takes it
+            self._saver_path = path
+            self.saver = SessionWriter(path)
             self.saver.write_header(header_xml)
-        return self._preamble(name, xml, header_xml, overrides, lenient), msg
+        pre = self._preamble(name, xml, header_xml, overrides, lenient)
+        pre.header = header
+        return pre, msg
+
+    def check_header(self, xml: str) -> Any:
+        """Parse the ISMRMRD header; refuse matrices over ``config.matrix_limits``.
+
+        Runs when the header arrives, before any acquisition is buffered, so a header asking
+        the recon for a huge grid (issue 21: 512 x 512 x 128 in a 3 kB header) is answered
+        ``ERROR`` at once. The header's ``receiverChannels`` count as the coils (the recon
+        checks again with the data's own). A header without an encoding or without positive
+        matrices asks for nothing here; a chain that needs them reports it.
+
+        Raises
+        ------
+        SessionError
+            The header does not parse, or a matrix exceeds the limits (the message names the
+            field, its value and the limit).
+        """
+        try:
+            header = parse_header(xml)
+        except Exception as exc:  # the XML binding raises many unrelated types
+            raise SessionError(f"the ISMRMRD header does not parse: {exc}") from None
+        for coils in (None, 1):  # None: the header's receiverChannels; below 1, one coil
+            try:
+                check_matrix(header, coils, limits=self.config.matrix_limits,
+                             where="the ISMRMRD header")  # fmt: skip
+            except MrdHeaderError as exc:
+                raise SessionError(str(exc)) from None
+            except MrdFormatError:
+                break  # no encoding or no positive matrix: nothing to allocate from
+            except ValueError:
+                continue  # receiverChannels below 1
+            break
+        return header
+
+    def _close_saver(self) -> None:
+        """Close the ``--save-dir`` file (if any) and let retention see it again."""
+        if self.saver is not None:
+            with contextlib.suppress(Exception):
+                self.saver.close()
+        if self._saving is not None and self._saver_path is not None:
+            self._saving.discard(self._saver_path)
 
     def admit(self) -> None:
         """Take a session slot now that the config and header are in (see ``admit``)."""
@@ -875,12 +1017,9 @@ class Session:
 
     def build_chain(self, pre: _Preamble) -> Chain:
         """Parse the header and build the chain (on the compute thread)."""
-        header = None
-        if pre.header_xml is not None:
-            try:
-                header = parse_header(pre.header_xml)
-            except Exception as exc:  # the XML binding raises many unrelated types
-                raise SessionError(f"the ISMRMRD header does not parse: {exc}") from None
+        header = pre.header
+        if header is None and pre.header_xml is not None:
+            header = self.check_header(pre.header_xml)
         context = Context(
             header=header, header_xml=pre.header_xml or "", session_id=self.sid,
             save_dir=self.config.save_dir, logger=logging.getLogger(f"mr0.gadgets.{self.sid}"),
@@ -1300,9 +1439,11 @@ def keep_freed_memory(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 25
     )
 
 
-@exit_quietly_on_closed_pipe
-def main(argv: list[str] | None = None) -> int:
-    """Run ``mr0-server``."""
+def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Namespace]:
+    """Parse ``mr0-server``'s command line: its :class:`ServerConfig` and the options.
+
+    Exits (status 2, with the option named) on a bad value; configures nothing.
+    """
     parser = argparse.ArgumentParser(
         prog="mr0-server", description="Serve MRD/ISMRMRD streams through gadget chains."
     )
@@ -1396,9 +1537,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="longest wait for a client to take data (default 60)")  # fmt: skip
     parser.add_argument("--grace", type=float, default=600,
                         help="seconds to let sessions finish after SIGTERM")  # fmt: skip
+    storage = parser.add_argument_group(
+        "storage",
+        "Finished data in --save-dir, --store (jobs, references) and the scheduler's results "
+        "is deleted by age and total size, at start and every --retention-interval; sessions "
+        "still writing, queued and running jobs are kept.",
+    )
+    add_retention_options(storage)  # type: ignore[arg-type]  # a group takes arguments too
     opts = parser.parse_args(argv)
-    configure_logging(opts.log_level, opts.log_format)
-    keep_freed_memory()
     if not 0 <= opts.port < 65536:
         parser.error(f"--port must be 0..65535, got {opts.port}")
     if opts.max_sessions < 1:
@@ -1416,26 +1562,35 @@ def main(argv: list[str] | None = None) -> int:
         token = load_token(opts.http_token_file)
     except AccessError as exc:
         parser.error(str(exc))
-    server = MrdServer(
-        ServerConfig(
-            host=opts.host, port=opts.port, chains_dir=opts.chains, save_dir=opts.save_dir,
-            phantoms_dir=opts.phantoms, store_dir=opts.store, job_workers=opts.job_workers,
-            scheduler=not opts.no_scheduler, scheduler_dir=opts.scheduler_dir,
-            sim_workers=opts.sim_workers, gpu_slots=opts.gpu_slots, backend=opts.backend,
-            ray_address=opts.address, allow=allow, http_host=opts.http_host,
-            http_port=opts.http_port, http_token=token, previews=opts.previews,
-            max_sessions=opts.max_sessions, max_session_bytes=int(opts.max_session_mb * 2**20),
-            grace_s=opts.grace, max_pending=opts.max_pending, max_per_peer=opts.max_per_peer,
-            preamble_timeout_s=opts.preamble_timeout, min_rate=opts.min_rate,
-            rate_window_s=opts.rate_window, idle_timeout_s=opts.idle_timeout,
-            send_timeout_s=opts.send_timeout,
-        )
+    config = ServerConfig(
+        host=opts.host, port=opts.port, chains_dir=opts.chains, save_dir=opts.save_dir,
+        phantoms_dir=opts.phantoms, store_dir=opts.store, job_workers=opts.job_workers,
+        scheduler=not opts.no_scheduler, scheduler_dir=opts.scheduler_dir,
+        sim_workers=opts.sim_workers, gpu_slots=opts.gpu_slots, backend=opts.backend,
+        ray_address=opts.address, allow=allow, http_host=opts.http_host,
+        http_port=opts.http_port, http_token=token, previews=opts.previews,
+        max_sessions=opts.max_sessions, max_session_bytes=int(opts.max_session_mb * 2**20),
+        grace_s=opts.grace, max_pending=opts.max_pending, max_per_peer=opts.max_per_peer,
+        preamble_timeout_s=opts.preamble_timeout, min_rate=opts.min_rate,
+        rate_window_s=opts.rate_window, idle_timeout_s=opts.idle_timeout,
+        send_timeout_s=opts.send_timeout, retention_days=opts.retention_days,
+        max_store_gb=opts.max_store_gb, retention_interval_s=opts.retention_interval,
     )  # fmt: skip
     try:
-        _check_config(server.config)
+        _check_config(config)
     except ValueError as exc:
         name, _, rest = str(exc).partition(" ")  # "preamble_timeout_s must be ..."
         parser.error(f"--{name.removesuffix('_s').replace('_', '-')} {rest}")
+    return config, opts
+
+
+@exit_quietly_on_closed_pipe
+def main(argv: list[str] | None = None) -> int:
+    """Run ``mr0-server``."""
+    config, opts = parse_args(argv)
+    configure_logging(opts.log_level, opts.log_format)
+    keep_freed_memory()
+    server = MrdServer(config)
     try:
         server.start()
     except (OSError, FileNotFoundError, sqlite3.Error, AccessError) as exc:
