@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mr0core.sim.accuracy import accuracy_settings
+
 __all__ = [
     "SimSettings",
     "build_demo_flash",
@@ -35,6 +37,22 @@ class SimSettings:
     min_state_mag: float = 1e-4
     min_emitted: float = 1e-3
     min_latent: float = 1e-3
+
+    @classmethod
+    def for_accuracy(cls, accuracy: float, **overrides: float) -> SimSettings:
+        """Return settings whose NRMSE stays below ``accuracy`` (``accuracy_settings``).
+
+        ``overrides`` (any field given and not None) replace the mapped values.
+        """
+        states, state_mag, emitted, latent = accuracy_settings(accuracy)
+        values = {"max_states": states, "min_state_mag": state_mag, "min_emitted": emitted,
+                  "min_latent": latent}  # fmt: skip
+        unknown = set(overrides) - set(values)
+        if unknown:
+            raise TypeError(f"SimSettings.for_accuracy: unknown settings {sorted(unknown)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(max_states=int(values["max_states"]), min_state_mag=values["min_state_mag"],
+                   min_emitted=values["min_emitted"], min_latent=values["min_latent"])  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.max_states < 1:

@@ -4,8 +4,16 @@
 it; :func:`isochromat_sim` is the slow, independent check.
 """
 
+from .accuracy import accuracy_settings
 from .graph import Graph, compute_graph, compute_graph_ext
 from .isochromat import isochromat_sim
 from .pdg import execute_graph
 
-__all__ = ["Graph", "compute_graph", "compute_graph_ext", "execute_graph", "isochromat_sim"]
+__all__ = [
+    "Graph",
+    "accuracy_settings",
+    "compute_graph",
+    "compute_graph_ext",
+    "execute_graph",
+    "isochromat_sim",
+]
