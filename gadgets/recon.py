@@ -46,6 +46,8 @@ from mr0core.recon.coils import adaptive_combine, rss
 from mr0core.recon.kdata import NON_IMAGING, AcqFlag, KData, KDataError
 
 __all__ = [
+    "RECON_JOB_ATTEMPTS",
+    "RECON_JOB_TIMEOUT_S",
     "AccumulateTriggerGadget",
     "AcquisitionBuffer",
     "CombineGadget",
@@ -64,6 +66,13 @@ __all__ = [
 
 Vec3 = tuple[float, float, float]
 _NOISE = int(AcqFlag.IS_NOISE_MEASUREMENT)
+
+RECON_JOB_TIMEOUT_S = 600.0
+"""Longest a recon job may take, queued and running (s), as a preview's simulation job; then
+it is cancelled and the session ends with ``ERROR``."""
+
+RECON_JOB_ATTEMPTS = 2
+"""Starts a recon job may use: one retry after a crashed worker (out of host memory: none)."""
 
 
 # -------------------------------------------------------------------------------------------
@@ -715,12 +724,23 @@ class ImageFinishGadget(Gadget):
         return (image,)
 
 
-def _reconstruct(gadget: Gadget, kd: KData, method: str, **options: Any) -> Any:
+def _reconstruct(
+    gadget: Gadget,
+    kd: KData,
+    method: str,
+    *,
+    timeout_s: float = RECON_JOB_TIMEOUT_S,
+    **options: Any,
+) -> Any:
     """:func:`mr0core.recon.auto.reconstruct`, as a job of the server's scheduler when it has one.
 
     The SENSE and NUFFT recons are the heavy ones: they go to a worker (a GPU when one fits),
     with the session's priority class ``recon``. The raw data (and a reference scan) travel
     through the scheduler's store. Without a scheduler the recon runs here.
+
+    A job gets ``timeout_s`` in all, queued and running (the scheduler stops a run at the same
+    time): then it is cancelled and a :class:`GadgetError` says so. At most
+    :data:`RECON_JOB_ATTEMPTS` starts.
     """
     sched = gadget.context.scheduler
     if sched is None:
@@ -741,9 +761,15 @@ def _reconstruct(gadget: Gadget, kd: KData, method: str, **options: Any) -> Any:
             save_object(reference, folder / "reference.pt")
         params = {"inputs": str(folder), "method": method, **options}
         job = sched.submit(
-            "reconstruct_saved", params, "recon", estimate_bytes=_recon_estimate(kd, method)
-        )
-        record = sched.wait(job)
+            "reconstruct_saved", params, "recon", estimate_bytes=_recon_estimate(kd, method),
+            timeout_s=timeout_s, max_attempts=RECON_JOB_ATTEMPTS, durable=False,
+        )  # fmt: skip
+        record = sched.wait(job, timeout_s=timeout_s)
+        if record.state in ("queued", "running"):
+            raise GadgetError(
+                f"{gadget.name}: the recon job {job} did not finish within {timeout_s:g} s "
+                f"(it was {record.state}; cancelled)"
+            )
         if record.state != "done":
             raise GadgetError(f"{gadget.name}: the recon job {job} {record.state}: {record.error}")
         out = load_object(job_result(sched.store, job) / "recon.pt", "dict")
@@ -752,6 +778,7 @@ def _reconstruct(gadget: Gadget, kd: KData, method: str, **options: Any) -> Any:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         if job is not None:
+            sched.cancel(job)  # timed out, or the session ended early: do not leave it running
             sched.forget(job)  # read (or failed and reported): its result files go
 
 
@@ -779,6 +806,9 @@ class NUFFTGadget(Gadget):
         "combine": Property("choice", "rss", "coil combination", choices=("rss", "adaptive")),
     }
 
+    job_timeout_s: ClassVar[float] = RECON_JOB_TIMEOUT_S
+    """Longest a recon job may take, queued and running (s), with the server's scheduler."""
+
     def process_item(self, item: Item) -> Iterable[Item]:
         """Reconstruct one buffer."""
         if not isinstance(item, AcquisitionBuffer):
@@ -791,7 +821,8 @@ class NUFFTGadget(Gadget):
             )
         combine = "walsh" if self.props["combine"] == "adaptive" else "rss"
         try:
-            rec = _reconstruct(self, kd, self.props["method"], coil_combine=combine)
+            rec = _reconstruct(self, kd, self.props["method"], timeout_s=self.job_timeout_s,
+                               coil_combine=combine)  # fmt: skip
         except (KDataError, ValueError) as exc:
             raise GadgetError(f"{self.name}: {exc}") from None
         volumes, contrasts, _ = _counters(kd)
@@ -833,6 +864,9 @@ class SenseGadget(Gadget):
     }
 
     _REFERENCE_TYPES = ("SenMap", "CoilSensitivity")
+
+    job_timeout_s: ClassVar[float] = RECON_JOB_TIMEOUT_S
+    """Longest a recon job may take, queued and running (s), with the server's scheduler."""
 
     def __init__(self, context: Context, name: str = "", **properties: Any) -> None:
         super().__init__(context, name, **properties)
@@ -878,8 +912,9 @@ class SenseGadget(Gadget):
         reference = self.reference_kdata()
         try:
             rec = _reconstruct(
-                self, kd, "sense", sense_iter=self.props["iterations"], reference=reference
-            )
+                self, kd, "sense", timeout_s=self.job_timeout_s,
+                sense_iter=self.props["iterations"], reference=reference,
+            )  # fmt: skip
         except (KDataError, ValueError) as exc:
             raise GadgetError(f"{self.name}: {exc}") from None
         volumes, contrasts, slices = _counters(kd)
