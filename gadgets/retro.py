@@ -29,6 +29,11 @@ Where the protocol comes from (``protocol``: ``auto`` tries them in this order):
 The twin is a built-in phantom (``brain``, ``shepp-logan``) with as many receive coils as the
 measured data (``coils`` 0), or a NIfTI phantom from the server's ``--phantoms`` folder. Its
 physical size is its own: the twin is not scaled to the scan's field of view.
+
+With the server's scheduler (the default) a ``.seq`` protocol is never parsed in the server: the
+text goes to a ``prepare_seq`` job (as for ``mr0_preview``, see :mod:`gadgets.twin`), which
+converts it and returns the readout layout the mapping is checked against, then a
+``simulate_saved`` job simulates it. Without a scheduler (``--no-scheduler``) it is parsed here.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import numpy as np
 import torch
 
 from .core import Context, GadgetError, Item, Property, Text, register
-from .twin import TwinPreviewGadget, _phantom
+from .twin import JobGroup, TwinPreviewGadget, _phantom, check_seq_size
 
 __all__ = ["RETRO_SERIES", "RetroSimGadget"]
 
@@ -123,7 +128,9 @@ class RetroSimGadget(TwinPreviewGadget):
         if len(coils) != 1:
             raise GadgetError(f"{self.name}: acquisitions differ in channel count {sorted(coils)}")
         n_coils = coils.pop()
-        seq, mapping, info = self._protocol(acqs, imaging)
+        text = self._protocol_text()
+        if text is not None:
+            check_seq_size(text, self.name)
         twin_coils = self.props["coils"] or n_coils
         if twin_coils != n_coils:
             raise GadgetError(f"{self.name}: the twin has {twin_coils} coils, the scan {n_coils}")
@@ -131,14 +138,22 @@ class RetroSimGadget(TwinPreviewGadget):
             self.props["phantom"], self.props["size"], twin_coils, self.context.phantoms_dir,
             coils_given=bool(self.props["coils"]),
         )  # fmt: skip
-        yield Text(json.dumps({"status": "simulating", "protocol": info["protocol"],
-                               "readouts": len(mapping), "phantom": phantom_name}))  # fmt: skip
         from mr0core.jobs import SimSettings
 
         acc = self.props["accuracy"]
         settings = SimSettings(max_states=self.props["max_states"], min_emitted=acc,
                                min_latent=acc)  # fmt: skip
-        signal = yield from self._simulate(seq, phantom, settings)
+        if text is not None and self.context.scheduler is not None:
+            signal, mapping, info = yield from self._seq_jobs(
+                text, phantom, phantom_name, settings, acqs, imaging
+            )
+        else:
+            if text is not None:
+                seq, mapping, info = self._seq_protocol(text, acqs, imaging)
+            else:
+                seq, mapping, info = self._header_protocol(acqs)
+            yield self._status(info, mapping, phantom_name)
+            signal = yield from self._simulate(seq, phantom, settings)
         if signal.shape[1] != n_coils:
             raise GadgetError(
                 f"{self.name}: the twin {phantom_name} gives {signal.shape[1]} coils, the scan "
@@ -161,10 +176,8 @@ class RetroSimGadget(TwinPreviewGadget):
             return self.sequence_text()
         return header_seq_text(self.context.header)
 
-    def _protocol(
-        self, acqs: list[Any], imaging: list[int]
-    ) -> tuple[Any, list[tuple[int, int, int]], dict[str, Any]]:
-        """Return the sequence, ``(acquisition, first signal row, rows)`` per readout, info."""
+    def _protocol_text(self) -> str | None:
+        """Return the ``.seq`` text of the protocol, or None for the header protocol."""
         mode = self.props["protocol"]
         text = self._seq_text() if mode in ("auto", "seq") else None
         if text is None and mode == "seq":
@@ -172,25 +185,52 @@ class RetroSimGadget(TwinPreviewGadget):
                 f"{self.name}: protocol 'seq' needs the .seq: 'seq'/'seq_b64' in the JSON or "
                 f"the header's userParameterBase64 '{_SEQ_PARAMETER}'"
             )
-        if text is not None:
-            return self._seq_protocol(text, acqs, imaging)
-        return self._header_protocol(acqs)
+        return text
+
+    @staticmethod
+    def _status(info: dict[str, Any], mapping: list[Any], phantom_name: str) -> Text:
+        return Text(json.dumps({"status": "simulating", "protocol": info["protocol"],
+                                "readouts": len(mapping), "phantom": phantom_name}))  # fmt: skip
+
+    def _seq_jobs(
+        self,
+        text: str,
+        phantom: Any,
+        phantom_name: str,
+        settings: Any,
+        acqs: list[Any],
+        imaging: list[int],
+    ) -> Iterator[Item]:
+        """Convert the ``.seq`` and simulate it as scheduler jobs; return signal, mapping, info."""
+        with JobGroup(self.context.scheduler) as jobs:
+            data = self.save_seq_inputs(jobs, text, phantom)
+            summary, result = self.prepare_job(jobs, text, data, settings, layout=True)
+            rows = np.load(result / "layout.npy", allow_pickle=False)
+            mapping = self._mapping(rows[:, 0].tolist(), rows[:, 1].tolist(), acqs, imaging)
+            info = {"protocol": "seq"}
+            yield self._status(info, mapping, phantom_name)
+            result = yield from self._simulate_saved_job(jobs, settings, summary["estimate_bytes"])
+            signal = torch.from_numpy(np.load(result / "signal.npy", allow_pickle=False))
+        return signal, mapping, info
 
     def _seq_protocol(
         self, text: str, acqs: list[Any], imaging: list[int]
     ) -> tuple[Any, list[tuple[int, int, int]], dict[str, Any]]:
-        from mr0core.pulseq import SeqFormatError, read_seq_text, seq_to_sequence
         from mr0core.recon.kdata import KData
 
-        try:
-            seq = seq_to_sequence(read_seq_text(text, "<session .seq>"))
-        except SeqFormatError as exc:
-            raise GadgetError(f"{self.name}: the sequence does not parse: {exc}") from None
+        seq = self.parse_seq(text)
         # the readouts of the sequence, as KData splits them (no signal needed for the layout)
         n_samples = sum(int((rep.adc_usage != 0).sum()) for rep in seq)
         layout = KData.from_sequence(torch.zeros(n_samples, 1, dtype=torch.complex64), seq)
-        starts = layout.readout_start.tolist()
-        lengths = layout.readout_length.tolist()
+        mapping = self._mapping(
+            layout.readout_start.tolist(), layout.readout_length.tolist(), acqs, imaging
+        )
+        return seq, mapping, {"protocol": "seq"}
+
+    def _mapping(
+        self, starts: list[int], lengths: list[int], acqs: list[Any], imaging: list[int]
+    ) -> list[tuple[int, int, int]]:
+        """Pair readout ``r`` of the sequence with imaging acquisition ``r``; check samples."""
         if len(starts) != len(imaging):
             raise GadgetError(
                 f"{self.name}: the sequence has {len(starts)} imaging readouts, the scan "
@@ -204,7 +244,7 @@ class RetroSimGadget(TwinPreviewGadget):
                     f"has {int(acqs[i].number_of_samples)}"
                 )
             mapping.append((i, int(s), int(n)))
-        return seq, mapping, {"protocol": "seq"}
+        return mapping
 
     def _header_protocol(
         self, acqs: list[Any]

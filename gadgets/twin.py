@@ -10,12 +10,23 @@ With a header, the twin is placed as the subject lies (:func:`place_twin`): turn
 header's ``patientPosition`` and, with ``match_fov`` (default), stretched in-plane to the header's
 reconstructed field of view.
 
-The gadget parses the sequence from the text (nothing is read from a path a client names),
+The gadget takes the sequence from the text (nothing is read from a path a client names),
 builds the twin (a built-in phantom, or ``<name>.json`` from the server's ``--phantoms`` folder),
 simulates it with PDG (:func:`mr0core.jobs.run_simulation`, text progress messages while it
 runs), reconstructs it by its trajectory (:func:`mr0core.recon.reconstruct`: Cartesian FFT or
 NUFFT) and yields magnitude images in series "MR0 twin preview". The images are those of
 ``mr0 simulate SEQ --phantom P --size N --recon OUT`` with the same settings.
+
+Where the work runs: with the server's scheduler (the default) the server never parses the
+``.seq``. It checks the text's size against ``SeqLimits().max_file_bytes``, writes it as a
+plain ``0600`` file ``seq.txt`` into a job's inputs folder beside the built twin, and two jobs
+run in a worker, where the scheduler accounts for their memory: ``prepare_seq`` parses and
+converts it within :class:`mr0core.pulseq.SeqLimits` (estimate: that parse bound,
+:func:`scheduler.estimate.estimate_seq_parse`) and estimates the simulation from the converted
+sequence; ``simulate_saved`` simulates and reconstructs it (and writes the raw data when asked).
+A malformed ``.seq`` comes back as the first job's failure (``ERROR: … does not parse: …``).
+Without a scheduler (``mr0-server --no-scheduler``) all of it runs in the session's thread,
+in the server process.
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mr0core.pulseq import DEFAULT_SEQ_LIMITS
+
 from .core import (
     Gadget,
     GadgetError,
@@ -43,9 +56,19 @@ from .core import (
     register,
 )
 
-__all__ = ["PATIENT_POSITIONS", "PREVIEW_SERIES", "TwinPreviewGadget", "place_twin"]
+__all__ = [
+    "PATIENT_POSITIONS",
+    "PREVIEW_SERIES",
+    "SESSION_SEQ",
+    "JobGroup",
+    "TwinPreviewGadget",
+    "check_seq_size",
+    "place_twin",
+]
 
 PREVIEW_SERIES = "MR0 twin preview"
+SESSION_SEQ = "<session .seq>"
+"""How a client's ``.seq`` is named in error messages."""
 # the text message that carries the job is bounded by the server's limits (16 MiB by default)
 _MAX_SEQ = 16 * 2**20
 
@@ -201,15 +224,15 @@ class TwinPreviewGadget(Gadget):
         return text
 
     def preview(self) -> Iterator[Item]:
-        """Parse, build the twin, simulate (with progress texts), reconstruct, yield images."""
+        """Parse, build the twin, simulate (with progress texts), reconstruct, yield images.
+
+        With the server's scheduler the parse, the simulation and the reconstruction run as its
+        jobs (see the module docstring); without, here.
+        """
         from mr0core.jobs import SimSettings
-        from mr0core.pulseq import SeqFormatError, read_seq_text, seq_to_sequence
 
         text = self.sequence_text()
-        try:
-            seq = seq_to_sequence(read_seq_text(text, "<session .seq>"))
-        except SeqFormatError as exc:
-            raise GadgetError(f"{self.name}: the sequence does not parse: {exc}") from None
+        check_seq_size(text, self.name)
         size, coils = self.props["size"], self.props["coils"]
         phantom, phantom_name = _phantom(
             self.props["phantom"], size, coils, self.context.phantoms_dir
@@ -220,12 +243,113 @@ class TwinPreviewGadget(Gadget):
         acc = self.props["accuracy"]
         settings = SimSettings(max_states=self.props["max_states"], min_emitted=acc,
                                min_latent=acc)  # fmt: skip
+        if self.context.scheduler is not None:
+            yield from self._preview_jobs(text, phantom, phantom_name, settings, placed)
+            return
+        seq = self.parse_seq(text)
         yield Text(json.dumps({"status": "simulating", "repetitions": len(seq),
                                "phantom": phantom_name}))  # fmt: skip
         signal = yield from self._simulate(seq, phantom, settings)
         if self.props["return_raw"]:
             yield from _acquisitions(signal, seq)
-        yield from self._images(signal, seq, phantom_name, placed)
+        from mr0core.recon import KData, reconstruct
+
+        rec = reconstruct(KData.from_sequence(signal, seq))
+        yield from self._images(rec, phantom_name, placed)
+
+    def parse_seq(self, text: str) -> Any:
+        """Parse and convert a ``.seq`` text here, in this process (no scheduler)."""
+        from mr0core.pulseq import SeqFormatError, read_seq_text, seq_to_sequence
+
+        try:
+            return seq_to_sequence(read_seq_text(text, SESSION_SEQ))
+        except SeqFormatError as exc:
+            raise GadgetError(f"{self.name}: the sequence does not parse: {exc}") from None
+
+    def _preview_jobs(
+        self, text: str, phantom: Any, phantom_name: str, settings: Any, placed: dict[str, str]
+    ) -> Iterator[Item]:
+        """Run the preview as scheduler jobs: parse and convert, then simulate, reconstruct."""
+        from mr0core.recon.auto import Reconstruction
+        from scheduler.jobfiles import load_object
+
+        with JobGroup(self.context.scheduler) as jobs:
+            data = self.save_seq_inputs(jobs, text, phantom)
+            summary, _ = self.prepare_job(jobs, text, data, settings, recon=True)
+            yield Text(json.dumps({"status": "simulating", "repetitions": summary["repetitions"],
+                                   "phantom": phantom_name}))  # fmt: skip
+            result = yield from self._simulate_saved_job(
+                jobs, settings, summary["estimate_bytes"], recon=True,
+                raw=self.props["return_raw"],
+            )  # fmt: skip
+            if self.props["return_raw"]:
+                yield from _read_acquisitions(result / "raw.h5")
+            out = load_object(result / "recon.pt", "dict")
+            rec = Reconstruction(out["image"], tuple(out["fov_m"]), tuple(out["matrix"]),
+                                 out["method"])  # fmt: skip
+        yield from self._images(rec, phantom_name, placed)
+
+    def save_seq_inputs(self, jobs: JobGroup, text: str, phantom: Any) -> Any:
+        """Write the ``.seq`` text (a plain ``0600`` file) and the built twin; return the twin."""
+        from scheduler.jobfiles import save_object
+        from scheduler.paths import write_private
+
+        data = phantom.build() if hasattr(phantom, "build") else phantom
+        write_private(jobs.folder / "seq.txt", text.encode("utf-8"))
+        save_object(data, jobs.folder / "phantom.pt")
+        return data
+
+    def prepare_job(
+        self,
+        jobs: JobGroup,
+        text: str,
+        data: Any,
+        settings: Any,
+        *,
+        recon: bool = False,
+        layout: bool = False,
+    ) -> tuple[dict[str, Any], Path]:
+        """Parse and convert ``seq.txt`` in a ``prepare_seq`` job; return its summary and folder.
+
+        Its estimate is the parse bound (:func:`scheduler.estimate.estimate_seq_parse`); its
+        summary carries the estimate of the simulation job that follows. Waits at most
+        :attr:`job_timeout_s`, queued and running (then the job is cancelled); sends no
+        progress (the parse is bounded; the client hears of the simulation next).
+        """
+        from scheduler.estimate import estimate_seq_parse
+
+        coils = int(data.coil_sens.shape[0]) if hasattr(data, "coil_sens") else 1
+        tx = int(data.B1.shape[0]) if hasattr(data, "B1") else 1
+        params = {
+            "inputs": str(jobs.folder), "name": SESSION_SEQ, "voxels": int(data.voxel_count),
+            "coils": coils, "tx": tx, "max_states": settings.max_states, "recon": recon,
+            "layout": layout,
+        }  # fmt: skip
+        estimate = estimate_seq_parse(len(text.encode("utf-8")), layout=recon or layout)
+        job = jobs.submit("prepare_seq", params, self.job_kind, estimate_bytes=estimate,
+                          timeout_s=self.job_timeout_s,
+                          max_attempts=self.job_attempts)  # fmt: skip
+        result = self._wait_job(jobs, job, "sequence")
+        return json.loads((result / "summary.json").read_text()), result
+
+    def _wait_job(self, jobs: JobGroup, job: str, what: str) -> Path:
+        """Wait up to :attr:`job_timeout_s` for a job (no progress texts); return its result."""
+        from scheduler.service import job_result
+
+        deadline = time.monotonic() + self.job_timeout_s
+        while True:
+            record = jobs.sched.store.get(job)
+            if record.state in ("done", "failed", "cancelled"):
+                break
+            if time.monotonic() > deadline:
+                raise GadgetError(
+                    f"{self.name}: the {what} job {job} did not finish within "
+                    f"{self.job_timeout_s:g} s (it was {record.state}; cancelled)"
+                )
+            time.sleep(0.02)
+        if record.state != "done":
+            raise GadgetError(f"{self.name}: the {what} job {job} {record.state}: {record.error}")
+        return job_result(jobs.sched.store, job)
 
     job_kind: ClassVar[str] = "preview"
     """The scheduler's priority class of this gadget's simulations."""
@@ -277,79 +401,85 @@ class TwinPreviewGadget(Gadget):
         return result["signal"]
 
     def _simulate_job(self, seq: Any, phantom: Any, settings: Any) -> Iterator[Item]:
-        """Run the simulation as a job of the server's scheduler (``simulate_saved``).
+        """Run the simulation of a sequence object as a job of the scheduler; return the signal.
 
-        The sequence and the built twin go to a folder of the scheduler's store as job files
-        (plain data, :func:`scheduler.jobfiles.save_object`: nothing in them can run code);
-        progress comes back through its ``progress.json``; a session that ends early cancels
-        the job. The job is not durable (a restart cancels it: nobody would read it), has a
-        timeout (:attr:`job_timeout_s`) and at most :attr:`job_attempts` starts; once read,
-        its result files are deleted from the scheduler's store (the record stays).
+        For sequences built here (a protocol made from the ISMRMRD header): the sequence and
+        the built twin go to a folder of the scheduler's store as job files (plain data,
+        :func:`scheduler.jobfiles.save_object`: nothing in them can run code).
         """
-        import shutil
-
         import numpy as np
         import torch
 
         from scheduler.jobfiles import save_object
+
+        with JobGroup(self.context.scheduler) as jobs:
+            data = phantom.build() if hasattr(phantom, "build") else phantom
+            save_object(seq, jobs.folder / "seq.pt")
+            save_object(data, jobs.folder / "phantom.pt")
+            result = yield from self._simulate_saved_job(
+                jobs, settings, _estimate(seq, data, settings.max_states)
+            )
+            return torch.from_numpy(np.load(result / "signal.npy", allow_pickle=False))
+
+    def _simulate_saved_job(
+        self,
+        jobs: JobGroup,
+        settings: Any,
+        estimate: int,
+        *,
+        recon: bool = False,
+        raw: bool = False,
+    ) -> Iterator[Item]:
+        """Run ``simulate_saved`` on the group's folder; yield progress texts; return its result.
+
+        Progress comes back through the folder's ``progress.json``; a session that ends early
+        cancels the job. The job is not durable (a restart cancels it: nobody would read it),
+        has a timeout (:attr:`job_timeout_s`) and at most :attr:`job_attempts` starts; once
+        read, its result files are deleted from the scheduler's store (the record stays).
+        """
         from scheduler.service import job_result
 
-        sched = self.context.scheduler
-        folder = sched.inputs_folder()
-        job = None
-        try:
-            data = phantom.build() if hasattr(phantom, "build") else phantom
-            save_object(seq, folder / "seq.pt")
-            save_object(data, folder / "phantom.pt")
-            params = {
-                "inputs": str(folder), "max_states": settings.max_states,
-                "min_state_mag": settings.min_state_mag, "min_emitted": settings.min_emitted,
-                "min_latent": settings.min_latent, "noise": self.props["noise"],
-                "seed": self.props["seed"],
-            }  # fmt: skip
-            job = sched.submit(
-                "simulate_saved",
-                params,
-                self.job_kind,
-                estimate_bytes=_estimate(seq, data, settings.max_states),
-                timeout_s=self.job_timeout_s,
-                max_attempts=self.job_attempts,
-                durable=False,
+        params = {
+            "inputs": str(jobs.folder), "max_states": settings.max_states,
+            "min_state_mag": settings.min_state_mag, "min_emitted": settings.min_emitted,
+            "min_latent": settings.min_latent, "noise": self.props["noise"],
+            "seed": self.props["seed"],
+        }  # fmt: skip
+        if recon:
+            params["recon"] = True
+        if raw:
+            params["raw"] = True
+        job = jobs.submit("simulate_saved", params, self.job_kind, estimate_bytes=estimate,
+                          timeout_s=self.job_timeout_s,
+                          max_attempts=self.job_attempts)  # fmt: skip
+        sched = jobs.sched
+        started = last = time.monotonic()
+        state = ""
+        while True:
+            record = sched.store.get(job)
+            if record.state in ("done", "failed", "cancelled"):
+                break
+            now = time.monotonic()
+            if now - last >= self.props["progress_s"] or record.state != state:
+                last, state = now, record.state
+                text = {"status": "simulating" if state == "running" else "queued",
+                        "job": job, "seconds": round(now - started, 1)}  # fmt: skip
+                with contextlib.suppress(OSError, ValueError):
+                    text.update(json.loads((jobs.folder / "progress.json").read_text()))
+                yield Text(json.dumps(text))
+            time.sleep(0.05)
+        if record.state != "done":
+            raise GadgetError(
+                f"{self.name}: the simulation job {job} {record.state}: {record.error}"
             )
-            started = last = time.monotonic()
-            state = ""
-            while True:
-                record = sched.store.get(job)
-                if record.state in ("done", "failed", "cancelled"):
-                    break
-                now = time.monotonic()
-                if now - last >= self.props["progress_s"] or record.state != state:
-                    last, state = now, record.state
-                    text = {"status": "simulating" if state == "running" else "queued",
-                            "job": job, "seconds": round(now - started, 1)}  # fmt: skip
-                    with contextlib.suppress(OSError, ValueError):
-                        text.update(json.loads((folder / "progress.json").read_text()))
-                    yield Text(json.dumps(text))
-                time.sleep(0.05)
-            if record.state != "done":
-                raise GadgetError(
-                    f"{self.name}: the simulation job {job} {record.state}: {record.error}"
-                )
-            result = job_result(sched.store, job)
-            return torch.from_numpy(np.load(result / "signal.npy", allow_pickle=False))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-            if job is not None:
-                sched.cancel(job)  # the session ended early (or failed): do not leave it running
-                sched.forget(job)  # read, or failed and reported: its result files go
+        return job_result(sched.store, job)
 
     def _images(
-        self, signal: Any, seq: Any, phantom_name: str, placed: dict[str, str] | None = None
+        self, rec: Any, phantom_name: str, placed: dict[str, str] | None = None
     ) -> Iterable[Item]:
+        """Yield the magnitude images of a :class:`mr0core.recon.auto.Reconstruction`."""
         from mr0core.io.mrd_images import make_mrd_images
-        from mr0core.recon import KData, reconstruct
 
-        rec = reconstruct(KData.from_sequence(signal, seq))
         image = rec.image.detach().cpu()  # [volumes, contrasts, slices, x, y, z]
         volumes, contrasts, slices = image.shape[:3]
         index = 1
@@ -374,27 +504,83 @@ class TwinPreviewGadget(Gadget):
 
 def _acquisitions(signal: Any, seq: Any) -> Iterator[Item]:
     """Yield the simulated signal as ``ismrmrd.Acquisition`` objects (sig_to_mrd's headers)."""
-    import ismrmrd
-
     from mr0core.io.mrd import sig_to_mrd
 
     with tempfile.TemporaryDirectory(prefix="mr0-twin-") as tmp:
         path = Path(tmp) / "raw.h5"
         sig_to_mrd(path, signal, seq)
-        dataset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False)
-        try:
-            acqs = [dataset.read_acquisition(i) for i in range(dataset.number_of_acquisitions())]
-        finally:
-            dataset.close()
+        acqs = _read_acquisitions(path)
     yield from acqs
 
 
+def _read_acquisitions(path: Path) -> list[Any]:
+    """Return the acquisitions of an MRD file written by :func:`mr0core.io.mrd.sig_to_mrd`."""
+    import ismrmrd
+
+    dataset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False)
+    try:
+        return [dataset.read_acquisition(i) for i in range(dataset.number_of_acquisitions())]
+    finally:
+        dataset.close()
+
+
+def check_seq_size(text: str, gadget: str) -> None:
+    """Refuse a ``.seq`` text over ``SeqLimits().max_file_bytes`` (before anything else).
+
+    Raises
+    ------
+    GadgetError
+        Naming the size and the limit.
+    """
+    limit = DEFAULT_SEQ_LIMITS.max_file_bytes
+    if len(text) > limit or len(text.encode("utf-8")) > limit:
+        raise GadgetError(
+            f"{gadget}: the sequence does not parse: {SESSION_SEQ}: {len(text.encode('utf-8'))} "
+            f"bytes is more than the limit max_file_bytes={limit}"
+        )
+
+
+class JobGroup:
+    """Scheduler jobs of one gadget run that share one inputs folder.
+
+    On leaving (``with``), the folder goes and every job is cancelled (a session that ended
+    early leaves nothing running) and forgotten (its result files go; the record stays).
+    Every job is interactive: not durable (a restart cancels it: nobody would read it).
+    """
+
+    def __init__(self, sched: Any) -> None:
+        self.sched = sched
+        self.folder: Path = sched.inputs_folder()
+        self.jobs: list[str] = []
+
+    def submit(self, function: str, params: dict[str, Any], kind: str, **kw: Any) -> str:
+        """Submit a job (not durable) to the scheduler; return its id."""
+        job = self.sched.submit(function, params, kind, durable=False, **kw)
+        self.jobs.append(job)
+        return job
+
+    def __enter__(self) -> JobGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+        for job in self.jobs:
+            self.sched.cancel(job)
+            self.sched.forget(job)
+
+
 def _estimate(seq: Any, data: Any, max_states: int) -> int:
-    """Peak memory of a simulation job for the scheduler's placement (0 if it cannot tell)."""
+    """Peak memory of a simulation job for the scheduler's placement (0 if it cannot tell).
+
+    The host figure (``device="cpu"``: the pre-pass graph and the main pass), the larger, so
+    that it holds on the CPU and on a GPU alike.
+    """
     try:
         from scheduler.estimate import estimate_pdg
 
         coils = int(data.coil_sens.shape[0]) if hasattr(data, "coil_sens") else 1
-        return estimate_pdg(seq, int(data.voxel_count), coils, max_states, device="cuda")
+        return estimate_pdg(seq, int(data.voxel_count), coils, max_states, device="cpu")
     except Exception:  # an estimate is advice: never fail a preview over it
         return 0

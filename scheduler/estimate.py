@@ -60,6 +60,20 @@ encoded dimensions, complex64 (8 bytes)::
     adjoint = 8 C K + 40 K + 24 min(K, 2²³ / N) N + 8 C N
     peak    = FIXED_BYTES + the method's term
 
+Reading a client's ``.seq`` (:func:`scheduler.functions.prepare_seq`)
+---------------------------------------------------------------------
+The server does not parse a client's ``.seq``; a job does, before anything else, and its
+estimate must hold before the file has been read. :class:`mr0core.pulseq.SeqLimits` bounds
+the read and the conversion (the parsed file included) to ``max_memory_bytes`` each, checked
+before they allocate (:func:`mr0core.pulseq.conversion_size`), so::
+
+    prepare = FIXED_BYTES + SEQ_TEXT_COPIES · text bytes + max_memory_bytes
+            + SEQ_LAYOUT_BYTES_PER_SAMPLE · max_total_adc_samples       (readout layout)
+
+The job then converts and reports :func:`estimate_simulation_from_sequence` for the
+simulation job that follows (its PDG bound, or, when it also reconstructs, the larger of that
+and the reconstruction with the signal kept).
+
 Calibration (CPU)
 -----------------
 ``python scripts/calibrate_estimate.py`` runs each case in a fresh process and measures the rise
@@ -106,8 +120,11 @@ __all__ = [
     "estimate_job",
     "estimate_pdg",
     "estimate_pdg_from_graph",
+    "estimate_prepare_job",
     "estimate_recon_bytes",
     "estimate_recon_job",
+    "estimate_seq_parse",
+    "estimate_simulation_from_sequence",
     "estimate_simulation_job",
     "format_bytes",
     "graph_bytes",
@@ -220,6 +237,11 @@ PREPASS_AUTO_VOXELS = 1 << 17
 """``estimate_job`` runs the pre-pass by itself only for phantoms up to this many voxels…"""
 PREPASS_AUTO_WORK = 100_000
 """… and repetitions × ``max_states`` up to this (about 3 s at most for the test corpus)."""
+
+SEQ_TEXT_COPIES = 2
+"""Copies of a ``.seq`` text alive while it is read: the bytes and the decoded text."""
+SEQ_LAYOUT_BYTES_PER_SAMPLE = 2 * C64
+"""Bytes per ADC sample of the readout layout (a zero signal and KData's copy of it)."""
 
 MAX_SIZE = 1024  # as mr0core.jobs.load_job_phantom
 MAX_COILS = 64
@@ -863,6 +885,80 @@ def estimate_recon_job(params: Mapping[str, Any], prepass: bool | None = None) -
     )
 
 
+def estimate_seq_parse(
+    text_bytes: int | None = None, limits: Any = None, *, layout: bool = True
+) -> int:
+    """Peak bytes of reading and converting a ``.seq`` text within ``limits`` (a bound).
+
+    Parameters
+    ----------
+    text_bytes
+        Size of the text (bytes); default the largest ``limits`` admit (``max_file_bytes``).
+    limits
+        A :class:`mr0core.pulseq.SeqLimits`; default :data:`mr0core.pulseq.DEFAULT_SEQ_LIMITS`.
+    layout
+        Whether the readout layout is made too (``prepare_seq``'s ``layout`` or ``recon``).
+
+    Notes
+    -----
+    No pre-scan of the file: the read and the conversion are each bounded by
+    ``limits.max_memory_bytes`` before they allocate, so that budget is the estimate (see the
+    module docstring).
+    """
+    from mr0core.pulseq import DEFAULT_SEQ_LIMITS, SeqLimits
+
+    limits = DEFAULT_SEQ_LIMITS if limits is None else limits
+    if not isinstance(limits, SeqLimits):
+        raise ValueError(f"limits must be a SeqLimits, got {type(limits).__name__}")
+    if text_bytes is None:
+        text_bytes = limits.max_file_bytes
+    _check_int("text_bytes", text_bytes, 0, limits.max_file_bytes)
+    total = FIXED_BYTES + SEQ_TEXT_COPIES * text_bytes + limits.max_memory_bytes
+    if layout:
+        total += SEQ_LAYOUT_BYTES_PER_SAMPLE * limits.max_total_adc_samples
+    return int(total)
+
+
+def estimate_simulation_from_sequence(
+    seq: Sequence,
+    params: Mapping[str, Any],
+    *,
+    samples: int | None = None,
+    recon_matrix: Any = None,
+    recon_method: str = "auto",
+) -> int:
+    """Estimate a simulation of ``seq`` on a built twin described by ``params``.
+
+    ``params``: ``voxels`` (built entries), ``coils``, ``tx``, ``exact``, ``max_states`` (as
+    :func:`estimate_pdg`) and ``device`` (default ``"cpu"``: the host figure, the larger, so
+    it holds wherever the job is placed). With ``recon_matrix`` the job also reconstructs
+    (``recon_method``) after simulating: the larger of the PDG bound and the reconstruction
+    with the signal (``samples`` ADC samples per coil) kept.
+    """
+    voxels = _check_int("voxels", params.get("voxels"), 1, 1 << 40)
+    coils = _check_int("coils", params.get("coils", 1), 1, MAX_COILS)
+    tx = _check_int("tx", params.get("tx", 1), 1, MAX_COILS)
+    max_states = _check_int("max_states", params.get("max_states", 200), 1, MAX_STATES)
+    exact = params.get("exact", False)
+    if not isinstance(exact, bool):
+        raise ValueError(f"exact must be true or false, got {exact!r}")
+    device = _device_kind(params.get("device") or "cpu")
+    total = estimate_pdg(seq, voxels, coils, max_states, tx=tx, exact=exact, device=device)
+    if recon_matrix is not None:
+        if samples is None:
+            samples = sum(int((rep.adc_usage != 0).sum()) for rep in seq)
+        matrix = [int(v) for v in recon_matrix]
+        recon = estimate_recon_bytes(matrix, coils, recon_method, samples=max(int(samples), 1))
+        total = max(total, recon + SIGNAL_BYTES * int(samples) * coils)
+    return int(total)
+
+
+def estimate_prepare_job(params: Mapping[str, Any], prepass: bool | None = None) -> int:
+    """Estimate a ``prepare_seq`` job (:func:`estimate_seq_parse`; ``text_bytes`` optional)."""
+    return estimate_seq_parse(params.get("text_bytes"),
+                              layout=bool(params.get("layout") or params.get("recon")))  # fmt: skip
+
+
 Estimator = Callable[[Mapping[str, Any], bool | None], int]
 """``(params, prepass) -> bytes``."""
 
@@ -871,6 +967,7 @@ ESTIMATORS: dict[str, Estimator] = {
     "run_simulation": estimate_simulation_job,
     "recon": estimate_recon_job,
     "reconstruct": estimate_recon_job,
+    "prepare_seq": estimate_prepare_job,
 }
 """Job function name → estimator of its params (the worker registry's names)."""
 

@@ -15,7 +15,13 @@ to the scheduler's ``inputs/`` folder before the function sees it
 (:func:`scheduler.paths.confined_folder`: ``/etc``, ``../../x`` or a link out of it is an
 :class:`~scheduler.paths.InputPathError`) and passes the folder as a fourth argument. The
 files there are job files (:mod:`scheduler.jobfiles`): plain data read with
-``torch.load(weights_only=True)``, never a pickle that could run code.
+``torch.load(weights_only=True)``, never a pickle that could run code, or plain text
+(``seq.txt``, a client's ``.seq``, parsed here within :class:`mr0core.pulseq.SeqLimits`).
+
+A client's ``.seq`` is parsed and converted in a worker, where the scheduler accounts for its
+memory, never in the server: :func:`prepare_seq` reads ``seq.txt``, writes the
+:class:`~mr0core.Sequence` as ``seq.pt`` beside it and returns the memory estimate of the
+simulation; :func:`simulate_saved` then simulates (and, asked, reconstructs) it.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .paths import confined_file, confined_folder
+from .paths import confined_file, confined_folder, make_private, open_private
 
 __all__ = [
     "FUNCTIONS",
@@ -34,7 +40,9 @@ __all__ = [
     "JobFunction",
     "is_out_of_memory",
     "job_function",
+    "prepare_seq",
     "run_function",
+    "simulate_saved",
 ]
 
 JobFunction = Callable[..., dict[str, Any]]
@@ -209,6 +217,102 @@ def simulate(params: dict[str, Any], device: str, workdir: Path) -> dict[str, An
             "seconds": round(seconds, 4), "device": device}  # fmt: skip
 
 
+@job_function("prepare_seq", inputs=True)
+def prepare_seq(params: dict[str, Any], device: str, workdir: Path, inputs: Path) -> dict[str, Any]:
+    """Parse and convert a client's ``.seq`` text; save the sequence for :func:`simulate_saved`.
+
+    ``inputs`` (confined, see the module docstring) holds ``seq.txt``, the ``.seq`` file's
+    text as the client sent it (UTF-8). It is read only if within
+    ``SeqLimits().max_file_bytes``, parsed and converted with the default
+    :class:`mr0core.pulseq.SeqLimits` (every bound checked before it allocates), and the
+    :class:`mr0core.Sequence` is written to ``inputs/seq.pt``
+    (:func:`scheduler.jobfiles.save_object`). A malformed file or one over a bound fails the
+    job with a ``ValueError`` (not retried) whose text starts ``the sequence does not parse:``.
+
+    Parameters (``params``)
+    -----------------------
+    name
+        The file's name in error messages (default ``<job .seq>``; at most 200 characters).
+    voxels, coils, tx, exact, max_states
+        The twin the sequence will be simulated on (built voxels, receive coils, transmit
+        channels, whether it takes the exact signal path) and the pre-pass states, for the
+        simulation's memory estimate (:func:`scheduler.estimate.estimate_pdg`). Optional:
+        without ``voxels`` there is no estimate.
+    layout
+        Also write ``layout.npy`` (``[readouts, 2]`` int64: first signal row and samples of
+        each imaging readout, as :meth:`mr0core.recon.KData.from_sequence` splits them).
+    recon
+        The simulation will also reconstruct: its estimate includes the reconstruction's.
+
+    Returns ``{"repetitions", "samples", "readouts", "conversion_bytes", "estimate_bytes"}``:
+    ``conversion_bytes`` is :func:`mr0core.pulseq.conversion_size`'s estimate of this
+    conversion, ``estimate_bytes`` the simulation job's (0 without ``voxels``).
+    """
+    import numpy as np
+    import torch
+
+    # torch and mr0core load only in the worker that runs a job (the service stays light)
+    from mr0core.pulseq import (
+        DEFAULT_SEQ_LIMITS,
+        SeqFormatError,
+        conversion_size,
+        read_seq_text,
+        seq_to_sequence,
+    )
+    from mr0core.recon.kdata import KData, KDataError
+
+    from .estimate import estimate_simulation_from_sequence
+    from .jobfiles import save_object
+
+    name = params.get("name", "<job .seq>")
+    if not isinstance(name, str) or len(name) > 200:
+        raise ValueError(f"name must be a text of at most 200 characters, got {name!r:.220}")
+    path = confined_file(inputs, "seq.txt")
+    size = path.stat().st_size
+    limit = DEFAULT_SEQ_LIMITS.max_file_bytes
+    if size > limit:
+        raise ValueError(
+            f"the sequence does not parse: {name}: {size} bytes is more than the limit "
+            f"max_file_bytes={limit}"
+        )
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"the sequence does not parse: {name}: not UTF-8 text: {exc}") from None
+    try:
+        parsed = read_seq_text(text, name)
+        del text
+        converted = conversion_size(parsed).bytes
+        seq = seq_to_sequence(parsed)
+    except SeqFormatError as exc:  # SeqLimitError too: refused before it allocated
+        raise ValueError(f"the sequence does not parse: {exc}") from None
+    del parsed
+    samples = sum(int((rep.adc_usage != 0).sum()) for rep in seq)
+    readouts = 0
+    layout = None
+    if params.get("layout") or params.get("recon"):
+        try:
+            layout = KData.from_sequence(torch.zeros(samples, 1, dtype=torch.complex64), seq)
+        except KDataError as exc:
+            raise ValueError(f"the sequence has no readout layout: {exc}") from None
+        readouts = int(layout.readout_start.shape[0])
+        if params.get("layout"):
+            rows = torch.stack([layout.readout_start, layout.readout_length], 1)
+            with open_private(workdir / "layout.npy") as f:
+                np.save(f, rows.to(torch.int64).numpy(), allow_pickle=False)
+    estimate = 0
+    if "voxels" in params:
+        recon = layout is not None and bool(params.get("recon"))
+        estimate = estimate_simulation_from_sequence(
+            seq, params, samples=samples,
+            recon_matrix=layout.recon_matrix if recon else None,
+            recon_method="auto" if not recon or layout.trajectory == "cartesian" else "nufft",
+        )  # fmt: skip
+    save_object(seq, inputs / "seq.pt")
+    return {"repetitions": len(seq), "samples": samples, "readouts": readouts,
+            "conversion_bytes": int(converted), "estimate_bytes": int(estimate)}  # fmt: skip
+
+
 @job_function("simulate_saved", inputs=True)
 def simulate_saved(
     params: dict[str, Any], device: str, workdir: Path, inputs: Path
@@ -226,7 +330,13 @@ def simulate_saved(
     submitter to relay.
 
     Other parameters: ``max_states``, ``min_state_mag``, ``min_emitted``, ``min_latent``,
-    ``noise``, ``seed``. Writes ``signal.npy`` (``[samples, coils]`` complex64).
+    ``noise``, ``seed``. Writes ``signal.npy`` (``[samples, coils]`` complex64). With
+    ``recon`` true it also reconstructs the signal by its trajectory
+    (``reconstruct(KData.from_sequence(signal, seq))``) into ``recon.pt`` (as
+    :func:`reconstruct_saved` does); with ``raw`` true it writes the signal as ISMRMRD raw data
+    ``raw.h5`` (:func:`mr0core.io.mrd.sig_to_mrd`). So a submitter that never had the
+    :class:`~mr0core.Sequence` (a client's ``.seq``, converted by :func:`prepare_seq`) gets
+    images and acquisitions without converting it itself.
     """
     import json
     import os
@@ -264,8 +374,28 @@ def simulate_saved(
         noise=noise, progress=False, seed=seed, on_progress=progress,
     )  # fmt: skip
     np.save(workdir / "signal.npy", signal.numpy().astype(np.complex64))
-    return {"samples": int(signal.shape[0]), "coils": int(signal.shape[1]),
-            "seconds": round(time.perf_counter() - started, 4), "device": device}  # fmt: skip
+    summary: dict[str, Any] = {
+        "samples": int(signal.shape[0]), "coils": int(signal.shape[1]),
+        "seconds": round(time.perf_counter() - started, 4), "device": device,
+        "repetitions": len(seq),
+    }  # fmt: skip
+    if params.get("recon"):
+        from mr0core.recon import KData, reconstruct
+
+        from .jobfiles import save_object
+
+        rec = reconstruct(KData.from_sequence(signal, seq))
+        save_object({"image": rec.image.detach().cpu(), "fov_m": list(rec.fov_m),
+                     "matrix": list(rec.matrix), "method": rec.method},
+                    workdir / "recon.pt")  # fmt: skip
+        summary["method"] = rec.method
+    if params.get("raw"):
+        from mr0core.io.mrd import sig_to_mrd
+
+        raw = workdir / "raw.h5"
+        sig_to_mrd(raw, signal, seq)  # in the job's private working folder
+        make_private(raw)
+    return summary
 
 
 @job_function("reconstruct_saved", inputs=True)

@@ -273,8 +273,12 @@ class FakeScheduler:
 
     def submit(self, function: str, params: dict, kind: str, **kw: Any) -> str:
         assert self.folder is not None
-        # what the worker will read is plain data
-        load_object(self.folder / "seq.pt", "Sequence")
+        # what the worker will read is plain data: the client's .seq as text (the server
+        # never parses it), the twin as a job file
+        if function == "prepare_seq":
+            assert stat.S_IMODE((self.folder / "seq.txt").stat().st_mode) == 0o600
+        else:
+            load_object(self.folder / "seq.pt", "Sequence")
         load_object(self.folder / "phantom.pt", "SimData")
         self.calls.append(("submit", (function, kind, kw)))
         return "job1"
@@ -301,7 +305,7 @@ def test_preview_jobs_have_a_timeout_few_attempts_and_die_with_the_session(
         list(gadget.process(iter([])))
     submit = next(args for name, args in sched.calls if name == "submit")
     function, kind, kw = submit
-    assert (function, kind) == ("simulate_saved", "preview")
+    assert (function, kind) == ("prepare_seq", "preview")  # the .seq is parsed in a job
     assert kw["timeout_s"] == TwinPreviewGadget.job_timeout_s > 0
     assert kw["max_attempts"] == TwinPreviewGadget.job_attempts == 2
     assert kw["durable"] is False
