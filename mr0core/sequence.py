@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from mr0core.pulseq.reader import SeqLimits
 
-__all__ = ["Pulse", "PulseUsage", "Repetition", "Sequence", "chain"]
+__all__ = ["Pulse", "PulseUsage", "Repetition", "RfWaveform", "Sequence", "chain"]
 
 _DEFAULT_SHIM = torch.tensor([[1.0, 0.0]])
 """Single-channel shim (amplitude 1, phase 0), the default of :meth:`Sequence.import_file`."""
@@ -63,6 +63,109 @@ def _scalar(value: float | torch.Tensor, like: torch.Tensor | None = None) -> to
         return value.reshape(())
     device = like.device if like is not None else None
     return torch.tensor(float(value), dtype=torch.float32, device=device)
+
+
+class RfWaveform:
+    """The waveform of a shaped RF pulse, for ``rf_model="shaped"`` simulations.
+
+    The pulse is piecewise constant: step ``n`` lasts ``dt[n]`` and plays ``b1[n]`` with the
+    gradient ``grad[n]``. Pulses with equal waveforms share one object (and the simulators share
+    the Bloch integration between them).
+
+    The waveform is scaled and rotated to the :class:`Pulse` that carries it: the simulated B1 is
+    ``b1 · (pulse.angle / angle) · exp(i (pulse.phase − phase))``, so that editing (or optimising)
+    a pulse's angle or phase acts on its shaped form, too.
+
+    Parameters
+    ----------
+    b1
+        ``[steps]`` complex B1 in Hz (γ B1 / 2π, the rotating-frame field): amplitude, shape
+        phase, frequency offset modulation; without the pulse's constant phase offset.
+    dt
+        ``[steps]`` step durations in s (> 0).
+    grad
+        ``[steps, 3]`` gradient during each step in Hz/m (the step's mean), in the units of the
+        sequence's ``gradm`` per second (1/FOV per s for sequences with ``normalized_grads``).
+    center
+        Time of the pulse centre after the start of the first step, s: where the sequence puts
+        the instantaneous pulse (the repetition boundary).
+    angle
+        The flip angle (rad) of the pulse the waveform was made for: ``2π |Σ b1 dt|``.
+    phase
+        The phase (rad) of the pulse the waveform was made for, less its constant offset.
+    """
+
+    __slots__ = ("angle", "b1", "center", "dt", "grad", "phase")
+
+    def __init__(
+        self,
+        b1: torch.Tensor,
+        dt: torch.Tensor,
+        grad: torch.Tensor,
+        center: float,
+        angle: float | None = None,
+        phase: float = 0.0,
+    ) -> None:
+        b1 = torch.as_tensor(b1)
+        n = b1.shape[0] if b1.ndim == 1 else -1
+        if n < 1:
+            raise ValueError(
+                f"RfWaveform.b1 must be [steps] with steps >= 1, got {tuple(b1.shape)}"
+            )
+        dt = torch.as_tensor(dt, device=b1.device)
+        grad = torch.as_tensor(grad, device=b1.device)
+        if dt.shape != (n,) or grad.shape != (n, 3):
+            raise ValueError(
+                f"RfWaveform: dt must be [{n}] and grad [{n}, 3], got {tuple(dt.shape)} and "
+                f"{tuple(grad.shape)}"
+            )
+        if not bool((dt.detach() > 0).all()):
+            raise ValueError(f"RfWaveform.dt must be positive, got minimum {float(dt.min()):g} s")
+        total = float(dt.detach().double().sum())
+        slack = float(dt.detach().max())  # Pulseq allows the centre half a raster outside
+        if not -slack <= float(center) <= total + slack:
+            raise ValueError(
+                f"RfWaveform.center {float(center):g} s lies outside the pulse (0 to {total:g} s)"
+            )
+        self.b1 = b1 if b1.is_complex() else b1.to(torch.complex64)
+        self.dt = dt.float() if not dt.is_floating_point() else dt
+        self.grad = grad.float() if not grad.is_floating_point() else grad
+        self.center = float(center)
+        if angle is None:
+            integral = (self.b1.detach().to(torch.complex128) * self.dt.detach().double()).sum()
+            angle = 2 * math.pi * float(integral.abs())
+        self.angle = float(angle)
+        self.phase = float(phase)
+
+    @property
+    def duration(self) -> float:
+        """Duration of the waveform in s."""
+        return float(self.dt.detach().double().sum())
+
+    def to(self, device: torch.device | str) -> RfWaveform:
+        """Return a copy with the tensors on ``device``."""
+        return RfWaveform(self.b1.to(device), self.dt.to(device), self.grad.to(device),
+                          self.center, self.angle, self.phase)  # fmt: skip
+
+    def clone(self) -> RfWaveform:
+        """Return a copy whose tensors share no storage with this one."""
+        return RfWaveform(self.b1.clone(), self.dt.clone(), self.grad.clone(), self.center,
+                          self.angle, self.phase)  # fmt: skip
+
+    def __repr__(self) -> str:
+        return (
+            f"RfWaveform({len(self.dt)} steps, {self.duration * 1e3:.4g} ms, "
+            f"{math.degrees(self.angle):.4g}°, centre {self.center * 1e3:.4g} ms)"
+        )
+
+
+def _share_waveforms(source: Iterable[Repetition], copies: list[Repetition]) -> None:
+    """Let the copies of pulses that shared a waveform share one copy of it (in place)."""
+    memo: dict[int, RfWaveform] = {}
+    for rep, new in zip(source, copies, strict=True):
+        w = rep.pulse.waveform
+        if w is not None and new.pulse.waveform is not None:
+            new.pulse.waveform = memo.setdefault(id(w), new.pulse.waveform)
 
 
 _OFF_RES_NOT_SIMULATED = (
@@ -102,9 +205,13 @@ class Pulse:
         ``[[1, 0]]`` is a single-channel transmitter.
     selective
         Whether the pulse was slice selective (kept for exporters; the simulation ignores it).
+    waveform
+        The pulse's shaped waveform (:class:`RfWaveform`, kept by the Pulseq import), simulated
+        with ``rf_model="shaped"``; None: the pulse is instantaneous in every model.
     """
 
     _pulse_freq: torch.Tensor | None = None
+    waveform: RfWaveform | None = None
     _freq_offset: torch.Tensor | None = None
     _duration: torch.Tensor | None = None
     _grad: torch.Tensor | None = None
@@ -121,6 +228,8 @@ class Pulse:
         off_res: bool = False,
         shim_array: torch.Tensor | None = None,
         selective: bool = True,
+        *,
+        waveform: RfWaveform | None = None,
     ) -> None:
         if not isinstance(usage, PulseUsage):
             raise TypeError(f"usage must be a PulseUsage, got {usage!r}")
@@ -149,6 +258,11 @@ class Pulse:
             )
         self.shim_array = shim_array
         self.selective = bool(selective)
+        if waveform is not None and not isinstance(waveform, RfWaveform):
+            raise TypeError(
+                f"waveform must be an RfWaveform or None, got {type(waveform).__name__}"
+            )
+        self.waveform = waveform
 
     @classmethod
     def _trusted(
@@ -158,11 +272,14 @@ class Pulse:
         phase: torch.Tensor,
         shim_array: torch.Tensor,
         selective: bool,
+        waveform: RfWaveform | None = None,
     ) -> Pulse:
         """Build from already validated tensors without checks (bulk import fast path)."""
         pulse = object.__new__(cls)
         pulse.usage, pulse._angle, pulse._phase = usage, angle, phase
         pulse.shim_array, pulse.selective = shim_array, selective
+        if waveform is not None:
+            pulse.waveform = waveform
         return pulse
 
     @property
@@ -266,6 +383,7 @@ class Pulse:
             self.off_res,
             self.shim_array.to(device),
             self.selective,
+            waveform=None if self.waveform is None else self.waveform.to(device),
         )
 
     def cpu(self) -> Pulse:
@@ -289,6 +407,7 @@ class Pulse:
             self.off_res,
             self.shim_array.clone(),
             self.selective,
+            waveform=None if self.waveform is None else self.waveform.clone(),
         )
 
     def __repr__(self) -> str:
@@ -537,11 +656,15 @@ class Sequence(list):
 
     def clone(self) -> Sequence:
         """Return a deep copy whose tensors share no storage with this one."""
-        return self._with_reps(rep.clone() for rep in self)
+        reps = [rep.clone() for rep in self]
+        _share_waveforms(self, reps)
+        return self._with_reps(reps)
 
     def to(self, device: torch.device | str) -> Sequence:
         """Return a copy with all tensors on ``device``."""
-        return self._with_reps(rep.to(device) for rep in self)
+        reps = [rep.to(device) for rep in self]
+        _share_waveforms(self, reps)
+        return self._with_reps(reps)
 
     def cpu(self) -> Sequence:
         """Return a copy on the CPU."""
@@ -638,6 +761,7 @@ class Sequence(list):
                 "adc_usage": cat([r.adc_usage for r in reps], (), torch.int32),
             },
             "labels": labels,
+            **_waveform_state(pulses),
         }
 
     @classmethod
@@ -718,6 +842,8 @@ class Sequence(list):
                 setattr(p, name, values[i])
             reps.append(Repetition._trusted(p, split["t"][i], split["g"][i], split["p"][i],
                                             split["u"][i], labels[i]))  # fmt: skip
+        if "waveforms" in state:
+            _waveforms_from_state(_entry(state, "waveforms", dict), reps)
         seq = cls(reps, normalized_grads=bool(_entry(state, "normalized_grads", bool)))
         seq.definitions = deepcopy(_entry(state, "definitions", dict))
         return seq
@@ -969,6 +1095,63 @@ class Sequence(list):
             path = Path(tmp) / "sequence.seq"
             seq.write(str(path))
             return cls.import_file(path, exact_trajectories=exact_trajectories, limits=limits)
+
+
+def _waveform_state(pulses: list[Pulse]) -> dict[str, Any]:
+    """Return the ``waveforms`` entry of :meth:`Sequence.to_state` (none without waveforms)."""
+    index: dict[int, int] = {}
+    distinct: list[RfWaveform] = []
+    of_pulse = []
+    for p in pulses:
+        w = p.waveform
+        if w is None:
+            of_pulse.append(-1)
+            continue
+        if id(w) not in index:
+            index[id(w)] = len(distinct)
+            distinct.append(w)
+        of_pulse.append(index[id(w)])
+    if not distinct:
+        return {}
+    return {
+        "waveforms": {
+            "of_pulse": torch.tensor(of_pulse, dtype=torch.int64),
+            "steps": torch.tensor([len(w.dt) for w in distinct], dtype=torch.int64),
+            "b1": torch.cat([w.b1.detach().cpu().to(torch.complex64) for w in distinct]),
+            "dt": torch.cat([w.dt.detach().cpu().float() for w in distinct]),
+            "grad": torch.cat([w.grad.detach().cpu().float() for w in distinct]),
+            "center": torch.tensor([w.center for w in distinct], dtype=torch.float64),
+            "angle": torch.tensor([w.angle for w in distinct], dtype=torch.float64),
+            "phase": torch.tensor([w.phase for w in distinct], dtype=torch.float64),
+        }
+    }
+
+
+def _waveforms_from_state(state: dict[str, Any], reps: list[Repetition]) -> None:
+    """Attach the waveforms of a ``waveforms`` state entry to the pulses of ``reps``."""
+    of_pulse = _tensor(state, "of_pulse", (len(reps),), torch.int64)
+    steps = _tensor(state, "steps", None, torch.int64)
+    n_w = int(steps.shape[0])
+    if n_w and int(steps.min()) < 1:
+        raise ValueError("Sequence state: a waveform with no step")
+    total = int(steps.sum()) if n_w else 0
+    b1 = _tensor(state, "b1", (total,), torch.complex64)
+    dt = _tensor(state, "dt", (total,), torch.float32)
+    grad = _tensor(state, "grad", (total, 3), torch.float32)
+    center, angle, phase = (_tensor(state, k, (n_w,), torch.float64)
+                            for k in ("center", "angle", "phase"))  # fmt: skip
+    if len(reps) and (int(of_pulse.min()) < -1 or int(of_pulse.max()) >= n_w):
+        raise ValueError("Sequence state: waveform index of a pulse outside the waveforms")
+    counts = steps.tolist()
+    parts = zip(*(torch.split(x, counts) for x in (b1, dt, grad)), strict=True)
+    made = [
+        RfWaveform(b, d, g, float(c), float(a), float(ph))
+        for (b, d, g), c, a, ph in zip(parts, center.tolist(), angle.tolist(), phase.tolist(),
+                                       strict=True)
+    ]  # fmt: skip
+    for rep, i in zip(reps, of_pulse.tolist(), strict=True):
+        if i >= 0:
+            rep.pulse.waveform = made[i]
 
 
 def chain(*sequences: Sequence, oneshot: bool = False) -> Sequence:

@@ -27,13 +27,13 @@ Conventions (documented in the README):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from mr0core.pulseq.reader import SeqFile, SeqFormatError, SeqLimitError, SeqLimits, _limits
-from mr0core.sequence import Pulse, PulseUsage, Repetition, Sequence
+from mr0core.sequence import Pulse, PulseUsage, Repetition, RfWaveform, Sequence
 
 __all__ = [
     "ConversionInfo",
@@ -102,6 +102,11 @@ class RfProperties:
     end: np.ndarray
     """End of the pulse after the block start, s."""
     usage: list[PulseUsage]
+    shape_keys: list[tuple[int, int, int]] = field(default_factory=list)
+    """(magnitude, phase, time) shape ids of every row."""
+    steps: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    """Per shape triple: the piecewise-constant waveform, complex ``[steps]`` (magnitude ·
+    exp(2πi phase shape)) and its step edges ``[steps + 1]`` in s after the pulse start."""
 
 
 @dataclass
@@ -146,6 +151,8 @@ def _compute_rf_properties(seq: SeqFile) -> RfProperties:
     usage: list[PulseUsage] = []
     # per (magnitude, phase, time) shape triple: |∫B1|, peak centre, duration, arg ∫B1
     cache: dict[tuple[int, int, int], tuple[float, float, float, float]] = {}
+    steps: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+    keys: list[tuple[int, int, int]] = []
     for r in range(n):
         amp, mag_id, ph_id, time_id, c, delay, f_ppm, p_ppm, freq, ph = tab.data[r]
         line = int(tab.lines[r])
@@ -169,6 +176,7 @@ def _compute_rf_properties(seq: SeqFile) -> RfProperties:
                 t = (np.arange(len(mag)) + 0.5) * raster
                 duration = len(mag) * raster
                 integral = b1.sum() * raster  # piecewise constant on the RF raster
+                steps[key] = (b1, np.arange(len(mag) + 1) * raster)
             else:
                 t = seq.shape(int(time_id), line) * raster
                 if len(t) != len(mag) or np.any(np.diff(t) < 0):
@@ -179,6 +187,7 @@ def _compute_rf_properties(seq: SeqFile) -> RfProperties:
                     )
                 duration = math.ceil(t[-1] / raster - 1e-10) * raster
                 integral = np.sum(0.5 * (b1[1:] + b1[:-1]) * np.diff(t))  # piecewise linear
+                steps[key] = _linear_steps(b1, t)
             # the centre when the file stores none: the peak, or the middle of a plateau
             # (PyPulseq rule)
             peak = np.flatnonzero(np.abs(mag) >= np.abs(mag).max() * 0.99999)
@@ -188,6 +197,7 @@ def _compute_rf_properties(seq: SeqFile) -> RfProperties:
                 float(duration),
                 float(np.angle(integral)),
             )
+        keys.append(key)
         integral, peak_centre, duration, phase_shape = cache[key]
         c_rel = peak_centre if np.isnan(c) else float(c)
         if not -0.5 * raster <= c_rel <= duration + 0.5 * raster:
@@ -217,7 +227,22 @@ def _compute_rf_properties(seq: SeqFile) -> RfProperties:
             ppm = 1e6 * full_freq / gamma_b0
             fatsat = duration > 6e-3 and -3.5 <= ppm <= -3.4
             usage.append(PulseUsage.FATSAT if fatsat else PulseUsage.REFOC)
-    return RfProperties(angle, phase, center, end, usage)
+    return RfProperties(angle, phase, center, end, usage, keys, steps)
+
+
+def _linear_steps(b1: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Piecewise-constant steps of a piecewise-linear waveform (samples ``b1`` at times ``t``).
+
+    Each step between two samples plays their mean (so the integral is the trapezoid one); a
+    step of zero B1 covers the time before the first sample; steps of zero length are dropped.
+    """
+    edges = np.concatenate([[0.0], t]) if t[0] > 0 else t.astype(np.float64)
+    mean = 0.5 * (b1[1:] + b1[:-1])
+    values = np.concatenate([[0.0], mean]) if t[0] > 0 else mean
+    if len(values) == 0:  # one sample: no duration, nothing to play
+        return np.zeros(0, complex), edges[:1]
+    keep = np.diff(edges) > 0
+    return values[keep].astype(complex), np.concatenate([edges[:1], edges[1:][keep]])
 
 
 @dataclass
@@ -992,6 +1017,7 @@ def seq_to_sequence(
     t_labels = {k: torch.split(torch.from_numpy(v), sizes) for k, v in event_labels.items()}
 
     shims = _pulse_shims(seq, uses, rf_blocks, default_shim)
+    waveforms = _pulse_waveforms(seq, rf, rf_rows, rf_blocks, starts, moments, rotations)
     angles = torch.from_numpy(rf.angle[rf_rows].astype(np.float32)).unbind()
     phases = torch.from_numpy(rf.phase[rf_rows].astype(np.float32)).unbind()
     usages = [rf.usage[r] for r in rf_rows.tolist()]
@@ -1000,7 +1026,7 @@ def seq_to_sequence(
         pulse = (
             Pulse.zero()
             if p is None
-            else Pulse._trusted(usages[p], angles[p], phases[p], shims[p], True)
+            else Pulse._trusted(usages[p], angles[p], phases[p], shims[p], True, waveforms[p])
         )
         labels = {k: v[i] for k, v in t_labels.items()}
         reps.append(
@@ -1030,6 +1056,81 @@ def seq_to_sequence(
         ),
     )
     return out, info
+
+
+_WAVEFORM_CHUNK = 1 << 20  # pulses x step edges per chunk of the gradient sampling
+
+
+def _pulse_waveforms(
+    seq: SeqFile, rf: RfProperties, rf_rows: np.ndarray, rf_blocks: np.ndarray,
+    starts: np.ndarray, moments: list[_Moment], rotations: dict[int, np.ndarray],
+) -> list[RfWaveform | None]:  # fmt: skip
+    """Return every pulse's :class:`RfWaveform`; pulses with equal waveforms share one.
+
+    The B1 of a pulse is ``amplitude · shape · exp(−2πi f (t − centre))`` with the pulse's full
+    frequency offset ``f`` (Hz, ppm terms included), without its constant phase offset: the
+    slice of a pulse played with the gradient ``G`` lies at ``G·r = f`` (the position Pulseq
+    computes the offset for). The gradient of each step is its exact mean (the moment over the
+    step divided by its duration), rotated like the block. Pulses whose [RF] rows differ only in
+    their phase offsets (RF spoiling) and whose gradients agree share one waveform.
+    """
+    out: list[RfWaveform | None] = [None] * len(rf_rows)
+    if len(rf_rows) == 0:
+        return out
+    tab = seq.rf
+    gamma_b0 = GAMMA_HZ_PER_T * _b0(seq)
+    # rows that differ only in phase offsets (columns 7 and 9) share a waveform
+    row_keys = np.nan_to_num(tab.data[:, [0, 1, 2, 3, 4, 5, 6, 8]], nan=-1.0)
+    _, key_of_row = np.unique(row_keys, axis=0, return_inverse=True)
+    probe = np.random.default_rng(0)
+    stored = 0
+    limit = seq.limits.max_waveform_samples
+    for _, where in _groups(key_of_row.reshape(-1)[rf_rows]):
+        r = int(rf_rows[where[0]])
+        amp, _mag, _ph, _time, _c, delay, f_ppm, p_ppm, freq, ph = tab.data[r]
+        b1_shape, edges = rf.steps[rf.shape_keys[r]]
+        if len(b1_shape) == 0:
+            continue
+        dt = np.diff(edges)
+        c_rel = float(rf.center[r] - delay)
+        full_freq = freq + f_ppm * 1e-6 * gamma_b0
+        mid = 0.5 * (edges[1:] + edges[:-1])
+        b1 = amp * b1_shape * np.exp(-2j * math.pi * full_freq * (mid - c_rel))
+        offset = ph + p_ppm * 1e-6 * gamma_b0 + 2 * math.pi * full_freq * c_rel
+        b1_t = torch.from_numpy(b1.astype(np.complex64))
+        dt_t = torch.from_numpy(dt.astype(np.float32))
+        weights = probe.standard_normal(3 * len(dt))
+        made: dict[float, tuple[np.ndarray, RfWaveform]] = {}
+        chunk = max(1, _WAVEFORM_CHUNK // len(edges))
+        for lo in range(0, len(where), chunk):
+            part = where[lo : lo + chunk]
+            t = (starts[rf_blocks[part]] + delay)[:, None] + edges[None, :]  # [P, N + 1]
+            g = np.stack(
+                [np.diff(m(t.ravel()).reshape(t.shape), axis=1) / dt for m in moments], axis=2
+            )  # [P, N, 3] Hz/m
+            for i, p in enumerate(part.tolist()):
+                gp = g[i]
+                mat = rotations.get(int(rf_blocks[p]))
+                if mat is not None:
+                    gp = gp @ mat.T
+                scale = float(np.abs(gp).max()) + 1.0
+                fingerprint = round(float(gp.ravel() @ weights) / scale, 6)
+                known = made.get(fingerprint)
+                if known is None or not np.allclose(known[0], gp, rtol=0, atol=1e-6 * scale):
+                    stored += len(dt)
+                    if stored > limit:
+                        raise SeqLimitError(
+                            seq.path, int(tab.lines[r]), "max_waveform_samples", limit, stored,
+                            "RF waveform steps kept for shaped-pulse simulation",
+                        )  # fmt: skip
+                    wave = RfWaveform(
+                        b1_t, dt_t, torch.from_numpy(gp.astype(np.float32)), c_rel,
+                        float(rf.angle[r]), float(rf.phase[r] - offset),
+                    )  # fmt: skip
+                    known = (gp, wave)
+                    made.setdefault(fingerprint, known)
+                out[p] = known[1]
+    return out
 
 
 def _pulse_shims(

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from .rf import effective_b1
+from .shaped import check_rf_model
 
 if TYPE_CHECKING:
     import matplotlib.figure
@@ -290,7 +291,7 @@ def _seq_arrays(seq: Sequence, size: np.ndarray) -> list[_SeqRep]:
 
 def compute_graph(
     seq: Sequence, data: SimData, max_state_count: int = 200, min_state_mag: float = 1e-4,
-    tissues: Any = None, threaded: bool = True,
+    tissues: Any = None, threaded: bool = True, *, rf_model: str = "instantaneous",
 ) -> Graph:  # fmt: skip
     """Compute the PDG of ``seq`` for the phantom ``data`` (its mean tissue and its tissues).
 
@@ -311,6 +312,12 @@ def compute_graph(
     threaded
         MR-zero 1.2.0's switch for its threaded (Rust) pre-pass. Ours is vectorised numpy in one
         thread either way; ``False`` warns once that it changes nothing.
+    rf_model
+        ``"instantaneous"`` or ``"shaped"`` (:func:`execute_graph`). The pre-pass always
+        applies the pulses' nominal angles; for ``"shaped"`` it also follows the mean tissue at
+        :data:`SHAPED_PREPASS_SCALES` of the nominal flip, the flips of a slice profile's
+        flanks, so that the states an imperfect profile creates (the FID of a 180° pulse's
+        edges, say) are simulated.
     """
     if tissues is not None:
         raise NotImplementedError(
@@ -327,6 +334,8 @@ def compute_graph(
         return float((x.detach() * w).sum())
 
     b1_scales = _b1_scales(seq, data, w)
+    if check_rf_model(rf_model) == "shaped":
+        b1_scales = (*b1_scales, *(b1_scales[0] * f for f in SHAPED_PREPASS_SCALES))
     columns = [(mean(data.T1), mean(data.T2), mean(data.T2dash), mean(data.D), b)
                for b in b1_scales]  # fmt: skip
     columns += _tissue_columns(data, w, b1_scales[0])
@@ -336,6 +345,9 @@ def compute_graph(
         data.dephasing_func,
     )  # fmt: skip
 
+
+SHAPED_PREPASS_SCALES = (0.25, 0.5, 0.8)
+"""Flip scales the pre-pass follows in addition for ``rf_model="shaped"``."""
 
 _WARNED: set[str] = set()
 
@@ -612,7 +624,7 @@ def _keep_most_latent(graph: Graph, max_count: int) -> None:
             rg.plus_latent[order[max_count:]] = 0.0
         if len(rg.z_latent) > max_count:
             order = 1 + np.argsort(-rg.z_latent[1:], kind="stable")
-            rg.z_latent[order[max(max_count - 1, 0):]] = 0.0
+            rg.z_latent[order[max(max_count - 1, 0) :]] = 0.0
 
 
 def _select(

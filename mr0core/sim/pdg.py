@@ -38,6 +38,15 @@ from .graph import (
     Graph,
 )
 from .rf import effective_b1
+from .shaped import (
+    ShapedRfError,
+    check_rf_model,
+    default_sub_slices,
+    edge_coefficients,
+    expand_sub_slices,
+    pulse_rotation,
+    warn_no_waveforms,
+)
 
 if TYPE_CHECKING:
     from mr0core.phantom.sim_data import SimData
@@ -169,6 +178,9 @@ def execute_graph(
     clear_state_mag: bool = True,
     intitial_mag: torch.Tensor | None = None,
     progress_callback: Callable[[int, int], None] | None = None,
+    *,
+    rf_model: str = "instantaneous",
+    sub_slices: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Simulate the ADC signal of ``seq`` on ``data`` along ``graph``.
 
@@ -197,6 +209,17 @@ def execute_graph(
     progress_callback
         Called as ``(repetitions done, repetitions)`` after each repetition (an addition to
         MR-zero's signature, for servers that report progress).
+    rf_model
+        ``"instantaneous"`` (default, MR-zero's model): every pulse is a rotation by its nominal
+        angle at its centre. ``"shaped"``: pulses that carry an
+        :class:`~mr0core.sequence.RfWaveform` (Pulseq imports keep them) become per-voxel
+        rotations from a Bloch simulation of the waveform with its gradients at each voxel's
+        position, B0 and B1 (:mod:`mr0core.sim.shaped`).
+    sub_slices
+        With ``rf_model="shaped"``: voxels through a 2-D phantom's thickness
+        (:func:`mr0core.sim.shaped.expand_sub_slices`); default
+        :func:`~mr0core.sim.shaped.default_sub_slices` (8 for one-voxel-thick grids under a
+        slice-selective pulse, else 1). The main pass's cost grows with it.
 
     Returns
     -------
@@ -205,6 +228,17 @@ def execute_graph(
     """
     if len(graph) != len(seq):
         raise ValueError(f"the graph has {len(graph)} repetitions, the sequence {len(seq)}")
+    shaped = check_rf_model(rf_model) == "shaped"
+    n_sub = 1
+    if shaped:
+        warn_no_waveforms(seq)
+        n_sub = default_sub_slices(seq, data) if sub_slices is None else int(sub_slices)
+        data = expand_sub_slices(data, n_sub)
+        if intitial_mag is not None and n_sub > 1:
+            intitial_mag = torch.repeat_interleave(intitial_mag.reshape(-1), n_sub)
+    elif sub_slices is not None:
+        raise ShapedRfError(f"sub_slices={sub_slices} needs rf_model='shaped'")
+    rotations: dict = {}  # shaped pulses' Bloch integrations, shared between equal pulses
     dev = data.device
     cdt = torch.complex64
     fdt = torch.float32
@@ -265,18 +299,24 @@ def execute_graph(
         prev_map_z = _remap(z_active, _prev_count(graph, r, plus=False))
 
         pulse = rep.pulse
-        b1eff = effective_b1(pulse.shim_array.to(dev, fdt), b1, r)  # [V]
-        angle = pulse.angle.to(dev, fdt) * b1eff.abs()
-        phase = pulse.phase.to(dev, fdt) + torch.angle(b1eff)
-        c2 = torch.cos(angle / 2) ** 2
-        s2 = torch.sin(angle / 2) ** 2
-        sa = torch.sin(angle)
-        ca = torch.cos(angle)
-        e1 = _cis(phase)
-        e1sa = e1 * sa
-        z_from_plus = -1j * e1sa.conj()
-        coef = torch.stack([c2.to(cdt), e1 * e1 * s2, -0.5j * e1sa, ca.to(cdt), z_from_plus,
-                            z_from_plus.conj()])  # [6, V], rows as in _EDGE_RULES  # fmt: skip
+        if shaped and pulse.waveform is not None:
+            rot_a, rot_b = pulse_rotation(
+                pulse, pos, b0, b1, r, size if seq.normalized_grads else None, rotations
+            )
+            coef = edge_coefficients(rot_a, rot_b)  # [6, V], rows as in _EDGE_RULES
+        else:
+            b1eff = effective_b1(pulse.shim_array.to(dev, fdt), b1, r)  # [V]
+            angle = pulse.angle.to(dev, fdt) * b1eff.abs()
+            phase = pulse.phase.to(dev, fdt) + torch.angle(b1eff)
+            c2 = torch.cos(angle / 2) ** 2
+            s2 = torch.sin(angle / 2) ** 2
+            sa = torch.sin(angle)
+            ca = torch.cos(angle)
+            e1 = _cis(phase)
+            e1sa = e1 * sa
+            z_from_plus = -1j * e1sa.conj()
+            coef = torch.stack([c2.to(cdt), e1 * e1 * s2, -0.5j * e1sa, ca.to(cdt), z_from_plus,
+                                z_from_plus.conj()])  # [6, V], rows as in _EDGE_RULES  # fmt: skip
         # every edge is coef[row] · (parent or its conjugate): per edge kind one gather, one
         # product and one scatter. Kind by kind rather than all edges at once, so that the
         # transient is one kind's [edges, V] rather than several copies of all of them (the
@@ -354,6 +394,8 @@ def execute_graph(
 
     out = torch.cat(signals) if signals else torch.zeros((0, n_coil), dtype=cdt, device=dev)
     if return_mag_adc:
+        if n_sub > 1:  # the mean over each voxel's sub-slices (their PD is equal)
+            mags = [m.reshape(-1, n_sub).mean(1) for m in mags]
         return out, mags
     return out
 
