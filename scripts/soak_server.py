@@ -56,7 +56,8 @@ the server's whole process tree (the server and every descendant: scheduler work
 resource tracker), found by scanning ``/proc/*/stat`` for parent ids, is sampled, and a progress
 line is printed. At the end it prints, and with ``--json F`` writes:
 
-* the resident memory over time (a table: minute, largest and last sample, MB = 10⁶ bytes);
+* the resident memory over time (a table: minute, the tree's largest and last sample, the
+  server process's own last sample; MB = 10⁶ bytes);
 * p50/p99 latency of the valid sessions (connect to close), per kind and all together;
 * per hostile kind: sessions, how many were answered as expected, and the p50 time to the answer;
 * unexpected failures: a valid session that failed, a hostile one answered otherwise (no
@@ -64,7 +65,8 @@ line is printed. At the end it prints, and with ``--json F`` writes:
 * the plateau verdict: the largest sample of the last third of the run is at most
   ``--plateau-ratio`` (1.1) times the largest of the middle third, and no sample exceeds
   ``--rss-bound-mb`` (3000 MB); with fewer than 3 samples in a third it is not judged;
-* the machine: ``nproc``, the CPU model, the load averages before and after.
+* the machine: ``nproc``, the CPU model, the load averages before and after; the repository's
+  commit (and whether tracked files differ from it).
 
 Exit status: 0 when nothing unexpected happened and the memory plateaued (or was not judged),
 1 when a session failed unexpectedly or the memory did not plateau, 2 for bad arguments or a
@@ -749,9 +751,12 @@ def plateau(samples: list[tuple[float, int]], ratio: float, bound_mb: float) -> 
 
 
 def summarise(
-    soak: Soak, samples: list[tuple[float, int, int]], opts: argparse.Namespace
+    soak: Soak, samples: list[tuple[float, int, int, int]], opts: argparse.Namespace
 ) -> dict[str, Any]:
-    """Return the results (the ``--json`` document)."""
+    """Return the results (the ``--json`` document).
+
+    ``samples`` are (seconds since the start, tree RSS, processes, the server's own RSS), bytes.
+    """
     by_kind: dict[str, list[Outcome]] = {name: [] for name in soak.kinds}
     for o in soak.outcomes:
         by_kind[o.kind].append(o)
@@ -777,15 +782,20 @@ def summarise(
         for o in soak.outcomes
         if not o.ok
     ]
-    rss = [{"t_s": round(t, 1), "rss_mb": round(b / MB, 1), "processes": n} for t, b, n in samples]
-    minutes: dict[int, list[int]] = {}
-    for t, b, _ in samples:
-        minutes.setdefault(int(t // 60), []).append(b)
+    rss = [
+        {"t_s": round(t, 1), "rss_mb": round(b / MB, 1), "server_mb": round(r / MB, 1),
+         "processes": n}
+        for t, b, n, r in samples
+    ]  # fmt: skip
+    minutes: dict[int, list[tuple[int, int]]] = {}
+    for t, b, _, r in samples:
+        minutes.setdefault(int(t // 60), []).append((b, r))
     table = [
-        {"minute": m, "max_mb": round(max(bs) / MB, 1), "last_mb": round(bs[-1] / MB, 1)}
-        for m, bs in sorted(minutes.items())
-    ]
-    verdict = plateau([(t, b) for t, b, _ in samples], opts.plateau_ratio, opts.rss_bound_mb)
+        {"minute": m, "max_mb": round(max(b for b, _ in rows) / MB, 1),
+         "last_mb": round(rows[-1][0] / MB, 1), "server_last_mb": round(rows[-1][1] / MB, 1)}
+        for m, rows in sorted(minutes.items())
+    ]  # fmt: skip
+    verdict = plateau([(t, b) for t, b, _, _ in samples], opts.plateau_ratio, opts.rss_bound_mb)
     return {
         "clients": opts.clients,
         "duration_s": round(time.monotonic() - soak.started, 1),
@@ -822,6 +832,28 @@ def machine() -> dict[str, Any]:
         "memory_gb": round(mem_kb * KB / 1e9, 1),
         "load": list(os.getloadavg()),
     }
+
+
+def code_version() -> dict[str, Any]:
+    """Return the repository's commit and whether tracked files differ from it (git)."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
 # -- the server -----------------------------------------------------------------------------------
@@ -1046,14 +1078,20 @@ def print_summary(res: dict[str, Any], command: str) -> None:
         f"\n## Soak: {res['clients']} clients, {res['duration_s'] / 60:.1f} min, "
         f"{res['sessions']} sessions\n"
     )
-    print(f"`{command}`  ")
+    code = res.get("code", {})
+    dirty = " with changes to tracked files" if code.get("dirty") else ""
+    print(f"`{command}` at commit {code.get('commit')}{dirty}  ")
     print(
         f"machine: {m['nproc']} cores ({m['cpu']}), {m['memory_gb']} GB; load average "
         f"before {m['load_before'][0]:.2f}, after {m['load_after'][0]:.2f}\n"
     )
-    print("| minute | tree RSS max (MB) | last (MB) |\n|---|---|---|")
+    print("| minute | tree RSS max (MB) | last (MB) | of which the server process, last (MB) |")
+    print("|---|---|---|---|")
     for row in res["rss_by_minute"]:
-        print(f"| {row['minute']} | {row['max_mb']:.0f} | {row['last_mb']:.0f} |")
+        print(
+            f"| {row['minute']} | {row['max_mb']:.0f} | {row['last_mb']:.0f} | "
+            f"{row['server_last_mb']:.0f} |"
+        )
     print("\n| valid session | n | ok | p50 (s) | p99 (s) |\n|---|---|---|---|---|")
     for name, row in res["valid"].items():
         print(
@@ -1139,15 +1177,21 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for t in clients:
             t.start()
-        samples: list[tuple[float, int, int]] = []
+        samples: list[tuple[float, int, int, int]] = []
+        next_sample = time.monotonic()
         while any(t.is_alive() for t in clients):
+            if time.monotonic() < next_sample:
+                time.sleep(min(0.1, next_sample - time.monotonic()))
+                continue
+            next_sample += opts.sample_s
             now = time.monotonic() - soak.started
             line = f"soak: {now:6.0f} s"
             if pid is not None:
                 with contextlib.suppress(ProcError):
                     rss, n = tree_rss(pid)
-                    samples.append((now, rss, n))
-                    line += f"  RSS {rss / MB:6.0f} MB in {n} processes"
+                    own = (_status_kb(pid, "VmRSS") or 0) * KB
+                    samples.append((now, rss, n, own))
+                    line += f"  RSS {rss / MB:6.0f} MB in {n} processes (server {own / MB:.0f})"
             with soak.lock:
                 done = list(soak.outcomes)
             bad = sum(not o.ok for o in done)
@@ -1155,8 +1199,6 @@ def main(argv: list[str] | None = None) -> int:
             if server is not None and server.proc.poll() is not None:
                 line += f"  SERVER EXITED {server.proc.returncode}"
             print(line, flush=True)
-            for t in clients:
-                t.join(opts.sample_s / len(clients))
         results = summarise(soak, samples, opts)
     finally:
         server_info = None
@@ -1173,6 +1215,7 @@ def main(argv: list[str] | None = None) -> int:
             if not opts.keep:
                 shutil.rmtree(folder, ignore_errors=True)
     results["command"] = command
+    results["code"] = code_version()
     results["machine"] = {**machine(), "load_before": load_before}
     results["machine"]["load_after"] = results["machine"].pop("load")
     if server_info is not None:

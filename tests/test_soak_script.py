@@ -48,8 +48,10 @@ def test_smoke_run(tmp_path):
     assert res["server"]["exit_status"] == 0
     assert res["server"]["crash_lines"] == []
     assert res["rss"]
-    assert all(s["rss_mb"] > 0 and s["processes"] >= 1 for s in res["rss"])
+    assert all(0 < s["server_mb"] < s["rss_mb"] and s["processes"] >= 2 for s in res["rss"])
+    assert set(res["rss_by_minute"][0]) == {"minute", "max_mb", "last_mb", "server_last_mb"}
     assert res["rss_by_minute"][0]["minute"] == 0
+    assert set(res["code"]) == {"commit", "dirty"}
     assert set(res["plateau"]) >= {"ok", "reason", "max_mb", "bound_mb"}
     assert {"nproc", "cpu", "load_before", "load_after"} <= set(res["machine"])
     # the exit status follows the verdicts (a 3 s run may not have plateaued yet)
