@@ -1486,7 +1486,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Na
     parser.add_argument(
         "--no-scheduler",
         action="store_true",
-        help="run simulations in the session's thread, not as scheduler jobs",
+        help="parse clients' .seq files, simulate and reconstruct in the server process, "
+        "not as scheduler jobs (whose memory the scheduler accounts for)",
     )
     parser.add_argument(
         "--scheduler-dir",
