@@ -58,6 +58,17 @@ Diffusion
 ``perfect_spoiling``
     Sets all ``m+`` to zero right before every excitation pulse (usage ``EXCIT``), as MR-zero
     does; refocusing and other pulses act on the transverse magnetisation as it is.
+``rf_model="shaped"``
+    Pulses that carry an :class:`~mr0core.sequence.RfWaveform` are played in time: every event
+    that overlaps a waveform (before its centre, in the previous repetition's events, and after
+    it) is cut at the waveform's raster steps, and each piece is an exact rotation of every spin
+    about its own effective field ``(2π Re B, 2π Im B, −2π (Ġ·r + Δf))``, with the event's
+    gradient played at its constant mean rate ``Ġ`` (the event model's, independent of the
+    waveform's stored gradient), the spin's position, B0 and T2′ offset, ``B = b1 · (angle /
+    waveform angle) · e^{i(phase − waveform phase)} · B1eff``, followed by the piece's
+    relaxation. So relaxation during the pulse is included here. Within such pieces a diffusing
+    spin keeps its position of the event's start (the walk advances after the event).
+    ``perfect_spoiling`` is not available with it.
 
 Everything is plain differentiable torch (no in-place operations), in float32 / complex64 on the
 phantom's device. Large problems (more than ``_CHUNK_ELEMENTS`` voxel × spin elements) are
@@ -71,12 +82,14 @@ import operator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from mr0core.sequence import PulseUsage
 
 from .rf import effective_b1
+from .shaped import ShapedRfError, check_rf_model, step_rotation, warn_no_waveforms
 
 if TYPE_CHECKING:
     from mr0core.phantom.sim_data import SimData
@@ -93,6 +106,16 @@ _DIMS = 4  # T2' offset, x, y, z
 
 
 @dataclass
+class _Pieces:
+    """RF pieces within one event: durations ``h [m]`` s and B1 ``b [m]`` complex Hz."""
+
+    h: torch.Tensor
+    b: torch.Tensor
+    shim: torch.Tensor  # [tx, 2] of the pulse the pieces belong to
+    owner: int  # that pulse's repetition
+
+
+@dataclass
 class _Rep:
     """A repetition prepared for the simulation (tensors on the phantom device)."""
 
@@ -106,6 +129,8 @@ class _Rep:
     k: torch.Tensor  # [events, 3] 1/m (physical)
     adc_phase: torch.Tensor  # [events]
     adc: list[bool]
+    shaped: bool = False  # the pulse is played by RF pieces in the events (rf_model="shaped")
+    pieces: dict[int, _Pieces] | None = None  # event -> RF pieces played in it
 
 
 def isochromat_sim(
@@ -116,6 +141,8 @@ def isochromat_sim(
     print_progress: bool = True,
     spin_dist: Literal["rand", "r2"] = "rand",
     r2_seed: torch.Tensor | float | None = None,
+    *,
+    rf_model: str = "instantaneous",
 ) -> torch.Tensor:
     """Simulate ``seq`` on ``data`` with ``spin_count`` isochromats per voxel.
 
@@ -139,6 +166,9 @@ def isochromat_sim(
     r2_seed
         Offset of the R2 sequence (scalar or one value per dimension: T2′, x, y, z; default 0.5),
         or the seed of the random generator for ``"rand"`` (default 0). Also seeds diffusion.
+    rf_model
+        ``"instantaneous"`` (default) or ``"shaped"``: pulses with waveforms played step by step
+        (module documentation).
 
     Returns
     -------
@@ -162,6 +192,12 @@ def isochromat_sim(
     cauchy = torch.tan(math.pi * (u[:, 0] - 0.5))  # [spins], unit half width
     offsets = _spin_offsets(data, u[:, 1:], fdt)  # [spins, 3] m
     reps = [_prepare(rep, data, seq.normalized_grads, i) for i, rep in enumerate(seq)]
+    if check_rf_model(rf_model) == "shaped":
+        if perfect_spoiling:
+            raise ShapedRfError("isochromat_sim: perfect_spoiling is not available with "
+                                "rf_model='shaped'")  # fmt: skip
+        warn_no_waveforms(seq)
+        _attach_rf_pieces(seq, reps, data)
     n_coils = data.coil_sens.shape[0]
     n_vox = data.voxel_count
     chunk = max(1, _CHUNK_ELEMENTS // spins)
@@ -292,6 +328,89 @@ def _prepare(rep: Repetition, data: SimData, normalized: bool, index: int) -> _R
     )
 
 
+def _attach_rf_pieces(seq: Sequence, reps: list[_Rep], data: SimData) -> None:
+    """Cut the events that overlap a waveform into RF pieces (``rep.pieces``), in place."""
+    dev = data.device
+    durations = [float(np.sum(r.dt_list)) for r in reps]
+    rep_start = np.concatenate([[0.0], np.cumsum(durations)])
+    for r, (rep, prep) in enumerate(zip(seq, reps, strict=True)):
+        wave = rep.pulse.waveform
+        if wave is None:
+            continue
+        prep.shaped = True
+        scale = rep.pulse.angle / wave.angle if wave.angle > 0 else torch.ones(())
+        b1 = (wave.b1.to(torch.complex128) * scale.to(torch.float64)
+              * torch.exp(1j * (rep.pulse.phase.to(torch.float64) - wave.phase)))  # fmt: skip
+        edges = (
+            rep_start[r]
+            - wave.center
+            + np.concatenate([[0.0], np.cumsum(wave.dt.detach().double().cpu().numpy())])
+        )
+        for q in range(r, -1, -1):  # the repetitions the waveform overlaps (it ends after r)
+            if q < r and rep_start[q + 1] <= edges[0]:
+                break
+            _cut_rep(reps[q], rep_start[q], edges, b1, prep.shim, r, dev)
+            if rep_start[q] <= edges[0]:
+                break
+        if edges[-1] > rep_start[-1] + 1e-12 or edges[0] < -1e-12:
+            raise ShapedRfError(
+                f"repetition {r}: the pulse's waveform reaches outside the sequence "
+                f"({edges[0]:g} s to {edges[-1]:g} s)"
+            )
+
+
+def _cut_rep(
+    prep: _Rep, start: float, edges: np.ndarray, b1: torch.Tensor, shim: torch.Tensor,
+    owner: int, dev: torch.device,
+) -> None:  # fmt: skip
+    """Add the RF pieces of the waveform (absolute ``edges``, ``b1``) to the events of ``prep``."""
+    t = start + np.concatenate([[0.0], np.cumsum(prep.dt_list)])
+    for e in range(len(prep.dt_list)):
+        t0, t1 = t[e], t[e + 1]
+        if t1 <= edges[0] or t0 >= edges[-1] or t1 <= t0:
+            continue
+        inner = edges[(edges > t0) & (edges < t1)]
+        cuts = np.concatenate([[t0], inner, [t1]])
+        mid = 0.5 * (cuts[1:] + cuts[:-1])
+        step = np.searchsorted(edges, mid, side="right") - 1
+        on = (step >= 0) & (step < len(b1))
+        values = torch.zeros(len(mid), dtype=torch.complex128).index_put(
+            (torch.from_numpy(np.flatnonzero(on)),), b1.cpu()[torch.from_numpy(step[on])]
+        )
+        h = torch.from_numpy(np.diff(cuts))
+        if prep.pieces is None:
+            prep.pieces = {}
+        if e in prep.pieces:
+            raise ShapedRfError(
+                f"repetition {owner}: its waveform overlaps another pulse's in one event"
+            )
+        prep.pieces[e] = _Pieces(
+            h.to(dev, torch.float32), values.to(dev, torch.complex64), shim, owner
+        )
+
+
+def _rf_event(
+    mp: torch.Tensor, mz: torch.Tensor, pieces: _Pieces, b1eff: torch.Tensor,
+    cycles_rate: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Play one event's RF pieces: exact rotation then relaxation, piece by piece.
+
+    ``cycles_rate [V, S]``: each spin's free precession (Hz: gradient rate · position +
+    off-resonance); ``b1eff [V, 1]`` complex.
+    """
+    for j in range(len(pieces.h)):
+        h = pieces.h[j]
+        field = pieces.b[j] * b1eff  # [V, 1] Hz
+        a, b = step_rotation(field.real, field.imag, cycles_rate, h)
+        ac = a.conj()
+        mp, mz = (ac * ac * mp - b * b * mp.conj() + 2 * ac * b * mz,
+                  (a.abs() ** 2 - b.abs() ** 2) * mz - 2 * (ac * b.conj() * mp).real)  # fmt: skip
+        e1 = torch.exp(-h / t1)
+        mp = mp * torch.exp(-h / t2)
+        mz = mz * e1 + (1 - e1)
+    return mp, mz
+
+
 def _pulse(
     mp: torch.Tensor, mz: torch.Tensor, angle: torch.Tensor, phase: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,11 +448,27 @@ def _simulate(
         if perfect_spoiling and rep.excitation:
             mp = torch.zeros_like(mp)
         b1eff = effective_b1(rep.shim, b1, rep.index)  # [V]
-        angle = (rep.angle * b1eff.abs())[:, None]
-        phase = (rep.phase + torch.angle(b1eff))[:, None]
-        mp, mz = _pulse(mp, mz, angle, phase)
+        if not rep.shaped:
+            angle = (rep.angle * b1eff.abs())[:, None]
+            phase = (rep.phase + torch.angle(b1eff))[:, None]
+            mp, mz = _pulse(mp, mz, angle, phase)
         for e in range(len(rep.adc)):
             dt, k = rep.dt[e], rep.k[e]
+            pieces = rep.pieces.get(e) if rep.pieces is not None else None
+            if pieces is not None and rep.dt_list[e] > 0:
+                # the B1 of the pulse whose waveform plays here (maybe the next repetition's)
+                owner = effective_b1(pieces.shim, b1, pieces.owner)
+                rel = offsets if walk is None else offsets[None] + walk
+                rate = ((pos @ k)[:, None] + (rel @ k)) / dt + df  # [V, S] Hz
+                mp, mz = _rf_event(mp, mz, pieces, owner[:, None], rate, t1, t2)
+                if diffusing:
+                    std = torch.sqrt(torch.clamp(2 * diff * dt, min=1e-30))
+                    z = torch.randn(n_vox, n_spins, 3, generator=gen, device=dev, dtype=fdt)
+                    walk = z * std if walk is None else walk + z * std
+                if rep.adc[e]:
+                    rot = torch.polar(torch.ones_like(rep.adc_phase[e]), rep.adc_phase[e])
+                    out.append((pd_coil * mp.mean(dim=1)).sum(dim=1) * rot)
+                continue
             # gradient phase k·r with r = voxel position + spin offset (+ random walk)
             cycles = (pos @ k)[:, None] + (offsets @ k)[None, :] + df * dt
             if diffusing and rep.dt_list[e] > 0:

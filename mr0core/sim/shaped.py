@@ -73,6 +73,7 @@ __all__ = [
     "merge_steps",
     "pulse_rotation",
     "slice_profile",
+    "step_rotation",
     "waveform_spinor",
 ]
 
@@ -96,10 +97,13 @@ def check_rf_model(rf_model: str) -> str:
     return rf_model
 
 
-def _step_parameters(
+def step_rotation(
     bx: torch.Tensor, by: torch.Tensor, wz: torch.Tensor, dt: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cayley–Klein ``(a, b)`` of single steps: fields in Hz (``B = bx + i by``, ``wz``: Hz)."""
+    """Return the Cayley–Klein ``(a, b)`` of single steps of duration ``dt`` (s).
+
+    ``bx + i by``: the B1 (Hz); ``wz``: the free precession frequency (Hz, ``G·r + Δf``).
+    """
     wx, wy, w_z = _TWO_PI * bx, _TWO_PI * by, -_TWO_PI * wz  # rad/s
     norm = torch.sqrt(wx * wx + wy * wy + w_z * w_z)
     half = 0.5 * norm * dt
@@ -199,7 +203,7 @@ def waveform_spinor(
         wz = grad @ pos[sl].T + df[sl][None]  # [N, Vc]
         bx = b1.real[:, None] * b1_scale[sl][None]
         by = b1.imag[:, None] * b1_scale[sl][None]
-        a, b = _step_parameters(bx, by, wz, dt[:, None])
+        a, b = step_rotation(bx, by, wz, dt[:, None])
         a, b = _compose(a, b)
         parts_a.append(a)
         parts_b.append(b)
