@@ -66,8 +66,11 @@ def test_preview_equals_mr0_simulate_recon(server, tmp_path):
     assert meta["MR0Phantom"] == "builtin:brain"
 
     out = tmp_path / "ref.nii.gz"
+    # the preview's settings: its "accuracy" is the main-pass thresholds (MR-zero's meaning)
     assert mr0_main(["simulate", str(seq), "--phantom", "brain", "--size", "32",
-                     "--out", str(tmp_path / "sig.npy"), "--recon", str(out)]) == 0  # fmt: skip
+                     "--max-states", "200", "--min-state-mag", "1e-4", "--min-emitted", "1e-3",
+                     "--min-latent", "1e-3", "--out", str(tmp_path / "sig.npy"),
+                     "--recon", str(out)]) == 0  # fmt: skip
     ref = np.asarray(nib.load(out).get_fdata(), np.float32)
     got = image_array(image)[..., 0]
     assert got.shape == ref.shape[:2]
