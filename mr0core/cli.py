@@ -96,7 +96,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"sequence file not found: {seq_path}")
     seq = Sequence.import_file(seq_path)
     phantom, name = load_job_phantom(args.phantom, args.size, args.coils)
-    signal = run_simulation(seq, phantom, settings, args.device, args.noise, seed=args.seed)
+    signal = run_simulation(
+        seq, phantom, settings, args.device, args.noise, seed=args.seed, rf_model=args.rf_model
+    )
     if out.suffix.lower() == ".npy":
         np.save(out, signal.numpy().astype(np.complex64))
     else:
@@ -241,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coils", type=int, default=1, help="receive coils of built-ins (default 1)")
     _add_sim_options(p)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--rf-model", choices=["instantaneous", "shaped"], default="instantaneous",
+                   help="instantaneous pulses (MR-zero's model, default) or shaped: slice "
+                        "profiles from the .seq file's RF waveforms")  # fmt: skip
     p.add_argument("--noise", type=float, default=0.0, help="noise standard deviation")
     p.add_argument("--seed", type=int, default=None, help="noise seed")
     p.add_argument("--out", required=True, help="signal.npy or signal.mrd")

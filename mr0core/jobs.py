@@ -118,8 +118,11 @@ def run_simulation(
     progress: bool = True,
     seed: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    rf_model: str = "instantaneous",
 ) -> torch.Tensor:
     """Simulate ``seq`` on ``phantom`` with PDG; return the signal ``[samples, coils]`` complex64.
+
+    ``rf_model``: ``"instantaneous"`` or ``"shaped"`` (:func:`mr0core.sim.execute_graph`).
 
     ``device`` ``"cuda"`` needs a GPU (a clear error otherwise); default CPU. ``noise`` adds
     complex Gaussian noise of that standard deviation (per real and imaginary part), seeded by
@@ -137,10 +140,10 @@ def run_simulation(
     data = phantom.build() if hasattr(phantom, "build") else phantom
     if device == "cuda":
         data, seq = data.cuda(), seq.cuda()
-    graph = compute_graph(seq, data, settings.max_states, settings.min_state_mag)
+    graph = compute_graph(seq, data, settings.max_states, settings.min_state_mag, rf_model=rf_model)
     signal = execute_graph(
         graph, seq, data, settings.min_emitted, settings.min_latent, print_progress=progress,
-        progress_callback=on_progress,
+        progress_callback=on_progress, rf_model=rf_model,
     )  # fmt: skip
     signal = signal.detach().cpu()
     if noise > 0:

@@ -232,6 +232,8 @@ def simulate(
     accuracy: float = 1e-3,
     noise_level: float | None = None,
     device: str | torch.device | None = None,
+    *,
+    rf_model: str = "instantaneous",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Simulate a sequence with PDG in one call.
 
@@ -256,6 +258,9 @@ def simulate(
         Standard deviation of complex Gaussian noise added to the signal.
     device
         Where to simulate; default: where the phantom's tensors are (CPU unless you moved them).
+    rf_model
+        ``"instantaneous"`` (MR-zero's model, default) or ``"shaped"``: slice profiles from the
+        pulses' waveforms (:func:`mr0core.sim.execute_graph`).
 
     Returns
     -------
@@ -287,8 +292,10 @@ def simulate(
         data = data.to(device)
     seq = seq.to(data.device) if seq.device != data.device else seq
     states, state_mag, min_emitted, min_latent = accuracy_settings(accuracy)
-    graph = compute_graph(seq, data, states, state_mag)
-    signal = execute_graph(graph, seq, data, min_emitted, min_latent, print_progress=False)
+    graph = compute_graph(seq, data, states, state_mag, rf_model=rf_model)
+    signal = execute_graph(
+        graph, seq, data, min_emitted, min_latent, print_progress=False, rf_model=rf_model
+    )
     if noise_level:
         noise = torch.randn(signal.shape, dtype=signal.dtype, device=signal.device)
         signal = signal + float(noise_level) * noise
