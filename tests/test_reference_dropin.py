@@ -5,7 +5,7 @@ Every sequence class that MR-zero's documentation walks through is built here wi
 phantom, ``numerical_brain_cropped.mat`` at 32 × 32, three ways, each exactly as an MR-zero script
 spells it and at MR-zero's own default settings:
 
-* ``util.simulate(seq, util.load_phantom((32, 32)))`` (``accuracy=1e-3``);
+* ``util.simulate(seq, util.load_phantom((32, 32)), accuracy=1e-2)`` (the same line for both);
 * ``compute_graph(seq, data)`` then ``execute_graph(graph, seq, data)`` (200 states, 1e-4;
   thresholds 1e-2) on each library's own import of the same ``.seq`` file;
 * ``reco_adjoint(signal, seq.get_kspace(), ...)`` on the same signal.

@@ -253,11 +253,12 @@ def test_util_simulate_defaults_and_no_files_in_cwd(
     assert signal.shape == (4096, 1)
     assert ktraj.shape == (4096, 4)
     assert signal.dtype == torch.complex64
-    # the documented defaults: the brain at sim_size, pre-pass (200, 1e-4), accuracy 1e-3
+    # the documented defaults: the brain at sim_size, accuracy 1e-3 through accuracy_settings
     seq = mr0.Sequence.import_file(CORPUS / "write_gre.seq")
     data = mr0.util.load_phantom(size=(32, 32), url="builtin:brain").build()
-    graph = compute_graph(seq, data, 200, 1e-4)
-    explicit = execute_graph(graph, seq, data, 1e-3, 1e-3, print_progress=False)
+    states, state_mag, emitted, latent = mr0.sim.accuracy_settings(1e-3)
+    graph = compute_graph(seq, data, states, state_mag)
+    explicit = execute_graph(graph, seq, data, emitted, latent, print_progress=False)
     torch.testing.assert_close(signal, explicit, rtol=0, atol=1e-6 * float(explicit.abs().max()))
     torch.testing.assert_close(ktraj, seq.get_kspace())
     # negative control: another phantom gives another signal (the comparison above can fail)
