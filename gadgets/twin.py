@@ -188,8 +188,13 @@ class TwinPreviewGadget(Gadget):
         "phantom": Property("str", "brain", "brain, shepp-logan, or <name> in --phantoms"),
         "size": Property("int", 64, "phantom matrix in-plane (voxels)", min=4, max=512),
         "coils": Property("int", 1, "receive coils of a built-in phantom", min=1, max=64),
-        "accuracy": Property("float", 1e-3, "PDG main-pass thresholds (min emitted and "
-                             "latent signal; MR-zero's meaning)", min=0.0, max=1.0),
+        "accuracy": Property(
+            "float",
+            1e-3,
+            "PDG main-pass thresholds (min emitted and latent signal; MR-zero's meaning)",
+            min=0.0,
+            max=1.0,
+        ),
         "max_states": Property("int", 200, "PDG pre-pass states", min=1, max=100000),
         "noise": Property("float", 0.0, "complex noise std per sample", min=0.0),
         "seed": Property("int", 0, "noise seed", min=0),
