@@ -224,31 +224,50 @@ def _canonical(k: np.ndarray, tau: np.ndarray) -> np.ndarray:
     return q[np.arange(len(q)), first] < 0
 
 
-def _unique_rows(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``np.unique(q, axis=0, return_index=True, return_inverse=True)`` for int64 ``q [n, 4]``.
+_HASH = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93],
+                 dtype=np.uint64)  # fmt: skip
+"""Odd 64-bit multipliers of the row hash in :func:`_group_rows`."""
 
-    Same rows, order, first indices and inverse, but several times faster: the rows are packed
-    into one mixed-radix integer when their ranges allow (same order as the row-wise sort),
-    otherwise sorted with a stable ``lexsort``. ``np.unique(axis=0)`` goes through a structured
-    view and costs about 1 ms for a few hundred rows, which made it the pre-pass's largest cost.
+
+def _group_rows(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group equal rows of int64 ``q [n, 4]``: return ``order``, ``starts`` and ``inverse``.
+
+    ``q[order]`` has equal rows next to each other, each group starting at an index of
+    ``starts`` and in the original order within the group (so ``order[starts]`` are the first
+    occurrences); ``inverse[i]`` is the group of row ``i``. Groups come in an order of their own
+    (not lexicographic). The rows become one integer key, packed in mixed radix when their ranges
+    allow, else a 64-bit hash whose groups are then checked row by row (a collision falls back
+    to a stable ``lexsort``): one stable argsort of n integers, where ``np.unique(axis=0)``
+    (a structured view) or a ``lexsort`` of four columns cost several times as long and were the
+    pre-pass's largest cost.
     """
     n = len(q)
     lo = q.min(0)
-    span = (q.max(0) - lo + 1).tolist()
-    if math.prod(int(v) for v in span) < 2**62:
-        d = q - lo
+    d = q - lo
+    span = (d.max(0) + 1).tolist()
+    hashed = math.prod(int(v) for v in span) >= 2**62
+    if hashed:
+        with np.errstate(over="ignore"):
+            key = (d.astype(np.uint64) * _HASH).sum(1, dtype=np.uint64)
+    else:
         key = d[:, 0]
         for i in range(1, q.shape[1]):
             key = key * int(span[i]) + d[:, i]
-        return np.unique(key, return_index=True, return_inverse=True)
-    order = np.lexsort(q.T[::-1])  # stable: the first of equal rows comes first
-    sq = q[order]
+    order = np.argsort(key, kind="stable")
+    sk = key[order]
     start = np.empty(n, bool)
     start[:1] = True
-    start[1:] = (sq[1:] != sq[:-1]).any(1)
+    start[1:] = sk[1:] != sk[:-1]
+    if hashed:
+        group_first = np.maximum.accumulate(np.where(start, np.arange(n), 0))
+        sq = q[order]
+        if not (sq == sq[group_first]).all():  # a hash collision: sort the rows themselves
+            order = np.lexsort(q.T[::-1])
+            sq = q[order]
+            start[1:] = (sq[1:] != sq[:-1]).any(1)
     inverse = np.empty(n, np.int64)
     inverse[order] = np.cumsum(start) - 1
-    return sq[start], order[start], inverse
+    return order, np.flatnonzero(start), inverse
 
 
 def _merge(
@@ -257,10 +276,9 @@ def _merge(
     """Merge entries with equal quantised (k, τ); return unique k, τ, summed mag, inverse."""
     if len(tau) == 0:
         return k, tau, mag, np.zeros(0, np.int64)
-    _, first, inverse = _unique_rows(_keys(k, tau))
-    inverse = inverse.reshape(-1)
-    summed = np.zeros((len(first), *mag.shape[1:]), complex)
-    np.add.at(summed, inverse, mag)
+    order, starts, inverse = _group_rows(_keys(k, tau))
+    first = order[starts]
+    summed = np.add.reduceat(mag[order], starts, axis=0)
     return k[first], tau[first], summed, inverse
 
 
@@ -511,11 +529,20 @@ def _prepass(
     t1, t2, t2d = (np.maximum(cols[:, i], 1e-9) for i in range(3))  # [C] s
     d_si = np.maximum(cols[:, 3], 0.0) * 1e-9  # [C] m²/s
 
-    def shape(k: np.ndarray) -> np.ndarray:
+    nyq_t = torch.from_numpy(nyq)
+
+    def shape(k0: np.ndarray, k_adc: np.ndarray) -> np.ndarray:
+        """Voxel-shape response ``[n, samples]`` (float32) of states ``k0`` at ``k0 + k_adc``."""
         if dephasing_func is None:
-            return np.ones(k.shape[:-1])
-        kt = torch.from_numpy(np.ascontiguousarray(k))
-        return dephasing_func(kt, torch.from_numpy(nyq)).abs().numpy()
+            return np.ones((len(k0), len(k_adc)), np.float32)
+        # float32: an estimate, and the [n, samples, 3] array is the pre-pass's largest
+        kt = torch.from_numpy(k0).float()[:, None, :] + torch.from_numpy(k_adc).float()[None]
+        return dephasing_func(kt, nyq_t).abs().to(torch.float32).numpy()
+
+    # columns that share T2 and T2' share the emitted estimate (the flip-scale columns do)
+    decay_cols: dict[tuple[float, float], list[int]] = {}
+    for c in range(len(cols)):
+        decay_cols.setdefault((float(t2[c]), float(t2d[c])), []).append(c)
 
     graph = Graph()
     # state after the previous repetition (end of rep): start with Mz = 1 at k = 0
@@ -584,13 +611,13 @@ def _prepass(
         e2_t2 = np.exp(-total / t2)  # [C]
         emitted = np.zeros((len(rg.plus_tau), nb))
         if rep.adc.any() and len(rg.plus_tau):
-            ks = rg.plus_k[:, None, :] + kcum[rep.adc][None]  # [n, samples, 3]
-            taus = rg.plus_tau[:, None] + tcum[rep.adc][None]
-            response = shape(ks)  # [n, samples]
-            abs_tau = np.abs(taus)
-            for c in range(nb):  # column by column: temporaries stay [n, samples]
-                decay = np.exp(-tcum[rep.adc] / t2[c])[None] * np.exp(-abs_tau / t2d[c])
-                emitted[:, c] = (response * decay).max(axis=1)  # per unit magnetisation
+            t_adc = tcum[rep.adc].astype(np.float32)
+            response = shape(rg.plus_k, kcum[rep.adc])  # [n, samples]
+            abs_tau = np.abs(rg.plus_tau.astype(np.float32)[:, None] + t_adc[None])
+            for (c_t2, c_t2d), same in decay_cols.items():  # temporaries stay [n, samples]
+                arg = abs_tau * np.float32(1 / c_t2d) + (t_adc * np.float32(1 / c_t2))[None]
+                # per unit magnetisation: the largest of response · e^{-t/T2 - |τ|/T2'}
+                emitted[:, same] = (response * np.exp(-arg)).max(axis=1)[:, None]
         rg.plus_emitted = emitted  # filled with |m| below
         # diffusion over the repetition, per state (linear k ramps within events)
         b_plus = _b_values(rg.plus_k, g, dt)
@@ -695,6 +722,16 @@ def _b_values(k0: np.ndarray, g: np.ndarray, dt: np.ndarray) -> np.ndarray:
     return 4 * math.pi**2 * ((k0**2).sum(1) * total + k0 @ lin + const)
 
 
+def _scatter_add(target: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+    """``np.add.at(target, index, values)`` for float ``target [n, C]``, by one ``bincount``.
+
+    ``np.add.at`` is unbuffered and took about 2.5× as long (numpy 2.4) on the pre-pass's sizes.
+    """
+    n, c = target.shape
+    flat = (index[:, None] * c + np.arange(c)).ravel()
+    target += np.bincount(flat, values.ravel(), minlength=n * c).reshape(n, c)
+
+
 def _latent(
     graph: Graph, decays: list[tuple[np.ndarray, np.ndarray]], reps: list[_SeqRep],
     scales: np.ndarray,
@@ -736,7 +773,7 @@ def _latent(
                     continue
                 contrib = coef * child_sens[ci] * (e2_t2 if from_plus else e1_t1)  # [m, C]
                 target = sens_p if from_plus else sens_z
-                np.add.at(target, pi, contrib)
+                _scatter_add(target, pi, contrib)
         p_lat = np.abs(rg.plus_mags) * sens_p  # [n, C]
         z_lat = np.abs(rg.z_mags) * sens_z
         p_emit = np.abs(rg.plus_mags) * rg.plus_emitted

@@ -18,10 +18,11 @@ sampled at the end of each ADC event, as MR-zero defines it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -61,6 +62,8 @@ _CACHE_ELEMENTS = 1 << 20  # step products kept between repetitions (8 MiB of co
 _ANCHOR = 32  # sample phasors computed exactly every this many samples
 _K_STEP_QUANTUM = 1e-6  # 1/m, to recognise equal steps between samples
 _T_STEP_QUANTUM = 1e-12  # s
+_STEP_QUANTA = np.array([_K_STEP_QUANTUM] * 3 + [_T_STEP_QUANTUM])
+_STACK_ROWS = 64  # states x groups x coils up to which all groups share one GEMM
 _TWO_PI = 2 * math.pi
 _D_SI = 1e-9  # 10^-3 mm^2/s in m^2/s
 
@@ -77,6 +80,7 @@ _EDGE_RULES = {
     Z_FROM_PLUS: (False, True, False, 4),
     Z_FROM_PLUS_CONJ: (False, True, True, 5),
 }
+_ROW_OF_KIND = np.array([_EDGE_RULES[kind][3] for kind in range(7)])
 
 
 def _gather_k(
@@ -115,6 +119,62 @@ def _gather_k(
         idx = np.where(idx < 0, len(table_tau) - 1, idx)
     index = torch.from_numpy(idx).to(table_k.device)
     return table_k[index], table_tau[index]
+
+
+_PLUS_OFFSETS = (PLUS_FROM_PLUS, PLUS_FROM_PLUS_REFOC, PLUS_FROM_Z, PLUS_FROM_Z_CONJ)
+_Z_OFFSETS = (Z_FROM_Z, Z_FROM_PLUS, Z_FROM_PLUS_CONJ)
+
+
+def _gather_k_np(
+    kind_parent: np.ndarray, p_k: np.ndarray, p_tau: np.ndarray, z_k: np.ndarray,
+    z_tau: np.ndarray, plus: bool,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """:func:`_gather_k` in float64 numpy, for passes that need no gradient through k and τ.
+
+    A few microseconds per call instead of tens: the per-repetition bookkeeping of small arrays
+    is the main pass's fixed cost.
+    """
+    if plus:
+        table_k = np.concatenate([p_k, -p_k, z_k, -z_k, np.zeros((1, 3))])
+        table_tau = np.concatenate([p_tau, -p_tau, z_tau, -z_tau, np.zeros(1)])
+        sizes = (len(p_tau), len(p_tau), len(z_tau), len(z_tau))
+        kinds = _PLUS_OFFSETS
+    else:
+        table_k = np.concatenate([z_k, p_k, -p_k, np.zeros((1, 3))])
+        table_tau = np.concatenate([z_tau, p_tau, -p_tau, np.zeros(1)])
+        sizes = (len(z_tau), len(p_tau), len(p_tau))
+        kinds = _Z_OFFSETS
+    lut = np.zeros(7, np.int64)
+    lut[list(kinds)] = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    k = kind_parent[:, 0]
+    # only the relaxed longitudinal state can lack an edge (k = 0, τ = 0: the table's last row)
+    idx = np.where(k >= 0, lut[np.maximum(k, 0)] + kind_parent[:, 1], len(table_tau) - 1)
+    return table_k[idx], table_tau[idx]
+
+
+def _edge_arrays(rg: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All edges of a repetition as flat arrays, cached on the repetition graph.
+
+    ``child`` indexes ``[transverse states; longitudinal states]`` of this repetition,
+    ``parent // 4`` the previous repetition's states (by the previous graph's counts, before the
+    main pass keeps only its active states) and ``parent % 4`` its block in the table
+    ``[p; conj p; z; conj z]``, ``kind`` the edge
+    kind (sorted; ``_EDGE_RULES``).
+    """
+    cached = getattr(rg, "_flat_edges", None)
+    if cached is not None:
+        return cached
+    n_plus = len(rg.plus_tau)
+    children, parents, kinds = [], [], []
+    for kind, (to_plus, from_plus, conj, _) in _EDGE_RULES.items():
+        child, parent = rg.edges[kind]
+        children.append(child if to_plus else child + n_plus)
+        # parent · 4 + block of [p; conj p; z; conj z]
+        parents.append(parent * 4 + (0 if from_plus else 2) + int(conj))
+        kinds.append(np.full(len(child), kind, np.int64))
+    out = (np.concatenate(children), np.concatenate(parents), np.concatenate(kinds))
+    rg._flat_edges = out  # type: ignore[attr-defined]
+    return out
 
 
 def _cis(phase: torch.Tensor, mag: torch.Tensor | None = None) -> torch.Tensor:
@@ -167,6 +227,31 @@ def _remap(active: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def _flushing_denormals(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``func`` with float denormals flushed to zero on CPU (restored afterwards).
+
+    States that diffusion or relaxation has all but erased in some voxels reach float32
+    denormals (below 1.2e-38 of M0), and arithmetic on denormals is microcoded on x86: a 3-pulse
+    stimulated-echo train at 48² ran 1.3× slower with them. Flushing changes nothing above that
+    magnitude. ``torch.set_flush_denormal`` has no getter, so the current mode is probed (a
+    product whose exact result is a denormal is 0 when flushing is on) and kept if it was on.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        probe = torch.tensor(1e-30, dtype=torch.float32) * torch.tensor(1e-9, dtype=torch.float32)
+        was_on = bool(probe == 0)
+        if was_on or not torch.set_flush_denormal(True):
+            return func(*args, **kwargs)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            torch.set_flush_denormal(False)
+
+    return wrapper
+
+
+@_flushing_denormals
 def execute_graph(
     graph: Graph,
     seq: Sequence,
@@ -261,6 +346,7 @@ def execute_graph(
         intitial_mag.to(dev, fdt).reshape(n_vox)
     )  # fmt: skip
     bounds: list[tuple[int, int]] = []
+    group_pd_coil = None
     if not exact:
         # Sort the voxels by group once, so that each group is a contiguous slice (no gathers
         # per repetition). The signal is a sum over voxels, so the order does not matter.
@@ -270,33 +356,70 @@ def execute_graph(
         pd_coil, b1 = pd_coil[order], b1[:, order]
         ends = torch.cumsum(torch.bincount(group_inv, minlength=len(groups)), 0).tolist()
         bounds = list(zip([0, *ends[:-1]], ends, strict=True))
+        group_pd_coil = torch.zeros((len(bounds), n_coil, n_vox), dtype=cdt, device=dev)
+        for gi, (lo, hi) in enumerate(bounds):
+            group_pd_coil[gi, :, lo:hi] = pd_coil[lo:hi].T
 
     static_grad = pos.requires_grad or b0.requires_grad or t2.requires_grad
+    # Without gradients through the sequence, the states' k and τ and the repetitions' event
+    # sums are float64 numpy (microseconds per repetition, and exact); with them, torch.
+    seq_grad = size.requires_grad or any(
+        rep.gradm.requires_grad or rep.event_time.requires_grad for rep in seq
+    )
+    # Without autograd, the states of a repetition are one tensor [transverse; longitudinal],
+    # relaxed in place, that the next repetition gathers its parents from
+    fast = not torch.is_grad_enabled() or not (
+        seq_grad or static_grad or any(
+            x.requires_grad for x in (t1, t2d, diff, pd_coil, b1, z0)
+        ) or any(rep.pulse.angle.requires_grad or rep.pulse.phase.requires_grad
+                 or rep.pulse.shim_array.requires_grad for rep in seq)
+    )  # fmt: skip
+    coef_cache: dict[tuple, torch.Tensor] = {}
+    size_np = size.detach().cpu().double().numpy()
     phasor_cache = _StepCache()
     p_k = torch.zeros((0, 3), dtype=fdt, device=dev)
     p_tau = torch.zeros(0, dtype=fdt, device=dev)
-    p_mag = torch.zeros((0, n_vox), dtype=cdt, device=dev)
     z_k = torch.zeros((1, 3), dtype=fdt, device=dev)
     z_tau = torch.zeros(1, dtype=fdt, device=dev)
+    pk_np, ptau_np = np.zeros((0, 3)), np.zeros(0)
+    zk_np, ztau_np = np.zeros((1, 3)), np.zeros(1)
+    p_mag = torch.zeros((0, n_vox), dtype=cdt, device=dev)
     z_mag = z0.to(cdt).unsqueeze(0)
+    state = z_mag
     p_active = np.zeros(0, np.int64)
     z_active = np.zeros(1, np.int64)
     signals: list[torch.Tensor] = []
     mags: list[torch.Tensor] = []
+    four_pi2 = 4 * math.pi**2
+
+    def tensor(x: np.ndarray, dtype: torch.dtype = fdt) -> torch.Tensor:
+        return torch.from_numpy(x).to(dev, dtype)
 
     for r, (rep, rg) in enumerate(
         tqdm(list(zip(seq, graph, strict=True)), desc="PDG", disable=not print_progress)
     ):
-        # ---- states of this repetition: k and τ for all, magnetisation for the active ones
-        new_p_k, new_p_tau = _gather_k(rg.plus_def, p_k, p_tau, z_k, z_tau, plus=True)
-        new_z_k, new_z_tau = _gather_k(rg.z_def, p_k, p_tau, z_k, z_tau, plus=False)
+        # ---- states of this repetition: the active ones and their parents' rows
         act_p = np.flatnonzero(rg.plus_latent >= min_latent_signal)
         act_z = np.flatnonzero(rg.z_latent >= min_latent_signal)
         if len(act_z) == 0 or act_z[0] != 0:
             act_z = np.concatenate([[0], act_z[act_z != 0]])
-        map_p, map_z = _remap(act_p, len(rg.plus_tau)), _remap(act_z, len(rg.z_tau))
-        prev_map_p = _remap(p_active, _prev_count(graph, r, plus=True))
-        prev_map_z = _remap(z_active, _prev_count(graph, r, plus=False))
+        n_ap, n_plus = len(act_p), len(rg.plus_tau)
+        child_map = np.full(n_plus + len(rg.z_tau), -1, np.int64)
+        child_map[act_p] = np.arange(n_ap)
+        child_map[n_plus + act_z] = np.arange(n_ap, n_ap + len(act_z))
+        n_pp, n_pz = len(p_active), len(z_active)
+        prev_map = np.full((4, max(_prev_count(graph, r, True), _prev_count(graph, r, False))),
+                           -1, np.int64)  # fmt: skip
+        # rows of the parents' table: [p; conj p; z; conj z] with autograd, else the previous
+        # repetition's [p; z] (conjugated after the gather)
+        offsets = (0, 0, n_pp, n_pp) if fast else (0, n_pp, 2 * n_pp, 2 * n_pp + n_pz)
+        for block, offset in enumerate(offsets):
+            active = p_active if block < 2 else z_active
+            prev_map[block, active] = np.arange(offset, offset + len(active))
+        e_child, e_parent, e_kind = _edge_arrays(rg)
+        ci = child_map[e_child]
+        pi = prev_map[e_parent % 4, e_parent // 4]
+        ok = (ci >= 0) & (pi >= 0)
 
         pulse = rep.pulse
         if shaped and pulse.waveform is not None:
@@ -305,90 +428,123 @@ def execute_graph(
             )
             coef = edge_coefficients(rot_a, rot_b)  # [6, V], rows as in _EDGE_RULES
         else:
-            b1eff = effective_b1(pulse.shim_array.to(dev, fdt), b1, r)  # [V]
-            angle = pulse.angle.to(dev, fdt) * b1eff.abs()
-            phase = pulse.phase.to(dev, fdt) + torch.angle(b1eff)
-            c2 = torch.cos(angle / 2) ** 2
-            s2 = torch.sin(angle / 2) ** 2
-            sa = torch.sin(angle)
-            ca = torch.cos(angle)
-            e1 = _cis(phase)
-            e1sa = e1 * sa
-            z_from_plus = -1j * e1sa.conj()
-            coef = torch.stack([c2.to(cdt), e1 * e1 * s2, -0.5j * e1sa, ca.to(cdt), z_from_plus,
-                                z_from_plus.conj()])  # [6, V], rows as in _EDGE_RULES  # fmt: skip
-        # every edge is coef[row] · (parent or its conjugate): per edge kind one gather, one
-        # product and one scatter. Kind by kind rather than all edges at once, so that the
-        # transient is one kind's [edges, V] rather than several copies of all of them (the
-        # pass's peak memory)
-        new_p = torch.zeros((len(act_p), n_vox), dtype=cdt, device=dev)
-        new_z = torch.zeros((len(act_z), n_vox), dtype=cdt, device=dev)
-        for kind, (to_plus, from_plus, conj, row) in _EDGE_RULES.items():
-            child, parent = rg.edges[kind]
-            ci = (map_p if to_plus else map_z)[child]
-            pi = (prev_map_p if from_plus else prev_map_z)[parent]
-            ok = (ci >= 0) & (pi >= 0)
-            if not ok.any():
-                continue
-            ci_t, pi_t = (torch.from_numpy(x[ok]).to(dev) for x in (ci, pi))
-            src = (p_mag if from_plus else z_mag).index_select(0, pi_t)
-            contrib = (src.conj() if conj else src) * coef[row]
-            (new_p if to_plus else new_z).index_add_(0, ci_t, contrib)
-
-        k0 = new_p_k[torch.from_numpy(act_p).to(dev)]
-        tau0 = new_p_tau[torch.from_numpy(act_p).to(dev)]
+            coef = _pulse_coefficients(pulse, b1, r, coef_cache)
+        # every edge is coef[row] · (parent or its conjugate): one gather of the parents' rows
+        # from [p; conj p; z; conj z], one product with the gathered coefficients, one scatter
+        new = torch.zeros((n_ap + len(act_z), n_vox), dtype=cdt, device=dev)
+        if ok.any():
+            ci_t, pi_t = tensor(ci[ok], torch.int64), tensor(pi[ok], torch.int64)
+            if not fast:
+                table = torch.cat([p_mag, p_mag.conj(), z_mag, z_mag.conj()])
+                row_t = tensor(_ROW_OF_KIND[e_kind[ok]], torch.int64)
+                new.index_add_(0, ci_t, table.index_select(0, pi_t) * coef.index_select(0, row_t))
+            else:
+                # on the float view: complex index_select and index_add_ take 1.3× and 4.7×
+                # as long on CPU (torch 2.13); the edges come sorted by kind, so each kind's
+                # conjugation and coefficient apply to its slice in place
+                src = torch.view_as_complex(torch.view_as_real(state).index_select(0, pi_t))
+                cuts = np.searchsorted(e_kind[ok], np.arange(8)).tolist()
+                for kind, (_, _, conj, row) in _EDGE_RULES.items():
+                    lo, hi = cuts[kind], cuts[kind + 1]
+                    if hi > lo:
+                        if conj:
+                            src[lo:hi].imag.neg_()
+                        src[lo:hi] *= coef[row]
+                torch.view_as_real(new).index_add_(0, ci_t, torch.view_as_real(src))
+        new_p, new_z = new[:n_ap], new[n_ap:]
 
         # ---- the repetition's events (gradients scaled to the phantom size)
-        dt = rep.event_time.to(dev, fdt)
-        g = rep.gradm.to(dev, fdt)
-        if seq.normalized_grads:
-            g = g / size
-        kcum = torch.cumsum(g, 0)
-        tcum = torch.cumsum(dt, 0)
-        kprev = kcum - g
-        lin_cum = torch.cumsum(dt[:, None] * (2 * kprev + g), 0)  # [E, 3]
-        const_cum = torch.cumsum(
-            dt * ((kprev**2).sum(1) + (kprev * g).sum(1) + (g**2).sum(1) / 3), 0
-        )
-        adc = torch.nonzero(rep.adc_usage > 0).flatten().to(dev)
-        if len(adc):
+        if seq_grad:
+            new_p_k, new_p_tau = _gather_k(rg.plus_def, p_k, p_tau, z_k, z_tau, plus=True)
+            new_z_k, new_z_tau = _gather_k(rg.z_def, p_k, p_tau, z_k, z_tau, plus=False)
+            act_p_t = tensor(act_p, torch.int64)
+            k0, tau0 = new_p_k[act_p_t], new_p_tau[act_p_t]
+            zk_act = new_z_k[tensor(act_z, torch.int64)]
+            dt = rep.event_time.to(dev, fdt)
+            g = rep.gradm.to(dev, fdt)
+            if seq.normalized_grads:
+                g = g / size
+            kcum = torch.cumsum(g, 0)
+            tcum = torch.cumsum(dt, 0)
+            kprev = kcum - g
+            lin_cum = torch.cumsum(dt[:, None] * (2 * kprev + g), 0)  # [E, 3]
+            const_cum = torch.cumsum(
+                dt * ((kprev**2).sum(1) + (kprev * g).sum(1) + (g**2).sum(1) / 3), 0
+            )
+            total = dt.sum()
+            n_events = len(dt)
+        else:
+            nk_p, ntau_p = _gather_k_np(rg.plus_def, pk_np, ptau_np, zk_np, ztau_np, True)
+            nk_z, ntau_z = _gather_k_np(rg.z_def, pk_np, ptau_np, zk_np, ztau_np, False)
+            k0_np, tau0_np, zk_act_np = nk_p[act_p], ntau_p[act_p], nk_z[act_z]
+            k0, tau0 = tensor(k0_np), tensor(tau0_np)
+            dt_np = rep.event_time.detach().cpu().double().numpy()
+            g_np = rep.gradm.detach().cpu().double().numpy()
+            if seq.normalized_grads:
+                g_np = g_np / size_np
+            kcum_np = np.cumsum(g_np, 0)
+            tcum_np = np.cumsum(dt_np)
+            kprev_np = kcum_np - g_np
+            lin_np = np.cumsum(dt_np[:, None] * (2 * kprev_np + g_np), 0)
+            const_np = np.cumsum(dt_np * ((kprev_np**2).sum(1) + (kprev_np * g_np).sum(1)
+                                          + (g_np**2).sum(1) / 3))  # fmt: skip
+            total_np = float(dt_np.sum())
+            n_events = len(dt_np)
+        adc_np = np.flatnonzero(rep.adc_usage.detach().cpu().numpy() > 0)
+        if len(adc_np):
             emit = np.flatnonzero(rg.plus_emitted[act_p] >= min_emitted_signal)
             steps = None
-            if not exact and not (g.requires_grad or dt.requires_grad or static_grad):
-                # float64 sample positions, to find the samples that share a step (k, t)
-                steps = (torch.cumsum(g.double(), 0)[adc], torch.cumsum(dt.double(), 0)[adc])
+            adc = tensor(adc_np, torch.int64)
+            if seq_grad:
+                K, T, L, C = kcum[adc], tcum[adc], lin_cum[adc], const_cum[adc]
+                emit_t = tensor(emit, torch.int64)
+                k0_e, tau0_e = k0[emit_t], tau0[emit_t]
+            else:
+                K, T = tensor(kcum_np[adc_np]), tensor(tcum_np[adc_np])
+                L, C = tensor(lin_np[adc_np]), tensor(const_np[adc_np])
+                k0_e, tau0_e = tensor(k0_np[emit]), tensor(tau0_np[emit])
+                if not exact and not static_grad:
+                    # float64 sample positions, to find the samples that share a step (k, t)
+                    steps = (kcum_np[adc_np], tcum_np[adc_np])
             sig, mag_adc = _signal(
-                new_p[torch.from_numpy(emit).to(dev)], k0[emit], tau0[emit], kcum[adc],
-                tcum[adc], lin_cum[adc], const_cum[adc], rep.adc_phase.to(dev, fdt)[adc],
-                pos, b0, t2, t2d, diff, pd_coil, nyquist, data.dephasing_func, groups,
-                bounds, exact, steps, phasor_cache,
+                new_p[tensor(emit, torch.int64)], k0_e, tau0_e, K, T, L, C,
+                rep.adc_phase.to(dev, fdt)[adc], pos, b0, t2, t2d, diff, pd_coil, nyquist,
+                data.dephasing_func, groups, bounds, exact, steps, phasor_cache, group_pd_coil,
             )  # fmt: skip
             signals.append(sig)
             mags.extend(mag_adc)
 
         # ---- to the end of the repetition
-        total = dt.sum()
-        if len(dt):
-            four_pi2 = 4 * math.pi**2
-            b_plus = four_pi2 * ((k0**2).sum(1) * total + k0 @ lin_cum[-1] + const_cum[-1])  # [S]
+        if n_events:
+            if seq_grad:
+                b_plus = four_pi2 * ((k0**2).sum(1) * total + k0 @ lin_cum[-1] + const_cum[-1])
+                b_z = four_pi2 * (zk_act**2).sum(1) * total
+                p_k, p_tau = new_p_k + kcum[-1], new_p_tau + total
+                z_k, z_tau = new_z_k, new_z_tau
+            else:
+                b_plus = tensor(four_pi2 * ((k0_np**2).sum(1) * total_np + k0_np @ lin_np[-1]
+                                            + const_np[-1]))  # fmt: skip
+                b_z = tensor(four_pi2 * (zk_act_np**2).sum(1) * total_np)
+                total = torch.tensor(total_np, dtype=fdt)
+                pk_np, ptau_np = nk_p + kcum_np[-1], ntau_p + total_np
+                zk_np, ztau_np = nk_z, ntau_z
             p_mag = _relax(new_p, total / t2, b_plus, diff)
-            zk_act = new_z_k[torch.from_numpy(act_z).to(dev)]
-            b_z = four_pi2 * (zk_act**2).sum(1) * total
             e1_t1 = torch.exp(-total / t1)
             z_mag = _relax(new_z, total / t1, b_z, diff)
             if z_mag.requires_grad:
                 z_mag = torch.cat([z_mag[:1] + (1 - e1_t1), z_mag[1:]])
             else:
                 z_mag[0] += 1 - e1_t1  # recovery feeds the relaxed state
-            p_k = new_p_k + kcum[-1]
-            p_tau = new_p_tau + total
         else:
             p_mag, z_mag = new_p, new_z
-            p_k, p_tau = new_p_k, new_p_tau
-        z_k, z_tau = new_z_k, new_z_tau
+            if seq_grad:
+                p_k, p_tau, z_k, z_tau = new_p_k, new_p_tau, new_z_k, new_z_tau
+            else:
+                pk_np, ptau_np, zk_np, ztau_np = nk_p, ntau_p, nk_z, ntau_z
         p_active, z_active = act_p, act_z
+        state = new
         if clear_state_mag and not torch.is_grad_enabled():
-            del new_p, new_z
+            del new_p, new_z, new
         if progress_callback is not None:
             progress_callback(r + 1, len(graph))
 
@@ -398,6 +554,57 @@ def execute_graph(
             mags = [m.reshape(-1, n_sub).mean(1) for m in mags]
         return out, mags
     return out
+
+
+def _pulse_coefficients(
+    pulse: object, b1: torch.Tensor, r: int, cache: dict[tuple, torch.Tensor]
+) -> torch.Tensor:
+    """Return the six edge coefficients ``[6, V]`` of an instantaneous pulse (``_EDGE_RULES``).
+
+    Without gradients, the per-voxel part (flip angle × |B1eff|, phase of B1eff) is computed
+    once per distinct (angle, shim) and the pulse phase φ enters as one factor per row
+    (1, e^{2iφ}, e^{iφ}, 1, e^{-iφ}, e^{iφ}), so an RF-spoiled train costs one product per pulse.
+    """
+    angle_t, phase_t = pulse.angle, pulse.phase  # type: ignore[attr-defined]
+    shim = pulse.shim_array  # type: ignore[attr-defined]
+    dev = b1.device
+    grad = angle_t.requires_grad or phase_t.requires_grad or shim.requires_grad or b1.requires_grad
+    key = None
+    if not grad:
+        key = (float(angle_t), shim.detach().cpu().numpy().tobytes())
+        base = cache.get(key)
+        if base is not None:
+            return _phased(base, float(phase_t))
+    b1eff = effective_b1(shim.to(dev, torch.float32), b1, r)  # [V]
+    angle = angle_t.to(dev, torch.float32) * b1eff.abs()
+    phase = torch.angle(b1eff)
+    if grad:
+        phase = phase + phase_t.to(dev, torch.float32)
+    c2 = torch.cos(angle / 2) ** 2
+    s2 = torch.sin(angle / 2) ** 2
+    e1 = _cis(phase)
+    e1sa = e1 * torch.sin(angle)
+    z_from_plus = -1j * e1sa.conj()
+    cdt = torch.complex64
+    coef = torch.stack([c2.to(cdt), e1 * e1 * s2, -0.5j * e1sa, torch.cos(angle).to(cdt),
+                        z_from_plus, z_from_plus.conj()])  # fmt: skip
+    if grad:
+        return coef
+    assert key is not None
+    if len(cache) >= 64:  # bounded: sequences with many distinct flips recompute
+        cache.pop(next(iter(cache)))
+    cache[key] = coef
+    return _phased(coef, float(phase_t))
+
+
+def _phased(base: torch.Tensor, phase: float) -> torch.Tensor:
+    """Apply the pulse phase ``phase`` (rad) to ``base [6, V]`` (phase 0), row by row."""
+    if phase == 0.0:
+        return base
+    e = complex(math.cos(phase), math.sin(phase))
+    factors = torch.tensor([1, e * e, e, 1, e.conjugate(), e], dtype=base.dtype,
+                           device=base.device)  # fmt: skip
+    return base * factors[:, None]
 
 
 def _relax(
@@ -438,15 +645,20 @@ def _signal(
     b0: torch.Tensor, t2: torch.Tensor, t2d: torch.Tensor, diff: torch.Tensor,
     pd_coil: torch.Tensor, nyquist: torch.Tensor, dephasing_func: object,
     groups: torch.Tensor | None, bounds: list[tuple[int, int]], exact: bool,
-    steps: tuple[torch.Tensor, torch.Tensor] | None = None,
+    steps: tuple[np.ndarray, np.ndarray] | None = None,
     cache: _StepCache | None = None,
+    group_pd_coil: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:  # fmt: skip
     """Signal ``[samples, coils]`` of transverse states ``m [S, V]`` at one repetition's samples.
 
     ``K [T, 3]``, ``T [T]``: gradient moment and time since the repetition's start at each
     sample; ``L [T, 3]`` and ``C [T]``: the linear and constant parts of the within-repetition
-    b-value (b = 4π² (|k0|² T + k0·L + C)). ``steps``: ``K``, ``T`` in float64, given when
-    nothing needs gradients through them, and ``cache``: for :func:`_phasor_chunks`.
+    b-value (b = 4π² (|k0|² T + k0·L + C)). ``steps``: ``K``, ``T`` in float64 numpy, given
+    when nothing needs gradients through them, and ``cache``: for :func:`_phasor_chunks`.
+    ``group_pd_coil [G, C, V]``: PD · coil of each voxel in its group's row, zero elsewhere;
+    with few states, all groups then share one GEMM (fewer, larger operations: with one or two
+    emitting states, as in spoiled gradient echoes, the per-group operations cost more than the
+    arithmetic).
     """
     n_t = len(T)
     n_s = len(m)
@@ -465,6 +677,19 @@ def _signal(
     receive = _cis(adc_phase)  # e^{+i adc_phase}
     if not exact:
         assert groups is not None
+        n_g = len(groups)
+        r2d, dg = 1 / groups[:, 0], groups[:, 1]
+        if group_pd_coil is not None and n_s * n_coil * n_g <= _STACK_ROWS:
+            # all groups in one GEMM: rows (state, group, coil) with the other groups' voxels 0
+            mc = (M[:, None, None, :] * group_pd_coil[None]).reshape(n_s * n_g * n_coil, -1)
+            f_all = w[:, None] * torch.exp(
+                -tau_st.abs()[:, None] * r2d[None, :, None] - b_st[:, None] * dg[None, :, None]
+            )  # [S, G, T]
+            outs = []
+            for sl, A, patterns in _phasor_chunks(pos, b0, t2, K, T, steps, cache):
+                a = _project(mc, A, patterns, sl.stop - sl.start).reshape(n_s, n_g, n_coil, -1)
+                outs.append(torch.einsum("sgct,sgt->tc", a, f_all[:, :, sl].to(cdt)))
+            return torch.cat(outs) * receive[:, None], []
         # fold PD and the coil into the states: one GEMM [S·C, V_g] @ [V_g, T] per group
         mc = [
             (M[:, lo:hi, None] * pd_coil[lo:hi]).transpose(1, 2).reshape(n_s * n_coil, hi - lo)
@@ -477,20 +702,9 @@ def _signal(
             for gi, (lo, hi) in enumerate(bounds):
                 if hi == lo:
                     continue
-                if patterns is None:  # A is P [V, Tc]
-                    a = (mc[gi] @ A[lo:hi]).reshape(n_s, n_coil, -1)  # [S, C, Tc]
-                else:
-                    # Σ_v mc[sc, v] A[v, b] W[v, j] for sample t = b·B + j of block b: scale the
-                    # states by each block's anchor, then one GEMM with W per step pattern
-                    ma = mc[gi][:, None, :] * A[lo:hi].T[None]  # [S·C, blocks, V_g]
-                    res = torch.empty((n_s * n_coil, A.shape[1], _ANCHOR), dtype=cdt,
-                                      device=pos.device)  # fmt: skip
-                    for blocks, W in patterns:
-                        part = ma[:, blocks].reshape(-1, hi - lo) @ W[:, lo:hi].T  # [S·C·nb, B]
-                        res[:, blocks] = part.reshape(n_s * n_coil, -1, _ANCHOR)
-                    a = res.reshape(n_s, n_coil, -1)[:, :, :n_c]
-                r2d, dg = 1 / groups[gi, 0], groups[gi, 1]
-                f = w[:, sl] * torch.exp(-tau_st[:, sl].abs() * r2d - b_st[:, sl] * dg)  # [S, Tc]
+                part = [(b, W[:, lo:hi]) for b, W in patterns] if patterns is not None else None
+                a = _project(mc[gi], A[lo:hi], part, n_c).reshape(n_s, n_coil, -1)  # [S, C, Tc]
+                f = w[:, sl] * torch.exp(-tau_st[:, sl].abs() * r2d[gi] - b_st[:, sl] * dg[gi])
                 out = out + torch.einsum("sct,st->tc", a, f.to(cdt))
             outs.append(out)
         return torch.cat(outs) * receive[:, None], []
@@ -509,13 +723,36 @@ def _signal(
     return torch.cat(outs) * receive[:, None], mags
 
 
+def _project(
+    mc: torch.Tensor,
+    A: torch.Tensor,
+    patterns: list[tuple[torch.Tensor, torch.Tensor]] | None,
+    n_c: int,
+) -> torch.Tensor:
+    """``Σ_v mc[r, v] P[v, t]`` ``[R, Tc]`` from :func:`_phasor_chunks`' ``A`` and patterns."""
+    if patterns is None:  # A is P [V, Tc]
+        return mc @ A
+    # Σ_v mc[r, v] A[v, b] W[v, j] for sample t = b·B + j of block b: scale the rows by each
+    # block's anchor, then one GEMM with W per step pattern
+    n_r, n_v = mc.shape
+    ma = mc[:, None, :] * A.T[None]  # [R, blocks, V]
+    if len(patterns) == 1:
+        res = (ma.reshape(-1, n_v) @ patterns[0][1].T).reshape(n_r, -1)
+        return res[:, :n_c]
+    res = torch.empty((n_r, A.shape[1], _ANCHOR), dtype=mc.dtype, device=mc.device)
+    for blocks, W in patterns:
+        part = ma[:, blocks].reshape(-1, n_v) @ W.T  # [R·nb, B]
+        res[:, blocks] = part.reshape(n_r, -1, _ANCHOR)
+    return res.reshape(n_r, -1)[:, :n_c]
+
+
 def _phasor_chunks(
     pos: torch.Tensor,
     b0: torch.Tensor,
     t2: torch.Tensor,
     K: torch.Tensor,
     T: torch.Tensor,
-    steps: tuple[torch.Tensor, torch.Tensor] | None,
+    steps: tuple[np.ndarray, np.ndarray] | None,
     cache: _StepCache | None,
 ) -> Iterator[tuple[slice, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]] | None]]:
     """Yield the sample phasors ``P = exp(-2πi (r·K_t + B0 T_t)) e^{-T_t / T2}`` chunk by chunk.
@@ -544,13 +781,12 @@ def _phasor_chunks(
             yield sl, direct(K[sl], T[sl]), None
         return
     k64, t64 = steps
-    inc = torch.cat([k64.diff(dim=0), t64.diff()[:, None]], 1)  # [T - 1, 4]: step into t + 1
-    quantum = inc.new_tensor([_K_STEP_QUANTUM] * 3 + [_T_STEP_QUANTUM])
     n_pad = -(-n_t // _ANCHOR) * _ANCHOR
-    keys = np.zeros((n_pad, 4), np.int64)  # keys[t]: the step into sample t (0: none)
-    keys[1:n_t] = torch.round(inc / quantum).to(torch.int64).cpu().numpy()
-    inc_pad = torch.zeros((n_pad, 4), dtype=torch.float32, device=dev)
-    inc_pad[1:n_t] = inc.float()
+    inc = np.zeros((n_pad, 4))  # inc[t]: the step (ΔK, ΔT) into sample t (0: none)
+    inc[1:n_t, :3] = np.diff(k64, axis=0)
+    inc[1:n_t, 3] = np.diff(t64)
+    keys = np.rint(inc / _STEP_QUANTA).astype(np.int64)
+    inc_pad = torch.from_numpy(inc).to(dev, torch.float32)
     for t0 in range(0, n_t, chunk):
         t1 = min(n_t, t0 + chunk)
         anchors = list(range(t0, t1, _ANCHOR))
