@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from mr0core.phantom.sim_data import VoxelShape
+
 from .rf import effective_b1
 from .shaped import check_rf_model
 
@@ -364,6 +366,11 @@ def compute_graph(
     )  # fmt: skip
 
 
+_MONOTONE_SHAPES = ("sinc", "exact_sinc", "gauss")
+"""Voxel shapes whose response is a product over axes, each falling monotonically with |k|."""
+_RESPONSE_FLOOR = 1e-10
+"""A state whose voxel-shape response stays below this at every sample emits nothing."""
+
 SHAPED_PREPASS_SCALES = (0.25, 0.5, 0.8)
 """Flip scales the pre-pass follows in addition for ``rf_model="shaped"``."""
 
@@ -539,6 +546,19 @@ def _prepass(
         kt = torch.from_numpy(k0).float()[:, None, :] + torch.from_numpy(k_adc).float()[None]
         return dephasing_func(kt, nyq_t).abs().to(torch.float32).numpy()
 
+    # A separable response that falls monotonically with |k| on each axis is at most its value at
+    # each axis' distance from 0 to the readout's range: states whose bound is negligible emit
+    # nothing (most dephased states), and their [samples, 3] response is not computed.
+    monotone = isinstance(dephasing_func, VoxelShape) and dephasing_func.name in _MONOTONE_SHAPES
+
+    def near(k0: np.ndarray, k_adc: np.ndarray) -> np.ndarray:
+        """States ``k0`` whose response may exceed :data:`_RESPONSE_FLOOR` at ``k0 + k_adc``."""
+        if not monotone:
+            return np.ones(len(k0), bool)
+        dist = np.maximum(0.0, np.maximum(k0 + k_adc.min(0), -(k0 + k_adc.max(0))))  # [n, 3]
+        bound = dephasing_func(torch.from_numpy(dist), nyq_t).abs().numpy()
+        return bound > _RESPONSE_FLOOR
+
     # columns that share T2 and T2' share the emitted estimate (the flip-scale columns do)
     decay_cols: dict[tuple[float, float], list[int]] = {}
     for c in range(len(cols)):
@@ -610,14 +630,16 @@ def _prepass(
         tcum = np.cumsum(dt)
         e2_t2 = np.exp(-total / t2)  # [C]
         emitted = np.zeros((len(rg.plus_tau), nb))
-        if rep.adc.any() and len(rg.plus_tau):
+        live = near(rg.plus_k, kcum[rep.adc]) if rep.adc.any() else np.zeros(0, bool)
+        if live.any():
             t_adc = tcum[rep.adc].astype(np.float32)
-            response = shape(rg.plus_k, kcum[rep.adc])  # [n, samples]
-            abs_tau = np.abs(rg.plus_tau.astype(np.float32)[:, None] + t_adc[None])
+            response = shape(rg.plus_k[live], kcum[rep.adc])  # [n live, samples]
+            abs_tau = np.abs(rg.plus_tau[live].astype(np.float32)[:, None] + t_adc[None])
             for (c_t2, c_t2d), same in decay_cols.items():  # temporaries stay [n, samples]
                 arg = abs_tau * np.float32(1 / c_t2d) + (t_adc * np.float32(1 / c_t2))[None]
                 # per unit magnetisation: the largest of response · e^{-t/T2 - |τ|/T2'}
-                emitted[:, same] = (response * np.exp(-arg)).max(axis=1)[:, None]
+                best = (response * np.exp(-arg)).max(axis=1)
+                emitted[np.ix_(live, same)] = best[:, None]
         rg.plus_emitted = emitted  # filled with |m| below
         # diffusion over the repetition, per state (linear k ramps within events)
         b_plus = _b_values(rg.plus_k, g, dt)

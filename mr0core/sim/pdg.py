@@ -375,6 +375,7 @@ def execute_graph(
                  or rep.pulse.shim_array.requires_grad for rep in seq)
     )  # fmt: skip
     coef_cache: dict[tuple, torch.Tensor] = {}
+    relax_rates: dict[float, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     size_np = size.detach().cpu().double().numpy()
     phasor_cache = _StepCache()
     p_k = torch.zeros((0, 3), dtype=fdt, device=dev)
@@ -388,8 +389,13 @@ def execute_graph(
     state = z_mag
     p_active = np.zeros(0, np.int64)
     z_active = np.zeros(1, np.int64)
-    signals: list[torch.Tensor] = []
+    signals: list[torch.Tensor | None] = []
     mags: list[torch.Tensor] = []
+    batch = None
+    if fast and not exact and group_pd_coil is not None:
+        assert groups is not None
+        batch = _SignalBatch(pos, b0, t2, groups, group_pd_coil, nyquist, data.dephasing_func,
+                             phasor_cache)  # fmt: skip
     four_pi2 = 4 * math.pi**2
 
     def tensor(x: np.ndarray, dtype: torch.dtype = fdt) -> torch.Tensor:
@@ -506,13 +512,22 @@ def execute_graph(
                 if not exact and not static_grad:
                     # float64 sample positions, to find the samples that share a step (k, t)
                     steps = (kcum_np[adc_np], tcum_np[adc_np])
-            sig, mag_adc = _signal(
-                new_p[tensor(emit, torch.int64)], k0_e, tau0_e, K, T, L, C,
-                rep.adc_phase.to(dev, fdt)[adc], pos, b0, t2, t2d, diff, pd_coil, nyquist,
-                data.dephasing_func, groups, bounds, exact, steps, phasor_cache, group_pd_coil,
-            )  # fmt: skip
-            signals.append(sig)
-            mags.extend(mag_adc)
+            m_e = new_p[tensor(emit, torch.int64)]
+            if batch is not None and steps is not None and batch.takes(len(emit), len(adc_np)):
+                # deferred: repetitions with few emitting states share their operations
+                signals.append(None)
+                batch.add(len(signals) - 1, m_e, k0_e, tau0_e, K, T, L, C,
+                          rep.adc_phase.to(dev, fdt)[adc], steps)  # fmt: skip
+                if batch.full():
+                    batch.flush(signals)
+            else:
+                sig, mag_adc = _signal(
+                    m_e, k0_e, tau0_e, K, T, L, C, rep.adc_phase.to(dev, fdt)[adc], pos, b0,
+                    t2, t2d, diff, pd_coil, nyquist, data.dephasing_func, groups, bounds, exact,
+                    steps, phasor_cache, group_pd_coil,
+                )  # fmt: skip
+                signals.append(sig)
+                mags.extend(mag_adc)
 
         # ---- to the end of the repetition
         if n_events:
@@ -528,13 +543,29 @@ def execute_graph(
                 total = torch.tensor(total_np, dtype=fdt)
                 pk_np, ptau_np = nk_p + kcum_np[-1], ntau_p + total_np
                 zk_np, ztau_np = nk_z, ntau_z
-            p_mag = _relax(new_p, total / t2, b_plus, diff)
-            e1_t1 = torch.exp(-total / t1)
-            z_mag = _relax(new_z, total / t1, b_z, diff)
-            if z_mag.requires_grad:
-                z_mag = torch.cat([z_mag[:1] + (1 - e1_t1), z_mag[1:]])
+            if fast:
+                # both kinds in one set of in-place operations on [transverse; longitudinal],
+                # with the per-voxel rates of this duration computed once per duration
+                rates = relax_rates.get(total_np)
+                if rates is None:
+                    if len(relax_rates) >= 64:  # bounded: a few distinct durations are usual
+                        relax_rates.clear()
+                    rates = relax_rates[total_np] = (total / t2, total / t1,
+                                                     1 - torch.exp(-total / t1))  # fmt: skip
+                f = torch.cat([b_plus, b_z])[:, None] * diff
+                f[:n_ap] += rates[0]
+                f[n_ap:] += rates[1]
+                new.mul_(f.neg_().exp_())
+                p_mag, z_mag = new[:n_ap], new[n_ap:]
+                z_mag[0] += rates[2]  # recovery feeds the relaxed state
             else:
-                z_mag[0] += 1 - e1_t1  # recovery feeds the relaxed state
+                p_mag = _relax(new_p, total / t2, b_plus, diff)
+                e1_t1 = torch.exp(-total / t1)
+                z_mag = _relax(new_z, total / t1, b_z, diff)
+                if z_mag.requires_grad:
+                    z_mag = torch.cat([z_mag[:1] + (1 - e1_t1), z_mag[1:]])
+                else:
+                    z_mag[0] += 1 - e1_t1  # recovery feeds the relaxed state
         else:
             p_mag, z_mag = new_p, new_z
             if seq_grad:
@@ -548,6 +579,8 @@ def execute_graph(
         if progress_callback is not None:
             progress_callback(r + 1, len(graph))
 
+    if batch is not None:
+        batch.flush(signals)
     out = torch.cat(signals) if signals else torch.zeros((0, n_coil), dtype=cdt, device=dev)
     if return_mag_adc:
         if n_sub > 1:  # the mean over each voxel's sub-slices (their PD is equal)
@@ -721,6 +754,229 @@ def _signal(
         outs.append(mt @ pd_coil)
         mags.extend(list(mt * receive[sl, None]))
     return torch.cat(outs) * receive[:, None], mags
+
+
+_BATCH_ELEMENTS = 1 << 22  # (state, block, group, coil) x voxels of one batched projection
+# samples per repetition up to which it is batched: longer readouts (multi-echo, EPI) amortise
+# their fixed costs by themselves, and their batched (state, block) rows would not stay in cache
+_BATCH_SAMPLES = 4 * 32
+
+
+class _SignalBatch:
+    """The signal of many repetitions with few emitting states, in one set of operations.
+
+    :func:`_signal` costs a few dozen tensor operations per repetition, whatever its size; with
+    one or two emitting states (spoiled gradient echoes, spin-echo trains, diffusion) those fixed
+    costs were most of the main pass. A batch collects the repetitions' emitting states and
+    samples and computes, for all at once: the states' phases, the anchor phasors of every
+    block of ``_ANCHOR`` samples (:func:`_phasor_chunks`), one GEMM per step pattern shared by
+    all the blocks that advance alike, and the per-(state, sample) factors. The arithmetic is
+    :func:`_signal`'s stacked-groups path; only the grouping of the operations differs.
+    """
+
+    def __init__(
+        self, pos: torch.Tensor, b0: torch.Tensor, t2: torch.Tensor, groups: torch.Tensor,
+        group_pd_coil: torch.Tensor, nyquist: torch.Tensor, dephasing_func: object,
+        cache: _StepCache,
+    ) -> None:  # fmt: skip
+        self.pos, self.b0, self.t2 = pos, b0, t2
+        self.r2d, self.dg = 1 / groups[:, 0], groups[:, 1]
+        self.gpc = group_pd_coil  # [G, C, V]
+        self.nyquist, self.dephasing_func, self.cache = nyquist, dephasing_func, cache
+        self.jobs: list[tuple] = []
+        self.load = 0
+
+    def _rows(self, n_states: int, n_samples: int) -> int:
+        n_g, n_c, n_v = self.gpc.shape
+        return n_states * -(-n_samples // _ANCHOR) * n_g * n_c * n_v
+
+    def takes(self, n_states: int, n_samples: int) -> bool:
+        """Whether a repetition of this size belongs in a batch (few states and samples)."""
+        n_g, n_c, _ = self.gpc.shape
+        return (
+            n_states * n_g * n_c <= _STACK_ROWS
+            and n_samples <= _BATCH_SAMPLES
+            and self._rows(n_states, n_samples) <= _BATCH_ELEMENTS
+        )
+
+    def full(self) -> bool:
+        return self.load >= _BATCH_ELEMENTS
+
+    def add(self, slot: int, *job: object) -> None:
+        """Queue a repetition: ``(m, k0, τ0, K, T, L, C, adc_phase, (K64, T64))``."""
+        self.jobs.append((slot, *job))
+        m, steps = job[0], job[-1]
+        self.load += self._rows(len(m), len(steps[1]))  # type: ignore[arg-type]
+
+    def flush(self, signals: list[torch.Tensor | None]) -> None:
+        """Compute the queued repetitions' signals into their ``signals`` slots."""
+        if not self.jobs:
+            return
+        jobs, self.jobs, self.load = self.jobs, [], 0
+        n_g, n_c, n_v = self.gpc.shape
+        dev = self.pos.device
+        cdt = torch.complex64
+        n_s = np.array([len(j[1]) for j in jobs])
+        n_t = np.array([len(j[5]) for j in jobs])
+        t_start = np.concatenate([[0], np.cumsum(n_t)[:-1]])
+        m = torch.cat([j[1] for j in jobs])  # [ΣS, V]
+        k0, tau0 = torch.cat([j[2] for j in jobs]), torch.cat([j[3] for j in jobs])
+        K, T, L, C = (torch.cat([j[i] for j in jobs]) for i in (4, 5, 6, 7))  # [ΣT, ...]
+        receive = _cis(torch.cat([j[8] for j in jobs]))
+        out = torch.zeros((len(T), n_c), dtype=cdt, device=dev)
+        if len(m) == 0:
+            self._store(signals, jobs, out, t_start, n_t)
+            return
+        # (state, sample) pairs: each state with every sample of its repetition
+        state_of_job = np.repeat(np.arange(len(jobs)), n_s)
+        pair_state = np.repeat(np.arange(len(m)), n_t[state_of_job])
+        first = np.repeat(t_start[state_of_job], n_t[state_of_job])
+        local = np.arange(len(pair_state)) - np.repeat(
+            np.concatenate([[0], np.cumsum(n_t[state_of_job])[:-1]]), n_t[state_of_job]
+        )  # fmt: skip
+        pair_sample = first + local
+        ps, pt = (torch.from_numpy(x).to(dev) for x in (pair_state, pair_sample))
+        k_st = k0[ps] + K[pt]  # [P, 3]
+        tau_st = tau0[ps] + T[pt]
+        w = self.dephasing_func(k_st, self.nyquist).to(torch.float32)  # [P]
+        k0p = k0[ps]
+        b_st = 4 * math.pi**2 * ((k0p**2).sum(1) * T[pt] + (k0p * L[pt]).sum(1) + C[pt])
+        f = w[:, None] * torch.exp(-tau_st.abs()[:, None] * self.r2d - b_st[:, None] * self.dg)
+        # the states' magnetisation with their phase, times PD · coil per group: [ΣS, G·C, V]
+        state_phase = -_TWO_PI * (k0 @ self.pos.T + tau0[:, None] * self.b0[None])
+        mc = (m * _cis(state_phase))[:, None, None, :] * self.gpc[None]
+        mc = mc.reshape(len(m), n_g * n_c, n_v)
+        # blocks of _ANCHOR samples per repetition, their anchors and step patterns
+        n_b = -(-n_t // _ANCHOR)
+        anchors, keys_of_block, incs = [], [], []
+        for (_, *_, steps), t0, nt in zip(jobs, t_start, n_t, strict=True):
+            k64, t64 = steps
+            n_pad = -(-nt // _ANCHOR) * _ANCHOR
+            inc = np.zeros((n_pad, 4))
+            inc[1:nt, :3] = np.diff(k64, axis=0)
+            inc[1:nt, 3] = np.diff(t64)
+            key = np.rint(inc / _STEP_QUANTA).astype(np.int64)
+            for a in range(0, nt, _ANCHOR):
+                anchors.append(t0 + a)
+                keys_of_block.append(key[a + 1 : a + _ANCHOR])
+                incs.append(inc[a + 1 : a + _ANCHOR])
+        idx = torch.tensor(anchors, device=dev)
+        A = _cis(
+            -_TWO_PI * (K[idx] @ self.pos.T + T[idx][:, None] * self.b0[None]),
+            torch.exp(-T[idx][:, None] / self.t2[None]),
+        )  # [blocks, V] fmt: skip
+        block_start = np.concatenate([[0], np.cumsum(n_b)[:-1]])
+        # rows (state, block of its repetition)
+        sb_state = np.repeat(np.arange(len(m)), n_b[state_of_job])
+        sb_block = np.repeat(block_start[state_of_job], n_b[state_of_job]) + (
+            np.arange(len(sb_state)) - np.repeat(
+                np.concatenate([[0], np.cumsum(n_b[state_of_job])[:-1]]), n_b[state_of_job])
+        )  # fmt: skip
+        # the blocks that have emitting states, by step pattern
+        by_key: dict[bytes, list[int]] = {}
+        for b in np.unique(sb_block).tolist():
+            by_key.setdefault(keys_of_block[b].tobytes(), []).append(b)
+        # blocks of equal steps whose pattern is new and used once (every spoke of a radial or
+        # spiral readout): their step products and GEMMs in one batched set of operations
+        single = [bl[0] for kb, bl in by_key.items() if len(bl) == 1 and kb not in self.cache.kept
+                  and _equal_steps(keys_of_block[bl[0]])]  # fmt: skip
+        for b in single:
+            del by_key[keys_of_block[b].tobytes()]
+        # rows sorted by pattern (the single blocks last), so that each pattern's rows are one
+        # slice: no gathered copy per GEMM
+        group_of_block = np.full(len(anchors), len(by_key), np.int64)
+        for gi, blocks in enumerate(by_key.values()):
+            group_of_block[blocks] = gi
+        perm = np.argsort(group_of_block[sb_block], kind="stable")
+        sb_state, sb_block = sb_state[perm], sb_block[perm]
+        inv = np.empty_like(perm)
+        inv[perm] = np.arange(len(perm))
+        cuts = np.searchsorted(group_of_block[sb_block], np.arange(len(by_key) + 1)).tolist()
+        sbs, sbb = (torch.from_numpy(x).to(dev) for x in (sb_state, sb_block))
+        ma = mc[sbs] * A[sbb][:, None, :]  # [SB, G·C, V]
+        res = torch.empty((len(sb_state), n_g * n_c, _ANCHOR), dtype=cdt, device=dev)
+        if single:
+            self._single_blocks(single, incs, sb_block, ma, res)
+        for gi, (key_bytes, blocks) in enumerate(by_key.items()):
+            b = blocks[0]
+            W = self.cache.get(
+                key_bytes,
+                lambda b=b: _step_products(
+                    self.pos, self.b0, self.t2,
+                    torch.from_numpy(incs[b]).to(dev, torch.float32), keys_of_block[b],
+                ),
+            )  # fmt: skip
+            lo, hi = cuts[gi], cuts[gi + 1]
+            part = ma[lo:hi].reshape(-1, n_v) @ W.T  # [rows·G·C, B]
+            res[lo:hi] = part.reshape(hi - lo, n_g * n_c, _ANCHOR)
+        # each pair's value: row (its state, its block), column (its sample within the block)
+        pair_row = np.repeat(
+            np.concatenate([[0], np.cumsum(n_b[state_of_job])[:-1]]), n_t[state_of_job]
+        ) + local // _ANCHOR  # fmt: skip
+        pair_row = inv[pair_row]
+        a = res[torch.from_numpy(pair_row).to(dev), :, torch.from_numpy(local % _ANCHOR).to(dev)]
+        a = a.reshape(len(pair_state), n_g, n_c)  # [P, G, C]
+        contrib = torch.einsum("pgc,pg->pc", a, f.to(cdt))
+        out.index_add_(0, pt, contrib)
+        self._store(signals, jobs, out * receive[:, None], t_start, n_t)
+
+    def _single_blocks(
+        self, blocks: list[int], incs: list[np.ndarray], sb_block: np.ndarray, ma: torch.Tensor,
+        res: torch.Tensor,
+    ) -> None:  # fmt: skip
+        """Project the rows of ``blocks`` (each of equal steps ``incs[b][0]``) into ``res``.
+
+        ``W[b, j] = e_b^j`` by doubling for all blocks at once, then one batched GEMM of each
+        block's rows (padded to the largest count) with its ``W``; in chunks of bounded memory.
+        """
+        n_v = len(self.pos)
+        dev, cdt = self.pos.device, torch.complex64
+        n_rows, n_gc = ma.shape[0], ma.shape[1]
+        chunk = max(1, _BATCH_ELEMENTS // (_ANCHOR * n_v))
+        for c0 in range(0, len(blocks), chunk):
+            bs = np.array(blocks[c0 : c0 + chunk])
+            d = torch.from_numpy(np.stack([incs[b][0] for b in bs])).to(dev, torch.float32)
+            e = _cis(
+                -_TWO_PI * (d[:, :3] @ self.pos.T + d[:, 3:] * self.b0[None]),
+                torch.exp(-d[:, 3:] / self.t2[None]),
+            )  # [nb, V] fmt: skip
+            W = torch.empty((len(bs), _ANCHOR, n_v), dtype=cdt, device=dev)
+            W[:, 0] = 1
+            W[:, 1] = e
+            n = 2
+            while n < _ANCHOR:
+                m = min(n, _ANCHOR - n)
+                W[:, n : n + m] = W[:, :m] * (W[:, n - 1] * e)[:, None]
+                n += m
+            # each block's (state, block) rows, padded with row 0 (masked out below)
+            rows = [np.flatnonzero(sb_block == b) for b in bs.tolist()]
+            width = max(len(r) for r in rows)
+            idx = np.zeros((len(bs), width), np.int64)
+            valid = np.zeros((len(bs), width), bool)
+            for i, r in enumerate(rows):
+                idx[i, : len(r)] = r
+                valid[i, : len(r)] = True
+            idx_t = torch.from_numpy(idx).to(dev)
+            x = ma[idx_t.reshape(-1)].reshape(len(bs), width * n_gc, n_v)
+            out = torch.bmm(x, W.transpose(1, 2)).reshape(len(bs), width, n_gc, _ANCHOR)
+            valid_t = torch.from_numpy(valid).to(dev)
+            res[idx_t[valid_t]] = out[valid_t]
+        assert n_rows == res.shape[0]
+
+    @staticmethod
+    def _store(
+        signals: list[torch.Tensor | None], jobs: list[tuple], out: torch.Tensor,
+        t_start: np.ndarray, n_t: np.ndarray,
+    ) -> None:  # fmt: skip
+        for job, t0, nt in zip(jobs, t_start.tolist(), n_t.tolist(), strict=True):
+            signals[job[0]] = out[t0 : t0 + nt]
+
+
+def _equal_steps(keys: np.ndarray) -> bool:
+    """Whether a block's step keys ``[B - 1, 4]`` are one step repeated, then padding (0)."""
+    real = keys[:, 3] != 0  # every real step advances in time
+    n = int(real.sum())
+    return n > 0 and bool(real[:n].all()) and bool((keys[:n] == keys[0]).all())
 
 
 def _project(
