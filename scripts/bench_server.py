@@ -19,7 +19,24 @@ printed with the results.
 python-ismrmrd-server is not measured: it is not on PyPI (a GitHub script), and these machines
 reach only package registries.
 
-    python scripts/bench_server.py [--repeat 20] [--json out.json]
+Preview latency (issue 22, item 7): one warm ``mr0-server`` (its defaults: simulations as
+scheduler jobs in one worker process; JSON logs at level info) answers ``mr0_preview`` sessions
+of the embedded default sequence (``mr0core/data/sequences/gre.seq``, PyPulseq's 64×64 spoiled
+GRE, i.e. FLASH) on the 64² ``brain`` twin, as the README's example sends it. After one warm-up
+session, each round runs
+
+* a session from this process (config, JSON job, close; read until the close message);
+* ``mr0-client --preview gre.seq --phantom brain --size 64`` as a subprocess (wall clock from
+  its start to its exit: interpreter start, imports, session, writing the image).
+
+The server-side time is the ``seconds`` of the server's ``closed`` log event of each session
+(from accepting the connection to closing it). Medians (and ranges) over ``--preview-rounds``
+rounds are printed beside the targets: server side ≤ 0.5 s, client end to end ≤ 0.8 s. The
+client's own share (end to end minus the server side of the same session) varies less with the
+load of the machine than either; ``mr0-client --help`` shows the client's start-up alone.
+
+    python scripts/bench_server.py [--repeat 20] [--preview-rounds 5] [--only preview]
+                                   [--json out.json]
 """
 
 from __future__ import annotations
@@ -28,6 +45,7 @@ import argparse
 import io
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -43,6 +61,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 LINES, COILS, SAMPLES = 256, 32, 256
+
+PREVIEW_SEQ = REPO / "mr0core" / "data" / "sequences" / "gre.seq"
+PREVIEW_PHANTOM, PREVIEW_SIZE = "brain", 64
+PREVIEW_TARGETS_S = {"server": 0.5, "client": 0.8}  # issue 22, item 7
 
 
 def _dataset() -> tuple[str, list[Any]]:
@@ -152,20 +174,189 @@ def _session(port: int, payload: bytes) -> tuple[float, int]:
     return elapsed, got[0]
 
 
+def _client_command() -> list[str]:
+    """``mr0-client`` as installed beside this interpreter (else ``python -m gadgets.client``)."""
+    script = Path(sys.executable).parent / "mr0-client"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "gadgets.client"]
+
+
+def _preview_session(port: int, job: dict[str, Any]) -> tuple[float, int]:
+    """Run one ``mr0_preview`` session from this process; return its wall time and images."""
+    from gadgets.protocol import MessageId, MessageReader, MessageWriter
+
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=300) as sock:
+        writer = MessageWriter(sock)
+        writer.write_config_file("mr0_preview")
+        writer.write_text(json.dumps(job))
+        writer.write_close()
+        images = 0
+        for msg in MessageReader(sock):
+            if msg.id == MessageId.TEXT and str(msg.value).startswith("ERROR"):
+                raise RuntimeError(f"the server answered the preview with {msg.value}")
+            images += msg.id == MessageId.IMAGE
+    return time.perf_counter() - t0, images
+
+
+class _ServerLog:
+    """The ``closed`` events' ``seconds`` of ``mr0_preview`` sessions in a JSON-lines log."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def preview_seconds(self) -> list[float]:
+        previews: set[str] = set()
+        seconds: list[float] = []
+        for line in self.path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line that is not a log record (a warning from a library)
+            if entry.get("event") == "chain" and entry.get("config") == "mr0_preview":
+                previews.add(entry["session"])
+            elif entry.get("event") == "closed" and entry.get("session") in previews:
+                seconds.append(float(entry["seconds"]))
+        return seconds
+
+    def wait_for(self, count: int, timeout_s: float = 30.0) -> list[float]:
+        """Wait until ``count`` preview sessions have closed (the log line follows the close)."""
+        deadline = time.monotonic() + timeout_s
+        while len(got := self.preview_seconds()) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(got)} of {count} preview sessions logged in {self.path}")
+            time.sleep(0.02)
+        return got
+
+
+def _median_row(values: list[float], target: float | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {"median_s": float(np.median(values)), "min_s": min(values),
+                           "max_s": max(values), "runs": [round(v, 3) for v in values]}  # fmt: skip
+    if target is not None:
+        row["target_s"] = target
+        row["met"] = row["median_s"] <= target
+    return row
+
+
+def bench_preview(rounds: int, server_args: list[str], tmp: Path) -> dict[str, Any]:
+    """Preview latency against one warm ``mr0-server``: server side, ``mr0-client`` end to end."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = tmp / "server.log"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "gadgets.server", "--port", str(port), "--log-level", "info",
+           "--log-format", "json", *server_args]  # fmt: skip
+    job = {"seq": PREVIEW_SEQ.read_text(), "phantom": PREVIEW_PHANTOM, "size": PREVIEW_SIZE}
+    client = [*_client_command(), "--preview", str(PREVIEW_SEQ), "--phantom", PREVIEW_PHANTOM,
+              "--size", str(PREVIEW_SIZE), "-p", str(port), "-q"]  # fmt: skip
+    log = _ServerLog(log_path)
+    with log_path.open("w") as log_file:
+        server = subprocess.Popen(cmd, env=env, stderr=log_file)
+        try:
+            _wait_port(port)
+            _, images = _preview_session(port, job)  # warm-up: worker start, first imports
+            if images < 1:
+                raise RuntimeError("the warm-up preview returned no image")
+            help_s: list[float] = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                subprocess.run([*_client_command(), "--help"], check=True,
+                               stdout=subprocess.DEVNULL, env=env)  # fmt: skip
+                help_s.append(time.perf_counter() - t0)
+            in_process: list[float] = []
+            end_to_end: list[float] = []
+            server_s: list[float] = []
+            overhead: list[float] = []
+            for i in range(rounds):
+                # one session from here, then the client: a slow spell of the machine hits both
+                elapsed, images = _preview_session(port, job)
+                if images < 1:
+                    raise RuntimeError("a preview returned no image")
+                in_process.append(elapsed)
+                server_s.append(log.wait_for(2 + 2 * i)[-1])
+                out = tmp / f"preview{i}.h5"
+                t0 = time.perf_counter()
+                done = subprocess.run([*client, "-o", str(out)], env=env, capture_output=True,
+                                      text=True, timeout=300)  # fmt: skip
+                end_to_end.append(time.perf_counter() - t0)
+                if done.returncode != 0 or not out.is_file():
+                    raise RuntimeError(f"mr0-client failed ({done.returncode}): {done.stderr}")
+                server_s.append(log.wait_for(3 + 2 * i)[-1])
+                overhead.append(end_to_end[-1] - server_s[-1])  # this session's own server time
+        finally:
+            server.terminate()
+            server.wait(60)
+    return {
+        "sequence": str(PREVIEW_SEQ.relative_to(REPO)),
+        "phantom": PREVIEW_PHANTOM,
+        "size": PREVIEW_SIZE,
+        "server_args": server_args,
+        "server_side": _median_row(server_s, PREVIEW_TARGETS_S["server"]),
+        "session_from_python": _median_row(in_process),
+        "client_end_to_end": _median_row(end_to_end, PREVIEW_TARGETS_S["client"]),
+        "client_overhead": _median_row(overhead),
+        "client_help": _median_row(help_s),
+    }
+
+
+def _print_preview(res: dict[str, Any]) -> None:
+    print(f"\npreview: {res['sequence']} (64x64 FLASH) on the {res['size']}^2 {res['phantom']} "
+          f"twin, one warm mr0-server {' '.join(res['server_args'])}".rstrip())  # fmt: skip
+    print(f"{'':<36}{'median s':>9}{'min':>7}{'max':>7}{'target':>8}  met")
+    names = {
+        "server_side": "server side (log 'closed' seconds)",
+        "session_from_python": "session from python (no start-up)",
+        "client_end_to_end": "mr0-client --preview, end to end",
+        "client_overhead": "  of which not the server's",
+        "client_help": "mr0-client --help (start-up only)",
+    }
+    for key, name in names.items():
+        row = res[key]
+        target = (
+            f"{row['target_s']:>8.2f}  {'yes' if row['met'] else 'NO'}" if "target_s" in row else ""
+        )
+        print(f"{name:<36}{row['median_s']:>9.3f}{row['min_s']:>7.3f}{row['max_s']:>7.3f}{target}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--preview-rounds", type=int, default=5,
+                        help="timed preview rounds after one warm-up (default 5)")  # fmt: skip
+    parser.add_argument(
+        "--server-args", default="", help="more mr0-server arguments for the preview (quoted)"
+    )
+    parser.add_argument("--only", choices=("throughput", "preview"), help="run one part")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--echo", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.echo:
         _echo_server(opts.echo)
         return 0
+    if opts.preview_rounds < 3:
+        parser.error("--preview-rounds must be >= 3 (a median of at least three)")
+    import tempfile
+
+    machine = benchlib.machine()
+    print(f"machine: {machine}")
+    report: dict[str, Any] = {"machine": machine}
+    if opts.only != "preview":
+        report["rows"] = bench_throughput(opts.repeat)
+    if opts.only != "throughput":
+        with tempfile.TemporaryDirectory() as tmp:
+            report["preview"] = bench_preview(opts.preview_rounds, shlex.split(opts.server_args),
+                                              Path(tmp))  # fmt: skip
+        _print_preview(report["preview"])
+    if opts.json:
+        opts.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def bench_throughput(repeat: int) -> dict[str, dict[str, Any]]:
+    """Throughput of passthrough and default against a bare socket; print the table."""
     import tempfile
 
     header, acqs = _dataset()
-    machine = benchlib.machine()
-    print(f"machine: {machine}")
     print(f"dataset: {LINES} lines x {COILS} coils x {SAMPLES} samples")
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "echo_port"
@@ -193,11 +384,11 @@ def main(argv: list[str] | None = None) -> int:
             times: dict[str, list[float]] = {name: [] for name, _, _ in paths}
             backs: dict[str, int] = {}
             # rounds interleave the paths, so that a slow spell of the machine hits all of them
-            for _ in range(opts.repeat):
+            for _ in range(repeat):
                 for name, _, target in paths:
                     elapsed, backs[name] = _session(target, payloads[name])
                     times[name].append(elapsed)
-            rows: dict[str, dict[str, float]] = {}
+            rows: dict[str, dict[str, Any]] = {}
             for name, _, _ in paths:
                 best = min(times[name])
                 rows[name] = {
@@ -226,9 +417,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{median:>8.2f}   {q1:.2f}-{q3:.2f}")  # fmt: skip
     print("ratio: best MB/s over the best echo MB/s; median, IQR: of the rounds' ratios")
     print("python-ismrmrd-server: not measured (not on PyPI; no network beyond package registries)")
-    if opts.json:
-        opts.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-    return 0
+    return rows
 
 
 if __name__ == "__main__":
