@@ -25,6 +25,15 @@ JSON.
     python scripts/bench_pdg.py                         # all cases at 64 and 128, CPU
     python scripts/bench_pdg.py --cases write_gre --sizes 64 --threads 2 --json out.json
     python scripts/bench_pdg.py --device cuda           # the same table on a GPU
+    python scripts/bench_pdg.py --compare-rf-models --cases write_gre --sizes 64
+
+``--rf-model shaped`` runs ours with the shaped RF model (slice profiles from the ``.seq``'s
+waveforms, :mod:`mr0core.sim.shaped`; ``--sub-slices`` sets their number, default automatic).
+MR-zero has no such model, so then no MR-zero column is run and the reference is ours, shaped, at
+high accuracy. ``--compare-rf-models`` instead runs ours both ways on each case and size, each in
+its own process with a warm-up and ``--repeat`` timed runs, and prints the times, their ratio
+shaped / instantaneous and the NRMSE of the shaped signal against the instantaneous one (how much
+the slice profile changes the signal).
 
 Needs the ``bench`` extra (``pip install -e ".[bench]"``) for the MR-zero columns; without it only
 ours runs, against ours at high accuracy.
@@ -84,6 +93,12 @@ def _child(args: argparse.Namespace) -> None:
             import MRzeroCore as lib
         else:
             import mr0core as lib
+        rf = {}  # MR-zero has no rf_model: the parent never asks it for a shaped run
+        if args.rf_model != "instantaneous" or args.sub_slices is not None:
+            if args.sim != "ours":
+                raise SystemExit(f"--rf-model {args.rf_model} applies to ours only")
+            rf = {"rf_model": args.rf_model}
+        run_rf = dict(rf, sub_slices=args.sub_slices) if args.sub_slices is not None else rf
         seq = lib.Sequence.import_file(args.seq)
         if args.phantom == "voxel":  # one white-matter-like voxel, the same in both libraries
             data = lib.CustomVoxelPhantom([[0.0, 0.0, 0.0]], **VOXEL).build()
@@ -102,13 +117,15 @@ def _child(args: argparse.Namespace) -> None:
         states, state_mag, emitted, latent = args.settings
         times = []
         if args.warmup:  # not timed: first-call costs (allocator, caches, lazy imports)
-            graph = lib.compute_graph(seq, data, int(args.settings[0]), args.settings[1])
-            lib.execute_graph(graph, seq, data, *args.settings[2:], print_progress=False)
+            graph = lib.compute_graph(seq, data, int(args.settings[0]), args.settings[1], **rf)
+            lib.execute_graph(graph, seq, data, *args.settings[2:], print_progress=False,
+                              **run_rf)  # fmt: skip
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            graph = lib.compute_graph(seq, data, int(states), state_mag)
+            graph = lib.compute_graph(seq, data, int(states), state_mag, **rf)
             t1 = time.perf_counter()
-            signal = lib.execute_graph(graph, seq, data, emitted, latent, print_progress=False)
+            signal = lib.execute_graph(graph, seq, data, emitted, latent, print_progress=False,
+                                       **run_rf)  # fmt: skip
             if args.device == "cuda":
                 torch.cuda.synchronize()
             t2 = time.perf_counter()
@@ -120,8 +137,13 @@ def _child(args: argparse.Namespace) -> None:
     np.save(args.out, signal.detach().cpu().numpy())
     # the run of median total time (an odd --repeat gives the true median)
     mid = sorted(times, key=sum)[len(times) // 2]
-    print(json.dumps({"pre_s": mid[0], "main_s": mid[1], "peak_bytes": peak,
-                      "times_s": [sum(t) for t in times]}))  # fmt: skip
+    result = {"pre_s": mid[0], "main_s": mid[1], "peak_bytes": peak,
+              "times_s": [sum(t) for t in times]}  # fmt: skip
+    if rf.get("rf_model") == "shaped":
+        from mr0core.sim.shaped import default_sub_slices
+
+        result["sub_slices"] = args.sub_slices or default_sub_slices(seq, data)
+    print(json.dumps(result))
 
 
 # -- the parent ---------------------------------------------------------------------------------
@@ -145,8 +167,14 @@ def _run(
     timeout: float | None = None,
     memory: bool = False,
     reference: bool = False,
+    rf_model: str | None = None,
 ) -> dict[str, Any] | None:
+    """Run one simulation in a child process; ``rf_model`` (ours only): default ``--rf-model``."""
     cmd = [sys.executable, __file__, "--child", "--sim", sim, "--seq", str(seq)]
+    if sim == "ours":
+        cmd += ["--rf-model", rf_model or opts.rf_model]
+        if (rf_model or opts.rf_model) == "shaped" and opts.sub_slices is not None:
+            cmd += ["--sub-slices", str(opts.sub_slices)]
     cmd += ["--phantom", str(phantom), "--out", str(out), "--threads", str(opts.threads)]
     cmd += ["--device", opts.device, "--repeat", str(1 if reference or memory else opts.repeat)]
     if not reference and not memory:
@@ -204,6 +232,15 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds before the MR-zero reference gives way to ours (--ref auto)",
     )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write all results here")
+    parser.add_argument("--rf-model", choices=("instantaneous", "shaped"), default="instantaneous",
+                        help="ours with this RF model; shaped: no MR-zero runs (it has no such "
+                        "model), the reference is ours shaped")  # fmt: skip
+    parser.add_argument("--sub-slices", type=int, default=None,
+                        help="with --rf-model shaped / --compare-rf-models: sub-slices through "
+                        "the phantom's thickness (default automatic)")  # fmt: skip
+    parser.add_argument("--compare-rf-models", action="store_true",
+                        help="ours shaped against ours instantaneous: times, their ratio, the "
+                        "NRMSE between the signals")  # fmt: skip
     # the child's arguments
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sim", help=argparse.SUPPRESS)
@@ -220,21 +257,34 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --suite: the sizes at which the reference's convergence is "
                         "checked (tighter still; slow at 96²); default all")  # fmt: skip
     opts = parser.parse_args(argv)
+    if opts.sub_slices is not None and not 1 <= opts.sub_slices <= 64:
+        parser.error(f"--sub-slices must lie in 1..64, got {opts.sub_slices}")
     if opts.child:
         _child(opts)
         return 0
+    if opts.sub_slices is not None and opts.rf_model != "shaped" and not opts.compare_rf_models:
+        parser.error("--sub-slices applies to --rf-model shaped or --compare-rf-models")
+    if opts.compare_rf_models:
+        if opts.suite or opts.rf_model != "instantaneous":
+            parser.error("--compare-rf-models runs both models; give neither --suite nor "
+                         "--rf-model")  # fmt: skip
+        return _compare_rf_models(opts)
     if opts.suite:
+        if opts.rf_model != "instantaneous":
+            parser.error("--suite compares against MR-zero, which has no shaped RF model")
         return _suite(opts, argv)
 
     try:
         import MRzeroCore  # noqa: F401
 
-        have_mrzero = True
+        have_mrzero = opts.rf_model == "instantaneous"
+        if not have_mrzero:
+            print("--rf-model shaped: MR-zero has no shaped RF model, ours only", file=sys.stderr)
     except ImportError:
         have_mrzero = False
         print("MR-zero not installed (pip install -e '.[bench]'): ours only", file=sys.stderr)
     if opts.ref == "mrzero" and not have_mrzero:
-        parser.error("--ref mrzero needs mrzerocore installed")
+        parser.error("--ref mrzero needs mrzerocore installed and --rf-model instantaneous")
 
     sys.path.insert(0, str(REPO))
     from mr0core.phantom.builtin_phantoms import write_phantom
@@ -267,17 +317,64 @@ def main(argv: list[str] | None = None) -> int:
                 if ref is None:
                     _run("ours", seq, phantom, HIGH, tmp / "ref.npy", opts)
                     row["reference"] = "ours high accuracy"
+                    if opts.rf_model != "instantaneous":
+                        row["reference"] += f", {opts.rf_model} RF"
                 row["ours"]["nrmse"] = _nrmse(tmp / "ours.npy", tmp / "ref.npy")
                 if have_mrzero:
                     row["mrzero"]["nrmse"] = _nrmse(tmp / "mrzero.npy", tmp / "ref.npy")
                 rows.append(row)
                 print(_format(row), flush=True)
     ratios = [r["ratio"] for r in rows if "ratio" in r]
-    summary: dict[str, Any] = {"machine": machine, "device": opts.device, "rows": rows}
+    summary: dict[str, Any] = {"machine": machine, "device": opts.device, "rows": rows,
+                               "rf_model": opts.rf_model}  # fmt: skip
     if ratios:
         summary["median_ratio"] = statistics.median(ratios)
         print(f"median time ratio ours/MR-zero: {summary['median_ratio']:.3f} "
               f"({1 / summary['median_ratio']:.1f}x faster)")  # fmt: skip
+    if opts.json:
+        opts.json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def _compare_rf_models(opts: argparse.Namespace) -> int:
+    """Ours with shaped against instantaneous RF: times, ratio, NRMSE (see the module)."""
+    sys.path.insert(0, str(REPO))
+    import numpy as np
+
+    from mr0core.phantom.builtin_phantoms import write_phantom
+
+    machine = _machine(opts)
+    print(f"machine: {machine}; {opts.repeat} timed run(s) after a warm-up, median")
+    head = f"{'case':<17}{'size':>5} {'inst s':>8} {'shaped s':>9} {'ratio':>6} "
+    head += f"{'NRMSE':>8} {'sub':>4}"
+    print(head)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench_rf_") as tmp_dir:
+        tmp = Path(tmp_dir)
+        for size in opts.sizes:
+            phantom, _ = write_phantom("brain", tmp / f"brain{size}", size=size)
+            for case in opts.cases:
+                seq = _find(case)
+                row: dict[str, Any] = {"case": case, "size": size}
+                for model in ("instantaneous", "shaped"):
+                    row[model] = _run("ours", seq, phantom, DEFAULT, tmp / f"{model}.npy", opts,
+                                      rf_model=model)  # fmt: skip
+                inst = np.load(tmp / "instantaneous.npy")
+                shaped = np.load(tmp / "shaped.npy")
+                t_inst = row["instantaneous"]["pre_s"] + row["instantaneous"]["main_s"]
+                t_shaped = row["shaped"]["pre_s"] + row["shaped"]["main_s"]
+                row["ratio"] = t_shaped / t_inst
+                row["nrmse"] = float(np.linalg.norm(shaped - inst) / np.linalg.norm(inst))
+                row["sub_slices"] = row["shaped"].get("sub_slices")
+                rows.append(row)
+                print(f"{case:<17}{size:>5} {t_inst:>8.2f} {t_shaped:>9.2f} {row['ratio']:>6.2f} "
+                      f"{100 * row['nrmse']:>7.2f}% {row['sub_slices'] or '-':>4}",
+                      flush=True)  # fmt: skip
+    summary: dict[str, Any] = {"machine": machine, "device": opts.device, "rows": rows,
+                               "repeat": opts.repeat, "threads": opts.threads}  # fmt: skip
+    if rows:
+        summary["median_ratio"] = statistics.median(r["ratio"] for r in rows)
+        print(f"median time ratio shaped/instantaneous: {summary['median_ratio']:.2f}")
     if opts.json:
         opts.json.write_text(json.dumps(summary, indent=2))
     return 0
