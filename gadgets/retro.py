@@ -8,7 +8,8 @@ both with the same chain (``recon``, default ``default``) and returns
 - series 1: the measured reconstruction ("MR0 retro measured"),
 - series 2: the simulated one ("MR0 retro simulated"),
 - series 3: their difference, measured − a · simulated ("MR0 retro difference", real-valued),
-- a JSON text: ``{"nrmse": …, "ssim": …, "scale": a, "protocol": "seq" | "header", …}``.
+- a JSON text: ``{"nrmse": …, "ssim": …, "scale": a, "protocol": "seq" | "header",
+  "rf_model": …, …}``.
 
 ``a`` is the least-squares scale of the simulated images onto the measured ones (a scanner's
 intensity scale is arbitrary; ``fit_scale`` false sets ``a = 1``). NRMSE is
@@ -25,6 +26,10 @@ Where the protocol comes from (``protocol``: ``auto`` tries them in this order):
    counters by :func:`mr0core.io.mrd_protocol.sequence_from_mrd`; its approximations (no slice
    profile, instantaneous pulses, defaults for missing TR/TE/flip) are listed in its docstring
    and returned in the JSON (``notes``, ``defaulted``).
+
+``rf_model`` ``"shaped"`` (and ``sub_slices``) simulate the pulses of a ``.seq`` protocol from
+their waveforms, as in :mod:`gadgets.twin`; the header protocol has no waveforms, so its pulses
+stay instantaneous.
 
 The twin is a built-in phantom (``brain``, ``shepp-logan``) with as many receive coils as the
 measured data (``coils`` 0), or a NIfTI phantom from the server's ``--phantoms`` folder. Its
@@ -209,7 +214,9 @@ class RetroSimGadget(TwinPreviewGadget):
             mapping = self._mapping(rows[:, 0].tolist(), rows[:, 1].tolist(), acqs, imaging)
             info = {"protocol": "seq"}
             yield self._status(info, mapping, phantom_name)
-            result = yield from self._simulate_saved_job(jobs, settings, summary["estimate_bytes"])
+            result = yield from self._simulate_saved_job(
+                jobs, settings, summary["estimate_bytes"], sub_slices=summary.get("sub_slices")
+            )
             signal = torch.from_numpy(np.load(result / "signal.npy", allow_pickle=False))
         return signal, mapping, info
 
@@ -329,7 +336,7 @@ class RetroSimGadget(TwinPreviewGadget):
         report = {
             "nrmse": nrmse, "ssim": float(np.mean(scores)) if scores else None,
             "scale": scale, "images": len(measured), "phantom": phantom,
-            "recon": self.props["recon"], **info,
+            "recon": self.props["recon"], "rf_model": self.props["rf_model"], **info,
         }  # fmt: skip
         yield Text(json.dumps(report))
 

@@ -4,7 +4,14 @@ A preview session sends config ``mr0_preview``, optionally an ISMRMRD header, an
 message with the job (the JSON keys are this gadget's properties, see :class:`TwinPreviewGadget`):
 
 ``{"seq": <.seq text> | "seq_b64": <base64>, "phantom": "brain", "size": 64, "coils": 1,
-"accuracy": 1e-3, "noise": 0, "return_raw": false}``
+"accuracy": 1e-3, "noise": 0, "return_raw": false, "rf_model": "instantaneous"}``
+
+``rf_model`` ``"shaped"`` simulates each pulse of the ``.seq`` from its RF waveform and gradients
+(slice profiles, :mod:`mr0core.sim.shaped`) instead of as an instantaneous rotation; ``sub_slices``
+(1 to 32, with ``"shaped"`` only) sets the positions through a 2-D twin's thickness (default
+automatic: enough for the profile of a time–bandwidth-4 sinc to 1 %). The main pass costs
+``sub_slices`` times more, and the scheduler's memory estimate counts them. The retro chain
+(:mod:`gadgets.retro`) takes both too.
 
 With a header, the twin is placed as the subject lies (:func:`place_twin`): turned for the
 header's ``patientPosition`` and, with ``match_fov`` (default), stretched in-plane to the header's
@@ -46,6 +53,8 @@ from typing import Any, ClassVar
 from mr0core.pulseq import DEFAULT_SEQ_LIMITS
 
 from .core import (
+    ChainError,
+    Context,
     Gadget,
     GadgetError,
     Item,
@@ -57,8 +66,10 @@ from .core import (
 )
 
 __all__ = [
+    "MAX_SUB_SLICES",
     "PATIENT_POSITIONS",
     "PREVIEW_SERIES",
+    "RF_MODELS",
     "SESSION_SEQ",
     "JobGroup",
     "TwinPreviewGadget",
@@ -71,6 +82,11 @@ SESSION_SEQ = "<session .seq>"
 """How a client's ``.seq`` is named in error messages."""
 # the text message that carries the job is bounded by the server's limits (16 MiB by default)
 _MAX_SEQ = 16 * 2**20
+RF_MODELS = ("instantaneous", "shaped")
+"""The values of ``rf_model`` (:data:`mr0core.sim.shaped.RF_MODELS`, spelt out here so that
+the server's chain checks need no simulator import)."""
+MAX_SUB_SLICES = 32
+"""The most ``sub_slices`` a preview may ask for."""
 
 
 PATIENT_POSITIONS: dict[str, tuple[bool, tuple[int, ...]]] = {
@@ -202,7 +218,29 @@ class TwinPreviewGadget(Gadget):
         "progress_s": Property("float", 1.0, "seconds between progress texts", min=0.0),
         "series_index": Property("int", 1, "image_series_index of the images", min=0, max=65535),
         "match_fov": Property("bool", True, "with a header: stretch the twin to its recon FOV"),
+        "rf_model": Property(
+            "choice",
+            "instantaneous",
+            "RF pulses: instantaneous rotations (MR-zero's model) or shaped (slice profiles "
+            "from the .seq's waveforms)",
+            choices=RF_MODELS,
+        ),
+        "sub_slices": Property(
+            "int",
+            None,
+            "rf_model shaped: positions through a 2-D twin's thickness (default automatic)",
+            min=1,
+            max=MAX_SUB_SLICES,
+        ),
     }
+
+    def __init__(self, context: Context, name: str = "", **properties: Any) -> None:
+        super().__init__(context, name, **properties)
+        if self.props["sub_slices"] is not None and self.props["rf_model"] != "shaped":
+            raise ChainError(
+                f"gadget {self.name!r}: property 'sub_slices' applies to rf_model 'shaped', "
+                f"not {self.props['rf_model']!r}"
+            )
 
     def process(self, items: Iterator[Item]) -> Iterator[Item]:
         """Pass the input on, then run the preview."""
@@ -286,7 +324,7 @@ class TwinPreviewGadget(Gadget):
                                    "phantom": phantom_name}))  # fmt: skip
             result = yield from self._simulate_saved_job(
                 jobs, settings, summary["estimate_bytes"], recon=True,
-                raw=self.props["return_raw"],
+                raw=self.props["return_raw"], sub_slices=summary.get("sub_slices"),
             )  # fmt: skip
             if self.props["return_raw"]:
                 yield from _read_acquisitions(result / "raw.h5")
@@ -329,8 +367,10 @@ class TwinPreviewGadget(Gadget):
         params = {
             "inputs": str(jobs.folder), "name": SESSION_SEQ, "voxels": int(data.voxel_count),
             "coils": coils, "tx": tx, "max_states": settings.max_states, "recon": recon,
-            "layout": layout,
+            "layout": layout, "rf_model": self.props["rf_model"],
         }  # fmt: skip
+        if self.props["sub_slices"] is not None:
+            params["sub_slices"] = self.props["sub_slices"]
         estimate = estimate_seq_parse(len(text.encode("utf-8")), layout=recon or layout)
         job = jobs.submit("prepare_seq", params, self.job_kind, estimate_bytes=estimate,
                           timeout_s=self.job_timeout_s,
@@ -383,6 +423,7 @@ class TwinPreviewGadget(Gadget):
                 result["signal"] = run_simulation(
                     seq, phantom, settings, noise=self.props["noise"], progress=False,
                     seed=self.props["seed"], on_progress=lambda d, t: updates.put((d, t)),
+                    rf_model=self.props["rf_model"], sub_slices=self.props["sub_slices"],
                 )  # fmt: skip
             except BaseException as exc:  # handed to the session's thread below
                 result["error"] = exc
@@ -422,9 +463,15 @@ class TwinPreviewGadget(Gadget):
             data = phantom.build() if hasattr(phantom, "build") else phantom
             save_object(seq, jobs.folder / "seq.pt")
             save_object(data, jobs.folder / "phantom.pt")
+            sub_slices = self.props["sub_slices"]
+            if self.props["rf_model"] == "shaped" and sub_slices is None:
+                from mr0core.sim.shaped import default_sub_slices
+
+                sub_slices = default_sub_slices(seq, data)
             result = yield from self._simulate_saved_job(
-                jobs, settings, _estimate(seq, data, settings.max_states)
-            )
+                jobs, settings, _estimate(seq, data, settings.max_states, sub_slices or 1),
+                sub_slices=sub_slices,
+            )  # fmt: skip
             return torch.from_numpy(np.load(result / "signal.npy", allow_pickle=False))
 
     def _simulate_saved_job(
@@ -435,9 +482,13 @@ class TwinPreviewGadget(Gadget):
         *,
         recon: bool = False,
         raw: bool = False,
+        sub_slices: int | None = None,
     ) -> Iterator[Item]:
         """Run ``simulate_saved`` on the group's folder; yield progress texts; return its result.
 
+        ``sub_slices``: the number resolved for ``rf_model`` ``"shaped"`` (by ``prepare_seq``
+        or :func:`mr0core.sim.shaped.default_sub_slices`), so that the simulation uses the
+        number its estimate counted; None: this gadget's ``sub_slices``.
         Progress comes back through the folder's ``progress.json``; a session that ends early
         cancels the job. The job is not durable (a restart cancels it: nobody would read it),
         has a timeout (:attr:`job_timeout_s`) and at most :attr:`job_attempts` starts; once
@@ -449,8 +500,12 @@ class TwinPreviewGadget(Gadget):
             "inputs": str(jobs.folder), "max_states": settings.max_states,
             "min_state_mag": settings.min_state_mag, "min_emitted": settings.min_emitted,
             "min_latent": settings.min_latent, "noise": self.props["noise"],
-            "seed": self.props["seed"],
+            "seed": self.props["seed"], "rf_model": self.props["rf_model"],
         }  # fmt: skip
+        if sub_slices is None:
+            sub_slices = self.props["sub_slices"]
+        if sub_slices is not None:
+            params["sub_slices"] = int(sub_slices)
         if recon:
             params["recon"] = True
         if raw:
@@ -492,6 +547,7 @@ class TwinPreviewGadget(Gadget):
         meta = {
             "MR0Phantom": phantom_name,
             "MR0Accuracy": str(self.props["accuracy"]),
+            "MR0RfModel": self.props["rf_model"],
             "MR0Reconstruction": rec.method,
             **(placed or {}),
         }
@@ -577,16 +633,17 @@ class JobGroup:
             self.sched.forget(job)
 
 
-def _estimate(seq: Any, data: Any, max_states: int) -> int:
+def _estimate(seq: Any, data: Any, max_states: int, sub_slices: int = 1) -> int:
     """Peak memory of a simulation job for the scheduler's placement (0 if it cannot tell).
 
     The host figure (``device="cpu"``: the pre-pass graph and the main pass), the larger, so
-    that it holds on the CPU and on a GPU alike.
+    that it holds on the CPU and on a GPU alike; ``sub_slices`` (shaped RF) multiply the voxels.
     """
     try:
         from scheduler.estimate import estimate_pdg
 
         coils = int(data.coil_sens.shape[0]) if hasattr(data, "coil_sens") else 1
-        return estimate_pdg(seq, int(data.voxel_count), coils, max_states, device="cpu")
+        voxels = int(data.voxel_count) * sub_slices
+        return estimate_pdg(seq, voxels, coils, max_states, device="cpu")
     except Exception:  # an estimate is advice: never fail a preview over it
         return 0

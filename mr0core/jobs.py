@@ -119,10 +119,13 @@ def run_simulation(
     seed: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     rf_model: str = "instantaneous",
+    sub_slices: int | None = None,
 ) -> torch.Tensor:
     """Simulate ``seq`` on ``phantom`` with PDG; return the signal ``[samples, coils]`` complex64.
 
-    ``rf_model``: ``"instantaneous"`` or ``"shaped"`` (:func:`mr0core.sim.execute_graph`).
+    ``rf_model``: ``"instantaneous"`` or ``"shaped"``; ``sub_slices``: with ``"shaped"``, the
+    sub-slices through a 2-D phantom's thickness (default automatic; both as
+    :func:`mr0core.sim.execute_graph`).
 
     ``device`` ``"cuda"`` needs a GPU (a clear error otherwise); default CPU. ``noise`` adds
     complex Gaussian noise of that standard deviation (per real and imaginary part), seeded by
@@ -143,7 +146,7 @@ def run_simulation(
     graph = compute_graph(seq, data, settings.max_states, settings.min_state_mag, rf_model=rf_model)
     signal = execute_graph(
         graph, seq, data, settings.min_emitted, settings.min_latent, print_progress=progress,
-        progress_callback=on_progress, rf_model=rf_model,
+        progress_callback=on_progress, rf_model=rf_model, sub_slices=sub_slices,
     )  # fmt: skip
     signal = signal.detach().cpu()
     if noise > 0:

@@ -37,6 +37,8 @@ from .paths import confined_file, confined_folder, make_private, open_private
 __all__ = [
     "FUNCTIONS",
     "INPUT_FUNCTIONS",
+    "MAX_SUB_SLICES",
+    "RF_MODELS",
     "JobFunction",
     "is_out_of_memory",
     "job_function",
@@ -129,6 +131,29 @@ def _number(params: dict[str, Any], key: str, default: float, lo: float, hi: flo
     if not lo <= value <= hi:
         raise ValueError(f"{key} must lie in [{lo:g}, {hi:g}], got {value}")
     return value
+
+
+RF_MODELS = ("instantaneous", "shaped")
+"""The values of the ``rf_model`` parameter (:data:`mr0core.sim.shaped.RF_MODELS`)."""
+MAX_SUB_SLICES = 64
+"""The most ``sub_slices`` a job may ask for: the most the automatic choice makes
+(:data:`mr0core.sim.shaped.MAX_SUB_SLICES`), which ``prepare_seq`` resolves for the job that
+follows. The gadgets bound what a client may ask for lower (``gadgets.twin.MAX_SUB_SLICES``)."""
+
+
+def _rf_options(params: dict[str, Any]) -> tuple[str, int | None]:
+    """Return the validated ``rf_model`` and ``sub_slices`` (None: automatic) of ``params``."""
+    rf_model = params.get("rf_model", "instantaneous")
+    if rf_model not in RF_MODELS:
+        raise ValueError(f"rf_model must be one of {', '.join(RF_MODELS)}, got {rf_model!r:.80}")
+    if params.get("sub_slices") is None:
+        return rf_model, None
+    sub = _number(params, "sub_slices", 1, 1, MAX_SUB_SLICES)
+    if sub != int(sub):
+        raise ValueError(f"sub_slices must be an integer, got {sub}")
+    if rf_model != "shaped":
+        raise ValueError(f"sub_slices applies to rf_model 'shaped', not {rf_model!r}")
+    return rf_model, int(sub)
 
 
 @job_function("noop")
@@ -243,10 +268,17 @@ def prepare_seq(params: dict[str, Any], device: str, workdir: Path, inputs: Path
         each imaging readout, as :meth:`mr0core.recon.KData.from_sequence` splits them).
     recon
         The simulation will also reconstruct: its estimate includes the reconstruction's.
+    rf_model, sub_slices
+        The simulation's RF model and sub-slices (as :func:`simulate_saved`). With
+        ``rf_model`` ``"shaped"`` the estimate is that of ``voxels × sub_slices`` voxels; without
+        ``sub_slices`` the automatic number
+        (:func:`mr0core.sim.shaped.default_sub_slices` of the sequence and ``phantom.pt``) is
+        returned as ``sub_slices`` for :func:`simulate_saved`.
 
-    Returns ``{"repetitions", "samples", "readouts", "conversion_bytes", "estimate_bytes"}``:
-    ``conversion_bytes`` is :func:`mr0core.pulseq.conversion_size`'s estimate of this
-    conversion, ``estimate_bytes`` the simulation job's (0 without ``voxels``).
+    Returns ``{"repetitions", "samples", "readouts", "conversion_bytes", "estimate_bytes"}``
+    (and ``sub_slices`` with ``rf_model`` ``"shaped"``): ``conversion_bytes`` is
+    :func:`mr0core.pulseq.conversion_size`'s estimate of this conversion, ``estimate_bytes`` the
+    simulation job's (0 without ``voxels``).
     """
     import numpy as np
     import torch
@@ -262,11 +294,12 @@ def prepare_seq(params: dict[str, Any], device: str, workdir: Path, inputs: Path
     from mr0core.recon.kdata import KData, KDataError
 
     from .estimate import estimate_simulation_from_sequence
-    from .jobfiles import save_object
+    from .jobfiles import load_object, save_object
 
     name = params.get("name", "<job .seq>")
     if not isinstance(name, str) or len(name) > 200:
         raise ValueError(f"name must be a text of at most 200 characters, got {name!r:.220}")
+    rf_model, sub_slices = _rf_options(params)
     path = confined_file(inputs, "seq.txt")
     size = path.stat().st_size
     limit = DEFAULT_SEQ_LIMITS.max_file_bytes
@@ -300,17 +333,32 @@ def prepare_seq(params: dict[str, Any], device: str, workdir: Path, inputs: Path
             rows = torch.stack([layout.readout_start, layout.readout_length], 1)
             with open_private(workdir / "layout.npy") as f:
                 np.save(f, rows.to(torch.int64).numpy(), allow_pickle=False)
+    if rf_model == "shaped" and sub_slices is None:
+        from mr0core.sim.shaped import default_sub_slices
+
+        sub_slices = default_sub_slices(seq, load_object(confined_file(inputs, "phantom.pt"),
+                                                         "SimData"))  # fmt: skip
     estimate = 0
     if "voxels" in params:
         recon = layout is not None and bool(params.get("recon"))
+        sim_params = dict(params)
+        if sub_slices is not None:  # the main pass simulates every sub-slice as a voxel
+            voxels = params["voxels"]
+            if isinstance(voxels, int) and not isinstance(voxels, bool):
+                sim_params["voxels"] = voxels * sub_slices
         estimate = estimate_simulation_from_sequence(
-            seq, params, samples=samples,
+            seq, sim_params, samples=samples,
             recon_matrix=layout.recon_matrix if recon else None,
             recon_method="auto" if not recon or layout.trajectory == "cartesian" else "nufft",
         )  # fmt: skip
     save_object(seq, inputs / "seq.pt")
-    return {"repetitions": len(seq), "samples": samples, "readouts": readouts,
-            "conversion_bytes": int(converted), "estimate_bytes": int(estimate)}  # fmt: skip
+    summary: dict[str, Any] = {
+        "repetitions": len(seq), "samples": samples, "readouts": readouts,
+        "conversion_bytes": int(converted), "estimate_bytes": int(estimate),
+    }  # fmt: skip
+    if rf_model == "shaped":
+        summary["sub_slices"] = sub_slices
+    return summary
 
 
 @job_function("simulate_saved", inputs=True)
@@ -330,13 +378,15 @@ def simulate_saved(
     submitter to relay.
 
     Other parameters: ``max_states``, ``min_state_mag``, ``min_emitted``, ``min_latent``,
-    ``noise``, ``seed``. Writes ``signal.npy`` (``[samples, coils]`` complex64). With
-    ``recon`` true it also reconstructs the signal by its trajectory
-    (``reconstruct(KData.from_sequence(signal, seq))``) into ``recon.pt`` (as
-    :func:`reconstruct_saved` does); with ``raw`` true it writes the signal as ISMRMRD raw data
-    ``raw.h5`` (:func:`mr0core.io.mrd.sig_to_mrd`). So a submitter that never had the
-    :class:`~mr0core.Sequence` (a client's ``.seq``, converted by :func:`prepare_seq`) gets
-    images and acquisitions without converting it itself.
+    ``noise``, ``seed``, ``rf_model`` (``"instantaneous"``, the default, or ``"shaped"``: slice
+    profiles from the sequence's RF waveforms, :mod:`mr0core.sim.shaped`) and, with
+    ``"shaped"``, ``sub_slices`` (1 to :data:`MAX_SUB_SLICES`; default automatic). Writes
+    ``signal.npy`` (``[samples, coils]`` complex64). With ``recon`` true it also reconstructs
+    the signal by its trajectory (``reconstruct(KData.from_sequence(signal, seq))``) into
+    ``recon.pt`` (as :func:`reconstruct_saved` does); with ``raw`` true it writes the signal as
+    ISMRMRD raw data ``raw.h5`` (:func:`mr0core.io.mrd.sig_to_mrd`). So a submitter that never
+    had the :class:`~mr0core.Sequence` (a client's ``.seq``, converted by :func:`prepare_seq`)
+    gets images and acquisitions without converting it itself.
     """
     import json
     import os
@@ -348,6 +398,7 @@ def simulate_saved(
 
     from .jobfiles import load_object
 
+    rf_model, sub_slices = _rf_options(params)  # before any file is read
     seq = load_object(confined_file(inputs, "seq.pt"), "Sequence")
     phantom = load_object(confined_file(inputs, "phantom.pt"), "SimData")
     settings = SimSettings(
@@ -371,7 +422,8 @@ def simulate_saved(
     started = time.perf_counter()
     signal = run_simulation(
         seq, phantom, settings, device="cuda" if device.startswith("cuda") else None,
-        noise=noise, progress=False, seed=seed, on_progress=progress,
+        noise=noise, progress=False, seed=seed, on_progress=progress, rf_model=rf_model,
+        sub_slices=sub_slices,
     )  # fmt: skip
     np.save(workdir / "signal.npy", signal.numpy().astype(np.complex64))
     summary: dict[str, Any] = {

@@ -7,6 +7,7 @@ the same test.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import socket
 from pathlib import Path
@@ -100,6 +101,10 @@ def test_preview_from_base64_returns_raw_acquisitions(server):
         ({"seq": "x", "phantom": "../../etc/passwd"}, "plain name"),
         ({"seq": "x", "phantom": "nosuch"}, "no phantom"),
         ({"seq": "x", "size": 100000}, "size"),
+        ({"seq": "x", "rf_model": "bloch"}, "property 'rf_model' = 'bloch': expected one of"),
+        ({"seq": "x", "rf_model": "shaped", "sub_slices": 33}, "'sub_slices' = 33: above"),
+        ({"seq": "x", "rf_model": "shaped", "sub_slices": 0}, "'sub_slices' = 0: below"),
+        ({"seq": "x", "sub_slices": 4}, "'sub_slices' applies to rf_model 'shaped'"),
     ],
 )
 def test_bad_preview_jobs_get_error_and_the_server_stays_up(server, params, message):
@@ -214,3 +219,136 @@ def test_preview_with_header_places_the_twin(server):
     small = image(_header("HFS", 120), match_fov=True)
     area = lambda a: (a > 0.2 * a.max()).sum()  # noqa: E731
     assert 0.15 < area(small) / area(plain) < 0.4
+
+
+def test_rf_model_names_agree_with_the_simulator():
+    from gadgets.twin import MAX_SUB_SLICES as TWIN_MAX
+    from gadgets.twin import RF_MODELS
+    from mr0core.sim.shaped import MAX_SUB_SLICES as SIM_MAX
+    from mr0core.sim.shaped import RF_MODELS as SIM_MODELS
+    from scheduler.functions import MAX_SUB_SLICES as JOB_MAX
+    from scheduler.functions import RF_MODELS as JOB_MODELS
+
+    assert RF_MODELS == SIM_MODELS == JOB_MODELS
+    # a job takes every number the automatic choice makes; a client may ask for fewer
+    assert JOB_MAX == SIM_MAX >= TWIN_MAX
+
+
+def test_the_retro_chain_takes_and_checks_the_rf_parameters():
+    from gadgets.core import ChainError, Context
+    from gadgets.retro import RetroSimGadget
+
+    gadget = RetroSimGadget(Context(), rf_model="shaped", sub_slices=3)
+    assert (gadget.props["rf_model"], gadget.props["sub_slices"]) == ("shaped", 3)
+    with pytest.raises(ChainError, match="property 'rf_model' = 'exact': expected one of"):
+        RetroSimGadget(Context(), rf_model="exact")
+    with pytest.raises(ChainError, match="'sub_slices' applies to rf_model 'shaped'"):
+        RetroSimGadget(Context(), sub_slices=3)
+
+
+def test_shaped_preview_equals_mr0_simulate_and_differs_from_instantaneous(server, tmp_path):
+    """The preview's rf_model reaches the simulation: it is ``mr0 simulate --rf-model shaped``."""
+    seq = CORPUS / "write_gre.seq"
+    job = {"seq": seq.read_text(), "phantom": "brain", "size": 16}
+
+    def image(**extra) -> tuple[np.ndarray, dict]:
+        msgs = preview(server.address[1], {**job, **extra})
+        texts = [m.value for m in msgs if m.id == MessageId.TEXT]
+        assert not any(t.startswith("ERROR") for t in texts), texts
+        (img,) = [m.value for m in msgs if m.id == MessageId.IMAGE]
+        return image_array(img)[..., 0], ismrmrd.Meta.deserialize(img.attribute_string)
+
+    shaped, meta = image(rf_model="shaped")
+    assert meta["MR0RfModel"] == "shaped"
+    plain, meta = image()
+    assert meta["MR0RfModel"] == "instantaneous"
+    # write_gre excites a 3 mm slice (FWHM, `mr0 rf-profile`) of the 5 mm thick twin: about
+    # 3/5 of the signal (plus the profile's flanks) instead of all of it
+    change = np.linalg.norm(shaped - plain) / np.linalg.norm(plain)
+    assert change > 0.05, change
+    assert 0.55 < shaped.sum() / plain.sum() < 0.75
+
+    out = tmp_path / "ref.nii.gz"
+    assert mr0_main(["simulate", str(seq), "--phantom", "brain", "--size", "16",
+                     "--max-states", "200", "--min-state-mag", "1e-4", "--min-emitted", "1e-3",
+                     "--min-latent", "1e-3", "--rf-model", "shaped",
+                     "--out", str(tmp_path / "sig.npy"), "--recon", str(out)]) == 0  # fmt: skip
+    ref = np.asarray(nib.load(out).get_fdata(), np.float32).reshape(shaped.shape)
+    np.testing.assert_allclose(shaped, ref, rtol=1e-4, atol=1e-4 * ref.max())
+    # an explicit sub_slices reaches it too: one sub-slice sits at the centre of the slice,
+    # where the sinc rotates like the instantaneous pulse
+    one, _ = image(rf_model="shaped", sub_slices=1)
+    assert np.linalg.norm(one - plain) / np.linalg.norm(plain) < 1e-3
+
+
+def test_shaped_preview_in_the_session_thread():
+    """Without a scheduler (``--no-scheduler``) rf_model and sub_slices reach the simulation."""
+    from gadgets.core import Context
+    from gadgets.twin import TwinPreviewGadget
+
+    seq = (CORPUS / "write_gre.seq").read_text()
+
+    def image(**props) -> np.ndarray:
+        gadget = TwinPreviewGadget(Context(), seq=seq, size=8, progress_s=0, **props)
+        (img,) = [i for i in gadget.preview() if isinstance(i, ismrmrd.Image)]
+        assert (
+            ismrmrd.Meta.deserialize(img.attribute_string)["MR0RfModel"] == gadget.props["rf_model"]
+        )
+        return image_array(img)[..., 0]
+
+    plain = image()
+    shaped = image(rf_model="shaped")
+    centre = image(rf_model="shaped", sub_slices=1)
+    assert 0.55 < shaped.sum() / plain.sum() < 0.75  # a 3 mm slice of a 5 mm twin
+    assert np.linalg.norm(centre - plain) / np.linalg.norm(plain) < 1e-3
+
+
+def test_the_sequence_job_counts_sub_slices_in_its_estimate(tmp_path):
+    """prepare_seq resolves the automatic sub-slices and estimates that many voxels more."""
+    from mr0core.jobs import load_job_phantom
+    from mr0core.pulseq import read_seq_text, seq_to_sequence
+    from mr0core.sim.shaped import default_sub_slices
+    from scheduler.estimate import estimate_simulation_from_sequence
+    from scheduler.functions import run_function
+    from scheduler.jobfiles import save_object
+    from scheduler.paths import private_dir, write_private
+
+    root = private_dir(tmp_path / "inputs")
+    folder = private_dir(root / "a")
+    text = (CORPUS / "write_gre.seq").read_text()
+    write_private(folder / "seq.txt", text.encode())
+    data = load_job_phantom("brain", 8, 1)[0].build()
+    save_object(data, folder / "phantom.pt")
+    base = {"inputs": str(folder), "voxels": int(data.voxel_count), "coils": 1, "tx": 1,
+            "max_states": 200}  # fmt: skip
+
+    runs = itertools.count()
+
+    def prepare(**extra) -> dict:
+        work = private_dir(tmp_path / f"work{next(runs)}")
+        return run_function("prepare_seq", {**base, **extra}, "cpu", work, inputs_root=root)
+
+    seq = seq_to_sequence(read_seq_text(text, "x"))
+    expected = default_sub_slices(seq, data)
+    assert expected > 1  # write_gre's sinc across the twin's 5 mm
+    plain = prepare()
+    assert "sub_slices" not in plain
+    shaped = prepare(rf_model="shaped")
+    assert shaped["sub_slices"] == expected
+    assert shaped["estimate_bytes"] == estimate_simulation_from_sequence(
+        seq, {**base, "voxels": base["voxels"] * expected}
+    )
+    assert shaped["estimate_bytes"] > plain["estimate_bytes"]
+    assert prepare(rf_model="shaped", sub_slices=2)["sub_slices"] == 2
+    refused = [
+        ({"rf_model": "bloch"}, "rf_model must be one of"),
+        ({"rf_model": "shaped", "sub_slices": 65}, "sub_slices must lie"),
+        ({"rf_model": "shaped", "sub_slices": 1.5}, "sub_slices must be an integer"),
+        ({"sub_slices": 2}, "sub_slices applies to rf_model 'shaped'"),
+    ]
+    for bad, message in refused:
+        with pytest.raises(ValueError, match=message):
+            prepare(**bad)
+        with pytest.raises(ValueError, match=message):
+            run_function("simulate_saved", {"inputs": str(folder), **bad}, "cpu",
+                         private_dir(tmp_path / "sim"), inputs_root=root)  # fmt: skip
