@@ -36,14 +36,15 @@ from gadgets.core import Context, Gadget, GadgetError, Item, Property, register
 from mr0core.io.mrd import MrdFormatError, kdata_from_acquisitions
 from mr0core.io.mrd_images import make_mrd_images
 from mr0core.recon.auto import reconstruct
-from mr0core.recon.cartesian import (
-    cartesian_kspace,
-    image_to_kspace,
-    kspace_to_image,
-    prewhiten,
-)
+from mr0core.recon.cartesian import cartesian_kspace, kspace_to_image
 from mr0core.recon.coils import adaptive_combine, rss
 from mr0core.recon.kdata import NON_IMAGING, AcqFlag, KData, KDataError
+from mr0core.recon.preprocess import (
+    noise_covariance,
+    prewhiten,
+    prewhiten_kdata,
+    remove_readout_oversampling,
+)
 
 __all__ = [
     "RECON_JOB_ATTEMPTS",
@@ -207,10 +208,12 @@ class NoiseAdjustGadget(Gadget):
     """Collect noise-calibration acquisitions and prewhiten the acquisitions after them.
 
     Noise acquisitions (``IS_NOISE_MEASUREMENT``) are never passed on. The others are whitened
-    with :func:`mr0core.recon.cartesian.prewhiten` (Cholesky factor of the noise covariance)
-    and scaled by ``sqrt(dwell / noise dwell)`` so that their noise has unit variance per
-    sample whatever the bandwidth. Without noise data, or with another coil count, they pass
-    unchanged (with a log message).
+    with :func:`mr0core.recon.preprocess.prewhiten`: the Cholesky factor of the noise covariance
+    (:func:`~mr0core.recon.preprocess.noise_covariance` of the noise acquisitions with the same
+    channel count) and the bandwidth factor ``sqrt(dwell / noise dwell)``, so that their noise
+    has unit variance per sample whatever the bandwidth (the noise dwell is the first noise
+    acquisition's; with a dwell of 0, i.e. unknown, on either side no factor is applied).
+    Without noise data, or with another coil count, they pass unchanged (with a log message).
     """
 
     properties: ClassVar[dict[str, Property]] = {
@@ -220,19 +223,20 @@ class NoiseAdjustGadget(Gadget):
     def __init__(self, context: Context, name: str = "", **properties: Any) -> None:
         super().__init__(context, name, **properties)
         self._noise: list[np.ndarray] = []
-        self._noise_dwell_us = 0.0
+        self._noise_dwell_us: dict[int, float] = {}
         self._by_coils: dict[int, torch.Tensor | None] = {}
         self._started = False
         self._warned = False
 
-    def _noise_samples(self, coils: int) -> torch.Tensor | None:
-        """Return the ``[samples, coils]`` noise for this coil count (cached), or None."""
+    def _covariance(self, coils: int) -> torch.Tensor | None:
+        """Return the ``[coils, coils]`` noise covariance for this coil count (cached), or None."""
         if coils not in self._by_coils:
             blocks = [b for b in self._noise if b.shape[1] == coils]
-            noise = torch.from_numpy(np.concatenate(blocks)) if blocks else None
-            if noise is not None and noise.shape[0] < coils:
-                noise = None
-            self._by_coils[coils] = noise
+            samples = sum(b.shape[0] for b in blocks)
+            cov = None
+            if blocks and samples >= coils:
+                cov = noise_covariance(torch.from_numpy(np.concatenate(blocks)))
+            self._by_coils[coils] = cov
         return self._by_coils[coils]
 
     def _whiten(self, acq: Any) -> Any:
@@ -240,8 +244,8 @@ class NoiseAdjustGadget(Gadget):
 
         data = np.asarray(acq.data)  # [channels, samples]
         coils = data.shape[0]
-        noise = self._noise_samples(coils)
-        if noise is None:
+        cov = self._covariance(coils)
+        if cov is None:
             if not self._warned and self._noise:
                 self.logger.warning(
                     "%s: noise data do not fit %d channels; no prewhitening", self.name, coils
@@ -249,13 +253,17 @@ class NoiseAdjustGadget(Gadget):
                 self._warned = True
             return acq
         signal = torch.from_numpy(np.ascontiguousarray(data.T.astype(np.complex64)))
+        dwell_us = float(acq.sample_time_us)
+        noise_dwell_us = self._noise_dwell_us.get(coils, 0.0)
         try:
-            white = prewhiten(signal, noise)
+            if dwell_us > 0 and noise_dwell_us > 0:
+                white = prewhiten(
+                    signal, cov, dwell_s=dwell_us * 1e-6, noise_dwell_s=noise_dwell_us * 1e-6
+                )
+            else:
+                white = prewhiten(signal, cov)
         except ValueError as exc:
             raise GadgetError(f"{self.name}: cannot prewhiten: {exc}") from None
-        dwell = float(acq.sample_time_us)
-        if dwell > 0 and self._noise_dwell_us > 0:
-            white = white * math.sqrt(dwell / self._noise_dwell_us)
         out = ismrmrd.Acquisition(acq.getHead())
         out.data[:] = white.T.numpy()
         if acq.trajectory_dimensions:
@@ -272,8 +280,9 @@ class NoiseAdjustGadget(Gadget):
             if self._started:
                 self.logger.info("%s: noise acquisition after imaging data dropped", self.name)
             else:
-                self._noise.append(np.asarray(item.data).T.astype(np.complex64))
-                self._noise_dwell_us = float(item.sample_time_us)
+                block = np.asarray(item.data).T.astype(np.complex64)
+                self._noise.append(block)
+                self._noise_dwell_us.setdefault(block.shape[1], float(item.sample_time_us))
             return ()
         self._started = True
         if not self.props["prewhitening"] or not self._noise:
@@ -402,49 +411,6 @@ class AccumulateTriggerGadget(Gadget):
 # -------------------------------------------------------------------------------------------
 
 
-def _remove_oversampling(kd: KData) -> KData:
-    """Crop the readout FOV of Cartesian raw data to the recon FOV (readouts as 1-D k-space).
-
-    Each readout goes to image space (centred, :func:`kspace_to_image`), keeps its central
-    ``recon_matrix[0] · n / encoded_matrix[0]`` points and returns to k-space; the sample
-    amplitude scale is kept (unnormalised inverse, forward FFT divided by ``n_out``, as in
-    :func:`mr0core.recon.cartesian.cartesian_kspace`). k = 0 moves to ``n_out // 2`` plus the
-    echo's old offset divided by the oversampling factor.
-    """
-    nx, rnx = kd.encoded_matrix[0], kd.recon_matrix[0]
-    factor = nx / rnx
-    lengths = kd.readout_length
-    new_len = torch.round(lengths.to(torch.float64) / factor).to(torch.int64).clamp(min=1)
-    new_start = torch.cumsum(new_len, 0) - new_len
-    out = torch.zeros(
-        (int(new_len.sum()), kd.n_coils), dtype=kd.signal.dtype, device=kd.signal.device
-    )
-    for n in torch.unique(lengths).tolist():
-        sel = torch.nonzero(lengths == n).flatten()
-        n_out = max(1, round(n / factor))
-        rows = kd.readout_start[sel][:, None] + torch.arange(n, device=sel.device)
-        block = kd.signal[rows]  # [readouts, n, coils]
-        k = block.permute(0, 2, 1)[..., None, None, :]  # [readouts, coils, 1, 1, n]
-        img = kspace_to_image(k)  # [readouts, coils, n, 1, 1]
-        lo = n // 2 - n_out // 2
-        k_out = image_to_kspace(img[:, :, lo : lo + n_out])[..., 0, 0, :]  # [r, coils, n_out]
-        dst = new_start[sel][:, None] + torch.arange(n_out, device=sel.device)
-        out[dst] = k_out.permute(0, 2, 1).to(out.dtype)
-    centre = kd.center_sample - kd.readout_length // 2
-    new_centre = new_len // 2 + torch.round(centre.to(torch.float64) / factor).to(torch.int64)
-    return replace(
-        kd,
-        signal=out,
-        readout_start=new_start,
-        readout_length=new_len,
-        center_sample=new_centre,
-        sample_time_s=kd.sample_time_s * factor,
-        encoded_matrix=(rnx, kd.encoded_matrix[1], kd.encoded_matrix[2]),
-        encoded_fov_m=(kd.recon_fov_m[0], kd.encoded_fov_m[1], kd.encoded_fov_m[2]),
-        kspace=None,
-    )
-
-
 @register
 class RemoveROOversamplingGadget(Gadget):
     """Remove readout oversampling from Cartesian :class:`AcquisitionBuffer` items.
@@ -467,7 +433,7 @@ class RemoveROOversamplingGadget(Gadget):
         return (
             replace(
                 item,
-                kdata=_remove_oversampling(kd),
+                kdata=remove_readout_oversampling(kd),
                 history=[*item.history, "REMOVE_RO_OVERSAMPLING"],
             ),
         )
@@ -892,13 +858,12 @@ class SenseGadget(Gadget):
             kd = kdata_from_acquisitions(header_xml, acqs, f"reference scan {mid}")
         except (StoreError, MrdFormatError, KDataError) as exc:
             raise GadgetError(f"{self.name}: {exc}") from None
-        if kd.noise is not None and kd.noise.shape[-1] == kd.n_coils:
-            try:
-                kd = replace(kd, signal=prewhiten(kd.signal, kd.noise), noise=None)
-            except ValueError as exc:
-                raise GadgetError(f"{self.name}: reference scan {mid!r}: {exc}") from None
+        try:
+            kd = prewhiten_kdata(kd)
+        except KDataError as exc:
+            raise GadgetError(f"{self.name}: reference scan {mid!r}: {exc}") from None
         if kd.trajectory == "cartesian" and kd.recon_matrix[0] < kd.encoded_matrix[0]:
-            kd = _remove_oversampling(kd)
+            kd = remove_readout_oversampling(kd)
         self._reference, self._reference_id = kd, mid
         return kd
 

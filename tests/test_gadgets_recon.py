@@ -279,6 +279,37 @@ def test_noise_adjust_whitens_correlated_noise():
     assert all(a is b for a, b in zip(same, data, strict=True))
 
 
+def test_noise_adjust_scales_by_the_dwell_ratio():
+    """Noise measured with dwell 10 µs; data sampled with 5 µs have twice its bandwidth, so
+    their noise covariance is twice the noise scan's. Whitened, it is the identity."""
+    rng = np.random.default_rng(4)
+    coils, n = 3, 8192
+    mix = np.array([[1.0, 0.0, 0.0], [0.5, 0.9, 0.0], [0.1, 0.4, 1.1]])
+
+    def noise(samples, variance):
+        white = rng.standard_normal((coils, samples)) + 1j * rng.standard_normal((coils, samples))
+        return (np.sqrt(variance / 2) * mix @ white).astype(np.complex64)
+
+    scan = ismrmrd.Acquisition.from_array(noise(n, 1.0))
+    scan.flags = NOISE
+    scan.sample_time_us = 10.0
+    data = []
+    for _ in range(8):
+        a = ismrmrd.Acquisition.from_array(noise(n // 8, 2.0))
+        a.sample_time_us = 5.0
+        data.append(a)
+    out = list(NoiseAdjustGadget(Context()).process(iter([scan, *data])))
+    white = np.concatenate([np.asarray(a.data) for a in out], axis=1)
+    cov = white @ white.conj().T / white.shape[1]
+    assert np.abs(cov - np.eye(coils)).max() < 0.08
+    # the same data with a noise scan of equal dwell keep twice the variance
+    scan.sample_time_us = 5.0
+    out = list(NoiseAdjustGadget(Context()).process(iter([scan, *data])))
+    white = np.concatenate([np.asarray(a.data) for a in out], axis=1)
+    cov = white @ white.conj().T / white.shape[1]
+    assert np.abs(cov - 2 * np.eye(coils)).max() < 0.16
+
+
 # -- kdata_from_acquisitions ---------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ form: a fully sampled grid of N points returns ``N · ρ`` (discrete orthogonali
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,10 @@ from mr0core.recon.cartesian import (
     cartesian_kspace,
     image_to_kspace,
     kspace_to_image,
-    prewhiten,
     reco_cartesian,
 )
 from mr0core.recon.kdata import AcqFlag, KData, KDataError, fit_matrix, matrix_from_indices
+from mr0core.recon.preprocess import noise_covariance, prewhiten, remove_readout_oversampling
 
 CORPUS = Path(__file__).parent / "data" / "seq-corpus"
 
@@ -216,6 +217,80 @@ def test_oversampling_removed():
     assert bool(grid.mask.all())
 
 
+@pytest.mark.parametrize("os", [2, 3])
+def test_remove_readout_oversampling_gives_the_unoversampled_samples(os):
+    """An object inside the recon FOV, sampled with oversampling and cropped readout by readout,
+    gives the samples measured without oversampling at the same k (times ``os``, the plain-sum
+    scale of the crop), with their trajectory, centre sample and dwell."""
+    n = (16, 12, 1)
+    (rho,) = objects(1, n)
+    seq1, tags1 = build_seq(n=n, half_step=False)
+    seq_os, tags_os = build_seq(n=n, os=os, half_step=False)
+    kd1 = KData.from_sequence(synth(seq1, tags1, lambda *_: rho, n, FOV), seq1)
+    kd_os = KData.from_sequence(synth(seq_os, tags_os, lambda *_: rho, n, FOV), seq_os)
+    assert kd_os.encoded_matrix == (16 * os, 12, 1)
+    out = remove_readout_oversampling(kd_os)
+    assert out.encoded_matrix == kd1.encoded_matrix
+    assert out.encoded_fov_m == pytest.approx(kd1.encoded_fov_m)
+    assert torch.equal(out.readout_length, kd1.readout_length)
+    assert torch.equal(out.center_sample, kd1.center_sample)
+    assert torch.allclose(out.sample_time_s, os * kd_os.sample_time_s)
+    assert out.kspace is not None
+    assert kd1.kspace is not None
+    assert rel_err(out.kspace[:, :3], kd1.kspace[:, :3]) < 1e-5
+    assert rel_err(out.signal / os, kd1.signal) < 1e-4
+
+
+def test_remove_readout_oversampling_rational_factor_and_padding():
+    """Factor 3/2 (24 -> 16 samples). Centre sample 12: exact. Centre sample 13 is not on the
+    coarse grid's phase, so the readout is padded: k = 0 stays a sample, the spacing becomes
+    1/fov_recon and only samples inside the measured k range are kept."""
+    ne, nr, fov_e, fov_r = 24, 16, 0.3, 0.2
+    x = torch.tensor([-5.0, 0.0, 3.0, 7.0], dtype=torch.float64) * fov_r / nr  # voxels, m
+    amp = torch.tensor([1.0, 0.5j, -0.7, 0.2 + 0.1j], dtype=torch.complex128)
+
+    def line(centre: int, k_step: float, count: int, first: int = 0) -> torch.Tensor:
+        k = (torch.arange(first, first + count, dtype=torch.float64) - centre) * k_step
+        return k, torch.exp(-2j * math.pi * k[:, None] * x[None, :]) @ amp
+
+    k0, s0 = line(12, 1 / fov_e, ne)
+    k1, s1 = line(13, 1 / fov_e, ne)
+    kx = torch.cat([k0, k1])
+    kd = KData(
+        signal=torch.cat([s0, s1])[:, None],
+        readout_start=torch.tensor([0, ne]),
+        readout_length=torch.tensor([ne, ne]),
+        idx={"LIN": torch.tensor([0, 1])},
+        encoded_matrix=(ne, 2, 1),
+        recon_matrix=(nr, 2, 1),
+        encoded_fov_m=(fov_e, fov_r, 0.005),
+        recon_fov_m=(fov_r, fov_r, 0.005),
+        center_sample=torch.tensor([12, 13]),
+        sample_time_s=torch.tensor([1e-5, 1e-5], dtype=torch.float64),
+        flags=torch.zeros(2, dtype=torch.int64),
+        kspace=torch.stack([kx, torch.zeros_like(kx), torch.zeros_like(kx), kx * 0], dim=1),
+    )
+    out = remove_readout_oversampling(kd)
+    assert out.encoded_matrix == (nr, 2, 1)
+    assert out.kspace is not None
+    # readout 0: exact, 1.5 times the samples at k = (i - 8) / fov_r
+    k_exp, s_exp = line(nr // 2, 1 / fov_r, nr)
+    assert int(out.readout_length[0]) == nr
+    assert int(out.center_sample[0]) == nr // 2
+    assert torch.allclose(out.kspace[:nr, 0], k_exp)
+    assert torch.allclose(out.signal[:nr, 0], 1.5 * s_exp, atol=1e-9)
+    # readout 1: k = 0 on a sample, spacing 1/fov_r, inside the measured k range
+    start, length = int(out.readout_start[1]), int(out.readout_length[1])
+    k_new = out.kspace[start : start + length, 0]
+    assert float(k_new[int(out.center_sample[1])]) == pytest.approx(0.0, abs=1e-9)
+    assert torch.allclose(
+        torch.diff(k_new), torch.full((length - 1,), 1 / fov_r, dtype=k_new.dtype)
+    )
+    assert float(k_new.min()) >= float(k1.min()) - 1e-9
+    assert float(k_new.max()) <= float(k1.max()) + 1e-9
+    assert length == 15  # samples at k = -8 .. 6 / fov_r lie within (-13 .. 10) / fov_e
+
+
 def test_partial_fourier_and_asymmetric_echo_zero_filled():
     n = (16, 16, 1)
     (rho,) = objects(1, n)
@@ -321,7 +396,7 @@ def test_noise_readouts_and_prewhitening():
     assert kd.noise is not None
     assert kd.noise.shape == (8, 3)
     assert kd.n_readouts == 8
-    white = prewhiten(kd.noise, kd.noise)
+    white = prewhiten(kd.noise, noise_covariance(kd.noise))
     cov = white.T @ white.conj() / white.shape[0]
     assert torch.allclose(cov, torch.eye(3, dtype=cov.dtype), atol=1e-4)
     plain = reco_cartesian(kd, prewhitening=False, coil_combine="none")
@@ -330,6 +405,11 @@ def test_noise_readouts_and_prewhitening():
     chol = torch.linalg.cholesky(kd.noise.T @ kd.noise.conj() / kd.noise.shape[0])
     mixed = torch.einsum("ab,...bxyz->...axyz", torch.linalg.inv(chol), plain)
     assert rel_err(whitened, mixed) < 1e-4
+    # noise measured with twice the data's dwell (half the bandwidth): the data's noise is
+    # twice as strong, and the whitened image 1/sqrt(2) as bright
+    assert kd.noise_sample_time_s == pytest.approx(float(kd.sample_time_s[0]))
+    slow = replace(kd, noise_sample_time_s=2 * kd.noise_sample_time_s)
+    assert rel_err(reco_cartesian(slow, coil_combine="none"), whitened / math.sqrt(2)) < 1e-5
 
 
 def test_calibration_only_readouts_ignored():

@@ -1,5 +1,8 @@
 """Reconstruction: Cartesian FFT, adjoint DFT, NUFFT, coil combination and CG-SENSE.
 
+One implementation each: the centred FFT (:mod:`.fourier`), prewhitening and readout-oversampling
+removal (:mod:`.preprocess`).
+
 :func:`reconstruct` picks the method by trajectory; the modules below can be used directly.
 Images follow the shared spatial convention: voxel ``i`` of ``n`` sits at ``(i - n // 2) · fov / n``
 (RAS+, the phantom's axes).
@@ -7,10 +10,17 @@ Images follow the shared spatial convention: voxel ``i`` of ``n`` sits at ``(i -
 
 from .adjoint import grid_from_kspace, reco_adjoint
 from .auto import METHODS, Reconstruction, reconstruct
-from .cartesian import CartesianKSpace, cartesian_kspace, kspace_to_image, prewhiten, reco_cartesian
+from .cartesian import CartesianKSpace, cartesian_kspace, kspace_to_image, reco_cartesian
 from .coils import adaptive_combine, rss, walsh_sensitivities
+from .fourier import fftc, ifftc
 from .kdata import AcqFlag, KData, KDataError
 from .nufft import density_compensation, nufft_adjoint, nufft_forward, reco_nufft
+from .preprocess import (
+    noise_covariance,
+    prewhiten,
+    prewhiten_kdata,
+    remove_readout_oversampling,
+)
 from .sense import cg_sense, sensitivities_from_calibration, sensitivities_from_reference
 
 __all__ = [
@@ -24,15 +34,20 @@ __all__ = [
     "cartesian_kspace",
     "cg_sense",
     "density_compensation",
+    "fftc",
     "grid_from_kspace",
+    "ifftc",
     "kspace_to_image",
+    "noise_covariance",
     "nufft_adjoint",
     "nufft_forward",
     "prewhiten",
+    "prewhiten_kdata",
     "reco_adjoint",
     "reco_cartesian",
     "reco_nufft",
     "reconstruct",
+    "remove_readout_oversampling",
     "rss",
     "sensitivities_from_calibration",
     "sensitivities_from_reference",

@@ -20,6 +20,7 @@ import torch
 from .adjoint import reco_adjoint
 from .cartesian import cartesian_kspace, kspace_to_image, reco_cartesian
 from .coils import rss
+from .fourier import ifftc
 from .kdata import KData, KDataError
 from .nufft import reco_nufft
 from .sense import cg_sense, sensitivities_from_calibration, sensitivities_from_reference
@@ -84,9 +85,7 @@ def _is_undersampled(mask_y: torch.Tensor) -> bool:
 
 def _hybrid(ksp: torch.Tensor) -> torch.Tensor:
     """Inverse FFT along kz (axis 4 of ``[v, c, s, coils, nz, ny, nx]``)."""
-    return torch.fft.fftshift(
-        torch.fft.ifft(torch.fft.ifftshift(ksp, dim=4), dim=4, norm="forward"), dim=4
-    )
+    return ifftc(ksp, 4, norm="forward")
 
 
 def _reference_images(
@@ -117,10 +116,7 @@ def _reference_images(
         view = [1] * hybrid.dim()
         view[axis] = n
         hybrid = hybrid * window.reshape(view)
-    dims = (-2, -1)
-    images = torch.fft.fftshift(
-        torch.fft.ifft2(torch.fft.ifftshift(hybrid, dim=dims), dim=dims, norm="ortho"), dim=dims
-    )
+    images = ifftc(hybrid, (-2, -1), norm="ortho")
     return images.permute(0, 2, 1, 3, 4)  # [s, nz, coils, ny, nx]
 
 

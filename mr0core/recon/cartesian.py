@@ -18,20 +18,21 @@ input of CG-SENSE (``kspace[v, c, s]`` is ``[coils, nz, ny, nx]``).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from mr0core.recon.coils import rss
+from mr0core.recon.fourier import fftc, ifftc
 from mr0core.recon.kdata import NON_IMAGING, AcqFlag, KData, KDataError, grid_offset
+from mr0core.recon.preprocess import prewhiten_kdata, remove_readout_oversampling
 
 __all__ = [
     "CartesianKSpace",
     "cartesian_kspace",
     "image_to_kspace",
     "kspace_to_image",
-    "prewhiten",
     "reco_cartesian",
 ]
 
@@ -83,80 +84,20 @@ class CartesianKSpace:
 # -- centred FFTs ------------------------------------------------------------------------------
 
 
-def _cifft(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Centred inverse DFT along ``dim`` without normalisation (the adjoint sum)."""
-    x = torch.fft.ifftshift(x, dim=dim)
-    x = torch.fft.ifft(x, dim=dim, norm="forward")
-    return torch.fft.fftshift(x, dim=dim)
-
-
-def _cfft(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Centred forward DFT along ``dim`` scaled by 1/n (inverse of :func:`_cifft`)."""
-    x = torch.fft.ifftshift(x, dim=dim)
-    x = torch.fft.fft(x, dim=dim, norm="forward")
-    return torch.fft.fftshift(x, dim=dim)
-
-
 def kspace_to_image(kspace: torch.Tensor) -> torch.Tensor:
     """Centred inverse FFT of ``[..., nz, ny, nx]`` k-space to ``[..., x, y, z]`` images.
 
-    Unnormalised: the image is the plain sum ``Σ_k s(k) exp(+2πi k·r)`` (see module docstring).
+    Unnormalised: the image is the plain sum ``Σ_k s(k) exp(+2πi k·r)`` (see module docstring;
+    :func:`mr0core.recon.fourier.ifftc` with ``norm="forward"``).
     """
-    dims = (-3, -2, -1)
-    x = torch.fft.ifftshift(kspace, dim=dims)
-    x = torch.fft.ifftn(x, dim=dims, norm="forward")
-    x = torch.fft.fftshift(x, dim=dims)
+    x = ifftc(kspace, (-3, -2, -1), norm="forward")
     return x.permute(*range(x.ndim - 3), x.ndim - 1, x.ndim - 2, x.ndim - 3)
 
 
 def image_to_kspace(image: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`kspace_to_image`: ``[..., x, y, z]`` images to ``[..., nz, ny, nx]``."""
     x = image.permute(*range(image.ndim - 3), image.ndim - 1, image.ndim - 2, image.ndim - 3)
-    dims = (-3, -2, -1)
-    x = torch.fft.ifftshift(x, dim=dims)
-    x = torch.fft.fftn(x, dim=dims, norm="forward")
-    return torch.fft.fftshift(x, dim=dims)
-
-
-# -- noise -------------------------------------------------------------------------------------
-
-
-def prewhiten(signal: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Decorrelate the coils with the noise covariance.
-
-    Parameters
-    ----------
-    signal
-        ``[samples, coils]`` complex data.
-    noise
-        ``[noise samples, coils]`` complex noise-only samples (at least ``coils`` of them).
-
-    Returns
-    -------
-    torch.Tensor
-        ``[samples, coils]``: ``L⁻¹ s`` per sample, with ``Ψ = L Lᴴ`` the Cholesky factor of the
-        noise covariance ``Ψ = Nᵀ N̄ / n``; whitened noise has identity covariance. No dwell-time
-        (bandwidth) scaling is applied.
-
-    Raises
-    ------
-    ValueError
-        For mismatched coil counts, too few noise samples or a singular covariance.
-    """
-    if signal.ndim != 2 or noise.ndim != 2 or signal.shape[1] != noise.shape[1]:
-        raise ValueError(
-            f"signal {tuple(signal.shape)} and noise {tuple(noise.shape)} must be "
-            "[samples, coils] with the same coils"
-        )
-    n, coils = noise.shape
-    if n < coils:
-        raise ValueError(f"need at least {coils} noise samples for {coils} coils, got {n}")
-    noise = noise.to(signal.device, signal.dtype)
-    psi = noise.T @ noise.conj() / n
-    chol, info = torch.linalg.cholesky_ex(psi)
-    if int(info) != 0:
-        raise ValueError("noise covariance is not positive definite (dead or duplicate coils?)")
-    return torch.linalg.solve_triangular(chol, signal.T, upper=False).T
+    return fftc(x, (-3, -2, -1), norm="forward")
 
 
 # -- gridding ----------------------------------------------------------------------------------
@@ -177,23 +118,16 @@ def _compact(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return uniq, inverse
 
 
-def _resample_axis(
-    k: torch.Tensor, dim: int, delta: float, n_out: int, dtype: torch.dtype
-) -> torch.Tensor:
-    """Shift samples by ``-delta`` grid steps and crop the image FOV to ``n_out`` points."""
+def _shift_axis(k: torch.Tensor, dim: int, delta: float) -> torch.Tensor:
+    """Move samples by ``-delta`` grid steps along ``dim`` (a phase ramp in image space)."""
     n = k.shape[dim]
-    img = _cifft(k, dim)
-    if delta != 0.0:
-        real = torch.float64 if dtype == torch.complex128 else torch.float32
-        i = torch.arange(n, device=k.device, dtype=real) - n // 2
-        phase = torch.polar(torch.ones_like(i), 2 * np.pi * delta * i / n).to(dtype)
-        shape = [1] * k.ndim
-        shape[dim] = n
-        img = img * phase.reshape(shape)
-    if n_out != n:
-        lo = n // 2 - n_out // 2
-        img = img.narrow(dim, lo, n_out)
-    return _cfft(img, dim)
+    img = ifftc(k, dim, norm="forward")
+    real = torch.float64 if k.dtype == torch.complex128 else torch.float32
+    i = torch.arange(n, device=k.device, dtype=real) - n // 2
+    phase = torch.polar(torch.ones_like(i), 2 * np.pi * delta * i / n).to(k.dtype)
+    shape = [1] * k.ndim
+    shape[dim] = n
+    return fftc(img * phase.reshape(shape), dim, norm="forward")
 
 
 def cartesian_kspace(
@@ -209,7 +143,8 @@ def cartesian_kspace(
         Also use readouts flagged as parallel-imaging calibration only (by default they are left
         out of the image k-space; calibration-and-imaging readouts are always used).
     prewhitening
-        Whiten the coils with :attr:`KData.noise` when there is noise data (:func:`prewhiten`).
+        Whiten the coils with :attr:`KData.noise` when there is noise data
+        (:func:`mr0core.recon.preprocess.prewhiten_kdata`, with the dwell-time scaling).
 
     Returns
     -------
@@ -218,7 +153,9 @@ def cartesian_kspace(
 
     Notes
     -----
-    Readout samples are placed by their kx (``round(kx · fov_x - δ)``, δ the common sub-step
+    Prewhitening comes first, then readout oversampling is removed readout by readout
+    (:func:`mr0core.recon.preprocess.remove_readout_oversampling`). Readout samples are then
+    placed by their kx (``round(kx · fov_x - δ)``, δ the common sub-step
     offset) when :attr:`KData.kspace` is set, else by ``sample - center_sample`` (reversed for
     ``IS_REVERSE`` readouts). Lines and partitions come from ``LIN - center_line`` and
     ``PAR - center_partition``; k = 0 lands on ``n // 2``. Missing lines and samples (partial
@@ -228,7 +165,8 @@ def cartesian_kspace(
     Raises
     ------
     KDataError
-        If the data are not Cartesian or no imaging readout is left.
+        If the data are not Cartesian, no imaging readout is left, the recon matrix is larger
+        than the encoded one along the readout, or the noise data cannot whiten the coils.
     """
     if kdata.trajectory != "cartesian":
         raise KDataError(
@@ -239,12 +177,18 @@ def cartesian_kspace(
     sel = _imaging_readouts(kdata, include_calibration)
     if not bool(sel.any()):
         raise KDataError("no imaging readouts (all are noise, calibration or navigator data)")
+    if kdata.recon_matrix[0] > kdata.encoded_matrix[0]:
+        raise KDataError(
+            f"the recon matrix {kdata.recon_matrix} is larger than the encoded matrix "
+            f"{kdata.encoded_matrix} along the readout; interpolation is not supported"
+        )
     data = kdata.select(sel)
+    if data.signal.dtype not in (torch.complex64, torch.complex128):
+        data = replace(data, signal=data.signal.to(torch.complex64))
+    if prewhitening:
+        data = prewhiten_kdata(data)
+    data = remove_readout_oversampling(data)
     signal = data.signal
-    if signal.dtype not in (torch.complex64, torch.complex128):
-        signal = signal.to(torch.complex64)
-    if prewhitening and kdata.noise is not None and kdata.noise.shape[0] >= kdata.n_coils > 1:
-        signal = prewhiten(signal, kdata.noise)
     nx, ny, nz = data.encoded_matrix
     real = torch.float64 if signal.dtype == torch.complex128 else torch.float32
 
@@ -305,19 +249,10 @@ def cartesian_kspace(
     kspace = acc.reshape(n_v, n_c, n_s, nz, ny, nx, coils).permute(0, 1, 2, 6, 3, 4, 5)
     mask = (count > 0).reshape(n_v, n_c, n_s, nz, ny, nx)
 
-    # sub-step offsets and readout oversampling, axis by axis (x: -1, y: -2, z: -3)
-    rnx = data.recon_matrix[0]
+    # sub-step offsets, axis by axis (x: -1, y: -2, z: -3)
     for axis, dim in ((0, -1), (1, -2), (2, -3)):
-        n_out = rnx if axis == 0 else kspace.shape[dim]
-        if delta[axis] != 0.0 or n_out != kspace.shape[dim]:
-            kspace = _resample_axis(kspace, dim, delta[axis], n_out, kspace.dtype)
-    if rnx != nx:
-        os_factor = nx // rnx
-        if nx % rnx == 0:
-            pick = (torch.arange(rnx, device=device) - rnx // 2) * os_factor + nx // 2
-            mask = mask[..., pick]
-        else:
-            mask = mask.any(dim=-1, keepdim=True).expand(*mask.shape[:-1], rnx)
+        if delta[axis] != 0.0:
+            kspace = _shift_axis(kspace, dim, delta[axis])
     return CartesianKSpace(
         kspace=kspace.contiguous(),
         mask=mask.contiguous(),

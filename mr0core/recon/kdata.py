@@ -147,6 +147,11 @@ class KData:
         Noise readouts are not readouts here: they live in :attr:`noise`.
     noise
         ``[samples, coils]`` complex64 noise-only samples (prescan), or None.
+    noise_sample_time_s
+        Dwell time of the noise samples in s, or None when unknown (then prewhitening takes
+        the data to share it). It scales the noise covariance to the data's bandwidth
+        (:func:`mr0core.recon.preprocess.prewhiten`); a step that rescales the data's sample
+        axis (:func:`~mr0core.recon.preprocess.remove_readout_oversampling`) scales it alike.
     header
         The parsed source header, when there was one (``ismrmrd.xsd.ismrmrdHeader`` for files
         read by :func:`mr0core.io.mrd.read_mrd`).
@@ -173,6 +178,7 @@ class KData:
     trajectory: str = "cartesian"
     kspace: torch.Tensor | None = None
     noise: torch.Tensor | None = None
+    noise_sample_time_s: float | None = None
     header: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -214,6 +220,11 @@ class KData:
             raise KDataError(
                 f"noise must be [samples, {self.signal.shape[1]}], got {tuple(self.noise.shape)}"
             )
+        if self.noise_sample_time_s is not None:
+            dwell = float(self.noise_sample_time_s)
+            if not (math.isfinite(dwell) and dwell > 0):
+                raise KDataError(f"noise_sample_time_s must be a positive time in s, got {dwell}")
+            self.noise_sample_time_s = dwell
         if self.trajectory not in TRAJECTORIES:
             raise KDataError(f"trajectory must be one of {TRAJECTORIES}, got {self.trajectory!r}")
         for name in ("encoded_matrix", "recon_matrix"):
@@ -809,7 +820,7 @@ def _from_sequence(signal: torch.Tensor, kspace: torch.Tensor, seq: Sequence) ->
     def tensor(a: np.ndarray, dtype: torch.dtype = torch.int64) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
 
-    noise = None
+    noise, noise_dwell = None, None
     if noise_read.any():
         nrows = np.concatenate(
             [
@@ -818,6 +829,7 @@ def _from_sequence(signal: torch.Tensor, kspace: torch.Tensor, seq: Sequence) ->
             ]
         )
         noise = signal[tensor(nrows)]
+        noise_dwell = float(np.median(dwell[noise_read]))
     # compact the imaging readouts (noise rows removed)
     new_start = np.cumsum(ilength) - ilength
     kspace_img = kspace[tensor(rows)].to(
@@ -840,4 +852,5 @@ def _from_sequence(signal: torch.Tensor, kspace: torch.Tensor, seq: Sequence) ->
         trajectory=trajectory,
         kspace=kspace_img,
         noise=noise,
+        noise_sample_time_s=noise_dwell if noise_dwell and noise_dwell > 0 else None,
     )

@@ -2,8 +2,8 @@
 
 Axes: the trailing two (2-D) or three (3-D) axes of k-space, mask, sensitivities and image are
 the encoded ones, e.g. ``[coils, ny, nx]`` or ``[coils, nz, ny, nx]`` (any order works as long
-as all inputs share it). The FFT is centred like the Cartesian recon: index ``n // 2`` is ``k = 0``
-and ``x = 0`` (``ifftshift`` → FFT → ``fftshift``).
+as all inputs share it). The FFT is the centred one of :mod:`mr0core.recon.fourier` (index
+``n // 2`` is ``k = 0`` and ``x = 0``), unitary (``norm="ortho"``) inside the solver.
 
 Scaling (``norm``, named as in :mod:`torch.fft`): by default (``"forward"``, like
 :mod:`mr0core.recon.cartesian`) the k-space of an image ``ρ`` seen by coil ``c`` is
@@ -19,6 +19,7 @@ import math
 import torch
 
 from .coils import walsh_sensitivities
+from .fourier import fftc, ifftc
 
 __all__ = [
     "calibration_mask",
@@ -31,20 +32,6 @@ __all__ = [
 
 def _dims(ndim: int) -> tuple[int, ...]:
     return tuple(range(-ndim, 0))
-
-
-def _fft(x: torch.Tensor, ndim: int) -> torch.Tensor:
-    dims = _dims(ndim)
-    return torch.fft.fftshift(
-        torch.fft.fftn(torch.fft.ifftshift(x, dim=dims), dim=dims, norm="ortho"), dim=dims
-    )
-
-
-def _ifft(x: torch.Tensor, ndim: int) -> torch.Tensor:
-    dims = _dims(ndim)
-    return torch.fft.fftshift(
-        torch.fft.ifftn(torch.fft.ifftshift(x, dim=dims), dim=dims, norm="ortho"), dim=dims
-    )
 
 
 def _check_mask(mask: torch.Tensor) -> None:
@@ -114,11 +101,11 @@ def cg_sense(
     y = torch.where(m, y, 0) * to_unitary[norm]
 
     def normal(x: torch.Tensor) -> torch.Tensor:
-        k = torch.where(m, _fft(s * x, ndim), 0)
-        out = torch.sum(s.conj() * _ifft(k, ndim), dim=0)
+        k = torch.where(m, fftc(s * x, _dims(ndim), norm="ortho"), 0)
+        out = torch.sum(s.conj() * ifftc(k, _dims(ndim), norm="ortho"), dim=0)
         return out + lam * x if lam else out
 
-    b = torch.sum(s.conj() * _ifft(y, ndim), dim=0)
+    b = torch.sum(s.conj() * ifftc(y, _dims(ndim), norm="ortho"), dim=0)
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
@@ -242,7 +229,7 @@ def sensitivities_from_calibration(
         view = [1] * len(shape)
         view[ax] = shape[ax]
         window = window * hann.reshape(view)
-    low_res = _ifft(y * window, len(shape))
+    low_res = ifftc(y * window, _dims(len(shape)), norm="ortho")
     return _maps(low_res, kernel, threshold)
 
 
@@ -271,7 +258,9 @@ def resample_maps(images: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     if shape == spatial:
         return images
     ndim = len(shape)
-    k = _fft(images if images.is_complex() else images.to(torch.complex64), ndim)
+    k = fftc(
+        images if images.is_complex() else images.to(torch.complex64), _dims(ndim), norm="ortho"
+    )
     out = torch.zeros((images.shape[0], *shape), dtype=k.dtype, device=k.device)
     src, dst = [slice(None)], [slice(None)]
     for n_in, n_out in zip(spatial, shape, strict=True):
@@ -279,7 +268,7 @@ def resample_maps(images: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         src.append(slice(n_in // 2 - n // 2, n_in // 2 - n // 2 + n))
         dst.append(slice(n_out // 2 - n // 2, n_out // 2 - n // 2 + n))
     out[tuple(dst)] = k[tuple(src)]
-    return _ifft(out, ndim) * math.sqrt(math.prod(shape) / math.prod(spatial))
+    return ifftc(out, _dims(ndim), norm="ortho") * math.sqrt(math.prod(shape) / math.prod(spatial))
 
 
 def sensitivities_from_reference(
