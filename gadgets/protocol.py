@@ -494,10 +494,17 @@ class SocketSource:
                 self._poll.register(pace.wake_fd, select.POLLIN)
 
     def close(self) -> None:
-        """Drop the buffer (the socket stays open)."""
+        """Drop the buffer and the ``on_wait`` callback (the socket stays open).
+
+        ``on_wait`` is often a method of the reader's owner (a server session), which holds
+        the reader: dropping it breaks that reference cycle, so that the owner and what it
+        holds are freed when its last reference goes, not at the garbage collector's next
+        full pass.
+        """
         self._buf = bytearray()
         self._view = memoryview(self._buf)
         self._start = self._end = 0
+        self._on_wait = None
 
     def _ready(self, timeout_ms: int) -> bool:
         """Whether the socket has bytes (or an end) within ``timeout_ms``."""
@@ -618,17 +625,7 @@ class MessageReader:
         self._readinto: Callable[[memoryview], int | None] | None = getattr(
             stream_, "readinto", None
         )
-        handlers: dict[MessageId, Callable[[], tuple[MessageValue, int]]] = {
-            MessageId.CONFIG_FILE: self._read_config_file,
-            MessageId.CONFIG_TEXT: self._read_config_text,
-            MessageId.HEADER: self._read_header,
-            MessageId.CLOSE: self._read_close,
-            MessageId.TEXT: self._read_text,
-            MessageId.ACQUISITION: self._read_acquisition,
-            MessageId.IMAGE: self._read_image,
-            MessageId.WAVEFORM: self._read_waveform,
-        }
-        self._dispatch = {int(mid): (mid, handler) for mid, handler in handlers.items()}
+        self._dispatch = _READ_DISPATCH
 
     # -- public -------------------------------------------------------------------------------
 
@@ -666,7 +663,7 @@ class MessageReader:
         entry = self._dispatch.get(msg_id)
         if entry is None:
             raise ProtocolError(f"unknown message id {msg_id}")
-        value, payload = entry[1]()
+        value, payload = entry[1](self)
         if pace is not None:
             pace.message_done()
         return Message(entry[0], value, 2 + payload)
@@ -851,6 +848,24 @@ class MessageReader:
         return waveform, _WAVEFORM_HEADER_SIZE + data_bytes
 
 
+# message id -> (its MessageId, the MessageReader method reading its body). Plain functions on the
+# class, not a reader's bound methods: a reader holding its own bound methods would be a reference
+# cycle, and with it whatever the reader's owner holds would wait for a full garbage collection.
+_READ_DISPATCH: dict[int, tuple[MessageId, Callable[[MessageReader], tuple[MessageValue, int]]]] = {
+    int(mid): (mid, handler)
+    for mid, handler in (
+        (MessageId.CONFIG_FILE, MessageReader._read_config_file),
+        (MessageId.CONFIG_TEXT, MessageReader._read_config_text),
+        (MessageId.HEADER, MessageReader._read_header),
+        (MessageId.CLOSE, MessageReader._read_close),
+        (MessageId.TEXT, MessageReader._read_text),
+        (MessageId.ACQUISITION, MessageReader._read_acquisition),
+        (MessageId.IMAGE, MessageReader._read_image),
+        (MessageId.WAVEFORM, MessageReader._read_waveform),
+    )
+}
+
+
 def _acquisition_fields_known() -> bool:
     """Check that ``ismrmrd.Acquisition`` keeps exactly the state :func:`_new_acquisition` sets."""
     probe = ismrmrd.Acquisition()
@@ -962,8 +977,8 @@ class MessageWriter:
         Bytes of the messages written so far (sent, or gathered to be sent). Counted without
         a lock: exact while one thread writes at a time, as the server's sessions do.
     broken
-        The error that ended sending on a socket, if one did; every later write raises an
-        ``OSError`` at once instead of waiting on the peer again.
+        The error that ended sending on a socket, if one did (a copy without its traceback);
+        every later write raises an ``OSError`` at once instead of waiting on the peer again.
 
     Notes
     -----
@@ -1255,7 +1270,7 @@ class MessageWriter:
             else:  # pragma: no cover - a socket without sendmsg (not on Linux)
                 self._sendmsg_all([data])
         except OSError as exc:
-            self.broken = exc
+            self.broken = _detached(exc)
             raise
 
     def _write_file(self, data: bytes | bytearray) -> None:
@@ -1274,7 +1289,7 @@ class MessageWriter:
         try:
             self._sendmsg_parts(parts, rate)
         except (OSError, SlowPeerError) as exc:
-            self.broken = exc
+            self.broken = _detached(exc)
             raise
         finally:
             if rate is not None:
@@ -1321,6 +1336,21 @@ class MessageWriter:
                 continue
             idle = 0
             view = view[n:]
+
+
+def _detached(exc: OSError | SlowPeerError) -> OSError | SlowPeerError:
+    """Return a copy of ``exc`` without its traceback, to be kept.
+
+    The raised error's traceback holds every frame it passes through, and with them their
+    objects (a session, which holds the writer that would keep the error): a reference cycle
+    that keeps them all until the garbage collector's next full pass.
+    """
+    if isinstance(exc, SlowPeerError):
+        return SlowPeerError(str(exc), exc.bound)
+    try:
+        return type(exc)(*exc.args)
+    except TypeError:  # an OSError subclass with an __init__ of its own
+        return OSError(str(exc))
 
 
 _STRING_WRITERS: dict[MessageId, str] = {

@@ -82,6 +82,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import math
@@ -190,6 +191,11 @@ class ServerConfig:
     (GB, 10⁹ bytes), finished data in ``save_dir``, the job store, its reference scans and the
     scheduler's results is deleted when older, or oldest first while the total is over the
     cap: at start and every ``retention_interval_s``. None and None: everything is kept.
+
+    ``trim_interval_s``: after sessions have ended, the memory they freed is handed back to the
+    system (:func:`release_freed_memory`), at most once per this many seconds (0: never), so
+    that the server's RSS follows the sessions in flight instead of the largest working set
+    it ever had.
     """
 
     host: str = "127.0.0.1"
@@ -228,6 +234,7 @@ class ServerConfig:
     retention_days: float | None = None
     max_store_gb: float | None = None
     retention_interval_s: float = 3600.0
+    trim_interval_s: float = 10.0
 
     def retention_policy(self) -> RetentionPolicy:
         """Return the retention policy of these settings (ValueError for bad values)."""
@@ -263,6 +270,11 @@ def _check_config(cfg: ServerConfig) -> None:
         raise ValueError(f"min_rate must be a finite number >= 0 (bytes/s), got {cfg.min_rate}")
     if not isinstance(cfg.matrix_limits, MatrixLimits):
         raise ValueError(f"matrix_limits must be a MatrixLimits, got {cfg.matrix_limits!r}")
+    if not (cfg.trim_interval_s >= 0 and cfg.trim_interval_s != float("inf")):
+        raise ValueError(
+            f"trim_interval_s must be a finite number of seconds >= 0 (0: never), "
+            f"got {cfg.trim_interval_s}"
+        )
     cfg.retention_policy()  # names a bad retention_days, max_store_gb or interval_s
 
 
@@ -332,6 +344,10 @@ class MrdServer:
         self.retention: Any = None
         """The :class:`scheduler.retention.RetentionTimer` while it runs (a policy is set)."""
         self._saving = _OpenPaths()
+        self._ended_since_trim = False  # a session ended since the last release_freed_memory
+        self._trimmed = time.monotonic()
+        self.memory_trims = 0
+        """How often freed memory was handed back (``ServerConfig.trim_interval_s``)."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -489,6 +505,7 @@ class MrdServer:
     def _accept_loop(self) -> None:
         assert self._listener is not None
         while self._accepting.is_set():
+            self._trim_if_due()
             try:
                 conn, peer = self._listener.accept()
             except TimeoutError:
@@ -506,6 +523,21 @@ class MrdServer:
             except Exception:  # e.g. no thread or descriptor left: this connection only
                 log.exception("could not open a session", extra={"event": "crash"})
                 _refuse(conn, "ERROR: the server could not open a session")
+
+    def _trim_if_due(self) -> bool:
+        """Hand freed memory back to the system if sessions ended and the interval has passed.
+
+        Called by the accept loop (every 0.2 s at most while idle); returns whether it trimmed.
+        """
+        interval = self.config.trim_interval_s
+        now = time.monotonic()
+        if not (interval and self._ended_since_trim and now - self._trimmed >= interval):
+            return False
+        self._ended_since_trim = False
+        self._trimmed = now
+        release_freed_memory()
+        self.memory_trims += 1
+        return True
 
     def _open(self, conn: socket.socket, peer: Any) -> None:
         """Give a new connection its thread, in the pending pool (evicting its oldest)."""
@@ -601,6 +633,7 @@ class MrdServer:
             pace.close()
             with self._lock:
                 self._sessions.pop(sid, None)
+            self._ended_since_trim = True
             log.info(
                 "session closed",
                 extra={**extra, "event": "closed", "seconds": round(time.monotonic() - started, 3)},
@@ -870,14 +903,17 @@ class Session:
         chain are left to the compute thread, so that reading goes on meanwhile.
         """
         first = self.read()
-        unknown: ChainError | None = None  # a config name without a chain: FIRE may choose one
+        # a config name without a chain (FIRE parameters may choose one): its error's message,
+        # not the error, which would hold this frame through its traceback (a reference cycle
+        # that keeps the session until the garbage collector's next full pass)
+        unknown: str | None = None
         config_xml: str | None = None
         if first.id == MessageId.CONFIG_FILE:
             config_name = str(first.value)
             try:
                 config_xml = chain_text(config_name, self.config.chains_dir)
             except ChainError as exc:
-                unknown = exc
+                unknown = str(exc)
         elif first.id == MessageId.CONFIG_TEXT:
             config_name, config_xml = "config-text", str(first.value)
         else:
@@ -906,7 +942,7 @@ class Session:
         def chosen() -> tuple[str, str]:
             if config_xml is None:
                 assert unknown is not None
-                raise unknown
+                raise ChainError(unknown)
             if self.board is not None:
                 self.board.session_config(self.sid, config_name)
             return config_name, config_xml
@@ -935,7 +971,7 @@ class Session:
                 msg = self.read()
         except (EOFError, OSError):
             if unknown is not None and config_xml is None:
-                raise unknown from None  # the first problem, not the hang-up it led to
+                raise ChainError(unknown) from None  # the first problem, not the hang-up
             raise
         name, xml = chosen()
         if self.config.save_dir is not None:
@@ -1411,10 +1447,12 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     root.propagate = False
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters
 
 
-def keep_freed_memory(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 256 * 2**20) -> bool:
+def keep_freed_memory(
+    mmap_threshold: int = 32 * 2**20, trim_threshold: int = 256 * 2**20, arenas: int = 2
+) -> bool:
     """Have glibc keep freed memory for reuse instead of returning it to the system at once.
 
     Every acquisition's samples are a fresh array. By default glibc hands the memory of a
@@ -1424,19 +1462,56 @@ def keep_freed_memory(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 25
     heap and up to ``trim_threshold`` bytes of freed heap stay mapped. Process-wide, so only the
     ``mr0-server`` command calls it, not :class:`MrdServer`.
 
+    Kept memory is kept per malloc arena, and glibc gives threads up to 8 arenas per core:
+    the sessions' threads spread over them, and each arena holds the largest working set its
+    threads ever had (freed memory of one arena never serves another). Under the soak
+    (``scripts/soak_server.py``, 2 cores) 16 arenas held 500 MB of freed memory between them
+    and the server's RSS grew for 10 minutes; so the threads share ``arenas`` arenas (the
+    server's threads hold the GIL for most of their work, so they seldom contend for one), and
+    :func:`release_freed_memory` (``ServerConfig.trim_interval_s``) hands what stays free back
+    between sessions.
+
     Returns
     -------
     bool
-        Whether the C library took both settings (False off glibc: macOS, musl…).
+        Whether the C library took every setting (False off glibc: macOS, musl…).
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, trim_threshold)
-    )
+    settings = ((_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold),
+                (_M_ARENA_MAX, arenas))  # fmt: skip
+    return all([bool(mallopt(param, value)) for param, value in settings])
+
+
+def release_freed_memory() -> bool:
+    """Return the free memory of every malloc arena to the system (glibc's ``malloc_trim(0)``).
+
+    Frees nothing that is in use: pages wholly inside free chunks are given back (and the
+    heap's free top is cut), so the RSS shows what is in use rather than the largest working
+    set since start. About 10 ms for a few hundred MB. Process-wide; :class:`MrdServer` calls
+    it at most every ``ServerConfig.trim_interval_s`` after sessions have ended.
+
+    Returns
+    -------
+    bool
+        Whether glibc returned memory (False when there was none to return, or off glibc).
+    """
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Namespace]:
@@ -1538,6 +1613,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Na
                         help="longest wait for a client to take data (default 60)")  # fmt: skip
     parser.add_argument("--grace", type=float, default=600,
                         help="seconds to let sessions finish after SIGTERM")  # fmt: skip
+    parser.add_argument("--trim-interval", type=float, default=10.0, metavar="S",
+                        help="after sessions end, hand freed memory back to the system at most "
+                        "every S seconds (default 10; 0: never)")  # fmt: skip
     storage = parser.add_argument_group(
         "storage",
         "Finished data in --save-dir, --store (jobs, references) and the scheduler's results "
@@ -1576,6 +1654,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Na
         rate_window_s=opts.rate_window, idle_timeout_s=opts.idle_timeout,
         send_timeout_s=opts.send_timeout, retention_days=opts.retention_days,
         max_store_gb=opts.max_store_gb, retention_interval_s=opts.retention_interval,
+        trim_interval_s=opts.trim_interval,
     )  # fmt: skip
     try:
         _check_config(config)

@@ -7,7 +7,8 @@ to a running server (``--host``/``--port``; give ``--server-pid`` to sample its 
 or ``--seconds``. Each client takes the next session kind from one shared, shuffled cycle, so
 that the first cycle runs every kind once whatever the number of clients, and the run does not
 end before that first cycle has been handed out. One cycle holds each valid kind twice and each
-hostile kind once.
+hostile kind once. ``--kinds recon,repetitions`` runs only the kinds named (to find which kind
+makes the memory grow).
 
 Valid sessions (the answer must have no ``ERROR`` and end with a close message):
 
@@ -665,6 +666,11 @@ def build_kinds(trickle_s: float = 0.2) -> dict[str, Kind]:
     return {k.name: k for k in kinds}
 
 
+KIND_NAMES = ("recon", "preview", "retrieve", "shapes", "adc", "repetitions", "header", "idle",
+              "trickle", "deep_json", "big_int", "nan", "client_image", "framing")  # fmt: skip
+"""Every session kind, in :func:`build_kinds`'s order (``--kinds`` chooses among them)."""
+
+
 # -- the run --------------------------------------------------------------------------------------
 
 
@@ -1003,6 +1009,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="shuffles the cycles (default 0)")
     parser.add_argument(
+        "--kinds",
+        default=None,
+        metavar="NAME[,NAME...]",
+        help="run only these session kinds (default all; e.g. preview,repetitions to find "
+        "which kind grows the server's memory)",
+    )
+    parser.add_argument(
         "--plateau-ratio",
         type=float,
         default=1.1,
@@ -1067,6 +1080,14 @@ def _check(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
         value = getattr(opts, name)
         if value is not None and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if opts.kinds is not None:
+        names = [n for n in opts.kinds.split(",") if n]
+        unknown = sorted(set(names) - set(KIND_NAMES))
+        if unknown or not names:
+            parser.error(
+                f"--kinds: unknown session kind {', '.join(unknown) or '(none given)'} "
+                f"(kinds: {', '.join(KIND_NAMES)})"
+            )
     if opts.plateau_ratio < 1 or opts.rss_bound_mb <= 0:
         parser.error("--plateau-ratio must be >= 1 and --rss-bound-mb positive")
 
@@ -1137,6 +1158,9 @@ def main(argv: list[str] | None = None) -> int:
         f"soak: building the sessions' payloads ({opts.clients} clients, {run_s:.0f} s)", flush=True
     )
     kinds = build_kinds(opts.trickle_s)
+    if opts.kinds is not None:
+        chosen = opts.kinds.split(",")
+        kinds = {name: kind for name, kind in kinds.items() if name in chosen}
     folder: Path | None = None
     server: ServerProcess | None = None
     if opts.port is None:

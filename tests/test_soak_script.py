@@ -64,7 +64,8 @@ def test_smoke_run(tmp_path):
 @pytest.mark.parametrize(
     "args",
     [["--port", "9002", "--keep"], ["--host", "x"], ["--server-pid", "1"], ["--clients", "0"],
-     ["--minutes", "1", "--seconds", "2"], ["--port", "9002", "--rate-window", "1"]],
+     ["--minutes", "1", "--seconds", "2"], ["--port", "9002", "--rate-window", "1"],
+     ["--kinds", "recon,nope"], ["--kinds", ","]],
 )  # fmt: skip
 def test_arguments_that_do_not_apply_are_refused(args, capsys):
     with pytest.raises(SystemExit) as info:
@@ -119,3 +120,8 @@ def test_process_tree_is_found_through_proc():
         child.wait(10)
     with pytest.raises(soak.ProcError):
         soak.tree_pids(child.pid)  # reaped: gone from /proc
+
+
+def test_kind_names_are_the_kinds_built():
+    assert tuple(soak.build_kinds()) == soak.KIND_NAMES
+    assert set(soak.KIND_NAMES) == HOSTILE | VALID
