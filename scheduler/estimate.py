@@ -28,7 +28,11 @@ anchor products alive (``max_g max((V_g' + V_g) nb, V_g (nb + nbp))`` over the (
     main   = max over repetitions [live + max(pulse, signal, relax)]
            + V (48 + 8 (C + tx)) + 16 N_adc C                phantom copies, coil maps; signal
 
-Repetitions with at most 2 samples form their phasors directly (``40 V T`` instead of the block
+Repetitions whose emitting states, (T2′, D) groups and coils make at most 64 rows
+(``Se G C ≤ 64``) and that have at most 128 samples wait in the signal batch, which adds to
+``signal`` ``24 min(Σ_batched Se ⌈T/32⌉ G C · V, 2·2²²) + 8 V Σ_batched Se`` (its rows and the
+states it holds; the sums run over the batched repetitions). Repetitions with at most 2 samples
+form their phasors directly (``40 V T`` instead of the block
 terms); phantoms with more than 16 (T2′, D) groups take the exact per-voxel path
 (``40 V T + 16 min(Se T V, max(2²⁴, Se V))`` instead). Every coefficient is a named constant
 below, with what it counts.
@@ -189,6 +193,15 @@ CACHE_ELEMENTS = 1 << 20
 """Step products kept between repetitions (``pdg._CACHE_ELEMENTS``)."""
 EXACT_CHUNK_ELEMENTS = 1 << 24
 """States × samples × voxels of one chunk of the exact path (``pdg._CHUNK_ELEMENTS``)."""
+STACK_ROWS = 64
+"""States × groups × coils up to which a repetition is batched (``pdg._STACK_ROWS``)."""
+BATCH_SAMPLES = 4 * 32
+"""Samples up to which a repetition is batched (``pdg._BATCH_SAMPLES``)."""
+BATCH_ELEMENTS = 1 << 22
+"""Rows × voxels at which a batch is computed (``pdg._BATCH_ELEMENTS``; it may reach twice)."""
+BATCH_ROW_BYTES = 3 * C64
+"""Per (row, voxel) of a batch: the phased, coil-weighted states, the anchor products, and the
+rows gathered for one batched GEMM."""
 K_STEP_QUANTUM = 1e-6
 """1/m: steps between samples this close are equal (``pdg._K_STEP_QUANTUM``)."""
 T_STEP_QUANTUM = 1e-12
@@ -198,9 +211,10 @@ T_STEP_QUANTUM = 1e-12
 
 MAIN_FACTOR = 1.0
 """Measured / counted main-pass bytes on the CPU (allocator rounding, untouched pages)."""
-PREPASS_STATE_SAMPLE_BYTES = 112
-"""Per (transverse state, ADC sample) of one repetition in the float64 pre-pass: k ``[n, T, 3]``
-(24), τ and the decay factors (24), the voxel-shape response and its temporaries (~64)."""
+PREPASS_STATE_SAMPLE_BYTES = 50
+"""Per (transverse state, ADC sample) of one repetition in the pre-pass's emitted estimate
+(float32): k ``[n, T, 3]`` (12), the voxel-shape response and its temporaries (~24), τ, the
+decay argument and the product (12). Measured 48.6 on ``spoiled8`` (box voxels) at 16²."""
 GRAPH_STATE_BYTES = 200
 """Per state of the graph (plus or z, all repetitions): k, τ, the magnetisation at each B1
 scale, the signal estimates, the defining and incoming edges, and small-block heap overhead."""
@@ -279,6 +293,10 @@ class PdgLoad:
         chunk's (still held by the signal loop).
     graph_plus
         Transverse states of the pre-pass graph (``n+``).
+    graph_live
+        Of those, the states whose voxel-shape response the pre-pass computed (it skips states
+        dephased beyond the voxel's bandwidth for the whole readout); ``None``: all of them
+        (the bound without the pre-pass).
     graph_states
         All states of the graph (plus and z, all repetitions).
     """
@@ -299,6 +317,7 @@ class PdgLoad:
     step_products: np.ndarray
     graph_plus: np.ndarray
     graph_states: int
+    graph_live: np.ndarray | None = None
 
 
 # -- the sample plan: per repetition samples, blocks and step patterns ---------------------------
@@ -432,7 +451,7 @@ def pdg_load_from_graph(
     to_plus = kinds[:4]
     from_plus = (PLUS_FROM_PLUS, PLUS_FROM_PLUS_REFOC, Z_FROM_PLUS, Z_FROM_PLUS_CONJ)
     n = len(graph)
-    plus, z, edges, last, emit, graph_plus = (np.zeros(n, np.int64) for _ in range(6))
+    plus, z, edges, last, emit, graph_plus, live = (np.zeros(n, np.int64) for _ in range(7))
     prev_p = np.zeros(0, bool)
     prev_z = np.ones(1, bool)
     for r, rg in enumerate(graph):
@@ -442,6 +461,7 @@ def pdg_load_from_graph(
             act_z[0] = True  # the relaxed state is always simulated
         plus[r], z[r] = int(act_p.sum()), int(act_z.sum())
         graph_plus[r] = len(rg.plus_tau)
+        live[r] = int((rg.plus_emitted > 0).sum())  # a pruned state's estimate is 0
         for kind in kinds:
             child, parent = rg.edges[kind]
             src = prev_p if kind in from_plus else prev_z
@@ -462,7 +482,7 @@ def pdg_load_from_graph(
         tx=int(data.B1.shape[0]), groups=groups, exact=exact, plus=plus, z=z, edges=edges,
         edges_last=last, emit=np.where(plan.samples > 0, emit, 0), samples=plan.samples,
         blocks=plan.blocks, pattern_blocks=plan.pattern_blocks,
-        step_products=plan.step_products, graph_plus=graph_plus,
+        step_products=plan.step_products, graph_plus=graph_plus, graph_live=live,
         graph_states=int(sum(graph.state_counts)),
     )  # fmt: skip
 
@@ -559,6 +579,14 @@ def main_pass_bytes(load: PdgLoad) -> int:
             ANCHOR_PHASOR_BYTES * V * t,
         )
     signal = np.where(se > 0, signal, 0.0)
+    if not load.exact:
+        # repetitions with few emitting states and samples wait in the signal batch
+        # (pdg._SignalBatch): their states, then rows (state, block, group, coil) × voxels
+        n_gc = len(load.groups) * C
+        batched = (se > 0) & (se * n_gc <= STACK_ROWS) & (t <= BATCH_SAMPLES)
+        rows = float((se * np.ceil(t / ANCHOR) * n_gc)[batched].sum())
+        held = float(se[batched].sum()) * V
+        signal = signal + BATCH_ROW_BYTES * min(rows * V, 2.0 * BATCH_ELEMENTS) + C64 * held
     relax = RELAX_BYTES * V * np.maximum(sp, sz)
     peak = float(np.max(live + np.maximum(np.maximum(pulse, signal), relax)))
     persistent = V * (VOXEL_BYTES + VOXEL_CHANNEL_BYTES * (C + load.tx))
@@ -569,7 +597,8 @@ def prepass_bytes(load: PdgLoad) -> int:
     """Peak bytes of the float64 pre-pass beyond its graph (CPU host memory)."""
     if len(load.graph_plus) == 0:
         return 0
-    return int(PREPASS_STATE_SAMPLE_BYTES * float(np.max(load.graph_plus * load.samples)))
+    live = load.graph_plus if load.graph_live is None else load.graph_live
+    return int(PREPASS_STATE_SAMPLE_BYTES * float(np.max(live * load.samples)))
 
 
 def graph_bytes(load: PdgLoad) -> int:

@@ -51,6 +51,8 @@ def test_constants_mirror_the_main_pass() -> None:
     assert pdg._CHUNK_ELEMENTS == E.EXACT_CHUNK_ELEMENTS
     assert pdg._MAX_GROUPS == E.MAX_GROUPS
     assert (pdg._K_STEP_QUANTUM, pdg._T_STEP_QUANTUM) == (E.K_STEP_QUANTUM, E.T_STEP_QUANTUM)
+    assert (pdg._STACK_ROWS, pdg._BATCH_SAMPLES, pdg._BATCH_ELEMENTS) == (
+        E.STACK_ROWS, E.BATCH_SAMPLES, E.BATCH_ELEMENTS)  # fmt: skip
 
 
 def test_main_pass_is_the_documented_formula() -> None:
@@ -61,6 +63,7 @@ def test_main_pass_is_the_documented_formula() -> None:
     pulse = V * (32 * E_ + 48)
     signal = V * (16 * El + 20 * Se) + 48 * Se * T + 8 * Se * C * V
     signal += 8 * Se * C * V * (nb + 2) + 40 * V * nb
+    signal += 24 * min(Se * nb * C * V, 2 * 2**22) + 8 * Se * V  # waiting in the signal batch
     relax = 4 * V * Sp
     assert signal > max(pulse, relax)
     persistent = V * (48 + 8 * (C + 1)) + 16 * T * C
@@ -86,10 +89,14 @@ def test_coils_multiply_only_the_coil_terms() -> None:
     V, Se, nb, nbp, T = 1000, 10, 2, 2, 64
     per_coil = Se * V * (E.COIL_STATE_BYTES + E.BLOCK_BYTES * (nb + nbp))
     per_coil += E.VOXEL_CHANNEL_BYTES * V + E.SIGNAL_BYTES * T
-    m = [E.main_pass_bytes(_load(coils=c)) for c in (1, 2, 4, 8)]
+    per_coil += E.BATCH_ROW_BYTES * Se * nb * V  # the batch's rows (state, block, coil)
+    m = [E.main_pass_bytes(_load(coils=c)) for c in (1, 2, 4, 6)]  # all batched (Se C ≤ 64)
     assert m[1] - m[0] == per_coil
     assert m[2] - m[0] == 3 * per_coil
-    assert m[3] - m[0] == 7 * per_coil
+    assert m[3] - m[0] == 5 * per_coil
+    # at 8 coils 80 rows: the repetition leaves the batch, whose rows no longer count
+    assert E.main_pass_bytes(_load(coils=8)) - m[0] == 7 * per_coil - 8 * E.BATCH_ROW_BYTES * (
+        Se * nb * V) - 8 * Se * V  # fmt: skip
     # without emitting states the coils only add their sensitivities
     quiet = [E.main_pass_bytes(_load(coils=c, emit=np.array([0]))) for c in (1, 2)]
     assert quiet[1] - quiet[0] == E.VOXEL_CHANNEL_BYTES * V + E.SIGNAL_BYTES * T
@@ -99,8 +106,10 @@ def test_two_voxel_groups_hold_two_groups_of_block_products() -> None:
     """While group g's anchor products are made, group g-1's are still alive."""
     one = _load(groups=(1000,), pattern_blocks=np.array([1]))
     two = _load(groups=(600, 400), pattern_blocks=np.array([1]))
-    # one group: its products (2 blocks) + gather of one block = 3 V; two: (600 + 400) 2 = 2 V
-    assert E.main_pass_bytes(one) - E.main_pass_bytes(two) == 8 * 10 * 1 * 1000
+    # one group: its products (2 blocks) + gather of one block = 3 V; two: (600 + 400) 2 = 2 V;
+    # the signal batch holds a row per group: two groups, twice the rows (10 states, 2 blocks)
+    batch_rows = E.BATCH_ROW_BYTES * 10 * 2 * 1000
+    assert E.main_pass_bytes(one) - E.main_pass_bytes(two) == 8 * 10 * 1 * 1000 - batch_rows
 
 
 def test_device_kinds() -> None:
