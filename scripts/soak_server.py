@@ -67,7 +67,7 @@ line is printed. At the end it prints, and with ``--json F`` writes:
   ``--plateau-ratio`` (1.1) times the largest of the middle third, and no sample exceeds
   ``--rss-bound-mb`` (3000 MB); with fewer than 3 samples in a third it is not judged;
 * the machine: ``nproc``, the CPU model, the load averages before and after; the repository's
-  commit (and whether tracked files differ from it).
+  commit when the run started (and whether tracked files differed from it).
 
 Exit status: 0 when nothing unexpected happened and the memory plateaued (or was not judged),
 1 when a session failed unexpectedly or the memory did not plateau, 2 for bad arguments or a
@@ -1154,6 +1154,7 @@ def main(argv: list[str] | None = None) -> int:
     run_s = opts.seconds if opts.seconds is not None else 60 * (opts.minutes or 10)
     command = "python scripts/soak_server.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     load_before = list(os.getloadavg())
+    code = code_version()  # at the start: what the server runs, even if HEAD moves meanwhile
     print(
         f"soak: building the sessions' payloads ({opts.clients} clients, {run_s:.0f} s)", flush=True
     )
@@ -1239,7 +1240,7 @@ def main(argv: list[str] | None = None) -> int:
             if not opts.keep:
                 shutil.rmtree(folder, ignore_errors=True)
     results["command"] = command
-    results["code"] = code_version()
+    results["code"] = code
     results["machine"] = {**machine(), "load_before": load_before}
     results["machine"]["load_after"] = results["machine"].pop("load")
     if server_info is not None:
