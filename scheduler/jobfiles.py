@@ -68,6 +68,7 @@ _KDATA_OPTIONAL = ("kspace", "noise")
 _KDATA_TUPLES = ("encoded_matrix", "recon_matrix", "encoded_fov_m", "recon_fov_m")
 _KDATA_SCALARS = {"center_line": int, "center_partition": int, "trajectory": str}
 _KDATA_DROPPED = ("header",)  # the parsed ISMRMRD header object: the recon does not read it
+_KDATA_OPTIONAL_FLOATS = ("noise_sample_time_s",)  # s, or None (unknown)
 
 
 def kdata_state(kd: KData) -> dict[str, Any]:
@@ -82,7 +83,7 @@ def kdata_state(kd: KData) -> dict[str, Any]:
         dropped without a decision).
     """
     known = {*_KDATA_TENSORS, *_KDATA_OPTIONAL, *_KDATA_TUPLES, *_KDATA_SCALARS, *_KDATA_DROPPED,
-             "idx"}  # fmt: skip
+             *_KDATA_OPTIONAL_FLOATS, "idx"}  # fmt: skip
     unknown = sorted({f.name for f in dataclasses.fields(KData)} - known)
     if unknown:
         raise TypeError(f"KData fields {unknown} have no plain-data form in kdata_state")
@@ -94,6 +95,9 @@ def kdata_state(kd: KData) -> dict[str, Any]:
         state[name] = list(getattr(kd, name))
     for name, kind in _KDATA_SCALARS.items():
         state[name] = kind(getattr(kd, name))
+    for name in _KDATA_OPTIONAL_FLOATS:
+        value = getattr(kd, name)
+        state[name] = None if value is None else float(value)
     state["idx"] = {k: v.detach().cpu() for k, v in kd.idx.items()}
     return state
 
@@ -130,6 +134,11 @@ def kdata_from_state(state: dict[str, Any]) -> KData:
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ValueError(f"KData state: {name!r} must be a {kind.__name__}, got {value!r}")
         args[name] = value
+    for name in _KDATA_OPTIONAL_FLOATS:
+        value = state.get(name)
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise ValueError(f"KData state: {name!r} must be a number or None, got {value!r}")
+        args[name] = None if value is None else float(value)
     idx = state.get("idx")
     if not isinstance(idx, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in idx.items()

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
@@ -170,6 +171,10 @@ def test_job_files_round_trip(tmp_path: Path, small: SimpleNamespace) -> None:
     assert torch.equal(kd2.kspace, kd.kspace)
     assert (kd2.recon_matrix, kd2.trajectory) == (kd.recon_matrix, kd.trajectory)
     assert all(torch.equal(kd2.idx[k], kd.idx[k]) for k in kd.idx)
+    # the noise's dwell time travels too (prewhitening scales by it)
+    kd = dataclasses.replace(kd, noise_sample_time_s=7e-6)
+    save_object(kd, tmp_path / "kd_noise.pt")
+    assert load_object(tmp_path / "kd_noise.pt", "KData").noise_sample_time_s == 7e-6
 
 
 def test_simulate_saved_from_job_files_equals_a_direct_run(
