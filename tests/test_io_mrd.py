@@ -90,6 +90,15 @@ def test_read_noise_and_trajectory(tmp_path):
     kd = read_mrd(path)
     assert kd.noise is not None
     assert kd.noise.shape[1] == 4
+    ds = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False)
+    try:
+        first = ds.read_acquisition(0)
+        assert first.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
+        noise_dwell_us = first.sample_time_us
+    finally:
+        ds.close()
+    assert noise_dwell_us > 0
+    assert kd.noise_sample_time_s == pytest.approx(noise_dwell_us * 1e-6)  # for prewhitening
     assert kd.n_readouts == 32  # the noise acquisition is not a readout
     assert not bool(kd.has_flag(AcqFlag.IS_NOISE_MEASUREMENT).any())
     assert kd.kspace is not None  # -k stores normalised trajectories: back in 1/m

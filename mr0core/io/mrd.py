@@ -417,7 +417,9 @@ def sig_to_mrd(
                 flags=int(AcqFlag.IS_NOISE_MEASUREMENT),
                 scan_counter=counter,
                 available_channels=coils,
-                sample_time_us=float(dwell_us[0]),
+                sample_time_us=float(dwell_us[0])
+                if kd.noise_sample_time_s is None
+                else 1e6 * float(kd.noise_sample_time_s),
                 **directions,
             )
             dataset.append_acquisition(acq)
@@ -614,12 +616,17 @@ def _kdata_from_arrays(
     n_coils = coils.pop()
     check_matrix(header, n_coils, _grid_groups(head, img), limits, where)
     noise = None
+    noise_dwell_s = None
     if is_noise.any():
-        noise_blocks = [
-            blocks[i] for i in np.flatnonzero(is_noise) if blocks[i].shape[1] == n_coils
-        ]
-        if noise_blocks:
-            noise = torch.from_numpy(np.ascontiguousarray(np.concatenate(noise_blocks)))
+        used = [i for i in np.flatnonzero(is_noise) if blocks[i].shape[1] == n_coils]
+        if used:
+            stacked = np.concatenate([blocks[i] for i in used])
+            noise = torch.from_numpy(np.ascontiguousarray(stacked))
+            # the noise's dwell (prewhitening scales its covariance to the data's dwell); the
+            # first noise readout's, as Gadgetron's NoiseAdjustGadget takes it
+            dwell_us = float(head["sample_time_us"][used[0]])
+            if math.isfinite(dwell_us) and dwell_us > 0:
+                noise_dwell_s = dwell_us * 1e-6
 
     enc = header.encoding[0]
     e_mat = (
@@ -682,6 +689,7 @@ def _kdata_from_arrays(
         trajectory=trajectory,
         kspace=kspace,
         noise=noise,
+        noise_sample_time_s=noise_dwell_s,
         header=header,
     )
 
