@@ -226,47 +226,38 @@ def _canonical(k: np.ndarray, tau: np.ndarray) -> np.ndarray:
     return q[np.arange(len(q)), first] < 0
 
 
-_HASH = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93],
-                 dtype=np.uint64)  # fmt: skip
-"""Odd 64-bit multipliers of the row hash in :func:`_group_rows`."""
-
-
 def _group_rows(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Group equal rows of int64 ``q [n, 4]``: return ``order``, ``starts`` and ``inverse``.
 
     ``q[order]`` has equal rows next to each other, each group starting at an index of
     ``starts`` and in the original order within the group (so ``order[starts]`` are the first
-    occurrences); ``inverse[i]`` is the group of row ``i``. Groups come in an order of their own
-    (not lexicographic). The rows become one integer key, packed in mixed radix when their ranges
-    allow, else a 64-bit hash whose groups are then checked row by row (a collision falls back
-    to a stable ``lexsort``): one stable argsort of n integers, where ``np.unique(axis=0)``
-    (a structured view) or a ``lexsort`` of four columns cost several times as long and were the
-    pre-pass's largest cost.
+    occurrences); ``inverse[i]`` is the group of row ``i``. Groups come in the lexicographic
+    order of their rows, as from ``np.unique(q, axis=0)``: the pre-pass's caps keep the first of
+    equally strong states, so the order decides which survive (in an order of their own, a
+    3-pulse STE at 48² went from 7.3 % to 11.5 % NRMSE). The rows are packed into one
+    mixed-radix integer when their ranges allow (same order), else sorted with a stable
+    ``lexsort``; ``np.unique(axis=0)`` goes through a structured view and cost about 1 ms for a
+    few hundred rows, the pre-pass's largest cost.
     """
     n = len(q)
     lo = q.min(0)
     d = q - lo
     span = (d.max(0) + 1).tolist()
-    hashed = math.prod(int(v) for v in span) >= 2**62
-    if hashed:
-        with np.errstate(over="ignore"):
-            key = (d.astype(np.uint64) * _HASH).sum(1, dtype=np.uint64)
-    else:
+    if math.prod(int(v) for v in span) < 2**62:
         key = d[:, 0]
         for i in range(1, q.shape[1]):
             key = key * int(span[i]) + d[:, i]
-    order = np.argsort(key, kind="stable")
-    sk = key[order]
-    start = np.empty(n, bool)
-    start[:1] = True
-    start[1:] = sk[1:] != sk[:-1]
-    if hashed:
-        group_first = np.maximum.accumulate(np.where(start, np.arange(n), 0))
+        order = np.argsort(key, kind="stable")
+        sk = key[order]
+        start = np.empty(n, bool)
+        start[:1] = True
+        start[1:] = sk[1:] != sk[:-1]
+    else:
+        order = np.lexsort(q.T[::-1])  # stable: the first of equal rows comes first
         sq = q[order]
-        if not (sq == sq[group_first]).all():  # a hash collision: sort the rows themselves
-            order = np.lexsort(q.T[::-1])
-            sq = q[order]
-            start[1:] = (sq[1:] != sq[:-1]).any(1)
+        start = np.empty(n, bool)
+        start[:1] = True
+        start[1:] = (sq[1:] != sq[:-1]).any(1)
     inverse = np.empty(n, np.int64)
     inverse[order] = np.cumsum(start) - 1
     return order, np.flatnonzero(start), inverse
