@@ -29,7 +29,8 @@ anchor products alive (``max_g max((V_g' + V_g) nb, V_g (nb + nbp))`` over the (
            + V (48 + 8 (C + tx)) + 16 N_adc C                phantom copies, coil maps; signal
 
 Repetitions whose emitting states, (T2′, D) groups and coils make at most 64 rows
-(``Se G C ≤ 64``) and that have at most 128 samples wait in the signal batch, which adds to
+(``Se G C ≤ 64``), that have at most 128 samples and whose rows (one per block of 32 samples)
+times the voxels stay at most 2¹⁶ wait in the signal batch, which adds to
 ``signal`` ``24 min(Σ_batched Se ⌈T/32⌉ G C · V, 2·2²²) + 8 V Σ_batched Se`` (its rows and the
 states it holds; the sums run over the batched repetitions). Repetitions with at most 2 samples
 form their phasors directly (``40 V T`` instead of the block
@@ -197,6 +198,8 @@ STACK_ROWS = 64
 """States × groups × coils up to which a repetition is batched (``pdg._STACK_ROWS``)."""
 BATCH_SAMPLES = 4 * 32
 """Samples up to which a repetition is batched (``pdg._BATCH_SAMPLES``)."""
+BATCH_REP_ELEMENTS = 1 << 16
+"""Rows × voxels of one repetition up to which it is batched (``pdg._BATCH_REP_ELEMENTS``)."""
 BATCH_ELEMENTS = 1 << 22
 """Rows × voxels at which a batch is computed (``pdg._BATCH_ELEMENTS``; it may reach twice)."""
 BATCH_ROW_BYTES = 3 * C64
@@ -583,7 +586,9 @@ def main_pass_bytes(load: PdgLoad) -> int:
         # repetitions with few emitting states and samples wait in the signal batch
         # (pdg._SignalBatch): their states, then rows (state, block, group, coil) × voxels
         n_gc = len(load.groups) * C
+        rep_rows = se * np.ceil(t / ANCHOR) * n_gc
         batched = (se > 0) & (se * n_gc <= STACK_ROWS) & (t <= BATCH_SAMPLES)
+        batched &= rep_rows * V <= BATCH_REP_ELEMENTS
         rows = float((se * np.ceil(t / ANCHOR) * n_gc)[batched].sum())
         held = float(se[batched].sum()) * V
         signal = signal + BATCH_ROW_BYTES * min(rows * V, 2.0 * BATCH_ELEMENTS) + C64 * held
