@@ -31,7 +31,7 @@ anchor products alive (``max_g max((V_g' + V_g) nb, V_g (nb + nbp))`` over the (
 Repetitions whose emitting states, (T2′, D) groups and coils make at most 64 rows
 (``Se G C ≤ 64``), that have at most 128 samples and whose rows (one per block of 32 samples)
 times the voxels stay at most 2¹⁶ wait in the signal batch, which adds to
-``signal`` ``24 min(Σ_batched Se ⌈T/32⌉ G C · V, 2·2²²) + 8 V Σ_batched Se`` (its rows and the
+``signal`` ``24 min(Σ_batched Se ⌈T/32⌉ G C · V, 2·2²⁰) + 8 V Σ_batched Se`` (its rows and the
 states it holds; the sums run over the batched repetitions). Repetitions with at most 2 samples
 form their phasors directly (``40 V T`` instead of the block
 terms); phantoms with more than 16 (T2′, D) groups take the exact per-voxel path
@@ -200,7 +200,7 @@ BATCH_SAMPLES = 4 * 32
 """Samples up to which a repetition is batched (``pdg._BATCH_SAMPLES``)."""
 BATCH_REP_ELEMENTS = 1 << 16
 """Rows × voxels of one repetition up to which it is batched (``pdg._BATCH_REP_ELEMENTS``)."""
-BATCH_ELEMENTS = 1 << 22
+BATCH_ELEMENTS = 1 << 20
 """Rows × voxels at which a batch is computed (``pdg._BATCH_ELEMENTS``; it may reach twice)."""
 BATCH_ROW_BYTES = 3 * C64
 """Per (row, voxel) of a batch: the phased, coil-weighted states, the anchor products, and the

@@ -64,7 +64,7 @@ def test_main_pass_is_the_documented_formula() -> None:
     pulse = V * (32 * E_ + 48)
     signal = V * (16 * El + 20 * Se) + 48 * Se * T + 8 * Se * C * V
     signal += 8 * Se * C * V * (nb + 2) + 40 * V * nb
-    signal += 24 * min(Se * nb * C * V, 2 * 2**22) + 8 * Se * V  # waiting in the signal batch
+    signal += 24 * min(Se * nb * C * V, 2 * E.BATCH_ELEMENTS) + 8 * Se * V  # waiting in the batch
     relax = 4 * V * Sp
     assert signal > max(pulse, relax)
     persistent = V * (48 + 8 * (C + 1)) + 16 * T * C

@@ -756,7 +756,7 @@ def _signal(
     return torch.cat(outs) * receive[:, None], mags
 
 
-_BATCH_ELEMENTS = 1 << 22  # (state, block, group, coil) x voxels of one batched projection
+_BATCH_ELEMENTS = 1 << 20  # (state, block, group, coil) x voxels of one batched projection
 # samples per repetition up to which it is batched: longer readouts (multi-echo, EPI) amortise
 # their fixed costs by themselves, and their batched (state, block) rows would not stay in cache
 _BATCH_SAMPLES = 4 * 32
