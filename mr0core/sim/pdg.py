@@ -855,11 +855,7 @@ class _SignalBatch:
         anchors, keys_of_block, incs = [], [], []
         for (_, *_, steps), t0, nt in zip(jobs, t_start, n_t, strict=True):
             k64, t64 = steps
-            n_pad = -(-nt // _ANCHOR) * _ANCHOR
-            inc = np.zeros((n_pad, 4))
-            inc[1:nt, :3] = np.diff(k64, axis=0)
-            inc[1:nt, 3] = np.diff(t64)
-            key = np.rint(inc / _STEP_QUANTA).astype(np.int64)
+            inc, key = _sample_steps(k64, t64)
             for a in range(0, nt, _ANCHOR):
                 anchors.append(t0 + a)
                 keys_of_block.append(key[a + 1 : a + _ANCHOR])
@@ -935,7 +931,7 @@ class _SignalBatch:
         """
         n_v = len(self.pos)
         dev, cdt = self.pos.device, torch.complex64
-        n_rows, n_gc = ma.shape[0], ma.shape[1]
+        n_gc = ma.shape[1]
         chunk = max(1, _BATCH_ELEMENTS // (_ANCHOR * n_v))
         for c0 in range(0, len(blocks), chunk):
             bs = np.array(blocks[c0 : c0 + chunk])
@@ -965,7 +961,6 @@ class _SignalBatch:
             out = torch.bmm(x, W.transpose(1, 2)).reshape(len(bs), width, n_gc, _ANCHOR)
             valid_t = torch.from_numpy(valid).to(dev)
             res[idx_t[valid_t]] = out[valid_t]
-        assert n_rows == res.shape[0]
 
     @staticmethod
     def _store(
@@ -981,6 +976,20 @@ def _equal_steps(keys: np.ndarray) -> bool:
     real = keys[:, 3] != 0  # every real step advances in time
     n = int(real.sum())
     return n > 0 and bool(real[:n].all()) and bool((keys[:n] == keys[0]).all())
+
+
+def _sample_steps(k64: np.ndarray, t64: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the steps into each sample and their keys, padded to whole ``_ANCHOR`` blocks.
+
+    ``k64 [T, 3]`` (1/m) and ``t64 [T]`` (s): float64 sample positions. Returns ``inc [Tp, 4]``,
+    the step (ΔK, ΔT) into sample ``t`` (0 for the first sample and the padding), and ``keys``,
+    those steps quantised to integers (equal keys: equal steps, one shared product ``W``).
+    """
+    n_t = len(t64)
+    inc = np.zeros((-(-n_t // _ANCHOR) * _ANCHOR, 4))
+    inc[1:n_t, :3] = np.diff(k64, axis=0)
+    inc[1:n_t, 3] = np.diff(t64)
+    return inc, np.rint(inc / _STEP_QUANTA).astype(np.int64)
 
 
 def _project(
@@ -1041,11 +1050,7 @@ def _phasor_chunks(
             yield sl, direct(K[sl], T[sl]), None
         return
     k64, t64 = steps
-    n_pad = -(-n_t // _ANCHOR) * _ANCHOR
-    inc = np.zeros((n_pad, 4))  # inc[t]: the step (ΔK, ΔT) into sample t (0: none)
-    inc[1:n_t, :3] = np.diff(k64, axis=0)
-    inc[1:n_t, 3] = np.diff(t64)
-    keys = np.rint(inc / _STEP_QUANTA).astype(np.int64)
+    inc, keys = _sample_steps(k64, t64)
     inc_pad = torch.from_numpy(inc).to(dev, torch.float32)
     for t0 in range(0, n_t, chunk):
         t1 = min(n_t, t0 + chunk)
