@@ -33,7 +33,8 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then can_apt=1; fi
 apt_updated=0
 apt_update_once() { if [ $apt_updated = 0 ]; then apt-get update -qq; apt_updated=1; fi; }
 
-# System tools, for the tests: ismrmrd-tools (the reference ISMRMRD reconstruction) and chromium
+# System tools, for the tests: ismrmrd-tools (the reference ISMRMRD reconstruction), the DICOM
+# tools below, and chromium
 # with its driver (the status page is tested in a headless browser; Ubuntu ships chromium only as
 # a snap, so there the browser test skips).
 if [ $can_apt = 1 ]; then
@@ -41,6 +42,12 @@ if [ $can_apt = 1 ]; then
   command -v ismrmrd_info >/dev/null 2>&1 || missing+=(ismrmrd-tools)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+  # DICOM: dcm2niix (the geometry reference), dcmtk and dicom3tools (dciodvfy validates what we
+  # write), orthanc (a loopback PACS for the C-STORE tests)
+  command -v dcm2niix >/dev/null 2>&1 || missing+=(dcm2niix)
+  command -v dcmdump >/dev/null 2>&1 || missing+=(dcmtk)
+  command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
+  command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)
   if [ ${#missing[@]} -gt 0 ]; then
     apt_update_once
     apt_install "${missing[@]}"
