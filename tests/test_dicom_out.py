@@ -280,3 +280,28 @@ def test_writing_warns_nothing_for_clean_input(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         write_dicom_volume(tmp_path / "s", _volume(), np.eye(4), simulated=True)
+
+
+def test_round_trip_through_discover(tmp_path):
+    from mr0core.io.dicom import discover
+
+    vol = _volume((8, 6, 4), seed=3)
+    rot = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # a sagittal-like stack
+    aff = image_affine((8, 6, 4), (0.2, 0.15, 0.02), (0.01, -0.02, 0.03), rotation=rot)
+    ident = identity_from_header(HEADER)
+    series = write_dicom_volume(tmp_path / "dcm" / "s1", vol, aff, simulated=True, identity=ident,
+                                series_description="MR0 twin preview")  # fmt: skip
+    write_dicom_volume(tmp_path / "dcm" / "s2", vol[:, :, :1], aff, simulated=False,
+                       identity=ident)  # fmt: skip
+    found = {s.uid: s for s in discover(tmp_path / "dcm")}
+    assert len(found) == 2
+    s = found[series.series_instance_uid]
+    assert s.description == "SIMULATED MR0 twin preview"
+    assert "SIMULATED" in s.image_type
+    assert s.study_uid == "1.2.3.4.5.6"
+    assert s.frame_of_reference == "1.2.3.4.5.7"
+    assert (s.columns, s.rows, s.slices) == (8, 6, 4)
+    loaded = s.load()
+    np.testing.assert_allclose(loaded.affine, aff, atol=1e-6)
+    slope = max(float(pydicom.dcmread(f).RescaleSlope) for f in series.files)
+    np.testing.assert_allclose(loaded.data, vol, atol=slope)
