@@ -1,6 +1,7 @@
 """The ``mr0`` command line: library commands that need no server.
 
-Sub-commands: ``demo``, ``simulate``, ``recon``, ``seq-info``, ``phantom`` and ``rf-profile``.
+Sub-commands: ``demo``, ``simulate``, ``recon``, ``send-dicom``, ``seq-info``, ``phantom`` and
+``rf-profile``.
 Bad input (a missing or broken file, a phantom that does not load, an output that cannot be
 written) gives one line on stderr and exit status 2; ``--debug`` shows the traceback instead.
 """
@@ -74,9 +75,12 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from mr0core.io.bids import bids_sidecar, write_ground_truth
+    from mr0core.io.dicom_out import check_dicom_target, is_dicom_target, write_recon_dicom
     from mr0core.io.params import sequence_parameters
+    from mr0core.io.png import write_png
     from mr0core.jobs import (
         _check_writable,
+        image_volume,
         load_job_phantom,
         phantom_isocentre_m,
         run_simulation,
@@ -89,7 +93,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".npy", ".mrd", ".h5"):
         raise ValueError(f"--out must end in .npy, .mrd or .h5, got {out.name!r}")
-    for path in (out, args.recon, args.png):
+    dicom = args.recon is not None and is_dicom_target(args.recon)
+    if dicom:
+        check_dicom_target(args.recon)
+    for path in (out, None if dicom else args.recon, args.png):
         if path is not None:
             _check_writable(Path(path))
     settings = settings_from_args(args)
@@ -117,8 +124,22 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             matrix=rec.matrix, fov_m=rec.fov_m, extra={"ReconstructionMethod": rec.method},
         )  # fmt: skip
         if args.recon:
-            files = write_image(rec, args.recon, png=args.png, sidecar=sidecar,
-                                centre_m=phantom_isocentre_m(phantom))  # fmt: skip
+            if dicom:  # a series labelled SIMULATED, on the grid of the NIfTI it replaces
+                files = [
+                    write_recon_dicom(
+                        rec,
+                        args.recon,
+                        simulated=True,
+                        sidecar=sidecar,
+                        centre_m=phantom_isocentre_m(phantom),
+                        series_description=f"mr0 simulate {name}",
+                    ).folder
+                ]
+                if args.png:
+                    files.append(write_png(args.png, image_volume(rec.image)))  # fmt: skip
+            else:
+                files = write_image(rec, args.recon, png=args.png, sidecar=sidecar,
+                                    centre_m=phantom_isocentre_m(phantom))  # fmt: skip
             stem = Path(args.recon).name.split(".")[0]
             truth = write_ground_truth(
                 Path(args.recon).parent / f"{stem}_ground_truth", phantom.combine(), prefix=stem,
@@ -126,9 +147,6 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             )  # fmt: skip
             files.append(next(iter(truth.values())).parent)
         else:
-            from mr0core.io.png import write_png
-            from mr0core.jobs import image_volume
-
             files = [write_png(args.png, image_volume(rec.image))]
         for f in files:
             print(f"wrote {f}")
@@ -136,18 +154,73 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_recon(args: argparse.Namespace) -> int:
-    from mr0core.jobs import _check_writable, reconstruct_file, write_image
+    from mr0core.io.dicom_out import (
+        check_dicom_target,
+        identity_from_header,
+        mrd_file_geometry,
+        write_recon_dicom,
+    )
+    from mr0core.io.png import write_png
+    from mr0core.jobs import _check_writable, image_volume, reconstruct_file, write_image
 
+    if args.out is None and args.dicom is None:
+        raise ValueError("give --out (NIfTI) and/or --dicom (a DICOM series folder)")
+    if args.simulated and args.dicom is None:
+        raise ValueError("--simulated labels the DICOM series: it needs --dicom")
+    if args.dicom is not None:
+        check_dicom_target(args.dicom)
     for path in (args.out, args.png):
         if path is not None:
             _check_writable(Path(path))
     rec, sidecar = reconstruct_file(args.raw, method=args.method)
-    for f in write_image(rec, args.out, png=args.png, sidecar=sidecar):
+    files = write_image(rec, args.out, png=args.png, sidecar=sidecar) if args.out else []
+    if args.dicom is not None:  # identity from the header, geometry from the acquisitions
+        xml, centre_m, rotation, note = mrd_file_geometry(args.raw)
+        if note:
+            print(f"warning: {note}", file=sys.stderr)
+        files.append(write_recon_dicom(
+            rec, args.dicom, simulated=args.simulated, identity=identity_from_header(xml),
+            sidecar=sidecar, centre_m=centre_m, rotation=rotation,
+            series_description=f"mr0 recon {rec.method}",
+        ).folder)  # fmt: skip
+    if args.png and not args.out:
+        files.append(write_png(args.png, image_volume(rec.image)))
+    for f in files:
         print(f"wrote {f}")
     print(
         f"  {rec.method}: matrix {rec.matrix}, FOV {tuple(round(f * 1e3, 1) for f in rec.fov_m)} mm"
     )
     return 0
+
+
+def _cmd_send_dicom(args: argparse.Namespace) -> int:
+    import time
+
+    from mr0core.io.pacs import PacsError, PacsTarget, find_dicom_files, send_files
+
+    target = PacsTarget.parse(args.pacs, args.calling_aet)
+    if args.retries < 0 or not args.timeout > 0:
+        raise ValueError("--retries must be >= 0 and --timeout > 0")
+    files, skipped = find_dicom_files(args.folder)
+    for line in skipped:
+        print(f"warning: skipped {line}", file=sys.stderr)
+    if not files:
+        raise ValueError(f"no DICOM files under {args.folder}")
+    delay = 1.0
+    for attempt in range(args.retries + 1):
+        try:
+            report = send_files(files, target, timeout_s=args.timeout)
+            break
+        except PacsError as exc:
+            if attempt == args.retries:
+                raise
+            print(f"warning: {exc}; retry in {delay:g} s", file=sys.stderr)
+            time.sleep(delay)
+            delay *= 2
+    for path, why in report.failed.items():
+        print(f"error: {path}: {why}", file=sys.stderr)
+    print(f"sent {len(report.sent)} of {len(files)} files to {target}")
+    return 0 if report.ok else 2
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -486,9 +559,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=0.0, help="noise standard deviation")
     p.add_argument("--seed", type=int, default=None, help="noise seed")
     p.add_argument("--out", required=True, help="signal.npy or signal.mrd")
-    p.add_argument("--recon", default=None, help="also reconstruct into this .nii/.nii.gz")
+    p.add_argument(
+        "--recon",
+        default=None,
+        help="also reconstruct into this .nii/.nii.gz, or "
+        "into a DICOM series folder (a name ending in .dcm or .dcm/; SIMULATED)",
+    )
     p.add_argument("--png", default=None, help="also write a PNG preview")
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser(
+        "send-dicom",
+        help="C-STORE the DICOM files of a folder to a PACS",
+        description="Send every DICOM file under FOLDER to a PACS (C-STORE, pynetdicom); an "
+        "unreachable PACS is retried with exponential backoff (1, 2, 4 ... s).",
+    )
+    p.add_argument("folder", help="folder of DICOM files (any nesting)")
+    p.add_argument("--pacs", required=True, metavar="HOST:PORT:AET", help="the PACS")
+    p.add_argument("--calling-aet", default="MR0", help="our AE title (default MR0)")
+    p.add_argument("--retries", type=int, default=3, help="retries of an unreachable PACS (3)")
+    p.add_argument("--timeout", type=float, default=30.0, help="network timeout in s (30)")
+    p.set_defaults(func=_cmd_send_dicom)
 
     p = sub.add_parser(
         "recon",
@@ -498,7 +589,18 @@ def build_parser() -> argparse.ArgumentParser:
         "otherwise.",
     )
     p.add_argument("raw", help="ISMRMRD .mrd/.h5 file")
-    p.add_argument("--out", required=True, help="image .nii or .nii.gz (with a .json sidecar)")
+    p.add_argument("--out", default=None, help="image .nii or .nii.gz (with a .json sidecar)")
+    p.add_argument(
+        "--dicom",
+        default=None,
+        metavar="DIR",
+        help="write the image as a DICOM series folder (identity from the header)",
+    )
+    p.add_argument(
+        "--simulated",
+        action="store_true",
+        help="label the --dicom series SIMULATED (the raw data were simulated)",
+    )
     p.add_argument("--png", default=None, help="also write a PNG preview")
     p.add_argument("--method", default="auto", choices=["auto", "fft", "sense", "nufft", "adjoint"])
     p.set_defaults(func=_cmd_recon)

@@ -62,10 +62,14 @@ __all__ = [
     "SIMULATED_LABEL",
     "DicomIdentity",
     "DicomSeries",
+    "check_dicom_target",
     "identity_from_header",
+    "is_dicom_target",
+    "mrd_file_geometry",
     "mrd_image_affine",
     "write_dicom_images",
     "write_dicom_volume",
+    "write_recon_dicom",
 ]
 
 SIMULATED_LABEL = "SIMULATED"
@@ -766,3 +770,144 @@ def write_dicom_images(
         number = int(images[0].image_series_index)
     return _write_series(Path(folder), slices, identity or DicomIdentity(), simulated,
                          description, number, "")  # fmt: skip
+
+
+# -------------------------------------------------------------------------------------------
+# reconstructions (the ``mr0`` command)
+# -------------------------------------------------------------------------------------------
+
+
+def is_dicom_target(path: str | PathLike[str]) -> bool:
+    """Whether an output path names a DICOM series folder (it ends in ``.dcm`` or ``.dcm/``)."""
+    return os.fspath(path).rstrip("/").lower().endswith(".dcm")
+
+
+def check_dicom_target(path: str | PathLike[str]) -> Path:
+    """Fail before any work if a DICOM series folder cannot be written at ``path``.
+
+    Its parent must be a writable folder; the folder itself must not exist or be empty.
+    """
+    folder = Path(path)
+    parent = folder.parent
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise FileExistsError(f"DICOM output {folder} exists and is not an empty folder")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"output folder {parent} is not writable")
+    return folder
+
+
+def _with_sidecar(identity: DicomIdentity, sidecar: dict[str, Any] | None) -> DicomIdentity:
+    """Fill the identity's unknown sequence values from a BIDS sidecar (s → ms)."""
+    from dataclasses import replace
+
+    if not sidecar:
+        return identity
+    values: dict[str, Any] = {}
+    for key, name, scale in (
+        ("RepetitionTime", "repetition_time_ms", 1e3),
+        ("EchoTime", "echo_time_ms", 1e3),
+        ("InversionTime", "inversion_time_ms", 1e3),
+        ("FlipAngle", "flip_angle_deg", 1.0),
+        ("MagneticFieldStrength", "field_strength_t", 1.0),
+    ):
+        value = sidecar.get(key)
+        if getattr(identity, name) is None and isinstance(value, int | float):
+            number = float(value) * scale
+            if math.isfinite(number):
+                values[name] = number
+    return replace(identity, **values)
+
+
+def write_recon_dicom(
+    rec: Any,
+    folder: str | PathLike[str],
+    *,
+    simulated: bool,
+    identity: DicomIdentity | None = None,
+    sidecar: dict[str, Any] | None = None,
+    centre_m: SequenceABC[float] = (0.0, 0.0, 0.0),
+    rotation: Any = None,
+    series_description: str = "mr0 image",
+) -> DicomSeries:
+    """Write a :class:`~mr0core.recon.Reconstruction`'s magnitude as a DICOM series.
+
+    The volume and its affine are those of :func:`mr0core.jobs.write_image` (the NIfTI of the
+    same reconstruction): voxel ``n // 2`` at ``centre_m`` (RAS+, m), axes along ``rotation``'s
+    columns (identity if None). ``sidecar`` (BIDS, s) fills TR, TE, TI, flip angle and field
+    strength the identity does not have.
+    """
+    from mr0core.io.nifti import image_affine
+    from mr0core.jobs import image_volume
+
+    vol = image_volume(rec.image.detach().cpu()).abs().numpy()
+    nz = vol.shape[2]
+    fov = (rec.fov_m[0], rec.fov_m[1], rec.fov_m[2] * nz / max(rec.matrix[2], 1))
+    affine = image_affine((vol.shape[0], vol.shape[1], nz), fov, centre_m=centre_m,
+                          rotation=rotation)  # fmt: skip
+    ident = _with_sidecar(identity or DicomIdentity(), sidecar)
+    method = (sidecar or {}).get("ReconstructionMethod") or getattr(rec, "method", "")
+    return write_dicom_volume(folder, vol, affine, simulated=simulated, identity=ident,
+                              series_description=series_description,
+                              image_comments=f"reconstruction: {method}")  # fmt: skip
+
+
+def mrd_file_geometry(
+    path: str | PathLike[str],
+) -> tuple[Any, tuple[float, float, float], np.ndarray | None, str]:
+    """Return an ISMRMRD raw file's header XML, and the geometry of its imaging acquisitions.
+
+    Returns
+    -------
+    tuple
+        ``(header_xml or None, centre_m, rotation, note)``: the RAS+ centre (m) and ``[3, 3]``
+        rotation (columns: read, phase, slice directions in RAS+) when every imaging
+        acquisition has one position and orientation; otherwise ``(0, 0, 0)``, None and a
+        note saying why (the image then lies around the isocentre, as in its NIfTI).
+    """
+    import ismrmrd
+
+    dset = ismrmrd.Dataset(os.fspath(path), "dataset", create_if_needed=False)
+    try:
+        try:
+            xml = dset.read_xml_header()
+            xml = xml.decode() if isinstance(xml, bytes) else xml
+        except Exception:  # a file without a header: no identity from it
+            xml = None
+        n = dset.number_of_acquisitions()
+        geometries = set()
+        for i in range(min(n, 100_000)):
+            acq = dset.read_acquisition(i)
+            if int(acq.flags) & (1 << 18):  # noise
+                continue
+            parts = (acq.position, acq.read_dir, acq.phase_dir, acq.slice_dir)
+            geometries.add(tuple(round(float(v), 3) for part in parts for v in part))
+            if len(geometries) > 1:
+                break
+    finally:
+        dset.close()
+    if len(geometries) != 1:
+        why = "no imaging acquisitions" if not geometries else "acquisitions at several positions"
+        return (
+            xml,
+            (0.0, 0.0, 0.0),
+            None,
+            f"{why}: the DICOM geometry is the image grid at the isocentre",
+        )
+    g = np.asarray(next(iter(geometries)), dtype=np.float64).reshape(4, 3)
+    dirs = g[1:].T  # columns: read, phase, slice (LPS)
+    norms = np.linalg.norm(dirs, axis=0)
+    if (norms < 1e-6).any() or not np.allclose(
+        (dirs / norms).T @ (dirs / norms), np.eye(3), atol=1e-3
+    ):
+        return (
+            xml,
+            (0.0, 0.0, 0.0),
+            None,
+            "acquisition directions are not orthonormal: the DICOM geometry is the image grid "
+            "at the isocentre",
+        )
+    rot = _LPS @ (dirs / norms)
+    centre = _LPS @ g[0] / 1e3
+    return xml, (float(centre[0]), float(centre[1]), float(centre[2])), rot, ""
