@@ -12,7 +12,9 @@ Written files:
   to the bounding box of the non-background voxels; the affine (voxel index -> RAS+ mm, voxel
   centres) carries the crop offset.  The gzip stream has mtime 0, so reruns are byte-identical.
 * ``tissues.json``: per field strength ("3T", "1.5T") and tissue (gm, wm, csf) the T1, T2, T2*
-  (s) and M0 (arbitrary units) of the source, with the affine and the crop.
+  (s), M0 (arbitrary units), perfusion rate (ml/100 g/min) and transit time (s) of the source,
+  the source's blood T1 (s) and blood-brain partition coefficient (ml/g) per field, with the
+  affine and the crop.
 * ``LICENSE.asldro``: the ASLDRO MIT licence.
 
 Usage::
@@ -41,7 +43,16 @@ SEG_NAME = "icbm2009a_seg.nii.gz"
 JSON_NAME = "tissues.json"
 FIELDS = {"3T": "hrgt_icbm_2009a_nls_3t", "1.5T": "hrgt_icbm_2009a_nls_1.5t"}
 QUANTITIES = ("perfusion_rate", "transit_time", "t1", "t2", "t2_star", "m0", "seg_label")
-KEPT = {"t1": "T1", "t2": "T2", "t2_star": "T2star", "m0": "M0"}
+KEPT = {
+    "t1": "T1",
+    "t2": "T2",
+    "t2_star": "T2star",
+    "m0": "M0",
+    "perfusion_rate": "perfusion_rate",
+    "transit_time": "transit_time",
+}
+#: Source sidecar "parameters" kept per field: source name -> our name.
+KEPT_PARAMETERS = {"t1_arterial_blood": "T1_blood", "lambda_blood_brain": "lambda_blood_brain"}
 
 
 def download_wheel(dest: Path) -> Path:
@@ -96,7 +107,7 @@ def read_nifti(wheel: zipfile.ZipFile, name: str) -> tuple[np.ndarray, np.ndarra
 
 
 def tissue_values(data: np.ndarray, labels: dict[str, int]) -> dict[str, dict[str, float]]:
-    """Collect T1, T2, T2* and M0 per tissue label.
+    """Collect T1, T2, T2*, M0, perfusion rate and transit time per tissue label.
 
     The values are expected to be constant per label; if not, the median is recorded and a
     warning printed.
@@ -111,7 +122,8 @@ def tissue_values(data: np.ndarray, labels: dict[str, int]) -> dict[str, dict[st
     Returns
     -------
     dict[str, dict[str, float]]
-        Tissue name -> {"T1", "T2", "T2star" (s), "M0" (a.u.)}.
+        Tissue name -> {"T1", "T2", "T2star" (s), "M0" (a.u.), "perfusion_rate"
+        (ml/100 g/min), "transit_time" (s)}.
     """
     seg = data[..., QUANTITIES.index("seg_label")]
     out: dict[str, dict[str, float]] = {}
@@ -177,7 +189,16 @@ def main(argv: list[str] | None = None) -> None:
         "template": "ICBM 2009a non-linear symmetric, 1 mm",
         "segmentation_file": SEG_NAME,
         "labels": labels,
-        "units": {"T1": "s", "T2": "s", "T2star": "s", "M0": "a.u."},
+        "units": {
+            "T1": "s",
+            "T2": "s",
+            "T2star": "s",
+            "M0": "a.u.",
+            "perfusion_rate": "ml/100g/min",
+            "transit_time": "s",
+            "T1_blood": "s",
+            "lambda_blood_brain": "ml/g",
+        },
         "affine": affine.tolist(),
         "source_shape": list(seg.shape),
         "crop_start": [int(v) for v in lo],
@@ -186,6 +207,10 @@ def main(argv: list[str] | None = None) -> None:
             field: {
                 "B0_T": float(sidecar["parameters"]["magnetic_field_strength"]),
                 "tissues": tissue_values(data, labels),
+                **{
+                    ours: float(sidecar["parameters"][theirs])
+                    for theirs, ours in KEPT_PARAMETERS.items()
+                },
             }
             for field, (data, _, sidecar) in sources.items()
         },

@@ -36,6 +36,7 @@ __all__ = [
     "SLICE_THICKNESS_MM",
     "SegmentedPhantom",
     "brain",
+    "brain_ground_truth",
     "shepp_logan",
 ]
 
@@ -314,6 +315,39 @@ def _brain_source() -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     if not np.allclose(np.abs(affine[:3, :3]), np.eye(3)):
         raise ValueError("brain data: expected an axis-aligned 1 mm RAS+ grid")
     return seg, affine, meta
+
+
+def brain_ground_truth(field: str = "3T") -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Return the brain's 1 mm label map and the source's per-tissue values (ASL DRO truth).
+
+    Parameters
+    ----------
+    field : str
+        "3T" or "1.5T" (as :func:`brain`).
+
+    Returns
+    -------
+    seg : np.ndarray
+        Read-only uint8 [x, y, z] labels (0 background; see ``info["labels"]``), 1 mm.
+    affine : np.ndarray
+        [4, 4] voxel index -> MNI RAS+ mm at voxel centres.
+    info : dict
+        ``"labels"`` (tissue -> label), ``"tissues"`` (tissue -> ``T1``, ``T2``, ``T2star`` in s,
+        ``M0`` in a.u., ``perfusion_rate`` in ml/100 g/min, ``transit_time`` in s), ``"T1_blood"``
+        (s), ``"lambda_blood_brain"`` (ml/g), ``"B0_T"`` (T), ``"source"``.
+    """
+    seg, affine, meta = _brain_source()
+    key, _ = _parse_field(field)
+    values = meta["fields"][key]
+    info = {
+        "labels": dict(meta["labels"]),
+        "tissues": {t: dict(v) for t, v in values["tissues"].items()},
+        "T1_blood": float(values["T1_blood"]),
+        "lambda_blood_brain": float(values["lambda_blood_brain"]),
+        "B0_T": float(values["B0_T"]),
+        "source": meta["source"],
+    }
+    return seg, affine.copy(), info
 
 
 def _gauss(u: np.ndarray, centre: float, sigma: float) -> np.ndarray:
