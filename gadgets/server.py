@@ -113,6 +113,7 @@ from mr0core.io.mrd import (
     check_matrix,
     parse_header,
 )
+from mr0core.io.pacs import PacsQueue, PacsSender, PacsTarget
 from scheduler.cli import add_retention_options
 from scheduler.paths import private_dir
 from scheduler.retention import RetentionPolicy
@@ -129,6 +130,7 @@ from .chain import (
     parse_chain,
 )
 from .core import Context, GadgetError, Text
+from .dicom_output import SessionDicom
 from .jobs import JobRunner
 from .protocol import (
     Limits,
@@ -235,6 +237,10 @@ class ServerConfig:
     max_store_gb: float | None = None
     retention_interval_s: float = 3600.0
     trim_interval_s: float = 10.0
+    dicom_dir: Path | None = None
+    pacs: PacsTarget | None = None
+    pacs_max_queue_bytes: int = 2 * 2**30
+    pacs_max_queue_series: int = 1000
 
     def retention_policy(self) -> RetentionPolicy:
         """Return the retention policy of these settings (ValueError for bad values)."""
@@ -276,6 +282,13 @@ def _check_config(cfg: ServerConfig) -> None:
             f"got {cfg.trim_interval_s}"
         )
     cfg.retention_policy()  # names a bad retention_days, max_store_gb or interval_s
+    if cfg.pacs is not None and cfg.store_dir is None:
+        raise ValueError("pacs needs a store_dir (--store): the durable send queue lives there")
+    if cfg.pacs_max_queue_bytes < 1 or cfg.pacs_max_queue_series < 1:
+        raise ValueError(
+            f"pacs_max_queue_bytes and pacs_max_queue_series must be >= 1, got "
+            f"{cfg.pacs_max_queue_bytes}, {cfg.pacs_max_queue_series}"
+        )
 
 
 class SessionError(Exception):
@@ -348,6 +361,8 @@ class MrdServer:
         self._trimmed = time.monotonic()
         self.memory_trims = 0
         """How often freed memory was handed back (``ServerConfig.trim_interval_s``)."""
+        self.pacs: PacsSender | None = None
+        """The PACS sender while it runs (``ServerConfig.pacs``)."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -375,6 +390,18 @@ class MrdServer:
             )
         if cfg.save_dir is not None:
             private_dir(cfg.save_dir)  # 0700 whatever the umask (patient data)
+        if cfg.dicom_dir is not None:
+            private_dir(cfg.dicom_dir)
+        if cfg.pacs is not None and self.pacs is None:
+            assert cfg.store_dir is not None  # _check_config
+            private_dir(cfg.store_dir)
+            queue = PacsQueue(cfg.store_dir / "pacs", cfg.pacs,
+                              max_entries=cfg.pacs_max_queue_series,
+                              max_bytes=cfg.pacs_max_queue_bytes)  # fmt: skip
+            self.pacs = PacsSender(queue)
+            self.pacs.start()  # what a stopped server left queued goes out too
+            log.info("PACS sender", extra={"event": "pacs", "target": str(cfg.pacs),
+                                           "queued": len(queue.entries())})  # fmt: skip
         if cfg.scheduler and self.scheduler is None:
             self._start_scheduler()
         if cfg.store_dir is not None and self.store is None:
@@ -480,6 +507,9 @@ class MrdServer:
         if self.http is not None:
             self.http.stop()
             self.http = None
+        if self.pacs is not None:
+            self.pacs.stop()  # what is not delivered stays queued on disk
+            self.pacs = None
         self.board.close()
         if self._scheduler_tmp is not None:
             shutil.rmtree(self._scheduler_tmp, ignore_errors=True)
@@ -606,7 +636,7 @@ class MrdServer:
             session = Session(self.config, conn, sid, extra, self.store, self.runner,
                               self.scheduler, self.board, pace=pace,
                               admit=lambda: self._admit(sid, str(peer[0]), pace),
-                              saving=self._saving)  # fmt: skip
+                              saving=self._saving, pacs=self.pacs)  # fmt: skip
             session.run()
             outcome = "crash" if session.crashed else "error" if session.failed.is_set() else "ok"
             self.sessions_served += 1
@@ -730,8 +760,10 @@ class Session:
         pace: ReadPace | None = None,
         admit: Any = None,
         saving: _OpenPaths | None = None,
+        pacs: PacsSender | None = None,
     ) -> None:
         self.config = config
+        self.pacs = pacs
         self._saving = saving
         self._saver_path: Path | None = None
         if pace is None:
@@ -1200,17 +1232,21 @@ class Session:
                 return
             board = self.board
             client_images = self._client_images
+            dicom = self._dicom_output(chain)
             for out in chain.run(self.inputs()):
                 self.send(out)
                 count += 1
-                if (
-                    board is not None
-                    and type(out) is ismrmrd.Image
-                    and client_images.get(id(out)) is not out  # only images the server made
-                ):
-                    board.add_preview(self.sid, preamble.config_name, out)
+                if type(out) is ismrmrd.Image and client_images.get(id(out)) is not out:
+                    # only images the server made
+                    if board is not None:
+                        board.add_preview(self.sid, preamble.config_name, out)
+                    if dicom is not None:
+                        dicom.add(out)
                 if isinstance(out, Text):  # progress and reports go out at once
                     self.flush()
+            if dicom is not None:  # written here, sent to the PACS by its own thread
+                for line in dicom.finish():
+                    self.send(Text(line))
             self.close()
             log.info("session done", extra={**self.extra, "event": "done", "items_out": count})
         except _Aborted:
@@ -1228,6 +1264,14 @@ class Session:
             # wake the reader, which may be waiting for data that will not be used
             self.pace.cancel("the session failed")
             _drain(self.items)
+
+    def _dicom_output(self, chain: Chain) -> SessionDicom | None:
+        """Return the session's DICOM output (``--dicom-dir`` / ``--pacs``), or None."""
+        cfg = self.config
+        if cfg.dicom_dir is None and self.pacs is None:
+            return None
+        staging = cfg.store_dir / "pacs_incoming" if cfg.store_dir is not None else None
+        return SessionDicom(self.sid, chain.context.header, cfg.dicom_dir, self.pacs, staging)
 
     def store_job(self, pre: _Preamble, chain: Chain) -> None:
         """Store the session's input as a background job, queue it, answer with its id."""
@@ -1551,6 +1595,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Na
     parser.add_argument("--chains", type=Path, default=DEFAULT_CHAINS_DIR,
                         help="folder of chain XML files, chosen by config name")  # fmt: skip
     parser.add_argument("--save-dir", type=Path, help="save every session as MRD HDF5 here")
+    parser.add_argument("--dicom-dir", type=Path,
+                        help="also write every output image series as DICOM here")  # fmt: skip
+    parser.add_argument("--pacs", metavar="HOST:PORT:AET",
+                        help="C-STORE every output image series to this PACS (queued durably "
+                        "under --store while it is down)")  # fmt: skip
+    parser.add_argument("--pacs-calling-aet", default="MR0", help="our AE title (default MR0)")
+    parser.add_argument("--pacs-max-queue-mb", type=float, default=2048,
+                        help="largest PACS queue in MiB (default 2048)")  # fmt: skip
+    parser.add_argument("--pacs-max-queue-series", type=int, default=1000,
+                        help="most series in the PACS queue (default 1000)")  # fmt: skip
     parser.add_argument("--phantoms", type=Path,
                         help="folder of NIfTI phantoms (<name>.json) for previews")  # fmt: skip
     parser.add_argument("--store", type=Path,
@@ -1641,6 +1695,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Na
         token = load_token(opts.http_token_file)
     except AccessError as exc:
         parser.error(str(exc))
+    pacs = None
+    if opts.pacs is not None:
+        try:
+            pacs = PacsTarget.parse(opts.pacs, opts.pacs_calling_aet)
+        except ValueError as exc:
+            parser.error(f"--pacs: {exc}")
     config = ServerConfig(
         host=opts.host, port=opts.port, chains_dir=opts.chains, save_dir=opts.save_dir,
         phantoms_dir=opts.phantoms, store_dir=opts.store, job_workers=opts.job_workers,
@@ -1654,7 +1714,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Na
         rate_window_s=opts.rate_window, idle_timeout_s=opts.idle_timeout,
         send_timeout_s=opts.send_timeout, retention_days=opts.retention_days,
         max_store_gb=opts.max_store_gb, retention_interval_s=opts.retention_interval,
-        trim_interval_s=opts.trim_interval,
+        trim_interval_s=opts.trim_interval, dicom_dir=opts.dicom_dir, pacs=pacs,
+        pacs_max_queue_bytes=int(opts.pacs_max_queue_mb * 2**20),
+        pacs_max_queue_series=opts.pacs_max_queue_series,
     )  # fmt: skip
     try:
         _check_config(config)
