@@ -1,7 +1,7 @@
 """The ``mr0`` command line: library commands that need no server.
 
-Sub-commands: ``demo``, ``simulate``, ``recon``, ``send-dicom``, ``seq-info``, ``phantom`` and
-``rf-profile``.
+Sub-commands: ``demo``, ``simulate``, ``recon``, ``send-dicom``, ``seq-info``, ``phantom``,
+``rf-profile`` and ``twin``.
 Bad input (a missing or broken file, a phantom that does not load, an output that cannot be
 written) gives one line on stderr and exit status 2; ``--debug`` shows the traceback instead.
 """
@@ -62,6 +62,43 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     print(f"  system   {config.system.B0:g} T, gyro {config.system.gyro} MHz/T")
     print(f"  grid     {args.size} x {args.size} x {args.slices}")
     print(f"  files    {', '.join(files)}")
+    return 0
+
+
+def _cmd_twin(args: argparse.Namespace) -> int:
+    import os
+
+    from mr0core.phantom import TissueDict
+
+    if (args.from_dicom is None) == (args.from_bids is None):
+        raise ValueError("give exactly one of --from-dicom DIR and --from-bids ROOT")
+    if args.from_dicom is not None and (args.subject or args.session):
+        raise ValueError("--subject and --session belong to --from-bids, not --from-dicom")
+    if args.from_bids is not None and not args.subject:
+        raise ValueError("--from-bids needs --subject")
+    out = Path(args.out)
+    if out.suffix != ".json":
+        raise ValueError(f"--out must be a phantom .json file, got {out.name!r}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if args.from_dicom is not None:
+            twin = TissueDict.from_dicom(args.from_dicom, name=args.name)
+        else:
+            twin = TissueDict.from_bids(args.from_bids, args.subject, args.session, name=args.name)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    old = os.umask(0o077)  # patient data: files 0600
+    try:
+        config = twin.save(out)
+    finally:
+        os.umask(old)
+    tissue = twin[args.name]
+    print(f"wrote {out}")
+    voxel = [v * 1e3 / n for v, n in zip(tissue.size.tolist(), tissue.shape, strict=True)]
+    print(f"  grid     {' x '.join(map(str, tissue.shape))}, voxel "
+          f"{' x '.join(f'{v:.3g}' for v in voxel)} mm")  # fmt: skip
+    print(f"  system   {config.system.B0:g} T")
     return 0
 
 
@@ -663,6 +700,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None,
                    help="write z_mm,mxy,mxy_fourier,mz,refocus,refocus_fourier here")  # fmt: skip
     p.set_defaults(func=_cmd_rf_profile)
+
+    p = sub.add_parser(
+        "twin",
+        help="build a subject twin from quantitative maps in DICOM or BIDS",
+        description="Find a subject's T1, T2, PD (or M0) and optional T2*, ADC, B0 and B1 maps "
+        "in a DICOM folder (series classified by their attributes) or a BIDS dataset, convert "
+        "them to the simulator's units and write a NIfTI phantom (JSON + NIfTI, loadable with "
+        "TissueDict.load and by mr0-server --phantoms). Files are written 0600.",
+    )
+    p.add_argument("--from-dicom", metavar="DIR", default=None, help="a folder of DICOM files")
+    p.add_argument("--from-bids", metavar="ROOT", default=None, help="a BIDS dataset root")
+    p.add_argument("--subject", default=None, help="BIDS subject label (with --from-bids)")
+    p.add_argument("--session", default=None, help="BIDS session label (with --from-bids)")
+    p.add_argument("--name", default="subject", help="tissue name (default subject)")
+    p.add_argument("--out", required=True, help="the phantom .json to write")
+    p.set_defaults(func=_cmd_twin)
     return parser
 
 

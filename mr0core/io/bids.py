@@ -8,6 +8,7 @@ quantity, with BIDS-like suffixes (``_T1map``, ``_T2map``, …).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,7 +22,13 @@ import torch
 from mr0core.io.nifti import write_nifti
 from mr0core.io.params import SequenceParameters
 
-__all__ = ["GROUND_TRUTH_MAPS", "bids_sidecar", "json_safe", "write_ground_truth"]
+__all__ = [
+    "GROUND_TRUTH_MAPS",
+    "bids_sidecar",
+    "json_safe",
+    "write_dataset_description",
+    "write_ground_truth",
+]
 
 MANUFACTURER = "mr0-inline"
 SOFTWARE = "mr0core"
@@ -258,3 +265,55 @@ def write_ground_truth(
             path, data.numpy(), affine, sidecar=json_safe(sidecar), component="real"
         )
     return written
+
+
+_BIDS_ANAT_MAPS = ("T1map", "T2map", "PDmap")
+"""Ground-truth suffixes that BIDS knows as anatomical derivative maps (they need SkullStripped)."""
+
+
+def write_dataset_description(
+    root: str | PathLike[str], *, name: str = "mr0core simulation", phantom_name: str | None = None
+) -> Path:
+    """Make ``root`` a BIDS derivative dataset of :func:`write_ground_truth` outputs.
+
+    Writes ``dataset_description.json`` (``DatasetType`` derivative, ``GeneratedBy`` mr0core),
+    top-level sidecars ``T1map.json``, ``T2map.json``, ``PDmap.json`` holding
+    ``"SkullStripped": false`` (they apply to every subject by BIDS inheritance), and a
+    ``.bidsignore`` for the maps BIDS has no suffix for (``T2primemap``, ``B0map``, ``Dmap``).
+    Ground truth belongs in ``root/sub-<label>/anat/`` with ``prefix="sub-<label>_..."``.
+
+    Parameters
+    ----------
+    root
+        The dataset folder (created if missing).
+    name
+        The dataset's ``Name``.
+    phantom_name
+        Recorded in ``GeneratedBy``.
+
+    Returns
+    -------
+    pathlib.Path
+        The ``dataset_description.json`` written.
+    """
+    folder = Path(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    generated: dict[str, Any] = {"Name": SOFTWARE, "Version": _version()}
+    if phantom_name is not None:
+        generated["Description"] = f"simulated from phantom {phantom_name}"
+    description = {
+        "Name": name,
+        "BIDSVersion": "1.10.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated],
+    }
+    path = folder / "dataset_description.json"
+    path.write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+    for suffix in _BIDS_ANAT_MAPS:
+        (folder / f"{suffix}.json").write_text(
+            json.dumps({"SkullStripped": False}) + "\n", encoding="utf-8"
+        )
+    (folder / ".bidsignore").write_text(
+        "".join(f"*_{s}.*\n" for s in ("T2primemap", "B0map", "Dmap")), encoding="utf-8"
+    )
+    return path

@@ -417,8 +417,11 @@ def _frames_of(ds: Dataset, path: Path) -> tuple[list[_Frame], str | None]:
     if ts in _UNCOMPRESSED:
         bits = int(_get(ds, "BitsAllocated", 16))
         need = int(rows) * int(cols) * n_frames * bits // 8
-        if path.stat().st_size < need:
-            return [], f"truncated ({path.stat().st_size} bytes, pixel data alone needs {need})"
+        raw = ds.get_item("PixelData")
+        start = getattr(raw, "value_tell", None)
+        size = path.stat().st_size
+        if start is not None and start + need > size:
+            return [], f"truncated ({size} bytes; its pixel data needs {start + need})"
     image_type = tuple(str(v) for v in (_get(ds, "ImageType") or ()))
     instance = int(_float(_get(ds, "InstanceNumber", 0)) or 0)
     per_frame_seq = _get(ds, "PerFrameFunctionalGroupsSequence")
@@ -598,7 +601,9 @@ def discover(
             skips.add(path, f"{size} bytes > max_file_bytes {max_file_bytes}")
             continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=False, defer_size=256)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")  # pydicom's own complaints about bad files
+                ds = pydicom.dcmread(path, stop_before_pixels=False, defer_size=256)
         except InvalidDicomError:
             skips.add(path, "not a DICOM file")
             continue
@@ -612,7 +617,8 @@ def discover(
             continue  # the media directory: the walk finds the files it lists
         uid = _get(ds, "SeriesInstanceUID")
         if not uid:
-            skips.add(path, "no SeriesInstanceUID")
+            note = f" ({caught[0].message})" if caught else ""
+            skips.add(path, f"no SeriesInstanceUID{note}")
             continue
         try:
             frames, reason = _frames_of(ds, path)

@@ -254,9 +254,32 @@ class TissueDict(dict[str, VoxelGridPhantom]):
     @classmethod
     def from_maps(cls, directory: str | PathLike[str] | None = None, **maps: Any) -> TissueDict:
         """Build a one-tissue twin from quantitative maps; see :func:`.twin.from_maps`."""
+        from .clinical import bids_subject_hint
         from .twin import from_maps
 
-        return from_maps(directory, **maps)
+        try:
+            return from_maps(directory, **maps)
+        except PhantomError as e:
+            hint = bids_subject_hint(directory) if directory is not None else None
+            if hint is None:
+                raise
+            raise PhantomError(f"{e}. {hint}") from e
+
+    @classmethod
+    def from_dicom(cls, folder: str | PathLike[str], **kwargs: Any) -> TissueDict:
+        """Build a one-tissue twin from a DICOM folder's maps; see :func:`.clinical.from_dicom`."""
+        from .clinical import from_dicom
+
+        return from_dicom(folder, **kwargs)
+
+    @classmethod
+    def from_bids(
+        cls, root: str | PathLike[str], subject: str, session: str | None = None, **kwargs: Any
+    ) -> TissueDict:
+        """Build a one-tissue twin from a BIDS subject's maps; see :func:`.clinical.from_bids`."""
+        from .clinical import from_bids
+
+        return from_bids(root, subject, session, **kwargs)
 
     # ------------------------------------------------------------------ transforms
 
