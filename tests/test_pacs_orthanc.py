@@ -240,3 +240,51 @@ def test_server_options(tmp_path):
     assert PacsTarget.parse("[::1]:11112:AE").host == "::1"
     with pytest.raises(ValueError, match="ae_title"):
         PacsTarget.parse("h:104:" + "A" * 17)
+
+
+def test_server_keeps_serving_while_the_pacs_is_down(tmp_path):
+    dead = PacsTarget("127.0.0.1", _free_port(), AET)
+    cfg = ServerConfig(port=0, chains_dir=DEFAULT_CHAINS_DIR, scheduler=False,
+                       store_dir=tmp_path / "store", pacs=dead)  # fmt: skip
+    srv = MrdServer(cfg)
+    srv.start()
+    try:
+        params = {"seq": (CORPUS / "write_gre.seq").read_text(), "size": 8, "progress_s": 0}
+        for _ in range(2):  # two sessions in a row, each answered in full
+            with socket.create_connection(("127.0.0.1", srv.address[1]), timeout=60) as sock:
+                writer = MessageWriter(sock)
+                writer.write_config_file("mr0_preview")
+                writer.write_text(json.dumps(params))
+                writer.write_close()
+                msgs = list(MessageReader(sock))
+            assert msgs[-1].id == MessageId.CLOSE
+            assert sum(m.id == MessageId.IMAGE for m in msgs) == 1
+            assert any("queued for" in m.value for m in msgs if m.id == MessageId.TEXT)
+        queue = srv.pacs.queue
+    finally:
+        srv.shutdown(grace_s=5)
+    assert len(queue.entries()) == 2  # kept on disk for the next start
+    assert not (tmp_path / "store" / "pacs_incoming").exists() or not any(
+        (tmp_path / "store" / "pacs_incoming").iterdir()
+    )
+
+
+def test_which_server_images_count_as_simulated():
+    import ismrmrd
+
+    from gadgets.dicom_output import is_simulated
+
+    def image(**meta) -> ismrmrd.Image:
+        img = ismrmrd.Image.from_array(np.ones((1, 1, 2, 2), np.float32), transpose=False)
+        m = ismrmrd.Meta()
+        for k, v in meta.items():
+            m[k] = v
+        img.attribute_string = m.serialize()
+        return img
+
+    assert is_simulated(image(MR0Phantom="builtin:brain", SeriesDescription="MR0 twin preview"))
+    assert is_simulated(image(MR0Phantom="p", SeriesDescription="MR0 retro difference"))
+    assert not is_simulated(image(MR0Phantom="p", SeriesDescription="MR0 retro measured"))
+    assert not is_simulated(image(SeriesDescription="MR0 recon"))
+    assert is_simulated(image(MR0Simulated="true", SeriesDescription="anything"))
+    assert not is_simulated(image(MR0Simulated="false", MR0Phantom="p"))
