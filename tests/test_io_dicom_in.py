@@ -290,3 +290,18 @@ def test_geometry_and_values_match_dcm2niix(tmp_path: Path, enhanced: bool) -> N
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ vol.affine
     flipped = nib.as_closest_canonical(nib.Nifti1Image(vol.data, lps))
     assert not np.allclose(flipped.affine, ref.affine, atol=1e-4)
+
+
+def test_lut_only_real_world_mapping_warns(tmp_path: Path) -> None:
+    stored = _stored()
+    paths = write_classic(tmp_path, stored, Geometry(), study=Study(), description="x", number=1,
+                          slope=2.0)  # fmt: skip
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        item = pydicom.Dataset()
+        item.RealWorldValueLUTData = [0.0, 1.0]
+        ds.RealWorldValueMappingSequence = pydicom.Sequence([item])
+        ds.save_as(p)
+    with pytest.warns(UserWarning, match="only a LUT, which is not supported"):
+        vol = _one(discover(tmp_path)).load(convert_units=False)
+    np.testing.assert_allclose(vol.data, stored * 2.0)

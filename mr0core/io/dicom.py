@@ -26,7 +26,8 @@ magnitude and phase-difference images of a field-mapping scan are not maps in Hz
 Pixel values (per frame, the first that applies):
 
 1. the Real World Value Mapping sequence (standard; Philips writes it): its first linear item
-   (slope, intercept), with its unit from ``MeasurementUnitsCodeSequence`` (UCUM);
+   (slope, intercept), with its unit from ``MeasurementUnitsCodeSequence`` (UCUM); a mapping
+   that holds only a LUT is not supported (loading warns and uses rule 3);
 2. for Philips without it, the private scale slope ``(2005,100E)``: ``(PV·RS + RI) / (RS·SS)``
    (the floating-point value dcm2niix writes by default; unit unknown);
 3. ``RescaleSlope``/``RescaleIntercept`` (unit unknown).
@@ -265,6 +266,12 @@ class DicomSeries:
         frames, affine = _sort_and_affine(frames, str(self))
         units = {f.scaling.unit for f in frames}
         sources = {f.scaling.source for f in frames}
+        if any("ignored" in src for src in sources):
+            warnings.warn(
+                f"{self}: a Real World Value Mapping holds only a LUT, which is not supported; "
+                "values use RescaleSlope/Intercept instead",
+                stacklevel=2,
+            )
         vol = np.empty((self.columns, self.rows, len(frames)), dtype=np.float64)
         for k, f in enumerate(frames):
             arr = pixels[f.path]
@@ -395,6 +402,11 @@ def _scaling(ds: Dataset, per_frame: Any, shared: Any, manufacturer: str) -> _Sc
         intercept = _get(ds, "RescaleIntercept")
     rs = _float(slope) or 1.0
     ri = _float(intercept) or 0.0
+    has_lut = any(
+        _get(g, "RealWorldValueMappingSequence") for g in (per_frame, shared, ds) if g is not None
+    )
+    if has_lut:  # a Real World Value Mapping with only a LUT (RealWorldValueLUTData)
+        return _Scaling(rs, ri, None, "RescaleSlope/Intercept (RealWorldValueMapping LUT ignored)")
     if "philips" in manufacturer.lower():
         ss = _float(_philips_private(ds, 0x0E))
         if ss is not None and ss != 0:
