@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .sim_data import MOTION_NOT_SIMULATED, NotSimulated, SimData, VoxelShape, voxel_shape
+from .sim_data import MotionAttribute, SimData, VoxelShape, voxel_shape
 
 if TYPE_CHECKING:
     import matplotlib.figure
@@ -95,8 +95,8 @@ class CustomVoxelPhantom:
         overrides it, as in MR-zero; assigning ``None`` returns to the default.
     """
 
-    phantom_motion = NotSimulated(MOTION_NOT_SIMULATED)
-    voxel_motion = NotSimulated(MOTION_NOT_SIMULATED)
+    phantom_motion = MotionAttribute()
+    voxel_motion = MotionAttribute()
     PD = _VoxelValues()
     T1 = _VoxelValues()
     T2 = _VoxelValues()
@@ -180,6 +180,8 @@ class CustomVoxelPhantom:
             ),
             dephasing_func=self._shape_func,
             recover_func=_CustomRecovery(self.voxel_shape, self.voxel_size),
+            phantom_motion=self.phantom_motion,
+            voxel_motion=self.voxel_motion,
         )
 
     def _render(self, weights: torch.Tensor, resolution: int, fov: float) -> torch.Tensor:
@@ -268,7 +270,10 @@ class _CustomRecovery:
         self.voxel_size = voxel_size
 
     def __call__(self, data: SimData) -> CustomVoxelPhantom:
-        return CustomVoxelPhantom(
+        out = CustomVoxelPhantom(
             data.voxel_pos, data.PD, data.T1, data.T2, data.T2dash, data.D, data.B0, data.B1,
             self.voxel_size, self.shape, data.coil_sens,
         )  # fmt: skip
+        out.phantom_motion = data.phantom_motion
+        out.voxel_motion = data.voxel_motion
+        return out

@@ -120,32 +120,27 @@ def _check(name: str, value: torch.Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError(f"SimData.{name} has shape {tuple(value.shape)}, expected {shape}")
 
 
-class NotSimulated:
-    """An attribute of MR-zero's interface that the simulation does not implement yet.
+class MotionAttribute:
+    """``phantom_motion`` / ``voxel_motion``: None or a function of time.
 
-    Reading it gives ``None``; setting it to anything else raises :class:`NotImplementedError`
-    naming the attribute, so that a script that relies on it fails loudly instead of getting a
-    result that silently ignores it (``phantom_motion`` and ``voxel_motion``: the simulated
-    subject does not move yet).
+    See :mod:`mr0core.sim.motion`.
+
+    Assigning anything else raises :class:`TypeError` naming the attribute.
     """
-
-    def __init__(self, why: str) -> None:
-        self.why = why
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
     def __get__(self, obj: object, objtype: type | None = None) -> Any:
-        return self if obj is None else None
+        return self if obj is None else obj.__dict__.get(self.name)
 
     def __set__(self, obj: object, value: Any) -> None:
-        if value is not None:
-            raise NotImplementedError(f"{type(obj).__name__}.{self.name}: {self.why}")
-
-
-MOTION_NOT_SIMULATED = (
-    "motion is not simulated yet (the subject stands still), so it would be ignored; leave it None"
-)
+        if value is not None and not callable(value):
+            raise TypeError(
+                f"{type(obj).__name__}.{self.name} must be a function of time (a tensor of s) or "
+                f"None, got {type(value).__name__}"
+            )
+        obj.__dict__[self.name] = value
 
 
 class SimData:
@@ -174,16 +169,18 @@ class SimData:
         k-space response of the voxel shape, ``(k [..., 3], nyquist [3]) -> [...]``.
     recover_func
         Optional function ``SimData -> phantom`` that undoes ``build()``.
-    phantom_motion, voxel_motion
-        MR-zero's motion interface: only ``None`` is accepted for now; anything else raises
-        :class:`NotImplementedError` (motion is not simulated yet, and it is never ignored
-        silently).
+    phantom_motion
+        Optional rigid motion ``time [N] (s) -> (rotation [N, 3, 3], offset [N, 3] m)``: a voxel at
+        ``p`` is at ``p @ rotation + offset`` (:mod:`mr0core.sim.motion`).
+    voxel_motion
+        Optional per-voxel motion ``time [N] (s) -> positions [N, voxels, 3] m``; wins over
+        ``phantom_motion``.
     tissue_masks
         Optional ``{name: bool [voxels]}``, e.g. which voxels belong to which tissue.
     """
 
-    phantom_motion = NotSimulated(MOTION_NOT_SIMULATED)
-    voxel_motion = NotSimulated(MOTION_NOT_SIMULATED)
+    phantom_motion = MotionAttribute()
+    voxel_motion = MotionAttribute()
 
     def __init__(
         self,
@@ -303,11 +300,14 @@ class SimData:
         name (and voxel size). ``recover_func`` is a function and is *not* kept: the rebuilt
         data simulate the same, but :meth:`recover` raises on them.
 
+        Motion is kept when it is a model of :mod:`mr0core.sim.motion` (``RigidMotion``,
+        ``MotionLog``), as its parameters.
+
         Raises
         ------
         TypeError
-            When ``dephasing_func`` is not a :class:`VoxelShape` (a custom function cannot be
-            written as plain data).
+            When ``dephasing_func`` is not a :class:`VoxelShape`, or the motion is a function
+            other than a motion model (a custom function cannot be written as plain data).
         """
         shape = self.dephasing_func
         if not isinstance(shape, VoxelShape):
@@ -316,6 +316,11 @@ class SimData:
                 "function cannot be saved as plain data"
             )
         size = None if shape.voxel_size is None else [float(v) for v in shape.voxel_size]
+        motion = None
+        if self.voxel_motion is not None or self.phantom_motion is not None:
+            from mr0core.sim.motion import motion_spec  # (mr0core.sim imports this module)
+
+            motion = motion_spec(self.phantom_motion, self.voxel_motion)
         return {
             "format": self.STATE_FORMAT,
             "version": self.STATE_VERSION,
@@ -324,6 +329,7 @@ class SimData:
             "tissue_masks": {k: v.detach().cpu() for k, v in self.tissue_masks.items()},
             "voxel_shape": shape.name,
             "voxel_size": size,
+            "motion": motion,
         }
 
     @classmethod
@@ -367,7 +373,18 @@ class SimData:
         if not isinstance(name, str):
             raise ValueError(f"SimData state: voxel_shape must be a name, got {name!r}")
         shape = VoxelShape(name, None if size is None else (size[0], size[1], size[2]))
-        return cls(**tensors, affine=affine, dephasing_func=shape, tissue_masks=masks)
+        motion = state.get("motion")
+        if motion is not None:
+            from mr0core.sim.motion import motion_from_spec  # (mr0core.sim imports this module)
+
+            try:
+                motion = motion_from_spec(motion)
+            except ValueError as exc:
+                raise ValueError(f"SimData state: motion: {exc}") from exc
+        return cls(
+            **tensors, affine=affine, dephasing_func=shape, tissue_masks=masks,
+            phantom_motion=motion,
+        )  # fmt: skip
 
     def recover(self) -> Any:
         """Rebuild the phantom this data was built from (voxels under the threshold are zero)."""

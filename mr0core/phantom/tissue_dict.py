@@ -386,7 +386,23 @@ class TissueDict(dict[str, VoxelGridPhantom]):
             ),
             tissue_masks=masks,
             affine=parts[0].affine,
+            phantom_motion=self._shared_motion(),
         )
+
+    def _shared_motion(self) -> Any:
+        """Return the tissues' common ``phantom_motion`` (they move as one subject), or None."""
+        if any(t.voxel_motion is not None for t in self.values()):
+            raise NotImplementedError(
+                "TissueDict.build: voxel_motion of single tissues is not simulated; give the "
+                "built SimData a voxel_motion, or the tissues one phantom_motion"
+            )
+        motions = {id(t.phantom_motion): t.phantom_motion for t in self.values()}
+        if len(motions) > 1:
+            raise ValueError(
+                "TissueDict.build: the tissues have different phantom_motion; a subject moves as "
+                "one (set the same function on every tissue)"
+            )
+        return next(iter(motions.values()), None)
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k!r}: {v!r}" for k, v in self.items())
@@ -521,6 +537,7 @@ class _TissueRecovery:
                 voxel_pos=data.voxel_pos[sel],
                 nyquist=data.nyquist,
                 dephasing_func=data.dephasing_func,
+                phantom_motion=data.phantom_motion,
             )
             assert isinstance(grid, GridRecovery)
             out[name] = grid(part)

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .sim_data import MOTION_NOT_SIMULATED, NotSimulated, SimData, voxel_shape
+from .grid_motion import GridVoxelMotion
+from .sim_data import MotionAttribute, SimData, voxel_shape
 
 if TYPE_CHECKING:
     import matplotlib.figure
@@ -159,9 +160,15 @@ class VoxelGridPhantom:
         releases pass here, the ``[3]`` physical size in m. Of an affine only the rotation and the
         position of the centre voxel are kept; the voxel size follows ``size`` when it is given,
         else the affine's column lengths.
-    phantom_motion, voxel_motion
-        MR-zero's motion interface: only ``None`` for now (anything else raises
-        :class:`NotImplementedError`; see :class:`~mr0core.phantom.sim_data.NotSimulated`).
+    phantom_motion
+        Optional rigid motion ``time [N] (s) -> (rotation [N, 3, 3], offset [N, 3] m)``
+        (:mod:`mr0core.sim.motion`); kept by every method.
+    voxel_motion
+        Optional per-voxel motion ``time [N] (s) -> positions [N, x·y·z, 3] m`` of every grid voxel
+        (flattened like ``PD.flatten()``), or of the voxels ``build()`` keeps. Carried through
+        ``build``, ``slices``, ``interpolate`` and ``to``
+        (:class:`~mr0core.phantom.grid_motion.GridVoxelMotion`); the other resampling and
+        placing methods raise :class:`NotImplementedError` with it.
     tissue_masks
         Optional ``{name: [x, y, z]}`` masks.
     size
@@ -177,8 +184,8 @@ class VoxelGridPhantom:
         and editable in place (``obj.size[2] = 0.008``).
     """
 
-    phantom_motion = NotSimulated(MOTION_NOT_SIMULATED)
-    voxel_motion = NotSimulated(MOTION_NOT_SIMULATED)
+    phantom_motion = MotionAttribute()
+    voxel_motion = MotionAttribute()
     PD = _GridMap()
     T1 = _GridMap()
     T2 = _GridMap()
@@ -282,13 +289,22 @@ class VoxelGridPhantom:
         return out
 
     def _with_maps(
-        self, maps: dict[str, Any], size: torch.Tensor | None = None
+        self,
+        maps: dict[str, Any],
+        size: torch.Tensor | None = None,
+        voxel_motion: Any = None,
+        what: str = "",
     ) -> VoxelGridPhantom:
+        if self.voxel_motion is not None and voxel_motion is None:
+            raise NotImplementedError(
+                f"VoxelGridPhantom.{what}: voxel_motion is carried only through build, slices, "
+                "interpolate and to; apply the motion to the result instead"
+            )
         out = VoxelGridPhantom(
             **{k: maps[k] for k in (*_REAL_MAPS, *_CHANNEL_MAPS)},
             size=self.size.clone() if size is None else size,
             phantom_motion=self.phantom_motion,
-            voxel_motion=self.voxel_motion,
+            voxel_motion=voxel_motion,
             tissue_masks=maps.get("tissue_masks"),
         )
         if self._affine is not None:
@@ -324,7 +340,7 @@ class VoxelGridPhantom:
 
         maps: dict[str, Any] = {k: turn(v) for k, v in self._all_maps().items()}
         maps["tissue_masks"] = {k: turn(v) for k, v in self.tissue_masks.items()}
-        out = self._with_maps(maps)
+        out = self._with_maps(maps, what="mirror")
         out._affine = None
         return out
 
@@ -333,7 +349,7 @@ class VoxelGridPhantom:
         maps: dict[str, Any] = {k: v.transpose(-3, -2) for k, v in self._all_maps().items()}
         maps["tissue_masks"] = {k: v.transpose(-3, -2) for k, v in self.tissue_masks.items()}
         size = self.size[[1, 0, 2]].clone()
-        out = self._with_maps(maps, size)
+        out = self._with_maps(maps, size, what="transpose_xy")
         out._affine = None
         return out
 
@@ -342,7 +358,9 @@ class VoxelGridPhantom:
         new = torch.as_tensor(size, dtype=torch.float32).to(self.device).flatten()
         if new.shape != (3,) or not bool(torch.all(new > 0)) or not bool(torch.isfinite(new).all()):
             raise ValueError(f"size must be three positive lengths in m, got {size}")
-        return self._with_maps({**self._all_maps(), "tissue_masks": dict(self.tissue_masks)}, new)
+        return self._with_maps(
+            {**self._all_maps(), "tissue_masks": dict(self.tissue_masks)}, new, what="with_size"
+        )
 
     # ------------------------------------------------------------------ resizing
 
@@ -366,7 +384,13 @@ class VoxelGridPhantom:
         maps["tissue_masks"] = {k: v.index_select(-1, index) for k, v in self.tissue_masks.items()}
         size = self.size.clone()
         size[2] = size[2] * len(idx) / nz
-        return self._with_maps(maps, size)
+        return self._with_maps(maps, size, self._grid_motion(lambda m: m.sliced(idx, size)))
+
+    def _grid_motion(self, step: Any) -> Any:
+        """``voxel_motion`` after a resampling ``step`` (None without one)."""
+        if self.voxel_motion is None:
+            return None
+        return step(GridVoxelMotion.wrap(self.voxel_motion, self.shape, self.size))
 
     def interpolate(self, x: int, y: int, z: int) -> VoxelGridPhantom:
         """Resample every map to ``[x, y, z]`` with trilinear interpolation (size unchanged)."""
@@ -382,7 +406,7 @@ class VoxelGridPhantom:
 
         maps: dict[str, Any] = {k: resample(v) for k, v in self._all_maps().items()}
         maps["tissue_masks"] = {k: resample(v) for k, v in self.tissue_masks.items()}
-        return self._with_maps(maps)
+        return self._with_maps(maps, None, self._grid_motion(lambda m: m.interpolated(shape)))
 
     def scale_fft(self, x: int, y: int, z: int) -> VoxelGridPhantom:
         """Resize by FFT, centred crop or zero-pad of k-space, inverse FFT (size unchanged).
@@ -410,7 +434,7 @@ class VoxelGridPhantom:
 
         maps: dict[str, Any] = {k: resample(v) for k, v in self._all_maps().items()}
         maps["tissue_masks"] = {k: resample(v) for k, v in self.tissue_masks.items()}
-        return self._with_maps(maps)
+        return self._with_maps(maps, what="scale_fft")
 
     # ------------------------------------------------------------------ conversion
 
@@ -418,7 +442,9 @@ class VoxelGridPhantom:
         """Return a copy with every map on ``device``."""
         maps: dict[str, Any] = {k: v.to(device) for k, v in self._all_maps().items()}
         maps["tissue_masks"] = {k: v.to(device) for k, v in self.tissue_masks.items()}
-        return self._with_maps(maps, self.size.to(device))
+        return self._with_maps(
+            maps, self.size.to(device), self._grid_motion(lambda m: m.moved(device))
+        )
 
     def build(self, PD_threshold: float = 1e-6, voxel_shape: str = "sinc") -> SimData:
         """Flatten into :class:`SimData`, keeping voxels with ``PD > PD_threshold``.
@@ -454,7 +480,7 @@ class VoxelGridPhantom:
             dephasing_func=dephasing,
             recover_func=GridRecovery(self.shape, mask.cpu(), self._affine, self._affine_shape),
             phantom_motion=self.phantom_motion,
-            voxel_motion=self.voxel_motion,
+            voxel_motion=self._grid_motion(lambda m: m.built(mask)),
             tissue_masks={k: v[mask] for k, v in self.tissue_masks.items()},
             affine=torch.as_tensor(self.affine),
         )
@@ -706,10 +732,17 @@ class GridRecovery:
             **{k: scatter(getattr(data, k)) for k in (*_REAL_MAPS, *_CHANNEL_MAPS)},
             size=data.size.clone(),
             phantom_motion=data.phantom_motion,
-            voxel_motion=data.voxel_motion,
+            voxel_motion=_unbuilt(data.voxel_motion),
             tissue_masks={k: scatter(v.to(torch.float32)) for k, v in data.tissue_masks.items()},
         )
         if self.affine is not None:
             phantom._affine = self.affine
             phantom._affine_shape = self.affine_shape or self.shape
         return phantom
+
+
+def _unbuilt(motion: Any) -> Any:
+    """Return a built grid phantom's ``voxel_motion`` for the recovered (whole) grid."""
+    if isinstance(motion, GridVoxelMotion) and motion.mask is not None:
+        return motion.built_from()
+    return motion

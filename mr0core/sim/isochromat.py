@@ -55,6 +55,10 @@ Diffusion
     ``exp(−bD)`` with ``b = (2πG)² δ² (Δ − δ/3)`` even with one event per lobe. The generator
     is seeded like the spin samples, so results are reproducible (for a given voxel chunking).
     Spins are not confined to their voxel.
+Motion
+    A moving phantom (``phantom_motion``/``voxel_motion``, :mod:`mr0core.sim.motion`) moves each
+    voxel's spins with its centre: in every event the centre is taken at the event's midpoint
+    (the spin offsets keep their orientation). Not available with ``rf_model="shaped"``.
 ``perfect_spoiling``
     Sets all ``m+`` to zero right before every excitation pulse (usage ``EXCIT``), as MR-zero
     does; refocusing and other pulses act on the transverse magnetisation as it is.
@@ -88,6 +92,7 @@ from tqdm import tqdm
 
 from mr0core.sequence import PulseUsage
 
+from .motion import MotionSampler, event_midpoints
 from .rf import effective_b1
 from .shaped import ShapedRfError, check_rf_model, step_rotation, warn_no_waveforms
 
@@ -129,6 +134,7 @@ class _Rep:
     k: torch.Tensor  # [events, 3] 1/m (physical)
     adc_phase: torch.Tensor  # [events]
     adc: list[bool]
+    times: torch.Tensor  # [events] absolute event midpoints, s (for motion)
     shaped: bool = False  # the pulse is played by RF pieces in the events (rf_model="shaped")
     pieces: dict[int, _Pieces] | None = None  # event -> RF pieces played in it
 
@@ -191,8 +197,14 @@ def isochromat_sim(
     u = samples.clamp(_U_EPS, 1 - _U_EPS)
     cauchy = torch.tan(math.pi * (u[:, 0] - 0.5))  # [spins], unit half width
     offsets = _spin_offsets(data, u[:, 1:], fdt)  # [spins, 3] m
-    reps = [_prepare(rep, data, seq.normalized_grads, i) for i, rep in enumerate(seq)]
+    starts = np.concatenate([[0.0], np.cumsum([float(r.event_time.detach().double().sum())
+                                               for r in seq])])  # fmt: skip
+    reps = [_prepare(rep, data, seq.normalized_grads, i, starts[i]) for i, rep in enumerate(seq)]
+    moving = data.voxel_motion is not None or data.phantom_motion is not None
     if check_rf_model(rf_model) == "shaped":
+        if moving:
+            raise ShapedRfError("isochromat_sim: rf_model='shaped' with a moving phantom is not "
+                                "simulated yet")  # fmt: skip
         if perfect_spoiling:
             raise ShapedRfError("isochromat_sim: perfect_spoiling is not available with "
                                 "rf_model='shaped'")  # fmt: skip
@@ -201,13 +213,13 @@ def isochromat_sim(
     n_coils = data.coil_sens.shape[0]
     n_vox = data.voxel_count
     chunk = max(1, _CHUNK_ELEMENTS // spins)
-    starts = list(range(0, n_vox, chunk))
+    chunks = list(range(0, n_vox, chunk))
     gen = torch.Generator(device=dev)
     gen.manual_seed(_seed(r2_seed))
 
     signal: torch.Tensor | None = None
-    with tqdm(total=len(reps) * len(starts), desc="isochromat", disable=not print_progress) as bar:
-        for start in starts:
+    with tqdm(total=len(reps) * len(chunks), desc="isochromat", disable=not print_progress) as bar:
+        for start in chunks:
             part = _simulate(
                 reps, data, slice(start, start + chunk), cauchy, offsets, perfect_spoiling, gen,
                 bar,
@@ -300,8 +312,8 @@ def _spin_offsets(data: SimData, u: torch.Tensor, fdt: torch.dtype) -> torch.Ten
     return (u - 0.5) * edge
 
 
-def _prepare(rep: Repetition, data: SimData, normalized: bool, index: int) -> _Rep:
-    """Move a repetition to the phantom device and convert its gradient moments to 1/m."""
+def _prepare(rep: Repetition, data: SimData, normalized: bool, index: int, start: float) -> _Rep:
+    """Move a repetition (starting at ``start`` s) to the phantom device; moments in 1/m."""
     dev, fdt = data.device, torch.float32
     gradm = rep.gradm.to(dev, fdt)
     if normalized:
@@ -325,6 +337,7 @@ def _prepare(rep: Repetition, data: SimData, normalized: bool, index: int) -> _R
         k=gradm,
         adc_phase=rep.adc_phase.to(dev, fdt),
         adc=[bool(a > 0) for a in rep.adc_usage.tolist()],
+        times=event_midpoints(rep.event_time.to(dev), start),
     )
 
 
@@ -431,6 +444,7 @@ def _simulate(
     """Simulate the voxels ``sl``; return their summed signal ``[samples, coils]``."""
     dev, fdt, cdt = data.device, torch.float32, torch.complex64
     pos = data.voxel_pos[sl].to(dev, fdt)  # [V, 3]
+    motion = MotionSampler.of(data, data.voxel_pos.to(dev, fdt))
     t1 = data.T1[sl].to(fdt).clamp_min(1e-12)[:, None]
     t2 = data.T2[sl].to(fdt).clamp_min(1e-12)[:, None]
     t2d = data.T2dash[sl].to(fdt).clamp_min(1e-12)[:, None]
@@ -452,6 +466,7 @@ def _simulate(
             angle = (rep.angle * b1eff.abs())[:, None]
             phase = (rep.phase + torch.angle(b1eff))[:, None]
             mp, mz = _pulse(mp, mz, angle, phase)
+        moved = None if motion is None else motion.positions(rep.times)[:, sl]  # [E, V, 3]
         for e in range(len(rep.adc)):
             dt, k = rep.dt[e], rep.k[e]
             pieces = rep.pieces.get(e) if rep.pieces is not None else None
@@ -469,8 +484,10 @@ def _simulate(
                     rot = torch.polar(torch.ones_like(rep.adc_phase[e]), rep.adc_phase[e])
                     out.append((pd_coil * mp.mean(dim=1)).sum(dim=1) * rot)
                 continue
-            # gradient phase k·r with r = voxel position + spin offset (+ random walk)
-            cycles = (pos @ k)[:, None] + (offsets @ k)[None, :] + df * dt
+            # gradient phase k·r with r = voxel position (at the event's midpoint when the
+            # phantom moves) + spin offset (+ random walk)
+            centre = pos if moved is None else moved[e]
+            cycles = (centre @ k)[:, None] + (offsets @ k)[None, :] + df * dt
             if diffusing and rep.dt_list[e] > 0:
                 # the walk during the event: increment and time average, drawn jointly (module
                 # documentation); sqrt has an infinite derivative at 0 (D = 0 voxels): clamp

@@ -12,6 +12,12 @@ For each repetition the pass
    per (state, sample). Phantoms with many distinct (T2′, D) pairs use an exact per-voxel path;
 3. relaxes, diffuses and recovers the states to the end of the repetition.
 
+A moving phantom (``phantom_motion``/``voxel_motion``, :mod:`mr0core.sim.motion`) adds, per
+event, the phase ``-2π Δk·(r(t) − r0)`` of the moved positions beyond the still one: it enters the
+sample phasors of step 2 (formed directly then, without the step cache or the batch) and, at the
+repetition's end, the transverse states' magnetisation, which carries it on. A still phantom takes
+none of this.
+
 The signal is ``Σ_voxels PD · coil · m+ · exp(+i adc_phase)``, not normalised by the voxel count,
 sampled at the end of each ADC event, as MR-zero defines it.
 """
@@ -38,6 +44,7 @@ from .graph import (
     Z_FROM_Z,
     Graph,
 )
+from .motion import MotionSampler, event_midpoints, motion_phase
 from .rf import effective_b1
 from .shaped import (
     ShapedRfError,
@@ -314,6 +321,10 @@ def execute_graph(
     if len(graph) != len(seq):
         raise ValueError(f"the graph has {len(graph)} repetitions, the sequence {len(seq)}")
     shaped = check_rf_model(rf_model) == "shaped"
+    moving = data.voxel_motion is not None or data.phantom_motion is not None
+    if shaped and moving:
+        raise ShapedRfError("rf_model='shaped' with a moving phantom (phantom_motion or "
+                            "voxel_motion) is not simulated yet")  # fmt: skip
     n_sub = 1
     if shaped:
         warn_no_waveforms(seq)
@@ -347,6 +358,7 @@ def execute_graph(
     )  # fmt: skip
     bounds: list[tuple[int, int]] = []
     group_pd_coil = None
+    order = None
     if not exact:
         # Sort the voxels by group once, so that each group is a contiguous slice (no gathers
         # per repetition). The signal is a sum over voxels, so the order does not matter.
@@ -359,6 +371,9 @@ def execute_graph(
         group_pd_coil = torch.zeros((len(bounds), n_coil, n_vox), dtype=cdt, device=dev)
         for gi, (lo, hi) in enumerate(bounds):
             group_pd_coil[gi, :, lo:hi] = pd_coil[lo:hi].T
+    # a moving phantom: per event, the phase beyond the still phantom's (mr0core.sim.motion)
+    motion = MotionSampler(data, pos, order) if moving else None
+    motion_grad = motion is not None and motion.requires_grad(torch.zeros(1, dtype=fdt, device=dev))
 
     static_grad = pos.requires_grad or b0.requires_grad or t2.requires_grad
     # Without gradients through the sequence, the states' k and τ and the repetitions' event
@@ -369,7 +384,7 @@ def execute_graph(
     # Without autograd, the states of a repetition are one tensor [transverse; longitudinal],
     # relaxed in place, that the next repetition gathers its parents from
     fast = not torch.is_grad_enabled() or not (
-        seq_grad or static_grad or any(
+        seq_grad or static_grad or motion_grad or any(
             x.requires_grad for x in (t1, t2d, diff, pd_coil, b1, z0)
         ) or any(rep.pulse.angle.requires_grad or rep.pulse.phase.requires_grad
                  or rep.pulse.shim_array.requires_grad for rep in seq)
@@ -392,11 +407,12 @@ def execute_graph(
     signals: list[torch.Tensor | None] = []
     mags: list[torch.Tensor] = []
     batch = None
-    if fast and not exact and group_pd_coil is not None:
+    if fast and not exact and group_pd_coil is not None and motion is None:
         assert groups is not None
         batch = _SignalBatch(pos, b0, t2, groups, group_pd_coil, nyquist, data.dephasing_func,
                              phasor_cache)  # fmt: skip
     four_pi2 = 4 * math.pi**2
+    t_start = 0.0  # s, the repetition's start (for the motion's times)
 
     def tensor(x: np.ndarray, dtype: torch.dtype = fdt) -> torch.Tensor:
         return torch.from_numpy(x).to(dev, dtype)
@@ -496,6 +512,12 @@ def execute_graph(
                                           + (g_np**2).sum(1) / 3))  # fmt: skip
             total_np = float(dt_np.sum())
             n_events = len(dt_np)
+        mphase = None  # [E, V] cycles, the motion's phase beyond the still phantom's
+        if motion is not None and n_events:
+            times = event_midpoints(rep.event_time.to(dev), t_start)
+            moments = g if seq_grad else tensor(g_np)
+            mphase = motion_phase(motion, times, moments)
+        t_start += float(rep.event_time.detach().double().sum())
         adc_np = np.flatnonzero(rep.adc_usage.detach().cpu().numpy() > 0)
         if len(adc_np):
             emit = np.flatnonzero(rg.plus_emitted[act_p] >= min_emitted_signal)
@@ -509,7 +531,7 @@ def execute_graph(
                 K, T = tensor(kcum_np[adc_np]), tensor(tcum_np[adc_np])
                 L, C = tensor(lin_np[adc_np]), tensor(const_np[adc_np])
                 k0_e, tau0_e = tensor(k0_np[emit]), tensor(tau0_np[emit])
-                if not exact and not static_grad:
+                if not exact and not static_grad and mphase is None:
                     # float64 sample positions, to find the samples that share a step (k, t)
                     steps = (kcum_np[adc_np], tcum_np[adc_np])
             m_e = new_p[tensor(emit, torch.int64)]
@@ -525,6 +547,7 @@ def execute_graph(
                     m_e, k0_e, tau0_e, K, T, L, C, rep.adc_phase.to(dev, fdt)[adc], pos, b0,
                     t2, t2d, diff, pd_coil, nyquist, data.dephasing_func, groups, bounds, exact,
                     steps, phasor_cache, group_pd_coil,
+                    None if mphase is None else mphase[adc],
                 )  # fmt: skip
                 signals.append(sig)
                 mags.extend(mag_adc)
@@ -556,6 +579,8 @@ def execute_graph(
                 f[:n_ap] += rates[0]
                 f[n_ap:] += rates[1]
                 new.mul_(f.neg_().exp_())
+                if mphase is not None:
+                    new[:n_ap] *= _cis(-_TWO_PI * mphase[-1])
                 p_mag, z_mag = new[:n_ap], new[n_ap:]
                 z_mag[0] += rates[2]  # recovery feeds the relaxed state
             else:
@@ -566,6 +591,8 @@ def execute_graph(
                     z_mag = torch.cat([z_mag[:1] + (1 - e1_t1), z_mag[1:]])
                 else:
                     z_mag[0] += 1 - e1_t1  # recovery feeds the relaxed state
+                if mphase is not None:  # after the in-place updates of `new`'s views
+                    p_mag = p_mag * _cis(-_TWO_PI * mphase[-1])
         else:
             p_mag, z_mag = new_p, new_z
             if seq_grad:
@@ -681,6 +708,7 @@ def _signal(
     steps: tuple[np.ndarray, np.ndarray] | None = None,
     cache: _StepCache | None = None,
     group_pd_coil: torch.Tensor | None = None,
+    motion: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:  # fmt: skip
     """Signal ``[samples, coils]`` of transverse states ``m [S, V]`` at one repetition's samples.
 
@@ -691,7 +719,8 @@ def _signal(
     ``group_pd_coil [G, C, V]``: PD · coil of each voxel in its group's row, zero elsewhere;
     with few states, all groups then share one GEMM (fewer, larger operations: with one or two
     emitting states, as in spoiled gradient echoes, the per-group operations cost more than the
-    arithmetic).
+    arithmetic). ``motion [T, V]``: a moving phantom's phase at each sample beyond the still
+    phantom's (cycles, :func:`mr0core.sim.motion.motion_phase`), common to all states.
     """
     n_t = len(T)
     n_s = len(m)
@@ -719,7 +748,7 @@ def _signal(
                 -tau_st.abs()[:, None] * r2d[None, :, None] - b_st[:, None] * dg[None, :, None]
             )  # [S, G, T]
             outs = []
-            for sl, A, patterns in _phasor_chunks(pos, b0, t2, K, T, steps, cache):
+            for sl, A, patterns in _phasor_chunks(pos, b0, t2, K, T, steps, cache, motion):
                 a = _project(mc, A, patterns, sl.stop - sl.start).reshape(n_s, n_g, n_coil, -1)
                 outs.append(torch.einsum("sgct,sgt->tc", a, f_all[:, :, sl].to(cdt)))
             return torch.cat(outs) * receive[:, None], []
@@ -729,7 +758,7 @@ def _signal(
             for lo, hi in bounds
         ]
         outs = []
-        for sl, A, patterns in _phasor_chunks(pos, b0, t2, K, T, steps, cache):
+        for sl, A, patterns in _phasor_chunks(pos, b0, t2, K, T, steps, cache, motion):
             n_c = sl.stop - sl.start
             out = torch.zeros((n_c, n_coil), dtype=cdt, device=pos.device)
             for gi, (lo, hi) in enumerate(bounds):
@@ -742,7 +771,10 @@ def _signal(
             outs.append(out)
         return torch.cat(outs) * receive[:, None], []
     # exact per-voxel path: states x samples x voxels in chunks
-    P = _cis(-_TWO_PI * (pos @ K.T + b0[:, None] * T[None]), torch.exp(-T[None] / t2[:, None]))
+    sample_phase = pos @ K.T + b0[:, None] * T[None]
+    if motion is not None:
+        sample_phase = sample_phase + motion.T
+    P = _cis(-_TWO_PI * sample_phase, torch.exp(-T[None] / t2[:, None]))
     chunk = max(1, _CHUNK_ELEMENTS // max(1, n_s * len(pos)))
     outs, mags = [], []
     for t0 in range(0, n_t, chunk):
@@ -1023,6 +1055,7 @@ def _phasor_chunks(
     T: torch.Tensor,
     steps: tuple[np.ndarray, np.ndarray] | None,
     cache: _StepCache | None,
+    motion: torch.Tensor | None = None,
 ) -> Iterator[tuple[slice, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]] | None]]:
     """Yield the sample phasors ``P = exp(-2πi (r·K_t + B0 T_t)) e^{-T_t / T2}`` chunk by chunk.
 
@@ -1034,20 +1067,23 @@ def _phasor_chunks(
     same steps (a readout's flat top, in every repetition) share one ``W``, kept in ``cache`` for
     the whole pass; for a block of equal steps, ``W`` is the powers of one factor. Each item is
     ``(samples, A, [(block indices, W), ...])``. The float32 rounding of the at most
-    ``_ANCHOR - 1`` products stays near 1e-6. Chunks bound the memory.
+    ``_ANCHOR - 1`` products stays near 1e-6. Chunks bound the memory. ``motion [T, V]``: a
+    moving phantom's extra phase per sample (cycles), added to P's (P is then formed directly).
     """
     n_v, n_t = len(pos), len(T)
     dev = pos.device
 
-    def direct(k: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        phase = -_TWO_PI * (pos @ k.T + b0[:, None] * t[None])
-        return _cis(phase, torch.exp(-t[None] / t2[:, None]))
+    def direct(k: torch.Tensor, t: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        cycles = pos @ k.T + b0[:, None] * t[None]
+        if extra is not None:
+            cycles = cycles + extra.T
+        return _cis(-_TWO_PI * cycles, torch.exp(-t[None] / t2[:, None]))
 
     chunk = max(_ANCHOR, (_PHASOR_ELEMENTS // max(n_v, 1)) // _ANCHOR * _ANCHOR)
-    if steps is None or cache is None or n_t <= 2:
+    if steps is None or cache is None or n_t <= 2 or motion is not None:
         for t0 in range(0, n_t, chunk):
             sl = slice(t0, min(n_t, t0 + chunk))
-            yield sl, direct(K[sl], T[sl]), None
+            yield sl, direct(K[sl], T[sl], None if motion is None else motion[sl]), None
         return
     k64, t64 = steps
     inc, keys = _sample_steps(k64, t64)
