@@ -257,7 +257,8 @@ def test_gradients_reach_the_motion_parameters() -> None:
     graph = compute_graph(seq, data, 200, 1e-4)
     loss = execute_graph(graph, seq, data, print_progress=False).abs().pow(2).sum()
     loss.backward()
-    assert v.grad is not None and v.grad != 0
+    assert v.grad is not None
+    assert v.grad != 0
     h = 1e-2
 
     def at(value: float) -> float:
