@@ -216,9 +216,12 @@ def parse_chain(xml: str) -> ChainSpec:
 
 
 def _override_value(key: str, value: Any) -> Any:
-    if isinstance(value, str | bool | int | float):
+    # objects are for ``json`` properties (the gadget's property checks the type)
+    if isinstance(value, str | bool | int | float | dict):
         return value
-    raise ChainError(f"override {key!r}: expected a string, number or boolean, got {value!r}")
+    raise ChainError(
+        f"override {key!r}: expected a string, number, boolean or object, got {value!r}"
+    )
 
 
 def _resolve(

@@ -17,6 +17,7 @@ and the value.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -43,7 +44,7 @@ __all__ = [
     "register",
 ]
 
-PROPERTY_TYPES = ("int", "float", "bool", "str", "choice")
+PROPERTY_TYPES = ("int", "float", "bool", "str", "choice", "json")
 """The value types a :class:`Property` can have."""
 
 _MAX_STR = 4096
@@ -142,6 +143,9 @@ class Property:
         the longest value in characters (default 4096).
     choices
         The allowed strings of a ``choice``.
+
+    A ``json`` property holds a JSON object (a dict), given as an object in a job's JSON or as
+    its text in XML; ``max`` bounds its length as JSON text.
     """
 
     type: str
@@ -167,6 +171,8 @@ class Property:
         ValueError
             If it cannot be converted or lies outside the bounds / choices; the message says why.
         """
+        if self.type == "json":
+            return self._parse_json(value)
         if isinstance(value, str):
             text = value.strip()
         elif isinstance(value, bool | int | float):
@@ -218,6 +224,22 @@ class Property:
         if self.type == "choice" and text not in self.choices:
             raise ValueError(f"expected one of {', '.join(self.choices)}")
         return text
+
+    def _parse_json(self, value: Any) -> dict[str, Any]:
+        """Parse a ``json`` property: a JSON object (from a job's JSON) or its text (from XML)."""
+        limit = int(self.max) if self.max is not None else _MAX_STR
+        if isinstance(value, str):
+            if len(value) > limit:
+                raise ValueError(f"longer than {limit} characters")
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a JSON object, got a {type(value).__name__}")
+        if len(json.dumps(value)) > limit:
+            raise ValueError(f"longer than {limit} characters as JSON")
+        return value
 
     def _check_bounds(self, number: float) -> None:
         if self.min is not None and number < self.min:

@@ -326,17 +326,22 @@ class RetroSimGadget(TwinPreviewGadget):
                 scores.append(float(ssim(plane_a, plane_b)))
         for index, images in ((1, measured), (2, simulated)):
             for img in images:
-                yield _relabel(img, index, {"MR0Phantom": phantom})
+                extra = {"MR0Phantom": phantom}
+                if index == 2:
+                    extra["MR0Motion"] = self.motion_meta()
+                yield _relabel(img, index, extra)
         for img, a, b in zip(measured, m, s, strict=True):
             diff = (a - scale * b).astype(np.float32)
             out = ismrmrd.Image(head=img.getHead(), attribute_string=img.attribute_string,
                                 data=diff.reshape(np.asarray(img.data).shape))  # fmt: skip
             out.image_type = ismrmrd.IMTYPE_REAL
-            yield _relabel(out, 3, {"MR0Phantom": phantom, "MR0Scale": f"{scale:.6g}"})
+            yield _relabel(out, 3, {"MR0Phantom": phantom, "MR0Scale": f"{scale:.6g}",
+                                    "MR0Motion": self.motion_meta()})  # fmt: skip
         report = {
             "nrmse": nrmse, "ssim": float(np.mean(scores)) if scores else None,
             "scale": scale, "images": len(measured), "phantom": phantom,
-            "recon": self.props["recon"], "rf_model": self.props["rf_model"], **info,
+            "recon": self.props["recon"], "rf_model": self.props["rf_model"],
+            "motion": None if self.motion is None else self.motion.describe(), **info,
         }  # fmt: skip
         yield Text(json.dumps(report))
 

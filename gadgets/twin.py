@@ -41,6 +41,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import copy
 import json
 import queue
 import tempfile
@@ -232,6 +233,15 @@ class TwinPreviewGadget(Gadget):
             min=1,
             max=MAX_SUB_SLICES,
         ),
+        "motion": Property(
+            "json",
+            None,
+            "subject motion: {'model': 'rigid', 'translation_mm_per_s': [x, y, z], "
+            "'rotation_deg_per_s': [x, y, z], 'breathing_amplitude_mm': [x, y, z], "
+            "'breathing_period_s': T} or {'model': 'log', 'log': <CSV/TSV text of time, rx, ry, "
+            "rz, tx, ty, tz>} (mr0core.sim.motion)",
+            max=_MAX_SEQ,
+        ),
     }
 
     def __init__(self, context: Context, name: str = "", **properties: Any) -> None:
@@ -241,6 +251,31 @@ class TwinPreviewGadget(Gadget):
                 f"gadget {self.name!r}: property 'sub_slices' applies to rf_model 'shaped', "
                 f"not {self.props['rf_model']!r}"
             )
+        self.motion: Any = None
+        if self.props["motion"] is not None:
+            from mr0core.sim.motion import MotionError, motion_from_spec
+
+            try:
+                self.motion = motion_from_spec(self.props["motion"])
+            except MotionError as exc:
+                raise ChainError(f"gadget {self.name!r}: property 'motion': {exc}") from None
+            if self.props["rf_model"] == "shaped":
+                raise ChainError(
+                    f"gadget {self.name!r}: 'motion' with rf_model 'shaped' is not simulated yet"
+                )
+
+    def built_twin(self, phantom: Any) -> Any:
+        """Return the twin's simulation data, moving by the job's ``motion`` (if any)."""
+        data = phantom.build() if hasattr(phantom, "build") else copy.copy(phantom)
+        if self.motion is not None:
+            data.phantom_motion = self.motion
+        return data
+
+    def motion_meta(self) -> str:
+        """Return the simulated motion for image meta: its parameters as JSON, or ``none``."""
+        if self.motion is None:
+            return "none"
+        return json.dumps(self.motion.describe())
 
     def process(self, items: Iterator[Item]) -> Iterator[Item]:
         """Pass the input on, then run the preview."""
@@ -338,7 +373,7 @@ class TwinPreviewGadget(Gadget):
         from scheduler.jobfiles import save_object
         from scheduler.paths import write_private
 
-        data = phantom.build() if hasattr(phantom, "build") else phantom
+        data = self.built_twin(phantom)
         write_private(jobs.folder / "seq.txt", text.encode("utf-8"))
         save_object(data, jobs.folder / "phantom.pt")
         return data
@@ -424,6 +459,7 @@ class TwinPreviewGadget(Gadget):
                     seq, phantom, settings, noise=self.props["noise"], progress=False,
                     seed=self.props["seed"], on_progress=lambda d, t: updates.put((d, t)),
                     rf_model=self.props["rf_model"], sub_slices=self.props["sub_slices"],
+                    motion=self.motion,
                 )  # fmt: skip
             except BaseException as exc:  # handed to the session's thread below
                 result["error"] = exc
@@ -460,7 +496,7 @@ class TwinPreviewGadget(Gadget):
         from scheduler.jobfiles import save_object
 
         with JobGroup(self.context.scheduler) as jobs:
-            data = phantom.build() if hasattr(phantom, "build") else phantom
+            data = self.built_twin(phantom)
             save_object(seq, jobs.folder / "seq.pt")
             save_object(data, jobs.folder / "phantom.pt")
             sub_slices = self.props["sub_slices"]
@@ -548,6 +584,7 @@ class TwinPreviewGadget(Gadget):
             "MR0Phantom": phantom_name,
             "MR0Accuracy": str(self.props["accuracy"]),
             "MR0RfModel": self.props["rf_model"],
+            "MR0Motion": self.motion_meta(),
             "MR0Reconstruction": rec.method,
             **(placed or {}),
         }

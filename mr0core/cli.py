@@ -110,6 +110,20 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
     )  # fmt: skip
 
 
+def _motion_file(path: str) -> Any:
+    """Read ``--motion``: a motion JSON (``.json``) or a tracking log (CSV/TSV)."""
+    from mr0core.sim.motion import MAX_LOG_BYTES, MotionLog, motion_from_spec
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"motion file not found: {p}")
+    if p.suffix.lower() == ".json":
+        if p.stat().st_size > MAX_LOG_BYTES:
+            raise ValueError(f"{p}: larger than {MAX_LOG_BYTES} bytes")
+        return motion_from_spec(p.read_text(encoding="utf-8"))
+    return MotionLog.read(p)
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from mr0core.io.bids import bids_sidecar, write_ground_truth
     from mr0core.io.dicom_out import check_dicom_target, is_dicom_target, write_recon_dicom
@@ -140,11 +154,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     seq_path = Path(args.seq)
     if not seq_path.is_file():
         raise FileNotFoundError(f"sequence file not found: {seq_path}")
+    motion = _motion_file(args.motion) if args.motion else None
+    if args.sub_slices is not None and args.rf_model != "shaped":
+        raise ValueError("--sub-slices applies to --rf-model shaped")
     seq = Sequence.import_file(seq_path)
     phantom, name = load_job_phantom(args.phantom, args.size, args.coils)
     signal = run_simulation(
-        seq, phantom, settings, args.device, args.noise, seed=args.seed, rf_model=args.rf_model
-    )
+        seq, phantom, settings, args.device, args.noise, seed=args.seed, rf_model=args.rf_model,
+        sub_slices=args.sub_slices, motion=motion,
+    )  # fmt: skip
     if out.suffix.lower() == ".npy":
         np.save(out, signal.numpy().astype(np.complex64))
     else:
@@ -158,7 +176,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         sidecar = bids_sidecar(
             params, phantom_name=name, sim_settings=settings_dict(settings, args.noise, args.seed),
             field_strength_T=getattr(phantom, "system", None) and phantom.system.B0,
-            matrix=rec.matrix, fov_m=rec.fov_m, extra={"ReconstructionMethod": rec.method},
+            matrix=rec.matrix, fov_m=rec.fov_m, extra={
+                "ReconstructionMethod": rec.method,
+                **({"SimulatedMotion": motion.describe()} if motion is not None else {}),
+            },
         )  # fmt: skip
         if args.recon:
             if dicom:  # a series labelled SIMULATED, on the grid of the NIfTI it replaces
@@ -593,6 +614,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rf-model", choices=["instantaneous", "shaped"], default="instantaneous",
                    help="instantaneous pulses (MR-zero's model, default) or shaped: slice "
                         "profiles from the .seq file's RF waveforms")  # fmt: skip
+    p.add_argument("--sub-slices", type=int, default=None,
+                   help="with --rf-model shaped: positions through a 2-D phantom's thickness "
+                        "(default automatic)")  # fmt: skip
+    p.add_argument("--motion", default=None, metavar="FILE",
+                   help="the subject moves: a motion JSON ({\"model\": \"rigid\", ...}) or "
+                        "a tracking log (CSV/TSV: time, rx, ry, rz in °, tx, ty, tz in mm)",
+                   )  # fmt: skip
     p.add_argument("--noise", type=float, default=0.0, help="noise standard deviation")
     p.add_argument("--seed", type=int, default=None, help="noise seed")
     p.add_argument("--out", required=True, help="signal.npy or signal.mrd")

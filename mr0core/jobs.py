@@ -6,6 +6,7 @@ These are plain functions of files and settings, used by the ``mr0`` command (``
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -120,8 +121,12 @@ def run_simulation(
     on_progress: Callable[[int, int], None] | None = None,
     rf_model: str = "instantaneous",
     sub_slices: int | None = None,
+    motion: Any = None,
 ) -> torch.Tensor:
     """Simulate ``seq`` on ``phantom`` with PDG; return the signal ``[samples, coils]`` complex64.
+
+    ``motion``: a ``phantom_motion`` (e.g. :class:`mr0core.sim.motion.RigidMotion` or
+    ``MotionLog``) the subject moves by; the phantom itself is not changed.
 
     ``rf_model``: ``"instantaneous"`` or ``"shaped"``; ``sub_slices``: with ``"shaped"``, the
     sub-slices through a 2-D phantom's thickness (default automatic; both as
@@ -141,6 +146,9 @@ def run_simulation(
     if not (math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be a number >= 0, got {noise}")
     data = phantom.build() if hasattr(phantom, "build") else phantom
+    if motion is not None:
+        data = copy.copy(data)
+        data.phantom_motion = motion
     if device == "cuda":
         data, seq = data.cuda(), seq.cuda()
     graph = compute_graph(seq, data, settings.max_states, settings.min_state_mag, rf_model=rf_model)

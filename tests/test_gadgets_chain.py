@@ -317,8 +317,8 @@ def test_dotted_override_sets_one_gadget_and_wins():
         ({"nothing": 1}, "no gadget of the chain has that property"),
         ({"C.tag": "x"}, "no gadget 'C'"),
         ({"A.colour": "x"}, "has no property 'colour'"),
-        ({"tag": {"nested": 1}}, "expected a string, number or boolean"),
-        ({"times": [1]}, "expected a string, number or boolean"),
+        ({"tag": {"nested": 1}}, "expected a string or a number, got a dict"),
+        ({"times": [1]}, "expected a string, number, boolean or object"),
         ({"times": 99}, "above the maximum"),
     ],
 )
