@@ -169,10 +169,14 @@ def noop(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
 def probe(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
     """Report the worker's process id, device and environment (for status and tests).
 
-    ``{"write_bytes": n}`` also writes ``probe.bin`` of n bytes (at most 1 MiB) into ``workdir``.
+    ``{"write_bytes": n}`` also writes ``probe.bin`` of n bytes (at most 1 MiB) into ``workdir``;
+    ``{"hold_s": t}`` keeps the worker busy for t s first (at most 10; tests that need jobs spread
+    over workers).
     """
     import os
+    import time
 
+    time.sleep(_number(params, "hold_s", 0.0, 0.0, 10.0))
     n = int(_number(params, "write_bytes", 0, 0, 2**20))
     if n:
         (workdir / "probe.bin").write_bytes(bytes(range(256)) * (n // 256) + bytes(n % 256))

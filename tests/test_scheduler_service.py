@@ -30,7 +30,9 @@ def _cpu_only() -> GpuMonitor:
 
 def test_jobs_run_on_cpu_workers_and_leave_results(tmp_path):
     with Scheduler(tmp_path / "s", monitor=_cpu_only(), cpu_workers=2, cpu_threads=1) as sched:
-        ids = [sched.submit("probe", {"write_bytes": 300}, "recon") for _ in range(4)]
+        # each probe holds its worker a while, so that the next job finds the other one idle
+        ids = [sched.submit("probe", {"write_bytes": 300, "hold_s": 0.5}, "recon")
+               for _ in range(4)]  # fmt: skip
         ids.append(sched.submit("simulate", {"demo_flash": 16, "size": 16}, "preview"))
         records = [sched.wait(i, timeout_s=120) for i in ids]
         assert [r.state for r in records] == ["done"] * 5
