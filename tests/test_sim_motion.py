@@ -411,3 +411,21 @@ def test_shaped_rf_with_motion_is_refused(brain: mr0.SimData) -> None:
             execute_graph(graph, seq, brain, print_progress=False, rf_model="shaped")
     finally:
         brain.phantom_motion = None
+
+
+@pytest.mark.cuda
+def test_motion_on_the_gpu_equals_the_cpu(brain: mr0.SimData) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    seq = flash()
+    brain.phantom_motion = RigidMotion(
+        translation_mm_per_s=[20.0, 0, 0], rotation_deg_per_s=[0, 0, 30]
+    )
+    try:
+        cpu = _pdg(seq, brain, tight=False)
+        gpu_data, gpu_seq = brain.cuda(), seq.cuda()
+        gpu = _pdg(gpu_seq, gpu_data, tight=False)
+    finally:
+        brain.phantom_motion = None
+    assert gpu.device.type == "cuda"
+    assert _nrmse(gpu.cpu(), cpu) < 1e-4
