@@ -19,7 +19,7 @@ import mr0core as mr0
 from mr0core.phantom.sim_data import SimData, voxel_shape
 from mr0core.sequence import Pulse, PulseUsage, RfWaveform
 from mr0core.sim import compute_graph, execute_graph, isochromat_sim
-from mr0core.sim.shaped import expand_sub_slices, slice_profile
+from mr0core.sim.shaped import default_sub_slices, expand_sub_slices, slice_profile
 
 DUR = 2e-3  # s
 THICK = 5e-3  # m, slice thickness
@@ -232,19 +232,15 @@ def _spin_echo(wave90: RfWaveform, wave180: RfWaveform, samples: int = 8) -> mr0
     return seq
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: with a selective 90° AND a selective 180° the PDG (and an independent "
-    "per-position model of the same centre-referenced rotations) gives |echo| 0.30, the "
-    "time-stepped isochromat 0.23; each selective pulse alone, and each combined with a hard "
-    "one, agrees within 1.3 %",
-)
 def test_spin_echo_imperfect_refocusing_fid_matches_isochromat() -> None:
     """Selective 180° without crushers: its edges add an FID; PDG and the time-stepped reference
-    agree, and both differ from the instantaneous model."""
+    agree, and both differ from the instantaneous model. Two selective pulses need the finer
+    default sub-slices of a sequence with a refocusing pulse (at the excitation's 10 the PDG was
+    14 % off; 34 by default now)."""
     wave90, wave180 = _sinc(4.0, math.pi / 2, steps=80), _sinc(4.0, math.pi, steps=80)
     data = _slab(thick=2 * THICK, b0=30.0)
     seq = _spin_echo(wave90, wave180)
+    assert default_sub_slices(seq, data) == 34
     graph = compute_graph(seq, data, 500, 1e-8, rf_model="shaped")
     pdg = execute_graph(graph, seq, data, 1e-7, 1e-7, print_progress=False, rf_model="shaped")
     iso = isochromat_sim(seq, data, 4000, print_progress=False, spin_dist="r2", rf_model="shaped")
@@ -259,6 +255,27 @@ def test_spin_echo_imperfect_refocusing_fid_matches_isochromat() -> None:
     fid_pdg = execute_graph(graph, seq, data, 1e-7, 1e-7, print_progress=False, rf_model="shaped")
     assert float(fid.abs().max()) > 0.05 * float(iso.abs().max())
     assert float((fid_pdg - fid).norm() / fid.norm()) < 0.03
+
+
+@pytest.mark.parametrize("slices", [1.0, 2.0, 3.0])
+def test_default_sub_slices_converge_for_a_selective_spin_echo(slices: float) -> None:
+    """With a selective refocusing pulse the default sub-slices give the through-slice signal
+    within 1 % of 256 sub-slices; the excitation's rule (d·K + 2) would not."""
+    wave90, wave180 = _sinc(4.0, math.pi / 2, steps=80), _sinc(4.0, math.pi, steps=80)
+    data = _slab(thick=slices * THICK)
+    seq = _spin_echo(wave90, wave180)
+    graph = compute_graph(seq, data, 500, 1e-8, rf_model="shaped")
+
+    def run(n: int | None) -> torch.Tensor:
+        return execute_graph(graph, seq, data, 1e-7, 1e-7, print_progress=False,
+                             rf_model="shaped", sub_slices=n)  # fmt: skip
+
+    ref = run(256)
+    n = default_sub_slices(seq, data)
+    assert float((run(None) - ref).norm() / ref.norm()) < 0.01
+    coarse = math.ceil((n - 2) / 4) + 2  # the excitation-only rule
+    if slices == 2.0:
+        assert float((run(coarse) - ref).norm() / ref.norm()) > 0.05
 
 
 def _flash(n: int, wave: RfWaveform, flip: float) -> mr0.Sequence:
@@ -287,7 +304,12 @@ def _flash(n: int, wave: RfWaveform, flip: float) -> mr0.Sequence:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="open: PDG vs isochromat 7 % (see the spin-echo case)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: PDG vs isochromat 7 % at 512 spins; the isochromats converge slowly here "
+    "(512 vs 2048 spins differ by 5.8 %; PDG vs 2048: 3.5 %, vs 8192: 2.2 %; more PDG sub-slices "
+    "or states change < 0.5 %), so about 2 % remain unexplained",
+)
 def test_flash_brain_shaped_differs_and_isochromat_confirms() -> None:
     wave = _sinc(4.0, math.radians(30), steps=60)
     seq = _flash(8, wave, math.radians(30))
