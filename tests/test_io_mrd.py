@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import mr0core as mr0
-from mr0core.io.mrd import MrdFormatError, read_mrd, sig_to_mrd
+from mr0core.io.mrd import MrdFormatError, header_says_simulated, read_mrd, sig_to_mrd
 from mr0core.recon.cartesian import reco_cartesian
 from mr0core.recon.kdata import AcqFlag, KData
 
@@ -142,6 +142,22 @@ def test_sig_to_mrd_header_and_acquisitions(tmp_path, simulated):
     assert acqs[-1].is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE)
     assert not acqs[5].is_flag_set(ismrmrd.ACQ_FIRST_IN_SLICE)
     assert np.allclose(acqs[3].data[0], signal[96:128, 0].numpy())
+
+
+def test_sig_to_mrd_marks_its_data_simulated(tmp_path, simulated):
+    """The header says the data are simulated, so their images can be labelled so later."""
+    seq, signal = simulated
+    path = sig_to_mrd(tmp_path / "sim.h5", signal, seq)
+    ds = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False)
+    try:
+        xml = ds.read_xml_header()
+    finally:
+        ds.close()
+    assert header_says_simulated(xml)
+    header = ismrmrd.xsd.CreateFromDocument(xml)
+    header.userParameters = None  # a measured file's header: no mark
+    assert not header_says_simulated(ismrmrd.xsd.ToXML(header))
+    assert not header_says_simulated(b"not xml")
 
 
 @needs_tools

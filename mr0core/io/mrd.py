@@ -326,7 +326,37 @@ def _header(kd: KData, params: dict[str, Any], field_t: float) -> Any:
         ),
         sequenceParameters=seq_params,
         encoding=[encoding],
+        userParameters=xsd.userParametersType(
+            userParameterString=[
+                xsd.userParameterStringType(name=SIMULATED_PARAMETER, value=_generator())
+            ]
+        ),
     )
+
+
+SIMULATED_PARAMETER = "MR0Simulated"
+"""Name of the header's ``userParameterString`` that marks raw data ``sig_to_mrd`` simulated
+(its value names the generator); :func:`header_says_simulated` reads it."""
+
+
+def _generator() -> str:
+    from mr0core import __version__
+
+    return f"mr0core {__version__}"
+
+
+def header_says_simulated(xml: str | bytes) -> bool:
+    """Whether an ISMRMRD header marks its data as simulated (:data:`SIMULATED_PARAMETER`)."""
+    import ismrmrd.xsd as xsd
+
+    try:
+        header = xsd.CreateFromDocument(xml)
+    except Exception:  # an unreadable header simply carries no mark
+        return False
+    params = header.userParameters
+    if params is None:
+        return False
+    return any(p.name == SIMULATED_PARAMETER for p in params.userParameterString)
 
 
 def _set_head(acq: Any, **values: Any) -> None:
