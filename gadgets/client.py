@@ -5,14 +5,18 @@ header, optional JSON parameters, then every acquisition and waveform with a pro
 close. A stored raw dataset (``--retro FILE.h5``, e.g. one the server saved with ``--save-dir``)
 is sent the same way through any chain. Header-less job sessions (config, JSON, close) are sent by
 :func:`send_job`: a digital-twin preview (``--preview SEQ``) and the retrieval of a background
-job (``--retrieve ID`` or ``--patient``/``--protocol``).
+job (``--retrieve ID`` or ``--patient``/``--protocol``). ``--send-dicom DIR --pacs HOST:PORT:AET``
+sends files to a different server: every DICOM file under ``DIR`` is C-STOREd to a PACS
+(:mod:`gadgets.pacs`, whose pydicom and pynetdicom are imported only then).
 
 A receiver thread reads the answer while the data are sent (a chain such as ``passthrough``
 answers at once, and with both sides only writing, full socket buffers would deadlock). Images
 go to ``OUT.h5``, one image group per series (``image_<series>``, which
 :func:`mr0core.io.mrd_images.read_mrd_images` reads), returned acquisitions to its ``data``;
 text is printed. The exit status is 0 on success, 1 when the server reports an error (a text
-starting with ``ERROR``) or the connection fails, 2 for bad arguments.
+starting with ``ERROR``) or the connection fails (for ``--send-dicom``: the PACS cannot be
+reached or refuses the association after the retries, or refuses a file), 2 for bad arguments
+(for ``--send-dicom`` also: no folder, or no DICOM file in it).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
                       help="digital-twin preview of a .seq file (chain mr0_preview)")  # fmt: skip
     what.add_argument("--retrieve", metavar="JOB", help="fetch a background job's result")
     what.add_argument("--patient", help="fetch the newest background job of this patient")
+    what.add_argument(
+        "--send-dicom",
+        type=Path,
+        metavar="DIR",
+        help="C-STORE every DICOM file under DIR to --pacs (no MRD server)",
+    )
     parser.add_argument("--protocol", help="with --patient (or alone): the protocol's newest job")
     parser.add_argument(
         "--phantom",
@@ -258,14 +269,36 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("-a", "--address", default="127.0.0.1", help="server host")
     parser.add_argument("-p", "--port", type=int, default=9002)
-    parser.add_argument("-o", "--out", type=Path, required=True, help="output MRD HDF5 file")
+    parser.add_argument("-o", "--out", type=Path, help="output MRD HDF5 file (required)")
     parser.add_argument("-g", "--group", default="dataset", help="output group")
     parser.add_argument("--in-group", default="dataset", help="input group")
     parser.add_argument(
         "--nul", action="store_true", help="NUL-terminate strings (python-ismrmrd-server style)"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pacs_opts = parser.add_argument_group("--send-dicom")
+    pacs_opts.add_argument("--pacs", metavar="HOST:PORT:AET", help="the PACS ([IPv6]:PORT:AET)")
+    pacs_opts.add_argument("--calling-aet", default="MR0", help="our AE title (default MR0)")
+    pacs_opts.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="retries of an unreachable PACS, after 1, 2, 4 ... s (default 3)",
+    )
+    pacs_opts.add_argument("--timeout", type=float, default=30.0, help="network timeout in s (30)")
+    defaults = vars(parser.parse_args([]))
     opts = parser.parse_args(argv)
+    given = {k for k, v in vars(opts).items() if v != defaults[k]}
+    if opts.send_dicom is not None:
+        extra = sorted(given - _SEND_DICOM_OPTIONS)
+        if extra:
+            parser.error(f"--send-dicom does not take {', '.join(_option(k) for k in extra)}")
+        return _send_dicom(parser, opts)
+    extra = sorted(given & (_SEND_DICOM_OPTIONS - {"send_dicom"}))
+    if extra:
+        parser.error(f"{', '.join(_option(k) for k in extra)} belong(s) to --send-dicom")
+    if opts.out is None:
+        parser.error("the following arguments are required: -o/--out")
     params = None
     if opts.params:
         try:
@@ -305,6 +338,59 @@ def main(argv: list[str] | None = None) -> int:
     for text in result.texts:
         print(text)
     return _report(result, opts.out)
+
+
+_SEND_DICOM_OPTIONS = {"send_dicom", "pacs", "calling_aet", "retries", "timeout"}
+"""The options of ``--send-dicom`` (argparse destinations); the others are refused with it."""
+
+
+def _option(dest: str) -> str:
+    """Return the command-line spelling of an argparse destination."""
+    return "INPUT" if dest == "input" else "--" + dest.replace("_", "-")
+
+
+def _send_dicom(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> int:
+    """--send-dicom DIR --pacs HOST:PORT:AET: C-STORE the folder's DICOM files, with retries.
+
+    An unreachable PACS (or a rejected association) is retried ``--retries`` times after 1, 2,
+    4 ... s. Files that are not DICOM are skipped with a warning naming each.
+    """
+    from . import pacs  # pydicom and pynetdicom: only for --send-dicom
+
+    if opts.pacs is None:
+        parser.error("--send-dicom needs --pacs HOST:PORT:AET")
+    if opts.retries < 0 or not opts.timeout > 0:
+        parser.error("--retries must be >= 0 and --timeout > 0")
+    try:
+        target = pacs.PacsTarget.parse(opts.pacs, opts.calling_aet)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        files, skipped = pacs.find_dicom_files(opts.send_dicom)
+    except (OSError, ValueError) as exc:
+        print(f"mr0-client: {exc}", file=sys.stderr)
+        return 2
+    for line in skipped:
+        print(f"warning: skipped {line}", file=sys.stderr)
+    if not files:
+        print(f"mr0-client: no DICOM files under {opts.send_dicom}", file=sys.stderr)
+        return 2
+    delay = 1.0
+    for attempt in range(opts.retries + 1):
+        try:
+            report = pacs.send_files(files, target, timeout_s=opts.timeout)
+            break
+        except pacs.PacsError as exc:
+            if attempt == opts.retries:
+                print(f"mr0-client: {exc}", file=sys.stderr)
+                return 1
+            print(f"warning: {exc}; retry in {delay:g} s", file=sys.stderr)
+            time.sleep(delay)
+            delay *= 2
+    for path, why in report.failed.items():
+        print(f"error: {path}: {why}", file=sys.stderr)
+    print(f"sent {len(report.sent)} of {len(files)} files to {target}")
+    return 0 if report.ok else 1
 
 
 def _run_job(parser: argparse.ArgumentParser, opts: argparse.Namespace, params: dict) -> int:

@@ -113,7 +113,6 @@ from mr0core.io.mrd import (
     check_matrix,
     parse_header,
 )
-from mr0core.io.pacs import PacsQueue, PacsSender, PacsTarget
 from scheduler.cli import add_retention_options
 from scheduler.paths import private_dir
 from scheduler.retention import RetentionPolicy
@@ -132,6 +131,7 @@ from .chain import (
 from .core import Context, GadgetError, Text
 from .dicom_output import SessionDicom
 from .jobs import JobRunner
+from .pacs import PacsQueue, PacsSender, PacsTarget
 from .protocol import (
     Limits,
     Message,

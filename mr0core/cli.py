@@ -1,7 +1,8 @@
 """The ``mr0`` command line: library commands that need no server.
 
-Sub-commands: ``demo``, ``simulate``, ``recon``, ``send-dicom``, ``seq-info``, ``phantom``,
-``rf-profile`` and ``twin``.
+Sub-commands: ``demo``, ``simulate``, ``recon``, ``seq-info``, ``phantom``, ``rf-profile`` and
+``twin``. (Sending DICOM to a PACS is networking, which ``mr0core`` does not do:
+``mr0-client --send-dicom``.)
 Bad input (a missing or broken file, a phantom that does not load, an output that cannot be
 written) gives one line on stderr and exit status 2; ``--debug`` shows the traceback instead.
 """
@@ -264,36 +265,6 @@ def _cmd_recon(args: argparse.Namespace) -> int:
         f"  {rec.method}: matrix {rec.matrix}, FOV {tuple(round(f * 1e3, 1) for f in rec.fov_m)} mm"
     )
     return 0
-
-
-def _cmd_send_dicom(args: argparse.Namespace) -> int:
-    import time
-
-    from mr0core.io.pacs import PacsError, PacsTarget, find_dicom_files, send_files
-
-    target = PacsTarget.parse(args.pacs, args.calling_aet)
-    if args.retries < 0 or not args.timeout > 0:
-        raise ValueError("--retries must be >= 0 and --timeout > 0")
-    files, skipped = find_dicom_files(args.folder)
-    for line in skipped:
-        print(f"warning: skipped {line}", file=sys.stderr)
-    if not files:
-        raise ValueError(f"no DICOM files under {args.folder}")
-    delay = 1.0
-    for attempt in range(args.retries + 1):
-        try:
-            report = send_files(files, target, timeout_s=args.timeout)
-            break
-        except PacsError as exc:
-            if attempt == args.retries:
-                raise
-            print(f"warning: {exc}; retry in {delay:g} s", file=sys.stderr)
-            time.sleep(delay)
-            delay *= 2
-    for path, why in report.failed.items():
-        print(f"error: {path}: {why}", file=sys.stderr)
-    print(f"sent {len(report.sent)} of {len(files)} files to {target}")
-    return 0 if report.ok else 2
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -647,19 +618,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--png", default=None, help="also write a PNG preview")
     p.set_defaults(func=_cmd_simulate)
-
-    p = sub.add_parser(
-        "send-dicom",
-        help="C-STORE the DICOM files of a folder to a PACS",
-        description="Send every DICOM file under FOLDER to a PACS (C-STORE, pynetdicom); an "
-        "unreachable PACS is retried with exponential backoff (1, 2, 4 ... s).",
-    )
-    p.add_argument("folder", help="folder of DICOM files (any nesting)")
-    p.add_argument("--pacs", required=True, metavar="HOST:PORT:AET", help="the PACS")
-    p.add_argument("--calling-aet", default="MR0", help="our AE title (default MR0)")
-    p.add_argument("--retries", type=int, default=3, help="retries of an unreachable PACS (3)")
-    p.add_argument("--timeout", type=float, default=30.0, help="network timeout in s (30)")
-    p.set_defaults(func=_cmd_send_dicom)
 
     p = sub.add_parser(
         "recon",

@@ -25,6 +25,7 @@ from gadgets.server import MrdServer, ServerConfig
 from mr0core import clitools
 from mr0core.cli import DEFAULT_SEQ
 from mr0core.io import mrd
+from mr0core.io.dicom_out import write_dicom_volume
 from mr0core.io.mrd_images import image_array, read_mrd_images
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,6 +82,28 @@ def test_importing_the_client_loads_neither_torch_nor_mr0core():
     has_torch, has_mr0core = json.loads(out)
     assert not has_torch
     assert not has_mr0core
+
+
+def test_importing_gadgets_pacs_loads_neither_torch_nor_mr0core():
+    code = (
+        "import json, sys, gadgets.pacs\n"
+        "print(json.dumps([m for m in sys.modules if m in ('torch', 'mr0core', 'pydicom',"
+        " 'pynetdicom') or m.startswith(('torch.', 'mr0core.'))]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         check=True, timeout=60).stdout  # fmt: skip
+    assert json.loads(out) == []  # pydicom and pynetdicom too: imported when used
+
+
+def test_thin_client_send_dicom_stays_thin(tmp_path):
+    series = write_dicom_volume(tmp_path / "dcm", np.ones((4, 4)), np.eye(4), simulated=True)
+    with socket.socket() as s:  # a port nobody listens on: the PACS is down
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}:X"
+    rc, heavy, _ = run_client("--send-dicom", str(series.folder), "--pacs", dead,
+                              "--retries", "0", "--timeout", "2")  # fmt: skip
+    assert rc == 1
+    assert heavy == []
 
 
 def test_thin_client_preview_equals_a_direct_session(server, tmp_path):

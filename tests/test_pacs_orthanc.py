@@ -21,11 +21,11 @@ import pydicom
 import pytest
 
 from gadgets.chain import DEFAULT_CHAINS_DIR
+from gadgets.client import main as client_main
+from gadgets.pacs import PacsError, PacsQueue, PacsTarget, send_files
 from gadgets.protocol import MessageId, MessageReader, MessageWriter
 from gadgets.server import MrdServer, ServerConfig, parse_args
-from mr0core.cli import main as mr0_main
 from mr0core.io.dicom_out import write_dicom_volume
-from mr0core.io.pacs import PacsError, PacsQueue, PacsTarget, send_files
 
 CORPUS = Path(__file__).parent / "data" / "seq-corpus"
 ORTHANC = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/bin")
@@ -191,19 +191,70 @@ def test_pacs_down_queues_durably_then_delivers(tmp_path):
 
 
 @needs_orthanc
-def test_send_dicom_command(orthanc, tmp_path, capsys):
+def test_client_send_dicom(orthanc, tmp_path, capsys):
     s = write_dicom_volume(tmp_path / "dcm" / "a", np.ones((4, 4, 3)), np.eye(4), simulated=True)
     (tmp_path / "dcm" / "junk.txt").write_text("not DICOM")
-    assert mr0_main(["send-dicom", str(tmp_path / "dcm"), "--pacs", str(orthanc.target)]) == 0
+    pacs = str(orthanc.target)
+    assert client_main(["--send-dicom", str(tmp_path / "dcm"), "--pacs", pacs,
+                        "--calling-aet", "MR0TEST"]) == 0  # fmt: skip
     out = capsys.readouterr()
     assert "sent 3 of 3 files" in out.out
     assert "junk.txt: not DICOM" in out.err
     (series_id,) = orthanc.wait_series(1)
-    assert _tags(orthanc, series_id)[0]["SeriesInstanceUID"] == s.series_instance_uid
-    # a wrong AE title is rejected, and said so
+    tags, instances = _tags(orthanc, series_id)
+    assert tags["SeriesInstanceUID"] == s.series_instance_uid
+    assert len(instances) == 3
+    # a wrong AE title is rejected, and said so (status 1: the other side said no)
     wrong = f"127.0.0.1:{orthanc.dicom_port}:NOTTHEPACS"
-    assert mr0_main(["send-dicom", str(tmp_path / "dcm"), "--pacs", wrong, "--retries", "0"]) == 2
+    assert client_main(["--send-dicom", str(tmp_path / "dcm"), "--pacs", wrong,
+                        "--retries", "0"]) == 1  # fmt: skip
     assert "rejected the association" in capsys.readouterr().err
+
+
+def test_client_send_dicom_bad_arguments(tmp_path, capsys):
+    """Bad arguments are status 2 with a message; nothing is sent (no PACS needed)."""
+    s = write_dicom_volume(tmp_path / "dcm", np.ones((4, 4)), np.eye(4), simulated=True)
+    folder, pacs = str(s.folder), "127.0.0.1:1:X"
+    for argv, message in (
+        ([folder], "needs --pacs"),
+        ([folder, "--pacs", "nohostport"], "HOST:PORT:AET"),
+        ([folder, "--pacs", pacs, "--retries", "-1"], "--retries must be >= 0"),
+        ([folder, "--pacs", pacs, "-o", "x.h5"], "does not take --out"),
+        ([folder, "--pacs", pacs, "-c", "passthrough"], "does not take --config"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            client_main(["--send-dicom", *argv])
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the PACS options without --send-dicom are refused
+        client_main(["raw.h5", "-o", "x.h5", "--pacs", pacs])
+    assert "belong(s) to --send-dicom" in capsys.readouterr().err
+    assert client_main(["--send-dicom", str(tmp_path / "nope"), "--pacs", pacs]) == 2
+    assert "no folder" in capsys.readouterr().err
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.txt").write_text("not DICOM")
+    assert client_main(["--send-dicom", str(tmp_path / "junk"), "--pacs", pacs]) == 2
+    assert "no DICOM files under" in capsys.readouterr().err
+
+
+def test_client_send_dicom_retries_an_unreachable_pacs(tmp_path, capsys, monkeypatch):
+    s = write_dicom_volume(tmp_path / "dcm", np.ones((4, 4)), np.eye(4), simulated=True)
+    waits: list[float] = []
+    sleep = time.sleep
+
+    def no_backoff(seconds: float) -> None:  # pynetdicom's threads sleep in ms: let them
+        if seconds >= 0.5:
+            waits.append(seconds)
+        else:
+            sleep(seconds)
+
+    monkeypatch.setattr("gadgets.client.time.sleep", no_backoff)
+    dead = f"127.0.0.1:{_free_port()}:X"
+    argv = ["--send-dicom", str(s.folder), "--pacs", dead, "--retries", "2", "--timeout", "2"]
+    assert client_main(argv) == 1
+    err = capsys.readouterr().err
+    assert waits == [1.0, 2.0]
+    assert err.count("cannot be reached") == 3  # two warnings, then the error
 
 
 def test_unreachable_pacs_is_a_pacs_error(tmp_path):

@@ -14,8 +14,10 @@
 - :class:`PacsSender` runs a queue in a background thread, so that whoever enqueues (a server
   session) never waits for the PACS.
 
-The ``mr0`` command (``mr0 send-dicom``) and the server (``mr0-server --pacs``) share this
-module; it is the only networking in ``mr0core`` and imports nothing from ``gadgets``.
+The server (``mr0-server --pacs``) and the client (``mr0-client --send-dicom DIR --pacs ...``)
+share this module. It lives in ``gadgets`` because it does networking, which ``mr0core`` does
+not (DESIGN.md). It imports neither torch nor ``mr0core``, and pydicom and pynetdicom only inside
+the functions that need them, so that the thin ``mr0-client`` stays thin.
 """
 
 from __future__ import annotations
