@@ -126,7 +126,7 @@ def _motion_file(path: str) -> Any:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from mr0core.io.bids import bids_sidecar, write_ground_truth
+    from mr0core.io.bids import bids_sidecar, write_ground_truth_dataset
     from mr0core.io.dicom_out import check_dicom_target, is_dicom_target, write_recon_dicom
     from mr0core.io.params import sequence_parameters
     from mr0core.io.png import write_png
@@ -199,12 +199,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             else:
                 files = write_image(rec, args.recon, png=args.png, sidecar=sidecar,
                                     centre_m=phantom_isocentre_m(phantom))  # fmt: skip
-            stem = Path(args.recon).name.split(".")[0]
-            truth = write_ground_truth(
-                Path(args.recon).parent / f"{stem}_ground_truth", phantom.combine(), prefix=stem,
-                phantom_name=name,
-            )  # fmt: skip
-            files.append(next(iter(truth.values())).parent)
+            # the phantom's maps: a BIDS derivative dataset beside the image (subject label
+            # from the phantom name), e.g. sim_ground_truth/sub-brain/anat/sub-brain_T1map.nii.gz
+            truth = Path(args.recon).parent / f"{Path(args.recon).name.split('.')[0]}_ground_truth"
+            write_ground_truth_dataset(truth, phantom.combine(), phantom_name=name)
+            files.append(truth)
         else:
             files = [write_png(args.png, image_volume(rec.image))]
         for f in files:
@@ -614,7 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--recon",
         default=None,
         help="also reconstruct into this .nii/.nii.gz, or "
-        "into a DICOM series folder (a name ending in .dcm or .dcm/; SIMULATED)",
+        "into a DICOM series folder (a name ending in .dcm or .dcm/; SIMULATED); the phantom's "
+        "maps go beside it into NAME_ground_truth/, a BIDS derivative dataset",
     )
     p.add_argument("--png", default=None, help="also write a PNG preview")
     p.set_defaults(func=_cmd_simulate)
