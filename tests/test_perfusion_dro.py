@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 import zipfile
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -65,7 +67,9 @@ def test_default_run_is_valid_bids(tmp_path):
     truth = out / "derivatives" / "groundtruth" / "sub-001" / "anat"
     assert _load(truth / "sub-001_res-1mm_desc-perfusionrate_map.nii.gz").shape == (145, 181, 154)
     assert _load(truth / "sub-001_acq-lowres_desc-perfusionrate_map.nii.gz").shape == (64, 64, 12)
-    validator = shutil.which("bids-validator-deno")
+    validator = shutil.which("bids-validator-deno") or shutil.which(
+        "bids-validator-deno", path=str(Path(sys.executable).parent)
+    )
     if validator is None:
         pytest.skip("bids-validator-deno is not installed (pip install bids-validator-deno)")
     run = subprocess.run([validator, "--format", "json", str(out)], capture_output=True,
