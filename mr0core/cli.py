@@ -233,6 +233,7 @@ def _cmd_recon(args: argparse.Namespace) -> int:
         mrd_file_geometry,
         write_recon_dicom,
     )
+    from mr0core.io.mrd import header_says_simulated
     from mr0core.io.png import write_png
     from mr0core.jobs import _check_writable, image_volume, reconstruct_file, write_image
 
@@ -252,7 +253,8 @@ def _cmd_recon(args: argparse.Namespace) -> int:
         if note:
             print(f"warning: {note}", file=sys.stderr)
         files.append(write_recon_dicom(
-            rec, args.dicom, simulated=args.simulated, identity=identity_from_header(xml),
+            rec, args.dicom, simulated=args.simulated or header_says_simulated(xml),
+            identity=identity_from_header(xml),
             sidecar=sidecar, centre_m=centre_m, rotation=rotation,
             series_description=f"mr0 recon {rec.method}",
         ).folder)  # fmt: skip
@@ -637,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--simulated",
         action="store_true",
-        help="label the --dicom series SIMULATED (the raw data were simulated)",
+        help="label the --dicom series SIMULATED (automatic for files mr0 simulate wrote)",
     )
     p.add_argument("--png", default=None, help="also write a PNG preview")
     p.add_argument("--method", default="auto", choices=["auto", "fft", "sense", "nufft", "adjoint"])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import ismrmrd
+import ismrmrd.xsd
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -57,8 +60,19 @@ def test_recon_writes_dicom_with_the_header_and_acquisition_geometry(
     # sig_to_mrd writes read (1, 0, 0) and phase (0, 1, 0) in LPS: x and y point left and back
     np.testing.assert_allclose(np.diag(vol.affine)[:2] < 0, [True, True])
     np.testing.assert_allclose(vol.data, ref, atol=float(d.RescaleSlope) * 1.01)
-    # without --simulated, nothing says SIMULATED
-    assert main(["recon", str(sims / "s.mrd"), "--dicom", str(tmp_path / "m")]) == 0
+    # without --simulated, a file mr0 simulate wrote still says SIMULATED (its header's mark) ...
+    assert main(["recon", str(sims / "s.mrd"), "--dicom", str(tmp_path / "auto")]) == 0
+    (auto,) = discover(tmp_path / "auto")
+    assert auto.description.startswith("SIMULATED")
+    # ... and a measured file's (the same data without the mark) does not
+    measured_file = tmp_path / "measured.mrd"
+    shutil.copy(sims / "s.mrd", measured_file)
+    ds = ismrmrd.Dataset(str(measured_file), "dataset", create_if_needed=False)
+    header = ismrmrd.xsd.CreateFromDocument(ds.read_xml_header())
+    header.userParameters = None
+    ds.write_xml_header(ismrmrd.xsd.ToXML(header))
+    ds.close()
+    assert main(["recon", str(measured_file), "--dicom", str(tmp_path / "m")]) == 0
     (measured,) = discover(tmp_path / "m")
     assert "SIMULATED" not in measured.description
 
