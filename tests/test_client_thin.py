@@ -2,7 +2,8 @@
 
 Each client runs in its own interpreter (a subprocess), which reports the heavy modules it holds
 after its ``main`` returned; the server runs in-process on a free port with the built-in chains.
-The torch-free copies in ``gadgets.wire_tools`` are compared with the ``mr0core`` originals.
+mr0core's package imports are lazy, so the client may use its light modules
+(``mr0core.clitools``, ``mr0core.io.rawfile``) without loading torch.
 """
 
 from __future__ import annotations
@@ -18,28 +19,31 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from gadgets import wire_tools
 from gadgets.chain import DEFAULT_CHAINS_DIR
 from gadgets.protocol import MessageId, MessageReader, MessageWriter
 from gadgets.server import MrdServer, ServerConfig
 from mr0core import clitools
 from mr0core.cli import DEFAULT_SEQ
-from mr0core.io import mrd
+from mr0core.io import mrd, rawfile
 from mr0core.io.dicom_out import write_dicom_volume
 from mr0core.io.mrd_images import image_array, read_mrd_images
 
 REPO = Path(__file__).resolve().parent.parent
+# the mr0core modules the client may load: they import neither torch nor the rest of mr0core
+LIGHT_MR0CORE = {"mr0core", "mr0core._lazy", "mr0core.clitools", "mr0core.io",
+                 "mr0core.io.rawfile"}  # fmt: skip
 
 # Runs the client's main in a fresh interpreter, then names the heavy modules it imported.
 CLIENT = """
 import json, sys
 from gadgets.client import main
 rc = main(sys.argv[1:])
-heavy = sorted(m for m in sys.modules
-               if m in ("torch", "mr0core") or m.startswith(("torch.", "mr0core.")))
+light = {LIGHT}
+heavy = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")
+               or ((m == "mr0core" or m.startswith("mr0core.")) and m not in light))
 print("HEAVY " + json.dumps(heavy), file=sys.stderr)
 sys.exit(rc)
-"""
+""".replace("{LIGHT}", repr(sorted(LIGHT_MR0CORE)))
 
 HEADER = """<?xml version="1.0"?>
 <ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD">
@@ -71,17 +75,31 @@ def run_client(*argv: str) -> tuple[int, list[str], str]:
     return proc.returncode, json.loads(lines[-1][len("HEAVY ") :]), proc.stdout
 
 
-def test_importing_the_client_loads_neither_torch_nor_mr0core():
+def test_importing_the_client_loads_no_torch_and_only_light_mr0core_modules():
     code = (
         "import json, sys, gadgets.client\n"
         "print(json.dumps(['torch' in sys.modules,"
-        " any(m == 'mr0core' or m.startswith('mr0core.') for m in sys.modules)]))"
+        " sorted(m for m in sys.modules if m == 'mr0core' or m.startswith('mr0core.'))]))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          check=True, timeout=60).stdout  # fmt: skip
-    has_torch, has_mr0core = json.loads(out)
+    has_torch, mr0core_modules = json.loads(out)
     assert not has_torch
-    assert not has_mr0core
+    assert set(mr0core_modules) <= LIGHT_MR0CORE
+    assert "mr0core.io.rawfile" in mr0core_modules  # the shared check, not a copy
+
+
+def test_importing_mr0core_loads_no_torch_until_a_name_is_used():
+    code = (
+        "import json, sys, mr0core, mr0core.io\n"
+        "before = 'torch' in sys.modules\n"
+        "mr0core.Sequence\n"
+        "print(json.dumps([before, 'torch' in sys.modules, sorted(mr0core.__all__) == "
+        "sorted(mr0core._NAMES), sorted(mr0core.io.__all__) == sorted(mr0core.io._NAMES)]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         check=True, timeout=60).stdout  # fmt: skip
+    assert json.loads(out) == [False, True, True, True]
 
 
 def test_importing_gadgets_pacs_loads_neither_torch_nor_mr0core():
@@ -170,29 +188,25 @@ def _bad_files(tmp: Path) -> list[Path]:
     return [tmp / "missing.h5", tmp / "text.h5", tmp / "nogroup.h5", tmp / "noxml.h5"]
 
 
-def test_wire_tools_check_raw_file_matches_mr0core(tmp_path):
-    for path in _bad_files(tmp_path):
-        with pytest.raises((FileNotFoundError, ValueError)) as ours:
-            wire_tools.check_raw_file(path)
-        with pytest.raises((FileNotFoundError, ValueError)) as theirs:
-            mrd.check_raw_file(path)
-        assert str(ours.value) == str(theirs.value)
-        assert isinstance(ours.value, FileNotFoundError) == isinstance(
-            theirs.value, FileNotFoundError
-        )
+def test_raw_file_checks_name_the_problem(tmp_path):
+    """The client's check is mr0core's (one implementation, torch-free)."""
+    assert mrd.check_raw_file is rawfile.check_raw_file
+    expected = ("ISMRMRD file not found", "not an HDF5 file", "no group 'dataset'",
+                "has no ISMRMRD header")  # fmt: skip
+    for path, message in zip(_bad_files(tmp_path), expected, strict=True):
+        with pytest.raises((FileNotFoundError, rawfile.MrdFormatError), match=message):
+            rawfile.check_raw_file(path)
     good = tmp_path / "good.h5"
     with h5py.File(good, "w") as f:
         f.create_group("dataset").create_dataset("xml", data=[HEADER.encode()])
-    assert wire_tools.check_raw_file(good) == mrd.check_raw_file(good) == good
+    assert rawfile.check_raw_file(good) == good
 
 
-def test_wire_tools_closed_pipe_matches_mr0core():
-    assert wire_tools.CLOSED_PIPE_STATUS == clitools.CLOSED_PIPE_STATUS
-
+def test_closed_pipe_exit_is_quiet():
     # the wrapper redirects stdout to /dev/null: run it where that does no harm
     code = (
         "import sys\n"
-        "from gadgets.wire_tools import exit_quietly_on_closed_pipe\n"
+        "from mr0core.clitools import exit_quietly_on_closed_pipe\n"
         "def main():\n    raise BrokenPipeError\n"
         "sys.exit(exit_quietly_on_closed_pipe(main)())"
     )

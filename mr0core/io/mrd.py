@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mr0core.io.rawfile import MrdFormatError, check_raw_file
 from mr0core.recon.kdata import IDX_KEYS, AcqFlag, KData, as_sequence
 
 __all__ = [
@@ -71,10 +72,6 @@ _TRAJ_FROM_MRD = {
     "spiral": "spiral",
     "other": "other",
 }
-
-
-class MrdFormatError(ValueError):
-    """A file that is not (valid) ISMRMRD raw data; the message names the file and the problem."""
 
 
 class MrdHeaderError(MrdFormatError):
@@ -722,31 +719,6 @@ def _kdata_from_arrays(
         noise_sample_time_s=noise_dwell_s,
         header=header,
     )
-
-
-def check_raw_file(path: str | PathLike[str], group: str = "dataset") -> Path:
-    """Check that ``path`` is an HDF5 file whose ``group`` holds an ISMRMRD header.
-
-    Raises
-    ------
-    FileNotFoundError
-        If there is no such file.
-    MrdFormatError
-        If it is not HDF5, or lacks the group or its header (``xml``).
-    """
-    import h5py
-
-    path = Path(fspath(path))
-    if not path.is_file():
-        raise FileNotFoundError(f"ISMRMRD file not found: {path}")
-    if not h5py.is_hdf5(path):
-        raise MrdFormatError(f"{path}: not an HDF5 file, so not ISMRMRD raw data")
-    with h5py.File(path, "r") as f:
-        if group not in f:
-            raise MrdFormatError(f"{path}: no group {group!r} (groups: {sorted(f.keys())})")
-        if "xml" not in f[group]:
-            raise MrdFormatError(f"{path}: group {group!r} has no ISMRMRD header ('xml')")
-    return path
 
 
 def read_mrd(
