@@ -71,7 +71,7 @@ nb_kernel_rgx_aliases = {".*": "python3"}  # the kernel of the Python that runs 
 # The kernels inherit this. `import mr0core` imports tqdm.auto, which in a kernel without
 # ipywidgets warns once that it falls back to text progress bars: true, and not worth a line on
 # every tutorial page. Other warnings (stderr) are shown.
-os.environ.setdefault("PYTHONWARNINGS", "ignore::tqdm.TqdmWarning")
+os.environ.setdefault("PYTHONWARNINGS", "ignore:IProgress not found")  # by its message
 
 # -- autodoc ---------------------------------------------------------------------------------------
 autodoc_default_options: dict[str, object] = {}

@@ -21,11 +21,8 @@
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
 import mr0core as mr0
-
-torch.manual_seed(0)
 
 # %% [markdown]
 # ## The subject

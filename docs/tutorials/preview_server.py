@@ -69,7 +69,7 @@ texts: list[str] = []
 result = send_job(job, work / "preview.h5", config="mr0_preview", host=host, port=port,
                   on_text=texts.append)  # fmt: skip
 print("ok:", result.ok, "images:", result.images)
-for text in texts:
+for text in [*texts[:2], "…", texts[-1]] if len(texts) > 4 else texts:
     print("text:", text)
 
 # %% [markdown]
