@@ -18,6 +18,7 @@
 # the job's keys.
 
 # %%
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from mr0core.jobs import build_demo_flash
 # which start a few seconds later (see {doc}`../scheduler`).
 
 # %%
-work = Path(tempfile.mkdtemp())
+work = Path(tempfile.mkdtemp())  # private (0700), removed at the end
 server = MrdServer(ServerConfig(port=0, scheduler=False))
 host, port = server.start()
 print(f"mr0-server listening on {host}:{port}")
@@ -102,3 +103,4 @@ print("ok:", bad.ok, "|", bad.errors[0][:100] if bad.errors else "")
 
 # %%
 server.shutdown(grace_s=5)
+shutil.rmtree(work)

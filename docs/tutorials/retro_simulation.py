@@ -23,6 +23,7 @@
 
 # %%
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from mr0core.io import sig_to_mrd
 from mr0core.io.mrd_images import image_array, read_mrd_images
 from mr0core.jobs import SimSettings, build_demo_flash, load_job_phantom, run_simulation
 
-work = Path(tempfile.mkdtemp())
+work = Path(tempfile.mkdtemp())  # private (0700), removed at the end
 
 # %% [markdown]
 # ## The measurement
@@ -105,3 +106,6 @@ for ax, (title, pixels) in zip(axes, series.items(), strict=True):
     ax.axis("off")
 fig.suptitle(f"NRMSE {100 * report['nrmse']:.1f} %, SSIM {report['ssim']:.3f}")
 plt.show()
+
+# %%
+shutil.rmtree(work)

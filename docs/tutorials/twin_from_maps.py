@@ -23,6 +23,7 @@
 
 # %%
 import json
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -47,7 +48,8 @@ vox_mm = [float(s) * 1e3 / n for s, n in zip(brain.size, brain.PD.shape, strict=
 affine = np.diag([*vox_mm, 1.0])
 affine[:3, 3] = [-16 * vox_mm[0], -16 * vox_mm[1], 0.0]
 
-subject = Path(tempfile.mkdtemp()) / "sub-01" / "anat"
+work = Path(tempfile.mkdtemp())  # private (0700), removed at the end
+subject = work / "sub-01" / "anat"
 subject.mkdir(parents=True)
 
 
@@ -124,3 +126,6 @@ for ax, (label, image) in zip(axes, images.items(), strict=True):
     ax.axis("off")
 fig.suptitle(f"FLASH 15°, TR 12 ms: NRMSE {100 * nrmse:.2f} % after scaling by {scale:.3f}")
 plt.show()
+
+# %%
+shutil.rmtree(work)
