@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from gadgets.core import Context, Gadget, GadgetError, Item, Property, register
+from gadgets.offload import offload_wait
 from mr0core.io.mrd import MrdFormatError, kdata_from_acquisitions
 from mr0core.io.mrd_images import make_mrd_images
 from mr0core.recon.auto import reconstruct
@@ -698,65 +699,30 @@ def _reconstruct(
     timeout_s: float = RECON_JOB_TIMEOUT_S,
     **options: Any,
 ) -> Any:
-    """:func:`mr0core.recon.auto.reconstruct`, as a job of the server's scheduler when it has one.
+    """:func:`mr0core.recon.auto.reconstruct`, as a call of the server's scheduler when it has one.
 
-    The SENSE and NUFFT recons are the heavy ones: they go to a worker (a GPU when one fits),
-    with the session's priority class ``recon``. The raw data (and a reference scan) travel
-    through the scheduler's store. Without a scheduler the recon runs here.
+    The SENSE and NUFFT recons are the heavy ones: they go to a worker (a GPU when one fits)
+    as a ``reconstruct`` call (:func:`gadgets.offload.offload_wait`) with the priority class
+    ``recon``. The raw data (and a reference scan) go as objects; the reconstruction comes
+    back as one; the scheduler estimates its memory from them
+    (:func:`scheduler.estimate.estimate_reconstruct_call`). Without a scheduler the recon runs
+    here.
 
-    A job gets ``timeout_s`` in all, queued and running (the scheduler stops a run at the same
+    A call gets ``timeout_s`` in all, queued and running (the scheduler stops a run at the same
     time): then it is cancelled and a :class:`GadgetError` says so. At most
-    :data:`RECON_JOB_ATTEMPTS` starts.
+    :data:`RECON_JOB_ATTEMPTS` starts. The server cancels it when the session fails.
     """
-    sched = gadget.context.scheduler
-    if sched is None:
+    if gadget.context.scheduler is None:
         return reconstruct(kd, method=method, **options)
-    import shutil
-
-    from mr0core.recon.auto import Reconstruction
-    from scheduler.jobfiles import load_object, save_object
-    from scheduler.service import job_result
-
-    folder = sched.inputs_folder()
-    job = None
-    try:
-        # job files are plain data (weights_only loading): nothing in them can run code
-        save_object(kd, folder / "kdata.pt")
-        reference = options.pop("reference", None)
-        if reference is not None:
-            save_object(reference, folder / "reference.pt")
-        params = {"inputs": str(folder), "method": method, **options}
-        job = sched.submit(
-            "reconstruct_saved", params, "recon", estimate_bytes=_recon_estimate(kd, method),
-            timeout_s=timeout_s, max_attempts=RECON_JOB_ATTEMPTS, durable=False,
-        )  # fmt: skip
-        record = sched.wait(job, timeout_s=timeout_s)
-        if record.state in ("queued", "running"):
-            raise GadgetError(
-                f"{gadget.name}: the recon job {job} did not finish within {timeout_s:g} s "
-                f"(it was {record.state}; cancelled)"
-            )
-        if record.state != "done":
-            raise GadgetError(f"{gadget.name}: the recon job {job} {record.state}: {record.error}")
-        out = load_object(job_result(sched.store, job) / "recon.pt", "dict")
-        return Reconstruction(out["image"], tuple(out["fov_m"]), tuple(out["matrix"]),
-                              out["method"])  # fmt: skip
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        if job is not None:
-            sched.cancel(job)  # timed out, or the session ended early: do not leave it running
-            sched.forget(job)  # read (or failed and reported): its result files go
-
-
-def _recon_estimate(kd: KData, method: str) -> int:
-    """Peak memory of a recon job for the scheduler's placement (0 if it cannot tell)."""
-    try:
-        from scheduler.estimate import estimate_recon_bytes
-
-        return estimate_recon_bytes(kd.recon_matrix, kd.n_coils, method,
-                                    samples=int(kd.signal.shape[0]))  # fmt: skip
-    except Exception:  # an estimate is advice: never fail a recon over it
-        return 0
+    reference = options.pop("reference", None)
+    # the parsed ISMRMRD header objects stay here: the reconstruction does not read them
+    inputs = {
+        "kdata": replace(kd, header=None),
+        "reference": None if reference is None else replace(reference, header=None),
+    }
+    return offload_wait(gadget, "reconstruct", inputs, {"method": method, **options},
+                        kind="recon", what="recon", timeout_s=timeout_s,
+                        max_attempts=RECON_JOB_ATTEMPTS)  # fmt: skip
 
 
 @register

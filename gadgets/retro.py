@@ -36,9 +36,10 @@ measured data (``coils`` 0), or a NIfTI phantom from the server's ``--phantoms``
 physical size is its own: the twin is not scaled to the scan's field of view.
 
 With the server's scheduler (the default) a ``.seq`` protocol is never parsed in the server: the
-text goes to a ``prepare_seq`` job (as for ``mr0_preview``, see :mod:`gadgets.twin`), which
-converts it and returns the readout layout the mapping is checked against, then a
-``simulate_saved`` job simulates it. Without a scheduler (``--no-scheduler``) it is parsed here.
+text goes to a ``prepare_seq`` call (as for ``mr0_preview``, see :mod:`gadgets.twin`), which
+converts it and returns the sequence and the readout layout the mapping is checked against,
+then a ``simulate`` call simulates that sequence on the twin (objects in and out, through
+:func:`gadgets.offload.offload`). Without a scheduler (``--no-scheduler``) it is parsed here.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ import numpy as np
 import torch
 
 from .core import Context, GadgetError, Item, Property, Text, register
-from .twin import JobGroup, TwinPreviewGadget, _phantom, check_seq_size
+from .twin import TwinPreviewGadget, _phantom, check_seq_size
 
 __all__ = ["RETRO_SERIES", "RetroSimGadget"]
 
@@ -206,19 +207,18 @@ class RetroSimGadget(TwinPreviewGadget):
         acqs: list[Any],
         imaging: list[int],
     ) -> Iterator[Item]:
-        """Convert the ``.seq`` and simulate it as scheduler jobs; return signal, mapping, info."""
-        with JobGroup(self.context.scheduler) as jobs:
-            data = self.save_seq_inputs(jobs, text, phantom)
-            summary, result = self.prepare_job(jobs, text, data, settings, layout=True)
-            rows = np.load(result / "layout.npy", allow_pickle=False)
-            mapping = self._mapping(rows[:, 0].tolist(), rows[:, 1].tolist(), acqs, imaging)
-            info = {"protocol": "seq"}
-            yield self._status(info, mapping, phantom_name)
-            result = yield from self._simulate_saved_job(
-                jobs, settings, summary["estimate_bytes"], sub_slices=summary.get("sub_slices")
-            )
-            signal = torch.from_numpy(np.load(result / "signal.npy", allow_pickle=False))
-        return signal, mapping, info
+        """Convert the ``.seq`` and simulate it as scheduler calls; return signal, mapping, info."""
+        data = self.built_twin(phantom)
+        prepared = self.prepare_call(text, data, settings, layout=True)
+        rows, summary = prepared["layout"], prepared["summary"]
+        mapping = self._mapping(rows[:, 0].tolist(), rows[:, 1].tolist(), acqs, imaging)
+        info = {"protocol": "seq"}
+        yield self._status(info, mapping, phantom_name)
+        out = yield from self._simulate_call(
+            prepared["sequence"], data, settings, summary["estimate_bytes"],
+            sub_slices=summary.get("sub_slices"),
+        )  # fmt: skip
+        return out["signal"], mapping, info
 
     def _seq_protocol(
         self, text: str, acqs: list[Any], imaging: list[int]

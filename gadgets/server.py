@@ -921,6 +921,8 @@ class Session:
         except Exception as exc:
             if not self.failed.is_set():
                 self.fail(exc)
+            if self.scheduler is not None:  # its calls are waited for by nobody now
+                self.scheduler.cancel_session(self.sid)
             self.put(_ABORT)
         finally:
             self._count_received()

@@ -25,22 +25,23 @@ NUFFT) and yields magnitude images in series "MR0 twin preview". The images are 
 ``mr0 simulate SEQ --phantom P --size N --recon OUT`` with the same settings.
 
 Where the work runs: with the server's scheduler (the default) the server never parses the
-``.seq``. It checks the text's size against ``SeqLimits().max_file_bytes``, writes it as a
-plain ``0600`` file ``seq.txt`` into a job's inputs folder beside the built twin, and two jobs
-run in a worker, where the scheduler accounts for their memory: ``prepare_seq`` parses and
-converts it within :class:`mr0core.pulseq.SeqLimits` (estimate: that parse bound,
-:func:`scheduler.estimate.estimate_seq_parse`) and estimates the simulation from the converted
-sequence; ``simulate_saved`` simulates and reconstructs it (and writes the raw data when asked).
-A malformed ``.seq`` comes back as the first job's failure (``ERROR: … does not parse: …``).
-Without a scheduler (``mr0-server --no-scheduler``) all of it runs in the session's thread,
-in the server process.
+``.seq``. It checks the text's size against ``SeqLimits().max_file_bytes`` and hands the text
+to two interactive calls of the scheduler (:func:`gadgets.offload.offload`), which run in a
+worker where the scheduler accounts for their memory: ``prepare_seq`` parses and converts it
+within :class:`mr0core.pulseq.SeqLimits` (estimate: that parse bound,
+:func:`scheduler.estimate.estimate_seq_parse`) and returns the converted
+:class:`~mr0core.Sequence` with the simulation's estimate; ``simulate`` takes that sequence and
+the built twin (objects, no files), simulates and reconstructs it (and makes the raw data when
+asked), sending progress on the way. A malformed ``.seq`` comes back as the first call's
+failure (``ERROR: … does not parse: …``). A session that ends early cancels its calls. Without
+a scheduler (``mr0-server --no-scheduler``) all of it runs in the session's thread, in the
+server process.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import copy
 import json
 import queue
@@ -65,6 +66,7 @@ from .core import (
     named_file,
     register,
 )
+from .offload import offload, offload_wait
 
 __all__ = [
     "MAX_SUB_SLICES",
@@ -72,7 +74,6 @@ __all__ = [
     "PREVIEW_SERIES",
     "RF_MODELS",
     "SESSION_SEQ",
-    "JobGroup",
     "TwinPreviewGadget",
     "check_seq_size",
     "place_twin",
@@ -348,89 +349,48 @@ class TwinPreviewGadget(Gadget):
     def _preview_jobs(
         self, text: str, phantom: Any, phantom_name: str, settings: Any, placed: dict[str, str]
     ) -> Iterator[Item]:
-        """Run the preview as scheduler jobs: parse and convert, then simulate, reconstruct."""
-        from mr0core.recon.auto import Reconstruction
-        from scheduler.jobfiles import load_object
-
-        with JobGroup(self.context.scheduler) as jobs:
-            data = self.save_seq_inputs(jobs, text, phantom)
-            summary, _ = self.prepare_job(jobs, text, data, settings, recon=True)
-            yield Text(json.dumps({"status": "simulating", "repetitions": summary["repetitions"],
-                                   "phantom": phantom_name}))  # fmt: skip
-            result = yield from self._simulate_saved_job(
-                jobs, settings, summary["estimate_bytes"], recon=True,
-                raw=self.props["return_raw"], sub_slices=summary.get("sub_slices"),
-            )  # fmt: skip
-            if self.props["return_raw"]:
-                yield from _read_acquisitions(result / "raw.h5")
-            out = load_object(result / "recon.pt", "dict")
-            rec = Reconstruction(out["image"], tuple(out["fov_m"]), tuple(out["matrix"]),
-                                 out["method"])  # fmt: skip
-        yield from self._images(rec, phantom_name, placed)
-
-    def save_seq_inputs(self, jobs: JobGroup, text: str, phantom: Any) -> Any:
-        """Write the ``.seq`` text (a plain ``0600`` file) and the built twin; return the twin."""
-        from scheduler.jobfiles import save_object
-        from scheduler.paths import write_private
-
+        """Run the preview as scheduler calls: parse and convert, then simulate, reconstruct."""
         data = self.built_twin(phantom)
-        write_private(jobs.folder / "seq.txt", text.encode("utf-8"))
-        save_object(data, jobs.folder / "phantom.pt")
-        return data
+        prepared = self.prepare_call(text, data, settings, recon=True)
+        summary = prepared["summary"]
+        yield Text(json.dumps({"status": "simulating", "repetitions": summary["repetitions"],
+                               "phantom": phantom_name}))  # fmt: skip
+        out = yield from self._simulate_call(
+            prepared["sequence"], data, settings, summary["estimate_bytes"], recon=True,
+            raw=self.props["return_raw"], sub_slices=summary.get("sub_slices"),
+        )  # fmt: skip
+        if self.props["return_raw"]:
+            yield from out["acquisitions"]
+        yield from self._images(out["recon"], phantom_name, placed)
 
-    def prepare_job(
-        self,
-        jobs: JobGroup,
-        text: str,
-        data: Any,
-        settings: Any,
-        *,
-        recon: bool = False,
-        layout: bool = False,
-    ) -> tuple[dict[str, Any], Path]:
-        """Parse and convert ``seq.txt`` in a ``prepare_seq`` job; return its summary and folder.
+    def prepare_call(
+        self, text: str, data: Any, settings: Any, *, recon: bool = False, layout: bool = False
+    ) -> dict[str, Any]:
+        """Parse and convert ``text`` in a ``prepare_seq`` call; return its result.
 
-        Its estimate is the parse bound (:func:`scheduler.estimate.estimate_seq_parse`); its
-        summary carries the estimate of the simulation job that follows. Waits at most
-        :attr:`job_timeout_s`, queued and running (then the job is cancelled); sends no
-        progress (the parse is bounded; the client hears of the simulation next).
+        The result (:func:`scheduler.functions.prepare_seq`) holds the converted
+        ``sequence``, a ``summary`` with the estimate of the simulation that follows, and the
+        readout ``layout`` (with ``layout``). The call's estimate is the parse bound
+        (:func:`scheduler.estimate.estimate_seq_parse`). Waits at most :attr:`job_timeout_s`,
+        queued and running (then the call is cancelled); sends no progress (the parse is
+        bounded; the client hears of the simulation next). The built twin ``data`` goes along
+        only when the automatic sub-slices of ``rf_model`` ``"shaped"`` need it.
         """
-        from scheduler.estimate import estimate_seq_parse
-
         coils = int(data.coil_sens.shape[0]) if hasattr(data, "coil_sens") else 1
         tx = int(data.B1.shape[0]) if hasattr(data, "B1") else 1
         params = {
-            "inputs": str(jobs.folder), "name": SESSION_SEQ, "voxels": int(data.voxel_count),
-            "coils": coils, "tx": tx, "max_states": settings.max_states, "recon": recon,
-            "layout": layout, "rf_model": self.props["rf_model"],
+            "name": SESSION_SEQ, "voxels": int(data.voxel_count), "coils": coils, "tx": tx,
+            "max_states": settings.max_states, "recon": recon, "layout": layout,
+            "rf_model": self.props["rf_model"],
         }  # fmt: skip
+        inputs: dict[str, Any] = {"text": text}
         if self.props["sub_slices"] is not None:
             params["sub_slices"] = self.props["sub_slices"]
-        estimate = estimate_seq_parse(len(text.encode("utf-8")), layout=recon or layout)
-        job = jobs.submit("prepare_seq", params, self.job_kind, estimate_bytes=estimate,
-                          timeout_s=self.job_timeout_s,
-                          max_attempts=self.job_attempts)  # fmt: skip
-        result = self._wait_job(jobs, job, "sequence")
-        return json.loads((result / "summary.json").read_text()), result
-
-    def _wait_job(self, jobs: JobGroup, job: str, what: str) -> Path:
-        """Wait up to :attr:`job_timeout_s` for a job (no progress texts); return its result."""
-        from scheduler.service import job_result
-
-        deadline = time.monotonic() + self.job_timeout_s
-        while True:
-            record = jobs.sched.store.get(job)
-            if record.state in ("done", "failed", "cancelled"):
-                break
-            if time.monotonic() > deadline:
-                raise GadgetError(
-                    f"{self.name}: the {what} job {job} did not finish within "
-                    f"{self.job_timeout_s:g} s (it was {record.state}; cancelled)"
-                )
-            time.sleep(0.02)
-        if record.state != "done":
-            raise GadgetError(f"{self.name}: the {what} job {job} {record.state}: {record.error}")
-        return job_result(jobs.sched.store, job)
+        elif self.props["rf_model"] == "shaped":
+            inputs["phantom"] = data
+        return offload_wait(self, "prepare_seq", inputs, params, kind=self.job_kind,
+                            what="sequence", timeout_s=self.job_timeout_s,
+                            max_attempts=self.job_attempts)  # fmt: skip
 
     job_kind: ClassVar[str] = "preview"
     """The scheduler's priority class of this gadget's simulations."""
@@ -484,92 +444,59 @@ class TwinPreviewGadget(Gadget):
         return result["signal"]
 
     def _simulate_job(self, seq: Any, phantom: Any, settings: Any) -> Iterator[Item]:
-        """Run the simulation of a sequence object as a job of the scheduler; return the signal.
+        """Simulate a sequence object in a ``simulate`` call of the scheduler; return the signal.
 
-        For sequences built here (a protocol made from the ISMRMRD header): the sequence and
-        the built twin go to a folder of the scheduler's store as job files (plain data,
-        :func:`scheduler.jobfiles.save_object`: nothing in them can run code).
+        For sequences built here (a protocol made from the ISMRMRD header). The call's
+        estimate is the scheduler's from the objects
+        (:func:`scheduler.estimate.estimate_simulate_call`: the PDG bound, sub-slices counted).
         """
-        import numpy as np
-        import torch
+        data = self.built_twin(phantom)
+        sub_slices = self.props["sub_slices"]
+        if self.props["rf_model"] == "shaped" and sub_slices is None:
+            from mr0core.sim.shaped import default_sub_slices
 
-        from scheduler.jobfiles import save_object
+            sub_slices = default_sub_slices(seq, data)
+        out = yield from self._simulate_call(seq, data, settings, None, sub_slices=sub_slices)
+        return out["signal"]
 
-        with JobGroup(self.context.scheduler) as jobs:
-            data = self.built_twin(phantom)
-            save_object(seq, jobs.folder / "seq.pt")
-            save_object(data, jobs.folder / "phantom.pt")
-            sub_slices = self.props["sub_slices"]
-            if self.props["rf_model"] == "shaped" and sub_slices is None:
-                from mr0core.sim.shaped import default_sub_slices
-
-                sub_slices = default_sub_slices(seq, data)
-            result = yield from self._simulate_saved_job(
-                jobs, settings, _estimate(seq, data, settings.max_states, sub_slices or 1),
-                sub_slices=sub_slices,
-            )  # fmt: skip
-            return torch.from_numpy(np.load(result / "signal.npy", allow_pickle=False))
-
-    def _simulate_saved_job(
+    def _simulate_call(
         self,
-        jobs: JobGroup,
+        seq: Any,
+        data: Any,
         settings: Any,
-        estimate: int,
+        estimate: int | None,
         *,
         recon: bool = False,
         raw: bool = False,
         sub_slices: int | None = None,
     ) -> Iterator[Item]:
-        """Run ``simulate_saved`` on the group's folder; yield progress texts; return its result.
+        """Run the ``simulate`` call on ``seq`` and the built twin ``data``; yield progress texts.
 
-        ``sub_slices``: the number resolved for ``rf_model`` ``"shaped"`` (by ``prepare_seq``
-        or :func:`mr0core.sim.shaped.default_sub_slices`), so that the simulation uses the
-        number its estimate counted; None: this gadget's ``sub_slices``.
-        Progress comes back through the folder's ``progress.json``; a session that ends early
-        cancels the job. The job is not durable (a restart cancels it: nobody would read it),
-        has a timeout (:attr:`job_timeout_s`) and at most :attr:`job_attempts` starts; once
-        read, its result files are deleted from the scheduler's store (the record stays).
+        Returns the call's result (:func:`scheduler.functions.simulate_call`: ``signal``,
+        ``recon``, ``acquisitions``). ``estimate``: the call's peak memory (None: the
+        scheduler's estimate from the objects). ``sub_slices``: the number resolved for
+        ``rf_model`` ``"shaped"`` (by ``prepare_seq`` or
+        :func:`mr0core.sim.shaped.default_sub_slices`), so that the simulation uses the number
+        its estimate counted; None: this gadget's ``sub_slices``. Progress texts every
+        ``progress_s``; a session that ends early cancels the call; it is not durable, has a
+        timeout (:attr:`job_timeout_s`, queued and running) and at most :attr:`job_attempts`
+        starts.
         """
-        from scheduler.service import job_result
-
         params = {
-            "inputs": str(jobs.folder), "max_states": settings.max_states,
-            "min_state_mag": settings.min_state_mag, "min_emitted": settings.min_emitted,
-            "min_latent": settings.min_latent, "noise": self.props["noise"],
-            "seed": self.props["seed"], "rf_model": self.props["rf_model"],
+            "max_states": settings.max_states, "min_state_mag": settings.min_state_mag,
+            "min_emitted": settings.min_emitted, "min_latent": settings.min_latent,
+            "noise": self.props["noise"], "seed": self.props["seed"],
+            "rf_model": self.props["rf_model"], "recon": recon, "raw": raw,
         }  # fmt: skip
         if sub_slices is None:
             sub_slices = self.props["sub_slices"]
         if sub_slices is not None:
             params["sub_slices"] = int(sub_slices)
-        if recon:
-            params["recon"] = True
-        if raw:
-            params["raw"] = True
-        job = jobs.submit("simulate_saved", params, self.job_kind, estimate_bytes=estimate,
-                          timeout_s=self.job_timeout_s,
-                          max_attempts=self.job_attempts)  # fmt: skip
-        sched = jobs.sched
-        started = last = time.monotonic()
-        state = ""
-        while True:
-            record = sched.store.get(job)
-            if record.state in ("done", "failed", "cancelled"):
-                break
-            now = time.monotonic()
-            if now - last >= self.props["progress_s"] or record.state != state:
-                last, state = now, record.state
-                text = {"status": "simulating" if state == "running" else "queued",
-                        "job": job, "seconds": round(now - started, 1)}  # fmt: skip
-                with contextlib.suppress(OSError, ValueError):
-                    text.update(json.loads((jobs.folder / "progress.json").read_text()))
-                yield Text(json.dumps(text))
-            time.sleep(0.05)
-        if record.state != "done":
-            raise GadgetError(
-                f"{self.name}: the simulation job {job} {record.state}: {record.error}"
-            )
-        return job_result(sched.store, job)
+        return (yield from offload(
+            self, "simulate", {"sequence": seq, "phantom": data}, params, kind=self.job_kind,
+            what="simulation", timeout_s=self.job_timeout_s, max_attempts=self.job_attempts,
+            estimate_bytes=estimate, progress_s=self.props["progress_s"],
+        ))  # fmt: skip
 
     def _images(
         self, rec: Any, phantom_name: str, placed: dict[str, str] | None = None
@@ -637,50 +564,3 @@ def check_seq_size(text: str, gadget: str) -> None:
             f"{gadget}: the sequence does not parse: {SESSION_SEQ}: {len(text.encode('utf-8'))} "
             f"bytes is more than the limit max_file_bytes={limit}"
         )
-
-
-class JobGroup:
-    """Scheduler jobs of one gadget run that share one inputs folder.
-
-    On leaving (``with``), the folder goes and every job is cancelled (a session that ended
-    early leaves nothing running) and forgotten (its result files go; the record stays).
-    Every job is interactive: not durable (a restart cancels it: nobody would read it).
-    """
-
-    def __init__(self, sched: Any) -> None:
-        self.sched = sched
-        self.folder: Path = sched.inputs_folder()
-        self.jobs: list[str] = []
-
-    def submit(self, function: str, params: dict[str, Any], kind: str, **kw: Any) -> str:
-        """Submit a job (not durable) to the scheduler; return its id."""
-        job = self.sched.submit(function, params, kind, durable=False, **kw)
-        self.jobs.append(job)
-        return job
-
-    def __enter__(self) -> JobGroup:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import shutil
-
-        shutil.rmtree(self.folder, ignore_errors=True)
-        for job in self.jobs:
-            self.sched.cancel(job)
-            self.sched.forget(job)
-
-
-def _estimate(seq: Any, data: Any, max_states: int, sub_slices: int = 1) -> int:
-    """Peak memory of a simulation job for the scheduler's placement (0 if it cannot tell).
-
-    The host figure (``device="cpu"``: the pre-pass graph and the main pass), the larger, so
-    that it holds on the CPU and on a GPU alike; ``sub_slices`` (shaped RF) multiply the voxels.
-    """
-    try:
-        from scheduler.estimate import estimate_pdg
-
-        coils = int(data.coil_sens.shape[0]) if hasattr(data, "coil_sens") else 1
-        voxels = int(data.voxel_count) * sub_slices
-        return estimate_pdg(seq, voxels, coils, max_states, device="cpu")
-    except Exception:  # an estimate is advice: never fail a preview over it
-        return 0

@@ -227,7 +227,7 @@ def _cancel(opts: argparse.Namespace) -> int:
 def _submit(opts: argparse.Namespace) -> int:
     import uuid
 
-    from .functions import FUNCTIONS, INPUT_FUNCTIONS
+    from .functions import FUNCTIONS
     from .model import JobSpec
     from .service import _estimate
     from .store import JobStore
@@ -235,11 +235,6 @@ def _submit(opts: argparse.Namespace) -> int:
     if opts.function not in FUNCTIONS:
         print(f"mr0-scheduler: unknown function {opts.function!r} "
               f"(known: {', '.join(sorted(FUNCTIONS))})", file=sys.stderr)  # fmt: skip
-        return 2
-    if opts.function in INPUT_FUNCTIONS:
-        print(f"mr0-scheduler: {opts.function} reads an inputs folder that an in-process "
-              "submitter (the server) makes; it cannot be submitted here",
-              file=sys.stderr)  # fmt: skip
         return 2
     try:
         params = json.loads(opts.params)

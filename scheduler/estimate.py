@@ -67,16 +67,16 @@ encoded dimensions, complex64 (8 bytes)::
 
 Reading a client's ``.seq`` (:func:`scheduler.functions.prepare_seq`)
 ---------------------------------------------------------------------
-The server does not parse a client's ``.seq``; a job does, before anything else, and its
-estimate must hold before the file has been read. :class:`mr0core.pulseq.SeqLimits` bounds
+The server does not parse a client's ``.seq``; a call does, before anything else, and its
+estimate must hold before the text has been parsed. :class:`mr0core.pulseq.SeqLimits` bounds
 the read and the conversion (the parsed file included) to ``max_memory_bytes`` each, checked
 before they allocate (:func:`mr0core.pulseq.conversion_size`), so::
 
     prepare = FIXED_BYTES + SEQ_TEXT_COPIES · text bytes + max_memory_bytes
             + SEQ_LAYOUT_BYTES_PER_SAMPLE · max_total_adc_samples       (readout layout)
 
-The job then converts and reports :func:`estimate_simulation_from_sequence` for the
-simulation job that follows (its PDG bound, or, when it also reconstructs, the larger of that
+The call then converts and reports :func:`estimate_simulation_from_sequence` for the
+simulation call that follows (its PDG bound, or, when it also reconstructs, the larger of that
 and the reconstruction with the signal kept).
 
 Calibration (CPU)
@@ -118,10 +118,13 @@ if TYPE_CHECKING:
     from mr0core.sim.graph import Graph
 
 __all__ = [
+    "CALL_ESTIMATORS",
     "ESTIMATORS",
     "RECON_METHODS",
+    "CallEstimator",
     "Estimator",
     "PdgLoad",
+    "estimate_call",
     "estimate_job",
     "estimate_pdg",
     "estimate_pdg_from_graph",
@@ -998,12 +1001,89 @@ Estimator = Callable[[Mapping[str, Any], bool | None], int]
 
 ESTIMATORS: dict[str, Estimator] = {
     "simulate": estimate_simulation_job,
-    "run_simulation": estimate_simulation_job,
-    "recon": estimate_recon_job,
     "reconstruct": estimate_recon_job,
     "prepare_seq": estimate_prepare_job,
 }
-"""Job function name → estimator of its params (the worker registry's names)."""
+"""Function name → estimator of its JSON-able parameters alone (``mr0-scheduler estimate``,
+:meth:`scheduler.service.Scheduler.submit`). Every key names a job or call function of
+:mod:`scheduler.functions` (``simulate`` is both)."""
+
+
+def _call_sub_slices(params: Mapping[str, Any]) -> int:
+    sub = params.get("sub_slices")
+    if params.get("rf_model") == "shaped" and isinstance(sub, int) and not isinstance(sub, bool):
+        return max(1, sub)
+    return 1
+
+
+def estimate_prepare_call(inputs: Mapping[str, Any], params: Mapping[str, Any]) -> int:
+    """Estimate the call ``prepare_seq``: the parse bound of its ``text`` input."""
+    text = inputs.get("text")
+    if not isinstance(text, str):
+        raise ValueError("prepare_seq: input 'text' must be a str")
+    from mr0core.pulseq import DEFAULT_SEQ_LIMITS
+
+    size = min(len(text.encode("utf-8")), DEFAULT_SEQ_LIMITS.max_file_bytes)
+    return estimate_seq_parse(size, layout=bool(params.get("layout") or params.get("recon")))
+
+
+def estimate_simulate_call(inputs: Mapping[str, Any], params: Mapping[str, Any]) -> int:
+    """Estimate the call ``simulate``: :func:`estimate_pdg` of its objects, host figure.
+
+    The host (``cpu``) figure is the larger, so it holds on the CPU and a GPU alike;
+    ``sub_slices`` (``rf_model`` ``"shaped"``) multiply the voxels. A reconstruction the call
+    also runs (``recon``) is not counted: a caller that knows the readout layout passes the
+    larger estimate (:func:`estimate_simulation_from_sequence`, from ``prepare_seq``).
+    """
+    from mr0core.phantom.sim_data import SimData
+    from mr0core.sequence import Sequence
+
+    seq, data = inputs.get("sequence"), inputs.get("phantom")
+    if not isinstance(seq, Sequence) or not isinstance(data, SimData):
+        raise ValueError("simulate: inputs 'sequence' (a Sequence) and 'phantom' (a SimData)")
+    coils = int(data.coil_sens.shape[0])
+    tx = int(data.B1.shape[0])
+    voxels = int(data.voxel_count) * _call_sub_slices(params)
+    max_states = _check_int("max_states", params.get("max_states", 200), 1, MAX_STATES)
+    return estimate_pdg(seq, voxels, coils, max_states, tx=tx, device="cpu")
+
+
+def estimate_reconstruct_call(inputs: Mapping[str, Any], params: Mapping[str, Any]) -> int:
+    """Estimate the call ``reconstruct``: :func:`estimate_recon_bytes` of its ``kdata``."""
+    from mr0core.recon.kdata import KData
+
+    kd = inputs.get("kdata")
+    if not isinstance(kd, KData):
+        raise ValueError("reconstruct: input 'kdata' must be a KData")
+    return estimate_recon_bytes(kd.recon_matrix, kd.n_coils, params.get("method", "auto"),
+                                samples=int(kd.signal.shape[0]))  # fmt: skip
+
+
+CallEstimator = Callable[[Mapping[str, Any], Mapping[str, Any]], int]
+"""``(inputs, params) -> bytes``."""
+
+CALL_ESTIMATORS: dict[str, CallEstimator] = {
+    "prepare_seq": estimate_prepare_call,
+    "simulate": estimate_simulate_call,
+    "reconstruct": estimate_reconstruct_call,
+}
+"""Call function name → estimator of its input objects and parameters
+(:meth:`scheduler.service.Scheduler.call` without ``estimate_bytes``)."""
+
+
+def estimate_call(function_name: str, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> int:
+    """Estimated peak bytes of the call ``function_name`` on ``inputs`` (objects).
+
+    Raises
+    ------
+    ValueError
+        For a function without a call estimator, or inputs it cannot read.
+    """
+    estimator = CALL_ESTIMATORS.get(function_name)
+    if estimator is None:
+        known = ", ".join(sorted(CALL_ESTIMATORS))
+        raise ValueError(f"no memory estimate for call {function_name!r} (known: {known})")
+    return int(estimator(inputs, params))
 
 
 def estimate_job(
@@ -1014,7 +1094,7 @@ def estimate_job(
     Parameters
     ----------
     function_name
-        A key of :data:`ESTIMATORS` (e.g. ``"simulate"``, ``"recon"``).
+        A key of :data:`ESTIMATORS` (``"simulate"``, ``"reconstruct"``, ``"prepare_seq"``).
     params
         The job's JSON-able parameters, e.g. ``{"seq": "gre.seq", "phantom": "brain",
         "size": 64, "coils": 1, "max_states": 200}`` or ``{"matrix": [256, 256, 1],

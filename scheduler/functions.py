@@ -1,115 +1,154 @@
-"""The job functions workers run, by name.
+"""The functions workers run, by name: durable jobs and interactive calls.
 
-A job names its function (``JobSpec.function``); a worker looks it up here and calls
-``function(params, device, workdir)``. Nothing is ever imported from a name in a job: the
-registry is the only way in, as for gadget classes.
+Two registries; nothing is ever imported from a name a job or a client gives (as for gadget
+classes).
 
-A function takes JSON-able ``params``, the torch device it was placed on (``"cpu"`` or
-``"cuda"`` — a GPU worker sees its one GPU as ``cuda`` through ``CUDA_VISIBLE_DEVICES``), and a
-private working folder for files; it returns a JSON-able summary. Files it leaves in ``workdir``
-become the job's result files.
-
-A function registered with ``inputs=True`` also reads files its submitter left in a folder of
-the scheduler's store; ``params["inputs"]`` names it. :func:`run_function` confines that name
-to the scheduler's ``inputs/`` folder before the function sees it
-(:func:`scheduler.paths.confined_folder`: ``/etc``, ``../../x`` or a link out of it is an
-:class:`~scheduler.paths.InputPathError`) and passes the folder as a fourth argument. The
-files there are job files (:mod:`scheduler.jobfiles`): plain data read with
-``torch.load(weights_only=True)``, never a pickle that could run code, or plain text
-(``seq.txt``, a client's ``.seq``, parsed here within :class:`mr0core.pulseq.SeqLimits`).
+Jobs (:data:`FUNCTIONS`, :func:`job_function`)
+    A durable job (:meth:`scheduler.service.Scheduler.submit`, ``mr0-scheduler submit``) names
+    its function (``JobSpec.function``); a worker calls ``function(params, device, workdir)``
+    with JSON-able ``params``, the torch device it was placed on (``"cpu"`` or ``"cuda"`` — a
+    GPU worker sees its one GPU as ``cuda`` through ``CUDA_VISIBLE_DEVICES``), and a private
+    working folder. It returns a JSON-able summary; files it leaves in ``workdir`` become the
+    job's result files.
+Calls (:data:`CALLS`, :func:`call_function`)
+    An interactive call (:meth:`scheduler.service.Scheduler.call`: a preview, a session's
+    reconstruction) gets objects and returns an object:
+    ``function(inputs, params, device, progress) -> result``. ``inputs`` is a dict of objects
+    the server built (a :class:`~mr0core.Sequence`, a built ``SimData``, a ``KData``, a text);
+    they reach the worker through its task queue (pickled by our own server process, never
+    read from a file or a client), and the result goes back on the result channel.
+    ``progress(dict)`` sends a JSON-able progress message to the caller. Nothing is written
+    to disk.
 
 A client's ``.seq`` is parsed and converted in a worker, where the scheduler accounts for its
-memory, never in the server: :func:`prepare_seq` reads ``seq.txt``, writes the
-:class:`~mr0core.Sequence` as ``seq.pt`` beside it and returns the memory estimate of the
-simulation; :func:`simulate_saved` then simulates (and, asked, reconstructs) it.
+memory, never in the server: the call :func:`prepare_seq` takes the text and returns the
+converted :class:`~mr0core.Sequence` with the simulation's memory estimate; the call
+:func:`simulate_call` (``"simulate"``) then simulates it (and, asked, reconstructs it).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .paths import confined_file, confined_folder, make_private, open_private
-
 __all__ = [
+    "CALLS",
     "FUNCTIONS",
-    "INPUT_FUNCTIONS",
     "MAX_SUB_SLICES",
     "RF_MODELS",
+    "CallFunction",
     "JobFunction",
+    "Progress",
+    "call_function",
     "is_out_of_memory",
     "job_function",
     "prepare_seq",
+    "reconstruct_call",
+    "run_call",
     "run_function",
-    "simulate_saved",
+    "simulate_call",
 ]
 
-JobFunction = Callable[..., dict[str, Any]]
-"""``(params, device, workdir) -> summary``; with ``inputs=True``: ``(..., inputs) -> summary``."""
+JobFunction = Callable[[dict[str, Any], str, Path], dict[str, Any]]
+"""``(params, device, workdir) -> summary``."""
+
+Progress = Callable[[dict[str, Any]], None]
+"""Sends one JSON-able progress message to the caller of a call."""
+
+CallFunction = Callable[[Mapping[str, Any], dict[str, Any], str, Progress], Any]
+"""``(inputs, params, device, progress) -> result``."""
 
 FUNCTIONS: dict[str, JobFunction] = {}
-"""Job functions by name."""
+"""Job functions (durable jobs) by name."""
 
-INPUT_FUNCTIONS: set[str] = set()
-"""Names of the functions that read an inputs folder (``params["inputs"]``)."""
+CALLS: dict[str, CallFunction] = {}
+"""Call functions (interactive calls) by name."""
 
 _MAX_SEQ = 16 * 2**20
 
 
-def job_function(name: str, *, inputs: bool = False) -> Callable[[JobFunction], JobFunction]:
-    """Return a decorator that files a job function under ``name``.
-
-    ``inputs``: the function reads the folder ``params["inputs"]`` names, and is called with it
-    (confined, see the module docstring) as a fourth argument.
-    """
+def job_function(name: str) -> Callable[[JobFunction], JobFunction]:
+    """Return a decorator that files a job function under ``name``."""
 
     def register(fn: JobFunction) -> JobFunction:
         if name in FUNCTIONS and FUNCTIONS[name] is not fn:
             raise ValueError(f"job function {name!r} is already registered")
         FUNCTIONS[name] = fn
-        if inputs:
-            INPUT_FUNCTIONS.add(name)
         return fn
 
     return register
 
 
-def run_function(
-    name: str,
-    params: dict[str, Any],
-    device: str,
-    workdir: Path,
-    *,
-    inputs_root: Path | None = None,
-) -> dict[str, Any]:
-    """Look up and run a job function.
+def call_function(name: str) -> Callable[[CallFunction], CallFunction]:
+    """Return a decorator that files a call function under ``name``."""
 
-    Parameters
-    ----------
-    name, params, device, workdir
-        The function's registry name and its arguments.
-    inputs_root
-        The scheduler's ``inputs/`` folder: the only place a function's ``params["inputs"]``
-        may name (None: functions that read inputs cannot run here).
+    def register(fn: CallFunction) -> CallFunction:
+        if name in CALLS and CALLS[name] is not fn:
+            raise ValueError(f"call function {name!r} is already registered")
+        CALLS[name] = fn
+        return fn
+
+    return register
+
+
+def run_function(name: str, params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
+    """Look up and run a job function.
 
     Raises
     ------
     ValueError
-        For an unknown function name or bad parameters;
-        :class:`~scheduler.paths.InputPathError` (a ValueError) for an inputs folder outside
-        ``inputs_root``.
+        For an unknown function name or bad parameters.
     """
     fn = FUNCTIONS.get(name)
     if fn is None:
         raise ValueError(f"unknown job function {name!r} (known: {', '.join(sorted(FUNCTIONS))})")
     if not isinstance(params, dict):
         raise ValueError(f"job parameters must be a JSON object, got {type(params).__name__}")
-    if name in INPUT_FUNCTIONS:
-        return fn(params, device, workdir, confined_folder(params.get("inputs"), inputs_root))
     return fn(params, device, workdir)
+
+
+def run_call(
+    name: str,
+    inputs: Mapping[str, Any],
+    params: dict[str, Any],
+    device: str,
+    progress: Progress | None = None,
+) -> Any:
+    """Look up and run a call function; return its result object.
+
+    Raises
+    ------
+    ValueError
+        For an unknown function name, inputs that are not a dict with text keys, parameters
+        that are not a dict, or what the function refuses.
+    """
+    fn = CALLS.get(name)
+    if fn is None:
+        raise ValueError(f"unknown call function {name!r} (known: {', '.join(sorted(CALLS))})")
+    if not isinstance(inputs, Mapping) or not all(isinstance(k, str) for k in inputs):
+        raise ValueError("call inputs must be a dict with text keys")
+    if not isinstance(params, dict):
+        raise ValueError(f"call parameters must be a dict, got {type(params).__name__}")
+    return fn(inputs, params, device, progress or _no_progress)
+
+
+def _no_progress(message: dict[str, Any]) -> None:
+    """Drop a progress message (a call run without a listener)."""
+
+
+def _input(inputs: Mapping[str, Any], key: str, kind: type, function: str) -> Any:
+    """Return ``inputs[key]``, checked to be a ``kind``."""
+    value = inputs.get(key)
+    if not isinstance(value, kind):
+        raise ValueError(
+            f"{function}: input {key!r} must be a {kind.__name__}, got {type(value).__name__}"
+        )
+    return value
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -137,7 +176,7 @@ RF_MODELS = ("instantaneous", "shaped")
 """The values of the ``rf_model`` parameter (:data:`mr0core.sim.shaped.RF_MODELS`)."""
 MAX_SUB_SLICES = 64
 """The most ``sub_slices`` a job may ask for: the most the automatic choice makes
-(:data:`mr0core.sim.shaped.MAX_SUB_SLICES`), which ``prepare_seq`` resolves for the job that
+(:data:`mr0core.sim.shaped.MAX_SUB_SLICES`), which ``prepare_seq`` resolves for the call that
 follows. The gadgets bound what a client may ask for lower (``gadgets.twin.MAX_SUB_SLICES``)."""
 
 
@@ -173,9 +212,6 @@ def probe(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
     ``{"hold_s": t}`` keeps the worker busy for t s first (at most 10; tests that need jobs spread
     over workers).
     """
-    import os
-    import time
-
     time.sleep(_number(params, "hold_s", 0.0, 0.0, 10.0))
     n = int(_number(params, "write_bytes", 0, 0, 2**20))
     if n:
@@ -246,17 +282,63 @@ def simulate(params: dict[str, Any], device: str, workdir: Path) -> dict[str, An
             "seconds": round(seconds, 4), "device": device}  # fmt: skip
 
 
-@job_function("prepare_seq", inputs=True)
-def prepare_seq(params: dict[str, Any], device: str, workdir: Path, inputs: Path) -> dict[str, Any]:
-    """Parse and convert a client's ``.seq`` text; save the sequence for :func:`simulate_saved`.
+# -- calls ---------------------------------------------------------------------------------
 
-    ``inputs`` (confined, see the module docstring) holds ``seq.txt``, the ``.seq`` file's
-    text as the client sent it (UTF-8). It is read only if within
-    ``SeqLimits().max_file_bytes``, parsed and converted with the default
-    :class:`mr0core.pulseq.SeqLimits` (every bound checked before it allocates), and the
-    :class:`mr0core.Sequence` is written to ``inputs/seq.pt``
-    (:func:`scheduler.jobfiles.save_object`). A malformed file or one over a bound fails the
-    job with a ``ValueError`` (not retried) whose text starts ``the sequence does not parse:``.
+
+@call_function("echo")
+def echo_call(
+    inputs: Mapping[str, Any], params: dict[str, Any], device: str, progress: Progress
+) -> dict[str, Any]:
+    """Return the inputs as they arrived, after ``steps`` progress messages (tests, overhead).
+
+    Parameters (``params``): ``steps`` (0 to 1000) progress messages ``{"done", "of"}``,
+    ``sleep_s`` (at most 60) spread evenly over them (or slept at once without steps).
+    Returns ``{"inputs", "device", "pid"}``.
+    """
+    steps = int(_number(params, "steps", 0, 0, 1000))
+    sleep_s = _number(params, "sleep_s", 0.0, 0.0, 60.0)
+    if not steps:
+        time.sleep(sleep_s)
+    for i in range(steps):
+        time.sleep(sleep_s / steps)
+        progress({"done": i + 1, "of": steps})
+    return {"inputs": dict(inputs), "device": device, "pid": os.getpid()}
+
+
+@call_function("fail")
+def fail_call(
+    inputs: Mapping[str, Any], params: dict[str, Any], device: str, progress: Progress
+) -> Any:
+    """Raise, for tests: the text is ``params["message"]``.
+
+    ``{"error": "value"}`` raises a ValueError (the call's own fault: not retried), ``"oom"``
+    a MemoryError, anything else a RuntimeError.
+    """
+    message = str(params.get("message", "failed as asked"))
+    if params.get("error") == "value":
+        raise ValueError(message)
+    if params.get("error") == "oom":
+        raise MemoryError(f"out of memory (requested by the call): {message}")
+    raise RuntimeError(message)
+
+
+@call_function("prepare_seq")
+def prepare_seq(
+    inputs: Mapping[str, Any], params: dict[str, Any], device: str, progress: Progress
+) -> dict[str, Any]:
+    """Parse and convert a client's ``.seq`` text; return the sequence and its estimates.
+
+    Inputs
+    ------
+    text
+        The ``.seq`` file's text as the client sent it. Refused above
+        ``SeqLimits().max_file_bytes`` (UTF-8 bytes); parsed and converted with the default
+        :class:`mr0core.pulseq.SeqLimits` (every bound checked before it allocates). A malformed
+        file or one over a bound is a ``ValueError`` (not retried) whose text starts
+        ``the sequence does not parse:``.
+    phantom
+        Optional: the built twin (``SimData``), needed only for the automatic ``sub_slices``
+        of ``rf_model`` ``"shaped"`` (:func:`mr0core.sim.shaped.default_sub_slices`).
 
     Parameters (``params``)
     -----------------------
@@ -268,26 +350,29 @@ def prepare_seq(params: dict[str, Any], device: str, workdir: Path, inputs: Path
         simulation's memory estimate (:func:`scheduler.estimate.estimate_pdg`). Optional:
         without ``voxels`` there is no estimate.
     layout
-        Also write ``layout.npy`` (``[readouts, 2]`` int64: first signal row and samples of
-        each imaging readout, as :meth:`mr0core.recon.KData.from_sequence` splits them).
+        Also return the readout layout.
     recon
         The simulation will also reconstruct: its estimate includes the reconstruction's.
     rf_model, sub_slices
-        The simulation's RF model and sub-slices (as :func:`simulate_saved`). With
-        ``rf_model`` ``"shaped"`` the estimate is that of ``voxels × sub_slices`` voxels; without
-        ``sub_slices`` the automatic number
-        (:func:`mr0core.sim.shaped.default_sub_slices` of the sequence and ``phantom.pt``) is
-        returned as ``sub_slices`` for :func:`simulate_saved`.
+        The simulation's RF model and sub-slices (as :func:`simulate_call`). With ``rf_model``
+        ``"shaped"`` the estimate is that of ``voxels × sub_slices`` voxels; without
+        ``sub_slices`` the automatic number is returned in the summary as ``sub_slices``.
 
-    Returns ``{"repetitions", "samples", "readouts", "conversion_bytes", "estimate_bytes"}``
-    (and ``sub_slices`` with ``rf_model`` ``"shaped"``): ``conversion_bytes`` is
-    :func:`mr0core.pulseq.conversion_size`'s estimate of this conversion, ``estimate_bytes`` the
-    simulation job's (0 without ``voxels``).
+    Returns
+    -------
+    dict
+        ``{"sequence": Sequence, "summary": {...}, "layout": ndarray or None}``. The summary
+        holds ``repetitions``, ``samples``, ``readouts``, ``conversion_bytes``
+        (:func:`mr0core.pulseq.conversion_size`'s estimate of this conversion),
+        ``estimate_bytes`` (the simulation's; 0 without ``voxels``) and, with ``rf_model``
+        ``"shaped"``, ``sub_slices``. ``layout`` (with ``layout``) is ``[readouts, 2]`` int64:
+        first signal row and samples of each imaging readout, as
+        :meth:`mr0core.recon.KData.from_sequence` splits them.
     """
-    import numpy as np
     import torch
 
-    # torch and mr0core load only in the worker that runs a job (the service stays light)
+    # torch and mr0core load only in the worker that runs a call (the service stays light)
+    from mr0core.phantom.sim_data import SimData
     from mr0core.pulseq import (
         DEFAULT_SEQ_LIMITS,
         SeqFormatError,
@@ -298,27 +383,21 @@ def prepare_seq(params: dict[str, Any], device: str, workdir: Path, inputs: Path
     from mr0core.recon.kdata import KData, KDataError
 
     from .estimate import estimate_simulation_from_sequence
-    from .jobfiles import load_object, save_object
 
     name = params.get("name", "<job .seq>")
     if not isinstance(name, str) or len(name) > 200:
         raise ValueError(f"name must be a text of at most 200 characters, got {name!r:.220}")
     rf_model, sub_slices = _rf_options(params)
-    path = confined_file(inputs, "seq.txt")
-    size = path.stat().st_size
+    text = _input(inputs, "text", str, "prepare_seq")
     limit = DEFAULT_SEQ_LIMITS.max_file_bytes
+    size = len(text.encode("utf-8")) if len(text) <= limit else len(text)
     if size > limit:
         raise ValueError(
             f"the sequence does not parse: {name}: {size} bytes is more than the limit "
             f"max_file_bytes={limit}"
         )
     try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"the sequence does not parse: {name}: not UTF-8 text: {exc}") from None
-    try:
         parsed = read_seq_text(text, name)
-        del text
         converted = conversion_size(parsed).bytes
         seq = seq_to_sequence(parsed)
     except SeqFormatError as exc:  # SeqLimitError too: refused before it allocated
@@ -327,6 +406,7 @@ def prepare_seq(params: dict[str, Any], device: str, workdir: Path, inputs: Path
     samples = sum(int((rep.adc_usage != 0).sum()) for rep in seq)
     readouts = 0
     layout = None
+    rows = None
     if params.get("layout") or params.get("recon"):
         try:
             layout = KData.from_sequence(torch.zeros(samples, 1, dtype=torch.complex64), seq)
@@ -335,13 +415,11 @@ def prepare_seq(params: dict[str, Any], device: str, workdir: Path, inputs: Path
         readouts = int(layout.readout_start.shape[0])
         if params.get("layout"):
             rows = torch.stack([layout.readout_start, layout.readout_length], 1)
-            with open_private(workdir / "layout.npy") as f:
-                np.save(f, rows.to(torch.int64).numpy(), allow_pickle=False)
+            rows = rows.to(torch.int64).numpy()
     if rf_model == "shaped" and sub_slices is None:
         from mr0core.sim.shaped import default_sub_slices
 
-        sub_slices = default_sub_slices(seq, load_object(confined_file(inputs, "phantom.pt"),
-                                                         "SimData"))  # fmt: skip
+        sub_slices = default_sub_slices(seq, _input(inputs, "phantom", SimData, "prepare_seq"))
     estimate = 0
     if "voxels" in params:
         recon = layout is not None and bool(params.get("recon"))
@@ -355,56 +433,54 @@ def prepare_seq(params: dict[str, Any], device: str, workdir: Path, inputs: Path
             recon_matrix=layout.recon_matrix if recon else None,
             recon_method="auto" if not recon or layout.trajectory == "cartesian" else "nufft",
         )  # fmt: skip
-    save_object(seq, inputs / "seq.pt")
     summary: dict[str, Any] = {
         "repetitions": len(seq), "samples": samples, "readouts": readouts,
         "conversion_bytes": int(converted), "estimate_bytes": int(estimate),
     }  # fmt: skip
     if rf_model == "shaped":
         summary["sub_slices"] = sub_slices
-    return summary
+    return {"sequence": seq, "summary": summary, "layout": rows}
 
 
-@job_function("simulate_saved", inputs=True)
-def simulate_saved(
-    params: dict[str, Any], device: str, workdir: Path, inputs: Path
+PROGRESS_INTERVAL_S = 0.25
+"""Shortest time between two progress messages of a simulation call (s); the last is always
+sent."""
+
+
+@call_function("simulate")
+def simulate_call(
+    inputs: Mapping[str, Any], params: dict[str, Any], device: str, progress: Progress
 ) -> dict[str, Any]:
-    """Simulate a sequence and phantom that the submitter saved as job files.
+    """Simulate a sequence on a built twin with PDG (and, asked, reconstruct it).
 
-    For in-process submitters (the server's twin gadgets) whose sequence and twin are objects
-    (a header-built protocol, a placed twin) rather than a ``.seq`` text and a name.
-    ``params["inputs"]`` names the folder the submitter made with
-    :meth:`scheduler.service.Scheduler.inputs_folder` (``inputs``, confined to the scheduler's
-    ``inputs/`` folder by :func:`run_function`): ``seq.pt`` (a :class:`mr0core.Sequence`) and
-    ``phantom.pt`` (a built ``SimData``), both written with
-    :func:`scheduler.jobfiles.save_object` and read as plain data (nothing in them can run).
-    Progress goes to ``inputs/progress.json`` (``{"done", "of"}``, every 0.5 s) for the
-    submitter to relay.
+    For the server's twin gadgets, whose sequence and twin are objects (a header-built
+    protocol, a client's ``.seq`` converted by :func:`prepare_seq`, a placed twin moving by its
+    ``phantom_motion``).
 
-    Other parameters: ``max_states``, ``min_state_mag``, ``min_emitted``, ``min_latent``,
-    ``noise``, ``seed``, ``rf_model`` (``"instantaneous"``, the default, or ``"shaped"``: slice
-    profiles from the sequence's RF waveforms, :mod:`mr0core.sim.shaped`) and, with
-    ``"shaped"``, ``sub_slices`` (1 to :data:`MAX_SUB_SLICES`; default automatic). Writes
-    ``signal.npy`` (``[samples, coils]`` complex64). With ``recon`` true it also reconstructs
-    the signal by its trajectory (``reconstruct(KData.from_sequence(signal, seq))``) into
-    ``recon.pt`` (as :func:`reconstruct_saved` does); with ``raw`` true it writes the signal as
-    ISMRMRD raw data ``raw.h5`` (:func:`mr0core.io.mrd.sig_to_mrd`). So a submitter that never
-    had the :class:`~mr0core.Sequence` (a client's ``.seq``, converted by :func:`prepare_seq`)
-    gets images and acquisitions without converting it itself.
+    Inputs: ``sequence`` (a :class:`mr0core.Sequence`) and ``phantom`` (a built ``SimData``).
+    Parameters: ``max_states``, ``min_state_mag``, ``min_emitted``, ``min_latent``, ``noise``,
+    ``seed``, ``rf_model`` (``"instantaneous"``, the default, or ``"shaped"``: slice profiles
+    from the sequence's RF waveforms, :mod:`mr0core.sim.shaped`) and, with ``"shaped"``,
+    ``sub_slices`` (1 to :data:`MAX_SUB_SLICES`; default automatic); ``recon`` (also
+    reconstruct the signal by its trajectory: ``reconstruct(KData.from_sequence(signal,
+    seq))``), ``raw`` (also return the signal as ISMRMRD acquisitions,
+    :func:`mr0core.io.mrd.sig_to_mrd`'s).
+
+    Progress: ``{"done", "of"}`` repetitions, at most every :data:`PROGRESS_INTERVAL_S`.
+
+    Returns ``{"signal", "summary", "recon", "acquisitions"}``: the signal ``[samples, coils]``
+    complex64 on the CPU; the summary (``samples``, ``coils``, ``seconds``, ``device``,
+    ``repetitions``, and ``method`` with ``recon``); the :class:`~mr0core.recon.auto.Reconstruction`
+    (image on the CPU) or None; a list of ``ismrmrd.Acquisition`` or None.
     """
-    import json
-    import os
-
-    import numpy as np
-
-    # torch and mr0core load only in the worker that runs a job (the service stays light)
+    # torch and mr0core load only in the worker that runs a call (the service stays light)
     from mr0core.jobs import SimSettings, run_simulation
+    from mr0core.phantom.sim_data import SimData
+    from mr0core.sequence import Sequence
 
-    from .jobfiles import load_object
-
-    rf_model, sub_slices = _rf_options(params)  # before any file is read
-    seq = load_object(confined_file(inputs, "seq.pt"), "Sequence")
-    phantom = load_object(confined_file(inputs, "phantom.pt"), "SimData")
+    rf_model, sub_slices = _rf_options(params)
+    seq = _input(inputs, "sequence", Sequence, "simulate")
+    phantom = _input(inputs, "phantom", SimData, "simulate")
     settings = SimSettings(
         max_states=int(_number(params, "max_states", 200, 1, 100000)),
         min_state_mag=_number(params, "min_state_mag", 1e-4, 0.0, 1.0),
@@ -413,83 +489,92 @@ def simulate_saved(
     )
     noise = _number(params, "noise", 0.0, 0.0, 1e12)
     seed = int(_number(params, "seed", 0, 0, 2**63 - 1))
-    last = [0.0]
+    last = [-math.inf]
 
-    def progress(done: int, total: int) -> None:
+    def on_progress(done: int, total: int) -> None:
         now = time.monotonic()
-        if now - last[0] >= 0.5 or done == total:
+        if now - last[0] >= PROGRESS_INTERVAL_S or done == total:
             last[0] = now
-            tmp = inputs / ".progress.json.tmp"
-            tmp.write_text(json.dumps({"done": done, "of": total}))
-            os.replace(tmp, inputs / "progress.json")
+            progress({"done": int(done), "of": int(total)})
 
     started = time.perf_counter()
     signal = run_simulation(
         seq, phantom, settings, device="cuda" if device.startswith("cuda") else None,
-        noise=noise, progress=False, seed=seed, on_progress=progress, rf_model=rf_model,
+        noise=noise, progress=False, seed=seed, on_progress=on_progress, rf_model=rf_model,
         sub_slices=sub_slices,
     )  # fmt: skip
-    np.save(workdir / "signal.npy", signal.numpy().astype(np.complex64))
+    signal = signal.detach().cpu().to(dtype=signal.dtype)
     summary: dict[str, Any] = {
         "samples": int(signal.shape[0]), "coils": int(signal.shape[1]),
         "seconds": round(time.perf_counter() - started, 4), "device": device,
         "repetitions": len(seq),
     }  # fmt: skip
+    rec = None
     if params.get("recon"):
+        from dataclasses import replace
+
         from mr0core.recon import KData, reconstruct
 
-        from .jobfiles import save_object
-
         rec = reconstruct(KData.from_sequence(signal, seq))
-        save_object({"image": rec.image.detach().cpu(), "fov_m": list(rec.fov_m),
-                     "matrix": list(rec.matrix), "method": rec.method},
-                    workdir / "recon.pt")  # fmt: skip
+        rec = replace(rec, image=rec.image.detach().cpu())
         summary["method"] = rec.method
+    acquisitions = None
     if params.get("raw"):
-        from mr0core.io.mrd import sig_to_mrd
-
-        raw = workdir / "raw.h5"
-        sig_to_mrd(raw, signal, seq)  # in the job's private working folder
-        make_private(raw)
-    return summary
+        acquisitions = _acquisitions(signal, seq)
+    return {"signal": signal, "summary": summary, "recon": rec, "acquisitions": acquisitions}
 
 
-@job_function("reconstruct_saved", inputs=True)
-def reconstruct_saved(
-    params: dict[str, Any], device: str, workdir: Path, inputs: Path
-) -> dict[str, Any]:
-    """Reconstruct raw data that the submitter saved as job files (the recon gadgets).
+def _acquisitions(signal: Any, seq: Any) -> list[Any]:
+    """Return the signal as ``ismrmrd.Acquisition`` objects with sig_to_mrd's headers.
 
-    ``inputs`` (confined as for :func:`simulate_saved`) holds ``kdata.pt`` (a
-    :class:`mr0core.recon.KData`) and optionally ``reference.pt`` (a coil reference scan's
-    KData for SENSE), written with :func:`scheduler.jobfiles.save_object`. Parameters
-    ``method``, ``coil_combine``, ``sense_iter`` are those of :func:`mr0core.recon.reconstruct`.
-    Writes ``recon.pt``, a job file of the dict ``{"image", "fov_m", "matrix", "method"}`` (the
-    image on the CPU; read it with ``load_object(path, "dict")``).
+    :func:`mr0core.io.mrd.sig_to_mrd` writes a file: it goes to a private temporary folder of
+    this worker and is read back at once.
     """
-    # torch and mr0core load only in the worker that runs a job (the service stays light)
-    from mr0core.recon.auto import METHODS, reconstruct
+    import ismrmrd
 
-    from .jobfiles import load_object, save_object
+    from mr0core.io.mrd import sig_to_mrd
+
+    with tempfile.TemporaryDirectory(prefix="mr0-raw-") as tmp:
+        path = Path(tmp) / "raw.h5"
+        sig_to_mrd(path, signal, seq)
+        dataset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False)
+        try:
+            return [dataset.read_acquisition(i) for i in range(dataset.number_of_acquisitions())]
+        finally:
+            dataset.close()
+
+
+@call_function("reconstruct")
+def reconstruct_call(
+    inputs: Mapping[str, Any], params: dict[str, Any], device: str, progress: Progress
+) -> Any:
+    """Reconstruct raw data (the recon gadgets' SENSE and NUFFT).
+
+    Inputs: ``kdata`` (a :class:`mr0core.recon.KData`) and optionally ``reference`` (a coil
+    reference scan's KData for SENSE). Parameters ``method``, ``coil_combine``, ``sense_iter``
+    are those of :func:`mr0core.recon.reconstruct`. Returns the
+    :class:`~mr0core.recon.auto.Reconstruction`, its image on the CPU.
+    """
+    from dataclasses import replace
+
+    # torch and mr0core load only in the worker that runs a call (the service stays light)
+    from mr0core.recon.auto import METHODS, reconstruct
+    from mr0core.recon.kdata import KData
 
     method = params.get("method", "auto")
     combine = params.get("coil_combine", "rss")
     if method not in METHODS or combine not in ("rss", "walsh"):
         raise ValueError(f"bad method {method!r} or coil_combine {combine!r}")
     iters = int(_number(params, "sense_iter", 30, 1, 1000))
-    kdata = load_object(confined_file(inputs, "kdata.pt"), "KData")
-    reference = None
-    if (inputs / "reference.pt").exists() or (inputs / "reference.pt").is_symlink():
-        reference = load_object(confined_file(inputs, "reference.pt"), "KData")
+    kdata = _input(inputs, "kdata", KData, "reconstruct")
+    reference = inputs.get("reference")
+    if reference is not None and not isinstance(reference, KData):
+        raise ValueError(f"reconstruct: input 'reference' must be a KData or None, got "
+                         f"{type(reference).__name__}")  # fmt: skip
     if device.startswith("cuda"):
         kdata = kdata.to("cuda")
         if reference is not None:
             reference = reference.to("cuda")
-    started = time.perf_counter()
     rec = reconstruct(kdata, method=method, coil_combine=combine, sense_iter=iters,
                       reference=reference)  # fmt: skip
-    result = {"image": rec.image.detach().cpu(), "fov_m": list(rec.fov_m),
-              "matrix": list(rec.matrix), "method": rec.method}  # fmt: skip
-    save_object(result, workdir / "recon.pt")
-    return {"method": rec.method, "seconds": round(time.perf_counter() - started, 4),
-            "device": device}  # fmt: skip
+    return replace(rec, image=rec.image.detach().cpu())

@@ -1,17 +1,11 @@
-"""Safe paths: private files and folders, and folders a job parameter cannot leave.
+"""Safe paths: private files and folders.
 
-Private
-    Patient data is ``0600`` in ``0700`` folders, whatever the umask.
-    Everything the scheduler and the server keep (the scheduler's store, the server's job store
-    and reference scans, ``--save-dir``) is made with these helpers. Modes are set explicitly
-    (``os.open``/``os.mkdir`` with the mode, then ``chmod``), since the mode given to ``open``
-    and ``mkdir`` is masked by the process's umask, which may be anything (``0o022`` makes
-    files world-readable, ``0o000`` world-writable).
-Confined
-    A job parameter that names a folder (``inputs``) must resolve, symbolic links followed, to
-    a folder directly inside the scheduler's ``inputs/`` folder (:func:`confined_folder`); the
-    files read from it must be regular files, not links (:func:`confined_file`). Anything else
-    is an :class:`InputPathError` naming the value.
+Patient data is ``0600`` in ``0700`` folders, whatever the umask. Everything the scheduler and
+the server keep (the scheduler's store, the server's job store and reference scans,
+``--save-dir``) is made with these helpers. Modes are set explicitly (``os.open``/``os.mkdir``
+with the mode, then ``chmod``), since the mode given to ``open`` and ``mkdir`` is masked by the
+process's umask, which may be anything (``0o022`` makes files world-readable, ``0o000``
+world-writable).
 """
 
 from __future__ import annotations
@@ -26,24 +20,12 @@ from typing import IO
 __all__ = [
     "DIR_MODE",
     "FILE_MODE",
-    "InputPathError",
-    "JobFileError",
-    "confined_file",
-    "confined_folder",
     "make_private",
     "open_private",
     "private_dir",
     "private_file",
     "write_private",
 ]
-
-
-class JobFileError(ValueError):
-    """A job file that is missing, not a regular file, or not plain data (nothing in it ran)."""
-
-
-class InputPathError(JobFileError):
-    """A path named by a job parameter that lies outside the scheduler's folders."""
 
 
 FILE_MODE = 0o600
@@ -152,65 +134,3 @@ def _chmod(path: Path, mode: int) -> None:
     with contextlib.suppress(FileNotFoundError):
         if not path.is_symlink():
             os.chmod(path, mode)
-
-
-# -- confined paths ----------------------------------------------------------------------
-
-
-def confined_folder(value: object, root: Path | str | None) -> Path:
-    """Return the folder a job parameter names, if it lies directly inside ``root``.
-
-    Parameters
-    ----------
-    value
-        The parameter: a folder name inside ``root``, or a path (absolute, or relative to
-        ``root``).
-    root
-        The scheduler's ``inputs/`` folder (None: the job runs where there is none).
-
-    Raises
-    ------
-    InputPathError
-        When ``value`` is not a string, or, with symbolic links and ``..`` resolved, is not a
-        folder directly inside ``root`` (``/etc``, ``../../x``, a link out of ``root``), or
-        there is no ``root``.
-    """
-    shown = repr(str(value)[:200])
-    if root is None:
-        raise InputPathError(f"inputs {shown}: this worker has no inputs folder")
-    if not isinstance(value, str) or not value or "\x00" in value:
-        raise InputPathError(f"inputs {shown} is not a folder name")
-    base = Path(root).resolve()
-    candidate = Path(value)
-    if not candidate.is_absolute():
-        candidate = base / candidate
-    try:
-        resolved = candidate.resolve(strict=True)
-    except (OSError, RuntimeError):
-        raise InputPathError(f"inputs {shown} does not exist inside {base}") from None
-    if resolved.parent != base or not resolved.is_dir():
-        raise InputPathError(
-            f"inputs {shown} resolves to {str(resolved)[:200]!r}, which is not a folder "
-            f"directly inside the scheduler's inputs folder {base}"
-        )
-    return resolved
-
-
-def confined_file(folder: Path, name: str) -> Path:
-    """Return ``folder/name`` if it is a regular file there (not a symbolic link).
-
-    Raises
-    ------
-    InputPathError
-        For a name with a path separator, a link, or anything but a regular file.
-    """
-    if "/" in name or name in ("", ".", ".."):
-        raise InputPathError(f"job file name {name!r} is not a plain name")
-    path = folder / name
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        raise JobFileError(f"job file {path} is missing") from None
-    if not stat.S_ISREG(mode):
-        raise InputPathError(f"job file {path} is not a regular file (a link or a folder)")
-    return path

@@ -7,9 +7,13 @@ one GPU's memory (rounded up to 1/100, at most 1), so small jobs share a GPU (fr
 and Ray never packs more estimated memory on a GPU than it has. A job that needs no GPU, or runs
 where the cluster has none, asks for CPUs only.
 
-A task runs :func:`scheduler.functions.run_function` in a fresh temporary folder on whichever
-node Ray chose and returns the summary with the files it wrote (bounded in size), so results
-travel through Ray's object store rather than a shared file system.
+A job's task runs :func:`scheduler.functions.run_function` in a fresh temporary folder on
+whichever node Ray chose and returns the summary with the files it wrote (bounded in size), so
+results travel through Ray's object store rather than a shared file system. A call's inputs go
+to the object store with ``ray.put`` and its result object comes back the same way
+(:func:`scheduler.functions.run_call`): no file, so no shared volume either. Progress
+messages of calls are not relayed from Ray tasks (the call's completion and result are); a
+call with an ``on_progress`` listener logs that once.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import logging
 import math
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .workers import Outcome, Task
+from .workers import Outcome, Task, failure_outcome
 
 __all__ = ["MAX_RESULT_BYTES", "RayBackend", "RayPool", "gpu_fraction"]
 
@@ -50,6 +55,21 @@ def gpu_fraction(estimate_bytes: int, gpu_bytes: int, safety: float = 1.2) -> fl
     return min(1.0, max(0.01, math.ceil(share * 100 - 1e-9) / 100))
 
 
+def _run_call(
+    task: Task, inputs: dict[str, Any], device: str
+) -> tuple[Outcome, dict[str, bytes], float, float]:
+    """Run a call on a Ray worker (``inputs``: resolved from ``ray.put``); no files."""
+    from .functions import run_call
+
+    started = time.time()
+    try:
+        value = run_call(task.function, inputs, task.params, device)
+        outcome = Outcome("ray", device, task, True, result=value, seconds=time.time() - started)
+    except Exception as exc:  # reported to the driver
+        outcome = failure_outcome("ray", device, task, exc, time.time() - started)
+    return outcome, {}, started, time.time()
+
+
 def _run_task(task: Task, device: str) -> tuple[Outcome, dict[str, bytes], float, float]:
     """Run a task on a Ray worker; return the outcome, its files and its start/end times."""
     from .functions import is_out_of_memory, run_function
@@ -58,9 +78,7 @@ def _run_task(task: Task, device: str) -> tuple[Outcome, dict[str, bytes], float
     with tempfile.TemporaryDirectory(prefix="mr0-ray-") as tmp:
         work = Path(tmp)
         try:
-            summary = run_function(task.function, task.params, device, work,
-                                   inputs_root=Path(task.inputs_root) if task.inputs_root
-                                   else None)  # fmt: skip
+            summary = run_function(task.function, task.params, device, work)
             outcome = Outcome("ray", device, task, True, summary=summary,
                               seconds=time.time() - started)  # fmt: skip
         except Exception as exc:  # reported to the driver
@@ -115,6 +133,7 @@ class RayBackend:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False, **init_kwargs)  # fmt: skip
         self._remote = ray.remote(max_retries=0)(_run_task)
+        self._remote_call = ray.remote(max_retries=0)(_run_call)
 
     def cluster_gpus(self) -> float:
         """GPUs the cluster declares."""
@@ -134,10 +153,15 @@ class RayBackend:
         gpus = self.cluster_gpus()
         if needs_gpu and gpus == 0:
             raise ValueError(f"job {task.job_id} needs a GPU; the Ray cluster has none")
+        options: dict[str, Any] = {"num_cpus": 1}
         if gpus > 0:
-            share = gpu_fraction(estimate_bytes, self.gpu_bytes, self.safety)
-            return self._remote.options(num_gpus=share, num_cpus=1).remote(task, "cuda")
-        return self._remote.options(num_cpus=1).remote(task, "cpu")
+            options["num_gpus"] = gpu_fraction(estimate_bytes, self.gpu_bytes, self.safety)
+        device = "cuda" if gpus > 0 else "cpu"
+        if task.call:  # the inputs go to the object store; the task carries their reference
+            inputs = self._ray.put(task.inputs or {})
+            light = replace(task, inputs=None)
+            return self._remote_call.options(**options).remote(light, inputs, device)
+        return self._remote.options(**options).remote(task, device)
 
     def wait(
         self, refs: list[Any], timeout_s: float | None = None
@@ -258,12 +282,11 @@ class RayPool:
                     self.on_lost("ray", "cpu", task, False)
                     log.warning("ray task lost: %s", exc)
                     continue
-                work = Path(task.workdir)
-                for name, data in files.items():
-                    target = (work / name).resolve()
-                    if target.is_relative_to(work.resolve()):
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        target.write_bytes(data)
-                from dataclasses import replace
-
+                if task.workdir:  # a call has no folder (and its task returns no files)
+                    work = Path(task.workdir)
+                    for name, data in files.items():
+                        target = (work / name).resolve()
+                        if target.is_relative_to(work.resolve()):
+                            target.parent.mkdir(parents=True, exist_ok=True)
+                            target.write_bytes(data)
                 self.on_outcome(replace(outcome, device="cpu"))

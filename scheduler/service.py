@@ -14,8 +14,15 @@ A finished job's working folder (its files and ``summary.json``) becomes its res
 store (:meth:`JobStore.complete <scheduler.store.JobStore.complete>`, accepted only with the
 current token, so no job completes twice). :meth:`Scheduler.start` first recovers the store:
 jobs a killed scheduler left running are queued again (attempts + 1, up to their limit), jobs
-that are not durable (an in-process submitter waited for them) are cancelled, and the working
-and inputs folders of the previous run are removed.
+that are not durable are cancelled, and the working folders of the previous run are removed.
+
+Interactive calls (:meth:`Scheduler.call`: a preview, a session's reconstruction) take the
+same path through the state (memory estimate, device choice, priority class, timeout,
+attempts; :meth:`Scheduler.status` shows them) but not through the store: their inputs are
+objects handed to the worker in its task (``ray.put`` on Ray), their progress and result come
+back on the pool's result channel, and the loop's threads push the end to the call's
+:class:`~scheduler.calls.CallFuture`. Nothing of a call is written to disk, and nothing of it
+outlives this process (:meth:`Scheduler.stop` cancels the calls still pending).
 
 CPU jobs are placed against a host-memory budget (``cpu_memory_bytes``; by default 75 % of the
 memory available when the scheduler is made), as GPU jobs against NVML's free memory. With a
@@ -33,20 +40,23 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .functions import FUNCTIONS, INPUT_FUNCTIONS
+from .calls import CallCancelledError, CallError, CallFuture, CallTimeoutError
+from .functions import CALLS, FUNCTIONS
 from .gpu import GpuMonitor
 from .model import JobKind, JobSpec
-from .paths import DIR_MODE, confined_folder, private_dir, write_private
+from .paths import private_dir, write_private
 from .retention import RetentionPolicy, RetentionTimer
-from .state import Cancel, Cancelled, Fail, Instruction, Requeue, SchedulerState, Start
+from .state import Cancel, Cancelled, Done, Fail, Instruction, Requeue, SchedulerState, Start
 from .store import JobRecord, JobStore, StoreError
 from .workers import Outcome, Task, WorkerPool
 
-__all__ = ["CPU_MEMORY_SHARE", "Scheduler", "host_memory_budget", "job_result"]
+__all__ = ["CALL_HISTORY", "CPU_MEMORY_SHARE", "Scheduler", "host_memory_budget", "job_result"]
 
 CPU_MEMORY_SHARE = 0.75
 """Share of the available host memory that CPU jobs may need together (``"auto"`` budget)."""
@@ -54,6 +64,26 @@ CPU_MEMORY_SHARE = 0.75
 log = logging.getLogger("mr0.scheduler")
 
 _FINAL = ("done", "failed", "cancelled")
+
+CALL_HISTORY = 200
+"""Ended calls that :meth:`Scheduler.calls` remembers (the newest)."""
+
+
+@dataclass
+class _Call:
+    """A pending call: its spec for the state, its objects, its future and listener."""
+
+    spec: JobSpec
+    inputs: dict[str, Any]
+    future: CallFuture
+    on_progress: Callable[[dict[str, Any]], None] | None
+    session: str
+    needs_gpu: bool
+    token: int = 0
+    started: float | None = None
+    ended: float | None = None
+    error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Scheduler:
@@ -95,11 +125,12 @@ class Scheduler:
     Attributes
     ----------
     listeners
-        Callables given an event dict whenever a job starts (``{"event": "start", "job",
-        "function", "kind", "device", "wait_s"}``; ``wait_s`` from submission to this start)
-        or finishes (``{"event": "done", "job", "function", "kind", "device", "run_s"}``).
-        They run under the scheduler's lock and must be quick; one that raises is logged and
-        skipped (metrics, :mod:`gadgets.status`).
+        Callables given an event dict whenever a job or call starts (``{"event": "start",
+        "job", "function", "kind", "device", "wait_s"}``; ``wait_s`` from submission to this
+        start) or finishes (``{"event": "done", "job", "function", "kind", "device",
+        "run_s"}``); a call's events also have ``"call": True``. They run under the
+        scheduler's lock and must be quick; one that raises is logged and skipped (metrics,
+        :mod:`gadgets.status`).
     """
 
     def __init__(
@@ -149,7 +180,8 @@ class Scheduler:
             gpus = [g.index for g in self.monitor.snapshot()]
             self.pool = WorkerPool(gpus, gpu_slots=gpu_slots, cpu_workers=cpu_workers,
                                    on_outcome=self._outcome, on_lost=self._lost,
-                                   cpu_threads=cpu_threads)  # fmt: skip
+                                   cpu_threads=cpu_threads,
+                                   on_progress=self._progress)  # fmt: skip
         self.state = SchedulerState(gpu_slots=gpu_slots, cpu_slots=cpu_workers, safety=safety,
                                     starvation_s=starvation_s, settle_s=settle_s,
                                     cpu_memory_bytes=cpu_memory_bytes)  # fmt: skip
@@ -161,28 +193,30 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._snapshot_at: float | None = None
         self.work = self.root / "work"
-        self.inputs = self.root / "inputs"
-        """Where :meth:`inputs_folder` makes folders; the only place ``inputs`` may name."""
         self.retention = retention
         self._retention_timer: RetentionTimer | None = None
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._calls: dict[str, _Call] = {}
+        self._ended_calls: deque[_Call] = deque(maxlen=CALL_HISTORY)
+        self._ray_progress_warned = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> list[str]:
         """Recover the store, start the workers and the loop; return the requeued job ids.
 
-        The previous run's working folders and inputs folders go (their jobs were requeued
-        with fresh working folders, or, not being durable, cancelled); with a
-        :attr:`retention` policy, old results go too, now and every ``interval_s``.
+        The previous run's working folders go (their jobs were requeued with fresh working
+        folders, or, not being durable, cancelled); with a :attr:`retention` policy, old
+        results go too, now and every ``interval_s``.
         """
         requeued = self.store.recover()
         if requeued:
             log.warning("jobs requeued after a restart", extra={"event": "recover",
                                                                  "jobs": requeued})  # fmt: skip
-        for folder in (self.work, self.inputs):
-            shutil.rmtree(folder, ignore_errors=True)
-            private_dir(folder)
+        shutil.rmtree(self.work, ignore_errors=True)
+        private_dir(self.work)
+        # versions before calls passed a session's objects as files in inputs/: none needed now
+        shutil.rmtree(self.root / "inputs", ignore_errors=True)
         if self.retention is not None and self.retention.active:
             self._retention_timer = RetentionTimer([self.store], self.retention)
             self._retention_timer.start()
@@ -195,12 +229,20 @@ class Scheduler:
         return requeued
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the loop and the workers (running jobs stay ``running`` for the next start)."""
+        """Stop the loop and the workers (running jobs stay ``running`` for the next start).
+
+        Calls still pending end as cancelled (:class:`~scheduler.calls.CallCancelledError`):
+        nothing of them outlives this process.
+        """
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
         if self._retention_timer is not None:
             self._retention_timer.stop(timeout_s)
+        with self._lock:
+            pending = list(self._calls)
+        for call_id in pending:
+            self._end_call(call_id, "cancelled", error="the scheduler stopped")
         self.pool.stop(timeout_s)
 
     def __enter__(self) -> Scheduler:
@@ -230,29 +272,17 @@ class Scheduler:
 
         ``estimate_bytes`` None: :func:`scheduler.estimate.estimate_job` of the function and
         parameters (0 when it has no estimate for the function). ``durable`` (see
-        :class:`~scheduler.model.JobSpec`) None: False for functions that read an inputs
-        folder (:meth:`inputs_folder` is this process's, and goes at the next start), else
-        True.
+        :class:`~scheduler.model.JobSpec`) None: True.
 
         Raises
         ------
         ValueError
-            For an unknown function or bad parameters, an ``inputs`` parameter outside
-            :attr:`inputs` (:class:`~scheduler.paths.InputPathError`), or ``durable=True`` for
-            a function that reads an inputs folder.
+            For an unknown function or bad parameters.
         """
         if function not in FUNCTIONS:
             raise ValueError(f"unknown job function {function!r}")
         params = dict(params or {})
-        if function in INPUT_FUNCTIONS:
-            confined_folder(params.get("inputs"), self.inputs)
-            if durable:
-                raise ValueError(
-                    f"{function} reads an inputs folder, which does not outlive this process: "
-                    "it cannot be durable"
-                )
-            durable = False
-        elif durable is None:
+        if durable is None:
             durable = True
         if estimate_bytes is None:
             estimate_bytes = _estimate(function, params)
@@ -267,18 +297,129 @@ class Scheduler:
             self._sync_store()
         return spec.id
 
-    def inputs_folder(self) -> Path:
-        """Return a new empty private folder (``STORE/inputs/<random>``) for a job's inputs.
+    def call(
+        self,
+        function: str,
+        inputs: Mapping[str, Any],
+        params: dict[str, Any] | None = None,
+        kind: str | JobKind = JobKind.PREVIEW,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        estimate_bytes: int | None = None,
+        allow_cpu: bool = True,
+        needs_gpu: bool = False,
+        timeout_s: float | None = None,
+        max_attempts: int = 1,
+        session: str = "",
+    ) -> CallFuture:
+        """Run a call function on objects in a worker; return its future at once.
 
-        The submitter owns it and removes it when the job has ended (a restart removes what a
-        stopped process left). Write job files into it with
-        :func:`scheduler.jobfiles.save_object`.
+        Parameters
+        ----------
+        function
+            A call function's name (:data:`scheduler.functions.CALLS`).
+        inputs
+            Its input objects by name (a ``Sequence``, a built ``SimData``, a ``KData``, a
+            text, arrays). Objects the caller built, not a client's bytes: they are pickled to
+            reach the worker (to Ray by ``ray.put``), and the worker is our own process. They
+            are held here until the call ends (a retry sends them again).
+        params
+            Its JSON-able parameters.
+        kind
+            The priority class (``preview``, ``retrosim``, ``recon``, ``batch``).
+        on_progress
+            Called with each progress message (a dict) the function sends, on the pool's
+            thread; it must be quick. Not relayed from Ray tasks (a warning says so once).
+        estimate_bytes
+            Peak memory (bytes); None: :func:`scheduler.estimate.estimate_call` of the
+            function, inputs and parameters (0 when it has none).
+        allow_cpu, needs_gpu, timeout_s, max_attempts
+            As for :meth:`submit` (``timeout_s`` bounds the run, not the wait in the queue).
+        session
+            The caller's session: :meth:`cancel_session` cancels its pending calls.
+
+        Returns
+        -------
+        CallFuture
+            Resolved by the scheduler's threads with the function's result object, or with
+            :class:`~scheduler.calls.CallError` (the worker's message),
+            :class:`~scheduler.calls.CallTimeoutError` or
+            :class:`~scheduler.calls.CallCancelledError`. Not durable: no file, no store record;
+            :meth:`status` lists it while it waits or runs, :meth:`calls` after.
+
+        Raises
+        ------
+        ValueError
+            For an unknown function, inputs that are not a dict with text keys, or bad
+            settings (a negative estimate, ``max_attempts`` < 1, a timeout <= 0).
+        RuntimeError
+            If the scheduler is not running.
         """
-        private_dir(self.inputs)
-        folder = self.inputs / uuid.uuid4().hex
-        os.mkdir(folder, DIR_MODE)
-        os.chmod(folder, DIR_MODE)
-        return folder
+        if function not in CALLS:
+            raise ValueError(
+                f"unknown call function {function!r} (known: {', '.join(sorted(CALLS))})"
+            )
+        if not isinstance(inputs, Mapping) or not all(isinstance(k, str) for k in inputs):
+            raise ValueError("call inputs must be a dict with text keys")
+        if self._thread is None or self._stop.is_set():
+            raise RuntimeError("the scheduler is not running: start() it first")
+        params = dict(params or {})
+        if estimate_bytes is None:
+            estimate_bytes = _estimate_call(function, inputs, params)
+        call_id = f"call-{uuid.uuid4().hex[:16]}"
+        job_kind = JobKind.parse(kind)
+        spec = JobSpec(
+            id=call_id, kind=job_kind, estimate_bytes=int(estimate_bytes), function=function,
+            params=params, allow_cpu=allow_cpu, needs_gpu=needs_gpu, timeout_s=timeout_s,
+            submitted=time.time(), max_attempts=max_attempts, durable=False,
+        )  # fmt: skip
+        if self.backend == "ray":  # as for jobs: Ray decides GPU or not
+            spec = replace(spec, needs_gpu=False, allow_cpu=True)
+            if on_progress is not None and not self._ray_progress_warned:
+                self._ray_progress_warned = True
+                log.warning("progress messages of calls are not relayed from Ray tasks")
+        future = CallFuture(call_id, function, job_kind.name.lower(), self._cancel_call)
+        record = _Call(spec, dict(inputs), future, on_progress, str(session), needs_gpu)
+        with self._lock:
+            self._calls[call_id] = record
+            try:
+                self._apply(self.state.submit(spec, time.time()))
+            except ValueError:
+                del self._calls[call_id]
+                raise
+        return future
+
+    def cancel_session(self, session: str) -> int:
+        """Cancel the pending calls of ``session`` (a session that ended); return how many."""
+        if not session:
+            return 0
+        with self._lock:
+            ids = [c for c, call in self._calls.items() if call.session == session]
+        return sum(self._cancel_call(c) for c in ids)
+
+    def calls(self, limit: int = CALL_HISTORY) -> list[dict[str, Any]]:
+        """Return the calls pending and the last ended ones, newest first (JSON-able)."""
+        with self._lock:
+            records = [*self._ended_calls, *self._calls.values()]
+        records.sort(key=lambda c: c.spec.submitted, reverse=True)
+        return [
+            {
+                "call": c.spec.id,
+                "function": c.spec.function,
+                "kind": c.spec.kind.name.lower(),
+                "state": c.future.state,
+                "device": c.future.device,
+                "attempts": c.future.attempts,
+                "estimate_bytes": c.spec.estimate_bytes,
+                "timeout_s": c.spec.timeout_s,
+                "max_attempts": c.spec.max_attempts,
+                "submitted": c.spec.submitted,
+                "started": c.started,
+                "ended": c.ended,
+                "error": c.error,
+            }
+            for c in records[: max(0, limit)]
+        ]
 
     def forget(self, job_id: str) -> bool:
         """Delete a done job's result files once its submitter has read them.
@@ -298,7 +439,9 @@ class Scheduler:
             time.sleep(0.02)
 
     def cancel(self, job_id: str) -> bool:
-        """Cancel a queued or running job; return whether it was not yet final."""
+        """Cancel a queued or running job or call; return whether it was not yet final."""
+        if job_id in self._calls:
+            return self._cancel_call(job_id)
         with self._lock:
             ok = self.store.cancel(job_id)
             self._apply(self.state.cancel(job_id, time.time()))
@@ -327,6 +470,7 @@ class Scheduler:
                 "queued": [
                     {
                         "job": q.job_id,
+                        "call": q.job_id in self._calls,
                         "kind": q.kind.name.lower(),
                         "waited_s": round(q.waited_s, 1),
                         "need_bytes": q.need_bytes,
@@ -338,6 +482,7 @@ class Scheduler:
                 "running": [
                     {
                         "job": r.job_id,
+                        "call": r.job_id in self._calls,
                         "kind": r.kind.name.lower(),
                         "device": r.device,
                         "seconds": round(now - r.started_at, 1),
@@ -346,6 +491,10 @@ class Scheduler:
                     for r in self.state.running()
                 ],
                 "counts": self.store.counts(),
+                "calls": {
+                    "queued": sum(c.future.state == "queued" for c in self._calls.values()),
+                    "running": sum(c.future.state == "running" for c in self._calls.values()),
+                },
                 "workers": self.pool.pids(),
                 "cpu_memory": self.state.cpu_memory(),
             }
@@ -387,6 +536,8 @@ class Scheduler:
                 spec = JobSpec(**{**spec.__dict__, "needs_gpu": False, "allow_cpu": True})
             self._apply(self.state.submit(spec, now))
         for job in self.state.running():
+            if job.job_id in self._calls:  # calls have no store record
+                continue
             try:
                 if self.store.get(job.job_id).state == "cancelled":
                     self._apply(self.state.cancel(job.job_id, now))
@@ -397,7 +548,9 @@ class Scheduler:
 
     def _apply(self, instructions: list[Instruction]) -> None:
         for ins in instructions:
-            if isinstance(ins, Start):
+            if ins.job_id in self._calls:
+                self._apply_call(ins)
+            elif isinstance(ins, Start):
                 self._start(ins)
             elif isinstance(ins, Requeue):
                 token = self._tokens.pop(ins.job_id, None)
@@ -427,8 +580,7 @@ class Scheduler:
             return
         self._tokens[ins.job_id] = token
         workdir = private_dir(self.work / f"{ins.job_id}.{token}")
-        task = Task(ins.job_id, token, record.function, record.params, str(workdir),
-                    inputs_root=str(self.inputs))  # fmt: skip
+        task = Task(ins.job_id, token, record.function, record.params, str(workdir))
         try:
             if self.backend == "ray":
                 self.pool.dispatch(ins.device, task, record.estimate_bytes, record.needs_gpu)
@@ -444,6 +596,81 @@ class Scheduler:
                       "kind": record.kind.name.lower(), "device": ins.device,
                       "wait_s": max(0.0, time.time() - record.submitted)})  # fmt: skip
 
+    def _apply_call(self, ins: Instruction) -> None:
+        """Carry out an instruction for a call (lock held): no store, the future instead."""
+        call = self._calls[ins.job_id]
+        if isinstance(ins, Start):
+            call.token += 1
+            task = Task(ins.job_id, call.token, call.spec.function, call.spec.params, "",
+                        call=True, inputs=call.inputs)  # fmt: skip
+            try:
+                if self.backend == "ray":
+                    self.pool.dispatch(ins.device, task, call.spec.estimate_bytes, call.needs_gpu)
+                else:
+                    self.pool.dispatch(ins.device, task)
+            except (RuntimeError, ValueError) as exc:  # no idle worker, or Ray refused it
+                log.error("dispatch of call %s failed: %s", ins.job_id, exc)
+                self._apply(self.state.worker_lost(ins.job_id, time.time()))
+                return
+            now = time.time()
+            call.started = now
+            call.future._started(ins.device, call.token)
+            self._notify({"event": "start", "job": ins.job_id, "call": True,
+                          "function": call.spec.function, "kind": call.spec.kind.name.lower(),
+                          "device": ins.device,
+                          "wait_s": max(0.0, now - call.spec.submitted)})  # fmt: skip
+        elif isinstance(ins, Requeue):
+            call.future._requeued()
+            log.info("call requeued", extra={"event": "requeue", "job": ins.job_id,
+                                             "reason": ins.reason})  # fmt: skip
+        elif isinstance(ins, Fail):
+            log.warning("call failed", extra={"event": "call_failed", "job": ins.job_id,
+                                              "reason": ins.reason})  # fmt: skip
+            self._end_call(ins.job_id, "failed", error=ins.reason)
+        elif isinstance(ins, Cancel):
+            self.pool.cancel(ins.job_id)
+        elif isinstance(ins, Cancelled):
+            self._end_call(ins.job_id, "cancelled", error=ins.reason)
+        elif isinstance(ins, Done):
+            pass  # the result was handed to the future with the outcome
+
+    def _end_call(self, call_id: str, state: str, result: Any = None, error: str = "") -> None:
+        """Take a call off the books and resolve its future (once)."""
+        with self._lock:
+            call = self._calls.pop(call_id, None)
+            if call is None:
+                return
+            call.ended, call.error = time.time(), error
+            call.inputs = {}  # the objects go as soon as nobody can run the call again
+            self._ended_calls.append(call)
+        what = f"call {call_id} ({call.spec.function})"
+        if state == "done":
+            call.future._finish("done", result=result)
+        elif state == "cancelled":
+            call.future._finish("cancelled", error=CallCancelledError(
+                f"{what} cancelled: {error}", error))  # fmt: skip
+        else:
+            kind = CallTimeoutError if error.startswith("timeout") else CallError
+            call.future._finish("failed", error=kind(f"{what} failed: {error}", error))
+
+    def _cancel_call(self, call_id: str) -> bool:
+        """Cancel a call (queued or running); return whether it was pending."""
+        with self._lock:
+            if call_id not in self._calls:
+                return False
+            self._apply(self.state.cancel(call_id, time.time()))
+            return True
+
+    def _progress(self, call_id: str, token: int, message: dict[str, Any]) -> None:
+        """Hand a call's progress message to its listener (stale attempts are dropped)."""
+        call = self._calls.get(call_id)
+        if call is None or call.token != token or call.on_progress is None:
+            return
+        try:
+            call.on_progress(message)
+        except Exception:  # a listener never stops the scheduler
+            log.exception("call progress listener failed")
+
     def _notify(self, event: dict[str, Any]) -> None:
         for listener in list(self.listeners):
             try:
@@ -455,6 +682,9 @@ class Scheduler:
 
     def _outcome(self, outcome: Outcome) -> None:
         task = outcome.task
+        if task.call:
+            self._call_outcome(outcome)
+            return
         with self._lock:
             if self._tokens.get(task.job_id) != task.token:
                 shutil.rmtree(task.workdir, ignore_errors=True)
@@ -478,6 +708,26 @@ class Scheduler:
                                               retry=not outcome.permanent,
                                               device=outcome.device))  # fmt: skip
 
+    def _call_outcome(self, outcome: Outcome) -> None:
+        task = outcome.task
+        with self._lock:
+            call = self._calls.get(task.job_id)
+            if call is None or call.token != task.token:
+                return  # a stale worker (cancelled or requeued meanwhile)
+            now = time.time()
+            if outcome.ok:
+                self._apply(self.state.finished(task.job_id, now, device=outcome.device))
+                self._notify({"event": "done", "job": task.job_id, "call": True,
+                              "function": call.spec.function,
+                              "kind": call.spec.kind.name.lower(), "device": outcome.device,
+                              "run_s": max(0.0, now - (call.started or now))})  # fmt: skip
+                self._end_call(task.job_id, "done", result=outcome.result)
+            else:
+                self._apply(self.state.failed(task.job_id, outcome.error, now,
+                                              oom=outcome.out_of_memory,
+                                              retry=not outcome.permanent,
+                                              device=outcome.device))  # fmt: skip
+
     def _notify_done(self, job_id: str, device: str, now: float) -> None:
         if not self.listeners:
             return
@@ -490,7 +740,9 @@ class Scheduler:
     def _lost(self, worker: str, device: str, task: Task, oom_killed: bool = False) -> None:
         """Record a worker that died holding ``task`` (killed for memory: not retried)."""
         with self._lock:
-            if self._tokens.get(task.job_id) == task.token:
+            call = self._calls.get(task.job_id)
+            current = call.token if call is not None else self._tokens.get(task.job_id)
+            if current == task.token:
                 self._apply(self.state.worker_lost(task.job_id, time.time(), oom=oom_killed))
 
 
@@ -525,6 +777,21 @@ def _estimate(function: str, params: dict[str, Any]) -> int:
     try:
         return int(estimate_job(function, params))
     except ValueError:
+        return 0
+
+
+def _estimate_call(function: str, inputs: Mapping[str, Any], params: dict[str, Any]) -> int:
+    """:func:`scheduler.estimate.estimate_call`, or 0: an estimate is advice, never a failure."""
+    try:
+        from .estimate import estimate_call
+    except ImportError:
+        return 0
+    try:
+        return int(estimate_call(function, inputs, params))
+    except ValueError:
+        return 0  # no estimator for the function (a test call), or inputs it cannot read
+    except Exception:
+        log.exception("the estimate of call %s failed; placed as 0 bytes", function)
         return 0
 
 

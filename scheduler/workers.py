@@ -12,6 +12,19 @@ Cancelling a running task (a timeout, a user's cancel) terminates its worker, wh
 restarted: one task per process keeps that from touching other jobs, which is why a GPU with K
 slots has K processes. Workers run with umask ``077``: what jobs write is private.
 
+A task is a durable job's (a function name, JSON-able parameters and a working folder: files
+in, files out) or an interactive call's (``call``: a dict of objects in, an object out). A
+call's inputs travel in the task through the worker's task queue, pickled by this process;
+its progress messages (``on_progress(job id, token, message)``) and its result object come
+back on the worker's result pipe. Both join our own processes only: nothing a client sends is
+unpickled here (the server builds the objects; a client's ``.seq`` travels as text). A call's
+outcome is pickled in the worker before it is sent, so a result that cannot be sent fails the
+call with a clear error instead of breaking the pipe.
+
+Every worker process has its own task queue and result pipe, made afresh when it is (re)started:
+a worker killed in the middle of a message (a cancel while it reports progress) takes only its
+own pipe with it, never a lock another worker needs.
+
 Nothing here decides anything: :mod:`scheduler.state` chooses devices, :mod:`scheduler.store`
 keeps the jobs.
 """
@@ -21,20 +34,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import multiprocessing.connection
 import os
+import pickle
 import queue
 import signal
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .model import CPU
 
-__all__ = ["Outcome", "Task", "WorkerPool", "oom_kill_count"]
+__all__ = ["Outcome", "Task", "WorkerPool", "failure_outcome", "oom_kill_count", "pickled_outcome"]
 
 log = logging.getLogger("mr0.scheduler")
 
@@ -51,9 +66,11 @@ class Task:
         The job function's registry name (:mod:`scheduler.functions`) and its parameters.
     workdir
         A fresh folder for the job's files.
-    inputs_root
-        The scheduler's ``inputs/`` folder, the only place ``params["inputs"]`` may name
-        ('' for none).
+        ('' for a call: it writes no files).
+    call
+        An interactive call: run :func:`scheduler.functions.run_call` with ``inputs``.
+    inputs
+        A call's input objects (None once the task has been handed back in an outcome).
     """
 
     job_id: str
@@ -61,7 +78,8 @@ class Task:
     function: str
     params: dict[str, Any]
     workdir: str
-    inputs_root: str = ""
+    call: bool = False
+    inputs: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -89,6 +107,8 @@ class Outcome:
         retry would fail the same way.
     seconds
         Run time of the function.
+    result
+        A call's result object (ok), else None.
     """
 
     worker: str
@@ -100,15 +120,18 @@ class Outcome:
     out_of_memory: bool = False
     seconds: float = 0.0
     permanent: bool = False
+    result: Any = field(default=None, compare=False, repr=False)
 
 
 def _worker_main(name: str, device: str, tasks: Any, results: Any, parent: int) -> None:
     """Run tasks in a worker process until ``None`` arrives (``CUDA_VISIBLE_DEVICES`` set).
 
+    ``results`` is the sending end of this worker's result pipe.
+
     ``parent`` is the pool's process id: once this process is no longer its child (the
     scheduler was killed, possibly before this worker got going), the worker exits.
     """
-    from .functions import is_out_of_memory, run_function
+    from .functions import run_call, run_function
 
     os.umask(0o077)  # what jobs write is patient data: private whatever the inherited umask
     torch_device = "cuda" if device.startswith("cuda") else "cpu"
@@ -128,25 +151,60 @@ def _worker_main(name: str, device: str, tasks: Any, results: Any, parent: int) 
             continue
         if task is None:
             return
-        results.put(("start", name, task.job_id, os.getpid()))
+        results.send(("start", name, task.job_id, os.getpid()))
         started = time.perf_counter()
+        inputs = task.inputs
+        task = replace(task, inputs=None)  # the outcome goes back without the inputs
         try:
-            summary = run_function(task.function, task.params, torch_device, Path(task.workdir),
-                                   inputs_root=Path(task.inputs_root) if task.inputs_root
-                                   else None)  # fmt: skip
-            outcome = Outcome(name, device, task, True, summary=summary,
-                              seconds=time.perf_counter() - started)  # fmt: skip
+            if task.call:
+
+                def progress(message: dict[str, Any], job: str = task.job_id,
+                             token: int = task.token) -> None:  # fmt: skip
+                    results.send(("progress", name, job, token, message))
+
+                value = run_call(task.function, inputs or {}, task.params, torch_device, progress)
+                outcome = Outcome(name, device, task, True, result=value,
+                                  seconds=time.perf_counter() - started)  # fmt: skip
+            else:
+                summary = run_function(task.function, task.params, torch_device,
+                                       Path(task.workdir))  # fmt: skip
+                outcome = Outcome(name, device, task, True, summary=summary,
+                                  seconds=time.perf_counter() - started)  # fmt: skip
         except BaseException as exc:  # reported, never kills the worker
-            oom = is_out_of_memory(exc)
-            text = str(exc) if isinstance(exc, ValueError) else (
-                f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-            )  # fmt: skip
-            outcome = Outcome(name, device, task, False, error=text[:16384], out_of_memory=oom,
-                              seconds=time.perf_counter() - started,
-                              permanent=isinstance(exc, ValueError) and not oom)  # fmt: skip
+            outcome = failure_outcome(name, device, task, exc, time.perf_counter() - started)
+        del inputs
         if torch_device == "cuda":  # the scheduler takes "ended" as "memory released"
             _release_cuda_memory()
-        results.put(("end", name, outcome))
+        if task.call:
+            results.send(("end-call", name, pickled_outcome(outcome)))
+        else:
+            results.send(("end", name, outcome))
+
+
+def failure_outcome(
+    name: str, device: str, task: Task, exc: BaseException, seconds: float
+) -> Outcome:
+    """Return the outcome of a task that raised ``exc`` (a ValueError is the job's own fault)."""
+    from .functions import is_out_of_memory
+
+    oom = is_out_of_memory(exc)
+    text = str(exc) if isinstance(exc, ValueError) else (
+        f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+    )  # fmt: skip
+    return Outcome(name, device, task, False, error=text[:16384], out_of_memory=oom,
+                   seconds=seconds, permanent=isinstance(exc, ValueError) and not oom)  # fmt: skip
+
+
+def pickled_outcome(outcome: Outcome) -> bytes:
+    """Pickle a call's outcome in its worker, so that a result that cannot be sent fails it."""
+    try:
+        return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        error = (f"the result of call {outcome.task.function!r} cannot be sent back: "
+                 f"{type(exc).__name__}: {exc}")  # fmt: skip
+        failed = Outcome(outcome.worker, outcome.device, outcome.task, False, error=error,
+                         seconds=outcome.seconds, permanent=True)  # fmt: skip
+        return pickle.dumps(failed, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _release_cuda_memory() -> None:
@@ -166,6 +224,8 @@ class _Worker:
     device: str
     process: Any = None
     tasks: Any = None
+    results: Any = None
+    """The receiving end of the worker's result pipe."""
     task: Task | None = None
     pid: int = 0
     restarts: int = 0
@@ -206,6 +266,9 @@ class WorkerPool:
     on_lost
         Called with ``(worker name, device, task, oom_killed)`` when a worker died holding
         ``task`` (``oom_killed``: SIGKILL while the kernel's OOM-kill count rose).
+    on_progress
+        Called (on the monitor thread) with ``(job id, token, message)`` for each progress
+        message of a running call.
     cpu_threads
         Torch threads per CPU worker (``OMP_NUM_THREADS``); None: cores / CPU workers.
     """
@@ -218,16 +281,18 @@ class WorkerPool:
         on_outcome: Callable[[Outcome], None] | None = None,
         on_lost: Callable[[str, str, Task, bool], None] | None = None,
         cpu_threads: int | None = None,
+        on_progress: Callable[[str, int, dict[str, Any]], None] | None = None,
     ) -> None:
         if gpu_slots < 1 or cpu_workers < 0:
             raise ValueError("gpu_slots must be >= 1 and cpu_workers >= 0")
         self._ctx = mp.get_context("spawn")
-        self._results = self._ctx.Queue()
+        self._retired: list[Any] = []  # result pipes of replaced workers, closed by _watch
         self._workers: list[_Worker] = [
             _Worker(f"cuda:{g}/{s}", f"cuda:{g}") for g in gpus for s in range(gpu_slots)
         ] + [_Worker(f"cpu/{i}", CPU) for i in range(cpu_workers)]
         self.on_outcome = on_outcome or (lambda outcome: None)
         self.on_lost = on_lost or (lambda worker, device, task, oom_killed: None)
+        self.on_progress = on_progress or (lambda job_id, token, message: None)
         cores = os.cpu_count() or 1
         self.cpu_threads = cpu_threads or max(1, cores // max(1, cpu_workers))
         self._lock = threading.Lock()
@@ -238,6 +303,10 @@ class WorkerPool:
 
     def _spawn(self, worker: _Worker) -> None:
         worker.tasks = self._ctx.Queue()
+        if worker.results is not None:
+            self._retired.append(worker.results)
+        receive, send = self._ctx.Pipe(duplex=False)
+        worker.results = receive
         env = {"CUDA_VISIBLE_DEVICES": worker.device.split(":")[1] if ":" in worker.device
                else ""}  # fmt: skip
         if worker.device == CPU:
@@ -249,11 +318,12 @@ class WorkerPool:
             try:
                 worker.process = self._ctx.Process(
                     target=_worker_main, args=(worker.name, worker.device, worker.tasks,
-                                               self._results, os.getpid()),
+                                               send, os.getpid()),
                     name=f"mr0-worker-{worker.name}", daemon=True,
                 )  # fmt: skip
                 worker.process.start()
             finally:
+                send.close()  # the child's copy is the only one: its death reads as EOF here
                 for k, v in saved.items():
                     if v is None:
                         os.environ.pop(k, None)
@@ -342,27 +412,47 @@ class WorkerPool:
 
     def _watch(self) -> None:
         while not self._stopping.is_set():
+            with self._lock:
+                retired, self._retired = self._retired, []
+                pipes = [w.results for w in self._workers if w.results is not None]
+            for pipe in retired:
+                with contextlib.suppress(OSError):
+                    pipe.close()
             try:
-                message = self._results.get(timeout=0.1)
-            except queue.Empty:
-                message = None
-            except (EOFError, OSError):
-                return
-            if message is not None and message[0] == "end":
-                outcome: Outcome = message[2]
-                with self._lock:
-                    for worker in self._workers:
-                        if (
-                            worker.name == outcome.worker
-                            and worker.task is not None
-                            and (worker.task.job_id == outcome.task.job_id)
-                        ):
-                            worker.task = None
-                try:
-                    self.on_outcome(outcome)
-                except Exception:
-                    log.exception("on_outcome failed")
+                ready = mp.connection.wait(pipes, timeout=0.1)
+            except (OSError, ValueError):  # a pipe closed meanwhile
+                ready = []
+            for pipe in ready:
+                self._receive(pipe)
             self._reap()
+
+    def _receive(self, pipe: Any) -> None:
+        """Handle one message from a worker's result pipe (a dead worker's EOF: reap it)."""
+        try:
+            message = pipe.recv()
+        except (EOFError, OSError):  # the worker died (or was replaced): restart, report
+            self._reap()
+            return
+        if message[0] == "progress":
+            try:
+                self.on_progress(message[2], message[3], message[4])
+            except Exception:
+                log.exception("on_progress failed")
+        elif message[0] in ("end", "end-call"):
+            # a call's outcome was pickled by our own worker process (see the module)
+            outcome: Outcome = pickle.loads(message[2]) if message[0] == "end-call" else message[2]
+            with self._lock:
+                for worker in self._workers:
+                    if (
+                        worker.name == outcome.worker
+                        and worker.task is not None
+                        and (worker.task.job_id == outcome.task.job_id)
+                    ):
+                        worker.task = None
+            try:
+                self.on_outcome(outcome)
+            except Exception:
+                log.exception("on_outcome failed")
 
     def _reap(self) -> None:
         """Restart dead workers and report the task each held (cancel restarts its own)."""

@@ -338,11 +338,10 @@ def test_sense_with_an_external_reference_scan(server, tmp_path):
     assert error < 0.06
     assert _nrmse(plain[inside], truth[inside]) > 5 * error
 
-    # the server's scheduler ran the CG-SENSE as a recon job
-    recon_jobs = [j for j in server.scheduler.store.jobs(limit=1000)
-                  if j.function == "reconstruct_saved"]  # fmt: skip
-    assert recon_jobs
-    assert all(j.state == "done" and j.kind.name == "RECON" for j in recon_jobs)
+    # the server's scheduler ran the CG-SENSE as a recon call
+    recon_calls = [c for c in server.scheduler.calls() if c["function"] == "reconstruct"]
+    assert recon_calls
+    assert all(c["state"] == "done" and c["kind"] == "recon" for c in recon_calls)
 
     # the header's measurementDependency (SenMap) names it as well
     ds = ismrmrd.Dataset(str(fast), "dataset", create_if_needed=False)

@@ -7,7 +7,6 @@ the same test.
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import socket
 from pathlib import Path
@@ -303,30 +302,21 @@ def test_shaped_preview_in_the_session_thread():
     assert np.linalg.norm(centre - plain) / np.linalg.norm(plain) < 1e-3
 
 
-def test_the_sequence_job_counts_sub_slices_in_its_estimate(tmp_path):
+def test_the_sequence_call_counts_sub_slices_in_its_estimate():
     """prepare_seq resolves the automatic sub-slices and estimates that many voxels more."""
     from mr0core.jobs import load_job_phantom
     from mr0core.pulseq import read_seq_text, seq_to_sequence
     from mr0core.sim.shaped import default_sub_slices
     from scheduler.estimate import estimate_simulation_from_sequence
-    from scheduler.functions import run_function
-    from scheduler.jobfiles import save_object
-    from scheduler.paths import private_dir, write_private
+    from scheduler.functions import run_call
 
-    root = private_dir(tmp_path / "inputs")
-    folder = private_dir(root / "a")
     text = (CORPUS / "write_gre.seq").read_text()
-    write_private(folder / "seq.txt", text.encode())
     data = load_job_phantom("brain", 8, 1)[0].build()
-    save_object(data, folder / "phantom.pt")
-    base = {"inputs": str(folder), "voxels": int(data.voxel_count), "coils": 1, "tx": 1,
-            "max_states": 200}  # fmt: skip
-
-    runs = itertools.count()
+    base = {"voxels": int(data.voxel_count), "coils": 1, "tx": 1, "max_states": 200}
 
     def prepare(**extra) -> dict:
-        work = private_dir(tmp_path / f"work{next(runs)}")
-        return run_function("prepare_seq", {**base, **extra}, "cpu", work, inputs_root=root)
+        out = run_call("prepare_seq", {"text": text, "phantom": data}, {**base, **extra}, "cpu")
+        return out["summary"]
 
     seq = seq_to_sequence(read_seq_text(text, "x"))
     expected = default_sub_slices(seq, data)
@@ -350,5 +340,4 @@ def test_the_sequence_job_counts_sub_slices_in_its_estimate(tmp_path):
         with pytest.raises(ValueError, match=message):
             prepare(**bad)
         with pytest.raises(ValueError, match=message):
-            run_function("simulate_saved", {"inputs": str(folder), **bad}, "cpu",
-                         private_dir(tmp_path / "sim"), inputs_root=root)  # fmt: skip
+            run_call("simulate", {"sequence": seq, "phantom": data}, bad, "cpu")

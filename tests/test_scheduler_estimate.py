@@ -214,7 +214,7 @@ def test_simulation_job_bound_and_prepass(brain32: object) -> None:
     bound = E.estimate_job("simulate", _sim_params(), prepass=False)
     assert bound == E.estimate_pdg(seq, voxels, 2, 200)
     text = (CORPUS / "write_gre.seq").read_text()
-    assert E.estimate_job("run_simulation", _sim_params(seq=text), prepass=False) == bound
+    assert E.estimate_job("simulate", _sim_params(seq=text), prepass=False) == bound
     graph = compute_graph(seq, brain32, 200, 1e-4)
     exact = E.estimate_pdg_from_graph(graph, seq, brain32)
     assert E.estimate_job("simulate", _sim_params(), prepass=True) == exact
@@ -246,7 +246,7 @@ def test_json_phantom_voxels_bound_the_built_phantom(tmp_path: Path) -> None:
 
 def test_recon_job_structure() -> None:
     params = {"matrix": [128, 128, 1], "coils": 8, "method": "sense"}
-    assert E.estimate_job("recon", params) == E.estimate_recon_bytes((128, 128), 8, "sense")
+    assert E.estimate_job("reconstruct", params) == E.estimate_recon_bytes((128, 128), 8, "sense")
 
     def recon(method: str, coils: int) -> int:
         return E.estimate_job("reconstruct", {"matrix": [96, 96], "coils": coils,
@@ -282,11 +282,11 @@ def test_unknown_function_is_a_value_error() -> None:
         ("simulate", _sim_params(device="tpu"), "device"),
         ("simulate", _sim_params(phantom="/etc/passwd"), "phantom"),
         ("simulate", {"phantom": "brain"}, "seq"),
-        ("recon", {"matrix": [10**6, 10**6, 10**6], "coils": 8}, "matrix"),
-        ("recon", {"matrix": "big", "coils": 8}, "matrix"),
-        ("recon", {"matrix": [64, 64], "coils": 0}, "coils"),
-        ("recon", {"matrix": [64, 64], "method": "magic"}, "method"),
-        ("recon", {"coils": 8}, "matrix"),
+        ("reconstruct", {"matrix": [10**6, 10**6, 10**6], "coils": 8}, "matrix"),
+        ("reconstruct", {"matrix": "big", "coils": 8}, "matrix"),
+        ("reconstruct", {"matrix": [64, 64], "coils": 0}, "coils"),
+        ("reconstruct", {"matrix": [64, 64], "method": "magic"}, "method"),
+        ("reconstruct", {"coils": 8}, "matrix"),
     ],
 )
 def test_hostile_params_fail_before_any_work(

@@ -89,3 +89,27 @@ def test_scheduler_service_on_the_ray_backend(backend, tmp_path):
         assert failed.state == "failed"
         assert failed.attempts == 2
         assert "nope" in failed.error
+
+
+def test_a_call_on_ray_takes_its_inputs_by_ray_put(backend, tmp_path):
+    """Objects in and out through the object store: no file, no shared folder."""
+    import numpy as np
+
+    from scheduler.calls import CallError
+    from scheduler.gpu import FakeNvml, GpuMonitor
+    from scheduler.service import Scheduler
+
+    array = np.arange(6.0).reshape(2, 3)
+    task = Task("c", 1, "echo", {}, "", call=True, inputs={"a": array, "t": "x"})
+    ((outcome, files, _, _),) = backend.wait([backend.submit(task)], 60)[0]
+    assert outcome.ok
+    assert not files
+    np.testing.assert_array_equal(outcome.result["inputs"]["a"], array)
+    monitor = GpuMonitor(interval_s=0, nvml=FakeNvml(driver_missing=True))
+    sched = Scheduler(tmp_path / "s", monitor=monitor, backend="ray", tick_s=0.02,
+                      ray_options={"gpu_bytes": 10 * 10**9})  # fmt: skip
+    with sched:
+        assert sched.call("echo", {"t": "y"}).result(120)["inputs"] == {"t": "y"}
+        with pytest.raises(CallError, match="nope"):
+            sched.call("fail", {}, {"message": "nope"}).result(120)
+    assert not any(p.is_file() for p in (tmp_path / "s" / "work").rglob("*"))

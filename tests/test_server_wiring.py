@@ -36,9 +36,8 @@ from scheduler.estimate import (
     estimate_seq_parse,
     estimate_simulation_from_sequence,
 )
-from scheduler.functions import run_function
+from scheduler.functions import run_call
 from scheduler.gpu import FakeNvml, GpuMonitor
-from scheduler.paths import private_dir, write_private
 from scheduler.service import Scheduler
 
 CORPUS = Path(__file__).parent / "data" / "seq-corpus"
@@ -238,12 +237,13 @@ def test_a_recon_job_that_cannot_start_times_out_and_is_cancelled(tmp_path):
         with pytest.raises(GadgetError, match=r"did not finish within 0\.5 s \(it was queued"):
             _reconstruct(gadget, kd, "sense", timeout_s=0.5)
         assert time.monotonic() - started < 5
-        (record,) = sched.store.jobs()
-        assert record.function == "reconstruct_saved"
-        assert record.state == "cancelled"
-        assert record.timeout_s == 0.5  # the scheduler stops a run at the same time
-        assert record.max_attempts == RECON_JOB_ATTEMPTS
-        assert not any(sched.inputs.iterdir())  # its inputs are gone
+        (call,) = sched.calls()
+        assert call["function"] == "reconstruct"
+        assert call["state"] == "cancelled"
+        assert call["timeout_s"] == 0.5  # the scheduler stops a run at the same time
+        assert call["max_attempts"] == RECON_JOB_ATTEMPTS
+        assert not sched.status()["queued"]  # nothing left waiting
+        assert not sched.store.jobs()  # a call is not durable: no record, no files
 
 
 # -- 4. a client's .seq is parsed in a job ----------------------------------------------------
@@ -275,9 +275,9 @@ def test_the_server_never_parses_a_clients_seq(sched_server, no_parse_here, make
     msgs = preview(sched_server.address[1], {"seq": text, "size": 8})
     assert not [t for t in texts(msgs) if t.startswith("ERROR")], texts(msgs)
     assert sum(m.id == MessageId.IMAGE for m in msgs) == 1
-    records = sched_server.scheduler.store.jobs(limit=1000)
-    prepare = next(r for r in records if r.function == "prepare_seq")
-    assert prepare.estimate_bytes >= DEFAULT_SEQ_LIMITS.max_memory_bytes  # the parse bound
+    calls = sched_server.scheduler.calls()
+    prepare = next(c for c in calls if c["function"] == "prepare_seq")
+    assert prepare["estimate_bytes"] >= DEFAULT_SEQ_LIMITS.max_memory_bytes  # the parse bound
     # negative control: without a scheduler the server parses it itself
     local = make(scheduler=False)
     msgs = preview(local.address[1], {"seq": text, "size": 8})
@@ -288,8 +288,8 @@ def test_the_simulation_job_is_estimated_from_the_converted_sequence(sched_serve
     text = (CORPUS / "write_gre.seq").read_text()
     msgs = preview(sched_server.address[1], {"seq": text, "size": 8, "phantom": "shepp-logan"})
     assert sum(m.id == MessageId.IMAGE for m in msgs) == 1
-    records = sched_server.scheduler.store.jobs(limit=1000)
-    sim = next(r for r in records if r.function == "simulate_saved")  # the newest
+    calls = sched_server.scheduler.calls()
+    sim = next(c for c in calls if c["function"] == "simulate")  # the newest
     seq = seq_to_sequence(read_seq_text(text))
     data = load_job_phantom("shepp-logan", 8, 1)[0].build()
     n = sum(int((rep.adc_usage != 0).sum()) for rep in seq)
@@ -298,7 +298,7 @@ def test_the_simulation_job_is_estimated_from_the_converted_sequence(sched_serve
         seq, {"voxels": int(data.voxel_count), "max_states": 200}, samples=n,
         recon_matrix=layout.recon_matrix,
     )  # fmt: skip
-    assert sim.estimate_bytes == expected > 0
+    assert sim["estimate_bytes"] == expected > 0
 
 
 @pytest.mark.parametrize(
@@ -318,24 +318,18 @@ def test_a_bad_seq_is_an_error_from_the_job(sched_server, seq, message):
     assert msgs[-1].id == MessageId.CLOSE
 
 
-def test_prepare_seq_reads_only_a_plain_file_within_the_size_limit(tmp_path):
-    root = private_dir(tmp_path / "inputs")
-    folder = private_dir(root / "a")
-    work = private_dir(tmp_path / "work")
-    target = tmp_path / "elsewhere.seq"
-    target.write_text((CORPUS / "write_gre.seq").read_text())
-    (folder / "seq.txt").symlink_to(target)
-    with pytest.raises(ValueError, match="not a regular file"):
-        run_function("prepare_seq", {"inputs": str(folder)}, "cpu", work, inputs_root=root)
-    (folder / "seq.txt").unlink()
-    write_private(folder / "seq.txt", target.read_bytes())
-    summary = run_function("prepare_seq", {"inputs": str(folder), "layout": True}, "cpu", work,
-                           inputs_root=root)  # fmt: skip
-    assert summary["repetitions"] == 65
-    assert summary["readouts"] == 64
+def test_prepare_seq_takes_only_a_text_within_the_size_limit():
+    text = (CORPUS / "write_gre.seq").read_text()
+    with pytest.raises(ValueError, match="input 'text' must be a str"):
+        run_call("prepare_seq", {"text": text.encode()}, {}, "cpu")
+    too_big = "#" * (DEFAULT_SEQ_LIMITS.max_file_bytes + 1)
+    with pytest.raises(ValueError, match=r"does not parse: .* max_file_bytes"):
+        run_call("prepare_seq", {"text": too_big}, {}, "cpu")
+    out = run_call("prepare_seq", {"text": text}, {"layout": True}, "cpu")
+    summary = out["summary"]
+    assert summary["repetitions"] == len(out["sequence"]) == 65
+    assert summary["readouts"] == out["layout"].shape[0] == 64
     assert summary["estimate_bytes"] == 0  # no twin named: no simulation estimate
-    assert (folder / "seq.pt").is_file()
-    assert (work / "layout.npy").is_file()
 
 
 def test_the_parse_estimate_is_the_seq_limits_budget():
