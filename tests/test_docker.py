@@ -511,16 +511,14 @@ def test_compose_server_requires_the_token():
     assert re.fullmatch(r"\$\{MR0_HTTP_TOKEN:\?[^}]+\}", env["MR0_HTTP_TOKEN"])
 
 
-def test_compose_job_runners_share_the_store():
-    """Job inputs are passed to Ray tasks by path in the store: same volume, same place."""
+def test_compose_only_the_server_holds_the_store():
+    """Job inputs reach Ray tasks through the object store: the Ray nodes mount no volume."""
     compose = _compose()
-    mounts = {}
-    for name in ("server", "ray-head", "gpu-worker"):
-        volumes = [v for v in compose["services"][name]["volumes"] if v.endswith(":/data")]
-        assert volumes, f"{name} does not mount /data"
-        mounts[name] = volumes[0].split(":")[0]
-    assert len(set(mounts.values())) == 1, mounts
-    assert next(iter(mounts.values())) in compose["volumes"]
+    volumes = [v for v in compose["services"]["server"]["volumes"] if v.endswith(":/data")]
+    assert volumes, "the server does not mount /data"
+    assert volumes[0].split(":")[0] in compose["volumes"]
+    for name in ("ray-head", "gpu-worker"):
+        assert not compose["services"][name].get("volumes"), f"{name} mounts a volume"
 
 
 # -- OpenRecon ----------------------------------------------------------------------------------
