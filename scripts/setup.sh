@@ -94,5 +94,5 @@ if [ ! -x "$py" ]; then say "no Python at $py"; exit 1; fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # CPU build of torch first: any other version pulls gigabytes of CUDA packages.
 "$py" -m pip install -q torch==2.13.0
-"$py" -m pip install -q -e ".[test,gadgetron,gpu,ray]"
+"$py" -m pip install -q -e ".[test,docs,gadgetron,gpu,ray]"
 say "done: $("$py" -c 'import mr0core; print("mr0core", mr0core.__version__)') in $env_dir"
