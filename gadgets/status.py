@@ -8,16 +8,16 @@ as a JSON document (:meth:`StatusBoard.snapshot`) and as Prometheus metrics
 
 :class:`StatusHttpServer` (``mr0-server --http-port 8080``) serves, on one port:
 
-==========================  =====  ============================================================
-path                        token  what
-==========================  =====  ============================================================
-``/``                       no     the status page (static HTML; it reads ``/api/status``)
-``/static/status.{js,css}`` no     its script and style
-``/healthz``                no     ``ok`` (for container health checks); nothing else
-``/api/status``             yes    :meth:`StatusBoard.snapshot` as JSON
-``/api/previews/<n>.png``   yes    thumbnail ``n`` of the snapshot's ``previews``
-``/metrics``                yes    Prometheus text format
-==========================  =====  ============================================================
+===========================  =====  ============================================================
+path                         token  what
+===========================  =====  ============================================================
+``/``                        no     the status page (static HTML; it reads ``/api/status``)
+``/static/status.{js,css}``  no     its script and style
+``/healthz``                 no     ``ok`` (for container health checks); nothing else
+``/api/status``              yes    :meth:`StatusBoard.snapshot` as JSON
+``/api/previews/<n>.png``    yes    thumbnail ``n`` of the snapshot's ``previews``
+``/metrics``                 yes    Prometheus text format
+===========================  =====  ============================================================
 
 "token: yes" means: when the server has a token (it must, bound to a non-loopback address;
 :mod:`gadgets.access`), the request carries ``Authorization: Bearer <token>``, else it gets

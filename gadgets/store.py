@@ -10,7 +10,7 @@ Layout under the store folder (``mr0-server --store DIR``)::
 A job moves ``receiving → queued → running → done | failed``. Everything a restarted server
 needs is on disk: the chain XML and the JSON parameters are kept in the index, the input in
 ``input.h5``, so :meth:`Store.pending` gives the jobs to run again after a crash or restart
-(:class:`gadgets.background.JobRunner` does). Writes of an index row are one SQLite transaction;
+(:class:`gadgets.jobs.JobRunner` does). Writes of an index row are one SQLite transaction;
 a result file is written under a temporary name and renamed when complete, so a crash never
 leaves a half-written result that looks finished.
 

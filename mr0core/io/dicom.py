@@ -13,11 +13,11 @@ Role of a stack (first rule that decides wins; ``DicomSeries.role_reason`` says 
 1. ``ImageType`` (classic) or ``FrameType`` (enhanced) naming a map: ``T1 MAP``, ``T2_MAP``,
    ``T2STAR MAP``, ``R2* MAP``, ``PD MAP``/``M0 MAP``, ``ADC``, ``B0 MAP``/``FIELD MAP``,
    ``B1 MAP``/``FLIP ANGLE MAP``; ``P``/``PHASE`` or ``LOCALIZER`` make it ``other``;
-2. ``SeriesDescription``, 3. ``ProtocolName``: the same names in free text (``T1 map``,
+2. ``SeriesDescription``, then ``ProtocolName``: the same names in free text (``T1 map``,
    ``T2* mapping``, ``fieldmap``, ``ADC``, ``localizer``);
-4. sequence attributes: ``SequenceName`` of a Siemens field map (``fm2d``/``fm3d``) or B1 map
+3. sequence attributes: ``SequenceName`` of a Siemens field map (``fm2d``/``fm3d``) or B1 map
    (``b1map``); a diffusion b-value above 0 makes a diffusion-weighted image ``other``;
-5. public vendor tags: Philips ``(2005,1011)`` image type (``T1``, ``T2``, ``T2_STAR``, ``RHO``,
+4. public vendor tags: Philips ``(2005,1011)`` image type (``T1``, ``T2``, ``T2_STAR``, ``RHO``,
    ``ADC``, ``B0``, ``R2_STAR``).
 
 Anything else is ``anatomy``. A B0 map needs ``DERIVED`` in its image type or a Hz unit (the

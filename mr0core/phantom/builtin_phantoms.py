@@ -67,6 +67,7 @@ def shepp_logan_tissues(
 
 
 PHANTOMS = {"brain": brain_tissues, "shepp-logan": shepp_logan_tissues}
+"""The built-in phantoms by name: each a function ``(size, slices, field, coils) -> tissues``."""
 
 
 def write_phantom(

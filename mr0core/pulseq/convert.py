@@ -9,7 +9,7 @@ gradient waveforms over its time span.
 Conventions (documented in the README):
 
 - k-space is in 1/m, exactly PyPulseq's ``calculate_kspace()`` convention (same sign).
-- Flip angle = 2π·|∫B1(t) dt| with B1 = amplitude·magnitude·exp(2πi·phase shape) in Hz
+- Flip angle = 2π·abs(∫B1(t) dt) with B1 = amplitude·magnitude·exp(2πi·phase shape) in Hz
   (uniform-raster shapes are piecewise constant, time-shaped ones piecewise linear). For pulses
   of constant phase (block, Gauss, …) this is 2π·∫|B1| dt; for a sinc, whose negative lobes Pulseq
   stores as phase ½, it is the nominal small-tip angle rather than the larger ∫|B1|.

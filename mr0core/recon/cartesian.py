@@ -1,7 +1,7 @@
 """Cartesian FFT reconstruction of :class:`~mr0core.recon.kdata.KData`.
 
 Conventions (shared by all image code of mr0core)
-------------------------------------------------
+-------------------------------------------------
 - k-space arrays are ``[..., nz, ny, nx]``; grid point ``j`` of an axis with ``n`` points sits at
   ``(j - n // 2) Δk``, so k = 0 is at ``n // 2``.
 - Images are ``[..., x, y, z]``; voxel ``i`` sits at ``(i - n // 2) · fov / n`` m, the phantom

@@ -7,7 +7,7 @@ and the extended-phase-graph formalism, Weigel 2015; Endres et al., MRM 2024):
   ``m_s · E_s(r)`` to ``m+ = Mx + i My``, a longitudinal state ``j`` contributes
   ``Re(z_j · E_j(r))`` to ``Mz``, with ``E(r) = exp(-2πi (k·r + B0·τ))``: ``k`` (1/m) is the
   state's gradient dephasing and ``τ`` (s) its dephasing time (B0 and T2′ act through it).
-- A pulse of flip α and phase φ (per voxel: α·|B1eff|, φ + arg B1eff) mixes the states
+- A pulse of flip α and phase φ (per voxel: α·abs(B1eff), φ + arg B1eff) mixes the states
   (c = cos α/2, s = sin α/2):
 
   ``m+' = c² m+ + e^{2iφ} s² conj(m+) − i e^{iφ} sin α · Mz``
@@ -376,7 +376,7 @@ def _warn_once(key: str, message: str) -> None:
 
 
 _Column = tuple[float, float, float, float, float]
-"""One voxel the pre-pass follows: T1, T2, T2′ (s), D (10⁻³ mm²/s), flip scale |B1eff|."""
+"""One voxel the pre-pass follows: T1, T2, T2′ (s), D (10⁻³ mm²/s), flip scale abs(B1eff)."""
 
 PREPASS_OVERSAMPLE = 2
 """The pre-pass follows this many times ``max_state_count`` candidate states per kind and
@@ -435,7 +435,7 @@ def _dedupe(columns: list[_Column], rel: float = 0.02) -> list[_Column]:
 
 
 def _b1_scales(seq: Sequence, data: SimData, weights: torch.Tensor) -> tuple[float, ...]:
-    """Return the PD-weighted mean, 2nd and 98th percentile of the flip scale |B1eff|.
+    """Return the PD-weighted mean, 2nd and 98th percentile of the flip scale abs(B1eff).
 
     The pre-pass follows all of them, so that paths that only exist where the flip is off
     nominal (stimulated echoes of imperfect refocusing) are kept.
