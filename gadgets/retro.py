@@ -326,7 +326,7 @@ class RetroSimGadget(TwinPreviewGadget):
                 scores.append(float(ssim(plane_a, plane_b)))
         for index, images in ((1, measured), (2, simulated)):
             for img in images:
-                extra = {"MR0Phantom": phantom}
+                extra = {"MR0Phantom": phantom, "MR0Simulated": "true" if index == 2 else "false"}
                 if index == 2:
                     extra["MR0Motion"] = self.motion_meta()
                 yield _relabel(img, index, extra)
@@ -336,7 +336,8 @@ class RetroSimGadget(TwinPreviewGadget):
                                 data=diff.reshape(np.asarray(img.data).shape))  # fmt: skip
             out.image_type = ismrmrd.IMTYPE_REAL
             yield _relabel(out, 3, {"MR0Phantom": phantom, "MR0Scale": f"{scale:.6g}",
-                                    "MR0Motion": self.motion_meta()})  # fmt: skip
+                                    "MR0Motion": self.motion_meta(),
+                                    "MR0Simulated": "true"})  # fmt: skip
         report = {
             "nrmse": nrmse, "ssim": float(np.mean(scores)) if scores else None,
             "scale": scale, "images": len(measured), "phantom": phantom,

@@ -512,6 +512,7 @@ class TwinPreviewGadget(Gadget):
             "MR0Accuracy": str(self.props["accuracy"]),
             "MR0RfModel": self.props["rf_model"],
             "MR0Motion": self.motion_meta(),
+            "MR0Simulated": "true",  # a digital twin's image (DICOM output labels it SIMULATED)
             "MR0Reconstruction": rec.method,
             **(placed or {}),
         }

@@ -74,6 +74,7 @@ def test_preview_with_motion_equals_mr0_simulate_motion(server, tmp_path):
     (image,) = _images(moving)
     meta = ismrmrd.Meta.deserialize(image.attribute_string)
     assert json.loads(meta["MR0Motion"])["translation_mm_per_s"] == [40.0, 0.0, 0.0]
+    assert meta["MR0Simulated"] == "true"  # the DICOM output labels it SIMULATED
     (still,) = _images(_session(server.address[1], "mr0_preview", base))
     assert ismrmrd.Meta.deserialize(still.attribute_string)["MR0Motion"] == "none"
     got, plain = image_array(image)[..., 0], image_array(still)[..., 0]
@@ -148,6 +149,9 @@ def test_retro_simulation_with_the_tracking_log_reproduces_the_artefacts(server,
     simulated = [i for i in _images(with_log) if i.image_series_index == 2]
     meta = ismrmrd.Meta.deserialize(simulated[0].attribute_string)
     assert json.loads(meta["MR0Motion"])["samples"] == 4
+    assert meta["MR0Simulated"] == "true"
+    measured = [i for i in _images(with_log) if i.image_series_index == 1]
+    assert ismrmrd.Meta.deserialize(measured[0].attribute_string)["MR0Simulated"] == "false"
 
 
 def test_mr0_simulate_rejects_bad_motion_files(tmp_path, capsys):
