@@ -91,17 +91,18 @@ def offload(
     future.add_done_callback(lambda f: events.put(_END))
     started = time.monotonic()
     deadline = started + timeout_s
-    last, shown, latest = started, "", {}
+    last, shown, latest, fresh = started, "", {}, False
     try:
         while not future.done():
             now = time.monotonic()
-            wake = deadline if progress_s is None else min(deadline, last + progress_s)
+            # with progress_s 0 a text follows each event only (no timed texts: no busy loop)
+            wake = deadline if not progress_s else min(deadline, last + progress_s)
             try:
                 event = events.get(timeout=max(0.0, wake - now))
             except queue.Empty:
                 event = None
             if isinstance(event, dict):
-                latest = event
+                latest, fresh = event, True
             now = time.monotonic()
             if now >= deadline and not future.done():
                 state = future.state
@@ -114,9 +115,9 @@ def offload(
             if (
                 progress_s is not None
                 and not future.done()
-                and (now - last >= progress_s or state != shown)
+                and (state != shown or (now - last >= progress_s and (fresh or progress_s > 0)))
             ):
-                last, shown = now, state
+                last, shown, fresh = now, state, False
                 text = {"status": status if state == "running" else "queued", "job": future.id,
                         "seconds": round(now - started, 1), **latest}  # fmt: skip
                 yield Text(json.dumps(text))
