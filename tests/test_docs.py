@@ -125,6 +125,8 @@ def test_the_build_output_is_not_committed() -> None:
 
 def test_only_the_listed_docstring_warnings_are_left_out() -> None:
     conf = _conf()
+    # the list is empty now (every known warning was fixed): check the filter with one entry
+    conf.KNOWN_DOCSTRING_WARNINGS = [("docstring of gadgets.status:", "Malformed table")]
     where, what = conf.KNOWN_DOCSTRING_WARNINGS[0]
     known = conf._KnownWarnings.__new__(conf._KnownWarnings)
     logging.Filter.__init__(known)

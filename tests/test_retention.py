@@ -343,8 +343,9 @@ def test_scheduler_start_removes_the_previous_runs_inputs_and_work(tmp_path: Pat
     sched = Scheduler(root, monitor=GpuMonitor(nvml=FakeNvml([])), cpu_workers=0)
     sched.start()
     try:
-        assert list((root / "inputs").iterdir()) == []
+        # inputs/ is what older versions left (interactive calls keep no files): removed whole
+        assert not (root / "inputs").exists()
         assert list((root / "work").iterdir()) == []
-        assert oct((root / "inputs").stat().st_mode & 0o777) == "0o700"
+        assert oct((root / "work").stat().st_mode & 0o777) == "0o700"
     finally:
         sched.stop()

@@ -311,7 +311,7 @@ def _z_extent(seq: Sequence) -> tuple[float, bool]:
         w = rep.pulse.waveform
         if w is None:
             continue
-        angle = abs(float(rep.pulse.angle))
+        angle = abs(float(rep.pulse.angle.detach()))
         if (id(w), angle) in seen:
             continue
         seen.add((id(w), angle))
