@@ -555,7 +555,7 @@ def _cmd_rf_profile(args: argparse.Namespace) -> int:
 def _add_sim_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accuracy", type=float, default=1e-3,
                    help="target NRMSE against the converged signal (default 1e-3; "
-                        "calibrated on the PDG suite, see the README); sets the four "
+                        "calibrated on the PDG suite, see docs/library/accuracy.md); sets the four "
                         "options below")  # fmt: skip
     p.add_argument("--max-states", type=int, default=None,
                    help="pre-pass states per kind (overrides --accuracy)")  # fmt: skip

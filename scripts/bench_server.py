@@ -22,7 +22,7 @@ reach only package registries.
 Preview latency (issue 22, item 7): one warm ``mr0-server`` (its defaults: simulations as
 scheduler jobs in one worker process; JSON logs at level info) answers ``mr0_preview`` sessions
 of the embedded default sequence (``mr0core/data/sequences/gre.seq``, PyPulseq's 64×64 spoiled
-GRE, i.e. FLASH) on the 64² ``brain`` twin, as the README's example sends it. After one warm-up
+GRE, i.e. FLASH) on the 64² ``brain`` twin, as ``mr0-client --preview`` sends it. After one warm-up
 session, each round runs
 
 * a session from this process (config, JSON job, close; read until the close message);

@@ -1,4 +1,4 @@
-"""Write the README's motion figure: a still and a moving brain, imaged by the same FLASH.
+"""Write the motion figure (docs/library/motion.md): a still and a moving brain, one FLASH.
 
 A 64² RF-spoiled FLASH (the PDG suite's ``flash_spoiled``, TR 10 ms, so 0.64 s of scan) on the
 built-in brain, simulated still and with a rigid motion (the twin's ``RigidMotion``: a drift, a

@@ -1,4 +1,4 @@
-"""Write the README's perfusion figure: CBF from ``mr0 dro``'s default pCASL dataset and truth.
+"""Write the perfusion figure (docs/library/perfusion.md): CBF of ``mr0 dro`` and its truth.
 
 CBF quantified from the default dataset, beside the ground-truth perfusion rate on the same grid.
 

@@ -332,7 +332,7 @@ def compare(name: str, mz: ModuleType, workdir: Path) -> Comparison:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Print the README's comparison table (Markdown) for every case."""
+    """Print the comparison table of docs/coming-from-mrzero.md (Markdown) for every case."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args(argv)
     with _quiet():

@@ -12,8 +12,8 @@ spells it and at MR-zero's own default settings:
 
 The results must agree within 1 % NRMSE. Where they do not, the difference must come from MR-zero
 being less converged than we are: our error against the converged reference (our PDG at 5000
-states and thresholds 1e-7, see the README) must then be below MR-zero's. The measured table is in
-the README ("Coming from MR-zero"); ``python tests/mrzero_sequences.py`` prints it.
+states and thresholds 1e-7) must then be below MR-zero's. The measured table is in
+docs/coming-from-mrzero.md; ``python tests/mrzero_sequences.py`` prints it.
 """
 
 from __future__ import annotations

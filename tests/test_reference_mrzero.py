@@ -57,7 +57,8 @@ def test_kspace_and_tau_equal_mr_zero(name: str) -> None:
     np.testing.assert_allclose(angles_ours, angles_theirs, rtol=2e-3, atol=1e-6)
     parsed = read_seq(CORPUS / name)
     if np.any(parsed.adc.data[:, 5] != 0) or np.any(parsed.rf.data[:, 8] != 0):
-        return  # MR-zero leaves frequency offsets out of the phases; we apply them (README)
+        # MR-zero leaves frequency offsets out of the phases; we apply them (coming-from-mrzero)
+        return
     # same pulse and ADC phase conventions
     phases_ours = np.array([float(r.pulse.phase) for r in ours[1:]])
     phases_theirs = np.array([float(r.pulse.phase) for r in theirs])

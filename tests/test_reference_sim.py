@@ -34,6 +34,6 @@ def test_signal_equals_mr_zero_on_32x32_brain(tmp_path: Path, name: str) -> None
                          print_progress=False)  # fmt: skip
     nrmse = float((ours - ref).abs().pow(2).mean().sqrt() / ref.abs().pow(2).mean().sqrt())
     assert ours.shape == ref.shape
-    # measured 1.7e-4 (write_gre) and 3.2e-3 (write_tse): the README's claim, with a margin
+    # measured 1.7e-4 (write_gre) and 3.2e-3 (write_tse): docs/performance.md, with a margin
     assert nrmse < {"write_gre": 3e-4, "write_tse": 5e-3}[name]
     assert torch.isfinite(ours).all()

@@ -1,6 +1,6 @@
 """Issue 21, the soak's plateau: what made ``mr0-server``'s own RSS grow, held to account.
 
-Two causes were measured under ``scripts/soak_server.py`` (README, "Soak"):
+Two causes were measured under ``scripts/soak_server.py`` (docs/security.md, "Soak"):
 
 * every finished session was a reference cycle (``Session`` → its ``MessageReader`` → the
   socket source → ``on_wait`` = the session's bound method; and each reader held its own bound

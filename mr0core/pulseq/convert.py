@@ -6,7 +6,7 @@ ends one event), at block boundaries of rotated blocks and, with ``exact_traject
 gradient corner. Each event's gradient moment is the exact integral of the piecewise-linear
 gradient waveforms over its time span.
 
-Conventions (documented in the README):
+Conventions (documented in docs/library/pulseq.md):
 
 - k-space is in 1/m, exactly PyPulseq's ``calculate_kspace()`` convention (same sign).
 - Flip angle = 2π·abs(∫B1(t) dt) with B1 = amplitude·magnitude·exp(2πi·phase shape) in Hz

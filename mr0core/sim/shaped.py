@@ -329,12 +329,12 @@ def default_sub_slices(seq: Sequence, data: SimData) -> int:
     gradient along z: ``ceil(d · K) + 2`` (at most :data:`MAX_SUB_SLICES`), with ``K = ∫|G_z| dt``
     the largest excitation k-space extent of the waveforms (1/m), so that the midpoints sample
     the profile finely enough: for a time–bandwidth-4 sinc the through-slice integrated signal is
-    then within 1 % of the converged one for phantoms 1 to 3.3 slices thick (10° and 90°; the
-    README's table). With a selective refocusing pulse (``REFOCUSING_ANGLE`` or usage REFOC) the
-    signal comes from products of profiles whose sharper edges the midpoints sample more slowly
-    (the error falls as 1/n²): ``ceil(4 d · K) + 2``, within 1 % for a selective 90°–180° spin
-    echo 1 to 3 slices thick (``tests/test_sim_shaped_rf.py``). 1 otherwise (3-D grids resolve the
-    profile with their own voxels, custom voxels have no grid thickness).
+    then within 1 % of the converged one for phantoms 1 to 3.3 slices thick (10° and 90°;
+    docs/library/shaped-rf.md). With a selective refocusing pulse (``REFOCUSING_ANGLE`` or usage
+    REFOC) the signal comes from products of profiles whose sharper edges the midpoints sample
+    more slowly (the error falls as 1/n²): ``ceil(4 d · K) + 2``, within 1 % for a selective
+    90°–180° spin echo 1 to 3 slices thick (``tests/test_sim_shaped_rf.py``). 1 otherwise (3-D
+    grids resolve the profile with their own voxels, custom voxels have no grid thickness).
     """
     nyq_z = float(data.nyquist[2])
     if not math.isfinite(nyq_z):
