@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import socket
 import sys
 import threading
@@ -209,7 +210,7 @@ def _receive(
                     result.errors.append(text)
                 continue
             if dset is None:
-                dset = ismrmrd.Dataset(str(out), group, create_if_needed=True)
+                dset = _private_dataset(out, group)
                 if header_xml:
                     dset.write_xml_header(header_xml)
             if msg.id == MessageId.IMAGE:
@@ -441,3 +442,15 @@ def _report(result: ClientResult, out: Path) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _private_dataset(path: Path, group: str) -> Any:
+    """Open (create) the output file so that a new one is ``0600``: it holds patient data."""
+    new = not Path(path).exists()
+    old = os.umask(0o077) if new else None
+    try:
+        dset = ismrmrd.Dataset(str(path), group, create_if_needed=True)
+    finally:
+        if old is not None:
+            os.umask(old)
+    return dset

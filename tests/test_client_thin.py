@@ -132,6 +132,7 @@ def test_thin_client_preview_equals_a_direct_session(server, tmp_path):
     rc, heavy, stdout = run_client(*argv)
     assert rc == 0
     assert heavy == []
+    assert oct(out.stat().st_mode & 0o777) == "0o600"  # the images are patient data
     assert '"status"' in stdout  # progress texts printed
     (got,) = read_mrd_images(out)
     job = {"seq": DEFAULT_SEQ.read_text(), "phantom": "shepp-logan", "size": 16}
