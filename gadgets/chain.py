@@ -40,6 +40,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import gadgets.asl  # registers the ASL preview
 import gadgets.jobs  # registers the store's gadgets (retrieve, reference scans)
 import gadgets.recon  # registers the standard gadgets
 import gadgets.retro  # registers retro-simulation
