@@ -249,9 +249,9 @@ def _header_params(kdata: Any) -> dict[str, Any]:
     if field:
         out["MagneticFieldStrength"] = float(field)
     info = getattr(head, "measurementInformation", None)
-    name = getattr(info, "sequenceName", None) if info is not None else None
-    if name:
-        out["PulseSequenceName"] = str(name)
+    seq_name = getattr(info, "sequenceName", None) if info is not None else None
+    if seq_name:
+        out["PulseSequenceName"] = str(seq_name)
     return out
 
 

@@ -39,8 +39,14 @@ def _numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _save(fig: matplotlib.figure.Figure, out: str | PathLike[str]) -> Path:
-    import matplotlib.pyplot as plt
+def _save(
+    fig: matplotlib.figure.Figure | matplotlib.figure.SubFigure, out: str | PathLike[str]
+) -> Path:
+    import matplotlib.pyplot as plt  # optional heavy dependency, loaded when a plot is made
+    from matplotlib.figure import SubFigure
+
+    if isinstance(fig, SubFigure):  # axes in a sub-figure: save the figure that holds it
+        fig = fig.figure
 
     path = Path(out)
     if path.is_dir():

@@ -838,8 +838,8 @@ class Sequence(list):
         for i in range(n):
             p = Pulse._trusted(kinds[codes[i]], views["angle"][i], views["phase"][i],
                                shims[i], bool(sel[i]))  # fmt: skip
-            for name, values in extra:
-                setattr(p, name, values[i])
+            for name, per_rep in extra:
+                setattr(p, name, per_rep[i])
             reps.append(Repetition._trusted(p, split["t"][i], split["g"][i], split["p"][i],
                                             split["u"][i], labels[i]))  # fmt: skip
         if "waveforms" in state:

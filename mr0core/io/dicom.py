@@ -58,7 +58,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from os import PathLike, fspath
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import pydicom
@@ -346,7 +346,14 @@ def _fg(per_frame: Any, shared: Any, seq: str, keyword: str) -> Any:
     return None
 
 
+@overload
+def _floats(value: Any, n: Literal[2]) -> tuple[float, float] | None: ...
+@overload
+def _floats(value: Any, n: Literal[3]) -> tuple[float, float, float] | None: ...
+@overload
+def _floats(value: Any, n: int) -> tuple[float, ...] | None: ...
 def _floats(value: Any, n: int) -> tuple[float, ...] | None:
+    """Return ``n`` finite floats read from ``value``, or None if it holds anything else."""
     try:
         out = tuple(float(v) for v in value)
     except (TypeError, ValueError):
@@ -767,7 +774,7 @@ def _sort_and_affine(frames: list[_Frame], what: str) -> tuple[list[_Frame], np.
         if sine > _SHEAR_TOL:
             raise DicomGeometryError(
                 f"{what}: slice positions do not lie along the slice normal (tilted/sheared "
-                f"stack, angle {math.degrees(math.asin(min(sine, 1.0))):.3g} deg)"
+                f"stack, angle {math.degrees(math.asin(min(float(sine), 1.0))):.3g} deg)"
             )
         slice_vec = direction / (len(frames) - 1)
     else:

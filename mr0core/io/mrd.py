@@ -456,6 +456,7 @@ def sig_to_mrd(
             data = np.ascontiguousarray(signal_np[s : s + n].T)
             traj = None
             if traj_dims:
+                assert kspace_np is not None  # traj_dims > 0 only with k-space
                 traj = np.ascontiguousarray(
                     (kspace_np[s : s + n, :traj_dims] * norm[:traj_dims]).astype(np.float32)
                 )
@@ -685,10 +686,11 @@ def _kdata_from_arrays(
     centre = head["center_sample"].astype(np.int64)[sel] - pre[sel]
     dwell = head["sample_time_us"].astype(np.float64)[sel] * 1e-6
     kspace = None
-    if all(trajs[i] is not None for i in sel):
+    sel_trajs = [tr for i in sel if (tr := trajs[i]) is not None]
+    if len(sel_trajs) == len(sel):
         parts = []
-        for j, i in enumerate(sel):
-            t = trajs[i].astype(np.float64)
+        for j, tr in enumerate(sel_trajs):
+            t = tr.astype(np.float64)
             k = np.zeros((t.shape[0], 4))
             dims = min(3, t.shape[1])
             k[:, :dims] = t[:, :dims] * np.array(e_mat[:dims]) / np.array(e_fov[:dims])

@@ -84,7 +84,7 @@ def _stack(images: Any) -> np.ndarray:
 
 def _per_image(value: Any, n: int, name: str, length: int, dtype: type) -> np.ndarray:
     """Broadcast one value (``[length]``) or one per image (``[n, length]``) to ``[n, length]``."""
-    arr = np.asarray(value, dtype=dtype)
+    arr: np.ndarray = np.asarray(value, dtype=dtype)
     if arr.shape == (length,):
         return np.broadcast_to(arr, (n, length))
     if arr.shape == (n, length):

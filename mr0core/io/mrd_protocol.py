@@ -279,12 +279,15 @@ def _geometry(hdr: Any) -> _Geometry:
     if recon is not None and recon.fieldOfView_mm is not None:
         rmm = recon.fieldOfView_mm
         cand = (float(rmm.x) * 1e-3, float(rmm.y) * 1e-3, float(rmm.z) * 1e-3)
-        rfov = tuple(c if math.isfinite(c) and c > 0 else f for c, f in zip(cand, fov, strict=True))
+        r0, r1, r2 = (
+            c if math.isfinite(c) and c > 0 else f for c, f in zip(cand, fov, strict=True)
+        )
+        rfov = (r0, r1, r2)
     limits = enc.encodingLimits
     return _Geometry(
         matrix=matrix,
         fov_m=fov,
-        recon_fov_m=rfov,  # type: ignore[arg-type]
+        recon_fov_m=rfov,
         centre_line=_limit_centre(limits, "kspace_encoding_step_1", matrix[1] // 2),
         centre_partition=_limit_centre(limits, "kspace_encoding_step_2", matrix[2] // 2),
     )

@@ -351,7 +351,8 @@ def sequence_parameters(seq: Any) -> SequenceParameters:
     matrix_list = _def_triple(defs, _MATRIX_KEYS)
     matrix: tuple[int, int, int] | None = None
     if matrix_list is not None:
-        matrix = tuple(round(m) for m in matrix_list)  # type: ignore[assignment]
+        m0, m1, m2 = matrix_list  # _def_triple gives three values
+        matrix = (round(m0), round(m1), round(m2))
         sources["matrix"] = "definition"
     if kspace is not None:
         # Readout: the axis that moves most within the readouts (spread inside one repetition).
@@ -374,8 +375,9 @@ def sequence_parameters(seq: Any) -> SequenceParameters:
             if acq_type == "2D":
                 slc = seq.get_labels().get("SLC")
                 counts[2] = int(slc.max()) + 1 if slc is not None and len(slc) else 1
-            if all(c is not None for c in counts):
-                matrix = tuple(int(c) for c in counts)  # type: ignore[assignment,misc]
+            c0, c1, c2 = counts
+            if c0 is not None and c1 is not None and c2 is not None:
+                matrix = (int(c0), int(c1), int(c2))
                 sources["matrix"] = "estimated"
         for key, value in (("readout_axis", readout_axis), ("acquisition_type", acq_type)):
             if value is not None:

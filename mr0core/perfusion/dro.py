@@ -98,7 +98,8 @@ GT_QUANTITIES = {  # name -> (unit, description)
     "seg_label": ("", "tissue label (0 background, 1 GM, 2 WM, 3 CSF)"),
 }
 
-_COMMON = {
+# parameter files are JSON-like: values of mixed types (str, float, list, None)
+_COMMON: dict[str, Any] = {
     "kind": None,
     "name": None,
     "engine": "analytic",
@@ -109,7 +110,7 @@ _COMMON = {
     "desired_snr": 0.0,
     "seq": None,
 }
-_ASL = {
+_ASL: dict[str, Any] = {
     **_COMMON,
     "asl_context": ["m0scan", "control", "label"],
     "label_type": "pcasl",
@@ -127,7 +128,7 @@ _ASL = {
     "flip_angle": 90.0,
     "background_suppression": False,
 }
-_STRUCTURAL = {
+_STRUCTURAL: dict[str, Any] = {
     **_COMMON,
     "acquisition_matrix": [128, 128, 24],
     "acq_contrast": "gre",
@@ -137,8 +138,14 @@ _STRUCTURAL = {
     "flip_angle": 30.0,
     "inversion_time": None,
 }
-_GROUND_TRUTH = {k: v for k, v in _COMMON.items() if k not in ("engine", "desired_snr", "seq")}
-_KINDS = {"asl": _ASL, "structural": _STRUCTURAL, "ground_truth": _GROUND_TRUTH}
+_GROUND_TRUTH: dict[str, Any] = {
+    k: v for k, v in _COMMON.items() if k not in ("engine", "desired_snr", "seq")
+}
+_KINDS: dict[str, dict[str, Any]] = {
+    "asl": _ASL,
+    "structural": _STRUCTURAL,
+    "ground_truth": _GROUND_TRUTH,
+}
 _MODALITIES = ("T1w", "T2w", "T2starw", "PDw", "FLAIR", "inplaneT1", "inplaneT2")
 
 DEFAULT_PARAMS: dict[str, Any] = {
@@ -605,7 +612,7 @@ class _PdgReadout:
         from mr0core.recon import KData, reconstruct
 
         out = np.zeros(maps["PD"].shape, dtype=np.float32)
-        for z in range(out.shape[2]):
+        for z in range(maps["PD"].shape[2]):
             pd = maps["PD"][:, :, z : z + 1]
             if not np.any(pd > 0):
                 continue

@@ -114,7 +114,7 @@ def twin_from_volumes(
         aff = np.asarray(canon.affine, dtype=np.float64)
         if arr.ndim != 3:
             raise PhantomError(f"{source}: {role} is {arr.ndim}-D {arr.shape}; expected 3-D")
-        if ref_shape is None:
+        if ref_shape is None or ref_affine is None:
             ref_shape, ref_affine, first = arr.shape, aff, role
         elif arr.shape != ref_shape or not np.allclose(aff, ref_affine, atol=_AFFINE_TOL_MM):
             raise PhantomError(
@@ -125,7 +125,11 @@ def twin_from_volumes(
     assert ref_affine is not None
     assert ref_shape is not None
     size = np.linalg.norm(ref_affine[:3, :3], axis=0) * np.array(ref_shape) / 1000.0
-    twin = from_maps(None, **arrays, name=name, field_strength=field_strength, size=size)
+    twin = from_maps(
+        None, PD=arrays.get("PD"), T1=arrays.get("T1"), T2=arrays.get("T2"),
+        T2star=arrays.get("T2star"), ADC=arrays.get("ADC"), B0=arrays.get("B0"),
+        B1=arrays.get("B1"), name=name, field_strength=field_strength, size=size,
+    )  # fmt: skip
     for key, p in list(twin.items()):
         twin[key] = VoxelGridPhantom(
             p.PD, p.T1, p.T2, p.T2dash, p.D, p.B0, p.B1, p.coil_sens, affine=ref_affine
@@ -283,6 +287,8 @@ def from_bids(
     for role, f in found.items():
         meta = f.get_metadata()
         img = nib.load(f.path)
+        if not isinstance(img, nib.spatialimages.SpatialImage):
+            raise PhantomError(f"from_bids: {f.path} is not an image volume")
         if len(img.shape) == 4 and img.shape[3] == 1:
             img = img.slicer[..., 0]
         if len(img.shape) != 3:

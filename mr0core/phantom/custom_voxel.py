@@ -204,7 +204,9 @@ class CustomVoxelPhantom:
         spectrum = (phase * weights.to(phase.dtype)[..., None, None, :]).sum(-1) * response
         # The response is normalised to 1 at k = 0, i.e. it is the profile's transform divided by
         # the voxel area; multiply by that area (s_x s_y) over the pixel area to get the profile.
-        sx, sy, _ = self._shape_func.voxel_size
+        voxel_size = self._shape_func.voxel_size
+        assert voxel_size is not None  # a custom voxel's shape always carries its size
+        sx, sy, _ = voxel_size
         img = torch.fft.ifft2(spectrum) * (sx * sy) * (n / fov) ** 2
         # grid index i sits at fov * fftshift(fftfreq(n))[i]: shift the FFT output accordingly
         return torch.fft.fftshift(img.real, dim=(-2, -1))

@@ -91,7 +91,7 @@ class _VolumeReader:
         else:
             data = np.asarray(canon.get_fdata(dtype=np.float32))
         shape, affine = data.shape[:3], np.asarray(canon.affine, dtype=np.float64)
-        if self.shape is None:
+        if self.shape is None or self.affine is None:
             self.shape, self.affine, self.first = shape, affine, name
         elif shape != self.shape:
             raise PhantomError(
@@ -234,8 +234,12 @@ class TissueDict(dict[str, VoxelGridPhantom]):
             props: dict[str, Any] = {}
             for attr, key in _SCALAR_PROPS.items():
                 props[attr] = writer.prop(key, getattr(t, attr), mask)
-            b1_tx = [writer.prop("B1+", c, mask) for c in t.B1]
-            b1_rx = [writer.prop("B1-", c, mask) for c in t.coil_sens]
+            b1_tx: list[float | NiftiRef | NiftiMapping] = [
+                writer.prop("B1+", c, mask) for c in t.B1
+            ]
+            b1_rx: list[float | NiftiRef | NiftiMapping] = [
+                writer.prop("B1-", c, mask) for c in t.coil_sens
+            ]
             config.tissues[name] = NiftiTissue(
                 density=density,
                 T1=props["T1"],

@@ -108,6 +108,8 @@ class _Grid:
             if not path.is_file():
                 raise FileNotFoundError(f"{name} map not found: {path}")
             img = nib.load(path)
+            if not isinstance(img, nib.spatialimages.SpatialImage):
+                raise PhantomError(f"{name} map {path.name}: not an image volume")
             if len(img.shape) == 4 and img.shape[3] == 1:
                 img = img.slicer[..., 0]
             if len(img.shape) == 2:
@@ -267,8 +269,8 @@ def from_maps(
     if "T2star" in loaded or "R2star" in loaded:
         t2s = times("T2star", "R2star")
         with np.errstate(divide="ignore", invalid="ignore"):
-            rate = 1.0 / t2s - 1.0 / t2
-            t2d = np.where(np.isfinite(rate) & (rate > 0), 1.0 / rate, np.inf)
+            r2d = 1.0 / t2s - 1.0 / t2  # R2' in 1/s
+            t2d = np.where(np.isfinite(r2d) & (r2d > 0), 1.0 / r2d, np.inf)
     else:
         t2d = np.full(pd.shape, T2dash)
 
@@ -315,7 +317,7 @@ def from_maps(
     else:
         b1 = np.ones(pd.shape)
 
-    fields = [m.get("MagneticFieldStrength") for m in metas if "MagneticFieldStrength" in m]
+    fields = [m["MagneticFieldStrength"] for m in metas if "MagneticFieldStrength" in m]
     b0_tesla = field_strength or (float(fields[0]) if fields else 3.0)
 
     def t(a: np.ndarray) -> torch.Tensor:

@@ -14,6 +14,7 @@ from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from os import PathLike, fspath
 from pathlib import Path
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -198,13 +199,13 @@ class VoxelGridPhantom:
     def __init__(
         self,
         PD: torch.Tensor,
-        T1: torch.Tensor,
-        T2: torch.Tensor,
-        T2dash: torch.Tensor,
-        D: torch.Tensor,
-        B0: torch.Tensor,
-        B1: torch.Tensor,
-        coil_sens: torch.Tensor,
+        T1: torch.Tensor | float,
+        T2: torch.Tensor | float,
+        T2dash: torch.Tensor | float,
+        D: torch.Tensor | float,
+        B0: torch.Tensor | float,
+        B1: torch.Tensor | float,
+        coil_sens: torch.Tensor | float,
         affine: Any = None,
         phantom_motion: Any = None,
         voxel_motion: Any = None,
@@ -261,7 +262,8 @@ class VoxelGridPhantom:
     @property
     def shape(self) -> tuple[int, int, int]:
         """Grid shape ``(x, y, z)``."""
-        return tuple(self.PD.shape)  # type: ignore[return-value]
+        nx, ny, nz = self.PD.shape
+        return (nx, ny, nz)
 
     @property
     def device(self) -> torch.device:
@@ -380,7 +382,9 @@ class VoxelGridPhantom:
         if bad:
             raise IndexError(f"slices {bad} out of range for a phantom with {nz} slices")
         index = torch.tensor([s % nz for s in idx], device=self.device)
-        maps = {k: v.index_select(-1, index) for k, v in self._all_maps().items()}
+        maps: dict[str, torch.Tensor | dict[str, torch.Tensor]] = {
+            k: v.index_select(-1, index) for k, v in self._all_maps().items()
+        }
         maps["tissue_masks"] = {k: v.index_select(-1, index) for k, v in self.tissue_masks.items()}
         size = self.size.clone()
         size[2] = size[2] * len(idx) / nz
@@ -420,14 +424,17 @@ class VoxelGridPhantom:
             dims = (-3, -2, -1)
             k = torch.fft.fftshift(torch.fft.fftn(t, dim=dims), dim=dims)
             out = torch.zeros((*t.shape[:-3], *shape), dtype=k.dtype, device=k.device)
-            src, dst = [], []
+            src: list[slice] = []
+            dst: list[slice] = []
             for n_old, n_new in zip(t.shape[-3:], shape, strict=True):
                 n = min(n_old, n_new)
                 # keep the samples around the DC bin, which fftshift puts at index N // 2
                 a, b = n_old // 2 - n // 2, n_new // 2 - n // 2
                 src.append(slice(a, a + n))
                 dst.append(slice(b, b + n))
-            out[(..., *dst)] = k[(..., *src)]
+            dst_index: tuple[EllipsisType | slice, ...] = (..., *dst)
+            src_index: tuple[EllipsisType | slice, ...] = (..., *src)
+            out[dst_index] = k[src_index]
             scale = math.prod(shape) / math.prod(t.shape[-3:])
             img = torch.fft.ifftn(torch.fft.ifftshift(out, dim=dims), dim=dims) * scale
             return img if t.is_complex() else img.real.to(t.dtype)

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal, overload
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from mr0core.pulseq.reader import SeqFile, SeqFormatError, SeqLimitError, SeqLimits, _limits
@@ -562,14 +564,14 @@ def validate_blocks(seq: SeqFile) -> None:
                 f"block {int(seq.block_ids[b])}: events last {block_end[b] * 1e6:.3f} us, "
                 f"longer than the block duration {seq.block_durations[b] * 1e6:.3f} us",
             )
-    ends = np.cumsum(seq.block_durations)
-    long = ~(ends <= MAX_DURATION_S)  # NaN and inf too
-    if long.any():
-        b = int(np.argmax(long))
+    block_ends = np.cumsum(seq.block_durations)
+    too_long = ~(block_ends <= MAX_DURATION_S)  # NaN and inf too
+    if too_long.any():
+        b = int(np.argmax(too_long))
         raise SeqFormatError(
             seq.path,
             int(seq.block_lines[b]),
-            f"block {int(seq.block_ids[b])} ends at {ends[b]:.6g} s, beyond the "
+            f"block {int(seq.block_ids[b])} ends at {block_ends[b]:.6g} s, beyond the "
             f"{MAX_DURATION_S:.0f} s a sequence may last",
         )
 
@@ -866,6 +868,42 @@ def check_conversion(
 # -- the conversion ----------------------------------------------------------------------------
 
 
+@overload
+def seq_to_sequence(
+    seq: SeqFile,
+    exact_trajectories: bool = True,
+    default_shim: torch.Tensor | None = None,
+    return_info: Literal[False] = False,
+    *,
+    limits: SeqLimits | None = None,
+) -> Sequence: ...
+@overload
+def seq_to_sequence(
+    seq: SeqFile,
+    exact_trajectories: bool,
+    default_shim: torch.Tensor | None,
+    return_info: Literal[True],
+    *,
+    limits: SeqLimits | None = None,
+) -> tuple[Sequence, ConversionInfo]: ...
+@overload
+def seq_to_sequence(
+    seq: SeqFile,
+    exact_trajectories: bool = True,
+    default_shim: torch.Tensor | None = None,
+    *,
+    return_info: Literal[True],
+    limits: SeqLimits | None = None,
+) -> tuple[Sequence, ConversionInfo]: ...
+@overload
+def seq_to_sequence(
+    seq: SeqFile,
+    exact_trajectories: bool = True,
+    default_shim: torch.Tensor | None = None,
+    return_info: bool = False,
+    *,
+    limits: SeqLimits | None = None,
+) -> Sequence | tuple[Sequence, ConversionInfo]: ...
 def seq_to_sequence(
     seq: SeqFile,
     exact_trajectories: bool = True,
@@ -965,7 +1003,7 @@ def seq_to_sequence(
         knots.append(np.concatenate([starts[rot_blocks], ends[rot_blocks]]))
 
     # The time line: every cut on a 1 ps grid
-    def quantise(t: np.ndarray) -> np.ndarray:
+    def quantise(t: npt.ArrayLike) -> np.ndarray:
         return np.round(np.asarray(t) / TIME_QUANTUM).astype(np.int64)
 
     cut_parts = [quantise([0.0, total]), quantise(pulse_t), quantise(adc_t)]

@@ -556,7 +556,7 @@ class _Parser:
         # VERSION
         if "VERSION" not in sections:
             raise self.error(None, "no [VERSION] section: not a Pulseq file")
-        version = {"major": None, "minor": None, "revision": None}
+        version: dict[str, int | None] = {"major": None, "minor": None, "revision": None}
         for ln, line in sections["VERSION"]:
             parts = line.split()
             if len(parts) != 2 or parts[0] not in version:
@@ -891,6 +891,7 @@ class _Parser:
                 raise  # pragma: no cover
             if not np.isfinite(data).all():
                 raise self.error(ln, f"[SHAPES] shape {shape_id} has non-finite samples")
+            samples: np.ndarray | None
             if v14 and len(data) == num:
                 samples = data  # 1.4+: stored uncompressed when nothing was gained
             else:

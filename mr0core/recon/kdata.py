@@ -228,15 +228,15 @@ class KData:
         if self.trajectory not in TRAJECTORIES:
             raise KDataError(f"trajectory must be one of {TRAJECTORIES}, got {self.trajectory!r}")
         for name in ("encoded_matrix", "recon_matrix"):
-            value = tuple(int(v) for v in getattr(self, name))
-            if len(value) != 3 or min(value) < 1:
-                raise KDataError(f"{name} must be three positive ints, got {value}")
-            setattr(self, name, value)
+            ints = tuple(int(v) for v in getattr(self, name))
+            if len(ints) != 3 or min(ints) < 1:
+                raise KDataError(f"{name} must be three positive ints, got {ints}")
+            setattr(self, name, ints)
         for name in ("encoded_fov_m", "recon_fov_m"):
-            value = tuple(float(v) for v in getattr(self, name))
-            if len(value) != 3 or not all(math.isfinite(v) and v > 0 for v in value):
-                raise KDataError(f"{name} must be three positive lengths in m, got {value}")
-            setattr(self, name, value)
+            floats = tuple(float(v) for v in getattr(self, name))
+            if len(floats) != 3 or not all(math.isfinite(v) and v > 0 for v in floats):
+                raise KDataError(f"{name} must be three positive lengths in m, got {floats}")
+            setattr(self, name, floats)
 
     # -- properties -------------------------------------------------------------------------
 
@@ -764,7 +764,8 @@ def _from_sequence(signal: torch.Tensor, kspace: torch.Tensor, seq: Sequence) ->
         )
         base_fov = fov if fov is not None else (rfov_x, rfov_x, rfov_x)
         kmax = np.abs(k3[rows]).max(axis=0)
-        recon = tuple(max(1, round(2 * float(kmax[a]) * base_fov[a])) for a in range(3))
+        r0, r1, r2 = (max(1, round(2 * float(kmax[a]) * base_fov[a])) for a in range(3))
+        recon = (r0, r1, r2)
         rfov = (base_fov[0], base_fov[1], base_fov[2])
         encoded = (recon[0] * os_factor, recon[1], recon[2])
         efov = (rfov[0] * os_factor, rfov[1], rfov[2])

@@ -202,8 +202,9 @@ class Graph(list[RepGraph]):
         sc = ax.scatter(x, y, c=c, s=4)
         ax.set_xlabel("repetition")
         ax.set_ylabel(dephasing)
-        ax.figure.colorbar(sc, ax=ax, label=("log10 " if log_color else "") + color)
-        return ax.figure
+        fig = plt.gcf()  # the figure of plt.gca()
+        fig.colorbar(sc, ax=ax, label=("log10 " if log_color else "") + color)
+        return fig
 
     @property
     def state_counts(self) -> tuple[int, int]:
@@ -630,7 +631,7 @@ def _prepass(
                 arg = abs_tau * np.float32(1 / c_t2d) + (t_adc * np.float32(1 / c_t2))[None]
                 # per unit magnetisation: the largest of response · e^{-t/T2 - |τ|/T2'}
                 best = (response * np.exp(-arg)).max(axis=1)
-                emitted[np.ix_(live, same)] = best[:, None]
+                emitted[np.ix_(live, np.asarray(same))] = best[:, None]
         rg.plus_emitted = emitted  # filled with |m| below
         # diffusion over the repetition, per state (linear k ramps within events)
         b_plus = _b_values(rg.plus_k, g, dt)
@@ -768,6 +769,7 @@ def _latent(
         sens_p = rg.plus_emitted.copy()  # [n, C]
         sens_z = np.zeros((len(rg.z_tau), len(scales)))
         if next_plus is not None:
+            assert next_z is not None  # both are set together, after the last repetition
             child = graph[r + 1]
             ab = reps[r + 1].angle * scales
             c2, s2 = np.cos(ab / 2) ** 2, np.sin(ab / 2) ** 2  # [C]

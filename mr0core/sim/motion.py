@@ -130,6 +130,7 @@ class MotionSampler:
             out = self.voxel(times)
             out = _as_tensor(out, "voxel_motion(time)", (n, self.n_vox, 3), dev).to(self.pos.dtype)
             return out if self.order is None else out[:, self.order]
+        assert self.rigid is not None  # a sampler exists only for a moving phantom
         rot, off = _rigid(self.rigid, times, dev)
         return torch.einsum("vi,nij->nvj", self.pos, rot.to(self.pos.dtype)) + off[:, None].to(
             self.pos.dtype

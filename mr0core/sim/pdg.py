@@ -43,6 +43,7 @@ from .graph import (
     Z_FROM_PLUS_CONJ,
     Z_FROM_Z,
     Graph,
+    RepGraph,
 )
 from .motion import MotionSampler, event_midpoints, motion_phase
 from .rf import effective_b1
@@ -128,6 +129,9 @@ def _gather_k(
     return table_k[index], table_tau[index]
 
 
+# a voxel shape's response [...] to dephasings k [..., 3] (1/m) at the grid's Nyquist k [3]
+_Dephasing = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 _PLUS_OFFSETS = (PLUS_FROM_PLUS, PLUS_FROM_PLUS_REFOC, PLUS_FROM_Z, PLUS_FROM_Z_CONJ)
 _Z_OFFSETS = (Z_FROM_Z, Z_FROM_PLUS, Z_FROM_PLUS_CONJ)
 
@@ -144,8 +148,8 @@ def _gather_k_np(
     if plus:
         table_k = np.concatenate([p_k, -p_k, z_k, -z_k, np.zeros((1, 3))])
         table_tau = np.concatenate([p_tau, -p_tau, z_tau, -z_tau, np.zeros(1)])
-        sizes = (len(p_tau), len(p_tau), len(z_tau), len(z_tau))
-        kinds = _PLUS_OFFSETS
+        sizes: tuple[int, ...] = (len(p_tau), len(p_tau), len(z_tau), len(z_tau))
+        kinds: tuple[int, ...] = _PLUS_OFFSETS
     else:
         table_k = np.concatenate([z_k, p_k, -p_k, np.zeros((1, 3))])
         table_tau = np.concatenate([z_tau, p_tau, -p_tau, np.zeros(1)])
@@ -159,7 +163,7 @@ def _gather_k_np(
     return table_k[idx], table_tau[idx]
 
 
-def _edge_arrays(rg: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _edge_arrays(rg: RepGraph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All edges of a repetition as flat arrays, cached on the repetition graph.
 
     ``child`` indexes ``[transverse states; longitudinal states]`` of this repetition,
@@ -608,7 +612,9 @@ def execute_graph(
 
     if batch is not None:
         batch.flush(signals)
-    out = torch.cat(signals) if signals else torch.zeros((0, n_coil), dtype=cdt, device=dev)
+    done = [s for s in signals if s is not None]
+    assert len(done) == len(signals)  # the batch's flush filled every slot it held
+    out = torch.cat(done) if done else torch.zeros((0, n_coil), dtype=cdt, device=dev)
     if return_mag_adc:
         if n_sub > 1:  # the mean over each voxel's sub-slices (their PD is equal)
             mags = [m.reshape(-1, n_sub).mean(1) for m in mags]
@@ -703,7 +709,7 @@ def _signal(
     m: torch.Tensor, k0: torch.Tensor, tau0: torch.Tensor, K: torch.Tensor, T: torch.Tensor,
     L: torch.Tensor, C: torch.Tensor, adc_phase: torch.Tensor, pos: torch.Tensor,
     b0: torch.Tensor, t2: torch.Tensor, t2d: torch.Tensor, diff: torch.Tensor,
-    pd_coil: torch.Tensor, nyquist: torch.Tensor, dephasing_func: object,
+    pd_coil: torch.Tensor, nyquist: torch.Tensor, dephasing_func: _Dephasing,
     groups: torch.Tensor | None, bounds: list[tuple[int, int]], exact: bool,
     steps: tuple[np.ndarray, np.ndarray] | None = None,
     cache: _StepCache | None = None,
@@ -753,7 +759,7 @@ def _signal(
                 outs.append(torch.einsum("sgct,sgt->tc", a, f_all[:, :, sl].to(cdt)))
             return torch.cat(outs) * receive[:, None], []
         # fold PD and the coil into the states: one GEMM [S·C, V_g] @ [V_g, T] per group
-        mc = [
+        mc_groups = [
             (M[:, lo:hi, None] * pd_coil[lo:hi]).transpose(1, 2).reshape(n_s * n_coil, hi - lo)
             for lo, hi in bounds
         ]
@@ -765,7 +771,9 @@ def _signal(
                 if hi == lo:
                     continue
                 part = [(b, W[:, lo:hi]) for b, W in patterns] if patterns is not None else None
-                a = _project(mc[gi], A[lo:hi], part, n_c).reshape(n_s, n_coil, -1)  # [S, C, Tc]
+                a = _project(mc_groups[gi], A[lo:hi], part, n_c).reshape(
+                    n_s, n_coil, -1
+                )  # [S, C, Tc]
                 f = w[:, sl] * torch.exp(-tau_st[:, sl].abs() * r2d[gi] - b_st[:, sl] * dg[gi])
                 out = out + torch.einsum("sct,st->tc", a, f.to(cdt))
             outs.append(out)
@@ -812,7 +820,7 @@ class _SignalBatch:
 
     def __init__(
         self, pos: torch.Tensor, b0: torch.Tensor, t2: torch.Tensor, groups: torch.Tensor,
-        group_pd_coil: torch.Tensor, nyquist: torch.Tensor, dephasing_func: object,
+        group_pd_coil: torch.Tensor, nyquist: torch.Tensor, dephasing_func: _Dephasing,
         cache: _StepCache,
     ) -> None:  # fmt: skip
         self.pos, self.b0, self.t2 = pos, b0, t2
@@ -838,11 +846,11 @@ class _SignalBatch:
     def full(self) -> bool:
         return self.load >= _BATCH_ELEMENTS
 
-    def add(self, slot: int, *job: object) -> None:
+    def add(self, slot: int, *job: Any) -> None:  # tensors and a tuple of arrays, as documented
         """Queue a repetition: ``(m, k0, τ0, K, T, L, C, adc_phase, (K64, T64))``."""
         self.jobs.append((slot, *job))
         m, steps = job[0], job[-1]
-        self.load += self._rows(len(m), len(steps[1]))  # type: ignore[arg-type]
+        self.load += self._rows(len(m), len(steps[1]))
 
     def flush(self, signals: list[torch.Tensor | None]) -> None:
         """Compute the queued repetitions' signals into their ``signals`` slots."""
@@ -931,13 +939,14 @@ class _SignalBatch:
             self._single_blocks(single, incs, sb_block, ma, res)
         for gi, (key_bytes, blocks) in enumerate(by_key.items()):
             b = blocks[0]
-            W = self.cache.get(
-                key_bytes,
-                lambda b=b: _step_products(
+
+            def make(b: int = b) -> torch.Tensor:  # made only when the cache lacks the key
+                return _step_products(
                     self.pos, self.b0, self.t2,
                     torch.from_numpy(incs[b]).to(dev, torch.float32), keys_of_block[b],
-                ),
-            )  # fmt: skip
+                )  # fmt: skip
+
+            W = self.cache.get(key_bytes, make)
             lo, hi = cuts[gi], cuts[gi + 1]
             part = ma[lo:hi].reshape(-1, n_v) @ W.T  # [rows·G·C, B]
             res[lo:hi] = part.reshape(hi - lo, n_g * n_c, _ANCHOR)
@@ -946,9 +955,9 @@ class _SignalBatch:
             np.concatenate([[0], np.cumsum(n_b[state_of_job])[:-1]]), n_t[state_of_job]
         ) + local // _ANCHOR  # fmt: skip
         pair_row = inv[pair_row]
-        a = res[torch.from_numpy(pair_row).to(dev), :, torch.from_numpy(local % _ANCHOR).to(dev)]
-        a = a.reshape(len(pair_state), n_g, n_c)  # [P, G, C]
-        contrib = torch.einsum("pgc,pg->pc", a, f.to(cdt))
+        amp = res[torch.from_numpy(pair_row).to(dev), :, torch.from_numpy(local % _ANCHOR).to(dev)]
+        amp = amp.reshape(len(pair_state), n_g, n_c)  # [P, G, C]
+        contrib = torch.einsum("pgc,pg->pc", amp, f.to(cdt))
         out.index_add_(0, pt, contrib)
         self._store(signals, jobs, out * receive[:, None], t_start, n_t)
 
@@ -1097,11 +1106,15 @@ def _phasor_chunks(
         patterns = []
         for key, blocks in by_key.items():
             a = anchors[blocks[0]]
+
+            def make(a: int = a) -> torch.Tensor:  # made only when the cache lacks the key
+                return _step_products(
+                    pos, b0, t2, inc_pad[a + 1 : a + _ANCHOR], keys[a + 1 : a + _ANCHOR]
+                )
+
             W = cache.get(
                 key,
-                lambda a=a: _step_products(
-                    pos, b0, t2, inc_pad[a + 1 : a + _ANCHOR], keys[a + 1 : a + _ANCHOR]
-                ),
+                make,
             )
             patterns.append((torch.tensor(blocks, device=dev), W))
         idx = torch.tensor(anchors, device=dev)
