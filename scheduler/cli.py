@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mr0core.clitools import exit_quietly_on_closed_pipe
 
@@ -98,7 +98,7 @@ def _run(opts: argparse.Namespace) -> int:
     from .service import Scheduler
 
     monitor = GpuMonitor(interval_s=opts.nvml_interval)
-    cpu_memory: int | str | None = "auto"
+    cpu_memory: int | Literal["auto"] | None = "auto"
     if opts.cpu_memory_gb is not None:
         cpu_memory = None if opts.cpu_memory_gb == 0 else int(opts.cpu_memory_gb * GB)
     sched = Scheduler(_store_dir(opts), monitor=monitor, gpu_slots=opts.gpu_slots,
@@ -155,43 +155,51 @@ def _status(opts: argparse.Namespace) -> int:
     gpus = monitor.snapshot()
     queued = store.queued() if store else []
     running = store.jobs("running", limit=1000) if store else []
+    # JSON rows: values of mixed types
+    gpu_rows: list[dict[str, Any]] = [
+        {"device": g.device, "name": g.name, "total_bytes": g.total_bytes,
+         "free_bytes": g.free_bytes, "utilization": g.utilization,
+         "temperature_c": g.temperature_c,
+         "processes": [{"pid": p.pid, "used_bytes": p.used_bytes} for p in g.processes]}
+        for g in gpus]  # fmt: skip
+    queued_rows: list[dict[str, Any]] = [
+        {"job": r.id, "kind": r.kind.name.lower(), "function": r.function,
+         "attempts": r.attempts, "estimate_bytes": r.estimate_bytes} for r in queued]  # fmt: skip
+    running_rows: list[dict[str, Any]] = [
+        {"job": r.id, "kind": r.kind.name.lower(), "device": r.device,
+         "seconds": round(time.time() - (r.started or time.time()), 1),
+         "attempts": r.attempts} for r in running]  # fmt: skip
+    counts = store.counts() if store else dict.fromkeys(JOB_STATES, 0)
     out = {
         "store": str(_store_dir(opts)),
         "store_exists": store is not None,
         "gpu_monitor": "nvml" if monitor.available else monitor.reason,
-        "gpus": [{"device": g.device, "name": g.name, "total_bytes": g.total_bytes,
-                  "free_bytes": g.free_bytes, "utilization": g.utilization,
-                  "temperature_c": g.temperature_c,
-                  "processes": [{"pid": p.pid, "used_bytes": p.used_bytes} for p in g.processes]}
-                 for g in gpus],
-        "queued": [{"job": r.id, "kind": r.kind.name.lower(), "function": r.function,
-                    "attempts": r.attempts, "estimate_bytes": r.estimate_bytes} for r in queued],
-        "running": [{"job": r.id, "kind": r.kind.name.lower(), "device": r.device,
-                     "seconds": round(time.time() - (r.started or time.time()), 1),
-                     "attempts": r.attempts} for r in running],
-        "counts": store.counts() if store else dict.fromkeys(JOB_STATES, 0),
-    }  # fmt: skip
+        "gpus": gpu_rows,
+        "queued": queued_rows,
+        "running": running_rows,
+        "counts": counts,
+    }
     if opts.json:
         print(json.dumps(out, indent=2))
         return 0
     if store is None:
         print(f"store: none at {out['store']} (nothing submitted there)")
     print(f"GPUs ({out['gpu_monitor']}):")
-    for g in out["gpus"]:
+    for g in gpu_rows:
         print(f"  {g['device']:8} {g['name'][:28]:28} free {_fmt_bytes(g['free_bytes'])} of "
               f"{_fmt_bytes(g['total_bytes'])}, {g['utilization']:.0f} %, "
               f"{len(g['processes'])} processes")  # fmt: skip
-    if not out["gpus"]:
+    if not gpu_rows:
         print("  none")
-    print(f"running ({len(out['running'])}):")
-    for r in out["running"]:
+    print(f"running ({len(running_rows)}):")
+    for r in running_rows:
         print(f"  {r['job']:24} {r['kind']:9} {r['device']:8} {r['seconds']:8.1f} s "
               f"attempt {r['attempts']}")  # fmt: skip
-    print(f"queued ({len(out['queued'])}):")
-    for r in out["queued"]:
+    print(f"queued ({len(queued_rows)}):")
+    for r in queued_rows:
         print(f"  {r['job']:24} {r['kind']:9} {r['function']:10} "
               f"~{_fmt_bytes(r['estimate_bytes'])}")  # fmt: skip
-    print("counts: " + ", ".join(f"{k} {v}" for k, v in out["counts"].items()))
+    print("counts: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 
 

@@ -821,7 +821,10 @@ def _json_phantom(path: Path, size: int | None) -> tuple[int, int | None, int, b
     tissues = list(config.tissues.values())
     first = tissues[0].density
     ref = first if isinstance(first, NiftiRef) else first.file
-    shape = tuple(int(s) for s in nibabel.load(path.parent / ref.file_name).shape[:3])
+    img = nibabel.load(path.parent / ref.file_name)
+    if not isinstance(img, nibabel.spatialimages.SpatialImage):
+        raise ValueError(f"{ref.file_name}: not an image volume")
+    shape = tuple(int(s) for s in img.shape[:3])
     nz = shape[2] if len(shape) > 2 else 1
     grid = (size * size * nz) if size is not None else math.prod(shape)
     tx = max(len(t.B1_tx) for t in tissues)
@@ -861,14 +864,14 @@ def _sim_settings(params: Mapping[str, Any]) -> Any:
     from mr0core.jobs import SimSettings
 
     max_states = _check_int("max_states", params.get("max_states", 200), 1, MAX_STATES)
-    values = {"max_states": max_states}
+    thresholds: dict[str, float] = {}
     for name in ("min_state_mag", "min_emitted", "min_latent"):
         if name in params:
             value = params[name]
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{name} must be a number, got {value!r}")
-            values[name] = float(value)
-    return SimSettings(**values)
+            thresholds[name] = float(value)
+    return SimSettings(max_states=max_states, **thresholds)
 
 
 def estimate_simulation_job(params: Mapping[str, Any], prepass: bool | None = None) -> int:

@@ -405,7 +405,7 @@ def prepare_seq(
     del parsed
     samples = sum(int((rep.adc_usage != 0).sum()) for rep in seq)
     readouts = 0
-    layout = None
+    layout: KData | None = None
     rows = None
     if params.get("layout") or params.get("recon"):
         try:
@@ -414,15 +414,15 @@ def prepare_seq(
             raise ValueError(f"the sequence has no readout layout: {exc}") from None
         readouts = int(layout.readout_start.shape[0])
         if params.get("layout"):
-            rows = torch.stack([layout.readout_start, layout.readout_length], 1)
-            rows = rows.to(torch.int64).numpy()
+            starts_lengths = torch.stack([layout.readout_start, layout.readout_length], 1)
+            rows = starts_lengths.to(torch.int64).numpy()
     if rf_model == "shaped" and sub_slices is None:
         from mr0core.sim.shaped import default_sub_slices
 
         sub_slices = default_sub_slices(seq, _input(inputs, "phantom", SimData, "prepare_seq"))
     estimate = 0
     if "voxels" in params:
-        recon = layout is not None and bool(params.get("recon"))
+        recon_layout = layout if bool(params.get("recon")) else None
         sim_params = dict(params)
         if sub_slices is not None:  # the main pass simulates every sub-slice as a voxel
             voxels = params["voxels"]
@@ -430,8 +430,12 @@ def prepare_seq(
                 sim_params["voxels"] = voxels * sub_slices
         estimate = estimate_simulation_from_sequence(
             seq, sim_params, samples=samples,
-            recon_matrix=layout.recon_matrix if recon else None,
-            recon_method="auto" if not recon or layout.trajectory == "cartesian" else "nufft",
+            recon_matrix=recon_layout.recon_matrix if recon_layout is not None else None,
+            recon_method=(
+                "auto"
+                if recon_layout is None or recon_layout.trajectory == "cartesian"
+                else "nufft"
+            ),
         )  # fmt: skip
     summary: dict[str, Any] = {
         "repetitions": len(seq), "samples": samples, "readouts": readouts,

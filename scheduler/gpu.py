@@ -96,10 +96,11 @@ class GpuMonitor:
         """Initialise NVML, or record (and log once) why the monitor is CPU-only."""
         if nvml is None:
             try:
-                import pynvml as nvml
+                import pynvml  # optional dependency (the gpu extra): absent on CPU-only hosts
             except ImportError as exc:
                 self._cpu_only(f"nvidia-ml-py (pynvml) is not installed: {exc}")
                 return
+            nvml = pynvml
         try:
             nvml.nvmlInit()
         except nvml.NVMLError as exc:

@@ -924,7 +924,7 @@ class JobStore:
         return rows[0]["state"] == "running" and rows[0]["attempts"] == token
 
     def _stage(
-        self, job_id: str, token: int, payload: bytes | Path | tuple[str, bytes] | None
+        self, job_id: str, token: int, payload: Path | tuple[str, bytes] | None
     ) -> tuple[Path | None, str | None, str | None]:
         """Write the result under ``staging/`` (fsynced); return (folder, entry, kind)."""
         if payload is None:
