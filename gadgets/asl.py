@@ -244,8 +244,13 @@ def _read_results(
 
     perf = root / "sub-001" / "perf"
     stem = "sub-001_acq-preview"
-    series = np.asarray(nib.load(perf / f"{stem}_asl.nii.gz").get_fdata(), dtype=np.float64)
-    m0 = np.asarray(nib.load(perf / f"{stem}_m0scan.nii.gz").get_fdata(), dtype=np.float64)
+    volumes = []
+    for name in (f"{stem}_asl.nii.gz", f"{stem}_m0scan.nii.gz"):
+        img = nib.load(perf / name)
+        if not isinstance(img, nib.spatialimages.SpatialImage):
+            raise GadgetError(f"the ASL pipeline wrote {name}, which is not an image volume")
+        volumes.append(np.asarray(img.get_fdata(), dtype=np.float64))
+    series, m0 = volumes
     if m0.ndim == 4:
         m0 = m0.mean(axis=-1)
     side = json.loads((perf / f"{stem}_asl.json").read_text(encoding="utf-8"))

@@ -74,7 +74,7 @@ __all__ = [
 
 # Package data (gadgets/config/chains/*.xml), so an installed wheel has its chains. setuptools
 # installs packages unzipped, so the resource is a real folder that can be globbed and resolved.
-DEFAULT_CHAINS_DIR: Path = Path(str(resources.files("gadgets").joinpath("config", "chains")))
+DEFAULT_CHAINS_DIR: Path = Path(str(resources.files("gadgets") / "config" / "chains"))
 """The built-in chains (package data ``gadgets/config/chains``); always searched last."""
 
 MAX_CHAIN_BYTES = 1 << 20

@@ -214,7 +214,7 @@ def _receive(
                 if header_xml:
                     dset.write_xml_header(header_xml)
             if msg.id == MessageId.IMAGE:
-                img = msg.value
+                img: ismrmrd.Image = msg.value
                 dset.append_image(f"image_{img.image_series_index}", img)
                 result.images += 1
             elif msg.id == MessageId.ACQUISITION:
@@ -225,6 +225,18 @@ def _receive(
     finally:
         if dset is not None:
             dset.close()
+
+
+def _private_dataset(path: Path, group: str) -> Any:
+    """Open (create) the output file so that a new one is ``0600``: it holds patient data."""
+    new = not Path(path).exists()
+    old = os.umask(0o077) if new else None
+    try:
+        dset = ismrmrd.Dataset(str(path), group, create_if_needed=True)
+    finally:
+        if old is not None:
+            os.umask(old)
+    return dset
 
 
 @exit_quietly_on_closed_pipe
@@ -442,15 +454,3 @@ def _report(result: ClientResult, out: Path) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _private_dataset(path: Path, group: str) -> Any:
-    """Open (create) the output file so that a new one is ``0600``: it holds patient data."""
-    new = not Path(path).exists()
-    old = os.umask(0o077) if new else None
-    try:
-        dset = ismrmrd.Dataset(str(path), group, create_if_needed=True)
-    finally:
-        if old is not None:
-            os.umask(old)
-    return dset

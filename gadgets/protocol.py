@@ -48,7 +48,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, TypeAlias
 from xml.etree import ElementTree
 
 import ismrmrd
@@ -141,7 +141,7 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 """The default :class:`Limits`."""
 
-MessageValue = str | ismrmrd.Acquisition | ismrmrd.Image | ismrmrd.Waveform | None
+MessageValue: TypeAlias = str | ismrmrd.Acquisition | ismrmrd.Image | ismrmrd.Waveform | None
 
 
 @dataclass(slots=True)
@@ -1273,7 +1273,7 @@ class MessageWriter:
             self.broken = _detached(exc)
             raise
 
-    def _write_file(self, data: bytes | bytearray) -> None:
+    def _write_file(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` to a file-like stream, continuing after short writes."""
         n = self._stream.write(data)  # type: ignore[union-attr]
         if n is None or n < len(data):  # a short write (raw or non-blocking stream)

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -206,7 +206,7 @@ class RetroSimGadget(TwinPreviewGadget):
         settings: Any,
         acqs: list[Any],
         imaging: list[int],
-    ) -> Iterator[Item]:
+    ) -> Generator[Item, None, tuple[torch.Tensor, list[tuple[int, int, int]], dict[str, Any]]]:
         """Convert the ``.seq`` and simulate it as scheduler calls; return signal, mapping, info."""
         data = self.built_twin(phantom)
         prepared = self.prepare_call(text, data, settings, layout=True)

@@ -1116,8 +1116,9 @@ class Session:
         """Check a data message and return the item it holds for the chain."""
         value = msg.value
         if msg.id == MessageId.ACQUISITION:
-            if not (_all_finite(value.data) and _all_finite(value.traj)):
-                self.nonfinite("acquisition", f"acquisition {value.scan_counter} (scan_counter)")
+            acq: ismrmrd.Acquisition = value
+            if not (_all_finite(acq.data) and _all_finite(acq.traj)):
+                self.nonfinite("acquisition", f"acquisition {acq.scan_counter} (scan_counter)")
         elif msg.id == MessageId.IMAGE:
             if not self.takes_images():
                 name = self.preamble.config_name if self.preamble is not None else "?"
@@ -1125,10 +1126,11 @@ class Session:
                     f"chain {name!r} does not take images from the client (chains that do: "
                     f"{', '.join(_image_chains(self.config.chains_dir)) or 'none'})"
                 )
-            self._client_images[id(value)] = value
-            if value.data.dtype.kind in "fc" and not _all_finite(value.data):
-                self.nonfinite("image", f"image {value.image_index} of series "
-                               f"{value.image_series_index}")  # fmt: skip
+            img: ismrmrd.Image = value
+            self._client_images[id(img)] = img
+            if img.data.dtype.kind in "fc" and not _all_finite(img.data):
+                self.nonfinite("image", f"image {img.image_index} of series "
+                               f"{img.image_series_index}")  # fmt: skip
         elif msg.id == MessageId.TEXT:
             return Text(str(value))
         elif msg.id != MessageId.WAVEFORM:  # waveforms are integers: always finite
@@ -1196,7 +1198,9 @@ class Session:
         waited = time.monotonic()
         try:
             while True:
-                if self.failed.is_set() and (item is not _ABORT or not self.worker.is_alive()):
+                if self.failed.is_set() and (
+                    item is not _ABORT or self.worker is None or not self.worker.is_alive()
+                ):
                     return
                 try:
                     self.items.put(item, timeout=0.2)
@@ -1348,7 +1352,7 @@ def _all_finite(array: np.ndarray) -> bool:
     return bool(np.isfinite(array).all())
 
 
-_REAL_VIEW = {np.dtype(np.complex64): np.dtype(np.float32),
+_REAL_VIEW: dict[np.dtype, np.dtype] = {np.dtype(np.complex64): np.dtype(np.float32),
               np.dtype(np.complex128): np.dtype(np.float64)}  # fmt: skip
 
 

@@ -495,11 +495,12 @@ _SECURITY_HEADERS = {
 
 
 def _static(name: str) -> bytes:
-    return resources.files("gadgets").joinpath("static", name).read_bytes()
+    return (resources.files("gadgets") / "static" / name).read_bytes()
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _HttpServer
+    # always our _HttpServer; typeshed's BaseRequestHandler declares a (mutable) BaseServer
+    server: _HttpServer  # type: ignore[assignment]
     server_version = "mr0-status"
     sys_version = ""
     protocol_version = "HTTP/1.0"  # one request per connection: a client cannot hold a thread
@@ -823,7 +824,7 @@ class StatusHttpServer:
         request_timeout_s: float = 15.0,
     ) -> None:
         self._httpd = _HttpServer((host, port), board, token, max_requests, request_timeout_s)
-        self.address: tuple[str, int] = self._httpd.server_address[:2]  # type: ignore[assignment]
+        self.address: tuple[str, int] = self._httpd.server_address[:2]
         self._thread: threading.Thread | None = None
 
     def start(self) -> tuple[str, int]:

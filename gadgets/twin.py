@@ -48,9 +48,9 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mr0core.pulseq import DEFAULT_SEQ_LIMITS
 
@@ -67,6 +67,9 @@ from .core import (
     register,
 )
 from .offload import offload, offload_wait
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "MAX_SUB_SLICES",
@@ -404,7 +407,9 @@ class TwinPreviewGadget(Gadget):
     memory is not retried at all (the scheduler fails the job at once); out of GPU memory, the
     retry goes only to a device with more."""
 
-    def _simulate(self, seq: Any, phantom: Any, settings: Any) -> Iterator[Item]:
+    def _simulate(
+        self, seq: Any, phantom: Any, settings: Any
+    ) -> Generator[Item, None, torch.Tensor]:
         """Simulate (a scheduler job, or on a thread); yield progress texts; return the signal."""
         if self.context.scheduler is not None:
             return (yield from self._simulate_job(seq, phantom, settings))
@@ -443,7 +448,9 @@ class TwinPreviewGadget(Gadget):
             raise GadgetError(f"{self.name}: the simulation failed: {type(exc).__name__}: {exc}")
         return result["signal"]
 
-    def _simulate_job(self, seq: Any, phantom: Any, settings: Any) -> Iterator[Item]:
+    def _simulate_job(
+        self, seq: Any, phantom: Any, settings: Any
+    ) -> Generator[Item, None, torch.Tensor]:
         """Simulate a sequence object in a ``simulate`` call of the scheduler; return the signal.
 
         For sequences built here (a protocol made from the ISMRMRD header). The call's
@@ -469,7 +476,7 @@ class TwinPreviewGadget(Gadget):
         recon: bool = False,
         raw: bool = False,
         sub_slices: int | None = None,
-    ) -> Iterator[Item]:
+    ) -> Generator[Item, None, dict[str, Any]]:
         """Run the ``simulate`` call on ``seq`` and the built twin ``data``; yield progress texts.
 
         Returns the call's result (:func:`scheduler.functions.simulate_call`: ``signal``,
