@@ -344,7 +344,8 @@ class RfProfileResult:
     @property
     def mxy_fourier(self) -> np.ndarray:
         """``|sin θ(z)|``: the small-tip prediction of ``|Mxy|``."""
-        return np.abs(np.sin(self.theta))
+        result: np.ndarray = np.abs(np.sin(self.theta))
+        return result
 
     @property
     def refocus(self) -> np.ndarray:

@@ -162,7 +162,8 @@ def run_simulation(
         re = torch.randn(signal.shape, generator=gen)
         im = torch.randn(signal.shape, generator=gen)
         signal = signal + noise * torch.complex(re, im)
-    return signal
+    result: torch.Tensor = signal
+    return result
 
 
 def image_volume(image: torch.Tensor) -> torch.Tensor:
@@ -217,7 +218,7 @@ def phantom_isocentre_m(phantom: Any) -> tuple[float, float, float]:
     return (float(ras_mm[0]) / 1e3, float(ras_mm[1]) / 1e3, float(ras_mm[2]) / 1e3)
 
 
-def reconstruct_file(path: str | PathLike[str], method: str = "auto") -> tuple[Any, dict]:
+def reconstruct_file(path: str | PathLike[str], method: str = "auto") -> tuple[Any, dict[str, Any]]:
     """Read ISMRMRD raw data and reconstruct it; return ``(Reconstruction, sidecar)``."""
     from mr0core.io.bids import bids_sidecar
     from mr0core.io.mrd import read_mrd

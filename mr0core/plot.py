@@ -179,7 +179,8 @@ def _adc_axes(plot: Any = None) -> matplotlib.axes.Axes:
     import matplotlib.pyplot as plt
 
     if plot is not None and getattr(plot, "ax1", None):
-        return plot.ax1[0]
+        result: matplotlib.axes.Axes = plot.ax1[0]
+        return result
     for num in reversed(plt.get_fignums()):
         for ax in plt.figure(num).axes:
             if ax.get_ylabel().strip().upper().startswith("ADC"):
@@ -448,7 +449,8 @@ def plot_kspace_trajectory(
     fig = seq.plot_kspace_trajectory(**kwargs)
     if out is not None:
         _save(fig, out)
-    return fig
+    result: matplotlib.figure.Figure = fig
+    return result
 
 
 def plot_phantom(
@@ -471,4 +473,5 @@ def plot_phantom(
     fig = plot(**kwargs)
     if out is not None:
         _save(fig, out)
-    return fig
+    result: matplotlib.figure.Figure = fig
+    return result

@@ -468,7 +468,8 @@ def _tensor(
         raise ValueError(f"Sequence state: {key!r} has shape {tuple(value.shape)}, not {shape}")
     if dtype is not None and value.dtype != dtype:
         raise ValueError(f"Sequence state: {key!r} has dtype {value.dtype}, not {dtype}")
-    return value
+    result: torch.Tensor = value
+    return result
 
 
 def _cuda_device(device: int | str | torch.device | None) -> torch.device:
@@ -609,7 +610,7 @@ class Repetition:
         return f"Repetition({self.pulse!r}, events={self.event_count}, adc={adc})"
 
 
-class Sequence(list):
+class Sequence(list[Repetition]):
     """An MRI sequence: a list of :class:`Repetition`.
 
     Parameters

@@ -223,7 +223,8 @@ def bids_sidecar(
         out["Simulation"] = simulation
     if extra:
         out.update(extra)
-    return json_safe(out)
+    result: dict[str, Any] = json_safe(out)
+    return result
 
 
 def _phantom_affine(phantom: Any) -> np.ndarray:
@@ -316,7 +317,8 @@ def _map_sidecar(spec: _MapSpec, phantom_name: str | None) -> dict[str, Any]:
     }
     if phantom_name is not None:
         sidecar["Phantom"] = phantom_name
-    return json_safe(sidecar)
+    result: dict[str, Any] = json_safe(sidecar)
+    return result
 
 
 def bids_label(name: str) -> str:

@@ -42,13 +42,14 @@ IMAGE_TYPES = ("magnitude", "phase", "real", "imag", "complex")
 def _imtype(image_type: str) -> int:
     import ismrmrd
 
-    return {
+    codes: dict[str, int] = {
         "magnitude": ismrmrd.IMTYPE_MAGNITUDE,
         "phase": ismrmrd.IMTYPE_PHASE,
         "real": ismrmrd.IMTYPE_REAL,
         "imag": ismrmrd.IMTYPE_IMAG,
         "complex": ismrmrd.IMTYPE_COMPLEX,
-    }[image_type]
+    }
+    return codes[image_type]
 
 
 def _stack(images: Any) -> np.ndarray:
@@ -335,4 +336,5 @@ def read_mrd_images(
 
 def image_array(image: ismrmrd.Image) -> np.ndarray:
     """Return an ``ismrmrd.Image``'s pixels as ``[x, y, z]`` (first channel)."""
-    return np.asarray(image.data)[0].transpose(2, 1, 0)
+    result: np.ndarray = np.asarray(image.data)[0].transpose(2, 1, 0)
+    return result

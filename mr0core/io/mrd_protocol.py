@@ -407,22 +407,26 @@ class _Readouts:
     @property
     def x_pre(self) -> np.ndarray:
         """Readout kx before the first ADC event, 1/m."""
-        return -(self.centre + 1) * self.dkx
+        result: np.ndarray = -(self.centre + 1) * self.dkx
+        return result
 
     @property
     def x_end(self) -> np.ndarray:
         """Readout kx of the last sample, 1/m."""
-        return (self.n_samples - 1 - self.centre) * self.dkx
+        result: np.ndarray = (self.n_samples - 1 - self.centre) * self.dkx
+        return result
 
     @property
     def head_s(self) -> np.ndarray:
         """Time from the start of the readout to the centre sample, s."""
-        return (self.centre + 1) * self.dwell
+        result: np.ndarray = (self.centre + 1) * self.dwell
+        return result
 
     @property
     def tail_s(self) -> np.ndarray:
         """Time from the centre sample to the end of the readout, s."""
-        return (self.n_samples - 1 - self.centre) * self.dwell
+        result: np.ndarray = (self.n_samples - 1 - self.centre) * self.dwell
+        return result
 
 
 def _readouts(head: np.ndarray, geo: _Geometry, notes: list[str]) -> _Readouts:
@@ -776,7 +780,8 @@ def _build(
 
     def per_row(attr: str) -> np.ndarray:
         values = [getattr(timing[int(c)], attr) for c in keys]
-        return np.array([np.nan if v is None else v for v in values])[row_contrast]
+        result: np.ndarray = np.array([np.nan if v is None else v for v in values])[row_contrast]
+        return result
 
     te, tr, pre, crush, spoil_t, ti, flip_deg = (
         per_row(a) for a in ("te", "tr", "pre", "crush", "spoil", "ti", "flip")

@@ -27,9 +27,11 @@ def component_values(data: np.ndarray, component: str) -> np.ndarray:
     Those are float32; ``"complex"`` keeps complex64 (float32 for real input).
     """
     if component == "magnitude":
-        return np.abs(data).astype(np.float32)
+        result: np.ndarray = np.abs(data).astype(np.float32)
+        return result
     if component == "phase":
-        return np.angle(data).astype(np.float32)
+        result = np.angle(data).astype(np.float32)
+        return result
     if component == "real":
         return np.real(data).astype(np.float32)
     if component == "imag":

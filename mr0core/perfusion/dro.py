@@ -437,7 +437,8 @@ class GroundTruth:
         """[x, y, z] float32 map of one quantity (``seg_label`` gives the labels)."""
         if quantity == "seg_label":
             return self.seg.astype(np.float32)
-        return self.values[quantity].astype(np.float32)[self.seg]
+        result: np.ndarray = self.values[quantity].astype(np.float32)[self.seg]
+        return result
 
     def table(self, quantity: str) -> np.ndarray:
         """Per-label values of ``quantity`` (float64)."""
@@ -450,7 +451,8 @@ def _rotation(deg: np.ndarray) -> np.ndarray:
     rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
     ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
     rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
+    result: np.ndarray = rz @ ry @ rx
+    return result
 
 
 def acquisition_affine(p: Mapping[str, Any]) -> np.ndarray:
@@ -489,7 +491,8 @@ def resample(
         np.asarray(volume, dtype=np.float32), m[:3, :3], m[:3, 3], output_shape=tuple(shape),
         order=order, mode="constant", cval=0.0, prefilter=False,
     )  # fmt: skip
-    return out.astype(np.float32)
+    result: np.ndarray = out.astype(np.float32)
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,11 +557,16 @@ def _structural_table(gt: GroundTruth, p: Mapping[str, Any]) -> np.ndarray:
     e1 = np.exp(-tr / t1)
     if p["acq_contrast"] == "gre":
         a = math.radians(p["flip_angle"])
-        return m0 * math.sin(a) * (1 - e1) / (1 - math.cos(a) * e1) * _decay(te, gt.table("T2star"))
+        result: np.ndarray = (
+            m0 * math.sin(a) * (1 - e1) / (1 - math.cos(a) * e1) * _decay(te, gt.table("T2star"))
+        )
+        return result
     if p["acq_contrast"] == "se":
-        return m0 * (1 - 2 * np.exp(-(tr - te / 2) / t1) + e1) * _decay(te, gt.table("T2"))
+        result = m0 * (1 - 2 * np.exp(-(tr - te / 2) / t1) + e1) * _decay(te, gt.table("T2"))
+        return result
     ti = p["inversion_time"]
-    return m0 * np.abs(1 - 2 * np.exp(-ti / t1) + e1) * _decay(te, gt.table("T2"))
+    result = m0 * np.abs(1 - 2 * np.exp(-ti / t1) + e1) * _decay(te, gt.table("T2"))
+    return result
 
 
 def _add_noise(
@@ -688,7 +696,9 @@ def _sim_block(p: Mapping[str, Any], sigma: list[float], seed: int) -> dict[str,
     return block
 
 
-def _sidecar(p: Mapping[str, Any], field_T: float, sim: dict[str, Any], **extra: Any) -> dict:
+def _sidecar(
+    p: Mapping[str, Any], field_T: float, sim: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
     fov_m = tuple(f / 1000.0 for f in p["fov_mm"])
     side = bids_sidecar(
         None, phantom_name="builtin:brain", field_strength_T=field_T, sim_settings=sim,
@@ -750,7 +760,9 @@ def _asl_sidecars(
     return asl_side, m0_side
 
 
-def _write(path: Path, data: np.ndarray, affine: np.ndarray, sidecar: dict | None) -> Path:
+def _write(
+    path: Path, data: np.ndarray, affine: np.ndarray, sidecar: dict[str, Any] | None
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_nifti(path, data, affine, sidecar=json_safe(sidecar) if sidecar else None,
                        component="real")  # fmt: skip

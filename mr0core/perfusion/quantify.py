@@ -91,7 +91,8 @@ def quantify(
         den = 2.0 * label_efficiency * bolus_cutoff_time
     inside = m0 > 0
     ratio = np.divide(dm, m0, out=np.zeros(np.broadcast(dm, m0).shape), where=inside)
-    return _PER_MIN_100G * partition_coefficient * num * ratio / den
+    result: np.ndarray = _PER_MIN_100G * partition_coefficient * num * ratio / den
+    return result
 
 
 def quantify_gkm(
@@ -145,7 +146,8 @@ def quantify_gkm(
             label_type=label_type, label_duration=label_duration, t1_blood=t1_blood,
             partition_coefficient=partition_coefficient, label_efficiency=label_efficiency,
         )  # fmt: skip
-        return value / probe
+        result: np.ndarray = value / probe
+        return result
 
     for _ in range(iterations):
         g = per_unit(f)

@@ -632,7 +632,8 @@ def _smooth_field(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarra
     std = float(field.std())
     if std > 0:
         field /= std
-    return field
+    result: np.ndarray = field
+    return result
 
 
 def _downsample2(volume: np.ndarray) -> np.ndarray:
@@ -641,7 +642,8 @@ def _downsample2(volume: np.ndarray) -> np.ndarray:
     if any(p for _, p in pads):
         volume = np.pad(volume, pads)
     z, y, x = (n // 2 for n in volume.shape)
-    return volume.reshape(z, 2, y, 2, x, 2).mean(axis=(1, 3, 5), dtype=np.float32)
+    result: np.ndarray = volume.reshape(z, 2, y, 2, x, 2).mean(axis=(1, 3, 5), dtype=np.float32)
+    return result
 
 
 def _affine(shape_zyx: SequenceABC[int], voxel_mm: float) -> np.ndarray:

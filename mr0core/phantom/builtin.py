@@ -119,7 +119,8 @@ class SegmentedPhantom:
     @property
     def voxel_size(self) -> np.ndarray:
         """Voxel edge lengths (x, y, z) in mm, from the affine."""
-        return np.linalg.norm(self.affine[:3, :3], axis=0)
+        result: np.ndarray = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,7 +203,8 @@ def _overlap_matrix(
     d0 = dst_lo + dst_step * np.arange(n_dst)
     s0 = src_lo + src_step * np.arange(n_src)
     overlap = np.minimum.outer(d0 + dst_step, s0 + src_step) - np.maximum.outer(d0, s0)
-    return np.clip(overlap, 0.0, None) / dst_step
+    result: np.ndarray = np.clip(overlap, 0.0, None) / dst_step
+    return result
 
 
 def _receive_coils(
@@ -380,7 +382,8 @@ def _brain_db0(x: np.ndarray, y: np.ndarray, z: np.ndarray, b0: float) -> np.nda
     out = f32(shim_xy)[:, :, None] + f32(shim_z)
     out += f32(frontal_xy)[:, :, None] * f32(_gauss(z, -10.0, 20.0))
     out += f32(temporal_xy)[:, :, None] * f32(_gauss(z, -25.0, 18.0))
-    return out
+    result: np.ndarray = out
+    return result
 
 
 #: Central-brightening amplitude A of the B1+ model per field (relative).  At 3 T a quadrature

@@ -209,7 +209,8 @@ class CustomVoxelPhantom:
         sx, sy, _ = voxel_size
         img = torch.fft.ifft2(spectrum) * (sx * sy) * (n / fov) ** 2
         # grid index i sits at fov * fftshift(fftfreq(n))[i]: shift the FFT output accordingly
-        return torch.fft.fftshift(img.real, dim=(-2, -1))
+        result: torch.Tensor = torch.fft.fftshift(img.real, dim=(-2, -1))
+        return result
 
     def generate_PD_map(self, resolution: int = 128, fov: float = 1.0) -> torch.Tensor:
         """Render the proton density of all voxels into a ``[resolution, resolution, 1]`` map.

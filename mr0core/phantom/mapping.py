@@ -366,7 +366,9 @@ _BINARY: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
-def _run(program: tuple[_Instruction, ...], values: dict[str, Any], literal: Callable) -> Any:
+def _run(
+    program: tuple[_Instruction, ...], values: dict[str, Any], literal: Callable[[str], Any]
+) -> Any:
     """Evaluate a postfix program with an explicit stack (no recursion)."""
     stack: list[Any] = []
     for opcode, argument in program:
@@ -513,11 +515,12 @@ class MappingFunc:
         xf = x if keep else x.to(torch.get_default_dtype())
         values = _torch_statistics(xf, self._variables)
         values["x"] = xf
-        result = _run(self._program, values, float)
-        if isinstance(result, float):  # constant expression
-            return torch.full_like(xf, result)
+        value = _run(self._program, values, float)
+        if isinstance(value, float):  # constant expression
+            return torch.full_like(xf, value)
+        result: torch.Tensor = value
         if result is x:  # the expression is just "x"
-            return x.clone()
+            return result.clone()
         if result.shape != xf.shape:  # depends on statistics only
             result = result.expand(xf.shape).clone()
         return result
@@ -535,11 +538,13 @@ class MappingFunc:
             values = _numpy_statistics(xf, self._variables)
             values["x"] = xf
             result = _run(self._program, values, xf.dtype.type)
-            out = np.asarray(result, dtype=xf.dtype)
+            out: np.ndarray = np.asarray(result, dtype=xf.dtype)
         if out.shape != xf.shape:
-            return np.broadcast_to(out, xf.shape).copy()
+            expanded: np.ndarray = np.broadcast_to(out, xf.shape).copy()
+            return expanded
         if np.may_share_memory(out, x):
-            return out.copy()
+            copied: np.ndarray = out.copy()
+            return copied
         return out
 
 

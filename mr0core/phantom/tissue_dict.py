@@ -104,7 +104,8 @@ class _VolumeReader:
                 f"phantom must share one orientation\n{affine}\nvs\n{self.affine}"
             )
         self.cache[name] = data
-        return data
+        result: np.ndarray = data
+        return result
 
     def prop(self, value: Any, where: str, like: torch.Tensor | None) -> torch.Tensor:
         """Return a property as a ``[x, y, z]`` tensor (constants need ``like`` for the shape)."""
@@ -262,7 +263,8 @@ class TissueDict(dict[str, VoxelGridPhantom]):
         from .twin import from_maps
 
         try:
-            return from_maps(directory, **maps)
+            result: TissueDict = from_maps(directory, **maps)
+            return result
         except PhantomError as e:
             hint = bids_subject_hint(directory) if directory is not None else None
             if hint is None:
@@ -274,7 +276,8 @@ class TissueDict(dict[str, VoxelGridPhantom]):
         """Build a one-tissue twin from a DICOM folder's maps; see :func:`.clinical.from_dicom`."""
         from .clinical import from_dicom
 
-        return from_dicom(folder, **kwargs)
+        result: TissueDict = from_dicom(folder, **kwargs)
+        return result
 
     @classmethod
     def from_bids(
@@ -283,7 +286,8 @@ class TissueDict(dict[str, VoxelGridPhantom]):
         """Build a one-tissue twin from a BIDS subject's maps; see :func:`.clinical.from_bids`."""
         from .clinical import from_bids
 
-        return from_bids(root, subject, session, **kwargs)
+        result: TissueDict = from_bids(root, subject, session, **kwargs)
+        return result
 
     # ------------------------------------------------------------------ transforms
 

@@ -268,7 +268,8 @@ class VoxelGridPhantom:
     @property
     def device(self) -> torch.device:
         """The device of the maps."""
-        return self.PD.device
+        result: torch.device = self.PD.device
+        return result
 
     @property
     def affine(self) -> np.ndarray:
@@ -437,7 +438,8 @@ class VoxelGridPhantom:
             out[dst_index] = k[src_index]
             scale = math.prod(shape) / math.prod(t.shape[-3:])
             img = torch.fft.ifftn(torch.fft.ifftshift(out, dim=dims), dim=dims) * scale
-            return img if t.is_complex() else img.real.to(t.dtype)
+            result: torch.Tensor = img if t.is_complex() else img.real.to(t.dtype)
+            return result
 
         maps: dict[str, Any] = {k: resample(v) for k, v in self._all_maps().items()}
         maps["tissue_masks"] = {k: resample(v) for k, v in self.tissue_masks.items()}

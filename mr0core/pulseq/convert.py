@@ -138,7 +138,8 @@ def _b0(seq: SeqFile) -> float:
 def _rf_properties(seq: SeqFile) -> RfProperties:
     if "rf" not in seq.cache:
         seq.cache["rf"] = _compute_rf_properties(seq)
-    return seq.cache["rf"]
+    result: RfProperties = seq.cache["rf"]
+    return result
 
 
 def _compute_rf_properties(seq: SeqFile) -> RfProperties:
@@ -263,7 +264,8 @@ class _GradTemplate:
 def _grad_templates(seq: SeqFile) -> list[_GradTemplate]:
     if "grad" not in seq.cache:
         seq.cache["grad"] = _compute_grad_templates(seq)
-    return seq.cache["grad"]
+    templates: list[_GradTemplate] = seq.cache["grad"]
+    return templates
 
 
 def _compute_grad_templates(seq: SeqFile) -> list[_GradTemplate]:
@@ -378,7 +380,8 @@ class ExtensionUses:
 def _extension_uses(seq: SeqFile) -> ExtensionUses:
     if "ext" not in seq.cache:
         seq.cache["ext"] = _compute_extension_uses(seq)
-    return seq.cache["ext"]
+    result: ExtensionUses = seq.cache["ext"]
+    return result
 
 
 def _compute_extension_uses(seq: SeqFile) -> ExtensionUses:

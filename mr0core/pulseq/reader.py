@@ -18,6 +18,7 @@ from array import array
 from dataclasses import dataclass, field, fields
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -247,7 +248,8 @@ class Table:
         index = self.__dict__.get("_index")
         if index is None:
             index = self.__dict__["_index"] = {int(i): r for r, i in enumerate(self.ids.tolist())}
-        return index.get(int(event_id), -1)
+        result: int = index.get(int(event_id), -1)
+        return result
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Return the row index of each id in ``ids``; -1 where an id is not defined."""
@@ -299,7 +301,8 @@ class SeqFile:
     signature_ok: bool | None = None
     limits: SeqLimits = DEFAULT_SEQ_LIMITS
     """The bounds it was read with; :func:`mr0core.pulseq.seq_to_sequence` applies them too."""
-    cache: dict = field(default_factory=dict, repr=False)
+    # derived tables, computed once (rf, grad, ext: mr0core.pulseq.convert)
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)
     """Derived per-event properties, computed once by :mod:`mr0core.pulseq.convert`."""
 
     @property
@@ -416,7 +419,9 @@ class _Parser:
         return SeqLimitError(self.path, line, limit, getattr(self.limits, limit), needed, what)
 
     # Collect (line number, content) per section; extension sections are keyed "extension NAME".
-    def split_sections(self) -> tuple[dict[str, list[tuple[int, str]]], dict[str, int], dict]:
+    def split_sections(
+        self,
+    ) -> tuple[dict[str, list[tuple[int, str]]], dict[str, int], dict[str, tuple[int, int]]]:
         sections: dict[str, list[tuple[int, str]]] = {}
         header_lines: dict[str, int] = {}
         ext_declared: dict[str, tuple[int, int]] = {}  # name -> (type id, line)

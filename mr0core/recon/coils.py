@@ -87,7 +87,8 @@ def walsh_sensitivities(images: torch.Tensor, kernel: int = 7) -> torch.Tensor:
     mag = torch.abs(v[:, ref])
     phase = torch.where(mag > 0, v[:, ref] / torch.where(mag > 0, mag, 1), 1)
     v = v * phase.conj()[:, None]
-    return v.T.reshape(coils, *spatial).contiguous()
+    result: torch.Tensor = v.T.reshape(coils, *spatial).contiguous()
+    return result
 
 
 def adaptive_combine(images: torch.Tensor, sens: torch.Tensor | None = None) -> torch.Tensor:

@@ -61,9 +61,10 @@ def fftc(x: torch.Tensor, dims: int | tuple[int, ...], *, norm: Norm) -> torch.T
     """
     _check(norm)
     d = _dims(dims)
-    return torch.fft.fftshift(
+    out: torch.Tensor = torch.fft.fftshift(
         torch.fft.fftn(torch.fft.ifftshift(x, dim=d), dim=d, norm=norm), dim=d
     )
+    return out
 
 
 def ifftc(x: torch.Tensor, dims: int | tuple[int, ...], *, norm: Norm) -> torch.Tensor:
@@ -86,6 +87,7 @@ def ifftc(x: torch.Tensor, dims: int | tuple[int, ...], *, norm: Norm) -> torch.
     """
     _check(norm)
     d = _dims(dims)
-    return torch.fft.fftshift(
+    out: torch.Tensor = torch.fft.fftshift(
         torch.fft.ifftn(torch.fft.ifftshift(x, dim=d), dim=d, norm=norm), dim=d
     )
+    return out

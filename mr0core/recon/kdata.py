@@ -663,7 +663,8 @@ def _from_sequence(signal: torch.Tensor, kspace: torch.Tensor, seq: Sequence) ->
     k3 = k_all[:, :3]
 
     def at_start(name: str) -> np.ndarray:
-        return labels[name][start].astype(np.int64)
+        result: np.ndarray = labels[name][start].astype(np.int64)
+        return result
 
     # flags from Pulseq flag labels; noise readouts are split off below
     flags = np.zeros(n_read, dtype=np.int64)

@@ -57,7 +57,8 @@ def nrmse(reference: torch.Tensor, image: torch.Tensor, fit_scale: bool = False)
     if float(ref_norm) == 0:
         raise ValueError("the reference image is all zero")
     scale = least_squares_scale(reference, image) if fit_scale else 1.0
-    return torch.linalg.vector_norm(reference - scale * image) / ref_norm
+    result: torch.Tensor = torch.linalg.vector_norm(reference - scale * image) / ref_norm
+    return result
 
 
 def _gaussian(size: int, sigma: float, like: torch.Tensor) -> torch.Tensor:

@@ -265,9 +265,11 @@ def nufft_adjoint(
             raise ValueError(f"dcf must be a [{data.shape[1]}] tensor, got {shape}")
         data = data * dcf.to(data.device, data.real.dtype)
     points = _radians(kspace, enc, fov)
-    image = _Nufft.apply(data.contiguous(), 1, points, enc, float(eps))
+    # torch.autograd.Function.apply is unannotated upstream
+    image = _Nufft.apply(data.contiguous(), 1, points, enc, float(eps))  # type: ignore[no-untyped-call]
     image = image * _norm_scale(norm, math.prod(dims), adjoint=True)
-    return image.reshape(data.shape[0], *dims)
+    result: torch.Tensor = image.reshape(data.shape[0], *dims)
+    return result
 
 
 def nufft_forward(
@@ -312,8 +314,10 @@ def nufft_forward(
     fov = _fov(fov_m, len(enc))
     points = _radians(kspace, enc, fov)
     values = image.reshape(image.shape[0], *enc).contiguous()
-    data = _Nufft.apply(values, 2, points, enc, float(eps))
-    return data * _norm_scale(norm, math.prod(dims), adjoint=False)
+    # torch.autograd.Function.apply is unannotated upstream
+    data = _Nufft.apply(values, 2, points, enc, float(eps))  # type: ignore[no-untyped-call]
+    result: torch.Tensor = data * _norm_scale(norm, math.prod(dims), adjoint=False)
+    return result
 
 
 # --------------------------------------------------------------------------------------------

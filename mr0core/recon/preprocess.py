@@ -134,7 +134,8 @@ def prewhiten(
         raise ValueError("noise covariance is not positive definite (dead or duplicate coils?)")
     white = torch.linalg.solve_triangular(chol, signal.T, upper=False).T
     if dwell_s is None or noise_dwell_s is None:
-        return white
+        result: torch.Tensor = white
+        return result
     if not (math.isfinite(noise_dwell_s) and noise_dwell_s > 0):
         raise ValueError(f"noise_dwell_s must be a positive time in s, got {noise_dwell_s!r}")
     real = signal.real.dtype
@@ -144,7 +145,8 @@ def prewhiten(
     if dwell.ndim > 1 or not bool(torch.all(dwell > 0)) or not bool(torch.all(dwell.isfinite())):
         raise ValueError("dwell_s must be positive times in s, one or one per sample")
     scale = torch.sqrt(dwell / noise_dwell_s).to(real)
-    return white * (scale[:, None] if scale.ndim else scale)
+    result = white * (scale[:, None] if scale.ndim else scale)
+    return result
 
 
 def prewhiten_kdata(kd: KData) -> KData:

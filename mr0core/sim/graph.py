@@ -536,7 +536,8 @@ def _prepass(
             return np.ones((len(k0), len(k_adc)), np.float32)
         # float32: an estimate, and the [n, samples, 3] array is the pre-pass's largest
         kt = torch.from_numpy(k0).float()[:, None, :] + torch.from_numpy(k_adc).float()[None]
-        return dephasing_func(kt, nyq_t).abs().to(torch.float32).numpy()
+        result: np.ndarray = dephasing_func(kt, nyq_t).abs().to(torch.float32).numpy()
+        return result
 
     # A separable response that falls monotonically with |k| on each axis is at most its value at
     # each axis' distance from 0 to the readout's range: states whose bound is negligible emit
@@ -549,7 +550,8 @@ def _prepass(
             return np.ones(len(k0), bool)
         dist = np.maximum(0.0, np.maximum(k0 + k_adc.min(0), -(k0 + k_adc.max(0))))  # [n, 3]
         bound = dephasing_func(torch.from_numpy(dist), nyq_t).abs().numpy()
-        return bound > _RESPONSE_FLOOR
+        result: np.ndarray = bound > _RESPONSE_FLOOR
+        return result
 
     # columns that share T2 and T2' share the emitted estimate (the flip-scale columns do)
     decay_cols: dict[tuple[float, float], list[int]] = {}
@@ -711,7 +713,9 @@ def _rep_graph(
     )  # fmt: skip
 
 
-def _defining(n: int, edges: dict, kinds: tuple[int, ...]) -> np.ndarray:
+def _defining(
+    n: int, edges: dict[int, tuple[np.ndarray, np.ndarray]], kinds: tuple[int, ...]
+) -> np.ndarray:
     """For every state one incoming edge (kind, parent) that fixes its k and τ (-1: none)."""
     out = np.full((n, 2), -1, np.int64)
     for kind in kinds:
@@ -733,7 +737,8 @@ def _b_values(k0: np.ndarray, g: np.ndarray, dt: np.ndarray) -> np.ndarray:
     total = float(dt.sum())
     lin = (dt[:, None] * (2 * kprev + g)).sum(0)  # Σ dt (2 K + g)   [3]
     const = (dt * ((kprev**2).sum(1) + (kprev * g).sum(1) + (g**2).sum(1) / 3)).sum()
-    return 4 * math.pi**2 * ((k0**2).sum(1) * total + k0 @ lin + const)
+    result: np.ndarray = 4 * math.pi**2 * ((k0**2).sum(1) * total + k0 @ lin + const)
+    return result
 
 
 def _scatter_add(target: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:

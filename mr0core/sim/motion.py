@@ -141,7 +141,9 @@ class MotionSampler:
         return bool(self.positions(times).requires_grad)
 
 
-def _rigid(fn: MotionFunction, times: torch.Tensor, dev: torch.device) -> tuple[Any, Any]:
+def _rigid(
+    fn: MotionFunction, times: torch.Tensor, dev: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     n = int(times.shape[0])
     out = fn(times)
     if not isinstance(out, (tuple, list)) or len(out) != 2:

@@ -48,6 +48,7 @@ from .graph import (
 from .motion import MotionSampler, event_midpoints, motion_phase
 from .rf import effective_b1
 from .shaped import (
+    RotationCache,
     ShapedRfError,
     check_rf_model,
     default_sub_slices,
@@ -172,7 +173,7 @@ def _edge_arrays(rg: RepGraph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ``[p; conj p; z; conj z]``, ``kind`` the edge
     kind (sorted; ``_EDGE_RULES``).
     """
-    cached = getattr(rg, "_flat_edges", None)
+    cached: tuple[np.ndarray, np.ndarray, np.ndarray] | None = getattr(rg, "_flat_edges", None)
     if cached is not None:
         return cached
     n_plus = len(rg.plus_tau)
@@ -338,7 +339,7 @@ def execute_graph(
             intitial_mag = torch.repeat_interleave(intitial_mag.reshape(-1), n_sub)
     elif sub_slices is not None:
         raise ShapedRfError(f"sub_slices={sub_slices} needs rf_model='shaped'")
-    rotations: dict = {}  # shaped pulses' Bloch integrations, shared between equal pulses
+    rotations: RotationCache = {}  # shaped pulses' Bloch integrations, shared between equal pulses
     dev = data.device
     cdt = torch.complex64
     fdt = torch.float32
@@ -393,7 +394,7 @@ def execute_graph(
         ) or any(rep.pulse.angle.requires_grad or rep.pulse.phase.requires_grad
                  or rep.pulse.shim_array.requires_grad for rep in seq)
     )  # fmt: skip
-    coef_cache: dict[tuple, torch.Tensor] = {}
+    coef_cache: dict[tuple[Any, ...], torch.Tensor] = {}
     relax_rates: dict[float, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     size_np = size.detach().cpu().double().numpy()
     phasor_cache = _StepCache()
@@ -623,7 +624,7 @@ def execute_graph(
 
 
 def _pulse_coefficients(
-    pulse: object, b1: torch.Tensor, r: int, cache: dict[tuple, torch.Tensor]
+    pulse: object, b1: torch.Tensor, r: int, cache: dict[tuple[Any, ...], torch.Tensor]
 ) -> torch.Tensor:
     """Return the six edge coefficients ``[6, V]`` of an instantaneous pulse (``_EDGE_RULES``).
 
@@ -827,7 +828,7 @@ class _SignalBatch:
         self.r2d, self.dg = 1 / groups[:, 0], groups[:, 1]
         self.gpc = group_pd_coil  # [G, C, V]
         self.nyquist, self.dephasing_func, self.cache = nyquist, dephasing_func, cache
-        self.jobs: list[tuple] = []
+        self.jobs: list[tuple[Any, ...]] = []
         self.load = 0
 
     def _rows(self, n_states: int, n_samples: int) -> int:
@@ -1005,7 +1006,7 @@ class _SignalBatch:
 
     @staticmethod
     def _store(
-        signals: list[torch.Tensor | None], jobs: list[tuple], out: torch.Tensor,
+        signals: list[torch.Tensor | None], jobs: list[tuple[Any, ...]], out: torch.Tensor,
         t_start: np.ndarray, n_t: np.ndarray,
     ) -> None:  # fmt: skip
         for job, t0, nt in zip(jobs, t_start.tolist(), n_t.tolist(), strict=True):

@@ -80,6 +80,10 @@ __all__ = [
 ]
 
 RF_MODELS = ("instantaneous", "shaped")
+
+RotationCache = dict[tuple[int, float, bytes], tuple[torch.Tensor, torch.Tensor]]
+"""Bloch integrations of shaped pulses for one simulation: (waveform id, angle, shim bytes) to
+the rotation ``(a, b)`` ``[V]``, shared between equal pulses."""
 MAX_SUB_SLICES = 64
 """Most sub-slices the default (:func:`default_sub_slices`) chooses."""
 MAX_STEP_ROTATION = 0.05
@@ -253,7 +257,7 @@ def _pulse_b1(pulse: Pulse, wave: RfWaveform, dev: torch.device) -> torch.Tensor
 
 def pulse_rotation(
     pulse: Pulse, data_pos: torch.Tensor, b0: torch.Tensor, b1: torch.Tensor, rep_index: int,
-    normalized_size: torch.Tensor | None, cache: dict | None = None,
+    normalized_size: torch.Tensor | None, cache: RotationCache | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Rotation ``(a, b)`` ``[V]`` of a shaped pulse at each voxel, phase included.
 
