@@ -32,8 +32,6 @@ post-labelling delay (TI for PASL) over its control and label volumes. Every ima
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import shutil
 import tempfile
@@ -44,7 +42,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .core import Gadget, GadgetError, Item, Property, Text, register
-from .twin import check_seq_size
+from .twin import check_seq_size, given_seq_text
 
 __all__ = [
     "CBF_SERIES",
@@ -102,15 +100,7 @@ class AslPreviewGadget(Gadget):
 
     def sequence_text(self) -> str | None:
         """Return the ``.seq`` text from ``seq`` or ``seq_b64``, or None when neither is given."""
-        text, b64 = self.props["seq"], self.props["seq_b64"]
-        if text and b64:
-            raise GadgetError(f"{self.name}: give either seq or seq_b64, not both")
-        if b64:
-            try:
-                text = base64.b64decode(b64, validate=True).decode("utf-8")
-            except (binascii.Error, ValueError) as exc:
-                msg = f"{self.name}: seq_b64 is not base64 of UTF-8 text: {exc}"
-                raise GadgetError(msg) from None
+        text = given_seq_text(self.name, self.props["seq"], self.props["seq_b64"])
         if not text:
             return None
         if not text.strip():

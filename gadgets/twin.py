@@ -194,6 +194,24 @@ def _phantom(
     return phantom, path.name
 
 
+def given_seq_text(name: str, text: str, b64: str) -> str:
+    """Return a session's ``.seq`` text from its ``seq`` or ``seq_b64`` property ("" if neither).
+
+    Raises
+    ------
+    GadgetError
+        Both are given, or ``seq_b64`` is not base64 of UTF-8 text.
+    """
+    if text and b64:
+        raise GadgetError(f"{name}: give either seq or seq_b64, not both")
+    if b64:
+        try:
+            return base64.b64decode(b64, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError) as exc:
+            raise GadgetError(f"{name}: seq_b64 is not base64 of UTF-8 text: {exc}") from None
+    return text
+
+
 @register
 class TwinPreviewGadget(Gadget):
     """Simulate the session's sequence on a digital twin, reconstruct it, yield the images.
@@ -290,15 +308,7 @@ class TwinPreviewGadget(Gadget):
 
     def sequence_text(self) -> str:
         """Return the ``.seq`` text from ``seq`` or ``seq_b64``."""
-        text, b64 = self.props["seq"], self.props["seq_b64"]
-        if text and b64:
-            raise GadgetError(f"{self.name}: give either seq or seq_b64, not both")
-        if b64:
-            try:
-                text = base64.b64decode(b64, validate=True).decode("utf-8")
-            except (binascii.Error, ValueError) as exc:
-                msg = f"{self.name}: seq_b64 is not base64 of UTF-8 text: {exc}"
-                raise GadgetError(msg) from None
+        text = given_seq_text(self.name, self.props["seq"], self.props["seq_b64"])
         if not text.strip():
             raise GadgetError(
                 f"{self.name}: no sequence; send a JSON text with 'seq' (the .seq file's text) "
