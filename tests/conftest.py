@@ -58,3 +58,41 @@ def quiet_mrzero() -> Iterator[None]:
 def corpus_file(request: pytest.FixtureRequest) -> Path:
     """Each real Pulseq file of the test corpus."""
     return request.param
+
+
+def run_session(
+    port: int,
+    config: str,
+    params: dict | None = None,
+    raw: Path | None = None,
+    timeout: float = 300,
+) -> list:
+    """Run one MRD session against a local server; return every message of its answer.
+
+    Sends config ``config``; with ``raw`` (an ISMRMRD file) its header first; the JSON text of
+    ``params`` if given; then ``raw``'s acquisitions and a close.
+    """
+    import json
+    import socket
+
+    import ismrmrd
+
+    from gadgets.protocol import MessageReader, MessageWriter
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        writer = MessageWriter(sock)
+        writer.write_config_file(config)
+        ds = None if raw is None else ismrmrd.Dataset(str(raw), "dataset", create_if_needed=False)
+        try:
+            if ds is not None:
+                writer.write_header(ds.read_xml_header().decode())
+            if params is not None:
+                writer.write_text(json.dumps(params))
+            if ds is not None:
+                for i in range(ds.number_of_acquisitions()):
+                    writer.write_acquisition(ds.read_acquisition(i))
+        finally:
+            if ds is not None:
+                ds.close()
+        writer.write_close()
+        return list(MessageReader(sock))

@@ -5,17 +5,17 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import ismrmrd
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import run_session
 
 from gadgets.chain import DEFAULT_CHAINS_DIR
 from gadgets.core import Context
-from gadgets.protocol import MessageId, MessageReader, MessageWriter
+from gadgets.protocol import MessageId
 from gadgets.server import MrdServer, ServerConfig
 from gadgets.twin import TwinPreviewGadget
 from mr0core.cli import main as mr0_main
@@ -41,23 +41,6 @@ def server():
     srv.shutdown(grace_s=10)
 
 
-def _session(port: int, config: str, params: dict, raw: Path | None = None) -> list:
-    with socket.create_connection(("127.0.0.1", port), timeout=300) as sock:
-        writer = MessageWriter(sock)
-        writer.write_config_file(config)
-        ds = None
-        if raw is not None:
-            ds = ismrmrd.Dataset(str(raw), "dataset", create_if_needed=False)
-            writer.write_header(ds.read_xml_header().decode())
-        writer.write_text(json.dumps(params))
-        if ds is not None:
-            for i in range(ds.number_of_acquisitions()):
-                writer.write_acquisition(ds.read_acquisition(i))
-            ds.close()
-        writer.write_close()
-        return list(MessageReader(sock))
-
-
 def _texts(msgs: list) -> list[str]:
     return [m.value for m in msgs if m.id == MessageId.TEXT]
 
@@ -69,13 +52,13 @@ def _images(msgs: list) -> list:
 def test_preview_with_motion_equals_mr0_simulate_motion(server, tmp_path):
     seq = CORPUS / "write_gre.seq"
     base = {"seq": seq.read_text(), "phantom": "brain", "size": 32, "progress_s": 0}
-    moving = _session(server.address[1], "mr0_preview", {**base, "motion": RIGID})
+    moving = run_session(server.address[1], "mr0_preview", {**base, "motion": RIGID})
     assert not any(t.startswith("ERROR") for t in _texts(moving)), _texts(moving)
     (image,) = _images(moving)
     meta = ismrmrd.Meta.deserialize(image.attribute_string)
     assert json.loads(meta["MR0Motion"])["translation_mm_per_s"] == [40.0, 0.0, 0.0]
     assert meta["MR0Simulated"] == "true"  # the DICOM output labels it SIMULATED
-    (still,) = _images(_session(server.address[1], "mr0_preview", base))
+    (still,) = _images(run_session(server.address[1], "mr0_preview", base))
     assert ismrmrd.Meta.deserialize(still.attribute_string)["MR0Motion"] == "none"
     got, plain = image_array(image)[..., 0], image_array(still)[..., 0]
     assert np.linalg.norm(got - plain) / np.linalg.norm(plain) > 0.1  # the subject moved
@@ -119,11 +102,11 @@ def test_preview_with_a_log_in_the_session_thread():
 )
 def test_bad_motion_gets_an_error_and_the_server_stays_up(server, motion, message):
     seq = (CORPUS / "write_gre.seq").read_text()
-    msgs = _session(server.address[1], "mr0_preview", {"seq": seq, "size": 8, "motion": motion})
+    msgs = run_session(server.address[1], "mr0_preview", {"seq": seq, "size": 8, "motion": motion})
     errors = [t for t in _texts(msgs) if t.startswith("ERROR")]
     assert errors, _texts(msgs)
     assert message in errors[0]
-    ok = _session(server.address[1], "mr0_preview", {"seq": seq, "size": 8})
+    ok = run_session(server.address[1], "mr0_preview", {"seq": seq, "size": 8})
     assert len(_images(ok)) == 1
 
 
@@ -138,9 +121,9 @@ def test_retro_simulation_with_the_tracking_log_reproduces_the_artefacts(server,
     raw = tmp_path / "measured.h5"
     sig_to_mrd(raw, signal, seq)
     params = {"seq": text, "phantom": "brain", "size": 32}
-    with_log = _session(server.address[1], "mr0_retrosim",
+    with_log = run_session(server.address[1], "mr0_retrosim",
                         {**params, "motion": {"model": "log", "log": LOG}}, raw)  # fmt: skip
-    still = _session(server.address[1], "mr0_retrosim", params, raw)
+    still = run_session(server.address[1], "mr0_retrosim", params, raw)
     rep_log, rep_still = (json.loads(_texts(m)[-1]) for m in (with_log, still))
     assert rep_log["motion"]["model"] == "log"
     assert rep_still["motion"] is None

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import run_session
 
 from gadgets.chain import DEFAULT_CHAINS_DIR
 from gadgets.client import main as client_main
 from gadgets.pacs import PacsError, PacsQueue, PacsTarget, send_files
-from gadgets.protocol import MessageId, MessageReader, MessageWriter
+from gadgets.protocol import MessageId
 from gadgets.server import MrdServer, ServerConfig, parse_args
 from mr0core.io.dicom_out import write_dicom_volume
 
@@ -121,12 +122,7 @@ def test_server_preview_arrives_in_orthanc_as_a_simulated_series(orthanc, tmp_pa
     srv.start()
     try:
         params = {"seq": (CORPUS / "write_gre.seq").read_text(), "size": 8, "progress_s": 0}
-        with socket.create_connection(("127.0.0.1", srv.address[1]), timeout=60) as sock:
-            writer = MessageWriter(sock)
-            writer.write_config_file("mr0_preview")
-            writer.write_text(json.dumps(params))
-            writer.write_close()
-            msgs = list(MessageReader(sock))
+        msgs = run_session(srv.address[1], "mr0_preview", params, timeout=60)
         texts = [m.value for m in msgs if m.id == MessageId.TEXT]
         assert any(t.startswith("DICOM series 1 'SIMULATED MR0 twin preview'") for t in texts)
         assert any("queued for" in t for t in texts), texts
@@ -302,12 +298,7 @@ def test_server_keeps_serving_while_the_pacs_is_down(tmp_path):
     try:
         params = {"seq": (CORPUS / "write_gre.seq").read_text(), "size": 8, "progress_s": 0}
         for _ in range(2):  # two sessions in a row, each answered in full
-            with socket.create_connection(("127.0.0.1", srv.address[1]), timeout=60) as sock:
-                writer = MessageWriter(sock)
-                writer.write_config_file("mr0_preview")
-                writer.write_text(json.dumps(params))
-                writer.write_close()
-                msgs = list(MessageReader(sock))
+            msgs = run_session(srv.address[1], "mr0_preview", params, timeout=60)
             assert msgs[-1].id == MessageId.CLOSE
             assert sum(m.id == MessageId.IMAGE for m in msgs) == 1
             assert any("queued for" in m.value for m in msgs if m.id == MessageId.TEXT)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_session
 
 from gadgets.chain import DEFAULT_CHAINS_DIR
 from gadgets.core import Context, Gadget, GadgetError, Text
 from gadgets.offload import offload, offload_wait
-from gadgets.protocol import MessageId, MessageReader, MessageWriter
+from gadgets.protocol import MessageId
 from gadgets.server import MrdServer, ServerConfig
 from mr0core.jobs import SimSettings, build_demo_flash, load_job_phantom, run_simulation
 from mr0core.recon import KData
@@ -210,12 +210,7 @@ def test_a_preview_leaves_no_file_in_the_scheduler_store(tmp_path: Path) -> None
     try:
         before = _files(root)
         params = {"seq": (CORPUS / "write_gre.seq").read_text(), "size": 8, "return_raw": True}
-        with socket.create_connection(("127.0.0.1", srv.address[1]), timeout=120) as sock:
-            writer = MessageWriter(sock)
-            writer.write_config_file("mr0_preview")
-            writer.write_text(json.dumps(params))
-            writer.write_close()
-            msgs = list(MessageReader(sock))
+        msgs = run_session(srv.address[1], "mr0_preview", params, timeout=120)
         texts = [m.value for m in msgs if m.id == MessageId.TEXT]
         assert not [t for t in texts if str(t).startswith("ERROR")], texts
         assert sum(m.id == MessageId.IMAGE for m in msgs) == 1
