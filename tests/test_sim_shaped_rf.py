@@ -279,38 +279,43 @@ def test_default_sub_slices_converge_for_a_selective_spin_echo(slices: float) ->
 
 
 def _flash(n: int, wave: RfWaveform, flip: float) -> mr0.Sequence:
-    """RF-spoiled 2-D FLASH with a selective pulse, z rephaser, spoiler; physical units."""
+    """RF-spoiled 2-D FLASH with a selective pulse, z rephaser, spoiler; physical units.
+
+    Events per repetition: post-centre half, prephaser, ``n + 1`` readout samples, spoiler (x,
+    y rewinder, z), and the next pulse's pre-centre half.
+    """
     fov = 0.2
     seq = mr0.Sequence(normalized_grads=False)
     _pre(seq.new_rep(1), wave)
     for i in range(n + 4):  # 4 dummies
         line = max(i - 4, 0) - n // 2
         phase = (0.5 * math.radians(117) * (i * i + i + 2)) % (2 * math.pi)
-        rep = _selective(seq, wave, PulseUsage.EXCIT, flip, phase, n + 4)
+        rep = _selective(seq, wave, PulseUsage.EXCIT, flip, phase, n + 5)
         rep.event_time[1] = 1e-3
         rep.gradm[1, 0] = (-n / 2 - 1) / fov
         rep.gradm[1, 1] = line / fov
         rep.gradm[1, 2] = -float((wave.grad[:, 2] * wave.dt).sum()) / 2
-        rep.event_time[2:-1] = 5e-5
-        rep.gradm[2:-1, 0] = 1 / fov
-        rep.adc_usage[2:-1] = int(i >= 4)
-        rep.adc_phase[2:-1] = math.pi / 2 - phase
-        rep.event_time[-1] = 4e-3
-        rep.gradm[-1, 0] = 1.5 * n / fov
-        rep.gradm[-1, 1] = -line / fov
-        rep.gradm[-1, 2] = 3 / THICK
+        rep.event_time[2:-2] = 5e-5
+        rep.gradm[2:-2, 0] = 1 / fov
+        rep.adc_usage[2:-2] = int(i >= 4)
+        rep.adc_phase[2:-2] = math.pi / 2 - phase
+        rep.event_time[-2] = 4e-3
+        rep.gradm[-2, 0] = 1.5 * n / fov
+        rep.gradm[-2, 1] = -line / fov
+        rep.gradm[-2, 2] = 3 / THICK
         _pre(rep, wave)
     return seq
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: PDG vs isochromat 7 % at 512 spins; the isochromats converge slowly here "
-    "(512 vs 2048 spins differ by 5.8 %; PDG vs 2048: 3.5 %, vs 8192: 2.2 %; more PDG sub-slices "
-    "or states change < 0.5 %), so about 2 % remain unexplained",
-)
 def test_flash_brain_shaped_differs_and_isochromat_confirms() -> None:
+    """2-D FLASH on the brain: shaped PDG within 2 % of the isochromats, which converge to it.
+
+    The isochromats' error is that of sampling each voxel's dephasing with R2 spins (about 1/N:
+    11 % at 512, 4.6 % at 2048, 1.4 % at 8192 spins), so the test also asks that 4× the
+    spins bring them closer. The instantaneous model excites the whole thickness at the nominal
+    angle and is far off.
+    """
     wave = _sinc(4.0, math.radians(30), steps=60)
     seq = _flash(8, wave, math.radians(30))
     grid = mr0.util.load_phantom((8, 8), url="builtin:brain")
@@ -318,10 +323,16 @@ def test_flash_brain_shaped_differs_and_isochromat_confirms() -> None:
     graph = compute_graph(seq, data, 200, 1e-5, rf_model="shaped")
     shaped = execute_graph(graph, seq, data, 1e-4, 1e-4, print_progress=False, rf_model="shaped")
     inst = execute_graph(graph, seq, data, 1e-4, 1e-4, print_progress=False)
-    iso = isochromat_sim(seq, data, 512, print_progress=False, spin_dist="r2", rf_model="shaped")
-    err = float((shaped - iso).norm() / iso.norm())
+
+    def iso(spins: int) -> torch.Tensor:
+        return isochromat_sim(seq, data, spins, print_progress=False, spin_dist="r2",
+                              rf_model="shaped")  # fmt: skip
+
+    fine, coarse = iso(8192), iso(2048)
+    err = float((shaped - fine).norm() / fine.norm())
     assert err < 0.02
-    assert float((inst - iso).norm() / iso.norm()) > 0.1
+    assert err < 0.5 * float((shaped - coarse).norm() / coarse.norm())
+    assert float((inst - fine).norm() / fine.norm()) > 0.1
 
 
 def test_autograd_through_the_shaped_rotation() -> None:
