@@ -28,10 +28,15 @@ Overrides (the session's JSON parameters) set properties over the XML: ``{"Prop"
 the plain key). A key that matches nothing is an error, except where a caller first keeps only
 the keys the chain has (:func:`applicable_overrides`: a scanner UI sends every parameter,
 whichever chain it chose).
+
+Background sessions: :func:`run_stored_session` runs a session the server stored (the job
+function :func:`scheduler.functions.mrd_session`, in a scheduler worker) and writes its result.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator, Mapping
@@ -40,8 +45,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import ismrmrd
+
 import gadgets.asl  # registers the ASL preview
-import gadgets.jobs  # registers the store's gadgets (retrieve, reference scans)
 import gadgets.recon  # registers the standard gadgets
 import gadgets.retro  # registers retro-simulation
 import gadgets.twin  # noqa: F401  (registers the digital-twin gadgets)
@@ -52,9 +58,23 @@ from gadgets.core import (
     Gadget,
     GadgetError,
     Item,
+    Text,
     check_plain_name,
     named_file,
 )
+from gadgets.mrdfile import SessionWriter
+from gadgets.store import (  # registers the store's gadgets (retrieve, reference scans)
+    MAX_TEXT,
+    MAX_TEXTS,
+    RESULT_FILE,
+    SESSION_INPUT,
+    SESSION_JSON,
+    Store,
+    read_items,
+)
+from mr0core.io.mrd import parse_header
+from scheduler.functions import INPUT_DIR
+from scheduler.paths import private_file
 
 __all__ = [
     "DEFAULT_CHAINS_DIR",
@@ -70,6 +90,7 @@ __all__ = [
     "chain_text",
     "load_chain",
     "parse_chain",
+    "run_stored_session",
 ]
 
 # Package data (gadgets/config/chains/*.xml), so an installed wheel has its chains. setuptools
@@ -437,3 +458,91 @@ def chain_text(name: str, chains_dir: Path | None = None) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ChainError(f"chain {name!r} is not UTF-8 text: {exc}") from None
+
+
+def _folder(params: Mapping[str, Any], key: str) -> Path | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 4096:
+        raise ValueError(f"background session: {key} must be a folder path or null, got "
+                         f"{str(value)[:80]!r}")  # fmt: skip
+    return Path(value)
+
+
+def run_stored_session(params: Mapping[str, Any], device: str, workdir: Path) -> dict[str, Any]:
+    """Run a stored background session through its chain; write its result into ``workdir``.
+
+    Parameters
+    ----------
+    params
+        The job's parameters (:func:`scheduler.functions.mrd_session`): ``config`` (the
+        chain's name, for the log), ``store_dir``, ``save_dir``, ``phantoms_dir``,
+        ``chains_dir`` (the server's folders, or None).
+    device
+        The worker's device (``"cpu"`` or ``"cuda"``); the chain's gadgets choose their own
+        (the session's heavy steps run in this worker, with no further scheduler calls).
+    workdir
+        The job's working folder: its input in ``input/`` (:data:`gadgets.store.SESSION_INPUT`,
+        :data:`gadgets.store.SESSION_JSON`); the result goes to
+        :data:`gadgets.store.RESULT_FILE` beside it (``0600``).
+
+    Returns
+    -------
+    dict
+        ``{"texts": [...], "counts": {...}}``: the chain's text messages (the last
+        :data:`gadgets.store.MAX_TEXTS`, each cut to :data:`gadgets.store.MAX_TEXT`
+        characters) and the number of images, acquisitions and waveforms in the result.
+
+    Raises
+    ------
+    ValueError
+        For a missing or malformed input, or a chain that refuses it (a :class:`GadgetError`
+        or :class:`ChainError`, its text kept): the job's own fault, not retried.
+    """
+    folder = workdir / INPUT_DIR
+    try:
+        session = json.loads((folder / SESSION_JSON).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"background session: its stored input cannot be read: {exc}") from None
+    if not isinstance(session, dict):
+        raise ValueError("background session: session.json is not a JSON object")
+    config_xml = session.get("config_xml")
+    header_xml = session.get("header_xml", "")
+    overrides = session.get("parameters", {})
+    if not isinstance(config_xml, str) or not isinstance(header_xml, str):
+        raise ValueError("background session: config_xml and header_xml must be texts")
+    if not isinstance(overrides, dict):
+        raise ValueError("background session: parameters must be a JSON object")
+    store_dir = _folder(params, "store_dir")
+    job_id = workdir.name.partition(".")[0]
+    context = Context(
+        header=parse_header(header_xml) if header_xml else None, header_xml=header_xml,
+        session_id=job_id, save_dir=_folder(params, "save_dir"),
+        logger=logging.getLogger(f"mr0.gadgets.{job_id}"), parameters=dict(overrides),
+        phantoms_dir=_folder(params, "phantoms_dir"), chains_dir=_folder(params, "chains_dir"),
+        store=Store(store_dir) if store_dir is not None else None, scheduler=None,
+    )  # fmt: skip
+    result = workdir / RESULT_FILE
+    texts: list[str] = []
+    try:
+        _, items = read_items(folder / SESSION_INPUT)
+        chain = Chain(parse_chain(config_xml), context, overrides)
+        private_file(result)  # patient data: 0600 whatever the umask (the writer keeps the mode)
+        with SessionWriter(result) as writer:
+            if header_xml:
+                writer.write_header(header_xml)
+            for out in chain.run(items):
+                if isinstance(out, Text):
+                    texts.append(out.text[:MAX_TEXT])
+                    del texts[:-MAX_TEXTS]
+                elif isinstance(out, ismrmrd.Acquisition | ismrmrd.Image | ismrmrd.Waveform):
+                    writer.add(out)
+            counts = {k: v for k, v in writer.counts.items() if v}
+    except (GadgetError, ChainError, OSError) as exc:
+        result.unlink(missing_ok=True)
+        raise ValueError(str(exc) or type(exc).__name__) from exc
+    except BaseException:
+        result.unlink(missing_ok=True)
+        raise
+    return {"texts": texts, "counts": counts}

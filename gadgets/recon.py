@@ -34,6 +34,7 @@ import torch
 
 from gadgets.core import Context, Gadget, GadgetError, Item, Property, register
 from gadgets.offload import offload_wait
+from gadgets.store import StoreError, reference_id
 from mr0core.io.mrd import MrdFormatError, kdata_from_acquisitions
 from mr0core.io.mrd_images import make_mrd_images
 from mr0core.recon.auto import reconstruct
@@ -807,9 +808,6 @@ class SenseGadget(Gadget):
 
     def reference_kdata(self) -> KData | None:
         """Return the stored reference scan the session names, ready for SENSE; None if none."""
-        from gadgets.jobs import reference_id
-        from gadgets.store import StoreError
-
         mid = reference_id(self.context, self.props["reference"], self._REFERENCE_TYPES)
         if not mid:
             return None

@@ -114,7 +114,9 @@ from mr0core.io.mrd import (
     parse_header,
 )
 from scheduler.cli import add_retention_options
-from scheduler.paths import private_dir
+from scheduler.functions import MRD_SESSION
+from scheduler.model import JobKind
+from scheduler.paths import private_dir, write_private
 from scheduler.retention import RetentionPolicy
 
 from .access import TOKEN_ENV, AccessError, Network, allowed, is_loopback, load_token, parse_allow
@@ -130,7 +132,6 @@ from .chain import (
 )
 from .core import Context, GadgetError, Text
 from .dicom_output import SessionDicom
-from .jobs import JobRunner
 from .pacs import PacsQueue, PacsSender, PacsTarget
 from .protocol import (
     Limits,
@@ -144,7 +145,7 @@ from .protocol import (
     SlowPeerError,
 )
 from .status import StatusBoard, StatusHttpServer
-from .store import Store, retention_timer
+from .store import SESSION_INPUT, SESSION_JSON, Store, header_identity, new_job_id, retention_timer
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -211,7 +212,6 @@ class ServerConfig:
     save_dir: Path | None = None
     phantoms_dir: Path | None = None
     store_dir: Path | None = None
-    job_workers: int = 1
     scheduler: bool = True
     scheduler_dir: Path | None = None
     sim_workers: int = 1
@@ -351,7 +351,6 @@ class MrdServer:
         self.sessions_served = 0
         self.sessions_failed = 0
         self.store: Store | None = None
-        self.runner: JobRunner | None = None
         self.scheduler: Any = None
         self._scheduler_tmp: Path | None = None
         self.retention: Any = None
@@ -402,15 +401,13 @@ class MrdServer:
             self.pacs.start()  # what a stopped server left queued goes out too
             log.info("PACS sender", extra={"event": "pacs", "target": str(cfg.pacs),
                                            "queued": len(queue.entries())})  # fmt: skip
-        if cfg.scheduler and self.scheduler is None:
-            self._start_scheduler()
+        # Background jobs are the scheduler's durable jobs: with a store there is a scheduler
+        # even under --no-scheduler (which keeps the sessions' own work in their threads).
+        if (cfg.scheduler or cfg.store_dir is not None) and self.scheduler is None:
+            self._start_scheduler()  # recovers its store: interrupted jobs are queued again
         if cfg.store_dir is not None and self.store is None:
-            self.store = Store(cfg.store_dir)
-            template = Context(save_dir=cfg.save_dir, phantoms_dir=cfg.phantoms_dir,
-                               chains_dir=cfg.chains_dir, store=self.store,
-                               scheduler=self.scheduler)  # fmt: skip
-            self.runner = JobRunner(self.store, template, workers=cfg.job_workers)
-            self.runner.start()  # jobs a stopped server left run again
+            self.store = Store(cfg.store_dir, jobs=self.scheduler.store)
+            self.store.recover()
         policy = cfg.retention_policy()
         if policy.active and self.retention is None:
             self.retention = retention_timer(
@@ -499,8 +496,6 @@ class MrdServer:
         if self.retention is not None:
             self.retention.stop()
             self.retention = None
-        if self.runner is not None:
-            self.runner.stop(max(0.0, deadline - time.monotonic()))
         if self.scheduler is not None:
             self.scheduler.stop(max(1.0, deadline - time.monotonic()))
             self.scheduler = None
@@ -633,8 +628,9 @@ class MrdServer:
         outcome = "crash"
         session: Session | None = None
         try:
-            session = Session(self.config, conn, sid, extra, self.store, self.runner,
-                              self.scheduler, self.board, pace=pace,
+            session = Session(self.config, conn, sid, extra, self.store,
+                              self.scheduler if self.config.scheduler else None, self.board,
+                              pace=pace, jobs=self.scheduler,
                               admit=lambda: self._admit(sid, str(peer[0]), pace),
                               saving=self._saving, pacs=self.pacs)  # fmt: skip
             session.run()
@@ -754,13 +750,13 @@ class Session:
         sid: str,
         extra: dict[str, str],
         store: Store | None = None,
-        runner: JobRunner | None = None,
         scheduler: Any = None,
         board: StatusBoard | None = None,
         pace: ReadPace | None = None,
         admit: Any = None,
         saving: _OpenPaths | None = None,
         pacs: PacsSender | None = None,
+        jobs: Any = None,
     ) -> None:
         self.config = config
         self.pacs = pacs
@@ -776,8 +772,8 @@ class Session:
         self._counted_in = 0  # bytes received and sent already added to the board
         self._counted_out = 0
         self.store = store
-        self.runner = runner
         self.scheduler = scheduler
+        self.jobs = jobs if jobs is not None else scheduler
         self.conn = conn
         self.sid = sid
         self.extra = extra
@@ -1081,7 +1077,7 @@ class Session:
         background = overrides.pop("background", False)
         if not isinstance(background, bool):
             raise SessionError(f"'background' must be true or false, got {background!r}")
-        if background and self.store is None:
+        if background and (self.store is None or self.jobs is None):
             raise SessionError("background jobs need the server's job store (mr0-server --store)")
         return _Preamble(name, xml, header_xml, overrides, background, lenient)
 
@@ -1280,28 +1276,48 @@ class Session:
         return SessionDicom(self.sid, chain.context.header, cfg.dicom_dir, self.pacs, staging)
 
     def store_job(self, pre: _Preamble, chain: Chain) -> None:
-        """Store the session's input as a background job, queue it, answer with its id."""
+        """Store the session's input as a scheduler job, queue it, answer with its id.
+
+        The input is written into a staging folder of the scheduler's store while it arrives
+        (:meth:`scheduler.store.JobStore.stage_input`) and becomes the job's input when the
+        session is complete; a session that fails, or a server stopped meanwhile, leaves no
+        job (the staging folder goes now, or at the next start).
+        """
         from .mrdfile import SessionWriter
 
-        assert self.store is not None
-        assert self.runner is not None
-        job = self.store.create_job(pre.config_name, pre.config_xml, pre.overrides,
-                                    pre.header_xml or "", chain.context.header)  # fmt: skip
+        if self.jobs is None:
+            raise SessionError("background jobs need the server's job store (mr0-server --store)")
+        cfg = self.config
+        patient, protocol, mid = header_identity(chain.context.header)
+        staged = self.jobs.store.stage_input()
         try:
-            with SessionWriter(self.store.input_path(job.id)) as writer:
+            session = {"config_xml": pre.config_xml, "header_xml": pre.header_xml or "",
+                       "parameters": pre.overrides}  # fmt: skip
+            write_private(staged / SESSION_JSON, json.dumps(session).encode())
+            with SessionWriter(staged / SESSION_INPUT) as writer:
                 if pre.header_xml:
                     writer.write_header(pre.header_xml)
                 for item in self.inputs():
                     if not isinstance(item, Text):
                         writer.add(item)
-            self.store.mark_queued(job.id)
-        except BaseException as exc:
-            self.store.mark_failed(job.id, f"receiving the input failed: {_describe(exc)}")
+            params = {
+                "config": pre.config_name, "patient": patient, "protocol": protocol,
+                "measurement_id": mid,
+                **{key: None if folder is None else str(folder.resolve())
+                   for key, folder in (("store_dir", cfg.store_dir), ("save_dir", cfg.save_dir),
+                                       ("phantoms_dir", cfg.phantoms_dir),
+                                       ("chains_dir", cfg.chains_dir))},
+            }  # fmt: skip
+            # The chain runs in a worker, where the scheduler places it. estimate 0: there is
+            # no memory model of a whole chain yet (scheduler.estimate), so it takes a slot.
+            job_id = self.jobs.submit(MRD_SESSION, params, JobKind.BATCH, estimate_bytes=0,
+                                      job_id=new_job_id(), inputs=staged)  # fmt: skip
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
             raise
-        self.runner.submit(job.id)
-        self.send(Text(json.dumps({"job": job.id, "state": "queued"})))
+        self.send(Text(json.dumps({"job": job_id, "state": "queued"})))
         self.close()
-        log.info("job queued", extra={**self.extra, "event": "job_queued", "job": job.id,
+        log.info("job queued", extra={**self.extra, "event": "job_queued", "job": job_id,
                                       "config": pre.config_name})  # fmt: skip
 
 
@@ -1616,13 +1632,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Na
     parser.add_argument("--store", type=Path,
                         help="job and reference store: background jobs, mr0_retrieve, "
                         "reference scans (created if missing)")  # fmt: skip
-    parser.add_argument("--job-workers", type=int, default=1,
-                        help="background jobs run at once (default 1)")  # fmt: skip
     parser.add_argument(
         "--no-scheduler",
         action="store_true",
         help="parse clients' .seq files, simulate and reconstruct in the server process, "
-        "not as scheduler jobs (whose memory the scheduler accounts for)",
+        "not as scheduler jobs (whose memory the scheduler accounts for); background jobs "
+        "(--store) still run as scheduler jobs",
     )
     parser.add_argument(
         "--scheduler-dir",
@@ -1688,8 +1703,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Na
         parser.error(f"--port must be 0..65535, got {opts.port}")
     if opts.max_sessions < 1:
         parser.error("--max-sessions must be at least 1")
-    if opts.job_workers < 1:
-        parser.error("--job-workers must be at least 1")
     if opts.sim_workers < 0 or opts.gpu_slots < 1:
         parser.error("--sim-workers must be >= 0 and --gpu-slots >= 1")
     if opts.http_port is not None and not 0 <= opts.http_port < 65536:
@@ -1709,7 +1722,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Na
             parser.error(f"--pacs: {exc}")
     config = ServerConfig(
         host=opts.host, port=opts.port, chains_dir=opts.chains, save_dir=opts.save_dir,
-        phantoms_dir=opts.phantoms, store_dir=opts.store, job_workers=opts.job_workers,
+        phantoms_dir=opts.phantoms, store_dir=opts.store,
         scheduler=not opts.no_scheduler, scheduler_dir=opts.scheduler_dir,
         sim_workers=opts.sim_workers, gpu_slots=opts.gpu_slots, backend=opts.backend,
         ray_address=opts.address, allow=allow, http_host=opts.http_host,

@@ -1,31 +1,39 @@
-"""The server's durable store: background jobs, their results, and reference scans.
+"""The server's store: reference scans, and what clients read of background jobs.
 
 Layout under the store folder (``mr0-server --store DIR``)::
 
-    store.sqlite            index of jobs and reference scans (SQLite, WAL journal)
-    jobs/<id>/input.h5      the session as received: header, acquisitions, waveforms, images
-    jobs/<id>/result.h5     what the chain returned: images (image_<series>), acquisitions
+    store.sqlite            index of reference scans (SQLite, WAL journal)
     references/<id>.h5      a reference scan (e.g. coil calibration) by its measurement id
+    scheduler/              the scheduler's job store (unless ``--scheduler-dir``), which holds
+                            the background jobs: their input and their result files
 
-A job moves ``receiving → queued → running → done | failed``. Everything a restarted server
-needs is on disk: the chain XML and the JSON parameters are kept in the index, the input in
-``input.h5``, so :meth:`Store.pending` gives the jobs to run again after a crash or restart
-(:class:`gadgets.jobs.JobRunner` does). Writes of an index row are one SQLite transaction;
-a result file is written under a temporary name and renamed when complete, so a crash never
-leaves a half-written result that looks finished.
+Background MRD sessions are scheduler jobs: there is one durable job system, the scheduler's
+(:mod:`scheduler.store`). The server stores a session that asked for ``"background": true``
+once, as the job's input files (:data:`SESSION_INPUT`: header, acquisitions, waveforms, images;
+:data:`SESSION_JSON`: the chain's XML and the JSON parameters), and submits a job of function
+:data:`scheduler.functions.MRD_SESSION`; a scheduler worker runs the chain on it
+(:func:`gadgets.chain.run_stored_session`) and its result folder holds :data:`RESULT_FILE`
+(images, acquisitions) and the summary (texts, counts). Its state (``queued → running → done |
+failed | cancelled``), attempts, cancelling, recovery after a restart (interrupted jobs are
+queued again up to their attempts) and retention are the scheduler's. This module reads those
+jobs as clients see them (:class:`BackgroundJob`, :meth:`Store.job`, :meth:`Store.find`) and
+their results (:meth:`Store.result`), for the chain ``mr0_retrieve`` (:class:`RetrieveGadget`)
+and the status page.
 
-Job ids are 24 hex digits made here; measurement ids come from clients, so they are checked as
-plain names (:func:`gadgets.core.check_plain_name`) before they name a file.
+Reference scans (:class:`StoreReferenceGadget`, chain ``mr0_reference``) are stored by their
+``measurementID``; a later session names one (``{"reference": "<measurement id>"}``, or the
+header's ``measurementDependency``) and a chain uses it, e.g. :class:`gadgets.recon.SenseGadget`
+for coil maps, as Gadgetron's dependency measurements do. Measurement ids come from clients, so
+they are checked as plain names (:func:`gadgets.core.check_plain_name`) before they name a file;
+background job ids are 24 hex digits made by the server.
 
 Privacy: every file is ``0600`` and every folder ``0700``, whatever the umask (the index's
 SQLite journal files take its mode); :meth:`Store.recover` also makes older files private.
 
-Bounded: :meth:`Store.retention_areas` gives the background jobs (finished ones are
-removable) and the reference scans as areas of :mod:`scheduler.retention`;
-:func:`retention_timer` joins them with ``--save-dir`` and the scheduler's results under one
-policy (``--retention-days``, ``--max-store-gb``). :meth:`Store.recover` (at start) removes what
-a stopped server left half-written: inputs of sessions that never finished, temporary result
-and reference files, job folders without an index row.
+Bounded: :meth:`Store.retention_areas` gives the reference scans as an area of
+:mod:`scheduler.retention`; :func:`retention_timer` joins them with ``--save-dir`` and the
+scheduler's jobs (background jobs among them) under one policy (``--retention-days``,
+``--max-store-gb``).
 """
 
 from __future__ import annotations
@@ -35,7 +43,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import sqlite3
 import threading
 import time
@@ -43,8 +50,10 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from scheduler.functions import MRD_SESSION
+from scheduler.model import JOB_STATES
 from scheduler.paths import make_private, private_dir, private_file
 from scheduler.retention import (
     Area,
@@ -52,45 +61,45 @@ from scheduler.retention import (
     FolderArea,
     RetentionPolicy,
     RetentionTimer,
-    tree_bytes,
 )
-from scheduler.store import JobStore
+from scheduler.store import JobRecord, JobStore, UnknownJobError
 
-from .core import check_plain_name
+from .core import Context, Gadget, GadgetError, Item, Property, Text, check_plain_name, register
 
-__all__ = ["JOB_STATES", "Job", "Reference", "Store", "StoreError", "retention_timer"]
+__all__ = [
+    "JOB_STATES",
+    "RESULT_FILE",
+    "SESSION_INPUT",
+    "SESSION_JSON",
+    "BackgroundJob",
+    "Reference",
+    "RetrieveGadget",
+    "Store",
+    "StoreError",
+    "StoreReferenceGadget",
+    "header_identity",
+    "new_job_id",
+    "read_items",
+    "reference_id",
+    "retention_timer",
+]
 
 log = logging.getLogger("mr0.store")
 
-JOB_STATES = ("receiving", "queued", "running", "done", "failed")
-"""The states of a job, in order."""
+SESSION_INPUT = "input.h5"
+"""A background job's input file: the session as received (header, acquisitions, ...)."""
+SESSION_JSON = "session.json"
+"""A background job's input file: ``{"config_xml", "header_xml", "parameters"}``."""
+RESULT_FILE = "result.h5"
+"""A background job's result file: the images and acquisitions its chain returned."""
+MAX_TEXTS = 1000
+"""Text messages kept per background result (the last ones)."""
+MAX_TEXT = 64 * 1024
+"""Characters kept per text message of a background result."""
 
 _JOB_ID = re.compile(r"[0-9a-f]{24}")
-_MAX_TEXTS = 1000  # text messages kept per job result
-_MAX_TEXT = 64 * 1024  # characters kept per text message
-_INCOMPLETE = "the server stopped before the job's input was complete"
-_FINAL = ("done", "failed")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    config_name TEXT NOT NULL,
-    config_xml TEXT NOT NULL,
-    header_xml TEXT NOT NULL DEFAULT '',
-    parameters TEXT NOT NULL,
-    patient TEXT NOT NULL DEFAULT '',
-    protocol TEXT NOT NULL DEFAULT '',
-    measurement_id TEXT NOT NULL DEFAULT '',
-    created REAL NOT NULL,
-    started REAL,
-    finished REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT NOT NULL DEFAULT '',
-    texts TEXT NOT NULL DEFAULT '[]',
-    counts TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS jobs_by_subject ON jobs (patient, protocol, created);
 CREATE TABLE IF NOT EXISTS refs (
     measurement_id TEXT PRIMARY KEY,
     patient TEXT NOT NULL DEFAULT '',
@@ -105,43 +114,41 @@ class StoreError(ValueError):
     """A lookup or write the store cannot do; ``str(e)`` is safe to send to a client."""
 
 
+def new_job_id() -> str:
+    """Return a new background job id (24 hex digits)."""
+    return uuid.uuid4().hex[:24]
+
+
 @dataclass(frozen=True)
-class Job:
-    """One stored job (a row of the index).
+class BackgroundJob:
+    """A background MRD session as clients see it (read from its scheduler job).
 
     Attributes
     ----------
     id
         24 hex digits.
     state
-        One of :data:`JOB_STATES`.
-    config_name, config_xml
-        The chain chosen by the session and its XML as it was when the job was taken.
-    header_xml
-        The session's ISMRMRD header ('' for a header-less job).
-    parameters
-        The session's JSON parameters (chain overrides).
+        One of :data:`JOB_STATES` (the scheduler's: queued, running, done, failed, cancelled).
+    config_name
+        The chain chosen by the session.
     patient, protocol, measurement_id
         From the ISMRMRD header (``subjectInformation.patientID``, ``measurementInformation``
         ``protocolName`` / ``measurementID``), empty when absent.
     created, started, finished
-        Unix times (s); None until reached.
+        Unix times (s): submission, the last start, reaching a final state; None until reached.
     attempts
-        How often a runner started it (a restart re-runs a job that was running).
+        How often a worker started it (a restart runs an interrupted job again).
     error
-        Why it failed (``state == "failed"``).
+        Why it failed or was cancelled.
     texts
-        The text messages the chain returned (reports, metrics), in order.
+        The text messages the chain returned (reports, metrics), in order (done jobs).
     counts
-        Items in the result: ``{"images": n, "acquisitions": m}``.
+        Items in the result, e.g. ``{"images": n, "acquisitions": m}`` (done jobs).
     """
 
     id: str
     state: str
     config_name: str
-    config_xml: str
-    header_xml: str
-    parameters: dict[str, Any]
     patient: str
     protocol: str
     measurement_id: str
@@ -154,7 +161,7 @@ class Job:
     counts: dict[str, int]
 
     def summary(self) -> dict[str, Any]:
-        """Return the job as a JSON-able dict without the chain XML (what clients see)."""
+        """Return the job as a JSON-able dict (what clients see)."""
         return {
             "job": self.id, "state": self.state, "config": self.config_name,
             "patient": self.patient, "protocol": self.protocol,
@@ -198,20 +205,53 @@ def header_identity(header: Any) -> tuple[str, str, str]:
     return patient[:256], protocol[:256], mid[:128]
 
 
+def read_items(path: Path) -> tuple[str, list[Any]]:
+    """Return ``(header_xml, items)`` of an MRD file: acquisitions, then waveforms, then images.
+
+    The header is '' when the file has none. The order within each kind is kept; the order
+    between kinds (an acquisition after a waveform) is not stored by the MRD layout.
+    """
+    import h5py
+    import ismrmrd
+
+    with h5py.File(path, "r") as f:
+        group = f.get("dataset")
+        if group is None:
+            return "", []
+        has = {k: k in group for k in ("xml", "data", "waveforms")}
+        image_groups = sorted(k for k in group if k.startswith("image_"))
+    dataset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False)
+    try:
+        xml = dataset.read_xml_header() if has["xml"] else b""
+        items: list[Any] = []
+        if has["data"]:
+            items += [dataset.read_acquisition(i) for i in range(dataset.number_of_acquisitions())]
+        if has["waveforms"]:
+            items += [dataset.read_waveform(i) for i in range(dataset.number_of_waveforms())]
+        for name in image_groups:
+            items += [dataset.read_image(name, i) for i in range(dataset.number_of_images(name))]
+    finally:
+        dataset.close()
+    return (xml.decode("utf-8") if isinstance(xml, bytes) else str(xml)), items
+
+
 class Store:
-    """The job and reference store in one folder (see the module docstring).
+    """The reference store in one folder, and the background jobs of a scheduler's store.
 
     Parameters
     ----------
     root
         The folder; created if missing. Several :class:`Store` objects (threads, processes) may
         use the same folder: SQLite serialises their writes.
+    jobs
+        The scheduler's job store that holds the background jobs (the server's scheduler's);
+        None: no background jobs (a scheduler worker's view, for reference scans only).
     """
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, jobs: JobStore | None = None) -> None:
         self.root = Path(root)
+        self.job_store = jobs
         private_dir(self.root)
-        private_dir(self.root / "jobs")
         private_dir(self.root / "references")
         self._db = self.root / "store.sqlite"
         private_file(self._db)  # SQLite's -wal and -shm files take its mode
@@ -243,62 +283,64 @@ class Store:
             raise
         conn.execute("COMMIT")
 
-    @staticmethod
-    def _job(row: sqlite3.Row) -> Job:
-        return Job(
-            id=row["id"], state=row["state"], config_name=row["config_name"],
-            config_xml=row["config_xml"], header_xml=row["header_xml"],
-            parameters=json.loads(row["parameters"]),
-            patient=row["patient"], protocol=row["protocol"],
-            measurement_id=row["measurement_id"], created=row["created"],
-            started=row["started"], finished=row["finished"], attempts=row["attempts"],
-            error=row["error"], texts=json.loads(row["texts"]), counts=json.loads(row["counts"]),
+    # -- background jobs (read from the scheduler's store) --------------------------------------
+
+    def _jobs(self) -> JobStore:
+        if self.job_store is None:
+            raise StoreError("background jobs need the server's scheduler (its job store)")
+        return self.job_store
+
+    def _background(self, record: JobRecord) -> BackgroundJob:
+        params = record.params
+        texts: list[str] = []
+        counts: dict[str, int] = {}
+        if record.state == "done":
+            summary = self._result_summary(record.id)
+            texts = [str(t) for t in summary.get("texts", [])]
+            counts = {str(k): int(v) for k, v in dict(summary.get("counts", {})).items()}
+        return BackgroundJob(
+            id=record.id, state=record.state, config_name=str(params.get("config", "")),
+            patient=str(params.get("patient", "")), protocol=str(params.get("protocol", "")),
+            measurement_id=str(params.get("measurement_id", "")), created=record.submitted,
+            started=record.started, finished=record.finished, attempts=record.attempts,
+            error=record.error, texts=texts, counts=counts,
         )  # fmt: skip
 
-    # -- jobs -----------------------------------------------------------------------------------
+    def _result_folder(self, job_id: str) -> Path:
+        path = self._jobs().result_path(job_id)
+        if path is None or not path.is_dir():
+            raise StoreError(f"job {job_id} has no result (it was removed, or never stored)")
+        return path
 
-    def create_job(
-        self,
-        config_name: str,
-        config_xml: str,
-        parameters: dict[str, Any],
-        header_xml: str = "",
-        header: Any = None,
-    ) -> Job:
-        """Add a job in state ``receiving``; its input goes to :meth:`input_path`.
+    def _result_summary(self, job_id: str) -> dict[str, Any]:
+        try:
+            summary = json.loads((self._result_folder(job_id) / "summary.json").read_bytes())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"job {job_id}: its result summary cannot be read: {exc}") from None
+        if not isinstance(summary, dict):
+            raise StoreError(f"job {job_id}: its result summary is not a JSON object")
+        return summary
 
-        ``header`` is ``header_xml`` parsed (for the patient, protocol and measurement id).
-        """
-        job_id = uuid.uuid4().hex[:24]
-        patient, protocol, mid = header_identity(header)
-        private_dir(self.root / "jobs" / job_id)
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO jobs (id, state, config_name, config_xml, header_xml, parameters, "
-                "patient, protocol, measurement_id, created) "
-                "VALUES (?, 'receiving', ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, config_name, config_xml, header_xml, json.dumps(parameters), patient,
-                 protocol, mid, time.time()),
-            )  # fmt: skip
-        return self.job(job_id)
-
-    def job(self, job_id: str) -> Job:
-        """Return a job by id.
+    def job(self, job_id: str) -> BackgroundJob:
+        """Return a background job by id.
 
         Raises
         ------
         StoreError
-            For a malformed or unknown id.
+            For a malformed or unknown id (or a scheduler job that is not a background one).
         """
         if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
             raise StoreError(f"job id {str(job_id)[:40]!r} is not 24 hex digits")
-        row = self._connection().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
+        try:
+            record = self._jobs().get(job_id)
+        except UnknownJobError:
+            raise StoreError(f"no job {job_id}") from None
+        if record.function != MRD_SESSION:
             raise StoreError(f"no job {job_id}")
-        return self._job(row)
+        return self._background(record)
 
-    def find(self, patient: str | None = None, protocol: str | None = None) -> Job:
-        """Return the newest job of a patient and/or protocol (exact matches).
+    def find(self, patient: str | None = None, protocol: str | None = None) -> BackgroundJob:
+        """Return the newest background job of a patient and/or protocol (exact matches).
 
         Raises
         ------
@@ -307,154 +349,65 @@ class Store:
         """
         if not patient and not protocol:
             raise StoreError("give a job id, or a patient and/or protocol to look for")
-        where, args = [], []
-        if patient:
-            where.append("patient = ?")
-            args.append(str(patient))
-        if protocol:
-            where.append("protocol = ?")
-            args.append(str(protocol))
-        row = (
-            self._connection()
-            .execute(
-                f"SELECT * FROM jobs WHERE {' AND '.join(where)} "  # only fixed column names
-                "ORDER BY created DESC, rowid DESC LIMIT 1",
-                args,
-            )
-            .fetchone()
-        )
-        if row is None:
-            wanted = ", ".join(f"{k} {v!r}" for k, v in (("patient", patient),
-                                                          ("protocol", protocol)) if v)  # fmt: skip
+        match = {k: str(v) for k, v in (("patient", patient), ("protocol", protocol)) if v}
+        record = self._jobs().find(MRD_SESSION, match)
+        if record is None:
+            wanted = ", ".join(f"{k} {v!r}" for k, v in match.items())
             raise StoreError(f"no job for {wanted}")
-        return self._job(row)
+        return self._background(record)
 
-    def jobs(self, state: str | None = None, limit: int = 100) -> list[Job]:
-        """Return the newest jobs (optionally only those in ``state``), newest first."""
+    def jobs(self, state: str | None = None, limit: int = 100) -> list[BackgroundJob]:
+        """Return the newest background jobs (optionally only those in ``state``), newest first.
+
+        Without a scheduler's store there are none.
+        """
         if state is not None and state not in JOB_STATES:
             raise StoreError(f"state must be one of {', '.join(JOB_STATES)}")
-        sql = "SELECT * FROM jobs" + (" WHERE state = ?" if state else "")
-        sql += " ORDER BY created DESC, rowid DESC LIMIT ?"
-        args: tuple[Any, ...] = (state, int(limit)) if state else (int(limit),)
-        return [self._job(r) for r in self._connection().execute(sql, args).fetchall()]
-
-    def counts(self) -> dict[str, int]:
-        """Return the number of jobs in each state (every state of ``JOB_STATES``, 0 if none)."""
-        out = dict.fromkeys(JOB_STATES, 0)
-        rows = self._connection().execute("SELECT state, count(*) FROM jobs GROUP BY state")
-        for state, n in rows.fetchall():
-            out[state] = n
+        if self.job_store is None:
+            return []
+        records = self.job_store.jobs(state, limit, function=MRD_SESSION)
+        out = []
+        for record in records:
+            with contextlib.suppress(StoreError):  # removed meanwhile by retention
+                out.append(self._background(record))
         return out
 
-    def pending(self) -> list[Job]:
-        """Jobs to run (``queued``, and ``running`` ones a stopped server left), oldest first."""
-        rows = (
-            self._connection()
-            .execute(
-                "SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY created, rowid"
-            )
-            .fetchall()
-        )
-        return [self._job(r) for r in rows]
+    def counts(self) -> dict[str, int]:
+        """Return the number of background jobs in each state (every state, 0 if none)."""
+        if self.job_store is None:
+            return dict.fromkeys(JOB_STATES, 0)
+        return self.job_store.counts(function=MRD_SESSION)
+
+    def result(self, job_id: str) -> list[Any]:
+        """Return a done background job's images and acquisitions (from :data:`RESULT_FILE`).
+
+        Raises
+        ------
+        StoreError
+            For a job that is not done, or whose result is gone.
+        """
+        job = self.job(job_id)
+        if job.state != "done":
+            raise StoreError(f"job {job_id} is {job.state}: it has no result")
+        path = self._result_folder(job.id) / RESULT_FILE
+        if not path.is_file():
+            raise StoreError(f"job {job_id}: its result file is missing")
+        return read_items(path)[1]
 
     def recover(self) -> int:
-        """Clean up after a stopped server; call it at start (before running pending jobs).
+        """Remove what a stopped server left half-written; make everything private.
 
-        Jobs whose input never finished arriving are failed (:meth:`abandon_incomplete`) and
-        their partial input deleted; temporary result files (``jobs/<id>/.result.*.tmp``) and
-        reference files (``references/.*.tmp``), and job folders without an index row, go.
-        Everything left is made private (``0600``/``0700``), for stores an older version wrote.
-
-        Returns
-        -------
-        int
-            The number of files and folders removed.
+        Temporary reference files (``references/.*.tmp``) go. Returns how many were removed.
         """
-        self.abandon_incomplete()
         removed = 0
-        known = {
-            r[0]: r[1] for r in self._connection().execute("SELECT id, error FROM jobs").fetchall()
-        }
-        for folder in sorted((self.root / "jobs").iterdir()):
-            if folder.name not in known:
-                if _JOB_ID.fullmatch(folder.name) and not folder.is_symlink():
-                    shutil.rmtree(folder, ignore_errors=True)
-                    removed += 1
-                continue
-            leftovers = list(folder.glob(".result.*.tmp"))
-            if known[folder.name] == _INCOMPLETE:
-                leftovers.append(folder / "input.h5")
-            for path in leftovers:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                    removed += 1
         for path in (self.root / "references").glob(".*.tmp"):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 removed += 1
-        for sub in ("jobs", "references"):
-            make_private(self.root / sub)
+        make_private(self.root / "references")
         if removed:
             log.info("store recovered", extra={"event": "store_recover", "removed": removed})
         return removed
-
-    def abandon_incomplete(self) -> int:
-        """Fail the jobs whose input never finished arriving (a server stopped mid-session).
-
-        Returns the number of jobs failed.
-        """
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE jobs SET state = 'failed', finished = ?, error = ? "
-                "WHERE state = 'receiving'",
-                (time.time(), _INCOMPLETE),
-            )
-            return cur.rowcount
-
-    def _set(self, job_id: str, expect: tuple[str, ...], **values: Any) -> None:
-        cols = ", ".join(f"{k} = ?" for k in values)
-        marks = ", ".join("?" for _ in expect)
-        with self._tx() as db:
-            cur = db.execute(
-                f"UPDATE jobs SET {cols} WHERE id = ? AND state IN ({marks})",
-                (*values.values(), job_id, *expect),
-            )
-            if cur.rowcount != 1:
-                raise StoreError(f"job {job_id} is not in state {' or '.join(expect)}")
-
-    def mark_queued(self, job_id: str) -> None:
-        """Mark the input complete: the job may run."""
-        self._set(job_id, ("receiving",), state="queued")
-
-    def mark_running(self, job_id: str) -> None:
-        """Mark the job taken by a runner (again, after a restart)."""
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE jobs SET state = 'running', started = ?, attempts = attempts + 1 "
-                "WHERE id = ? AND state IN ('queued', 'running')",
-                (time.time(), job_id),
-            )
-            if cur.rowcount != 1:
-                raise StoreError(f"job {job_id} is not queued")
-
-    def mark_done(self, job_id: str, texts: list[str], counts: dict[str, int]) -> None:
-        """Mark the job finished (its result file is in place) with its texts and counts."""
-        kept = [t[:_MAX_TEXT] for t in texts[-_MAX_TEXTS:]]
-        self._set(job_id, ("running",), state="done", finished=time.time(),
-                  texts=json.dumps(kept), counts=json.dumps(counts))  # fmt: skip
-
-    def mark_failed(self, job_id: str, error: str) -> None:
-        """Mark the job (or the receiving of its input) failed, with the reason."""
-        self._set(job_id, ("receiving", "queued", "running"), state="failed",
-                  finished=time.time(), error=error[:_MAX_TEXT])  # fmt: skip
-
-    def input_path(self, job_id: str) -> Path:
-        """Return the job's input file (``jobs/<id>/input.h5``)."""
-        return self.root / "jobs" / self.job(job_id).id / "input.h5"
-
-    def result_path(self, job_id: str) -> Path:
-        """Return the job's result file (``jobs/<id>/result.h5``, there once it is done)."""
-        return self.root / "jobs" / self.job(job_id).id / "result.h5"
 
     # -- reference scans ------------------------------------------------------------------------
 
@@ -536,31 +489,12 @@ class Store:
     # -- retention ------------------------------------------------------------------------------
 
     def retention_areas(self) -> list[Area]:
-        """Return the background jobs (``store``) and reference scans (``references``) as areas.
+        """Return the reference scans (``references``) as a retention area.
 
-        Finished jobs (done, failed) are removable, timed by when they finished; jobs still
-        receiving, queued or running count towards the total but are never removed. Reference
-        scans are removable, timed by when they were stored.
+        Reference scans are removable, timed by when they were stored. Background jobs are
+        the scheduler's store's entries (:func:`retention_timer`'s ``scheduler_store``).
         """
-        return [_JobsArea(self), _ReferencesArea(self)]
-
-    def delete_job(self, job_id: str) -> bool:
-        """Delete a finished job and its files; return False (and keep it) if not finished.
-
-        Raises
-        ------
-        StoreError
-            For a malformed or unknown id.
-        """
-        job = self.job(job_id)
-        with self._tx() as db:
-            marks = ", ".join("?" for _ in _FINAL)
-            cur = db.execute(f"DELETE FROM jobs WHERE id = ? AND state IN ({marks})",
-                             (job.id, *_FINAL))  # fmt: skip
-            if cur.rowcount != 1:
-                return False
-        shutil.rmtree(self.root / "jobs" / job.id, ignore_errors=True)
-        return True
+        return [_ReferencesArea(self)]
 
     def delete_reference(self, measurement_id: str) -> bool:
         """Delete a stored reference scan (its file and index row); False if there was none."""
@@ -574,35 +508,6 @@ class Store:
         except FileNotFoundError:
             pass
         return existed
-
-
-class _JobsArea:
-    """The background jobs of a :class:`Store` as a retention area."""
-
-    name = "store"
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def retention_entries(self, now: float) -> list[Entry]:
-        rows = (
-            self.store._connection()
-            .execute("SELECT id, state, created, finished FROM jobs")
-            .fetchall()
-        )
-        out = []
-        for job_id, state, created, finished in rows:
-            final = state in _FINAL
-            when = finished if final and finished is not None else created
-            size = tree_bytes(self.store.root / "jobs" / job_id)
-            out.append(Entry(self.name, job_id, float(when), size, removable=final))
-        return out
-
-    def remove_entry(self, key: str) -> bool:
-        try:
-            return self.store.delete_job(key)
-        except StoreError:
-            return False
 
 
 class _ReferencesArea:
@@ -654,9 +559,10 @@ def retention_timer(
     save_dir
         ``--save-dir``: each file (or folder) in it is an entry, timed by its last write.
     store
-        The job and reference store (``--store``).
+        The reference store (``--store``).
     scheduler_store
-        The scheduler's job store (its finished jobs' results).
+        The scheduler's job store (its finished jobs, background jobs among them, with their
+        inputs and results).
     in_use
         Returns the paths being written now (the files of sessions still saving); never
         deleted.
@@ -674,3 +580,119 @@ def retention_timer(
     if scheduler_store is not None:
         areas.append(scheduler_store)
     return RetentionTimer(areas, policy)
+
+
+# -- the store's gadgets --------------------------------------------------------------------------
+
+
+def _store(context: Context, gadget: str) -> Store:
+    if context.store is None:
+        raise GadgetError(f"{gadget}: the server has no job store (start it with --store DIR)")
+    store: Store = context.store
+    return store
+
+
+@register
+class RetrieveGadget(Gadget):
+    """Stream a background job's result back (chain ``mr0_retrieve``).
+
+    The job is named by ``job``, or found as the newest of ``patient`` and/or ``protocol``.
+    Its texts come first, then a text with the job's summary, then its images and
+    acquisitions. A job not finished within ``wait_s`` answers with its summary only (state
+    ``queued`` or ``running``); a failed or cancelled job is an error naming its cause.
+    """
+
+    properties: ClassVar[dict[str, Property]] = {
+        "job": Property("str", "", "job id (24 hex digits)", max=64),
+        "patient": Property("str", "", "patient id: the newest job of this patient", max=256),
+        "protocol": Property("str", "", "protocol name: the newest job of it", max=256),
+        "wait_s": Property("float", 0.0, "seconds to wait for an unfinished job", min=0, max=3600),
+    }
+
+    def process(self, items: Iterator[Item]) -> Iterator[Item]:
+        """Pass the input on, then stream the stored result."""
+        yield from items
+        store = _store(self.context, self.name)
+        try:
+            if self.props["job"]:
+                job = store.job(self.props["job"])
+            else:
+                job = store.find(self.props["patient"], self.props["protocol"])
+            deadline = time.monotonic() + self.props["wait_s"]
+            while job.state in ("queued", "running") and time.monotonic() < deadline:
+                time.sleep(0.1)
+                job = store.job(job.id)
+            if job.state == "failed":
+                raise GadgetError(f"{self.name}: job {job.id} failed: {job.error}")
+            if job.state == "cancelled":
+                raise GadgetError(f"{self.name}: job {job.id} was cancelled: {job.error}")
+            if job.state != "done":
+                yield Text(json.dumps(job.summary()))
+                return
+            stored = store.result(job.id)
+        except StoreError as exc:
+            raise GadgetError(f"{self.name}: {exc}") from None
+        for text in job.texts:
+            yield Text(text)
+        yield Text(json.dumps(job.summary()))
+        yield from stored
+
+
+@register
+class StoreReferenceGadget(Gadget):
+    """Store the session's acquisitions as a reference scan by measurement id.
+
+    The id is ``measurement_id``, else the header's ``measurementInformation.measurementID``.
+    A later session refers to it (e.g. ``{"reference": "<id>"}`` with chain ``sense``). Answers
+    with a text ``{"reference": id, "acquisitions": n}``; other items pass on.
+    """
+
+    properties: ClassVar[dict[str, Property]] = {
+        "measurement_id": Property("str", "", "id to store under (default: the header's)", max=128),
+    }
+
+    def process(self, items: Iterator[Item]) -> Iterator[Item]:
+        """Collect the acquisitions, store them, report."""
+        import ismrmrd
+        import ismrmrd.xsd
+
+        store = _store(self.context, self.name)
+        mid = self.props["measurement_id"] or header_identity(self.context.header)[2]
+        if not mid:
+            raise GadgetError(
+                f"{self.name}: no measurement id: the header has no measurementID; "
+                "set measurement_id in the JSON parameters"
+            )
+        acqs: list[Any] = []
+        for item in items:
+            if isinstance(item, ismrmrd.Acquisition):
+                acqs.append(item)
+            else:
+                yield item
+        xml = self.context.header_xml
+        if not xml and self.context.header is not None:
+            xml = ismrmrd.xsd.ToXML(self.context.header)
+        if not xml:
+            raise GadgetError(f"{self.name}: a reference scan needs its ISMRMRD header")
+        try:
+            ref = store.add_reference(mid, xml, acqs, self.context.header)
+        except StoreError as exc:
+            raise GadgetError(f"{self.name}: {exc}") from None
+        yield Text(json.dumps({"reference": ref.measurement_id, "acquisitions": ref.acquisitions}))
+
+
+def reference_id(context: Context, explicit: str, types: Iterable[str]) -> str:
+    """Return the measurement id of the reference scan a session names, or ''.
+
+    ``explicit`` (a gadget property) wins; else the first ``measurementDependency`` of the
+    header whose ``dependencyType`` is one of ``types`` (case-insensitive).
+    """
+    if explicit:
+        return explicit
+    header = context.header
+    info = getattr(header, "measurementInformation", None) if header is not None else None
+    wanted = {t.lower() for t in types}
+    for dep in getattr(info, "measurementDependency", None) or []:
+        if str(getattr(dep, "dependencyType", "")).lower() in wanted and dep.measurementID:
+            return str(dep.measurementID)
+    return ""

@@ -9,7 +9,8 @@ Jobs (:data:`FUNCTIONS`, :func:`job_function`)
     with JSON-able ``params``, the torch device it was placed on (``"cpu"`` or ``"cuda"`` — a
     GPU worker sees its one GPU as ``cuda`` through ``CUDA_VISIBLE_DEVICES``), and a private
     working folder. It returns a JSON-able summary; files it leaves in ``workdir`` become the
-    job's result files.
+    job's result files. A job submitted with input files finds them in ``workdir/input/``
+    (:data:`INPUT_DIR`; not part of the result).
 Calls (:data:`CALLS`, :func:`call_function`)
     An interactive call (:meth:`scheduler.service.Scheduler.call`: a preview, a session's
     reconstruction) gets objects and returns an object:
@@ -39,7 +40,9 @@ from typing import Any
 __all__ = [
     "CALLS",
     "FUNCTIONS",
+    "INPUT_DIR",
     "MAX_SUB_SLICES",
+    "MRD_SESSION",
     "RF_MODELS",
     "CallFunction",
     "JobFunction",
@@ -47,6 +50,7 @@ __all__ = [
     "call_function",
     "is_out_of_memory",
     "job_function",
+    "mrd_session",
     "prepare_seq",
     "reconstruct_call",
     "run_call",
@@ -68,6 +72,9 @@ FUNCTIONS: dict[str, JobFunction] = {}
 
 CALLS: dict[str, CallFunction] = {}
 """Call functions (interactive calls) by name."""
+
+INPUT_DIR = "input"
+"""The sub-folder of a job's working folder that holds its stored input files."""
 
 _MAX_SEQ = 16 * 2**20
 
@@ -230,6 +237,35 @@ def fail(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
     if params.get("error") == "oom":
         raise MemoryError("out of memory (requested by the job)")
     raise RuntimeError(str(params.get("message", "failed as asked")))
+
+
+MRD_SESSION = "mrd_session"
+"""The job function of a background MRD session (the server's ``"background": true``)."""
+
+
+@job_function(MRD_SESSION)
+def mrd_session(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
+    """Run a stored MRD session through its chain; write ``result.h5`` (a background job).
+
+    The session (``input/input.h5``: header, acquisitions, waveforms, images; and
+    ``input/session.json``: the chain's XML and the JSON parameters) was stored by the server
+    when it took the session; :func:`gadgets.chain.run_stored_session` runs the chain on it in
+    this worker (its own heavy steps run here too, not as further calls) and writes what the
+    chain returned: images and acquisitions to ``result.h5``, texts to the summary.
+
+    Parameters (``params``): ``config`` (the chain's name), ``patient``, ``protocol``,
+    ``measurement_id`` (from the header, for lookups), and the server's folders
+    ``store_dir`` (reference scans), ``save_dir``, ``phantoms_dir``, ``chains_dir`` (each a
+    path or None).
+
+    Returns ``{"texts": [...], "counts": {"images": n, ...}}``. A chain that refuses its input
+    (a gadget error, a bad parameter) is a ``ValueError``: failed, not retried.
+    """
+    # The gadget layer is loaded only by the worker that runs a background session: the chain
+    # and its gadgets are what this job runs (scheduler otherwise imports nothing of gadgets).
+    from gadgets.chain import run_stored_session
+
+    return run_stored_session(params, device, workdir)
 
 
 @job_function("simulate")

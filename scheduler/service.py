@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .calls import CallCancelledError, CallError, CallFuture, CallTimeoutError
-from .functions import CALLS, FUNCTIONS
+from .functions import CALLS, FUNCTIONS, INPUT_DIR
 from .gpu import GpuMonitor
 from .model import JobKind, JobSpec
 from .paths import private_dir, write_private
@@ -56,7 +56,13 @@ from .state import Cancel, Cancelled, Done, Fail, Instruction, Requeue, Schedule
 from .store import JobRecord, JobStore, StoreError
 from .workers import Outcome, Task, WorkerPool
 
-__all__ = ["CALL_HISTORY", "CPU_MEMORY_SHARE", "Scheduler", "host_memory_budget", "job_result"]
+__all__ = [
+    "CALL_HISTORY",
+    "CPU_MEMORY_SHARE",
+    "Scheduler",
+    "host_memory_budget",
+    "job_result",
+]
 
 CPU_MEMORY_SHARE = 0.75
 """Share of the available host memory that CPU jobs may need together (``"auto"`` budget)."""
@@ -215,8 +221,6 @@ class Scheduler:
                                                                  "jobs": requeued})  # fmt: skip
         shutil.rmtree(self.work, ignore_errors=True)
         private_dir(self.work)
-        # versions before calls passed a session's objects as files in inputs/: none needed now
-        shutil.rmtree(self.root / "inputs", ignore_errors=True)
         if self.retention is not None and self.retention.active:
             self._retention_timer = RetentionTimer([self.store], self.retention)
             self._retention_timer.start()
@@ -267,12 +271,16 @@ class Scheduler:
         max_attempts: int = 3,
         job_id: str | None = None,
         durable: bool | None = None,
+        inputs: Path | None = None,
     ) -> str:
         """Queue a job in the store; return its id.
 
         ``estimate_bytes`` None: :func:`scheduler.estimate.estimate_job` of the function and
         parameters (0 when it has no estimate for the function). ``durable`` (see
-        :class:`~scheduler.model.JobSpec`) None: True.
+        :class:`~scheduler.model.JobSpec`) None: True. ``inputs``: a folder of
+        :meth:`JobStore.stage_input <scheduler.store.JobStore.stage_input>` with the job's input
+        files, kept in the store with the job; every attempt finds them (hard links) in
+        ``workdir/input/``, which is not part of the result.
 
         Raises
         ------
@@ -292,7 +300,7 @@ class Scheduler:
             allow_cpu=allow_cpu, needs_gpu=needs_gpu, timeout_s=timeout_s,
             submitted=time.time(), max_attempts=max_attempts, durable=bool(durable),
         )  # fmt: skip
-        self.store.submit(spec)
+        self.store.submit(spec, inputs=inputs)
         with self._lock:
             self._sync_store()
         return spec.id
@@ -580,6 +588,16 @@ class Scheduler:
             return
         self._tokens[ins.job_id] = token
         workdir = private_dir(self.work / f"{ins.job_id}.{token}")
+        stored = self.store.input_path(ins.job_id)
+        if stored is not None:
+            try:
+                shutil.copytree(stored, workdir / INPUT_DIR, copy_function=_link_or_copy)
+            except OSError as exc:  # the input is unreadable: this attempt cannot run
+                log.error("job %s: cannot hand over its input: %s", ins.job_id, exc)
+                self._apply(self.state.failed(ins.job_id, f"its input cannot be read: {exc}",
+                                              time.time(), retry=False))  # fmt: skip
+                return
+            private_dir(workdir / INPUT_DIR)
         task = Task(ins.job_id, token, record.function, record.params, str(workdir))
         try:
             if self.backend == "ray":
@@ -692,6 +710,7 @@ class Scheduler:
             now = time.time()
             if outcome.ok:
                 workdir = Path(task.workdir)
+                shutil.rmtree(workdir / INPUT_DIR, ignore_errors=True)  # the store keeps it
                 write_private(workdir / "summary.json", json.dumps(outcome.summary).encode())
                 accepted = self.store.complete(task.job_id, task.token, workdir)
                 self._tokens.pop(task.job_id, None)
@@ -744,6 +763,14 @@ class Scheduler:
             current = call.token if call is not None else self._tokens.get(task.job_id)
             if current == task.token:
                 self._apply(self.state.worker_lost(task.job_id, time.time(), oom=oom_killed))
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link a stored input file into a working folder (copy across file systems)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def host_memory_budget(share: float = CPU_MEMORY_SHARE) -> int | None:

@@ -3,9 +3,12 @@
 Layout under the store folder::
 
     scheduler.sqlite        the job table (SQLite, WAL journal, ``synchronous=FULL``)
+    inputs/<id>/            a job's input files, when it was submitted with some (a background
+                            MRD session's ``input.h5``); kept as long as the job's record
     results/<id>/<entry>    a done job's result: ``result.json`` (a dict), ``result.bin`` (bytes),
                             or a file or folder the job wrote and the store moved in
-    staging/                results being written, and replaced results on their way out
+    staging/                results being written, inputs being received
+                            (:meth:`JobStore.stage_input`), replaced results on their way out
 
 Every file is ``0600`` and every folder ``0700``, whatever the umask (:mod:`scheduler.paths`);
 the SQLite journal files take the database file's mode.
@@ -24,6 +27,14 @@ A job moves through the states of :data:`scheduler.model.JOB_STATES`::
     done  --drop_result()-->             done       without its result files (read and done with)
 
 ``done``, ``failed`` and ``cancelled`` are final.
+
+Input files. A job may bring files (:meth:`JobStore.submit` with ``inputs``): the submitter
+fills a folder from :meth:`JobStore.stage_input` and the store renames it to ``inputs/<id>/`` in
+the transaction that adds the job, so a job is never queued without its complete input, and an
+input whose submission never happened (the submitter died while receiving it) is left in
+``staging/``, which :meth:`JobStore.recover` empties. The input goes with the job's record
+(:meth:`JobStore.delete`, :meth:`JobStore.purge`, retention), and :meth:`JobStore.recover`
+removes input folders whose job is not in the store.
 
 Exactly once. :meth:`JobStore.claim` increments ``attempts`` and returns the new value as the
 *attempt token*. A result is accepted only by :meth:`JobStore.complete` with the current token
@@ -283,6 +294,7 @@ class JobStore:
         self._db = self.root / DB_NAME
         self._results = self.root / "results"
         self._staging = self.root / "staging"
+        self._inputs = self.root / "inputs"
         self._lock = threading.Lock()
         self._local = threading.local()
         self._conns: dict[threading.Thread, sqlite3.Connection] = {}
@@ -290,7 +302,7 @@ class JobStore:
         self._pid = os.getpid()
         self._closed = False
         try:
-            for folder in (self.root, self._results, self._staging):
+            for folder in (self.root, self._results, self._staging, self._inputs):
                 private_dir(folder)
             probe = self.root / f".probe-{uuid.uuid4().hex[:12]}"
             private_file(probe).unlink()
@@ -439,13 +451,36 @@ class JobStore:
 
     # -- transitions ------------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec) -> JobRecord:
+    def stage_input(self) -> Path:
+        """Return a new private, empty folder under ``staging/`` for a job's input files.
+
+        Fill it, then give it to :meth:`submit` as ``inputs``. Until then it is nobody's: a
+        folder never submitted is removed by the next :meth:`recover`, or by the caller.
+        """
+        return private_dir(self._staging / f"input.{uuid.uuid4().hex[:16]}")
+
+    def input_path(self, job_id: str) -> Path | None:
+        """Return the folder of a job's input files (``inputs/<id>/``); None if it has none.
+
+        Raises
+        ------
+        JobIdError
+            For an id that is not a plain name.
+        """
+        path = self._inputs / check_job_id(job_id)
+        return path if path.is_dir() and not path.is_symlink() else None
+
+    def submit(self, spec: JobSpec, inputs: Path | None = None) -> JobRecord:
         """Add a job in state ``queued``.
 
         Parameters
         ----------
         spec
             The job; ``spec.submitted == 0`` is replaced by the current time.
+        inputs
+            A folder from :meth:`stage_input` holding the job's input files: renamed to
+            ``inputs/<id>/`` in the transaction that adds the job (on any error it stays where
+            it was, for the caller to remove).
 
         Returns
         -------
@@ -460,12 +495,19 @@ class JobStore:
             For an id already in the store (in any state).
         ValueError
             For a spec field out of range, or parameters that are not a JSON-able dict (or larger
-            than :data:`MAX_PARAMS_BYTES`).
+            than :data:`MAX_PARAMS_BYTES`), or ``inputs`` that is not a folder of
+            :meth:`stage_input`.
         """
         job_id = check_job_id(spec.id)
         kind = JobKind.parse(spec.kind)
         row = _spec_row(spec)
         submitted = float(spec.submitted) if spec.submitted else time.time()
+        if inputs is not None:
+            inputs = Path(inputs)
+            if inputs.parent != self._staging or not inputs.name.startswith("input."):
+                raise ValueError(f"job {job_id}: inputs {inputs} is not a folder of stage_input()")
+            if inputs.is_symlink() or not inputs.is_dir():
+                raise ValueError(f"job {job_id}: inputs {inputs} is not a folder")
         with self._tx() as db:
             old = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if old is not None:
@@ -476,6 +518,15 @@ class JobStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
                 (job_id, kind.name.lower(), int(kind), *row, submitted, int(bool(spec.durable))),
             )
+            if inputs is not None:
+                # Under the write lock: a crash after the rename and before the commit leaves
+                # an input without a job, which recover() removes.
+                target = self._inputs / job_id
+                if target.exists() or target.is_symlink():
+                    _remove(self._move_to_trash(target))  # an earlier job's, of a crash
+                make_private(inputs)
+                os.replace(inputs, target)
+                _sync_dir(self._inputs)
         return self.get(job_id)
 
     def claim(self, job_id: str, device: str, worker: str = "") -> int | None:
@@ -683,7 +734,8 @@ class JobStore:
         counted when it was claimed, so its next claim returns ``attempts + 1`` and the old
         worker's token is refused. In the same transaction, leftovers of interrupted
         completions go: result folders of jobs that are not done (or not in the store, or whose
-        result was dropped), everything under ``staging/``, and stray ``.probe-*`` files.
+        result was dropped), input folders of jobs not in the store, everything under
+        ``staging/`` (inputs never submitted among it), and stray ``.probe-*`` files.
 
         Returns
         -------
@@ -728,6 +780,10 @@ class JobStore:
                 ).fetchone()
                 if state is None or state["state"] != "done" or state["result"] is None:
                     doomed.append(self._move_to_trash(folder))
+            for folder in sorted(self._inputs.iterdir()):
+                known = db.execute("SELECT 1 FROM jobs WHERE id = ?", (folder.name,)).fetchone()
+                if known is None or folder.is_symlink() or not folder.is_dir():
+                    doomed.append(self._move_to_trash(folder))
             doomed.extend(self._staging.iterdir())
             doomed.extend(self.root.glob(".probe-*"))
         for path in doomed:
@@ -763,10 +819,11 @@ class JobStore:
         # never a done job without its result.
         for job_id in ids:
             _remove(self._results / job_id)
+            _remove(self._inputs / job_id)
         return ids
 
     def delete(self, job_id: str) -> bool:
-        """Delete a final job and its result (e.g. once its submitter has read it).
+        """Delete a final job, its result and its input files (e.g. once its submitter has read it).
 
         Returns
         -------
@@ -785,6 +842,7 @@ class JobStore:
                 return False
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         _remove(self._results / job_id)  # after the row (see purge)
+        _remove(self._inputs / job_id)
         return True
 
     def drop_result(self, job_id: str) -> bool:
@@ -822,8 +880,8 @@ class JobStore:
     def retention_entries(self, now: float) -> list[Entry]:
         """Return one entry per job: final ones removable (timed by ``finished``), others not.
 
-        An entry's size is its result's; queued and running jobs (no result yet) are listed
-        with size 0 only so that they show up, never removable.
+        An entry's size is its result's and its input files'; queued and running jobs are
+        listed with the size of their input (0 without) so that they count, never removable.
         """
         rows = self._read("SELECT id, state, submitted, finished FROM jobs ORDER BY seq")
         out = []
@@ -831,6 +889,7 @@ class JobStore:
             final = row["state"] in FINAL_STATES
             when = row["finished"] if final and row["finished"] is not None else row["submitted"]
             size = tree_bytes(self._results / row["id"]) if row["state"] == "done" else 0
+            size += tree_bytes(self._inputs / row["id"])
             out.append(Entry(self.name, row["id"], float(when), size, removable=final))
         return out
 
@@ -859,26 +918,69 @@ class JobStore:
             raise UnknownJobError(f"no job {job_id!r} in the job store")
         return self._record(rows[0])
 
-    def jobs(self, state: str | None = None, limit: int = 100) -> list[JobRecord]:
-        """Return the newest jobs (only those in ``state`` if given), newest first."""
+    def jobs(
+        self, state: str | None = None, limit: int = 100, function: str | None = None
+    ) -> list[JobRecord]:
+        """Return the newest jobs (only those in ``state``, of ``function``, if given)."""
         if state is not None and state not in JOB_STATES:
             raise ValueError(f"state {state!r} is not one of {', '.join(JOB_STATES)}")
         limit = operator.index(limit)
         if limit < 1:
             raise ValueError(f"limit must be >= 1, not {limit}")
-        where, args = (" WHERE state = ?", (state,)) if state else ("", ())
+        where, args = _where(state=state, function=function)
         rows = self._read(f"SELECT * FROM jobs{where} ORDER BY seq DESC LIMIT ?", (*args, limit))
         return [self._record(r) for r in rows]
+
+    def find(self, function: str, match: Mapping[str, str]) -> JobRecord | None:
+        """Return the newest job of ``function`` whose parameters hold every ``match`` pair.
+
+        Parameters
+        ----------
+        function
+            The job function's name.
+        match
+            Parameter names (plain names) and the text values they must have exactly;
+            at least one.
+
+        Returns
+        -------
+        JobRecord or None
+            The newest (by submission) such job; None when there is none.
+
+        Raises
+        ------
+        ValueError
+            For no ``match``, a name that is not a plain name, or a value that is not text.
+        """
+        if not match:
+            raise ValueError("find needs at least one parameter to match")
+        clauses, args = ["function = ?"], [function]
+        for key, value in match.items():
+            if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key):
+                raise ValueError(f"parameter name {str(key)[:60]!r} is not a plain name")
+            if not isinstance(value, str):
+                raise ValueError(f"parameter {key}: {value!r:.60} is not a text")
+            clauses.append(f"json_extract(params, '$.{key}') = ?")  # key: a checked plain name
+            args.append(value)
+        rows = self._read(
+            f"SELECT * FROM jobs WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT 1",
+            tuple(args),
+        )
+        return self._record(rows[0]) if rows else None
 
     def queued(self) -> list[JobRecord]:
         """Return the queued jobs in submission order (a requeued job keeps its place)."""
         rows = self._read("SELECT * FROM jobs WHERE state = 'queued' ORDER BY seq")
         return [self._record(r) for r in rows]
 
-    def counts(self) -> dict[str, int]:
-        """Return the number of jobs in each state (every state of ``JOB_STATES``, 0 if none)."""
+    def counts(self, function: str | None = None) -> dict[str, int]:
+        """Return the number of jobs (of ``function``, if given) in each state.
+
+        Every state of ``JOB_STATES`` is a key (0 if none).
+        """
         out = dict.fromkeys(JOB_STATES, 0)
-        for row in self._read("SELECT state, count(*) AS n FROM jobs GROUP BY state"):
+        where, args = _where(function=function)
+        for row in self._read(f"SELECT state, count(*) AS n FROM jobs{where} GROUP BY state", args):
             out[row["state"]] = row["n"]
         return out
 
@@ -1005,6 +1107,14 @@ def _spec_row(spec: JobSpec) -> tuple[Any, ...]:
         )
     return (estimate, spec.function, params, int(bool(spec.allow_cpu)),
             int(bool(spec.needs_gpu)), timeout, max_attempts)  # fmt: skip
+
+
+def _where(**equal: str | None) -> tuple[str, tuple[str, ...]]:
+    """Return ``(" WHERE a = ? AND b = ?", (a, b))`` for the given columns (None: left out)."""
+    given = {k: v for k, v in equal.items() if v is not None}  # keys: our own column names
+    if not given:
+        return "", ()
+    return " WHERE " + " AND ".join(f"{k} = ?" for k in given), tuple(given.values())
 
 
 def _check_token(token: int) -> int:

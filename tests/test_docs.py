@@ -156,7 +156,7 @@ def test_references_into_our_packages_are_checked_others_are_not() -> None:
     assert ignored("numpy.ndarray")
     assert ignored("Path")
     assert not ignored("mr0core.no_such_name")
-    assert not ignored("gadgets.background.JobRunner")
+    assert not ignored("gadgets.store.RetrieveGadget")
     assert not ignored("scheduler.nope")
 
 

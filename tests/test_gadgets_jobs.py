@@ -1,6 +1,8 @@
-"""Background jobs, the store, retrieval (``mr0_retrieve``) and reference scans.
+"""Background jobs (scheduler jobs), retrieval (``mr0_retrieve``) and reference scans.
 
-The reference for a background result is the same chain run in the foreground in the same test.
+A background session is a scheduler job of function ``mrd_session``: its input files, state,
+attempts, cancelling and recovery are the scheduler store's. The reference for a background
+result is the same chain run in the foreground in the same test.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import ismrmrd
 import ismrmrd.xsd
@@ -24,12 +25,15 @@ import pytest
 
 from gadgets.chain import DEFAULT_CHAINS_DIR
 from gadgets.client import main as client_main
-from gadgets.jobs import read_items
 from gadgets.protocol import MessageId, MessageReader, MessageWriter
 from gadgets.server import MrdServer, ServerConfig
-from gadgets.store import Store, StoreError
+from gadgets.store import Store, StoreError, new_job_id, read_items
 from mr0core.io.mrd import parse_header
 from mr0core.io.mrd_images import image_array, read_mrd_images
+from scheduler.cli import main as scheduler_main
+from scheduler.functions import MRD_SESSION
+from scheduler.model import JobKind, JobSpec
+from scheduler.store import DuplicateJobError, JobStore
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).parent / "data" / "seq-corpus"
@@ -96,40 +100,88 @@ def server(tmp_path):
 # -- the store ----------------------------------------------------------------------------------
 
 
-def test_store_states_lookup_and_bad_ids(tmp_path):
-    store = Store(tmp_path / "s")
-    header = SimpleNamespace(  # what header_identity reads of a parsed header
-        subjectInformation=SimpleNamespace(patientID="P1"),
-        measurementInformation=SimpleNamespace(protocolName="t1", measurementID=None),
-    )
-    first = store.create_job("default", "<x/>", {"a": 1}, "<h/>", header)
-    second = store.create_job("default", "<x/>", {}, "<h/>", header)
-    other = store.create_job("default", "<x/>", {}, "", None)
-    assert first.state == "receiving"
-    assert (first.patient, first.protocol) == ("P1", "t1")
-    assert store.find(patient="P1").id == second.id  # the newest
-    assert store.find(protocol="t1", patient="P1").id == second.id
+def _background_spec(job_id: str, patient: str = "", protocol: str = "") -> JobSpec:
+    params = {"config": "default", "patient": patient, "protocol": protocol,
+              "measurement_id": ""}  # fmt: skip
+    return JobSpec(job_id, JobKind.BATCH, function=MRD_SESSION, params=params)
+
+
+def test_store_reads_background_jobs_from_the_scheduler_store(tmp_path):
+    jobs = JobStore(tmp_path / "s" / "scheduler")
+    store = Store(tmp_path / "s", jobs=jobs)
+    first, second, other = new_job_id(), new_job_id(), new_job_id()
+    jobs.submit(_background_spec(first, "P1", "t1"))
+    jobs.submit(_background_spec(second, "P1", "t1"))
+    jobs.submit(_background_spec(other))
+    jobs.submit(JobSpec("a" * 24, JobKind.BATCH, function="noop"))  # not a background job
+    assert store.job(first).state == "queued"
+    assert (store.job(first).patient, store.job(first).protocol) == ("P1", "t1")
+    assert store.find(patient="P1").id == second  # the newest
+    assert store.find(protocol="t1", patient="P1").id == second
+    assert {j.id for j in store.jobs()} == {first, second, other}
+    assert store.counts()["queued"] == 3
     with pytest.raises(StoreError, match="no job for patient 'P2'"):
         store.find(patient="P2")
     with pytest.raises(StoreError, match="24 hex digits"):
         store.job("../../etc/passwd")
     with pytest.raises(StoreError, match="no job"):
         store.job("0" * 24)
-    with pytest.raises(StoreError, match="not in state running"):
-        store.mark_done(first.id, [], {})  # it never ran
-    store.mark_queued(first.id)
-    store.mark_running(first.id)
-    store.mark_done(first.id, ["report"], {"images": 1})
-    done = store.job(first.id)
+    with pytest.raises(StoreError, match="no job"):
+        store.job("a" * 24)  # a scheduler job, but not a background session
+    with pytest.raises(StoreError, match="has no result"):
+        store.result(first)  # queued
+    # done: texts and counts come from the result's summary
+    token = jobs.claim(first, "cpu")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "summary.json").write_text(json.dumps({"texts": ["report"], "counts": {"images": 1}}))
+    assert jobs.complete(first, token, work)
+    done = store.job(first)
     assert (done.state, done.texts, done.counts, done.attempts) == ("done", ["report"],
                                                                      {"images": 1}, 1)  # fmt: skip
-    # a second Store on the same folder (a restarted server) sees the same jobs
-    again = Store(tmp_path / "s")
-    assert again.job(first.id).state == "done"
-    assert again.abandon_incomplete() == 2  # second and other never finished arriving
-    assert again.job(other.id).state == "failed"
+    with pytest.raises(StoreError, match="result file is missing"):
+        store.result(first)  # the summary alone is no result
+    # a second Store on the same folders (a restarted server) sees the same jobs
+    again = Store(tmp_path / "s", jobs=JobStore(tmp_path / "s" / "scheduler"))
+    assert again.job(first).state == "done"
     with pytest.raises(StoreError, match="not a plain name"):
         again.reference_path("../x")
+    # a worker's Store (references only) knows no background jobs
+    with pytest.raises(StoreError, match="need the server's scheduler"):
+        Store(tmp_path / "s").job(first)
+
+
+def test_job_store_keeps_inputs_with_their_job(tmp_path):
+    """Inputs go in with the job's row, out with it; unsubmitted or orphaned ones are removed."""
+    jobs = JobStore(tmp_path / "sched")
+    staged = jobs.stage_input()
+    (staged / "input.h5").write_bytes(b"session")
+    jobs.submit(JobSpec("j1", JobKind.BATCH, function="noop"), inputs=staged)
+    assert not staged.exists()
+    assert (jobs.input_path("j1") / "input.h5").read_bytes() == b"session"
+    assert jobs.input_path("j1") is not None
+    # refused: a folder that is not staged by the store; a duplicate id keeps the staged input
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(ValueError, match="not a folder of stage_input"):
+        jobs.submit(JobSpec("j2", JobKind.BATCH, function="noop"), inputs=elsewhere)
+    again = jobs.stage_input()
+    with pytest.raises(DuplicateJobError, match="already in the store"):
+        jobs.submit(JobSpec("j1", JobKind.BATCH, function="noop"), inputs=again)
+    assert again.is_dir()
+    # a session that never finished arriving (staged, never submitted) and an orphaned input
+    (jobs.root / "inputs" / "ghost").mkdir()
+    jobs.recover()
+    assert not again.exists()
+    assert not (jobs.root / "inputs" / "ghost").exists()
+    assert jobs.input_path("j1") is not None  # its job is still there
+    # retention counts the input; deleting the final job deletes it
+    (entry,) = jobs.retention_entries(time.time())
+    assert entry.bytes == len(b"session")
+    assert not entry.removable
+    assert jobs.cancel("j1")
+    assert jobs.delete("j1")
+    assert jobs.input_path("j1") is None
 
 
 # -- background jobs through the server ---------------------------------------------------------
@@ -159,7 +211,7 @@ def test_background_job_answers_at_once_and_is_retrieved(server, tmp_path):
     # by patient and protocol: the newest match
     path2 = scan(tmp_path, "b.h5", patient="P7", protocol="gre_t1")
     job2 = json.loads(session(port, "sense", {"background": True}, path2)[0].value)["job"]
-    assert server.runner.wait_idle(60)
+    assert server.scheduler.wait(job2, 60).state == "done"
     newest = session(port, "mr0_retrieve", {"patient": "P7", "protocol": "gre_t1"})
     assert json.loads(texts(newest)[-1])["job"] == job2
 
@@ -173,8 +225,9 @@ def test_background_job_answers_at_once_and_is_retrieved(server, tmp_path):
     bad = json.loads(
         session(port, "mr0_preview", {"background": True, "seq": "[VERSION]\nmajor 1\n"})[0].value
     )["job"]
-    assert server.runner.wait_idle(60)
+    assert server.scheduler.wait(bad, 60).state == "failed"
     assert server.store.job(bad).state == "failed"
+    assert server.store.job(bad).attempts == 1  # the session's own fault: not retried
     out = texts(session(port, "mr0_retrieve", {"job": bad}))
     assert out[-1].startswith(f"ERROR: Retrieve: job {bad} failed: ")
     assert "parse" in out[-1]
@@ -233,12 +286,16 @@ def _start_server(port: int, store: Path) -> subprocess.Popen:
 
 
 def _state(store: Path, job: str) -> str:
-    with sqlite3.connect(store / "store.sqlite", timeout=30) as db:
+    with sqlite3.connect(store / "scheduler" / "scheduler.sqlite", timeout=30) as db:
         return db.execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone()[0]
 
 
 def test_background_job_survives_a_killed_server(tmp_path):
-    """SIGKILL the server while the job runs; the restarted server runs it again."""
+    """SIGKILL the server while the job runs; the restarted server runs it again.
+
+    The scheduler's recovery requeues the interrupted job (its attempt counted), and its
+    stored input is still there for the next attempt.
+    """
     store = tmp_path / "store"
     port = _free_port()
     proc = _start_server(port, store)
@@ -275,11 +332,36 @@ def test_background_job_survives_a_killed_server(tmp_path):
         assert status == 0
         (image,) = read_mrd_images(out)
         assert float(image_array(image).max()) > 0
-        assert Store(store).job(job).attempts == 2  # it ran again after the restart
+        record = JobStore(store / "scheduler").get(job)
+        assert (record.state, record.attempts) == ("done", 2)  # it ran again after the restart
+        assert "interrupted" not in record.error
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         proc.log_file.close()
+
+
+def test_background_job_cancelled_through_the_scheduler(tmp_path):
+    """``mr0-scheduler cancel`` stops a running background job; retrieving it says so."""
+    srv = MrdServer(ServerConfig(port=0, chains_dir=DEFAULT_CHAINS_DIR, idle_timeout_s=60,
+                                 store_dir=tmp_path / "store"))  # fmt: skip
+    srv.start()
+    try:
+        port = srv.address[1]
+        slow = {"seq": (CORPUS / "write_gre.seq").read_text(), "phantom": "brain", "size": 256,
+                "accuracy": 1e-6, "max_states": 2000, "background": True}  # fmt: skip
+        job = json.loads(session(port, "mr0_preview", slow)[0].value)["job"]
+        # not finished: the summary alone, with its state
+        (summary,) = texts(session(port, "mr0_retrieve", {"job": job}))
+        assert json.loads(summary)["state"] in ("queued", "running")
+        assert scheduler_main(["--store", str(tmp_path / "store" / "scheduler"), "cancel",
+                               job]) == 0  # fmt: skip
+        assert srv.scheduler.wait(job, 30).state == "cancelled"
+        out = texts(session(port, "mr0_retrieve", {"job": job, "wait_s": 5}))
+        assert out[-1].startswith(f"ERROR: Retrieve: job {job} was cancelled"), out
+        assert srv.store.counts()["cancelled"] == 1
+    finally:
+        srv.shutdown(grace_s=10)
 
 
 # -- reading stored files -----------------------------------------------------------------------

@@ -6,11 +6,13 @@ their task queues, never through a file a job parameter names.
 - A preview's calls have a timeout, few attempts, the session's tag, and are cancelled when
   the gadget's generator ends.
 - Under umask ``0o022`` and ``0o000`` every file the scheduler's store, the server's store,
-  its reference scans and ``--save-dir`` get is ``0600`` and every folder ``0700``.
+  its reference scans, background jobs' inputs and results and ``--save-dir`` get is ``0600``
+  and every folder ``0700``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -22,15 +24,15 @@ import pytest
 
 from gadgets.chain import DEFAULT_CHAINS_DIR
 from gadgets.core import Context, GadgetError
-from gadgets.jobs import run_job
 from gadgets.mrdfile import SessionWriter
-from gadgets.store import Store
+from gadgets.store import RESULT_FILE, SESSION_INPUT, SESSION_JSON, Store, new_job_id
 from gadgets.twin import TwinPreviewGadget
 from scheduler.calls import CallError
+from scheduler.functions import MRD_SESSION
 from scheduler.gpu import FakeNvml, GpuMonitor
 from scheduler.model import JobKind, JobSpec
 from scheduler.paths import private_dir, write_private
-from scheduler.service import Scheduler
+from scheduler.service import Scheduler, job_result
 from scheduler.store import JobStore
 
 CORPUS = Path(__file__).parent / "data" / "seq-corpus"
@@ -164,20 +166,34 @@ def test_scheduler_store_is_private(tmp_path: Path, umask: int) -> None:
 
 
 def test_server_store_references_and_save_dir_are_private(tmp_path: Path, umask: int) -> None:
-    store = Store(tmp_path / "store")
+    sched = Scheduler(tmp_path / "store" / "scheduler", monitor=GpuMonitor(nvml=FakeNvml([])),
+                      cpu_workers=1)  # fmt: skip
+    store = Store(tmp_path / "store", jobs=sched.store)
     save_dir = private_dir(tmp_path / "save")
     header = "<ismrmrdHeader/>"
     store.add_reference("ref1", header, _acquisitions())
-    for chain in ("passthrough", "savedata"):
-        xml = (DEFAULT_CHAINS_DIR / f"{chain}.xml").read_text()
-        job = store.create_job(chain, xml, {})
-        with SessionWriter(store.input_path(job.id)) as writer:
-            for acq in _acquisitions():
-                writer.add(acq)
-        store.mark_queued(job.id)
-        done = run_job(store, job.id, Context(save_dir=save_dir, store=store))
-        assert done.state == "done", done.error
-    assert store.result_path(store.jobs()[-1].id).is_file()
+    ids = []
+    with sched:
+        for chain in ("passthrough", "savedata"):
+            xml = (DEFAULT_CHAINS_DIR / f"{chain}.xml").read_text()
+            staged = sched.store.stage_input()  # as the server stores a background session
+            with SessionWriter(staged / SESSION_INPUT) as writer:
+                for acq in _acquisitions():
+                    writer.add(acq)
+            session = {"config_xml": xml, "parameters": {}}
+            write_private(staged / SESSION_JSON, json.dumps(session).encode())
+            params = {"config": chain, "save_dir": str(save_dir),
+                      "store_dir": str(store.root)}  # fmt: skip
+            ids.append(sched.submit(MRD_SESSION, params, job_id=new_job_id(), inputs=staged))
+        for job_id in ids:
+            done = sched.wait(job_id, 120)
+            assert done.state == "done", done.error
+    result = job_result(sched.store, ids[0])
+    assert result is not None
+    assert (result / RESULT_FILE).is_file()
+    assert not (result / "input").exists()  # the input stays in the store, once
+    assert (tmp_path / "store" / "scheduler" / "inputs" / ids[0] / SESSION_INPUT).is_file()
+    assert len(store.result(ids[0])) == 2  # passthrough: the two acquisitions
     assert len(list(save_dir.iterdir())) == 1  # the savedata chain's session file
     with SessionWriter(save_dir / "session.h5") as writer:  # as the server's --save-dir saver
         writer.add(_acquisitions(1)[0])
