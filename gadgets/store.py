@@ -68,6 +68,8 @@ from .core import Context, Gadget, GadgetError, Item, Property, Text, check_plai
 
 __all__ = [
     "JOB_STATES",
+    "MAX_TEXT",
+    "MAX_TEXTS",
     "RESULT_FILE",
     "SESSION_INPUT",
     "SESSION_JSON",
