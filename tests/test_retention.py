@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from gadgets.mrdfile import SessionWriter
-from gadgets.store import Store, retention_timer
+from gadgets.store import SESSION_INPUT, Store, new_job_id, retention_timer
 from scheduler.cli import main as scheduler_main
+from scheduler.functions import MRD_SESSION
 from scheduler.model import JobKind, JobSpec
 from scheduler.retention import (
     GB,
@@ -160,23 +161,24 @@ def _acquisitions(n: int = 3) -> list:
 
 
 def test_server_store_and_save_dir_share_one_budget(tmp_path: Path) -> None:
-    store = Store(tmp_path / "store")
+    sched = JobStore(tmp_path / "store" / "scheduler")
+    store = Store(tmp_path / "store", jobs=sched)
     save = tmp_path / "save"
     save.mkdir()
-    sched = JobStore(tmp_path / "store" / "scheduler")
     jobs = {}
     for name in ("done_old", "failed_new", "queued"):
-        job = store.create_job("passthrough", "<configuration/>", {})
-        with SessionWriter(store.input_path(job.id)) as writer:
+        staged = sched.stage_input()  # a background session's input, as the server stores it
+        with SessionWriter(staged / SESSION_INPUT) as writer:
             for acq in _acquisitions():
                 writer.add(acq)
-        jobs[name] = job.id
-    store.mark_queued(jobs["done_old"])
-    store.mark_running(jobs["done_old"])
-    store.mark_done(jobs["done_old"], [], {})
-    store.mark_failed(jobs["failed_new"], "boom")
-    store.mark_queued(jobs["queued"])
-    with store._tx() as db:  # age the finished job
+        jobs[name] = new_job_id()
+        spec = JobSpec(jobs[name], JobKind.BATCH, function=MRD_SESSION, params={"config": "x"})
+        sched.submit(spec, inputs=staged)
+    token = sched.claim(jobs["done_old"], "cpu")
+    assert sched.complete(jobs["done_old"], token, {"texts": [], "counts": {}})
+    token = sched.claim(jobs["failed_new"], "cpu")
+    assert sched.fail(jobs["failed_new"], token, "boom")
+    with sched._tx() as db:  # age the finished job
         db.execute("UPDATE jobs SET finished = ? WHERE id = ?", (time.time() - 9 * DAY,
                                                                    jobs["done_old"]))  # fmt: skip
     store.add_reference("ref1", "<ismrmrdHeader/>", _acquisitions())
@@ -192,18 +194,19 @@ def test_server_store_and_save_dir_share_one_budget(tmp_path: Path) -> None:
         save_dir=save, store=store, scheduler_store=sched,
     )  # fmt: skip
     report = timer.run_once()
-    # oldest first across all areas: the reference (20 d), the done job (9 d), the saved
-    # session (5 d), the scheduler result (3 d), the failed job (now); the queued job stays
+    # oldest first across all areas: the reference (20 d), the done background job (9 d), the
+    # saved session (5 d), the scheduler result (3 d), the failed job (now); the queued stays
     order = [(e.area, e.key) for e in report.deleted]
     assert order == [
         ("references", "ref1"),
-        ("store", jobs["done_old"]),
+        ("scheduler", jobs["done_old"]),
         ("save-dir", "s1.h5"),
         ("scheduler", "j1"),
-        ("store", jobs["failed_new"]),
+        ("scheduler", jobs["failed_new"]),
     ]
     assert [j.id for j in store.jobs()] == [jobs["queued"]]
-    assert store.input_path(jobs["queued"]).is_file()
+    assert (sched.input_path(jobs["queued"]) / SESSION_INPUT).is_file()
+    assert sched.input_path(jobs["done_old"]) is None  # its input went with it
     assert not (store.root / "references" / "ref1.h5").exists()
     assert list(save.iterdir()) == []
     assert sched.counts()["done"] == 0
@@ -280,27 +283,21 @@ def test_scheduler_store_schema_1_gains_the_durable_column(tmp_path: Path) -> No
 
 
 def test_server_store_recovery_removes_leftovers(tmp_path: Path) -> None:
+    """The server's store holds references only; a half-written one goes, the rest private.
+
+    Background sessions' inputs are the scheduler's (``test_scheduler_start_...`` below and
+    ``tests/test_gadgets_jobs.py``).
+    """
     store = Store(tmp_path / "store")
-    half = store.create_job("passthrough", "<configuration/>", {})  # the server stopped here
-    with SessionWriter(store.input_path(half.id)) as writer:
-        writer.add(_acquisitions(1)[0])
-    done = store.create_job("passthrough", "<configuration/>", {})
-    store.input_path(done.id).write_bytes(b"input")
-    store.mark_queued(done.id)
-    tmp_result = store.root / "jobs" / done.id / ".result.abcd1234.tmp"
-    tmp_result.write_bytes(b"half")
-    orphan = store.root / "jobs" / ("f" * 24)
-    orphan.mkdir()
-    (orphan / "input.h5").write_bytes(b"x")
+    store.add_reference("ref1", "<ismrmrdHeader/>", _acquisitions(1))
     tmp_ref = store.root / "references" / ".r.h5.1234abcd.tmp"
     tmp_ref.write_bytes(b"x")
-    os.chmod(store.input_path(done.id), 0o644)  # as an older version left it
-    assert store.recover() == 4
-    assert store.job(half.id).state == "failed"
-    assert not store.input_path(half.id).exists()  # partial patient data goes
-    assert store.input_path(done.id).read_bytes() == b"input"  # a queued job keeps its input
-    assert oct(store.input_path(done.id).stat().st_mode & 0o777) == "0o600"
-    assert not any(p.exists() for p in (tmp_result, orphan, tmp_ref))
+    os.chmod(store.reference_path("ref1"), 0o644)  # as an older version left it
+    assert store.recover() == 1
+    assert not tmp_ref.exists()
+    assert store.reference_path("ref1").is_file()  # a complete reference stays
+    assert oct(store.reference_path("ref1").stat().st_mode & 0o777) == "0o600"
+    assert store.recover() == 0  # negative control: nothing left to remove
 
 
 def test_mr0_scheduler_prune(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -337,14 +334,26 @@ def test_scheduler_start_removes_the_previous_runs_inputs_and_work(tmp_path: Pat
     from scheduler.service import Scheduler
 
     root = tmp_path / "s"
+    jobs = JobStore(root)
+    kept = jobs.stage_input()  # a background session's input, submitted with its job
+    (kept / "input.h5").write_bytes(b"patient data")
+    spec = JobSpec("0123456789abcdef01234567", JobKind.BATCH, function=MRD_SESSION,
+                   params={"config": "x"})  # fmt: skip
+    jobs.submit(spec, inputs=kept)
+    never = jobs.stage_input()  # received, never submitted: the server stopped meanwhile
+    (never / "input.h5").write_bytes(b"patient data")
     for leftover in ("inputs/0123abcd/seq.pt", "work/job.1/signal.npy"):
-        (root / leftover).parent.mkdir(parents=True)
+        (root / leftover).parent.mkdir(parents=True, exist_ok=True)
         (root / leftover).write_bytes(b"patient data")
     sched = Scheduler(root, monitor=GpuMonitor(nvml=FakeNvml([])), cpu_workers=0)
     sched.start()
     try:
-        # inputs/ is what older versions left (interactive calls keep no files): removed whole
-        assert not (root / "inputs").exists()
+        # inputs of no job go; a queued job keeps its input
+        assert not (root / "inputs" / "0123abcd").exists()
+        assert not never.exists()
+        stored = sched.store.input_path(spec.id)
+        assert stored is not None
+        assert (stored / "input.h5").read_bytes() == b"patient data"
         assert list((root / "work").iterdir()) == []
         assert oct((root / "work").stat().st_mode & 0o777) == "0o700"
     finally:
