@@ -1,4 +1,8 @@
-"""Calibrate the memory estimates of :mod:`scheduler.estimate` against measured peaks.
+"""Calibrate the memory models against measured peaks.
+
+The models are :mod:`mr0core.sim.memory` (PDG) and :mod:`mr0core.recon.memory`; an estimate
+here is the model's figure plus :data:`scheduler.estimate.FIXED_BYTES` on the CPU, as the
+scheduler places jobs.
 
 Every case (a PDG simulation of a sequence on the built-in brain, or a reconstruction of
 synthetic raw data) runs in a fresh subprocess, which prints its measured peak and the
@@ -15,7 +19,7 @@ How the peak is measured
     allocations; torch's CPU memory profiler sees only torch's, not the pre-pass's numpy
     arrays, and gives events rather than the peak. The RSS also holds the one-time costs of a
     fresh process (BLAS and OpenMP buffers, thread stacks, code pages), which the estimate's
-    fixed term stands for.
+    fixed term (``FIXED_BYTES``) stands for.
     Allocations (CPU, the ``alloc`` column): the main pass once more under a
     ``TorchDispatchMode`` that adds up the bytes of live torch storages. That is what CUDA's
     allocator counts, so it checks the ``main`` term alone, free of RSS noise.
@@ -264,8 +268,8 @@ def child_pdg(
     import warnings
 
     from mr0core.jobs import SimSettings, load_job_phantom
-    from mr0core.sim import compute_graph, execute_graph
-    from scheduler import estimate
+    from mr0core.sim import compute_graph, execute_graph, memory
+    from scheduler.estimate import FIXED_BYTES
 
     settings = SimSettings(max_states=max_states)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -297,8 +301,9 @@ def child_pdg(
                 graph, seq, data, settings.min_emitted, settings.min_latent, print_progress=False
             )
         allocated = tracker.peak
-    load = estimate.pdg_load_from_graph(graph, seq, data, settings.min_emitted, settings.min_latent)
-    bound = estimate.pdg_load(
+    fixed = FIXED_BYTES if device == "cpu" else 0  # a fresh process's one-time host costs
+    load = memory.pdg_load_from_graph(graph, seq, data, settings.min_emitted, settings.min_latent)
+    bound = memory.pdg_load(
         seq, load.voxels, coils, max_states, tx=load.tx, exact=load.exact,
         size_m=data.size.cpu().numpy(),
     )  # fmt: skip
@@ -312,11 +317,11 @@ def child_pdg(
         "measured_pre": pre,
         "measured_graph": held,
         "allocated_main": allocated,
-        "estimate": estimate.load_bytes(load, device),
-        "estimate_bound": estimate.load_bytes(bound, device),
-        "estimate_main": estimate.main_pass_bytes(load),
-        "estimate_pre": estimate.prepass_bytes(load),
-        "estimate_graph": estimate.graph_bytes(load),
+        "estimate": memory.load_bytes(load, device) + fixed,
+        "estimate_bound": memory.load_bytes(bound, device) + fixed,
+        "estimate_main": memory.main_pass_bytes(load),
+        "estimate_pre": memory.prepass_bytes(load),
+        "estimate_graph": memory.graph_bytes(load),
     }
 
 
@@ -378,7 +383,8 @@ def child_recon(method: str, matrix: tuple[int, ...], coils: int) -> dict:
     import torch
 
     from mr0core.recon import reconstruct
-    from scheduler import estimate
+    from mr0core.recon.memory import estimate_recon_bytes
+    from scheduler.estimate import FIXED_BYTES
 
     kdata = synthetic_kdata(method, matrix, coils)
     meter = _Meter("cpu")
@@ -390,7 +396,7 @@ def child_recon(method: str, matrix: tuple[int, ...], coils: int) -> dict:
     measured = meter.peak() + raw
     if rec.method != method:
         raise RuntimeError(f"recon case {method} ran {rec.method}")
-    est = estimate.estimate_recon_bytes(
+    est = FIXED_BYTES + estimate_recon_bytes(
         matrix, coils, method, samples=int(kdata.signal.shape[0]), threads=torch.get_num_threads()
     )
     return {

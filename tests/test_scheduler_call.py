@@ -27,9 +27,7 @@ from gadgets.server import MrdServer, ServerConfig
 from mr0core.jobs import SimSettings, build_demo_flash, load_job_phantom, run_simulation
 from mr0core.recon import KData
 from mr0core.sequence import Sequence
-from scheduler import estimate as E
 from scheduler.calls import CallCancelledError, CallError, CallTimeoutError
-from scheduler.functions import CALLS, FUNCTIONS
 from scheduler.gpu import FakeNvml, GpuMonitor
 from scheduler.service import Scheduler
 
@@ -170,24 +168,6 @@ def test_calls_leave_no_store_record_and_no_file(sched: Scheduler) -> None:
         sched.call("simulate_later", {})
     with pytest.raises(ValueError, match="text keys"):
         sched.call("echo", {1: "x"})  # type: ignore[dict-item]
-
-
-def test_estimators_name_functions_that_exist(small: dict) -> None:
-    assert set(E.ESTIMATORS) <= set(FUNCTIONS) | set(CALLS)
-    assert set(E.CALL_ESTIMATORS) <= set(CALLS)
-    assert set(CALLS) - set(E.CALL_ESTIMATORS) == {"echo", "fail"}  # the test calls
-    kd = small["kdata"]
-    assert E.estimate_call("reconstruct", {"kdata": kd}, {"method": "fft"}) == (
-        E.estimate_recon_bytes(kd.recon_matrix, kd.n_coils, "fft", samples=kd.signal.shape[0])
-    )
-    seq, data = small["sequence"], small["phantom"]
-    sim = {"sequence": seq, "phantom": data}
-    assert E.estimate_call("simulate", sim, {}) == E.estimate_pdg(seq, data.voxel_count, 1, 200)
-    shaped = E.estimate_call("simulate", sim, {"rf_model": "shaped", "sub_slices": 3})
-    assert shaped == E.estimate_pdg(seq, 3 * data.voxel_count, 1, 200)
-    assert E.estimate_call("prepare_seq", {"text": "x" * 10}, {}) == E.estimate_seq_parse(
-        10, layout=False
-    )
 
 
 # -- a preview through the server ---------------------------------------------------------------

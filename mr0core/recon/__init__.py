@@ -14,6 +14,7 @@ from .cartesian import CartesianKSpace, cartesian_kspace, kspace_to_image, reco_
 from .coils import adaptive_combine, rss, walsh_sensitivities
 from .fourier import fftc, ifftc
 from .kdata import AcqFlag, KData, KDataError
+from .memory import estimate_recon_bytes
 from .nufft import density_compensation, nufft_adjoint, nufft_forward, reco_nufft
 from .preprocess import (
     noise_covariance,
@@ -34,6 +35,7 @@ __all__ = [
     "cartesian_kspace",
     "cg_sense",
     "density_compensation",
+    "estimate_recon_bytes",
     "fftc",
     "grid_from_kspace",
     "ifftc",

@@ -7,6 +7,7 @@ it; :func:`isochromat_sim` is the slow, independent check.
 from .accuracy import accuracy_settings
 from .graph import Graph, compute_graph, compute_graph_ext
 from .isochromat import isochromat_sim
+from .memory import estimate_pdg, estimate_pdg_from_graph
 from .pdg import execute_graph
 
 __all__ = [
@@ -14,6 +15,8 @@ __all__ = [
     "accuracy_settings",
     "compute_graph",
     "compute_graph_ext",
+    "estimate_pdg",
+    "estimate_pdg_from_graph",
     "execute_graph",
     "isochromat_sim",
 ]

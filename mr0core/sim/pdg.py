@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from mr0core.phantom.sim_data import SimData
     from mr0core.sequence import Sequence
 
-__all__ = ["execute_graph"]
+__all__ = ["emitting_states", "execute_graph", "simulated_states"]
 
 _MAX_GROUPS = 16  # distinct (T2', D) pairs handled by grouped GEMMs
 _CHUNK_ELEMENTS = 1 << 24  # per-voxel fallback: states x samples x voxels per chunk
@@ -231,6 +231,53 @@ class _StepCache:
         while self.size > self.limit and len(self.kept) > 2:
             self.size -= self.kept.popitem(last=False)[1].numel()
         return W
+
+
+def simulated_states(rg: RepGraph, min_latent_signal: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return the states of one repetition that the main pass simulates.
+
+    A state is simulated when its latent signal (the pre-pass's bound on what it and its
+    descendants can still emit, relative to its repetition's strongest state) is at least
+    ``min_latent_signal``; the relaxed longitudinal state (index 0) always is.
+
+    Parameters
+    ----------
+    rg
+        The repetition's graph (:class:`~mr0core.sim.graph.RepGraph`).
+    min_latent_signal
+        :func:`execute_graph`'s threshold (relative, dimensionless).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(plus, z)``: increasing int64 indices into ``rg.plus_*`` ``(Sp,)`` and ``rg.z_*``
+        ``(Sz,)``; ``z[0] == 0``.
+    """
+    act_p = np.flatnonzero(rg.plus_latent >= min_latent_signal)
+    act_z = np.flatnonzero(rg.z_latent >= min_latent_signal)
+    if len(act_z) == 0 or act_z[0] != 0:
+        act_z = np.concatenate([[0], act_z[act_z != 0]])
+    return act_p, act_z
+
+
+def emitting_states(rg: RepGraph, plus: np.ndarray, min_emitted_signal: float) -> np.ndarray:
+    """Return which simulated transverse states enter a repetition's ADC signal.
+
+    Parameters
+    ----------
+    rg
+        The repetition's graph; it must have ADC samples (``rg.plus_emitted`` filled).
+    plus
+        The simulated transverse states (:func:`simulated_states`'s first array).
+    min_emitted_signal
+        :func:`execute_graph`'s threshold on the emitted signal (relative, dimensionless).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(Se,)`` int64 positions in ``plus`` (not indices into ``rg.plus_*``).
+    """
+    return np.flatnonzero(rg.plus_emitted[plus] >= min_emitted_signal)
 
 
 def _remap(active: np.ndarray, n: int) -> np.ndarray:
@@ -426,10 +473,7 @@ def execute_graph(
         tqdm(list(zip(seq, graph, strict=True)), desc="PDG", disable=not print_progress)
     ):
         # ---- states of this repetition: the active ones and their parents' rows
-        act_p = np.flatnonzero(rg.plus_latent >= min_latent_signal)
-        act_z = np.flatnonzero(rg.z_latent >= min_latent_signal)
-        if len(act_z) == 0 or act_z[0] != 0:
-            act_z = np.concatenate([[0], act_z[act_z != 0]])
+        act_p, act_z = simulated_states(rg, min_latent_signal)
         n_ap, n_plus = len(act_p), len(rg.plus_tau)
         child_map = np.full(n_plus + len(rg.z_tau), -1, np.int64)
         child_map[act_p] = np.arange(n_ap)
@@ -525,7 +569,7 @@ def execute_graph(
         t_start += float(rep.event_time.detach().double().sum())
         adc_np = np.flatnonzero(rep.adc_usage.detach().cpu().numpy() > 0)
         if len(adc_np):
-            emit = np.flatnonzero(rg.plus_emitted[act_p] >= min_emitted_signal)
+            emit = emitting_states(rg, act_p, min_emitted_signal)
             steps = None
             adc = tensor(adc_np, torch.int64)
             if seq_grad:
