@@ -200,6 +200,12 @@ def waveform_spinor(
     b1 = b1.to(pos.device, cdt)
     df = df.to(fdt)
     b1_scale = b1_scale.to(fdt)
+    if not (pos.requires_grad or df.requires_grad or b1_scale.requires_grad):
+        distinct = _distinct_voxels(grad, pos, df, b1_scale)
+        if distinct is not None:
+            pos_u, df_u, scale_u, inverse = distinct
+            a, b = waveform_spinor(b1, dt, grad, center, pos_u, df_u, scale_u)
+            return a[inverse], b[inverse]
     # off-resonance of each voxel at each step: G_n · r + Δf (Hz)
     n_steps, n_vox = len(dt), len(pos)
     chunk = max(1, _TREE_ELEMENTS // max(n_steps, 1))
@@ -232,6 +238,44 @@ def waveform_spinor(
         torch.cos(0.5 * (psi_pre - psi_post)), torch.sin(0.5 * (psi_pre - psi_post))
     )
     return a * rot_a, b * rot_b
+
+
+def _distinct_voxels(
+    grad: torch.Tensor, pos: torch.Tensor, df: torch.Tensor, b1_scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Return the voxels' distinct pulse responses, or None when there are as many as voxels.
+
+    A voxel's rotation depends on its position only through ``G_n · r``: when every step's
+    gradient ``[N, 3]`` points along one axis ``ĝ`` (slice selection), only ``ĝ · r`` counts, so
+    the sub-slices of a 2-D phantom without B0 and B1 maps have as many distinct rotations as
+    sub-slices. Returns ``(pos [U, 3], df [U], b1_scale [U], inverse [V])``, the distinct
+    ``(ĝ · r, Δf, |B1|)`` rows (positions ``(ĝ · r) ĝ``; all of ``r`` when the gradient turns)
+    and each voxel's row; so the Bloch integration runs on ``U`` rows instead of ``V``.
+    """
+    if len(pos) < 2:
+        return None
+    norms = grad.norm(dim=1)
+    peak = float(norms.max()) if len(norms) else 0.0
+    if peak == 0.0:
+        key = torch.stack([df, b1_scale], dim=1)
+        axis = None
+    else:
+        axis = grad[int(norms.argmax())] / peak
+        along = grad @ axis
+        if float((grad - along[:, None] * axis[None]).abs().max()) > 1e-6 * peak:
+            axis, key = None, torch.cat([pos, df[:, None], b1_scale[:, None]], dim=1)
+        else:
+            key = torch.stack([pos @ axis, df, b1_scale], dim=1)
+    rows, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if len(rows) >= len(pos):
+        return None
+    if peak == 0.0:
+        pos_u = torch.zeros((len(rows), 3), dtype=pos.dtype, device=pos.device)
+    elif axis is not None:
+        pos_u = rows[:, 0, None] * axis[None]
+    else:
+        pos_u = rows[:, :3]
+    return pos_u.contiguous(), rows[:, -2].contiguous(), rows[:, -1].contiguous(), inverse
 
 
 def edge_coefficients(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
