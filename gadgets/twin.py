@@ -352,10 +352,11 @@ class TwinPreviewGadget(Gadget):
 
     def parse_seq(self, text: str) -> Any:
         """Parse and convert a ``.seq`` text here, in this process (no scheduler)."""
-        from mr0core.pulseq import SeqFormatError, read_seq_text, seq_to_sequence
+        from mr0core.pulseq import SeqFormatError
+        from mr0core.sequence import Sequence
 
         try:
-            return seq_to_sequence(read_seq_text(text, SESSION_SEQ))
+            return Sequence.from_text(text, SESSION_SEQ)
         except SeqFormatError as exc:
             raise GadgetError(f"{self.name}: the sequence does not parse: {exc}") from None
 

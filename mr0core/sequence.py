@@ -20,21 +20,23 @@ from __future__ import annotations
 import gc
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from copy import deepcopy
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+
+from mr0core.tensordata import TensorContainer
 
 if TYPE_CHECKING:
     from os import PathLike
 
     import matplotlib.figure
 
-    from mr0core.pulseq.reader import SeqLimits
+    from mr0core.pulseq.reader import SeqFile, SeqLimits
 
-__all__ = ["Pulse", "PulseUsage", "Repetition", "RfWaveform", "Sequence", "chain"]
+__all__ = ["Pulse", "PulseUsage", "Repetition", "RfWaveform", "Sequence", "as_sequence", "chain"]
 
 _DEFAULT_SHIM = torch.tensor([[1.0, 0.0]])
 """Single-channel shim (amplitude 1, phase 0), the default of :meth:`Sequence.import_file`."""
@@ -65,7 +67,7 @@ def _scalar(value: float | torch.Tensor, like: torch.Tensor | None = None) -> to
     return torch.tensor(float(value), dtype=torch.float32, device=device)
 
 
-class RfWaveform:
+class RfWaveform(TensorContainer):
     """The waveform of a shaped RF pulse, for ``rf_model="shaped"`` simulations.
 
     The pulse is piecewise constant: step ``n`` lasts ``dt[n]`` and plays ``b1[n]`` with the
@@ -142,11 +144,6 @@ class RfWaveform:
         """Duration of the waveform in s."""
         return float(self.dt.detach().double().sum())
 
-    def to(self, device: torch.device | str) -> RfWaveform:
-        """Return a copy with the tensors on ``device``."""
-        return RfWaveform(self.b1.to(device), self.dt.to(device), self.grad.to(device),
-                          self.center, self.angle, self.phase)  # fmt: skip
-
     def clone(self) -> RfWaveform:
         """Return a copy whose tensors share no storage with this one."""
         return RfWaveform(self.b1.clone(), self.dt.clone(), self.grad.clone(), self.center,
@@ -174,7 +171,7 @@ _OFF_RES_NOT_SIMULATED = (
 )
 
 
-class Pulse:
+class Pulse(TensorContainer):
     """An instantaneous RF pulse.
 
     The parameters follow MR-zero 1.2's order. Its documentation lists only ``usage, angle,
@@ -370,30 +367,6 @@ class Pulse:
         """The device of the pulse's tensors."""
         return self.angle.device
 
-    def to(self, device: torch.device | str) -> Pulse:
-        """Return a copy with all tensors on ``device``."""
-        return Pulse(
-            self.usage,
-            self.angle.to(device),
-            self.phase.to(device),
-            self.pulse_freq.to(device),
-            self.freq_offset.to(device),
-            self.duration.to(device),
-            self.grad.to(device),
-            self.off_res,
-            self.shim_array.to(device),
-            self.selective,
-            waveform=None if self.waveform is None else self.waveform.to(device),
-        )
-
-    def cpu(self) -> Pulse:
-        """Return a copy on the CPU."""
-        return self.to("cpu")
-
-    def cuda(self, device: int | str | torch.device | None = None) -> Pulse:
-        """Return a copy on the given (or the current) CUDA device."""
-        return self.to(_cuda_device(device))
-
     def clone(self) -> Pulse:
         """Return a deep copy whose tensors share no storage with this one."""
         return Pulse(
@@ -472,15 +445,7 @@ def _tensor(
     return result
 
 
-def _cuda_device(device: int | str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda", torch.cuda.current_device())
-    if isinstance(device, int):
-        return torch.device("cuda", device)
-    return torch.device(device)
-
-
-class Repetition:
+class Repetition(TensorContainer):
     """A pulse followed by ``event_count`` events.
 
     Parameters
@@ -499,7 +464,15 @@ class Repetition:
     labels
         Optional Pulseq labels (``LIN``, ``SLC``, …) valid at each event, each of shape
         ``[events]``; only the values at ADC events carry meaning.
+
+    ``to``, ``cpu`` and ``cuda`` return a copy with every tensor moved (pulse included);
+    ``select(mask)`` picks events (``[events]`` bool mask or indices) and keeps the pulse.
     """
+
+    _SELECT_AXES: ClassVar[Mapping[str, int]] = {
+        "event_time": 0, "gradm": 0, "adc_phase": 0, "adc_usage": 0, "labels": 0,
+    }  # fmt: skip
+    _SELECT_KEEP: ClassVar[frozenset[str]] = frozenset({"pulse"})
 
     def __init__(
         self,
@@ -565,25 +538,6 @@ class Repetition:
         """The device of the repetition's tensors."""
         return self.event_time.device
 
-    def to(self, device: torch.device | str) -> Repetition:
-        """Return a copy with all tensors on ``device``."""
-        return Repetition(
-            self.pulse.to(device),
-            self.event_time.to(device),
-            self.gradm.to(device),
-            self.adc_phase.to(device),
-            self.adc_usage.to(device),
-            {k: v.to(device) for k, v in self.labels.items()},
-        )
-
-    def cpu(self) -> Repetition:
-        """Return a copy on the CPU."""
-        return self.to("cpu")
-
-    def cuda(self, device: int | str | torch.device | None = None) -> Repetition:
-        """Return a copy on the given (or the current) CUDA device."""
-        return self.to(_cuda_device(device))
-
     def clone(self) -> Repetition:
         """Return a deep copy whose tensors share no storage with this one."""
         return Repetition(
@@ -610,7 +564,7 @@ class Repetition:
         return f"Repetition({self.pulse!r}, events={self.event_count}, adc={adc})"
 
 
-class Sequence(list[Repetition]):
+class Sequence(TensorContainer, list[Repetition]):
     """An MRI sequence: a list of :class:`Repetition`.
 
     Parameters
@@ -625,6 +579,14 @@ class Sequence(list[Repetition]):
     ----------
     definitions
         Free-form metadata of the source file (Pulseq ``[DEFINITIONS]``, format version, …).
+
+    Notes
+    -----
+    ``to(device, dtype)``, ``cpu()`` and ``cuda(device=None)`` (:class:`TensorContainer`) return
+    a new sequence whose repetitions are moved copies; a shaped-RF waveform that several pulses
+    share stays shared. ``select(mask)`` picks repetitions (``[repetitions]`` bool mask or
+    indices) into a new sequence that holds the same :class:`Repetition` objects, as a slice
+    does.
     """
 
     def __init__(
@@ -660,20 +622,6 @@ class Sequence(list[Repetition]):
         reps = [rep.clone() for rep in self]
         _share_waveforms(self, reps)
         return self._with_reps(reps)
-
-    def to(self, device: torch.device | str) -> Sequence:
-        """Return a copy with all tensors on ``device``."""
-        reps = [rep.to(device) for rep in self]
-        _share_waveforms(self, reps)
-        return self._with_reps(reps)
-
-    def cpu(self) -> Sequence:
-        """Return a copy on the CPU."""
-        return self.to("cpu")
-
-    def cuda(self, device: int | str | torch.device | None = None) -> Sequence:
-        """Return a copy on the given (or the current) CUDA device."""
-        return self.to(_cuda_device(device))
 
     @property
     def device(self) -> torch.device:
@@ -1037,7 +985,7 @@ class Sequence(list[Repetition]):
         NotImplementedError
             A ``.dsv`` option or one of the unimplemented MR-zero 1.2 options was set.
         """
-        from mr0core.pulseq import read_seq, seq_to_sequence
+        from mr0core.pulseq import read_seq  # (mr0core.pulseq imports this module)
 
         if float(ref_voltage) != 300.0 or resolution is not None:
             raise NotImplementedError(
@@ -1056,24 +1004,52 @@ class Sequence(list[Repetition]):
                 f"Sequence.import_file: {', '.join(given)} (MR-zero 1.2 importer options) are not "
                 "implemented by mr0core's Pulseq reader; leave them None"
             )
-        # The import creates thousands of small tensors at once; a cyclic GC pass in the middle
-        # of that costs more than the whole conversion, and nothing here makes reference cycles.
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            parsed = read_seq(file_name, limits=limits)
-            seq = seq_to_sequence(
-                parsed, exact_trajectories=exact_trajectories, default_shim=default_shim
-            )
-        finally:
-            if gc_was_enabled:
-                gc.enable()
+        parsed, seq = _parse_and_convert(
+            lambda: read_seq(file_name, limits=limits), exact_trajectories, default_shim
+        )
         if print_stats:
             print(
                 f"{file_name}: Pulseq {parsed.version_str}, {len(parsed.blocks)} blocks, "
                 f"{len(seq)} repetitions, {int(seq.get_kspace().shape[0])} ADC samples, "
                 f"{seq.get_duration():.6g} s"
             )
+        return seq
+
+    @classmethod
+    def from_text(
+        cls,
+        text: str,
+        name: str = "<text>",
+        exact_trajectories: bool = True,
+        default_shim: torch.Tensor = _DEFAULT_SHIM,
+        *,
+        limits: SeqLimits | None = None,
+    ) -> Sequence:
+        """Read the content of a Pulseq ``.seq`` file (format 1.2–1.5) into a sequence.
+
+        The same as :meth:`import_file` on a file holding ``text``, without a file.
+
+        Parameters
+        ----------
+        text
+            The ``.seq`` file's content.
+        name
+            What error messages call the text (e.g. the file name it came as).
+        exact_trajectories, default_shim, limits
+            As for :meth:`import_file`.
+
+        Raises
+        ------
+        mr0core.pulseq.SeqFormatError
+            The text is malformed; the message names ``name``, the line and the problem.
+        mr0core.pulseq.SeqLimitError
+            The text needs more than ``limits`` allow.
+        """
+        from mr0core.pulseq import read_seq_text  # (mr0core.pulseq imports this module)
+
+        _, seq = _parse_and_convert(
+            lambda: read_seq_text(text, name, limits=limits), exact_trajectories, default_shim
+        )
         return seq
 
     @classmethod
@@ -1096,6 +1072,53 @@ class Sequence(list[Repetition]):
             path = Path(tmp) / "sequence.seq"
             seq.write(str(path))
             return cls.import_file(path, exact_trajectories=exact_trajectories, limits=limits)
+
+
+def as_sequence(seq: Sequence | str | PathLike[str] | Any) -> Sequence:
+    """Return ``seq`` as a :class:`Sequence`: the one conversion of every "sequence" argument.
+
+    Parameters
+    ----------
+    seq
+        A :class:`Sequence` (returned as it is), a ``.seq`` path (:meth:`Sequence.import_file`)
+        or a ``pypulseq.Sequence`` (:meth:`Sequence.from_pypulseq`).
+
+    Raises
+    ------
+    TypeError
+        For anything else (the type is named).
+    """
+    if isinstance(seq, Sequence):
+        return seq
+    if isinstance(seq, str | os.PathLike):
+        return Sequence.import_file(seq)
+    if hasattr(seq, "write") and hasattr(seq, "block_events"):
+        return Sequence.from_pypulseq(seq)
+    raise TypeError(
+        "expected an mr0core Sequence, a pypulseq Sequence or a .seq path, "
+        f"got {type(seq).__name__}"
+    )
+
+
+def _parse_and_convert(
+    parse: Callable[[], SeqFile], exact_trajectories: bool, default_shim: torch.Tensor
+) -> tuple[SeqFile, Sequence]:
+    """Run ``parse`` and convert its result; return both (the Pulseq import of every source)."""
+    from mr0core.pulseq import seq_to_sequence  # (mr0core.pulseq imports this module)
+
+    # The import creates thousands of small tensors at once; a cyclic GC pass in the middle
+    # of that costs more than the whole conversion, and nothing here makes reference cycles.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        parsed = parse()
+        seq = seq_to_sequence(
+            parsed, exact_trajectories=exact_trajectories, default_shim=default_shim
+        )
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return parsed, seq
 
 
 def _waveform_state(pulses: list[Pulse]) -> dict[str, Any]:

@@ -32,11 +32,13 @@ spoiler gradients ineffective.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
+
+from mr0core.tensordata import TensorContainer
 
 __all__ = ["SimData", "VoxelShape", "voxel_shape"]
 
@@ -120,6 +122,19 @@ def _check(name: str, value: torch.Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError(f"SimData.{name} has shape {tuple(value.shape)}, expected {shape}")
 
 
+class _SelectedVoxelMotion:
+    """A ``voxel_motion`` restricted to the voxels ``index`` picks (``SimData.select``)."""
+
+    def __init__(self, motion: Callable[[torch.Tensor], torch.Tensor], index: torch.Tensor) -> None:
+        self.motion = motion
+        self.index = index
+
+    def __call__(self, time: torch.Tensor) -> torch.Tensor:
+        """Return ``[N, selected voxels, 3]`` positions in m at ``time`` ``[N]`` (s)."""
+        positions = torch.as_tensor(self.motion(time))
+        return positions.index_select(1, self.index.to(positions.device))
+
+
 class MotionAttribute:
     """``phantom_motion`` / ``voxel_motion``: None or a function of time.
 
@@ -143,7 +158,7 @@ class MotionAttribute:
         obj.__dict__[self.name] = value
 
 
-class SimData:
+class SimData(TensorContainer):
     """Flattened simulation input: one entry per voxel that carries signal.
 
     Parameters
@@ -177,7 +192,22 @@ class SimData:
         ``phantom_motion``.
     tissue_masks
         Optional ``{name: bool [voxels]}``, e.g. which voxels belong to which tissue.
+
+    Notes
+    -----
+    ``to(device, dtype)``, ``cpu()`` and ``cuda(device=None)`` (:class:`TensorContainer`)
+    return new data with every tensor moved (``affine`` and ``tissue_masks`` included); the
+    functions (voxel shape, motion, recovery) are shared. ``select(mask)`` picks voxels
+    (``[voxels]`` bool mask or indices): the per-voxel maps, positions, masks and a
+    ``voxel_motion``'s output follow; ``size``, ``nyquist`` and ``affine`` stay; the selection
+    cannot :meth:`recover` a phantom.
     """
+
+    _SELECT_AXES: ClassVar[Mapping[str, int]] = {
+        "PD": 0, "T1": 0, "T2": 0, "T2dash": 0, "D": 0, "B0": 0, "B1": 1, "coil_sens": 1,
+        "voxel_pos": 0, "tissue_masks": 0,
+    }  # fmt: skip
+    _SELECT_KEEP: ClassVar[frozenset[str]] = frozenset({"size", "nyquist", "affine"})
 
     phantom_motion = MotionAttribute()
     voxel_motion = MotionAttribute()
@@ -257,34 +287,16 @@ class SimData:
 
     @property
     def device(self) -> torch.device:
-        """The device of the data."""
+        """The device of the voxel data (``PD``'s; :meth:`to` puts every tensor there)."""
         return self.PD.device
 
-    def to(self, device: torch.device | str) -> SimData:
-        """Return a copy with every tensor on ``device`` (``self`` if already there)."""
-        device = torch.device(device)
-        if self.PD.device == device:
-            return self
-        moved = {name: getattr(self, name).to(device) for name in self._TENSORS}
-        return SimData(
-            **moved,
-            dephasing_func=self.dephasing_func,
-            recover_func=self.recover_func,
-            phantom_motion=self.phantom_motion,
-            voxel_motion=self.voxel_motion,
-            tissue_masks={k: v.to(device) for k, v in self.tissue_masks.items()},
-            affine=self.affine,
-        )
-
-    def cpu(self) -> SimData:
-        """Return the data on the CPU."""
-        return self.to("cpu")
-
-    def cuda(self, device: int | str | None = None) -> SimData:
-        """Return the data on a CUDA device (the current one by default)."""
-        if device is None:
-            return self.to(torch.device("cuda", torch.cuda.current_device()))
-        return self.to(device if isinstance(device, str) else torch.device("cuda", device))
+    def _select_special(self, index: torch.Tensor) -> dict[str, Any]:
+        """Voxel motion follows the selection; ``recover`` no longer applies."""
+        motion = self.voxel_motion
+        return {
+            "voxel_motion": None if motion is None else _SelectedVoxelMotion(motion, index),
+            "recover_func": None,
+        }
 
     STATE_FORMAT = "mr0core.SimData"
     """The ``format`` entry of :meth:`to_state`."""

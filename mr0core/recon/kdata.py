@@ -25,14 +25,14 @@ import enum
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from os import PathLike
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from mr0core.sequence import Sequence
+from mr0core.sequence import Sequence, as_sequence
+from mr0core.tensordata import TensorContainer
 
 __all__ = [
     "IDX_KEYS",
@@ -115,7 +115,7 @@ NON_IMAGING = (
 
 
 @dataclass
-class KData:
+class KData(TensorContainer):
     """Raw k-space data split into readouts (ADC blocks).
 
     Attributes
@@ -159,8 +159,14 @@ class KData:
     Notes
     -----
     ``signal``, ``kspace`` and ``noise`` live on one device; the per-readout tables are small
-    int/float tensors on the same device. :meth:`to` moves everything.
+    int/float tensors on the same device. ``to(device, dtype)``, ``cpu()`` and ``cuda()``
+    (:class:`~mr0core.tensordata.TensorContainer`) move everything.
     """
+
+    _SELECT_AXES: ClassVar[Mapping[str, int]] = {
+        "readout_length": 0, "idx": 0, "center_sample": 0, "sample_time_s": 0, "flags": 0,
+    }  # fmt: skip
+    _SELECT_KEEP: ClassVar[frozenset[str]] = frozenset({"noise"})
 
     signal: torch.Tensor
     readout_start: torch.Tensor
@@ -251,11 +257,6 @@ class KData:
         return int(self.signal.shape[1])
 
     @property
-    def device(self) -> torch.device:
-        """The device of the data."""
-        return self.signal.device
-
-    @property
     def readout_oversampling(self) -> float:
         """Readout oversampling factor, ``encoded_matrix[0] / recon_matrix[0]``."""
         return self.encoded_matrix[0] / self.recon_matrix[0]
@@ -281,26 +282,17 @@ class KData:
         """Return ``[readouts]`` bool: whether each readout has (any bit of) ``flag``."""
         return (self.flags & int(flag)) != 0
 
-    # -- copies -----------------------------------------------------------------------------
+    # -- copies (to, cpu, cuda: TensorContainer) ----------------------------------------------
 
-    def to(self, device: torch.device | str) -> KData:
-        """Return a copy with all tensors on ``device``."""
-
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device)
-
-        return replace(
-            self,
-            signal=self.signal.to(device),
-            readout_start=self.readout_start.to(device),
-            readout_length=self.readout_length.to(device),
-            idx={k: v.to(device) for k, v in self.idx.items()},
-            center_sample=self.center_sample.to(device),
-            sample_time_s=self.sample_time_s.to(device),
-            flags=self.flags.to(device),
-            kspace=move(self.kspace),
-            noise=move(self.noise),
-        )
+    def _select_special(self, index: torch.Tensor) -> dict[str, Any]:
+        """Compact the chosen readouts' samples (``signal``, ``kspace``) in the new order."""
+        length = self.readout_length[index]
+        rows = _positions(self.readout_start[index], length)
+        return {
+            "signal": self.signal[rows],
+            "kspace": None if self.kspace is None else self.kspace[rows],
+            "readout_start": torch.cumsum(length, 0) - length,
+        }
 
     def select(self, readouts: torch.Tensor) -> KData:
         """Return the given readouts, in the given order, as a new compact :class:`KData`.
@@ -315,29 +307,16 @@ class KData:
         KData
             Same geometry and noise; ``signal`` (and ``kspace``) hold only the chosen readouts'
             samples, concatenated in the new order.
+
+        Raises
+        ------
+        KDataError
+            A mask of the wrong shape or an index out of range.
         """
-        sel = torch.as_tensor(readouts, device=self.device)
-        if sel.dtype == torch.bool:
-            if tuple(sel.shape) != (self.n_readouts,):
-                raise KDataError(f"mask must have shape [{self.n_readouts}], got {sel.shape}")
-            sel = torch.nonzero(sel).flatten()
-        sel = sel.to(torch.int64)
-        if sel.numel() and (int(sel.min()) < 0 or int(sel.max()) >= self.n_readouts):
-            raise KDataError(f"readout index out of range 0..{self.n_readouts - 1}")
-        length = self.readout_length[sel]
-        rows = _positions(self.readout_start[sel], length)
-        start = torch.cumsum(length, 0) - length
-        return replace(
-            self,
-            signal=self.signal[rows],
-            kspace=None if self.kspace is None else self.kspace[rows],
-            readout_start=start,
-            readout_length=length.clone(),
-            idx={k: v[sel] for k, v in self.idx.items()},
-            center_sample=self.center_sample[sel],
-            sample_time_s=self.sample_time_s[sel],
-            flags=self.flags[sel],
-        )
+        try:
+            return super().select(readouts)
+        except IndexError as exc:
+            raise KDataError(str(exc)) from exc
 
     # -- construction from a simulation ----------------------------------------------------
 
@@ -398,20 +377,6 @@ def _positions(start: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
     offset = torch.cumsum(length, 0) - length
     within = torch.arange(int(length.sum()), device=start.device) - offset[r]
     return start[r] + within
-
-
-def as_sequence(seq: Any) -> Sequence:
-    """Return ``seq`` as a :class:`mr0core.Sequence` (also from a ``.seq`` path or pypulseq)."""
-    if isinstance(seq, Sequence):
-        return seq
-    if isinstance(seq, str | PathLike):
-        return Sequence.import_file(seq)
-    if hasattr(seq, "write") and hasattr(seq, "block_events"):
-        return Sequence.from_pypulseq(seq)
-    raise TypeError(
-        "expected an mr0core Sequence, a pypulseq Sequence or a .seq path, "
-        f"got {type(seq).__name__}"
-    )
 
 
 def definition_fov(definitions: Mapping[str, Any]) -> tuple[float, float, float] | None:
