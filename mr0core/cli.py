@@ -126,20 +126,9 @@ def _motion_file(path: str) -> Any:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from mr0core.io.bids import bids_sidecar, write_ground_truth_dataset
-    from mr0core.io.dicom_out import check_dicom_target, is_dicom_target, write_recon_dicom
-    from mr0core.io.params import sequence_parameters
-    from mr0core.io.png import write_png
-    from mr0core.jobs import (
-        _check_writable,
-        image_volume,
-        load_job_phantom,
-        phantom_isocentre_m,
-        run_simulation,
-        settings_dict,
-        write_image,
-    )
-    from mr0core.recon import KData, reconstruct
+    from mr0core.io.bids import write_ground_truth_dataset
+    from mr0core.io.dicom_out import check_dicom_target, is_dicom_target
+    from mr0core.jobs import _check_writable, load_job_phantom, run_simulation, write_simulation
     from mr0core.sequence import Sequence
 
     out = Path(args.out)
@@ -164,50 +153,19 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         seq, phantom, settings, args.device, args.noise, seed=args.seed, rf_model=args.rf_model,
         sub_slices=args.sub_slices, motion=motion,
     )  # fmt: skip
-    if out.suffix.lower() == ".npy":
-        np.save(out, signal.numpy().astype(np.complex64))
-    else:
-        from mr0core.io.mrd import sig_to_mrd
-
-        sig_to_mrd(out, signal, seq)
+    files = write_simulation(
+        signal, seq, phantom, name, settings, signal_path=out, image_path=args.recon,
+        png_path=args.png, noise=args.noise, seed=args.seed, motion=motion,
+    )  # fmt: skip
     print(f"wrote {out}  ({signal.shape[0]} samples x {signal.shape[1]} coils)")
-    if args.recon or args.png:
-        rec = reconstruct(KData.from_sequence(signal, seq))
-        params = sequence_parameters(seq)
-        sidecar = bids_sidecar(
-            params, phantom_name=name, sim_settings=settings_dict(settings, args.noise, args.seed),
-            field_strength_T=getattr(phantom, "system", None) and phantom.system.B0,
-            matrix=rec.matrix, fov_m=rec.fov_m, extra={
-                "ReconstructionMethod": rec.method,
-                **({"SimulatedMotion": motion.describe()} if motion is not None else {}),
-            },
-        )  # fmt: skip
-        if args.recon:
-            if dicom:  # a series labelled SIMULATED, on the grid of the NIfTI it replaces
-                files = [
-                    write_recon_dicom(
-                        rec,
-                        args.recon,
-                        simulated=True,
-                        sidecar=sidecar,
-                        centre_m=phantom_isocentre_m(phantom),
-                        series_description=f"mr0 simulate {name}",
-                    ).folder
-                ]
-                if args.png:
-                    files.append(write_png(args.png, image_volume(rec.image)))  # fmt: skip
-            else:
-                files = write_image(rec, args.recon, png=args.png, sidecar=sidecar,
-                                    centre_m=phantom_isocentre_m(phantom))  # fmt: skip
-            # the phantom's maps: a BIDS derivative dataset beside the image (subject label
-            # from the phantom name), e.g. sim_ground_truth/sub-brain/anat/sub-brain_T1map.nii.gz
-            truth = Path(args.recon).parent / f"{Path(args.recon).name.split('.')[0]}_ground_truth"
-            write_ground_truth_dataset(truth, phantom.combine(), phantom_name=name)
-            files.append(truth)
-        else:
-            files = [write_png(args.png, image_volume(rec.image))]
-        for f in files:
-            print(f"wrote {f}")
+    if args.recon:
+        # the phantom's maps: a BIDS derivative dataset beside the image (subject label
+        # from the phantom name), e.g. sim_ground_truth/sub-brain/anat/sub-brain_T1map.nii.gz
+        truth = Path(args.recon).parent / f"{Path(args.recon).name.split('.')[0]}_ground_truth"
+        write_ground_truth_dataset(truth, phantom.combine(), phantom_name=name)
+        files.append(truth)
+    for f in files[1:]:
+        print(f"wrote {f}")
     return 0
 
 
@@ -271,18 +229,14 @@ def _cmd_recon(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from mr0core.io.bids import bids_sidecar, write_ground_truth
-    from mr0core.io.params import sequence_parameters
+    from mr0core.io.bids import write_ground_truth
     from mr0core.jobs import (
         SimSettings,
         build_demo_flash,
         load_job_phantom,
-        phantom_isocentre_m,
         run_simulation,
-        settings_dict,
-        write_image,
+        write_simulation,
     )
-    from mr0core.recon import KData, reconstruct
     from mr0core.sequence import Sequence
 
     t0 = time.perf_counter()
@@ -299,19 +253,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"simulating {seq_file.name} ({len(seq)} repetitions) on the {args.size}x{args.size} "
           "built-in brain")  # fmt: skip
     signal = run_simulation(seq, phantom, settings)
-    np.save(out / "demo_flash_signal.npy", signal.numpy())
-    rec = reconstruct(KData.from_sequence(signal, seq))
-    sidecar = bids_sidecar(
-        sequence_parameters(seq), phantom_name=name,
-        sim_settings=settings_dict(settings, 0.0, None), field_strength_T=phantom.system.B0,
-        matrix=rec.matrix, fov_m=rec.fov_m,
-        extra={"ReconstructionMethod": rec.method},
+    files = write_simulation(
+        signal, seq, phantom, name, settings, signal_path=out / "demo_flash_signal.npy",
+        image_path=out / "demo_flash.nii.gz", png_path=out / "demo_flash.png",
     )  # fmt: skip
-    files = write_image(rec, out / "demo_flash.nii.gz", png=out / "demo_flash.png",
-                        sidecar=sidecar, centre_m=phantom_isocentre_m(phantom))  # fmt: skip
     truth = write_ground_truth(out / "ground_truth", phantom.combine(), prefix="brain",
                                phantom_name=name)  # fmt: skip
-    for f in [seq_file, out / "demo_flash_signal.npy", *files, out / "ground_truth"]:
+    for f in [seq_file, *files, out / "ground_truth"]:
         print(f"wrote {f}")
     print(f"  {len(truth)} ground-truth maps; done in {time.perf_counter() - t0:.1f} s")
     return 0
@@ -609,7 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the subject moves: a motion JSON ({\"model\": \"rigid\", ...}) or "
                         "a tracking log (CSV/TSV: time, rx, ry, rz in °, tx, ty, tz in mm)",
                    )  # fmt: skip
-    p.add_argument("--noise", type=float, default=0.0, help="noise standard deviation")
+    p.add_argument("--noise", type=float, default=0.0, metavar="S",
+                   help="add complex Gaussian noise of standard deviation S: E|n|^2 = S^2, "
+                        "S/sqrt(2) in each of the real and imaginary part (MR-zero's "
+                        "util.simulate convention; default 0)")  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="noise seed")
     p.add_argument("--out", required=True, help="signal.npy or signal.mrd")
     p.add_argument(

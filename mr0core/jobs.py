@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from os import PathLike, fspath
@@ -17,16 +18,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from mr0core.phantom.sim_data import SimData
+from mr0core.recon import KData, reconstruct
+from mr0core.sequence import Sequence, as_sequence
+from mr0core.sim import compute_graph, execute_graph
 from mr0core.sim.accuracy import accuracy_settings
 
 __all__ = [
     "SimSettings",
+    "add_noise",
     "build_demo_flash",
     "load_job_phantom",
     "phantom_isocentre_m",
     "reconstruct_file",
     "run_simulation",
+    "simulate_signal",
     "write_image",
+    "write_simulation",
 ]
 
 
@@ -76,8 +84,6 @@ def _check_writable(path: Path) -> None:
 
 
 def _writable(folder: Path) -> bool:
-    import os
-
     return os.access(folder, os.W_OK | os.X_OK)
 
 
@@ -110,6 +116,94 @@ def load_job_phantom(spec: str, size: int | None = None, coils: int = 1) -> tupl
     return phantom, path.name
 
 
+def add_noise(signal: torch.Tensor, std: float, seed: int | None = None) -> torch.Tensor:
+    """Return ``signal`` plus complex Gaussian noise of standard deviation ``std``.
+
+    The one noise convention of mr0core, MR-zero's (``util.simulate(noise_level=std)``): each
+    sample gets ``std · (a + i b) / √2`` with ``a``, ``b`` standard normal, so ``E|n|² = std²``
+    and the real and the imaginary part each have the standard deviation ``std / √2``.
+
+    Parameters
+    ----------
+    signal
+        ``[samples, coils]`` complex signal (any shape, complex dtype).
+    std
+        The noise's complex standard deviation ``sqrt(E|n|²)``, in the signal's units; 0 adds
+        nothing.
+    seed
+        None: drawn from torch's global generator on the signal's device, as MR-zero does (so
+        ``torch.manual_seed`` makes it reproducible, and it equals MR-zero's noise for the same
+        seed on the CPU). An int: drawn on the CPU from a generator of that seed and moved to
+        the signal's device, the same noise on every device.
+
+    Raises
+    ------
+    ValueError
+        ``std`` negative or not finite, or a real ``signal`` (the values are named).
+    """
+    std = float(std)
+    if not (math.isfinite(std) and std >= 0):
+        raise ValueError(f"noise must be a number >= 0, got {std}")
+    if not signal.is_complex():
+        raise ValueError(f"add_noise: the signal must be complex, got {signal.dtype}")
+    if std == 0:
+        return signal
+    if seed is None:
+        noise = torch.randn(signal.shape, dtype=signal.dtype, device=signal.device)
+    else:
+        gen = torch.Generator().manual_seed(int(seed))
+        noise = torch.randn(signal.shape, dtype=signal.dtype, generator=gen).to(signal.device)
+    return signal + std * noise
+
+
+def simulate_signal(
+    seq: Sequence,
+    data: SimData,
+    settings: SimSettings = SimSettings(),
+    *,
+    noise: float = 0.0,
+    seed: int | None = None,
+    progress: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+    rf_model: str = "instantaneous",
+    sub_slices: int | None = None,
+) -> torch.Tensor:
+    """Simulate ``seq`` on ``data`` with PDG and add noise: the one simulation path.
+
+    :func:`run_simulation` (``mr0 simulate``, the server, the scheduler) and
+    :func:`mr0core.util.simulate` both end here: the pre-pass graph
+    (:func:`mr0core.compute_graph` with ``settings.max_states`` and ``settings.min_state_mag``),
+    the main pass (:func:`mr0core.execute_graph` with ``settings.min_emitted`` and
+    ``settings.min_latent``), then :func:`add_noise` (``noise``, ``seed``).
+
+    Parameters
+    ----------
+    seq, data
+        The sequence and the simulation data, on one device (where it runs).
+    settings
+        PDG thresholds.
+    noise, seed
+        Complex standard deviation of the added noise (``E|n|² = noise²``) and its seed, as
+        :func:`add_noise`.
+    progress, on_progress
+        Print progress; ``on_progress(done, total)`` after each simulated repetition.
+    rf_model, sub_slices
+        As :func:`mr0core.execute_graph`.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[samples, coils]`` complex64 signal on the simulation's device (autograd history
+        kept).
+    """
+    graph = compute_graph(seq, data, settings.max_states, settings.min_state_mag, rf_model=rf_model)
+    signal = execute_graph(
+        graph, seq, data, settings.min_emitted, settings.min_latent, print_progress=progress,
+        progress_callback=on_progress, rf_model=rf_model, sub_slices=sub_slices,
+    )  # fmt: skip
+    return add_noise(signal, noise, seed)
+
+
 def run_simulation(
     seq: Any,
     phantom: Any,
@@ -125,6 +219,10 @@ def run_simulation(
 ) -> torch.Tensor:
     """Simulate ``seq`` on ``phantom`` with PDG; return the signal ``[samples, coils]`` complex64.
 
+    ``seq``: a :class:`~mr0core.Sequence`, ``.seq`` path or ``pypulseq.Sequence``
+    (:func:`~mr0core.sequence.as_sequence`). ``phantom``: anything with ``build()`` (a phantom)
+    or :class:`~mr0core.phantom.SimData`.
+
     ``motion``: a ``phantom_motion`` (e.g. :class:`mr0core.sim.motion.RigidMotion` or
     ``MotionLog``) the subject moves by; the phantom itself is not changed.
 
@@ -133,36 +231,29 @@ def run_simulation(
     :func:`mr0core.sim.execute_graph`).
 
     ``device`` ``"cuda"`` needs a GPU (a clear error otherwise); default CPU. ``noise`` adds
-    complex Gaussian noise of that standard deviation (per real and imaginary part), seeded by
-    ``seed``. ``on_progress(done, total)`` is called after each simulated repetition. The
-    signal is returned on the CPU.
+    complex Gaussian noise of that complex standard deviation (``E|n|² = noise²``, each of the
+    real and imaginary part ``noise / √2``: :func:`add_noise`, MR-zero's convention), seeded by
+    ``seed`` (the same noise on every device). ``on_progress(done, total)`` is called after
+    each simulated repetition. The signal is returned on the CPU, detached.
     """
-    from mr0core.sim import compute_graph, execute_graph
-
     if device not in (None, "cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
     if not (math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be a number >= 0, got {noise}")
+    seq = as_sequence(seq)
     data = phantom.build() if hasattr(phantom, "build") else phantom
     if motion is not None:
         data = copy.copy(data)
         data.phantom_motion = motion
     if device == "cuda":
         data, seq = data.cuda(), seq.cuda()
-    graph = compute_graph(seq, data, settings.max_states, settings.min_state_mag, rf_model=rf_model)
-    signal = execute_graph(
-        graph, seq, data, settings.min_emitted, settings.min_latent, print_progress=progress,
-        progress_callback=on_progress, rf_model=rf_model, sub_slices=sub_slices,
+    signal = simulate_signal(
+        seq, data, settings, noise=noise, seed=seed, progress=progress, on_progress=on_progress,
+        rf_model=rf_model, sub_slices=sub_slices,
     )  # fmt: skip
-    signal = signal.detach().cpu()
-    if noise > 0:
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        re = torch.randn(signal.shape, generator=gen)
-        im = torch.randn(signal.shape, generator=gen)
-        signal = signal + noise * torch.complex(re, im)
-    result: torch.Tensor = signal
+    result: torch.Tensor = signal.detach().cpu()
     return result
 
 
@@ -200,6 +291,115 @@ def write_image(
     if png is not None:
         title = (sidecar or {}).get("SeriesDescription")
         written.append(write_png(png, vol, title=title))
+    return written
+
+
+PRIVATE_FILE_MODE = 0o600
+"""Mode of the files :func:`write_simulation` writes: simulations of a twin are patient data."""
+
+
+def write_simulation(
+    signal: torch.Tensor,
+    seq: Sequence,
+    phantom: Any,
+    phantom_name: str,
+    settings: SimSettings,
+    *,
+    signal_path: str | PathLike[str] | None = None,
+    image_path: str | PathLike[str] | None = None,
+    png_path: str | PathLike[str] | None = None,
+    noise: float = 0.0,
+    seed: int | None = None,
+    motion: Any = None,
+    series_description: str | None = None,
+) -> list[Path]:
+    """Write a simulation's signal, image (NIfTI or DICOM, with its BIDS sidecar) and PNG.
+
+    The one writer of ``mr0 simulate`` and ``mr0 demo``. Every file it writes is private
+    (mode 0600; a DICOM series is a 0700 folder of 0600 files).
+
+    Parameters
+    ----------
+    signal
+        ``[samples, coils]`` complex simulated signal (what :func:`run_simulation` returns).
+    seq
+        The simulated sequence (geometry, parameters and labels of the reconstruction).
+    phantom, phantom_name
+        The simulated phantom (its ``system.B0`` and voxel ``n // 2``'s world position go into
+        the sidecar and the affine) and its name (e.g. ``"builtin:brain"``).
+    settings, noise, seed, motion
+        The simulation's settings, noise standard deviation and seed, and motion model (with
+        ``describe()``), as recorded in the sidecar.
+    signal_path
+        ``.npy``: the complex64 signal; ``.mrd`` or ``.h5``: ISMRMRD raw data
+        (:func:`mr0core.io.mrd.sig_to_mrd`). None: not written.
+    image_path
+        The reconstruction (:func:`mr0core.recon.reconstruct`): ``.nii``/``.nii.gz`` with its
+        JSON sidecar (:func:`write_image`), or a DICOM series folder (a name that
+        :func:`mr0core.io.dicom_out.is_dicom_target` accepts; labelled SIMULATED, described as
+        ``series_description``, default ``"mr0 simulate <phantom_name>"``).
+    png_path
+        A PNG preview of the reconstruction.
+
+    Returns
+    -------
+    list of pathlib.Path
+        What was written, in order: signal, image (and its sidecar, or the DICOM folder), PNG.
+
+    Raises
+    ------
+    ValueError
+        ``signal_path`` does not end in ``.npy``, ``.mrd`` or ``.h5``.
+    """
+    from mr0core.io.bids import bids_sidecar
+    from mr0core.io.params import sequence_parameters
+    from mr0core.io.png import write_png  # (matplotlib: only where a PNG is written)
+
+    written: list[Path] = []
+    if signal_path is not None:
+        out = Path(signal_path)
+        suffix = out.suffix.lower()
+        if suffix == ".npy":
+            np.save(out, signal.detach().cpu().numpy().astype(np.complex64))
+        elif suffix in (".mrd", ".h5"):
+            from mr0core.io.mrd import sig_to_mrd  # (h5py and ismrmrd: only for MRD output)
+
+            sig_to_mrd(out, signal, seq)
+        else:
+            raise ValueError(f"the signal goes to .npy, .mrd or .h5, got {out.name!r}")
+        written.append(out)
+    if image_path is not None or png_path is not None:
+        rec = reconstruct(KData.from_sequence(signal, seq))
+        system = getattr(phantom, "system", None)
+        sidecar = bids_sidecar(
+            sequence_parameters(seq), phantom_name=phantom_name,
+            sim_settings=settings_dict(settings, noise, seed),
+            field_strength_T=None if system is None else system.B0,
+            matrix=rec.matrix, fov_m=rec.fov_m, extra={
+                "ReconstructionMethod": rec.method,
+                **({"SimulatedMotion": motion.describe()} if motion is not None else {}),
+            },
+        )  # fmt: skip
+        centre = phantom_isocentre_m(phantom)
+        if image_path is not None:
+            from mr0core.io.dicom_out import is_dicom_target, write_recon_dicom  # (pydicom)
+
+            if is_dicom_target(image_path):  # a series labelled SIMULATED, on the NIfTI's grid
+                series = write_recon_dicom(
+                    rec, image_path, simulated=True, sidecar=sidecar, centre_m=centre,
+                    series_description=series_description or f"mr0 simulate {phantom_name}",
+                )  # fmt: skip
+                written.append(series.folder)
+                if png_path is not None:
+                    written.append(write_png(png_path, image_volume(rec.image)))
+            else:
+                written += write_image(rec, image_path, png=png_path, sidecar=sidecar,
+                                       centre_m=centre)  # fmt: skip
+        elif png_path is not None:
+            written.append(write_png(png_path, image_volume(rec.image)))
+    for path in written:
+        if path.is_file():
+            os.chmod(path, PRIVATE_FILE_MODE)
     return written
 
 

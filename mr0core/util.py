@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from mr0core.jobs import SimSettings, simulate_signal
+from mr0core.phantom import CustomVoxelPhantom, SimData, TissueDict
 from mr0core.phantom.voxel_grid import VoxelGridPhantom, grid_positions
 from mr0core.plot import (
     imshow,
@@ -37,6 +39,7 @@ from mr0core.plot import (
     pulseq_plot_142,
     pulseq_plot_pre14,
 )
+from mr0core.sequence import as_sequence
 
 __all__ = [
     "BUILTIN_BRAIN_URL",
@@ -255,7 +258,12 @@ def simulate(
         value as both thresholds of its main pass instead, which gives errors of up to several
         percent; ours is more accurate at the same number, and slower where many states matter.
     noise_level
-        Standard deviation of complex Gaussian noise added to the signal.
+        Standard deviation of the complex Gaussian noise added to the signal, as in MR-zero:
+        ``E|n|² = noise_level²``, each of the real and imaginary part ``noise_level / √2``
+        (:func:`mr0core.jobs.add_noise`), drawn from torch's global generator on the
+        simulation's device, so ``torch.manual_seed`` makes it reproducible. (Measured on
+        MR-zero 1.2.0 as a black box: after the same ``torch.manual_seed`` its noise equals
+        ``noise_level · torch.randn(shape, dtype=torch.complex64)``, sample for sample.)
     device
         Where to simulate; default: where the phantom's tensors are (CPU unless you moved them).
     rf_model
@@ -268,14 +276,7 @@ def simulate(
         ``signal [samples, coils]`` complex64 and ``ktraj_adc [samples, 4]`` (kx, ky, kz in 1/m
         and τ in s, from :meth:`Sequence.get_kspace`).
     """
-    from mr0core.phantom import CustomVoxelPhantom, SimData, TissueDict
-    from mr0core.sequence import Sequence
-    from mr0core.sim import accuracy_settings, compute_graph, execute_graph
-
-    if isinstance(seq, str | PathLike):
-        seq = Sequence.import_file(seq)
-    elif not isinstance(seq, Sequence):
-        seq = Sequence.from_pypulseq(seq)
+    seq = as_sequence(seq)
     if phantom is None:
         phantom = load_phantom(size=sim_size)
     elif isinstance(phantom, str | PathLike):
@@ -291,14 +292,9 @@ def simulate(
     if device is not None:
         data = data.to(device)
     seq = seq.to(data.device) if seq.device != data.device else seq
-    states, state_mag, min_emitted, min_latent = accuracy_settings(accuracy)
-    graph = compute_graph(seq, data, states, state_mag, rf_model=rf_model)
-    signal = execute_graph(
-        graph, seq, data, min_emitted, min_latent, print_progress=False, rf_model=rf_model
+    signal = simulate_signal(
+        seq, data, SimSettings.for_accuracy(accuracy), noise=noise_level or 0.0, rf_model=rf_model
     )
-    if noise_level:
-        noise = torch.randn(signal.shape, dtype=signal.dtype, device=signal.device)
-        signal = signal + float(noise_level) * noise
     return signal, seq.get_kspace()
 
 
