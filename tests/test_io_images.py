@@ -216,6 +216,8 @@ def test_ground_truth_maps_round_trip(tmp_path):
         assert side["Units"] == spec.units
     assert json.loads(sidecar_path(written["T2"]).read_text())["Units"] == "s"
     assert json.loads(sidecar_path(written["B0"]).read_text())["Units"] == "Hz"
+    for path in [*written.values(), *map(sidecar_path, written.values())]:
+        assert path.stat().st_mode & 0o777 == 0o600
 
 
 def test_ground_truth_single_channel_b1_is_3d(tmp_path):

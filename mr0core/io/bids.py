@@ -247,6 +247,8 @@ def write_ground_truth(
 ) -> dict[str, Path]:
     """Write a phantom's maps as NIfTI files with a sidecar each naming quantity and unit.
 
+    The files are private (0600): a twin's maps are a subject's data.
+
     Parameters
     ----------
     directory
@@ -280,6 +282,8 @@ def write_ground_truth(
         written[spec.quantity] = write_nifti(
             path, data, affine, sidecar=_map_sidecar(spec, phantom_name), component="real"
         )
+    for f in [*written.values(), *map(sidecar_path, written.values())]:
+        os.chmod(f, 0o600)  # a twin's maps are a subject's data: private, as the dataset's
     return written
 
 

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from mr0core.io.rawfile import MrdFormatError, check_raw_file
-from mr0core.recon.kdata import IDX_KEYS, AcqFlag, KData, as_sequence
+from mr0core.recon.kdata import IDX_KEYS, AcqFlag, KData
+from mr0core.sequence import as_sequence
 
 __all__ = [
     "DEFAULT_MATRIX_LIMITS",

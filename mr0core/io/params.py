@@ -21,12 +21,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from os import PathLike, fspath
 from typing import Any
 
 import numpy as np
 
-from mr0core.sequence import PulseUsage, Sequence
+from mr0core.sequence import PulseUsage, as_sequence
 
 __all__ = ["SequenceParameters", "sequence_parameters"]
 
@@ -215,18 +214,6 @@ def _closest_approach_time(
     return best_t
 
 
-def _to_sequence(seq: Any) -> Sequence:
-    if isinstance(seq, Sequence):
-        return seq
-    if isinstance(seq, str | PathLike):
-        return Sequence.import_file(fspath(seq))
-    if hasattr(seq, "write") and hasattr(seq, "block_events"):
-        return Sequence.from_pypulseq(seq)
-    raise TypeError(
-        f"expected an mr0 Sequence, a pypulseq Sequence or a .seq path, got {type(seq).__name__}"
-    )
-
-
 def _is_excitation(usage: PulseUsage) -> bool:
     return usage is PulseUsage.EXCIT
 
@@ -245,7 +232,7 @@ def sequence_parameters(seq: Any) -> SequenceParameters:
         Times in s, angles in degrees, lengths in m; values that neither the definitions nor the
         sequence determine are None. ``sources`` says which were read and which estimated.
     """
-    seq = _to_sequence(seq)
+    seq = as_sequence(seq)
     defs: Mapping[str, Any] = seq.definitions
     sources: dict[str, str] = {}
 
