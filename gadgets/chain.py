@@ -30,7 +30,8 @@ the keys the chain has (:func:`applicable_overrides`: a scanner UI sends every p
 whichever chain it chose).
 
 Background sessions: :func:`run_stored_session` runs a session the server stored (the job
-function :func:`scheduler.functions.mrd_session`, in a scheduler worker) and writes its result.
+function :func:`gadgets.background_jobs.mrd_session`, in a scheduler worker) and writes its
+result.
 """
 
 from __future__ import annotations
@@ -476,7 +477,7 @@ def run_stored_session(params: Mapping[str, Any], device: str, workdir: Path) ->
     Parameters
     ----------
     params
-        The job's parameters (:func:`scheduler.functions.mrd_session`): ``config`` (the
+        The job's parameters (:func:`gadgets.background_jobs.mrd_session`): ``config`` (the
         chain's name, for the log), ``store_dir``, ``save_dir``, ``phantoms_dir``,
         ``chains_dir`` (the server's folders, or None).
     device

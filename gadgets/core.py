@@ -107,8 +107,9 @@ class Context:
         The server's chain folder, for gadgets that run another chain by name (``mr0_retrosim``
         runs its reconstruction chain on measured and simulated data); None: the repository's.
     store
-        The server's job and reference store (:class:`gadgets.store.Store`, ``--store``), for
-        background jobs, retrieval and external reference scans; None: there is none.
+        The server's store (:class:`gadgets.store.Store`, ``--store``): its reference scans
+        (stored and read by chains) and the client view of background jobs, which the
+        scheduler holds (retrieval of their results); None: there is none.
     scheduler
         The server's :class:`scheduler.service.Scheduler`: simulations run as its jobs (in
         worker processes, on a GPU when one fits); None: in the session's own thread.

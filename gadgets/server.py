@@ -119,6 +119,7 @@ from scheduler.model import JobKind
 from scheduler.paths import private_dir, write_private
 from scheduler.retention import RetentionPolicy
 
+from . import background_jobs
 from .access import TOKEN_ENV, AccessError, Network, allowed, is_loopback, load_token, parse_allow
 from .chain import (
     DEFAULT_CHAINS_DIR,
@@ -150,6 +151,7 @@ from .store import SESSION_INPUT, SESSION_JSON, Store, header_identity, new_job_
 __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_JSON_NUMBER_CHARS",
+    "SCHEDULER_FUNCTION_MODULES",
     "MrdServer",
     "ServerConfig",
     "main",
@@ -171,6 +173,11 @@ MAX_JSON_DEPTH = 32
 
 MAX_JSON_NUMBER_CHARS = 64
 """Longest number literal accepted in a JSON parameter text (characters)."""
+
+SCHEDULER_FUNCTION_MODULES = (background_jobs.__name__,)
+"""The plug-in modules of the server's scheduler (``function_modules``,
+:func:`scheduler.functions.load_function_modules`): :mod:`gadgets.background_jobs`, the job
+function of background sessions. Fixed here: no client or setting names a module."""
 
 
 @dataclass
@@ -462,7 +469,8 @@ class MrdServer:
             self._scheduler_tmp = root = Path(tempfile.mkdtemp(prefix="mr0-scheduler-"))
         self.scheduler = Scheduler(root, monitor=self.gpu_monitor, gpu_slots=cfg.gpu_slots,
                                    cpu_workers=cfg.sim_workers, backend=cfg.backend,
-                                   ray_address=cfg.ray_address)  # fmt: skip
+                                   ray_address=cfg.ray_address,
+                                   function_modules=SCHEDULER_FUNCTION_MODULES)  # fmt: skip
         self.scheduler.start()
         log.info("scheduler started", extra={"event": "scheduler", "root": str(root)})
 

@@ -10,11 +10,16 @@ up what they write (new jobs, cancellations) within its tick.
     mr0-scheduler run --cpu-workers 2              # the service, until SIGTERM
     mr0-scheduler run --retention-days 30 --max-store-gb 50   # ... deleting old results
     mr0-scheduler run --backend ray --address auto # jobs as Ray tasks on a running cluster
+    mr0-scheduler run --function-module gadgets.background_jobs   # ... and a plug-in's jobs
     mr0-scheduler prune --retention-days 30        # apply a retention policy once
     mr0-scheduler submit simulate --params '{"demo_flash": 64, "size": 64}' --kind batch
     mr0-scheduler status [--json]                  # GPUs (NVML), queue, running jobs, counts
     mr0-scheduler jobs [--state done] [--json]
     mr0-scheduler cancel JOB
+
+``--function-module MODULE`` (``run`` and ``submit``; repeatable) loads a plug-in module whose
+import registers further job functions (:func:`scheduler.functions.load_function_modules`):
+``run`` makes its workers load it, ``submit`` needs it to know the function's name.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any, Literal
 
 from mr0core.clitools import exit_quietly_on_closed_pipe
 
+from .functions import FUNCTIONS, FunctionModuleError, load_function_modules
 from .model import JOB_STATES, JobKind
 from .retention import GB, RetentionPolicy, RetentionTimer
 
@@ -49,6 +55,13 @@ def add_retention_options(parser: argparse.ArgumentParser) -> None:
                         "deleted first (default: no limit)")  # fmt: skip
     parser.add_argument("--retention-interval", type=_positive, default=3600.0, metavar="S",
                         help="seconds between retention runs (default 3600)")  # fmt: skip
+
+
+def _add_function_module_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--function-module MODULE`` (repeatable): plug-in modules of job functions."""
+    parser.add_argument("--function-module", action="append", default=[], metavar="MODULE",
+                        help="a module whose import registers further job functions, e.g. "
+                        "gadgets.background_jobs (repeatable)")  # fmt: skip
 
 
 def _non_negative(text: str) -> float:
@@ -101,10 +114,15 @@ def _run(opts: argparse.Namespace) -> int:
     cpu_memory: int | Literal["auto"] | None = "auto"
     if opts.cpu_memory_gb is not None:
         cpu_memory = None if opts.cpu_memory_gb == 0 else int(opts.cpu_memory_gb * GB)
-    sched = Scheduler(_store_dir(opts), monitor=monitor, gpu_slots=opts.gpu_slots,
-                      cpu_workers=opts.cpu_workers, safety=opts.safety, backend=opts.backend,
-                      ray_address=opts.address, cpu_memory_bytes=cpu_memory,
-                      retention=_policy(opts))  # fmt: skip
+    try:
+        sched = Scheduler(_store_dir(opts), monitor=monitor, gpu_slots=opts.gpu_slots,
+                          cpu_workers=opts.cpu_workers, safety=opts.safety,
+                          backend=opts.backend, ray_address=opts.address,
+                          cpu_memory_bytes=cpu_memory, retention=_policy(opts),
+                          function_modules=opts.function_module)  # fmt: skip
+    except (FunctionModuleError, ValueError) as exc:
+        print(f"mr0-scheduler: {exc}", file=sys.stderr)
+        return 2
     done = threading.Event()
 
     def stop(signum: int, _frame: Any) -> None:
@@ -235,11 +253,15 @@ def _cancel(opts: argparse.Namespace) -> int:
 def _submit(opts: argparse.Namespace) -> int:
     import uuid
 
-    from .functions import FUNCTIONS
     from .model import JobSpec
     from .service import _estimate
     from .store import JobStore
 
+    try:
+        load_function_modules(opts.function_module)
+    except (FunctionModuleError, ValueError) as exc:
+        print(f"mr0-scheduler: {exc}", file=sys.stderr)
+        return 2
     if opts.function not in FUNCTIONS:
         print(f"mr0-scheduler: unknown function {opts.function!r} "
               f"(known: {', '.join(sorted(FUNCTIONS))})", file=sys.stderr)  # fmt: skip
@@ -282,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--cpu-memory-gb", type=_non_negative, metavar="GB",
                      help="host memory CPU jobs may need together, by their estimates (default: "
                      "75%% of the memory available at start; 0: no check)")  # fmt: skip
+    _add_function_module_option(run)
     add_retention_options(run)
     prune = sub.add_parser("prune", help="delete old finished jobs and results once")
     add_retention_options(prune)
@@ -300,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     submit.add_argument("--gpu-only", action="store_true", help="never run it on the CPU")
     submit.add_argument("--timeout", type=float, help="seconds before it is stopped")
     submit.add_argument("--id", help="job id (default: random)")
+    _add_function_module_option(submit)
     opts = parser.parse_args(argv)
     if getattr(opts, "cpu_workers", 1) < 0 or getattr(opts, "gpu_slots", 1) < 1:
         parser.error("--cpu-workers must be >= 0 and --gpu-slots >= 1")

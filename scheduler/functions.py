@@ -25,15 +25,29 @@ A client's ``.seq`` is parsed and converted in a worker, where the scheduler acc
 memory, never in the server: the call :func:`prepare_seq` takes the text and returns the
 converted :class:`~mr0core.Sequence` with the simulation's memory estimate; the call
 :func:`simulate_call` (``"simulate"``) then simulates it (and, asked, reconstructs it).
+
+Plug-in modules (:func:`load_function_modules`)
+    A layer above the scheduler adds functions of its own without the scheduler importing it:
+    the scheduler's user names modules whose import registers them (with :func:`job_function`
+    or :func:`call_function`), e.g. ``Scheduler(root, function_modules=
+    ("gadgets.background_jobs",))`` or ``mr0-scheduler run --function-module MODULE``. The
+    scheduler imports them when it is made (a name that is not a dotted identifier, a module
+    that cannot be imported or that registers nothing fails it there), and every worker process
+    (and every Ray task) imports them before it runs a function. Module names come from the
+    program that makes the scheduler, never from a job or a client. The server's background
+    MRD sessions (:data:`MRD_SESSION`) are such a plug-in.
 """
 
 from __future__ import annotations
 
+import importlib
+import keyword
 import math
 import os
+import re
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +59,14 @@ __all__ = [
     "MRD_SESSION",
     "RF_MODELS",
     "CallFunction",
+    "FunctionModuleError",
     "JobFunction",
     "Progress",
     "call_function",
+    "check_function_modules",
     "is_out_of_memory",
     "job_function",
-    "mrd_session",
+    "load_function_modules",
     "prepare_seq",
     "reconstruct_call",
     "run_call",
@@ -103,6 +119,80 @@ def call_function(name: str) -> Callable[[CallFunction], CallFunction]:
     return register
 
 
+class FunctionModuleError(ImportError):
+    """A plug-in module of job or call functions cannot be imported, or registers none."""
+
+
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+_MAX_MODULE_NAME = 200
+
+
+def check_function_modules(names: Iterable[str]) -> tuple[str, ...]:
+    """Return the plug-in module names ``names``, checked, in order, without repeats.
+
+    Raises
+    ------
+    ValueError
+        If ``names`` is a single text rather than a collection of names, or a name is not a
+        dotted name of ASCII identifiers (``package.module``; no keyword, at most 200
+        characters).
+    """
+    if isinstance(names, str | bytes):
+        raise ValueError(f"function_modules must be a collection of module names, not the one "
+                         f"text {names!r:.220}")  # fmt: skip
+    checked: list[str] = []
+    for name in names:
+        if (
+            not isinstance(name, str)
+            or len(name) > _MAX_MODULE_NAME
+            or not _MODULE_NAME.fullmatch(name)
+            or any(keyword.iskeyword(part) for part in name.split("."))
+        ):
+            raise ValueError(
+                f"a function module must be a dotted module name such as "
+                f"'gadgets.background_jobs', got {name!r:.220}"
+            )
+        if name not in checked:
+            checked.append(name)
+    return tuple(checked)
+
+
+def load_function_modules(names: Iterable[str]) -> tuple[str, ...]:
+    """Import the plug-in modules ``names``, whose import registers job or call functions.
+
+    Importing a module twice costs nothing (Python keeps it): a worker calls this at its start,
+    a Ray task before each function.
+
+    Returns
+    -------
+    tuple of str
+        The checked names (:func:`check_function_modules`).
+
+    Raises
+    ------
+    ValueError
+        For a name that is not a dotted module name.
+    FunctionModuleError
+        If a module cannot be imported (the cause is chained) or registers no function (no
+        job or call function of this registry was defined in it).
+    """
+    modules = check_function_modules(names)
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except Exception as exc:  # any failure of its import: re-raised with the module's name
+            raise FunctionModuleError(
+                f"function module {name!r} cannot be imported: {type(exc).__name__}: {exc}",
+                name=name,
+            ) from exc
+        defined = [*FUNCTIONS.values(), *CALLS.values()]
+        if not any(getattr(fn, "__module__", None) == module.__name__ for fn in defined):
+            raise FunctionModuleError(
+                f"function module {name!r} registers no job or call function", name=name
+            )
+    return modules
+
+
 def run_function(name: str, params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
     """Look up and run a job function.
 
@@ -113,7 +203,8 @@ def run_function(name: str, params: dict[str, Any], device: str, workdir: Path) 
     """
     fn = FUNCTIONS.get(name)
     if fn is None:
-        raise ValueError(f"unknown job function {name!r} (known: {', '.join(sorted(FUNCTIONS))})")
+        raise ValueError(f"unknown job function {name!r} (known: {', '.join(sorted(FUNCTIONS))}; "
+                         f"a plug-in's functions need its module in function_modules)")  # fmt: skip
     if not isinstance(params, dict):
         raise ValueError(f"job parameters must be a JSON object, got {type(params).__name__}")
     return fn(params, device, workdir)
@@ -136,7 +227,8 @@ def run_call(
     """
     fn = CALLS.get(name)
     if fn is None:
-        raise ValueError(f"unknown call function {name!r} (known: {', '.join(sorted(CALLS))})")
+        raise ValueError(f"unknown call function {name!r} (known: {', '.join(sorted(CALLS))}; "
+                         f"a plug-in's functions need its module in function_modules)")  # fmt: skip
     if not isinstance(inputs, Mapping) or not all(isinstance(k, str) for k in inputs):
         raise ValueError("call inputs must be a dict with text keys")
     if not isinstance(params, dict):
@@ -240,32 +332,11 @@ def fail(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
 
 
 MRD_SESSION = "mrd_session"
-"""The job function of a background MRD session (the server's ``"background": true``)."""
+"""The job function of a background MRD session (the server's ``"background": true``).
 
-
-@job_function(MRD_SESSION)
-def mrd_session(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
-    """Run a stored MRD session through its chain; write ``result.h5`` (a background job).
-
-    The session (``input/input.h5``: header, acquisitions, waveforms, images; and
-    ``input/session.json``: the chain's XML and the JSON parameters) was stored by the server
-    when it took the session; :func:`gadgets.chain.run_stored_session` runs the chain on it in
-    this worker (its own heavy steps run here too, not as further calls) and writes what the
-    chain returned: images and acquisitions to ``result.h5``, texts to the summary.
-
-    Parameters (``params``): ``config`` (the chain's name), ``patient``, ``protocol``,
-    ``measurement_id`` (from the header, for lookups), and the server's folders
-    ``store_dir`` (reference scans), ``save_dir``, ``phantoms_dir``, ``chains_dir`` (each a
-    path or None).
-
-    Returns ``{"texts": [...], "counts": {"images": n, ...}}``. A chain that refuses its input
-    (a gadget error, a bad parameter) is a ``ValueError``: failed, not retried.
-    """
-    # The gadget layer is loaded only by the worker that runs a background session: the chain
-    # and its gadgets are what this job runs (scheduler otherwise imports nothing of gadgets).
-    from gadgets.chain import run_stored_session
-
-    return run_stored_session(params, device, workdir)
+A name only: the plug-in module ``gadgets.background_jobs`` defines and registers the function
+(the server names it in its scheduler's ``function_modules``); the scheduler imports nothing of
+the gadgets."""
 
 
 @job_function("simulate")

@@ -14,6 +14,10 @@ to the object store with ``ray.put`` and its result object comes back the same w
 (:func:`scheduler.functions.run_call`): no file, so no shared volume either. Progress
 messages of calls are not relayed from Ray tasks (the call's completion and result are); a
 call with an ``on_progress`` listener logs that once.
+
+Plug-in functions (``function_modules``, :func:`scheduler.functions.load_function_modules`):
+every task imports the backend's plug-in modules before it looks its function up (once per Ray
+worker process; Python keeps them), so they must be installed on every node, as this package is.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .functions import check_function_modules
 from .workers import Outcome, Task, failure_outcome
 
 __all__ = ["MAX_RESULT_BYTES", "RayBackend", "RayPool", "gpu_fraction"]
@@ -56,13 +62,17 @@ def gpu_fraction(estimate_bytes: int, gpu_bytes: int, safety: float = 1.2) -> fl
 
 
 def _run_call(
-    task: Task, inputs: dict[str, Any], device: str
+    task: Task, inputs: dict[str, Any], device: str, function_modules: tuple[str, ...]
 ) -> tuple[Outcome, dict[str, bytes], float, float]:
-    """Run a call on a Ray worker (``inputs``: resolved from ``ray.put``); no files."""
-    from .functions import run_call
+    """Run a call on a Ray worker (``inputs``: resolved from ``ray.put``); no files.
+
+    ``function_modules`` are imported first (a failure is the call's outcome).
+    """
+    from .functions import load_function_modules, run_call
 
     started = time.time()
     try:
+        load_function_modules(function_modules)
         value = run_call(task.function, inputs, task.params, device)
         outcome = Outcome("ray", device, task, True, result=value, seconds=time.time() - started)
     except Exception as exc:  # reported to the driver
@@ -70,14 +80,20 @@ def _run_call(
     return outcome, {}, started, time.time()
 
 
-def _run_task(task: Task, device: str) -> tuple[Outcome, dict[str, bytes], float, float]:
-    """Run a task on a Ray worker; return the outcome, its files and its start/end times."""
-    from .functions import is_out_of_memory, run_function
+def _run_task(
+    task: Task, device: str, function_modules: tuple[str, ...]
+) -> tuple[Outcome, dict[str, bytes], float, float]:
+    """Run a task on a Ray worker; return the outcome, its files and its start/end times.
+
+    ``function_modules`` are imported first (a failure is the task's outcome).
+    """
+    from .functions import is_out_of_memory, load_function_modules, run_function
 
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="mr0-ray-") as tmp:
         work = Path(tmp)
         try:
+            load_function_modules(function_modules)
             summary = run_function(task.function, task.params, device, work)
             outcome = Outcome("ray", device, task, True, summary=summary,
                               seconds=time.time() - started)  # fmt: skip
@@ -112,6 +128,9 @@ class RayBackend:
         Memory of one GPU of the cluster, for :func:`gpu_fraction` (default 80 GB).
     safety
         Safety factor on the memory estimates.
+    function_modules
+        Plug-in modules each task imports before it runs its function
+        (:func:`scheduler.functions.load_function_modules`).
     init_kwargs
         Further ``ray.init`` arguments (e.g. ``num_gpus=2`` to declare GPUs on a local test
         instance, ``num_cpus``).
@@ -122,10 +141,12 @@ class RayBackend:
         address: str | None = None,
         gpu_bytes: int = 80 * 10**9,
         safety: float = 1.2,
+        function_modules: Iterable[str] = (),
         **init_kwargs: Any,
     ) -> None:
         import ray
 
+        self.function_modules = check_function_modules(function_modules)
         self._ray = ray
         self.gpu_bytes = gpu_bytes
         self.safety = safety
@@ -160,8 +181,10 @@ class RayBackend:
         if task.call:  # the inputs go to the object store; the task carries their reference
             inputs = self._ray.put(task.inputs or {})
             light = replace(task, inputs=None)
-            return self._remote_call.options(**options).remote(light, inputs, device)
-        return self._remote.options(**options).remote(task, device)
+            return self._remote_call.options(**options).remote(
+                light, inputs, device, self.function_modules
+            )
+        return self._remote.options(**options).remote(task, device, self.function_modules)
 
     def wait(
         self, refs: list[Any], timeout_s: float | None = None

@@ -29,6 +29,11 @@ memory available when the scheduler is made), as GPU jobs against NVML's free me
 :class:`~scheduler.retention.RetentionPolicy` the scheduler deletes old results itself (at
 start and every ``interval_s``); the server instead puts :attr:`Scheduler.store` among its
 own retention areas. Every file and folder under the root is private (``0600``/``0700``).
+
+Functions of a layer above (the server's background MRD sessions) come as plug-in modules
+(``function_modules``, :func:`scheduler.functions.load_function_modules`): the scheduler
+imports them when it is made, so a bad name fails it at once, and every worker process (or Ray
+task) imports them before it runs a function.
 """
 
 from __future__ import annotations
@@ -41,13 +46,13 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from .calls import CallCancelledError, CallError, CallFuture, CallTimeoutError
-from .functions import CALLS, FUNCTIONS, INPUT_DIR
+from .functions import CALLS, FUNCTIONS, INPUT_DIR, load_function_modules
 from .gpu import GpuMonitor
 from .model import JobKind, JobSpec
 from .paths import private_dir, write_private
@@ -127,6 +132,18 @@ class Scheduler:
     retention
         Delete old results by this policy at start and periodically (None: keep everything;
         the server passes None and includes :attr:`store` in its own retention).
+    function_modules
+        Plug-in modules whose import registers further job or call functions (dotted names,
+        e.g. ``("gadgets.background_jobs",)``): imported here and by every worker
+        (:func:`scheduler.functions.load_function_modules`). Only the program that makes the
+        scheduler names them, never a job or a client.
+
+    Raises
+    ------
+    ValueError
+        For a bad setting, or a function module name that is not a dotted module name.
+    scheduler.functions.FunctionModuleError
+        If a function module cannot be imported or registers no function.
 
     Attributes
     ----------
@@ -155,7 +172,10 @@ class Scheduler:
         ray_options: dict[str, Any] | None = None,
         cpu_memory_bytes: int | Literal["auto"] | None = "auto",
         retention: RetentionPolicy | None = None,
+        function_modules: Iterable[str] = (),
     ) -> None:
+        # first: a module that cannot be loaded fails the scheduler before it makes anything
+        self.function_modules = load_function_modules(function_modules)
         if backend not in ("local", "ray"):
             raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
         if backend == "ray":  # Ray places every job by its own resources: no host budget here
@@ -179,15 +199,16 @@ class Scheduler:
         if backend == "ray":
             from .ray_backend import RayBackend, RayPool
 
-            ray = RayBackend(ray_address, safety=safety, **(ray_options or {}))
+            ray = RayBackend(ray_address, safety=safety, function_modules=self.function_modules,
+                             **(ray_options or {}))  # fmt: skip
             self.pool: Any = RayPool(ray, on_outcome=self._outcome, on_lost=self._lost)
             cpu_workers = self.pool.slots
         else:
             gpus = [g.index for g in self.monitor.snapshot()]
             self.pool = WorkerPool(gpus, gpu_slots=gpu_slots, cpu_workers=cpu_workers,
                                    on_outcome=self._outcome, on_lost=self._lost,
-                                   cpu_threads=cpu_threads,
-                                   on_progress=self._progress)  # fmt: skip
+                                   cpu_threads=cpu_threads, on_progress=self._progress,
+                                   function_modules=self.function_modules)  # fmt: skip
         self.state = SchedulerState(gpu_slots=gpu_slots, cpu_slots=cpu_workers, safety=safety,
                                     starvation_s=starvation_s, settle_s=settle_s,
                                     cpu_memory_bytes=cpu_memory_bytes)  # fmt: skip
@@ -288,7 +309,10 @@ class Scheduler:
             For an unknown function or bad parameters.
         """
         if function not in FUNCTIONS:
-            raise ValueError(f"unknown job function {function!r}")
+            raise ValueError(
+                f"unknown job function {function!r} (known: {', '.join(sorted(FUNCTIONS))}; a "
+                f"plug-in's functions need its module in function_modules)"
+            )
         params = dict(params or {})
         if durable is None:
             durable = True
@@ -504,6 +528,7 @@ class Scheduler:
                     "running": sum(c.future.state == "running" for c in self._calls.values()),
                 },
                 "workers": self.pool.pids(),
+                "function_modules": list(self.function_modules),
                 "cpu_memory": self.state.cpu_memory(),
             }
 

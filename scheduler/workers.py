@@ -25,6 +25,11 @@ Every worker process has its own task queue and result pipe, made afresh when it
 a worker killed in the middle of a message (a cancel while it reports progress) takes only its
 own pipe with it, never a lock another worker needs.
 
+A worker imports the pool's plug-in modules (``function_modules``,
+:func:`scheduler.functions.load_function_modules`) when it starts, so that it finds their
+functions by name; should that fail in a worker (the scheduler imported them first, so it
+should not), each task it is given fails with the import's error.
+
 Nothing here decides anything: :mod:`scheduler.state` chooses devices, :mod:`scheduler.store`
 keeps the jobs.
 """
@@ -42,11 +47,12 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .functions import check_function_modules
 from .model import CPU
 
 __all__ = ["Outcome", "Task", "WorkerPool", "failure_outcome", "oom_kill_count", "pickled_outcome"]
@@ -123,15 +129,31 @@ class Outcome:
     result: Any = field(default=None, compare=False, repr=False)
 
 
-def _worker_main(name: str, device: str, tasks: Any, results: Any, parent: int) -> None:
+def _worker_main(
+    name: str,
+    device: str,
+    tasks: Any,
+    results: Any,
+    parent: int,
+    function_modules: tuple[str, ...] = (),
+) -> None:
     """Run tasks in a worker process until ``None`` arrives (``CUDA_VISIBLE_DEVICES`` set).
 
     ``results`` is the sending end of this worker's result pipe.
 
     ``parent`` is the pool's process id: once this process is no longer its child (the
     scheduler was killed, possibly before this worker got going), the worker exits.
+
+    ``function_modules`` are imported first (plug-in functions); if that fails, every task
+    fails with the error.
     """
-    from .functions import run_call, run_function
+    from .functions import FunctionModuleError, load_function_modules, run_call, run_function
+
+    load_error: FunctionModuleError | ValueError | None = None
+    try:
+        load_function_modules(function_modules)
+    except (FunctionModuleError, ValueError) as exc:  # reported with every task (see above)
+        load_error = exc
 
     os.umask(0o077)  # what jobs write is patient data: private whatever the inherited umask
     torch_device = "cuda" if device.startswith("cuda") else "cpu"
@@ -156,6 +178,8 @@ def _worker_main(name: str, device: str, tasks: Any, results: Any, parent: int) 
         inputs = task.inputs
         task = replace(task, inputs=None)  # the outcome goes back without the inputs
         try:
+            if load_error is not None:
+                raise load_error
             if task.call:
 
                 def progress(message: dict[str, Any], job: str = task.job_id,
@@ -271,6 +295,9 @@ class WorkerPool:
         message of a running call.
     cpu_threads
         Torch threads per CPU worker (``OMP_NUM_THREADS``); None: cores / CPU workers.
+    function_modules
+        Plug-in modules every worker imports at its start
+        (:func:`scheduler.functions.load_function_modules`; checked here, imported there).
     """
 
     def __init__(
@@ -282,9 +309,11 @@ class WorkerPool:
         on_lost: Callable[[str, str, Task, bool], None] | None = None,
         cpu_threads: int | None = None,
         on_progress: Callable[[str, int, dict[str, Any]], None] | None = None,
+        function_modules: Iterable[str] = (),
     ) -> None:
         if gpu_slots < 1 or cpu_workers < 0:
             raise ValueError("gpu_slots must be >= 1 and cpu_workers >= 0")
+        self.function_modules = check_function_modules(function_modules)
         self._ctx = mp.get_context("spawn")
         self._retired: list[Any] = []  # result pipes of replaced workers, closed by _watch
         self._workers: list[_Worker] = [
@@ -318,7 +347,7 @@ class WorkerPool:
             try:
                 worker.process = self._ctx.Process(
                     target=_worker_main, args=(worker.name, worker.device, worker.tasks,
-                                               send, os.getpid()),
+                                               send, os.getpid(), self.function_modules),
                     name=f"mr0-worker-{worker.name}", daemon=True,
                 )  # fmt: skip
                 worker.process.start()

@@ -167,7 +167,7 @@ def test_scheduler_store_is_private(tmp_path: Path, umask: int) -> None:
 
 def test_server_store_references_and_save_dir_are_private(tmp_path: Path, umask: int) -> None:
     sched = Scheduler(tmp_path / "store" / "scheduler", monitor=GpuMonitor(nvml=FakeNvml([])),
-                      cpu_workers=1)  # fmt: skip
+                      cpu_workers=1, function_modules=["gadgets.background_jobs"])  # fmt: skip
     store = Store(tmp_path / "store", jobs=sched.store)
     save_dir = private_dir(tmp_path / "save")
     header = "<ismrmrdHeader/>"
