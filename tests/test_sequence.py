@@ -218,21 +218,3 @@ def test_plot_kspace_trajectory_draws_the_samples() -> None:
     with pytest.raises(ValueError, match="plotting_dims"):
         mr0.Sequence(reps).plot_kspace_trajectory(plotting_dims="xq")
     assert math.isfinite(fig.get_figwidth())
-
-
-def test_mr0core_does_not_import_the_server_layers() -> None:
-    """mr0core is standalone: no module imports gadgets or scheduler."""
-    import ast
-    from pathlib import Path
-
-    root = Path(mr0.__file__).parent
-    for path in root.rglob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            for name in names:
-                assert name.split(".")[0] not in ("gadgets", "scheduler"), f"{path}: {name}"
