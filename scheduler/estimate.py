@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .functions import MRD_SESSION
+
 # mr0core (and torch) load inside the estimators, when an estimate is made: the scheduler
 # service imports this module and stays light, as it does scheduler.functions
 if TYPE_CHECKING:  # what type checkers see; at run time estimate_pdg loads in __getattr__
@@ -216,7 +218,7 @@ def _sim_settings(params: Mapping[str, Any]) -> Any:
     from mr0core.jobs import SimSettings
 
     max_states = _check_int("max_states", params.get("max_states", 200), 1, MAX_STATES)
-    accuracy = params.get("accuracy", SimSettings.min_emitted)
+    accuracy = params.get("accuracy", 1e-3)  # the job's default
     if isinstance(accuracy, bool) or not isinstance(accuracy, int | float):
         raise ValueError(f"accuracy must be a number, got {accuracy!r}")
     if not 0.0 <= accuracy <= 1.0:
@@ -450,16 +452,18 @@ JOB_ESTIMATORS: dict[str, Estimator | NoEstimate] = {
     "noop": NoEstimate("sleeps (at most 60 s); allocates nothing"),
     "probe": NoEstimate("reports its environment; writes at most 1 MiB to its folder"),
     "fail": NoEstimate("raises at once (tests)"),
-    "mrd_session": NoEstimate(
-        "runs a stored MRD session through its whole chain: its memory is the chain's, which"
-        " its parameters (the chain's name, the stored input's folder) do not tell; not"
-        " estimated yet"
+    MRD_SESSION: NoEstimate(
+        "runs a stored MRD session through its whole chain (a plug-in of the gadgets): its"
+        " memory is the chain's, which its parameters (the chain's name, the server's folders)"
+        " do not tell; not estimated yet"
     ),
     "simulate": estimate_simulation_job,
 }
 """Job function name (:data:`scheduler.functions.FUNCTIONS`) → estimator of its JSON-able
 parameters alone (:meth:`scheduler.service.Scheduler.submit`, ``mr0-scheduler submit``). Every
-job function has an entry, and every entry names a job function (a test checks both)."""
+job function has an entry, those of the plug-in modules the project ships included
+(:data:`scheduler.functions.MRD_SESSION`), and every entry names a job function (a test checks
+both, with the plug-ins loaded)."""
 
 CALL_ESTIMATORS: dict[str, CallEstimator | NoEstimate] = {
     "echo": NoEstimate("returns its inputs, which the caller already holds (tests, overhead)"),

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gadgets.server import SCHEDULER_FUNCTION_MODULES
 from mr0core.jobs import build_demo_flash, load_job_phantom
 from mr0core.recon import KData
 from mr0core.recon.memory import estimate_recon_bytes
@@ -22,7 +23,7 @@ from mr0core.sequence import Sequence
 from mr0core.sim import compute_graph
 from mr0core.sim.memory import estimate_pdg, estimate_pdg_from_graph
 from scheduler import estimate as E
-from scheduler.functions import CALLS, FUNCTIONS
+from scheduler.functions import CALLS, FUNCTIONS, load_function_modules
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "tests" / "data" / "seq-corpus"
@@ -44,8 +45,10 @@ BAND = (0.6, 1.3)
 def test_every_function_has_an_estimator_and_every_estimator_a_function(
     registry: dict, functions: dict
 ) -> None:
-    """A function renamed, added or removed in scheduler.functions breaks this test until the
-    registry follows; a function without an estimate says why."""
+    """A function renamed, added or removed in scheduler.functions (or in a plug-in module the
+    project ships: the server's) breaks this test until the registry follows; a function without
+    an estimate says why."""
+    load_function_modules(SCHEDULER_FUNCTION_MODULES)  # they register their functions
     assert set(registry) == set(functions)
     for name, entry in registry.items():
         if isinstance(entry, E.NoEstimate):
