@@ -8,7 +8,7 @@ import io
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,6 +36,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_cuda)
         if "reference" in item.keywords and not has_mr0:
             item.add_marker(skip_ref)
+
+
+def assert_adjoint(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    adjoint: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    factor: float = 1.0,
+    rtol: float = 1e-5,
+) -> None:
+    """Assert ``⟨A x, y⟩ = factor · ⟨x, Aᴴ y⟩`` for a linear operator pair, to ``rtol``.
+
+    The one adjointness check of every operator pair (NUFFT, SENSE, the centred FFTs, the
+    direct-DFT recon). ``factor`` is the known scale between the pair (e.g. ``N`` when the
+    adjoint carries ``1/N``). Random complex ``x`` and ``y`` make a wrong adjoint fail with
+    probability one.
+    """
+    ax = forward(x)
+    ahy = adjoint(y)
+    assert ax.shape == y.shape, f"A x has shape {tuple(ax.shape)}, y {tuple(y.shape)}"
+    assert ahy.shape == x.shape, f"Aᴴ y has shape {tuple(ahy.shape)}, x {tuple(x.shape)}"
+    lhs = complex(torch.vdot(ax.flatten(), y.flatten()))
+    rhs = factor * complex(torch.vdot(x.flatten(), ahy.flatten()))
+    assert abs(lhs - rhs) <= rtol * abs(lhs), f"<Ax, y> = {lhs}, <x, Aᴴy> = {rhs}"
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import numpy as np
 import pypulseq as pp
 import pytest
 import torch
+from conftest import assert_adjoint
 
 import mr0core as mr0
 from mr0core.phantom.builtin import brain
@@ -555,3 +556,26 @@ def test_simulated_t1w_flash_wm_brighter_than_gm(brain32):
     assert gm.sum() > 10
     assert img[wm].mean() > 1.1 * img[gm].mean()
     # in a PD image (previous test) GM (PD 0.8) is brighter than WM (PD 0.7): the contrast flipped
+
+
+def test_reco_adjoint_is_the_adjoint_of_the_simulators_forward_model():
+    """reco_adjoint = Aᴴ for A ρ = Σ_r ρ(r) exp(−2πi k·r) (written here), any trajectory."""
+    g = torch.Generator().manual_seed(7)
+    res, fov = (6, 5, 1), (0.2, 0.18, 0.005)
+    axes = [(torch.arange(n) - n // 2) * f / n for n, f in zip(res, fov, strict=True)]
+    pos = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3).double()
+    k = torch.cat([(torch.rand(40, 2, generator=g, dtype=torch.float64) - 0.5) * 60,
+                   torch.zeros(40, 2, dtype=torch.float64)], dim=1)  # fmt: skip
+    phase = torch.exp(-2j * math.pi * (k[:, :3] @ pos.T))  # [samples, voxels]
+
+    def forward(rho: torch.Tensor) -> torch.Tensor:  # [coils, x, y, z] -> [samples, coils]
+        return phase @ rho.reshape(rho.shape[0], -1).T
+
+    def adjoint(sig: torch.Tensor) -> torch.Tensor:
+        return reco_adjoint(sig, k, res, fov, return_multicoil=True)
+
+    x = torch.randn(2, *res, dtype=torch.complex128, generator=g)
+    y = torch.randn(40, 2, dtype=torch.complex128, generator=g)
+    assert_adjoint(forward, adjoint, x, y, rtol=1e-5)  # its grid positions are float32
+    with pytest.raises(AssertionError):  # negative control: the sign of the phase flipped
+        assert_adjoint(lambda r: phase.conj() @ r.reshape(2, -1).T, adjoint, x, y, rtol=1e-5)

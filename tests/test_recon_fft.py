@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_adjoint
 
 from mr0core.recon.fourier import fftc, ifftc
 
@@ -108,3 +109,20 @@ def test_scanner_finds_a_copy(tmp_path):
     (tmp_path / "mr0core").mkdir()
     (tmp_path / "scheduler").mkdir()
     assert shift_uses(tmp_path) == Counter({"gadgets/x.py": 2})
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("shape", [(8, 6), (7, 5, 3)])
+def test_centred_ffts_are_adjoint(shape: tuple[int, ...], norm: str) -> None:
+    """ifftc is fftc's adjoint up to the norm's scale (N, 1 or 1/N); fftc itself is not."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(shape, dtype=torch.complex128, generator=g)
+    y = torch.randn(shape, dtype=torch.complex128, generator=g)
+    dims = tuple(range(len(shape)))
+    n = float(np.prod(shape))
+    factor = {"backward": n, "ortho": 1.0, "forward": 1 / n}[norm]
+    assert_adjoint(lambda v: fftc(v, dims, norm=norm), lambda v: ifftc(v, dims, norm=norm), x, y,
+                   factor=factor, rtol=1e-10)  # fmt: skip
+    with pytest.raises(AssertionError):  # negative control: the forward as its own adjoint
+        assert_adjoint(lambda v: fftc(v, dims, norm=norm), lambda v: fftc(v, dims, norm=norm),
+                       x, y, factor=factor, rtol=1e-10)  # fmt: skip

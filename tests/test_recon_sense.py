@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import assert_adjoint
 
 from mr0core.phantom.builtin import brain
 from mr0core.recon.coils import rss
@@ -12,6 +13,8 @@ from mr0core.recon.sense import (
     calibration_mask,
     cg_sense,
     resample_maps,
+    sense_adjoint,
+    sense_forward,
     sensitivities_from_calibration,
     sensitivities_from_reference,
 )
@@ -135,3 +138,19 @@ def test_errors():
         calibration_mask((8, 8), 9)
     with pytest.raises(ValueError, match="empty"):
         sensitivities_from_calibration(k, torch.zeros(8, 8, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("shape", [(12, 9), (5, 8, 7)])
+def test_sense_operators_are_adjoint(shape: tuple[int, ...]) -> None:
+    """E = M F S and Eᴴ = Sᴴ Fᴴ M (2-D and 3-D, odd sizes); a map not conjugated fails."""
+    g = torch.Generator().manual_seed(5)
+    coils = 4
+    sens = torch.randn(coils, *shape, dtype=torch.complex64, generator=g)
+    mask = torch.rand(shape, generator=g) < 0.6
+    x = torch.randn(shape, dtype=torch.complex64, generator=g)
+    y = torch.randn(coils, *shape, dtype=torch.complex64, generator=g)
+    assert_adjoint(lambda v: sense_forward(v, mask, sens),
+                   lambda v: sense_adjoint(v, mask, sens), x, y)  # fmt: skip
+    with pytest.raises(AssertionError):  # negative control: Sᵀ instead of Sᴴ
+        assert_adjoint(lambda v: sense_forward(v, mask, sens),
+                       lambda v: sense_adjoint(v, mask, sens.conj()), x, y)  # fmt: skip

@@ -25,6 +25,8 @@ __all__ = [
     "calibration_mask",
     "cg_sense",
     "resample_maps",
+    "sense_adjoint",
+    "sense_forward",
     "sensitivities_from_calibration",
     "sensitivities_from_reference",
 ]
@@ -39,6 +41,22 @@ def _check_mask(mask: torch.Tensor) -> None:
         raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
     if mask.dim() not in (2, 3):
         raise ValueError(f"mask must be [(nz,) ny, nx], got {tuple(mask.shape)}")
+
+
+def sense_forward(image: torch.Tensor, mask: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
+    """Encode an image with SENSE: ``E ρ = M F S ρ`` (unitary centred FFT), as in :func:`cg_sense`.
+
+    ``image [(nz,) ny, nx]``, ``mask [(nz,) ny, nx]`` bool, ``sens [coils, (nz,) ny, nx]``;
+    returns ``[coils, (nz,) ny, nx]`` k-space, zero where not sampled.
+    """
+    k = fftc(sens * image, _dims(mask.dim()), norm="ortho")
+    return torch.where(mask, k, 0)
+
+
+def sense_adjoint(kspace: torch.Tensor, mask: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
+    """Apply the adjoint ``Eᴴ y = Sᴴ Fᴴ M y`` of :func:`sense_forward`; ``[(nz,) ny, nx]``."""
+    image = ifftc(torch.where(mask, kspace, 0), _dims(mask.dim()), norm="ortho")
+    return torch.sum(sens.conj() * image, dim=0)
 
 
 def cg_sense(
@@ -101,11 +119,10 @@ def cg_sense(
     y = torch.where(m, y, 0) * to_unitary[norm]
 
     def normal(x: torch.Tensor) -> torch.Tensor:
-        k = torch.where(m, fftc(s * x, _dims(ndim), norm="ortho"), 0)
-        out = torch.sum(s.conj() * ifftc(k, _dims(ndim), norm="ortho"), dim=0)
+        out = sense_adjoint(sense_forward(x, m, s), m, s)
         return out + lam * x if lam else out
 
-    b = torch.sum(s.conj() * ifftc(y, _dims(ndim), norm="ortho"), dim=0)
+    b = sense_adjoint(y, m, s)
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
