@@ -359,14 +359,13 @@ def simulate(params: dict[str, Any], device: str, workdir: Path) -> dict[str, An
 
     from mr0core.jobs import SimSettings, build_demo_flash, load_job_phantom, run_simulation
     from mr0core.phantom.builtin_phantoms import PHANTOMS
-    from mr0core.pulseq import read_seq_text, seq_to_sequence
     from mr0core.sequence import Sequence
 
     if "seq" in params:
         text = params["seq"]
         if not isinstance(text, str) or len(text) > _MAX_SEQ:
             raise ValueError("seq must be the .seq file's text (at most 16 MiB)")
-        seq = seq_to_sequence(read_seq_text(text, "<job .seq>"))
+        seq = Sequence.from_text(text, "<job .seq>")
     else:
         n = int(_number(params, "demo_flash", 64, 4, 512))
         seq = Sequence.from_pypulseq(build_demo_flash(n))
