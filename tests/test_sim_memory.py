@@ -21,10 +21,10 @@ CORPUS = Path(__file__).resolve().parent / "data" / "seq-corpus"
 
 
 def _load(**changes: object) -> M.PdgLoad:
-    """One repetition: 12 transverse and 6 longitudinal states, 10 of them emitting, 64
+    """One repetition: 12 transverse and 6 longitudinal states, 5 edges, 10 states emitting, 64
     samples in 2 blocks of one step pattern (its W tensor alive), one voxel group."""
     one = {
-        "plus": 12, "z": 6, "edges": 5, "edges_last": 3, "emit": 10, "samples": 64,
+        "plus": 12, "z": 6, "edges": 5, "emit": 10, "samples": 64,
         "blocks": 2, "pattern_blocks": 2, "step_products": 1, "graph_plus": 40,
     }  # fmt: skip
     arrays = {k: np.array([v]) for k, v in one.items()}
@@ -49,17 +49,37 @@ def test_constants_mirror_the_main_pass() -> None:
 
 def test_main_pass_is_the_documented_formula() -> None:
     """live + the largest of pulse, signal and relaxation, + persistent arrays and signal."""
-    V, C, Sp, Sz, E_, El, Se, T, nb = 1000, 3, 12, 6, 5, 3, 10, 64, 2
+    V, C, Sp, Sz, E_, Se, T, nb = 1000, 3, 12, 6, 5, 10, 64, 2
     load = _load(coils=C)
     live = 8 * V * (0 + 1 + Sp + Sz) + 32 * 8 * V * 1
-    pulse = V * (32 * E_ + 48)
-    signal = V * (16 * El + 20 * Se) + 48 * Se * T + 8 * Se * C * V
+    pulse = V * (8 * E_ + 48)
+    signal = V * (8 * E_ + 20 * Se) + 48 * Se * T + 8 * Se * C * V
     signal += 8 * Se * C * V * (nb + 2) + 40 * V * nb
     signal += 24 * min(Se * nb * C * V, 2 * M.BATCH_ELEMENTS) + 8 * Se * V  # waiting in the batch
-    relax = 4 * V * Sp
+    relax = V * (4 * (Sp + Sz) + 8 * E_)
     assert signal > max(pulse, relax)
     persistent = V * (48 + 8 * (C + 1)) + 16 * T * C
     assert M.main_pass_bytes(load) == live + signal + persistent
+
+
+def test_gathered_parents_and_relaxation_factors_outlive_their_repetition() -> None:
+    """Without signal, the pulse holds this and the last repetition's gathered parents (all edge
+    kinds), and the last relaxation factor is still bound: two repetitions, no ADC."""
+    V, (Sp0, Sz0, E0), (Sp1, Sz1, E1) = 1000, (50, 30, 100), (60, 40, 300)
+    load = _load(plus=np.array([Sp0, Sp1]), z=np.array([Sz0, Sz1]), edges=np.array([E0, E1]),
+                 emit=np.zeros(2, int), samples=np.zeros(2, int), blocks=np.zeros(2, int),
+                 pattern_blocks=np.zeros(2, int), step_products=np.zeros(2, int),
+                 graph_plus=np.zeros(2, int))  # fmt: skip
+    live1 = 8 * V * (Sp0 + Sz0 + Sp1 + Sz1) + 4 * V * (Sp0 + Sz0)
+    pulse1 = V * (8 * (E0 + E1) + 48)
+    relax1 = V * (4 * (Sp1 + Sz1) + 8 * E1)
+    assert pulse1 > relax1
+    persistent = V * (48 + 8 * 2)
+    assert M.main_pass_bytes(load) == live1 + pulse1 + persistent
+    # the relaxation's peak: many states, few edges
+    few = dataclasses.replace(load, edges=np.array([1, 2]))
+    relax1 = V * (4 * (Sp1 + Sz1) + 8 * 2)
+    assert M.main_pass_bytes(few) == live1 + relax1 + persistent
 
 
 def test_state_terms_double_with_the_voxels() -> None:

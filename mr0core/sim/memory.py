@@ -7,22 +7,23 @@ with the main pass's own rule (:func:`mr0core.sim.pdg.simulated_states`,
 
 Symbols: ``V`` voxels (phantom entries after ``build()``), ``C`` receive coils, and per
 repetition: ``Sp``, ``Sz`` the transverse and longitudinal states the main pass simulates
-(``'``: the previous repetition's), ``E`` the edges of the largest kind between simulated states
-(``El`` of the last kind), ``Se`` the emitting states, ``T`` the ADC samples, ``nb`` the
+(``'``: the previous repetition's), ``E`` the simulated edges (of every kind, between simulated
+states), ``Se`` the emitting states, ``T`` the ADC samples, ``nb`` the
 32-sample blocks of the largest phasor chunk, ``nbp`` the most of them sharing one step pattern,
 ``nw`` the step products ``W [32, V]`` alive (cache, this and the previous chunk's), ``Vb`` the
 voxel-blocks of anchor products alive (``max_g max((V_g' + V_g) nb, V_g (nb + nbp))`` over the
 (T2′, D) groups ``V_g``). State magnetisations are complex64 ``[states, voxels]`` (8 bytes).
 The main pass (:func:`mr0core.sim.pdg.execute_graph`) holds, at its peak::
 
-    live   = 8 V (Sp' + Sz' + Sp + Sz) + 256 V nw           states old and new; step products
-    pulse  = V (32 E + 48)                                   one edge kind: parents, conjugate,
-                                                             products, the previous kind's
-    signal = V (16 El + 20 Se) + 48 Se T                     last kind's leftovers; emitters'
-                                                             copy, phase, phased copy; [Se, T]
+    live   = 8 V (Sp' + Sz' + Sp + Sz) + 4 V (Sp' + Sz')     states old and new; the last
+           + 256 V nw                                        relaxation factor; step products
+    pulse  = V (8 (E' + E) + 48)                             the gathered parents, this and the
+                                                             last repetition's; coefficients
+    signal = V (8 E + 20 Se) + 48 Se T                       gathered parents; emitters' copy,
+                                                             phase, phased copy; [Se, T]
            + 8 Se C V + 8 Se C Vb + 40 V nb                  coil-weighted states; per-block
                                                              anchor products; anchor phasors
-    relax  = 4 V max(Sp, Sz)                                 the in-place relaxation factor
+    relax  = V (4 (Sp + Sz) + 8 E)                           relaxation factor; gathered parents
     main   = max over repetitions [live + max(pulse, signal, relax)]
            + V (48 + 8 (C + tx)) + 16 N_adc C                phantom copies, coil maps; signal
 
@@ -54,12 +55,15 @@ have made (a pulse makes two transverse and one longitudinal child of each trans
 longitudinal and two transverse of each longitudinal one), at most ``max_states`` of each kind,
 all emitting.
 
-Calibration (CPU, ``python scripts/calibrate_estimate.py``, fresh process per case, peak RSS
-growth; AMD EPYC, 2 threads, torch 2.13.0+cpu): measured / estimated (with the fixed process
-costs) from the graph median 0.94, lowest 0.80, highest 1.01 over 29 cases (16² to 128² brain, 1
-to 8 coils, ``max_states`` 50 to 500); the main pass alone, torch's own allocations against
-``main``, median 1.00 (0.81–1.11); the bound before the pre-pass median 0.21, lowest 0.01 (safe,
-but up to 100 times too high). Not yet calibrated on a GPU.
+Calibration (CPU, ``python scripts/calibrate_estimate.py``, a fresh process per case, peak RSS
+growth; Intel Xeon, 2 cores, 2 threads, torch 2.13.0+cpu; 14 cases: the ``--quick`` set and
+eight more of the full grid, 16² to 128² brain, 1 to 8 coils, ``max_states`` 50 to 500):
+measured / estimated (with the fixed process costs) from the graph median 0.99, lowest 0.70,
+highest 1.19 (the highest on jobs of 20–45 MB); the main pass alone, torch's own allocations
+against ``main``, median 1.01 (0.64–1.69, and 2.71 on a 16² phantom whose main pass is 5 MB);
+the bound before the pre-pass median 0.37, lowest 0.08, highest 0.57 (6 cases: safe, but up
+to 12.5 times too high). The full grid has not been run since the parents of all edge kinds
+are gathered at once. Not yet calibrated on a GPU.
 """
 
 from __future__ import annotations
@@ -116,13 +120,12 @@ F32 = np.dtype(np.float32).itemsize
 
 STATE_BYTES = C64
 """Per (state, voxel): a state magnetisation (old and new, transverse and longitudinal)."""
-PULSE_EDGE_BYTES = 4 * C64
-"""Per (edge, voxel) of the largest edge kind: its gathered parents, their conjugate, the
-products, and the previous kind's products (still bound while the next are made)."""
+EDGE_BYTES = C64
+"""Per (edge, voxel), every edge kind: the parents gathered in one tensor and scaled in place
+(the pass without autograd). The tensor stays bound through the repetition's signal and
+relaxation, until the next repetition's gather has been made."""
 PULSE_COEF_BYTES = 6 * C64
 """Per voxel: the six pulse coefficient rows."""
-LEFTOVER_EDGE_BYTES = 2 * C64
-"""Per (edge, voxel) of the last edge kind: its parents and products live on into the signal."""
 SIGNAL_STATE_BYTES = C64 + F32 + C64
 """Per (emitting state, voxel): the emitters' copy, their phase (float32) and the phased copy."""
 COIL_STATE_BYTES = C64
@@ -140,7 +143,8 @@ STATE_SAMPLE_BYTES = 12 * F32
 EXACT_CHUNK_BYTES = 2 * F32 + C64
 """Per (state, sample, voxel) of the exact path's chunk: decay factor, operand and product."""
 RELAX_BYTES = F32
-"""Per (state, voxel): the in-place relaxation factor."""
+"""Per (state, voxel), transverse and longitudinal: the relaxation factor, made in place; it
+stays bound until the next repetition's is made."""
 VOXEL_BYTES = 12 + 9 * F32
 """Per voxel: positions, B0, T1, T2, T2′, D, z0 and the sorted copies of the pass."""
 VOXEL_CHANNEL_BYTES = C64
@@ -208,8 +212,8 @@ class PdgLoad:
         Whether the exact per-voxel signal path is taken (more than 16 groups).
     plus, z
         ``Sp``, ``Sz``: states the main pass simulates.
-    edges, edges_last
-        ``E``: edges of the largest kind between simulated states; those of the last kind.
+    edges
+        ``E``: the simulated edges (child and parent simulated), of every kind.
     emit
         ``Se``: emitting transverse states (0 in repetitions without ADC).
     samples
@@ -238,7 +242,6 @@ class PdgLoad:
     plus: np.ndarray
     z: np.ndarray
     edges: np.ndarray
-    edges_last: np.ndarray
     emit: np.ndarray
     samples: np.ndarray
     blocks: np.ndarray
@@ -404,7 +407,7 @@ def pdg_load_from_graph(
     groups, exact = _groups(data)
     plan = _sample_plan(seq, voxels, data.size.detach().cpu().numpy(), exact)
     n = len(graph)
-    plus, z, edges, last, emit, graph_plus, live = (np.zeros(n, np.int64) for _ in range(7))
+    plus, z, edges, emit, graph_plus, live = (np.zeros(n, np.int64) for _ in range(6))
     prev_p = np.zeros(0, bool)
     prev_z = np.ones(1, bool)
     for r, rg in enumerate(graph):
@@ -421,17 +424,14 @@ def pdg_load_from_graph(
             src = prev_p if kind in _FROM_PLUS else prev_z
             if len(child) == 0 or len(src) == 0:
                 continue
-            ok = int(((is_p if kind in _TO_PLUS else is_z)[child] & src[parent]).sum())
-            if ok:
-                edges[r] = max(edges[r], ok)
-                last[r] = ok
+            edges[r] += int(((is_p if kind in _TO_PLUS else is_z)[child] & src[parent]).sum())
         if plan.samples[r] > 0:
             emit[r] = len(emitting_states(rg, act_p, min_emitted))
         prev_p, prev_z = is_p, is_z
     return PdgLoad(
         voxels=voxels, coils=int(data.coil_sens.shape[0]) if coils is None else int(coils),
         tx=int(data.B1.shape[0]), groups=groups, exact=exact, plus=plus, z=z, edges=edges,
-        edges_last=last, emit=emit, samples=plan.samples, blocks=plan.blocks,
+        emit=emit, samples=plan.samples, blocks=plan.blocks,
         pattern_blocks=plan.pattern_blocks, step_products=plan.step_products,
         graph_plus=graph_plus, graph_live=live, graph_states=int(sum(graph.state_counts)),
     )  # fmt: skip
@@ -486,7 +486,9 @@ def pdg_load(
     g_p, g_zc = 0, 1
     cap = PREPASS_OVERSAMPLE * max_states
     for r, rep in enumerate(seq):
-        edges[r] = max(n_p, n_z)  # every parent has at most one child of each edge kind
+        # a transverse parent has at most three children (unaffected, refocused, stored), a
+        # longitudinal one three (kept, excited, excited mirror)
+        edges[r] = 3 * (n_p + n_z)
         if float(rep.pulse.angle.detach()) != 0.0:
             n_p, n_z = min(max_states, 2 * n_p + 2 * n_z), min(max_states, n_z + n_p)
             g_p, g_zc = min(cap, 2 * g_p + 2 * g_zc), min(cap, g_zc + g_p)
@@ -495,7 +497,7 @@ def pdg_load(
     plan = _sample_plan(seq, voxels, size_m, exact)
     return PdgLoad(
         voxels=int(voxels), coils=int(coils), tx=int(tx), groups=(int(voxels),), exact=exact,
-        plus=plus, z=z, edges=edges, edges_last=edges.copy(),
+        plus=plus, z=z, edges=edges,
         emit=np.where(plan.samples > 0, plus, 0), samples=plan.samples, blocks=plan.blocks,
         pattern_blocks=plan.pattern_blocks, step_products=plan.step_products,
         graph_plus=g_plus, graph_states=int(g_plus.sum() + g_z.sum()),
@@ -525,15 +527,16 @@ def main_pass_bytes(load: PdgLoad) -> int:
     if len(load.plus) == 0:
         return int(V * (VOXEL_BYTES + VOXEL_CHANNEL_BYTES * (C + load.tx)))
     f = np.float64
-    sp, sz, e, el, se = (x.astype(f) for x in (load.plus, load.z, load.edges, load.edges_last,
-                                               load.emit))  # fmt: skip
+    sp, sz, e, se = (x.astype(f) for x in (load.plus, load.z, load.edges, load.emit))
     t, nb, nbp, nw = (x.astype(f) for x in (load.samples, load.blocks, load.pattern_blocks,
                                             load.step_products))  # fmt: skip
     sp_prev = np.concatenate([[0.0], sp[:-1]])
     sz_prev = np.concatenate([[1.0], sz[:-1]])
+    e_prev = np.concatenate([[0.0], e[:-1]])
     live = STATE_BYTES * V * (sp_prev + sz_prev + sp + sz) + STEP_PRODUCT_BYTES * V * nw
-    pulse = V * (PULSE_EDGE_BYTES * e + PULSE_COEF_BYTES)
-    signal = V * (LEFTOVER_EDGE_BYTES * el + SIGNAL_STATE_BYTES * se) + STATE_SAMPLE_BYTES * se * t
+    live += RELAX_BYTES * V * np.concatenate([[0.0], (sp + sz)[:-1]])
+    pulse = V * (EDGE_BYTES * (e_prev + e) + PULSE_COEF_BYTES)
+    signal = V * (EDGE_BYTES * e + SIGNAL_STATE_BYTES * se) + STATE_SAMPLE_BYTES * se * t
     if load.exact:
         chunk = np.minimum(se * t * V, np.maximum(EXACT_CHUNK_ELEMENTS, se * V))
         signal += ANCHOR_PHASOR_BYTES * V * t + EXACT_CHUNK_BYTES * chunk
@@ -557,7 +560,7 @@ def main_pass_bytes(load: PdgLoad) -> int:
         rows = float((se * np.ceil(t / ANCHOR) * n_gc)[batched].sum())
         held = float(se[batched].sum()) * V
         signal = signal + BATCH_ROW_BYTES * min(rows * V, 2.0 * BATCH_ELEMENTS) + C64 * held
-    relax = RELAX_BYTES * V * np.maximum(sp, sz)
+    relax = V * (RELAX_BYTES * (sp + sz) + EDGE_BYTES * e)
     peak = float(np.max(live + np.maximum(np.maximum(pulse, signal), relax)))
     persistent = V * (VOXEL_BYTES + VOXEL_CHANNEL_BYTES * (C + load.tx))
     return int(peak + persistent + SIGNAL_BYTES * float(load.samples.sum()) * C)
