@@ -80,8 +80,6 @@ SEQ_TEXT_COPIES = 2
 """Copies of a ``.seq`` text alive while it is read: the bytes and the decoded text."""
 SEQ_LAYOUT_BYTES_PER_SAMPLE = 2 * np.dtype(np.complex64).itemsize
 """Bytes per ADC sample of the readout layout (a zero signal and KData's copy of it)."""
-SIGNAL_BYTES = 2 * np.dtype(np.complex64).itemsize
-"""Bytes per (ADC sample, coil) of a simulated signal kept for its reconstruction."""
 
 PREPASS_AUTO_VOXELS = 1 << 17
 """``estimate_job`` runs the pre-pass by itself only for phantoms up to this many voxels…"""
@@ -109,11 +107,9 @@ def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
 
 def _device(params: Mapping[str, Any]) -> str:
     """Return ``params["device"]`` as ``"cpu"`` (default) or ``"cuda"``."""
-    device = params.get("device") or "cpu"
-    kind = str(device).split(":", 1)[0]
-    if kind not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda[:index]', got {device!r}")
-    return kind
+    from mr0core.sim.memory import device_kind
+
+    return device_kind(params.get("device") or "cpu")
 
 
 def _with_fixed(model_bytes: int, device: str) -> int:
@@ -336,7 +332,7 @@ def estimate_simulation_from_sequence(
     reconstruction with the signal (``samples`` ADC samples per coil) kept.
     """
     from mr0core.recon.memory import estimate_recon_bytes
-    from mr0core.sim.memory import estimate_pdg
+    from mr0core.sim.memory import SIGNAL_BYTES, estimate_pdg
 
     voxels = _check_int("voxels", params.get("voxels"), 1, 1 << 40)
     coils = _check_int("coils", params.get("coils", 1), 1, MAX_COILS)
