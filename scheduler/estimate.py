@@ -130,10 +130,7 @@ def _load_sequence(spec: Any) -> Sequence:
         raise ValueError(f"seq must be Pulseq text or a .seq path, got {type(spec).__name__}")
     text = str(spec)
     if "\n" in text or text.lstrip().startswith(("[", "#")):
-        from mr0core.pulseq import seq_to_sequence
-        from mr0core.pulseq.reader import read_seq_text
-
-        return seq_to_sequence(read_seq_text(text))
+        return Sequence.from_text(text, "<job .seq>")  # as the job reads it
     path = Path(text)
     if not path.is_file():
         raise ValueError(f"seq: no such file {text!r} (give Pulseq text or a .seq path)")
