@@ -49,9 +49,8 @@ from .functions import MRD_SESSION
 
 # mr0core (and torch) load inside the estimators, when an estimate is made: the scheduler
 # service imports this module and stays light, as it does scheduler.functions
-if TYPE_CHECKING:  # what type checkers see; at run time estimate_pdg loads in __getattr__
+if TYPE_CHECKING:
     from mr0core.sequence import Sequence
-    from mr0core.sim.memory import estimate_pdg
 
 __all__ = [
     "CALL_ESTIMATORS",
@@ -62,7 +61,6 @@ __all__ = [
     "NoEstimate",
     "estimate_call",
     "estimate_job",
-    "estimate_pdg",
     "estimate_prepare_call",
     "estimate_reconstruct_call",
     "estimate_seq_parse",
@@ -406,19 +404,6 @@ def estimate_reconstruct_call(inputs: Mapping[str, Any], params: Mapping[str, An
     recon = estimate_recon_bytes(kd.recon_matrix, kd.n_coils, params.get("method", "auto"),
                                  samples=int(kd.signal.shape[0]))  # fmt: skip
     return FIXED_BYTES + recon
-
-
-def __getattr__(name: str) -> Any:
-    """Load the re-export ``estimate_pdg`` (:func:`mr0core.sim.memory.estimate_pdg`) on first use.
-
-    It is named here by :mod:`scheduler.functions`; a module attribute loaded lazily, so that
-    importing this module still loads neither mr0core nor torch.
-    """
-    if name == "estimate_pdg":
-        from mr0core.sim.memory import estimate_pdg
-
-        return estimate_pdg
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- the registries ------------------------------------------------------------------------------

@@ -453,7 +453,7 @@ def prepare_seq(
     voxels, coils, tx, exact, max_states
         The twin the sequence will be simulated on (built voxels, receive coils, transmit
         channels, whether it takes the exact signal path) and the pre-pass states, for the
-        simulation's memory estimate (:func:`scheduler.estimate.estimate_pdg`). Optional:
+        simulation's memory estimate (:func:`mr0core.sim.memory.estimate_pdg`). Optional:
         without ``voxels`` there is no estimate.
     layout
         Also return the readout layout.

@@ -71,12 +71,12 @@ def test_functions_without_an_estimate_give_zero() -> None:
 
 def test_importing_the_estimates_loads_no_torch() -> None:
     """The scheduler service imports this module: mr0core and torch load with the first
-    estimate, and the re-export estimate_pdg is the model's."""
+    estimate, not before."""
     code = (
         "import json, sys, scheduler.estimate as E\n"
         "light = 'torch' not in sys.modules\n"
-        "from mr0core.sim import memory\n"
-        "print(json.dumps([light, E.estimate_pdg is memory.estimate_pdg]))\n"
+        "E.estimate_simulation_job({'demo_flash': 8, 'size': 8})\n"
+        "print(json.dumps([light, 'torch' in sys.modules]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          check=True, timeout=120).stdout  # fmt: skip
