@@ -204,8 +204,17 @@ def waveform_spinor(
         distinct = _distinct_voxels(grad, pos, df, b1_scale)
         if distinct is not None:
             pos_u, df_u, scale_u, inverse = distinct
-            a, b = waveform_spinor(b1, dt, grad, center, pos_u, df_u, scale_u)
+            a, b = _spinor_rows(b1, dt, grad, center, pos_u, df_u, scale_u)
             return a[inverse], b[inverse]
+    return _spinor_rows(b1, dt, grad, center, pos, df, b1_scale)
+
+
+def _spinor_rows(
+    b1: torch.Tensor, dt: torch.Tensor, grad: torch.Tensor, center: float, pos: torch.Tensor,
+    df: torch.Tensor, b1_scale: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """:func:`waveform_spinor` of every row (inputs already on one device and dtype)."""
+    fdt = pos.dtype
     # off-resonance of each voxel at each step: G_n · r + Δf (Hz)
     n_steps, n_vox = len(dt), len(pos)
     chunk = max(1, _TREE_ELEMENTS // max(n_steps, 1))
