@@ -1,5 +1,5 @@
 # A real Gadgetron (4.x, the official runtime image) with our chains as external Python gadgets
-# (gadgets/gadgetron_external.py) and our stream configurations
+# (gadgets/serve/gadgetron_external.py) and our stream configurations
 # (gadgets/config/gadgetron/*.xml) in its config folder. Build from the repository root:
 #
 #   docker build -f docker/gadgetron.Dockerfile -t mr0-gadgetron .
@@ -41,7 +41,7 @@ COPY scheduler /opt/mr0/scheduler
 RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /opt/mr0/constraints.txt \
     && python -m pip install --no-cache-dir -c /opt/mr0/constraints.txt -e "/opt/mr0[gadgetron]" \
     && python -m compileall -q /opt/mr0/mr0core /opt/mr0/gadgets /opt/mr0/scheduler \
-    && python -c "import gadgetron, gadgets.gadgetron_external"
+    && python -c "import gadgetron, gadgets.serve.gadgetron_external"
 
 # The stream configurations, where `gadgetron_ismrmrd_client -c mr0_recon.xml` looks for them.
 COPY gadgets/config/gadgetron/*.xml ${GADGETRON_PREFIX}/share/gadgetron/config/

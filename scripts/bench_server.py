@@ -102,7 +102,7 @@ def _dataset() -> tuple[str, list[Any]]:
 
 
 def _wire(header: str, acqs: list[Any], config: str) -> bytes:
-    from gadgets.protocol import MessageWriter
+    from gadgets.wire.framing import MessageWriter
 
     buf = io.BytesIO()
     w = MessageWriter(buf)
@@ -175,14 +175,17 @@ def _session(port: int, payload: bytes) -> tuple[float, int]:
 
 
 def _client_command() -> list[str]:
-    """``mr0-client`` as installed beside this interpreter (else ``python -m gadgets.client``)."""
+    """``mr0-client`` as installed beside this interpreter (else ``python -m gadgets.wire.client``).
+
+    The list is the command and its first arguments.
+    """
     script = Path(sys.executable).parent / "mr0-client"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "gadgets.client"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "gadgets.wire.client"]
 
 
 def _preview_session(port: int, job: dict[str, Any]) -> tuple[float, int]:
     """Run one ``mr0_preview`` session from this process; return its wall time and images."""
-    from gadgets.protocol import MessageId, MessageReader, MessageWriter
+    from gadgets.wire.framing import MessageId, MessageReader, MessageWriter
 
     t0 = time.perf_counter()
     with socket.create_connection(("127.0.0.1", port), timeout=300) as sock:
@@ -244,7 +247,7 @@ def bench_preview(rounds: int, server_args: list[str], tmp: Path) -> dict[str, A
         port = s.getsockname()[1]
     log_path = tmp / "server.log"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "gadgets.server", "--port", str(port), "--log-level", "info",
+    cmd = [sys.executable, "-m", "gadgets.serve.server", "--port", str(port), "--log-level", "info",
            "--log-format", "json", *server_args]  # fmt: skip
     job = {"seq": PREVIEW_SEQ.read_text(), "phantom": PREVIEW_PHANTOM, "size": PREVIEW_SIZE}
     client = [*_client_command(), "--preview", str(PREVIEW_SEQ), "--phantom", PREVIEW_PHANTOM,
@@ -364,7 +367,7 @@ def bench_throughput(repeat: int) -> dict[str, dict[str, Any]]:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server = _start([sys.executable, "-m", "gadgets.server", "--port", str(port),
+        server = _start([sys.executable, "-m", "gadgets.serve.server", "--port", str(port),
                          "--log-level", "error"])  # fmt: skip
         try:
             for _ in range(200):

@@ -108,7 +108,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from gadgets.protocol import (  # noqa: E402  (after the repository is on sys.path)
+from gadgets.wire.framing import (  # noqa: E402  (after the repository is on sys.path)
     Limits,
     MessageId,
     MessageReader,
@@ -878,7 +878,7 @@ class ServerProcess:
         self.folder = folder
         self.port = _free_port()
         exe = Path(sys.executable).with_name("mr0-server")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "gadgets.server"]
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "gadgets.serve.server"]
         self.args = [
             *cmd,
             "--host",

@@ -102,7 +102,7 @@ def run_session(
 
     import ismrmrd
 
-    from gadgets.protocol import MessageReader, MessageWriter
+    from gadgets.wire.framing import MessageReader, MessageWriter
 
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         writer = MessageWriter(sock)

@@ -19,9 +19,9 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from gadgets.chain import DEFAULT_CHAINS_DIR
-from gadgets.protocol import MessageId, MessageReader, MessageWriter
-from gadgets.server import MrdServer, ServerConfig
+from gadgets.framework.chain import DEFAULT_CHAINS_DIR
+from gadgets.serve.server import MrdServer, ServerConfig
+from gadgets.wire.framing import MessageId, MessageReader, MessageWriter
 from mr0core import clitools
 from mr0core.cli import DEFAULT_SEQ
 from mr0core.io import mrd, rawfile
@@ -36,7 +36,7 @@ LIGHT_MR0CORE = {"mr0core", "mr0core._lazy", "mr0core.clitools", "mr0core.io",
 # Runs the client's main in a fresh interpreter, then names the heavy modules it imported.
 CLIENT = """
 import json, sys
-from gadgets.client import main
+from gadgets.wire.client import main
 rc = main(sys.argv[1:])
 light = {LIGHT}
 heavy = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")
@@ -77,7 +77,7 @@ def run_client(*argv: str) -> tuple[int, list[str], str]:
 
 def test_importing_the_client_loads_no_torch_and_only_light_mr0core_modules():
     code = (
-        "import json, sys, gadgets.client\n"
+        "import json, sys, gadgets.wire.client\n"
         "print(json.dumps(['torch' in sys.modules,"
         " sorted(m for m in sys.modules if m == 'mr0core' or m.startswith('mr0core.'))]))"
     )
@@ -104,7 +104,7 @@ def test_importing_mr0core_loads_no_torch_until_a_name_is_used():
 
 def test_importing_gadgets_pacs_loads_neither_torch_nor_mr0core():
     code = (
-        "import json, sys, gadgets.pacs\n"
+        "import json, sys, gadgets.wire.pacs\n"
         "print(json.dumps([m for m in sys.modules if m in ('torch', 'mr0core', 'pydicom',"
         " 'pynetdicom') or m.startswith(('torch.', 'mr0core.'))]))"
     )

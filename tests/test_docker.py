@@ -363,8 +363,8 @@ def test_console_script_resolves(name):
 
 
 def _server_options() -> set[str]:
-    """The long options that gadgets/server.py's parser declares."""
-    tree = ast.parse((REPO / "gadgets" / "server.py").read_text(encoding="utf-8"))
+    """The long options that gadgets/serve/server.py's parser declares."""
+    tree = ast.parse((REPO / "gadgets" / "serve" / "server.py").read_text(encoding="utf-8"))
     return {
         arg.value
         for node in ast.walk(tree)
@@ -632,7 +632,7 @@ def test_label_matches_the_server(template):
     cmd = _cmd(OPENRECON)
     port = int(cmd[cmd.index("--port") + 1]) if "--port" in cmd else 9002
     assert template["reconstruction"]["port"] == port
-    gadget_source = "\n".join(p.read_text() for p in (REPO / "gadgets").glob("*.py"))
+    gadget_source = "\n".join(p.read_text() for p in (REPO / "gadgets").rglob("*.py"))
     for parameter in template["parameters"]:
         if parameter["id"] == "config":
             for value in parameter["values"]:

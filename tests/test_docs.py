@@ -126,7 +126,7 @@ def test_the_build_output_is_not_committed() -> None:
 def test_only_the_listed_docstring_warnings_are_left_out() -> None:
     conf = _conf()
     # the list is empty now (every known warning was fixed): check the filter with one entry
-    conf.KNOWN_DOCSTRING_WARNINGS = [("docstring of gadgets.status:", "Malformed table")]
+    conf.KNOWN_DOCSTRING_WARNINGS = [("docstring of gadgets.serve.status:", "Malformed table")]
     where, what = conf.KNOWN_DOCSTRING_WARNINGS[0]
     known = conf._KnownWarnings.__new__(conf._KnownWarnings)
     logging.Filter.__init__(known)
@@ -138,8 +138,8 @@ def test_only_the_listed_docstring_warnings_are_left_out() -> None:
         rec.location = location
         return rec
 
-    assert not known.filter(record(f"/x/gadgets/status.py:{where}15", f"ERROR: {what}."))
-    assert known.filter(record(f"/x/gadgets/status.py:{where}15", "ERROR: Unknown directive"))
+    assert not known.filter(record(f"/x/gadgets/serve/status.py:{where}15", f"ERROR: {what}."))
+    assert known.filter(record(f"/x/gadgets/serve/status.py:{where}15", "ERROR: Unknown directive"))
     assert known.filter(record("/x/mr0core/new.py:docstring of mr0core.new:3", f"ERROR: {what}."))
 
 
@@ -156,7 +156,7 @@ def test_references_into_our_packages_are_checked_others_are_not() -> None:
     assert ignored("numpy.ndarray")
     assert ignored("Path")
     assert not ignored("mr0core.no_such_name")
-    assert not ignored("gadgets.store.RetrieveGadget")
+    assert not ignored("gadgets.framework.session_store.RetrieveGadget")
     assert not ignored("scheduler.nope")
 
 

@@ -12,10 +12,10 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from gadgets.asl import CBF_SERIES, CONTROL_SERIES, LABEL_SERIES, PREVIEW_MATRIX
-from gadgets.chain import DEFAULT_CHAINS_DIR
-from gadgets.protocol import MessageId, MessageReader, MessageWriter
-from gadgets.server import MrdServer, ServerConfig
+from gadgets.framework.chain import DEFAULT_CHAINS_DIR
+from gadgets.library.asl import CBF_SERIES, CONTROL_SERIES, LABEL_SERIES, PREVIEW_MATRIX
+from gadgets.serve.server import MrdServer, ServerConfig
+from gadgets.wire.framing import MessageId, MessageReader, MessageWriter
 from mr0core.io.mrd_images import image_array
 from mr0core.jobs import build_demo_flash
 from mr0core.perfusion.dro import GroundTruth, acquisition_affine, load_params, resample

@@ -11,7 +11,8 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from gadgets.chain import (
+import gadgets.library  # noqa: F401  (registers the gadgets the chains name)
+from gadgets.framework.chain import (
     DEFAULT_CHAINS_DIR,
     MAX_CHAIN_BYTES,
     Chain,
@@ -20,7 +21,7 @@ from gadgets.chain import (
     load_chain,
     parse_chain,
 )
-from gadgets.core import REGISTRY, Context, Gadget, GadgetError, Property, Text, register
+from gadgets.framework.core import REGISTRY, Context, Gadget, GadgetError, Property, Text, register
 
 SHIPPED = ("default", "passthrough", "savedata", "nufft", "sense")
 
@@ -166,7 +167,8 @@ def test_oversized_xml_is_refused():
 
 
 @pytest.mark.parametrize(
-    "classname", ["os.system", "gadgets.recon.FFTGadget", "__import__", "Gadget", "subprocess"]
+    "classname",
+    ["os.system", "gadgets.library.recon.FFTGadget", "__import__", "Gadget", "subprocess"],
 )
 def test_classes_resolve_only_through_the_registry(classname):
     assert classname not in REGISTRY

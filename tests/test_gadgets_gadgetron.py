@@ -1,9 +1,10 @@
-"""Our chains as external Python gadgets of Gadgetron (``gadgets.gadgetron_external``).
+"""Our chains as external Python gadgets of Gadgetron (``gadgets.serve.gadgetron_external``).
 
 The tests play Gadgetron's side of its external-language protocol over real TCP sockets: in
-ACTIVE mode they listen and start ``python -m gadgetron PORT gadgets.gadgetron_external TARGET``
-as Gadgetron does; in PASSIVE mode they start ``python -m gadgets.gadgetron_external --listen``
-and connect to it. Gadgetron's side sends the config (its copy of ``<configuration>``, with
+ACTIVE mode they listen and start
+``python -m gadgetron PORT gadgets.serve.gadgetron_external TARGET`` as Gadgetron does; in
+PASSIVE mode they start ``python -m gadgets.serve.gadgetron_external --listen`` and connect to
+it. Gadgetron's side sends the config (its copy of ``<configuration>``, with
 pugixml's XML declaration), the ISMRMRD header, the items and a close, and reads images until the
 gadget's close (an ERROR message: uint64 length and text). The reference is the same chain run
 in this process on the same data.
@@ -35,15 +36,15 @@ pytest.importorskip("gadgetron")
 
 from gadgetron.external import Connection
 
-from gadgets import gadgetron_external as ge
-from gadgets.chain import DEFAULT_CHAINS_DIR, ChainError, chain_path, load_chain
-from gadgets.core import Context, GadgetError
-from gadgets.twin import PREVIEW_SERIES
+from gadgets.framework.chain import DEFAULT_CHAINS_DIR, ChainError, chain_path, load_chain
+from gadgets.framework.core import Context, GadgetError
+from gadgets.library.preview import PREVIEW_SERIES
+from gadgets.serve import gadgetron_external as ge
 from mr0core.io.mrd import parse_header, sig_to_mrd
 
 REPO = Path(__file__).resolve().parent.parent
 GRE = Path(__file__).parent / "data" / "seq-corpus" / "write_gre.seq"
-MODULE = "gadgets.gadgetron_external"
+MODULE = "gadgets.serve.gadgetron_external"
 IO_TIMEOUT_S = 60.0  # any single socket operation
 PROCESS_TIMEOUT_S = 90.0  # a gadget process from start to exit
 
@@ -355,19 +356,19 @@ def test_header_seq_parameter(scan):
 def test_properties_win_over_the_header_seq(scan):
     good = base64.b64encode(GRE.read_bytes()).decode()
     header = with_seq_parameter(scan.header, b"not a sequence")
-    chain = ge.open_chain("mr0_preview", properties_xml({"seq_b64": good}), header)
+    chain = ge.open_external_chain("mr0_preview", properties_xml({"seq_b64": good}), header)
     assert chain.gadgets[0].props["seq_b64"] == good
-    chain = ge.open_chain("mr0_preview", properties_xml({"TwinPreview.seq": "x"}), header)
+    chain = ge.open_external_chain("mr0_preview", properties_xml({"TwinPreview.seq": "x"}), header)
     assert chain.gadgets[0].props["seq_b64"] == ""  # a dotted seq key counts as given, too
-    chain = ge.open_chain("mr0_preview", None, header)
+    chain = ge.open_external_chain("mr0_preview", None, header)
     assert base64.b64decode(chain.gadgets[0].props["seq_b64"]) == b"not a sequence"
     # a chain without a seq_b64 property ignores the header's parameter
-    assert ge.open_chain("default", None, header).context.parameters == {}
+    assert ge.open_external_chain("default", None, header).context.parameters == {}
 
 
 def test_context_is_built_like_the_server(scan, tmp_path, monkeypatch):
     monkeypatch.setenv(ge.PHANTOMS_ENV, str(tmp_path))
-    chain = ge.open_chain("default", properties_xml({"series_index": "3"}), scan.header)
+    chain = ge.open_external_chain("default", properties_xml({"series_index": "3"}), scan.header)
     ctx = chain.context
     assert ctx.header is not None
     assert ctx.header.encoding
@@ -379,13 +380,13 @@ def test_context_is_built_like_the_server(scan, tmp_path, monkeypatch):
     # $MR0_CHAINS is the site's folder: its chains come first, the built-in ones stay
     (tmp_path / "default.xml").write_text((DEFAULT_CHAINS_DIR / "passthrough.xml").read_text())
     monkeypatch.setenv(ge.CHAINS_ENV, str(tmp_path))
-    site = ge.open_chain("default", None, scan.header)
+    site = ge.open_external_chain("default", None, scan.header)
     assert [g.name for g in site.gadgets] != [g.name for g in chain.gadgets]
-    assert len(ge.open_chain("sense", None, scan.header).gadgets) > 1
+    assert len(ge.open_external_chain("sense", None, scan.header).gadgets) > 1
     with pytest.raises(ChainError, match="no chain 'nowhere'"):
-        ge.open_chain("nowhere", None, scan.header)
+        ge.open_external_chain("nowhere", None, scan.header)
     with pytest.raises(GadgetError, match="does not parse"):
-        ge.open_chain("passthrough", None, "<ismrmrdHeader><oops")
+        ge.open_external_chain("passthrough", None, "<ismrmrdHeader><oops")
 
 
 def test_targets_and_their_chains():
@@ -427,7 +428,7 @@ def test_gadgetron_stream_configurations_are_complete():
         # what Gadgetron will send: the properties must apply to the target's chain
         configuration = external.find("configuration")
         text = ET.tostring(configuration, encoding="unicode") if configuration is not None else ""
-        chain = ge.open_chain(ge.TARGETS[target], pugi_config(text), None)
+        chain = ge.open_external_chain(ge.TARGETS[target], pugi_config(text), None)
         assert chain.context.parameters == ge.config_properties(text)
     preview = ET.parse(REPO / "gadgets" / "config" / "gadgetron" / "mr0_twin_preview.xml").getroot()
     props = {p.get("name"): p.get("value") for p in preview.iter("property")}

@@ -23,11 +23,12 @@ import ismrmrd.xsd
 import numpy as np
 import pytest
 
-from gadgets.chain import DEFAULT_CHAINS_DIR
-from gadgets.client import main as client_main
-from gadgets.protocol import MessageId, MessageReader, MessageWriter
-from gadgets.server import MrdServer, ServerConfig
-from gadgets.store import Store, StoreError, new_job_id, read_items
+from gadgets.framework.chain import DEFAULT_CHAINS_DIR
+from gadgets.framework.session_store import Store, StoreError, new_job_id
+from gadgets.serve.server import MrdServer, ServerConfig
+from gadgets.wire.client import main as client_main
+from gadgets.wire.framing import MessageId, MessageReader, MessageWriter
+from gadgets.wire.mrdfile import read_items
 from mr0core.io.mrd import parse_header
 from mr0core.io.mrd_images import image_array, read_mrd_images
 from scheduler.cli import main as scheduler_main
@@ -268,7 +269,7 @@ def _start_server(port: int, store: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     log = open(store.parent / f"server-{port}.log", "w")  # noqa: SIM115 (closed with the process)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gadgets.server", "--port", str(port), "--store", str(store),
+        [sys.executable, "-m", "gadgets.serve.server", "--port", str(port), "--store", str(store),
          "--log-level", "warning"],
         env=env, stderr=log, text=True,
     )  # fmt: skip

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from conftest import run_session
 
-from gadgets.chain import DEFAULT_CHAINS_DIR
-from gadgets.core import Context
-from gadgets.protocol import MessageId
-from gadgets.server import MrdServer, ServerConfig
-from gadgets.twin import TwinPreviewGadget
+from gadgets.framework.chain import DEFAULT_CHAINS_DIR
+from gadgets.framework.core import Context
+from gadgets.library.preview import TwinPreviewGadget
+from gadgets.serve.server import MrdServer, ServerConfig
+from gadgets.wire.framing import MessageId
 from mr0core.cli import main as mr0_main
 from mr0core.io.mrd import sig_to_mrd
 from mr0core.io.mrd_images import image_array

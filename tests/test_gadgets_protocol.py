@@ -21,7 +21,7 @@ from ismrmrd.serialization import (
     ProtocolSerializer,
 )
 
-from gadgets.protocol import (
+from gadgets.wire.framing import (
     Limits,
     Message,
     MessageId,

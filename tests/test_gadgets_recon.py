@@ -22,9 +22,9 @@ import pytest
 import torch
 
 import mr0core as mr0
-from gadgets.chain import DEFAULT_CHAINS_DIR, Chain, load_chain, parse_chain
-from gadgets.core import Context, GadgetError, Text
-from gadgets.recon import AcquisitionBuffer, NoiseAdjustGadget
+from gadgets.framework.chain import DEFAULT_CHAINS_DIR, Chain, load_chain, parse_chain
+from gadgets.framework.core import Context, GadgetError, Text
+from gadgets.library.recon import AcquisitionBuffer, NoiseAdjustGadget
 from mr0core.io.mrd import MrdFormatError, kdata_from_acquisitions, read_mrd, sig_to_mrd
 from mr0core.recon.auto import reconstruct
 from mr0core.recon.cartesian import reco_cartesian
@@ -459,7 +459,7 @@ def _xml(*classnames: str) -> str:
     ],
 )
 def test_extract_then_finish_stores_the_component(what, imtype, fn):
-    from gadgets.recon import ExtractGadget, Geometry, ImageBuffer, ImageFinishGadget
+    from gadgets.library.recon import ExtractGadget, Geometry, ImageBuffer, ImageFinishGadget
 
     rng = np.random.default_rng(0)
     values = (rng.standard_normal((4, 3, 1)) + 1j * rng.standard_normal((4, 3, 1))).astype(

@@ -19,10 +19,10 @@ import ismrmrd.xsd
 import numpy as np
 import pytest
 
-from gadgets.chain import DEFAULT_CHAINS_DIR
-from gadgets.protocol import MessageId, MessageReader, MessageWriter
-from gadgets.retro import RETRO_SERIES
-from gadgets.server import MrdServer, ServerConfig
+from gadgets.framework.chain import DEFAULT_CHAINS_DIR
+from gadgets.library.retro import RETRO_SERIES
+from gadgets.serve.server import MrdServer, ServerConfig
+from gadgets.wire.framing import MessageId, MessageReader, MessageWriter
 from mr0core.io.mrd import parse_header, sig_to_mrd
 from mr0core.jobs import SimSettings, load_job_phantom, run_simulation
 from mr0core.pulseq import read_seq_text, seq_to_sequence
@@ -134,7 +134,7 @@ def test_wrong_protocol_is_a_clear_error(server, measured):
 
 
 def test_client_retro_reruns_a_stored_dataset(server, measured, tmp_path, capsys):
-    from gadgets.client import main as client_main
+    from gadgets.wire.client import main as client_main
     from mr0core.io.mrd_images import read_mrd_images
 
     path, text = measured

@@ -26,10 +26,10 @@ import ismrmrd.serialization as mser
 import numpy as np
 import pytest
 
-from gadgets.chain import DEFAULT_CHAINS_DIR
-from gadgets.client import send_file
-from gadgets.protocol import MessageId, MessageReader, MessageWriter
-from gadgets.server import MrdServer, ServerConfig
+from gadgets.framework.chain import DEFAULT_CHAINS_DIR
+from gadgets.serve.server import MrdServer, ServerConfig
+from gadgets.wire.client import send_file
+from gadgets.wire.framing import MessageId, MessageReader, MessageWriter
 from mr0core.io.mrd_images import read_mrd_images
 
 GENERATE = shutil.which("ismrmrd_generate_cartesian_shepp_logan")
@@ -458,7 +458,7 @@ def test_cli_server_client_save_dir_and_sigterm(tmp_path):
     save = tmp_path / "saved"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gadgets.server", "--port", str(port), "--save-dir", str(save),
+        [sys.executable, "-m", "gadgets.serve.server", "--port", str(port), "--save-dir", str(save),
          "--log-level", "info"],
         env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -472,14 +472,14 @@ def test_cli_server_client_save_dir_and_sigterm(tmp_path):
         path = generate(tmp_path, "in.h5", "-m", "64", "-c", "4")
         out = tmp_path / "out.h5"
         done = subprocess.run(
-            [sys.executable, "-m", "gadgets.client", str(path), "--config", "default",
+            [sys.executable, "-m", "gadgets.wire.client", str(path), "--config", "default",
              "-p", str(port), "--out", str(out), "-q"],
             env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert len(read_mrd_images(out)) == 1
         bad = subprocess.run(
-            [sys.executable, "-m", "gadgets.client", str(path), "--config", "../x",
+            [sys.executable, "-m", "gadgets.wire.client", str(path), "--config", "../x",
              "-p", str(port), "--out", str(tmp_path / "bad.h5"), "-q"],
             env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
@@ -518,7 +518,7 @@ def test_cli_server_client_save_dir_and_sigterm(tmp_path):
 def test_keep_freed_memory_takes_on_glibc():
     import platform
 
-    from gadgets.server import keep_freed_memory
+    from gadgets.serve.server import keep_freed_memory
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt settings are glibc's")

@@ -1,4 +1,4 @@
-"""The status page's HTTP port, Prometheus metrics and access rules (gadgets.status, .access).
+"""The status page's HTTP port, Prometheus metrics and access rules (gadgets.serve.status, .access).
 
 Servers run in-process on free ports. Counts are checked against what the test itself did:
 jobs it submitted, sessions it ran, bytes it wrote and read on its own sockets.
@@ -23,7 +23,9 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gadgets.access import (
+from gadgets.serve.server import MrdServer, ServerConfig
+from gadgets.serve.status import thumbnail
+from gadgets.wire.access import (
     TOKEN_ENV,
     AccessError,
     allowed,
@@ -32,9 +34,7 @@ from gadgets.access import (
     parse_allow,
     token_matches,
 )
-from gadgets.protocol import MessageId, MessageReader, MessageWriter
-from gadgets.server import MrdServer, ServerConfig
-from gadgets.status import thumbnail
+from gadgets.wire.framing import MessageId, MessageReader, MessageWriter
 from scheduler.gpu import FakeGpu, FakeNvml, GpuMonitor
 
 TOKEN = "s3cret-token-for-tests-0123456789"
@@ -218,7 +218,7 @@ def test_a_non_local_http_bind_needs_a_token(tmp_path):
 def test_cli_refuses_a_non_local_http_bind_without_a_token(tmp_path):
     env = {k: v for k, v in __import__("os").environ.items() if k != TOKEN_ENV}
     proc = subprocess.run(
-        [sys.executable, "-m", "gadgets.server", "--port", "0", "--http-host", "0.0.0.0",
+        [sys.executable, "-m", "gadgets.serve.server", "--port", "0", "--http-host", "0.0.0.0",
          "--http-port", "0", "--no-scheduler"],
         capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
@@ -270,7 +270,7 @@ def healthy(address) -> bool:
 
 
 def test_a_slow_client_is_hung_up_on_and_frees_its_slot():
-    from gadgets.status import StatusBoard, StatusHttpServer
+    from gadgets.serve.status import StatusBoard, StatusHttpServer
 
     class Idle:  # the board reads nothing for /healthz
         scheduler = store = address = None

@@ -17,10 +17,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from gadgets.chain import DEFAULT_CHAINS_DIR
-from gadgets.protocol import MessageId, MessageReader, MessageWriter
-from gadgets.server import MrdServer, ServerConfig
-from gadgets.twin import PREVIEW_SERIES
+from gadgets.framework.chain import DEFAULT_CHAINS_DIR
+from gadgets.library.preview import PREVIEW_SERIES
+from gadgets.serve.server import MrdServer, ServerConfig
+from gadgets.wire.framing import MessageId, MessageReader, MessageWriter
 from mr0core.cli import main as mr0_main
 from mr0core.io.mrd_images import image_array
 
@@ -142,7 +142,7 @@ def test_preview_uses_a_phantom_from_the_server_folder(tmp_path):
 
 
 def test_client_preview_mode(server, tmp_path, capsys):
-    from gadgets.client import main as client_main
+    from gadgets.wire.client import main as client_main
     from mr0core.io.mrd_images import read_mrd_images
 
     seq = CORPUS / "write_gre.seq"
@@ -176,8 +176,8 @@ def _header(position: str, fov_mm: float) -> str:
 def test_place_twin_turns_and_stretches():
     import torch
 
-    from gadgets.core import GadgetError
-    from gadgets.twin import place_twin
+    from gadgets.framework.core import GadgetError
+    from gadgets.library.preview import place_twin
     from mr0core.io.mrd import parse_header
     from mr0core.jobs import load_job_phantom
 
@@ -224,8 +224,8 @@ def test_preview_with_header_places_the_twin(server):
 
 
 def test_rf_model_names_agree_with_the_simulator():
-    from gadgets.twin import MAX_SUB_SLICES as TWIN_MAX
-    from gadgets.twin import RF_MODELS
+    from gadgets.library.preview import MAX_SUB_SLICES as TWIN_MAX
+    from gadgets.library.preview import RF_MODELS
     from mr0core.sim.shaped import MAX_SUB_SLICES as SIM_MAX
     from mr0core.sim.shaped import RF_MODELS as SIM_MODELS
     from scheduler.functions import MAX_SUB_SLICES as JOB_MAX
@@ -237,8 +237,8 @@ def test_rf_model_names_agree_with_the_simulator():
 
 
 def test_the_retro_chain_takes_and_checks_the_rf_parameters():
-    from gadgets.core import ChainError, Context
-    from gadgets.retro import RetroSimGadget
+    from gadgets.framework.core import ChainError, Context
+    from gadgets.library.retro import RetroSimGadget
 
     gadget = RetroSimGadget(Context(), rf_model="shaped", sub_slices=3)
     assert (gadget.props["rf_model"], gadget.props["sub_slices"]) == ("shaped", 3)
@@ -285,8 +285,8 @@ def test_shaped_preview_equals_mr0_simulate_and_differs_from_instantaneous(serve
 
 def test_shaped_preview_in_the_session_thread():
     """Without a scheduler (``--no-scheduler``) rf_model and sub_slices reach the simulation."""
-    from gadgets.core import Context
-    from gadgets.twin import TwinPreviewGadget
+    from gadgets.framework.core import Context
+    from gadgets.library.preview import TwinPreviewGadget
 
     seq = (CORPUS / "write_gre.seq").read_text()
 

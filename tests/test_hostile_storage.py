@@ -22,11 +22,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gadgets.chain import DEFAULT_CHAINS_DIR
-from gadgets.core import Context, GadgetError
-from gadgets.mrdfile import SessionWriter
-from gadgets.store import RESULT_FILE, SESSION_INPUT, SESSION_JSON, Store, new_job_id
-from gadgets.twin import TwinPreviewGadget
+from gadgets.framework.chain import DEFAULT_CHAINS_DIR
+from gadgets.framework.core import Context, GadgetError
+from gadgets.framework.session_store import (
+    RESULT_FILE,
+    SESSION_INPUT,
+    SESSION_JSON,
+    Store,
+    new_job_id,
+)
+from gadgets.library.preview import TwinPreviewGadget
+from gadgets.wire.mrdfile import SessionWriter
 from scheduler.calls import CallError
 from scheduler.functions import MRD_SESSION
 from scheduler.gpu import FakeNvml, GpuMonitor
@@ -167,7 +173,8 @@ def test_scheduler_store_is_private(tmp_path: Path, umask: int) -> None:
 
 def test_server_store_references_and_save_dir_are_private(tmp_path: Path, umask: int) -> None:
     sched = Scheduler(tmp_path / "store" / "scheduler", monitor=GpuMonitor(nvml=FakeNvml([])),
-                      cpu_workers=1, function_modules=["gadgets.background_jobs"])  # fmt: skip
+                      cpu_workers=1,
+                      function_modules=["gadgets.library.background_jobs"])  # fmt: skip
     store = Store(tmp_path / "store", jobs=sched.store)
     save_dir = private_dir(tmp_path / "save")
     header = "<ismrmrdHeader/>"

@@ -85,10 +85,10 @@ def test_wheel_carries_its_data(built: dict[str, Path]) -> None:
     names = set(zipfile.ZipFile(built["wheel"]).namelist())
     chains = {p.name for p in (REPO / "gadgets" / "config" / "chains").glob("*.xml")}
     gadgetron = {p.name for p in (REPO / "gadgets" / "config" / "gadgetron").glob("*.xml")}
-    static = {p.name for p in (REPO / "gadgets" / "static").iterdir()}
+    static = {p.name for p in (REPO / "gadgets" / "serve" / "static").iterdir()}
     brain = {p.name for p in (REPO / "mr0core" / "data" / "brain").iterdir()}
     expected = {"gadgets/config/chains": chains, "gadgets/config/gadgetron": gadgetron,
-                "gadgets/static": static, "mr0core/data/brain": brain}  # fmt: skip
+                "gadgets/serve/static": static, "mr0core/data/brain": brain}  # fmt: skip
     for folder, files in expected.items():
         assert files, folder
         missing = {f for f in files if f"{folder}/{f}" not in names}
@@ -118,8 +118,8 @@ def test_installed_wheel_serves_a_preview(built: dict[str, Path], tmp_path: Path
                   "__file__, gadgets.__file__, scheduler.__file__)"], cwd=work)  # fmt: skip
     for module in where.split():
         assert Path(module).is_relative_to(venv), f"{module} is not the installed wheel's"
-    configs = Path(_run([vbin / "python", "-m", "gadgets.gadgetron_external", "--configs-dir"],
-                        cwd=work).strip())  # fmt: skip
+    configs = Path(_run([vbin / "python", "-m", "gadgets.serve.gadgetron_external",
+                         "--configs-dir"], cwd=work).strip())  # fmt: skip
     assert configs.is_relative_to(venv)
     assert (configs / "mr0_twin_preview.xml").is_file()
 
@@ -161,7 +161,7 @@ def test_installed_wheel_serves_a_preview(built: dict[str, Path], tmp_path: Path
 
 
 def test_site_chains_come_first_and_builtins_stay(tmp_path: Path) -> None:
-    from gadgets.chain import DEFAULT_CHAINS_DIR, ChainError, available_chains, chain_path
+    from gadgets.framework.chain import DEFAULT_CHAINS_DIR, ChainError, available_chains, chain_path
 
     site = tmp_path / "chains"
     site.mkdir()

@@ -46,6 +46,7 @@ def test_the_check_sees_function_local_and_from_imports(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text(
         "import os\nfrom . import sibling\n"
-        "def f():\n    from gadgets.chain import run_stored_session\n    import gadgets.core\n"
+        "def f():\n    from gadgets.framework.chain import open_chain\n"
+        "    import gadgets.framework.core\n"
     )
     assert imported_packages(module) == [(1, "os"), (4, "gadgets"), (5, "gadgets")]

@@ -21,11 +21,11 @@ import pydicom
 import pytest
 from conftest import run_session
 
-from gadgets.chain import DEFAULT_CHAINS_DIR
-from gadgets.client import main as client_main
-from gadgets.pacs import PacsError, PacsQueue, PacsTarget, send_files
-from gadgets.protocol import MessageId
-from gadgets.server import MrdServer, ServerConfig, parse_args
+from gadgets.framework.chain import DEFAULT_CHAINS_DIR
+from gadgets.serve.server import MrdServer, ServerConfig, parse_args
+from gadgets.wire.client import main as client_main
+from gadgets.wire.framing import MessageId
+from gadgets.wire.pacs import PacsError, PacsQueue, PacsTarget, send_files
 from mr0core.io.dicom_out import write_dicom_volume
 
 CORPUS = Path(__file__).parent / "data" / "seq-corpus"
@@ -244,7 +244,7 @@ def test_client_send_dicom_retries_an_unreachable_pacs(tmp_path, capsys, monkeyp
         else:
             sleep(seconds)
 
-    monkeypatch.setattr("gadgets.client.time.sleep", no_backoff)
+    monkeypatch.setattr("gadgets.wire.client.time.sleep", no_backoff)
     dead = f"127.0.0.1:{_free_port()}:X"
     argv = ["--send-dicom", str(s.folder), "--pacs", dead, "--retries", "2", "--timeout", "2"]
     assert client_main(argv) == 1
@@ -314,7 +314,7 @@ def test_server_keeps_serving_while_the_pacs_is_down(tmp_path):
 def test_which_server_images_count_as_simulated():
     import ismrmrd
 
-    from gadgets.dicom_output import is_simulated
+    from gadgets.serve.dicom_output import is_simulated
 
     def image(**meta) -> ismrmrd.Image:
         img = ismrmrd.Image.from_array(np.ones((1, 1, 2, 2), np.float32), transpose=False)

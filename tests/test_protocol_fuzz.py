@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from test_gadgets_server import make_acquisitions, stream
 
-from gadgets.chain import DEFAULT_CHAINS_DIR
-from gadgets.protocol import MessageId, MessageReader, ProtocolError
-from gadgets.server import MrdServer, ServerConfig
+from gadgets.framework.chain import DEFAULT_CHAINS_DIR
+from gadgets.serve.server import MrdServer, ServerConfig
+from gadgets.wire.framing import MessageId, MessageReader, ProtocolError
 
 IDS = [int(m) for m in MessageId]
 VALID = stream(items=make_acquisitions(2, coils=2, samples=16))

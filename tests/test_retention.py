@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gadgets.mrdfile import SessionWriter
-from gadgets.store import SESSION_INPUT, Store, new_job_id, retention_timer
+from gadgets.framework.session_store import SESSION_INPUT, Store, new_job_id, retention_timer
+from gadgets.wire.mrdfile import SessionWriter
 from scheduler.cli import main as scheduler_main
 from scheduler.functions import MRD_SESSION
 from scheduler.model import JobKind, JobSpec

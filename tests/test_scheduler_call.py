@@ -19,11 +19,11 @@ import pytest
 import torch
 from conftest import run_session
 
-from gadgets.chain import DEFAULT_CHAINS_DIR
-from gadgets.core import Context, Gadget, GadgetError, Text
-from gadgets.offload import offload, offload_wait
-from gadgets.protocol import MessageId
-from gadgets.server import MrdServer, ServerConfig
+from gadgets.framework.chain import DEFAULT_CHAINS_DIR
+from gadgets.framework.core import Context, Gadget, GadgetError, Text
+from gadgets.framework.offload import offload, offload_wait
+from gadgets.serve.server import MrdServer, ServerConfig
+from gadgets.wire.framing import MessageId
 from mr0core.jobs import SimSettings, build_demo_flash, load_job_phantom, run_simulation
 from mr0core.recon import KData
 from mr0core.sequence import Sequence

@@ -151,7 +151,7 @@ def test_the_ray_task_loads_the_plugin_before_it_looks_the_function_up(
 @pytest.mark.parametrize(
     "names",
     [
-        "gadgets.background_jobs",  # one text, not a collection of names
+        "gadgets.library.background_jobs",  # one text, not a collection of names
         ["gadgets/background_jobs"],
         ["os; rm -rf /"],
         ["gadgets..background_jobs"],

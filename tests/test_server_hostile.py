@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 from test_gadgets_server import HEADER, make_acquisitions, stream
 
-import gadgets.server
-from gadgets.chain import DEFAULT_CHAINS_DIR
-from gadgets.protocol import MessageId, MessageReader, MessageWriter, RateWindow, SlowPeerError
-from gadgets.server import MAX_JSON_DEPTH, MrdServer, ServerConfig, json_depth
-from gadgets.status import MAX_HEAD_BYTES, StatusBoard, StatusHttpServer
+import gadgets.serve.server
+from gadgets.framework.chain import DEFAULT_CHAINS_DIR
+from gadgets.serve.server import MAX_JSON_DEPTH, MrdServer, ServerConfig, json_depth
+from gadgets.serve.status import MAX_HEAD_BYTES, StatusBoard, StatusHttpServer
+from gadgets.wire.framing import MessageId, MessageReader, MessageWriter, RateWindow, SlowPeerError
 
 # -- helpers ---------------------------------------------------------------------------------------
 
@@ -339,7 +339,7 @@ def test_an_unexpected_exception_becomes_an_error_text(make, monkeypatch, caplog
     def broken(name, chains_dir=None):
         raise KeyError("a bug on purpose")
 
-    monkeypatch.setattr(gadgets.server, "chain_text", broken)
+    monkeypatch.setattr(gadgets.serve.server, "chain_text", broken)
     with caplog.at_level("ERROR", logger="mr0.server"):
         msgs = converse(srv.address[1], stream(items=make_acquisitions(2)))
         wait_for(lambda: srv.active_sessions() == 0)

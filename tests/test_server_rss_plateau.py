@@ -31,9 +31,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import soak_server as soak
 
-from gadgets.chain import DEFAULT_CHAINS_DIR
-from gadgets.protocol import MessageReader, MessageWriter, SocketSource
-from gadgets.server import MrdServer, ServerConfig, Session, parse_args, release_freed_memory
+from gadgets.framework.chain import DEFAULT_CHAINS_DIR
+from gadgets.serve.server import MrdServer, ServerConfig, Session, parse_args, release_freed_memory
+from gadgets.wire.framing import MessageReader, MessageWriter, SocketSource
 
 TIMEOUT_S = 60.0
 MB = 2**20

@@ -21,11 +21,11 @@ from test_hostile_seq import adc_blocks
 
 import mr0core.pulseq
 import mr0core.pulseq.reader
-from gadgets.chain import DEFAULT_CHAINS_DIR
-from gadgets.core import Context, GadgetError
-from gadgets.protocol import MessageId, MessageReader, MessageWriter
-from gadgets.recon import RECON_JOB_ATTEMPTS, SenseGadget, _reconstruct
-from gadgets.server import MrdServer, ServerConfig, parse_args
+from gadgets.framework.chain import DEFAULT_CHAINS_DIR
+from gadgets.framework.core import Context, GadgetError
+from gadgets.library.recon import RECON_JOB_ATTEMPTS, SenseGadget, _reconstruct
+from gadgets.serve.server import MrdServer, ServerConfig, parse_args
+from gadgets.wire.framing import MessageId, MessageReader, MessageWriter
 from mr0core.jobs import build_demo_flash, load_job_phantom
 from mr0core.pulseq import DEFAULT_SEQ_LIMITS, read_seq_text, seq_to_sequence
 from mr0core.recon import KData

@@ -26,8 +26,8 @@ import ismrmrd
 import matplotlib.pyplot as plt
 import numpy as np
 
-from gadgets.client import send_job
-from gadgets.server import MrdServer, ServerConfig
+from gadgets.serve.server import MrdServer, ServerConfig
+from gadgets.wire.client import send_job
 from mr0core.io.mrd_images import image_array, read_mrd_images
 from mr0core.jobs import build_demo_flash
 

@@ -32,8 +32,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from gadgets.client import send_file
-from gadgets.server import MrdServer, ServerConfig
+from gadgets.serve.server import MrdServer, ServerConfig
+from gadgets.wire.client import send_file
 from mr0core import Sequence
 from mr0core.io import sig_to_mrd
 from mr0core.io.mrd_images import image_array, read_mrd_images

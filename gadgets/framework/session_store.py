@@ -1,5 +1,8 @@
 """The server's store: reference scans, and what clients read of background jobs.
 
+A service the server lends the gadgets (:class:`gadgets.framework.chain.Services`); the gadgets
+that use it are in :mod:`gadgets.library.references`.
+
 Layout under the store folder (``mr0-server --store DIR``)::
 
     store.sqlite            index of reference scans (SQLite, WAL journal)
@@ -12,20 +15,22 @@ Background MRD sessions are scheduler jobs: there is one durable job system, the
 once, as the job's input files (:data:`SESSION_INPUT`: header, acquisitions, waveforms, images;
 :data:`SESSION_JSON`: the chain's XML and the JSON parameters), and submits a job of function
 :data:`scheduler.functions.MRD_SESSION`; a scheduler worker runs the chain on it
-(:func:`gadgets.chain.run_stored_session`) and its result folder holds :data:`RESULT_FILE`
-(images, acquisitions) and the summary (texts, counts). Its state (``queued → running → done |
-failed | cancelled``), attempts, cancelling, recovery after a restart (interrupted jobs are
-queued again up to their attempts) and retention are the scheduler's. This module reads those
+(:func:`gadgets.library.background_jobs.run_stored_session`) and its result folder holds
+:data:`RESULT_FILE` (images, acquisitions) and the summary (texts, counts). Its state
+(``queued → running → done | failed | cancelled``), attempts, cancelling, recovery after a
+restart (interrupted jobs are queued again up to their attempts) and retention are the
+scheduler's. This module reads those
 jobs as clients see them (:class:`BackgroundJob`, :meth:`Store.job`, :meth:`Store.find`) and
-their results (:meth:`Store.result`), for the chain ``mr0_retrieve`` (:class:`RetrieveGadget`)
-and the status page.
+their results (:meth:`Store.result`), for the chain ``mr0_retrieve``
+(:class:`gadgets.library.references.RetrieveGadget`) and the status page.
 
-Reference scans (:class:`StoreReferenceGadget`, chain ``mr0_reference``) are stored by their
-``measurementID``; a later session names one (``{"reference": "<measurement id>"}``, or the
-header's ``measurementDependency``) and a chain uses it, e.g. :class:`gadgets.recon.SenseGadget`
-for coil maps, as Gadgetron's dependency measurements do. Measurement ids come from clients, so
-they are checked as plain names (:func:`gadgets.core.check_plain_name`) before they name a file;
-background job ids are 24 hex digits made by the server.
+Reference scans (:class:`gadgets.library.references.StoreReferenceGadget`, chain
+``mr0_reference``) are stored by their ``measurementID``; a later session names one
+(``{"reference": "<measurement id>"}``, or the header's ``measurementDependency``) and a chain
+uses it, e.g. :class:`gadgets.library.recon.SenseGadget` for coil maps, as Gadgetron's
+dependency measurements do. Measurement ids come from clients, so they are checked as plain
+names (:func:`gadgets.framework.core.check_plain_name`) before they name a file; background job
+ids are 24 hex digits made by the server.
 
 Privacy: every file is ``0600`` and every folder ``0700``, whatever the umask (the index's
 SQLite journal files take its mode); :meth:`Store.recover` also makes older files private.
@@ -50,8 +55,12 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
+import ismrmrd
+
+from gadgets.framework.core import check_plain_name
+from gadgets.wire.mrdfile import SessionWriter, read_items
 from scheduler.functions import MRD_SESSION
 from scheduler.model import JOB_STATES
 from scheduler.paths import make_private, private_dir, private_file
@@ -64,8 +73,6 @@ from scheduler.retention import (
 )
 from scheduler.store import JobRecord, JobStore, UnknownJobError
 
-from .core import Context, Gadget, GadgetError, Item, Property, Text, check_plain_name, register
-
 __all__ = [
     "JOB_STATES",
     "MAX_TEXT",
@@ -75,14 +82,10 @@ __all__ = [
     "SESSION_JSON",
     "BackgroundJob",
     "Reference",
-    "RetrieveGadget",
     "Store",
     "StoreError",
-    "StoreReferenceGadget",
     "header_identity",
     "new_job_id",
-    "read_items",
-    "reference_id",
     "retention_timer",
 ]
 
@@ -205,36 +208,6 @@ def header_identity(header: Any) -> tuple[str, str, str]:
     protocol = str(getattr(info, "protocolName", None) or "") if info is not None else ""
     mid = str(getattr(info, "measurementID", None) or "") if info is not None else ""
     return patient[:256], protocol[:256], mid[:128]
-
-
-def read_items(path: Path) -> tuple[str, list[Any]]:
-    """Return ``(header_xml, items)`` of an MRD file: acquisitions, then waveforms, then images.
-
-    The header is '' when the file has none. The order within each kind is kept; the order
-    between kinds (an acquisition after a waveform) is not stored by the MRD layout.
-    """
-    import h5py
-    import ismrmrd
-
-    with h5py.File(path, "r") as f:
-        group = f.get("dataset")
-        if group is None:
-            return "", []
-        has = {k: k in group for k in ("xml", "data", "waveforms")}
-        image_groups = sorted(k for k in group if k.startswith("image_"))
-    dataset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False)
-    try:
-        xml = dataset.read_xml_header() if has["xml"] else b""
-        items: list[Any] = []
-        if has["data"]:
-            items += [dataset.read_acquisition(i) for i in range(dataset.number_of_acquisitions())]
-        if has["waveforms"]:
-            items += [dataset.read_waveform(i) for i in range(dataset.number_of_waveforms())]
-        for name in image_groups:
-            items += [dataset.read_image(name, i) for i in range(dataset.number_of_images(name))]
-    finally:
-        dataset.close()
-    return (xml.decode("utf-8") if isinstance(xml, bytes) else str(xml)), items
 
 
 class Store:
@@ -431,10 +404,6 @@ class Store:
         self, measurement_id: str, header_xml: str, items: list[Any], header: Any = None
     ) -> Reference:
         """Store a reference scan (header and acquisitions), replacing one of the same id."""
-        import ismrmrd
-
-        from .mrdfile import SessionWriter
-
         path = self.reference_path(measurement_id)
         acqs = [a for a in items if isinstance(a, ismrmrd.Acquisition)]
         if not acqs:
@@ -475,18 +444,8 @@ class Store:
 
     def load_reference(self, measurement_id: str) -> tuple[str, list[Any]]:
         """Return ``(header_xml, acquisitions)`` of a stored reference scan."""
-        import ismrmrd
-
         self.reference(measurement_id)
-        path = self.reference_path(measurement_id)
-        dataset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False)
-        try:
-            xml = dataset.read_xml_header()
-            n = dataset.number_of_acquisitions()
-            acqs = [dataset.read_acquisition(i) for i in range(n)]
-        finally:
-            dataset.close()
-        return (xml.decode("utf-8") if isinstance(xml, bytes) else str(xml)), acqs
+        return read_items(self.reference_path(measurement_id), kinds=("acquisitions",))
 
     # -- retention ------------------------------------------------------------------------------
 
@@ -582,119 +541,3 @@ def retention_timer(
     if scheduler_store is not None:
         areas.append(scheduler_store)
     return RetentionTimer(areas, policy)
-
-
-# -- the store's gadgets --------------------------------------------------------------------------
-
-
-def _store(context: Context, gadget: str) -> Store:
-    if context.store is None:
-        raise GadgetError(f"{gadget}: the server has no job store (start it with --store DIR)")
-    store: Store = context.store
-    return store
-
-
-@register
-class RetrieveGadget(Gadget):
-    """Stream a background job's result back (chain ``mr0_retrieve``).
-
-    The job is named by ``job``, or found as the newest of ``patient`` and/or ``protocol``.
-    Its texts come first, then a text with the job's summary, then its images and
-    acquisitions. A job not finished within ``wait_s`` answers with its summary only (state
-    ``queued`` or ``running``); a failed or cancelled job is an error naming its cause.
-    """
-
-    properties: ClassVar[dict[str, Property]] = {
-        "job": Property("str", "", "job id (24 hex digits)", max=64),
-        "patient": Property("str", "", "patient id: the newest job of this patient", max=256),
-        "protocol": Property("str", "", "protocol name: the newest job of it", max=256),
-        "wait_s": Property("float", 0.0, "seconds to wait for an unfinished job", min=0, max=3600),
-    }
-
-    def process(self, items: Iterator[Item]) -> Iterator[Item]:
-        """Pass the input on, then stream the stored result."""
-        yield from items
-        store = _store(self.context, self.name)
-        try:
-            if self.props["job"]:
-                job = store.job(self.props["job"])
-            else:
-                job = store.find(self.props["patient"], self.props["protocol"])
-            deadline = time.monotonic() + self.props["wait_s"]
-            while job.state in ("queued", "running") and time.monotonic() < deadline:
-                time.sleep(0.1)
-                job = store.job(job.id)
-            if job.state == "failed":
-                raise GadgetError(f"{self.name}: job {job.id} failed: {job.error}")
-            if job.state == "cancelled":
-                raise GadgetError(f"{self.name}: job {job.id} was cancelled: {job.error}")
-            if job.state != "done":
-                yield Text(json.dumps(job.summary()))
-                return
-            stored = store.result(job.id)
-        except StoreError as exc:
-            raise GadgetError(f"{self.name}: {exc}") from None
-        for text in job.texts:
-            yield Text(text)
-        yield Text(json.dumps(job.summary()))
-        yield from stored
-
-
-@register
-class StoreReferenceGadget(Gadget):
-    """Store the session's acquisitions as a reference scan by measurement id.
-
-    The id is ``measurement_id``, else the header's ``measurementInformation.measurementID``.
-    A later session refers to it (e.g. ``{"reference": "<id>"}`` with chain ``sense``). Answers
-    with a text ``{"reference": id, "acquisitions": n}``; other items pass on.
-    """
-
-    properties: ClassVar[dict[str, Property]] = {
-        "measurement_id": Property("str", "", "id to store under (default: the header's)", max=128),
-    }
-
-    def process(self, items: Iterator[Item]) -> Iterator[Item]:
-        """Collect the acquisitions, store them, report."""
-        import ismrmrd
-        import ismrmrd.xsd
-
-        store = _store(self.context, self.name)
-        mid = self.props["measurement_id"] or header_identity(self.context.header)[2]
-        if not mid:
-            raise GadgetError(
-                f"{self.name}: no measurement id: the header has no measurementID; "
-                "set measurement_id in the JSON parameters"
-            )
-        acqs: list[Any] = []
-        for item in items:
-            if isinstance(item, ismrmrd.Acquisition):
-                acqs.append(item)
-            else:
-                yield item
-        xml = self.context.header_xml
-        if not xml and self.context.header is not None:
-            xml = ismrmrd.xsd.ToXML(self.context.header)
-        if not xml:
-            raise GadgetError(f"{self.name}: a reference scan needs its ISMRMRD header")
-        try:
-            ref = store.add_reference(mid, xml, acqs, self.context.header)
-        except StoreError as exc:
-            raise GadgetError(f"{self.name}: {exc}") from None
-        yield Text(json.dumps({"reference": ref.measurement_id, "acquisitions": ref.acquisitions}))
-
-
-def reference_id(context: Context, explicit: str, types: Iterable[str]) -> str:
-    """Return the measurement id of the reference scan a session names, or ''.
-
-    ``explicit`` (a gadget property) wins; else the first ``measurementDependency`` of the
-    header whose ``dependencyType`` is one of ``types`` (case-insensitive).
-    """
-    if explicit:
-        return explicit
-    header = context.header
-    info = getattr(header, "measurementInformation", None) if header is not None else None
-    wanted = {t.lower() for t in types}
-    for dep in getattr(info, "measurementDependency", None) or []:
-        if str(getattr(dep, "dependencyType", "")).lower() in wanted and dep.measurementID:
-            return str(dep.measurementID)
-    return ""

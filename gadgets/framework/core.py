@@ -3,8 +3,8 @@
 A gadget is a small object whose :meth:`Gadget.process` consumes an iterator of items and yields
 items (a generator), the contract of python-ismrmrd-server's ``process(connection, config,
 metadata)``. Items are ``ismrmrd.Acquisition``, ``ismrmrd.Waveform``, ``ismrmrd.Image``,
-:class:`Text` and the gadgets' own buffers (:mod:`gadgets.recon`). A gadget passes on every item
-it does not handle, unchanged.
+:class:`Text` and the gadgets' own buffers (:mod:`gadgets.library.recon`). A gadget passes on every
+item it does not handle, unchanged.
 
 Gadget classes are found by name only through :data:`REGISTRY` (filled by :func:`register`);
 nothing is ever imported from a name that came from a configuration or over the network.
@@ -67,14 +67,16 @@ class Text:
 
 Item = Any
 """What flows through a chain: ``ismrmrd.Acquisition | ismrmrd.Waveform | ismrmrd.Image | Text``
-or a gadget buffer (:class:`gadgets.recon.AcquisitionBuffer`, :class:`gadgets.recon.ImageBuffer`).
+or a gadget buffer (:class:`gadgets.library.recon.AcquisitionBuffer`,
+:class:`gadgets.library.recon.ImageBuffer`).
 """
 
 
 class ChainError(ValueError):
     """An invalid chain: unknown or unsafe name, bad XML, unknown class, bad property value.
 
-    Also exported as :class:`gadgets.chain.ChainError`. ``str(e)`` is safe to send to a client.
+    Also exported as :class:`gadgets.framework.chain.ChainError`. ``str(e)`` is safe to send to a
+    client.
     """
 
 
@@ -107,7 +109,8 @@ class Context:
         The server's chain folder, for gadgets that run another chain by name (``mr0_retrosim``
         runs its reconstruction chain on measured and simulated data); None: the repository's.
     store
-        The server's store (:class:`gadgets.store.Store`, ``--store``): its reference scans
+        The server's store (:class:`gadgets.framework.session_store.Store`, ``--store``): its
+        reference scans
         (stored and read by chains) and the client view of background jobs, which the
         scheduler holds (retrieval of their results); None: there is none.
     scheduler

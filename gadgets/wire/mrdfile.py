@@ -1,7 +1,8 @@
-"""Write a session (header, acquisitions, waveforms, images) to an MRD (ISMRMRD HDF5) file.
+"""A session (header, acquisitions, waveforms, images) in an MRD (ISMRMRD HDF5) file.
 
-The layout is the one ``ismrmrd.Dataset`` writes and python-ismrmrd-server's ``savedata``
-produces: ``<group>/xml``, ``<group>/data`` (acquisitions), ``<group>/waveforms`` and
+The one writer (:class:`SessionWriter`) and the one reader (:func:`read_items`) of such files
+in the gadgets. The layout is the one ``ismrmrd.Dataset`` writes and python-ismrmrd-server's
+``savedata`` produces: ``<group>/xml``, ``<group>/data`` (acquisitions), ``<group>/waveforms`` and
 ``<group>/image_<series index>`` (images), so :func:`mr0core.io.mrd.read_mrd`,
 ``ismrmrd.Dataset`` and the ISMRMRD tools read it back. The file is patient data: it is made
 ``0600`` before anything is written, whatever the umask.
@@ -9,14 +10,21 @@ produces: ``<group>/xml``, ``<group>/data`` (acquisitions), ``<group>/waveforms`
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from os import fspath
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import h5py
+import ismrmrd
+
 from scheduler.paths import private_file
 
-__all__ = ["SessionWriter"]
+__all__ = ["ITEM_KINDS", "SessionWriter", "read_items"]
+
+ITEM_KINDS = ("acquisitions", "waveforms", "images")
+"""The kinds of items an MRD file holds, in the order :func:`read_items` returns them."""
 
 
 class SessionWriter:
@@ -35,8 +43,6 @@ class SessionWriter:
     """
 
     def __init__(self, path: Path, group: str = "dataset") -> None:
-        import ismrmrd
-
         self.path = Path(path)
         self.group = group
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,8 +69,6 @@ class SessionWriter:
         TypeError
             For any other item.
         """
-        import ismrmrd
-
         dataset = self._open()
         if isinstance(item, ismrmrd.Acquisition):
             dataset.append_acquisition(item)
@@ -94,3 +98,57 @@ class SessionWriter:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def read_items(
+    path: Path, group: str = "dataset", kinds: Collection[str] = ITEM_KINDS
+) -> tuple[str, list[Any]]:
+    """Return ``(header_xml, items)`` of an MRD file: acquisitions, then waveforms, then images.
+
+    Parameters
+    ----------
+    path
+        The ``.h5`` file.
+    group
+        The dataset group (``"dataset"`` by ISMRMRD habit).
+    kinds
+        The kinds of items to read (of :data:`ITEM_KINDS`); the others are skipped.
+
+    Returns
+    -------
+    header_xml, items
+        The header is '' when the file has none (or no such group); a kind the file lacks gives
+        no items. The order within each kind is kept; the order between kinds (an acquisition
+        after a waveform) is not stored by the MRD layout.
+
+    Raises
+    ------
+    ValueError
+        For a kind not in :data:`ITEM_KINDS`.
+    OSError
+        For a file that is missing or not HDF5.
+    """
+    unknown = sorted(set(kinds) - set(ITEM_KINDS))
+    if unknown:
+        raise ValueError(f"unknown MRD item kinds {unknown} (known: {', '.join(ITEM_KINDS)})")
+    with h5py.File(path, "r") as f:
+        root = f.get(group)
+        if root is None:
+            return "", []
+        has = {k: k in root for k in ("xml", "data", "waveforms")}
+        image_groups = sorted(k for k in root if k.startswith("image_"))
+    dataset = ismrmrd.Dataset(fspath(path), group, create_if_needed=False)
+    try:
+        xml = dataset.read_xml_header() if has["xml"] else b""
+        items: list[Any] = []
+        if has["data"] and "acquisitions" in kinds:
+            items += [dataset.read_acquisition(i) for i in range(dataset.number_of_acquisitions())]
+        if has["waveforms"] and "waveforms" in kinds:
+            items += [dataset.read_waveform(i) for i in range(dataset.number_of_waveforms())]
+        if "images" in kinds:
+            for name in image_groups:
+                n = dataset.number_of_images(name)
+                items += [dataset.read_image(name, i) for i in range(n)]
+    finally:
+        dataset.close()
+    return (xml.decode("utf-8") if isinstance(xml, bytes) else str(xml)), items

@@ -20,7 +20,7 @@ path                         token  what
 ===========================  =====  ============================================================
 
 "token: yes" means: when the server has a token (it must, bound to a non-loopback address;
-:mod:`gadgets.access`), the request carries ``Authorization: Bearer <token>``, else it gets
+:mod:`gadgets.wire.access`), the request carries ``Authorization: Bearer <token>``, else it gets
 401. The static files hold no data. Only GET and HEAD are served; paths are matched against
 the table, never opened; one request per connection.
 
@@ -67,7 +67,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .access import token_matches
+from gadgets.wire.access import token_matches
 
 __all__ = ["Preview", "StatusBoard", "StatusHttpServer", "thumbnail"]
 
@@ -134,7 +134,7 @@ class Preview:
         """``SeriesDescription`` / ``ImageComment`` of the image's attributes, if any."""
         if not self.attributes:
             return ""
-        from .protocol import ProtocolError, _parse_meta
+        from gadgets.wire.framing import ProtocolError, _parse_meta
 
         try:
             meta = _parse_meta(self.attributes)
@@ -169,7 +169,7 @@ class _SessionInfo:
 
 
 class StatusBoard:
-    """Live state of an :class:`~gadgets.server.MrdServer`, as JSON and Prometheus metrics.
+    """Live state of an :class:`~gadgets.serve.server.MrdServer`, as JSON and Prometheus metrics.
 
     Parameters
     ----------
@@ -495,7 +495,7 @@ _SECURITY_HEADERS = {
 
 
 def _static(name: str) -> bytes:
-    return (resources.files("gadgets") / "static" / name).read_bytes()
+    return (resources.files("gadgets.serve") / "static" / name).read_bytes()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -805,8 +805,8 @@ class StatusHttpServer:
     host, port
         Bind address; port 0 binds a free port.
     token
-        The bearer token; None serves without one (refused by :class:`~gadgets.server.MrdServer`
-        for a non-loopback ``host``).
+        The bearer token; None serves without one (refused by
+        :class:`~gadgets.serve.server.MrdServer` for a non-loopback ``host``).
     max_requests
         Requests answered at once; a complete request over that gets 503. Connections still
         sending their heads do not count (see the module docstring).

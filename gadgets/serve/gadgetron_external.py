@@ -14,13 +14,13 @@ target                    chain               what it does
 ``retrosim``              ``mr0_retrosim``    measured and simulated data side by side
 ========================  ==================  ================================================
 
-ACTIVE mode (Gadgetron starts ``python -m gadgetron <port> gadgets.gadgetron_external <target>``,
-which connects back to Gadgetron; ``gadgets`` must be importable by that Python, e.g.
+ACTIVE mode (Gadgetron starts ``python -m gadgetron <port> gadgets.serve.gadgetron_external
+<target>``, which connects back to Gadgetron; ``gadgets`` must be importable by that Python, e.g.
 ``pip install -e '.[gadgetron]'``; Gadgetron adds only its own ``share/gadgetron/python`` to
 ``PYTHONPATH``)::
 
     <external>
-      <execute name="gadgets.gadgetron_external" target="twin_preview" type="python"/>
+      <execute name="gadgets.serve.gadgetron_external" target="twin_preview" type="python"/>
       <configuration>
         <property name="phantom" value="brain"/>
         <property name="size" value="64"/>
@@ -29,7 +29,7 @@ which connects back to Gadgetron; ``gadgets`` must be importable by that Python,
 
 PASSIVE mode (start the gadget first; Gadgetron connects to it, once per stream)::
 
-    python -m gadgets.gadgetron_external --listen 18000 --target recon
+    python -m gadgets.serve.gadgetron_external --listen 18000 --target recon
 
     <external>
       <connect port="18000"/>
@@ -37,26 +37,28 @@ PASSIVE mode (start the gadget first; Gadgetron connects to it, once per stream)
     </external>
 
 Complete stream configurations are package data, in :data:`GADGETRON_CONFIGS_DIR`
-(``gadgets/config/gadgetron/``); ``python -m gadgets.gadgetron_external --configs-dir`` prints
+(``gadgets/config/gadgetron/``); ``python -m gadgets.serve.gadgetron_external --configs-dir`` prints
 that folder, to copy them into Gadgetron's ``share/gadgetron/config/``.
 
 Parameters. Gadgetron sends the external element's ``<configuration>`` child as the config text.
 Its ``<property name="P" value="V"/>`` elements (or Gadgetron-v1 ``<property><name/><value/>``)
-become chain overrides with the server's rules (:mod:`gadgets.chain`): ``P`` sets that property
+become chain overrides with the server's rules (:mod:`gadgets.framework.chain`): ``P`` sets that
+property
 of every gadget of the chain that has it, ``Gadget.P`` of one gadget; a key that matches nothing,
 or a value that does not parse, fails the stream. For the preview, the ``.seq`` comes from the
 ``seq``/``seq_b64`` properties or, when they give none, from the ISMRMRD header's
 ``userParameters/userParameterBase64`` named ``pulseq_seq`` (the ``.seq`` file, base64).
 
-The chain runs with a :class:`gadgets.core.Context` built as the server builds it: the header
-parsed by :func:`mr0core.io.mrd.parse_header`, the chain folder :data:`DEFAULT_CHAINS_DIR` or
-``$MR0_CHAINS``, phantoms from ``$MR0_PHANTOMS`` if set. Images, acquisitions and waveforms the
+The chain is opened as the server opens a session's
+(:func:`gadgets.framework.chain.open_chain`): the header parsed once, the chain folder
+:data:`DEFAULT_CHAINS_DIR` or ``$MR0_CHAINS``, phantoms from ``$MR0_PHANTOMS`` if set. Images,
+acquisitions and waveforms the
 chain yields go back with ``connection.send``; its text items (progress, reports) cannot travel
 over the external protocol and are logged (logger ``mr0.gadgetron``). An error is logged, sent
 to Gadgetron as the protocol's ERROR message (Gadgetron then fails the stream with that text),
 and re-raised, so the process exits non-zero. Nothing named by the configuration is imported or
-opened: the chain is the target's (resolved by :func:`gadgets.chain.chain_path`), and a phantom
-name is a built-in or a plain name inside ``$MR0_PHANTOMS``.
+opened: the chain is the target's (resolved by :func:`gadgets.framework.chain.chain_path`), and a
+phantom name is a built-in or a plain name inside ``$MR0_PHANTOMS``.
 """
 
 from __future__ import annotations
@@ -78,10 +80,19 @@ from typing import TYPE_CHECKING, Any
 
 import ismrmrd
 
-from mr0core.io.mrd import parse_header
-
-from .chain import DEFAULT_CHAINS_DIR, Chain, ChainError, ChainSpec, chain_text, parse_chain
-from .core import REGISTRY, Context, GadgetError, Item, Text
+import gadgets.library  # noqa: F401  (registers the gadgets the chains name)
+from gadgets.framework.chain import (
+    DEFAULT_CHAINS_DIR,
+    Chain,
+    ChainError,
+    ChainSpec,
+    Services,
+    chain_text,
+    open_chain,
+    parse_chain,
+    parse_session_header,
+)
+from gadgets.framework.core import REGISTRY, GadgetError, Item, Text
 
 if TYPE_CHECKING:
     from gadgetron.external import Connection
@@ -99,7 +110,7 @@ __all__ = [
     "header_seq_b64",
     "main",
     "nufft",
-    "open_chain",
+    "open_external_chain",
     "passthrough",
     "phantoms_dir_from_env",
     "recon",
@@ -293,7 +304,8 @@ def _has_property(spec: ChainSpec, name: str) -> bool:
 def chains_dir_from_env() -> Path:
     """Return ``$MR0_CHAINS`` if set, else :data:`DEFAULT_CHAINS_DIR`.
 
-    A site folder is searched before the built-in chains (:func:`gadgets.chain.chain_path`).
+    A site folder is searched before the built-in chains
+    (:func:`gadgets.framework.chain.chain_path`).
     """
     value = os.environ.get(CHAINS_ENV, "").strip()
     return Path(value) if value else DEFAULT_CHAINS_DIR
@@ -305,7 +317,7 @@ def phantoms_dir_from_env() -> Path | None:
     return Path(value) if value else None
 
 
-def open_chain(
+def open_external_chain(
     chain_name: str,
     config: bytes | str | None,
     header_xml: bytes | str | None,
@@ -313,7 +325,7 @@ def open_chain(
     chains_dir: Path | None = None,
     phantoms_dir: Path | None = None,
 ) -> Chain:
-    """Build the chain of one external-gadget session, as the server builds a session's chain.
+    """Open the chain of one external-gadget session (:func:`gadgets.framework.chain.open_chain`).
 
     Parameters
     ----------
@@ -343,12 +355,7 @@ def open_chain(
     """
     properties = config_properties(config)
     header_text = _text(header_xml, "ISMRMRD header")
-    header = None
-    if header_text.strip():
-        try:
-            header = parse_header(header_text)
-        except Exception as exc:  # the XML binding raises many unrelated types
-            raise GadgetError(f"the ISMRMRD header does not parse: {exc}") from None
+    header = parse_session_header(header_text)
     folder = chains_dir if chains_dir is not None else chains_dir_from_env()
     spec = parse_chain(chain_text(chain_name, folder))
     overrides: dict[str, Any] = dict(properties)
@@ -359,13 +366,12 @@ def open_chain(
             overrides["seq_b64"] = seq_b64
             log.info("chain %r: the .seq comes from the header's %r", chain_name,
                      HEADER_SEQ_PARAMETER)  # fmt: skip
-    context = Context(
-        header=header, header_xml=header_text, session_id=uuid.uuid4().hex[:12], logger=log,
-        parameters=dict(overrides),
+    services = Services(
         phantoms_dir=phantoms_dir if phantoms_dir is not None else phantoms_dir_from_env(),
         chains_dir=folder,
-    )  # fmt: skip
-    chain = Chain(spec, context, overrides)
+    )
+    chain = open_chain(spec, header_text, overrides, services, session_id=uuid.uuid4().hex[:12],
+                       header=header, logger=log)  # fmt: skip
     log.info("chain %r ready (%s), properties: %s", chain_name,
              " -> ".join(g.name for g in chain.gadgets), sorted(overrides) or "none")  # fmt: skip
     return chain
@@ -463,7 +469,7 @@ def run_chain(
     chain_name
         The chain to run, by name in the chain folder.
     chains_dir, phantoms_dir
-        As in :func:`open_chain` (default: from the environment).
+        As in :func:`open_external_chain` (default: from the environment).
 
     Raises
     ------
@@ -489,7 +495,7 @@ def run_chain(
     inputs = _Inputs(connection, chain_name)
     try:
         raw = connection.raw_bytes
-        chain = open_chain(chain_name, raw.config, raw.header, chains_dir=chains_dir,
+        chain = open_external_chain(chain_name, raw.config, raw.header, chains_dir=chains_dir,
                            phantoms_dir=phantoms_dir)  # fmt: skip
         for out in chain.run(inputs):
             if isinstance(out, Text):
@@ -573,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
         missing ``gadgetron`` package.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m gadgets.gadgetron_external",
+        prog="python -m gadgets.serve.gadgetron_external",
         description="Serve one of our chains as a PASSIVE external gadget of Gadgetron: listen "
         'on PORT for one connection (<external><connect port="PORT"/>…</external>). Chains '
         f"come from ${CHAINS_ENV} (default {DEFAULT_CHAINS_DIR}), phantoms from ${PHANTOMS_ENV}.",
@@ -600,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from gadgetron.external import listen
     except ImportError as exc:
-        print(f"gadgets.gadgetron_external: needs the gadgetron package "
+        print(f"gadgets.serve.gadgetron_external: needs the gadgetron package "
               f"(pip install 'mr0-inline[gadgetron]'): {exc}", file=sys.stderr)  # fmt: skip
         return 2
     target = TARGET_FUNCTIONS[opts.target]

@@ -166,7 +166,7 @@ class Message:
 
 
 class _TextLike(Protocol):
-    """Anything with a ``text`` string, e.g. ``gadgets.core.Text``."""
+    """Anything with a ``text`` string, e.g. ``gadgets.framework.core.Text``."""
 
     text: str
 

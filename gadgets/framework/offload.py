@@ -7,12 +7,12 @@ object out (the signal, a reconstruction). :func:`offload` is the one way they d
 - it starts the call with the gadget's priority class, timeout and attempts, tagged with the
   session (the server cancels a session's calls when the session fails or its client goes);
 - while the call waits or runs, it turns the call's progress messages into the session's
-  :class:`~gadgets.core.Text` messages (``{"status": "queued" | "simulating", "job",
+  :class:`~gadgets.framework.core.Text` messages (``{"status": "queued" | "simulating", "job",
   "seconds", "done", "of"}``), at most one per ``progress_s`` (None: none);
 - it waits on a queue the scheduler's threads fill (progress, the end), never polling;
 - it bounds the whole wait, queued and running, by ``timeout_s`` (then the call is cancelled);
-- a failure, a timeout or a cancellation becomes a :class:`~gadgets.core.GadgetError` naming
-  the gadget and the call;
+- a failure, a timeout or a cancellation becomes a :class:`~gadgets.framework.core.GadgetError`
+  naming the gadget and the call;
 - when the generator is closed early (the session ended) or raises, the call is cancelled.
 
 :func:`offload` is a generator (it yields the progress texts and returns the result:
@@ -28,9 +28,8 @@ import time
 from collections.abc import Generator, Mapping
 from typing import Any
 
+from gadgets.framework.core import Gadget, GadgetError, Item, Text
 from scheduler.calls import CallCancelledError, CallError
-
-from .core import Gadget, GadgetError, Item, Text
 
 __all__ = ["offload", "offload_wait"]
 

@@ -32,9 +32,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from gadgets.core import Context, Gadget, GadgetError, Item, Property, register
-from gadgets.offload import offload_wait
-from gadgets.store import StoreError, reference_id
+from gadgets.framework.core import Context, Gadget, GadgetError, Item, Property, register
+from gadgets.framework.offload import offload_wait
+from gadgets.framework.session_store import StoreError
+from gadgets.library.references import reference_id
+from gadgets.wire.mrdfile import SessionWriter
 from mr0core.io.mrd import MrdFormatError, kdata_from_acquisitions
 from mr0core.io.mrd_images import make_mrd_images
 from mr0core.recon.auto import reconstruct
@@ -703,8 +705,8 @@ def _reconstruct(
     """:func:`mr0core.recon.auto.reconstruct`, as a call of the server's scheduler when it has one.
 
     The SENSE and NUFFT recons are the heavy ones: they go to a worker (a GPU when one fits)
-    as a ``reconstruct`` call (:func:`gadgets.offload.offload_wait`) with the priority class
-    ``recon``. The raw data (and a reference scan) go as objects; the reconstruction comes
+    as a ``reconstruct`` call (:func:`gadgets.framework.offload.offload_wait`) with the priority
+    class ``recon``. The raw data (and a reference scan) go as objects; the reconstruction comes
     back as one; the scheduler estimates its memory from them
     (:func:`scheduler.estimate.estimate_reconstruct_call`). Without a scheduler the recon runs
     here.
@@ -873,7 +875,7 @@ class SaveDataGadget(Gadget):
     """Write the session to ``save_dir/<session_id or 'session'>.h5`` (MRD HDF5).
 
     The header, acquisitions (noise included), waveforms and images go to the file through
-    :class:`gadgets.mrdfile.SessionWriter`; they are not passed on unless ``passthrough`` is
+    :class:`gadgets.wire.mrdfile.SessionWriter`; they are not passed on unless ``passthrough`` is
     set. Text items pass on. An existing file is not overwritten: ``-1``, ``-2``, ... is added
     to the name.
     """
@@ -907,8 +909,6 @@ class SaveDataGadget(Gadget):
     def process(self, items: Iterator[Item]) -> Iterator[Item]:
         """Save every MRD item; yield text (and the items with ``passthrough``)."""
         import ismrmrd
-
-        from gadgets.mrdfile import SessionWriter
 
         if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", self.props["group"]):
             raise GadgetError(f"{self.name}: group {self.props['group']!r} is not a plain name")

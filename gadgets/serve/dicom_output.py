@@ -4,7 +4,7 @@ With ``mr0-server --dicom-dir DIR`` every series of images a session's chain pro
 images excepted) is written, when the chain has finished, as a DICOM MR image series
 (:func:`mr0core.io.dicom_out.write_dicom_images`) into ``DIR/<time>_<session>/<series>/``. With
 ``--pacs HOST:PORT:AET`` each such series is also queued for the PACS
-(:class:`gadgets.pacs.PacsSender`, durable under ``--store``): the session only writes files
+(:class:`gadgets.wire.pacs.PacsSender`, durable under ``--store``): the session only writes files
 and enqueues, the C-STORE runs on the sender's thread, so a PACS that is down never holds a
 session. Without ``--dicom-dir`` the series are written into the queue alone.
 
@@ -35,7 +35,7 @@ __all__ = ["SessionDicom", "is_simulated"]
 
 log = logging.getLogger("mr0.dicom")
 
-_MEASURED_SERIES = "MR0 retro measured"  # gadgets.retro.RETRO_SERIES[1]
+_MEASURED_SERIES = "MR0 retro measured"  # gadgets.library.retro.RETRO_SERIES[1]
 _SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -80,7 +80,7 @@ class SessionDicom:
     dicom_dir
         ``--dicom-dir`` (None: the series go to the PACS queue only).
     pacs
-        The server's :class:`gadgets.pacs.PacsSender`, or None.
+        The server's :class:`gadgets.wire.pacs.PacsSender`, or None.
     staging
         Where series are written for the PACS alone (without ``dicom_dir``).
     max_bytes

@@ -11,7 +11,7 @@ message with the job (the JSON keys are this gadget's properties, see :class:`Tw
 (1 to 32, with ``"shaped"`` only) sets the positions through a 2-D twin's thickness (default
 automatic: enough for the profile of a time–bandwidth-4 sinc to 1 %). The main pass costs
 ``sub_slices`` times more, and the scheduler's memory estimate counts them. The retro chain
-(:mod:`gadgets.retro`) takes both too.
+(:mod:`gadgets.library.retro`) takes both too.
 
 With a header, the twin is placed as the subject lies (:func:`place_twin`): turned for the
 header's ``patientPosition`` and, with ``match_fov`` (default), stretched in-plane to the header's
@@ -26,8 +26,8 @@ NUFFT) and yields magnitude images in series "MR0 twin preview". The images are 
 
 Where the work runs: with the server's scheduler (the default) the server never parses the
 ``.seq``. It checks the text's size against ``SeqLimits().max_file_bytes`` and hands the text
-to two interactive calls of the scheduler (:func:`gadgets.offload.offload`), which run in a
-worker where the scheduler accounts for their memory: ``prepare_seq`` parses and converts it
+to two interactive calls of the scheduler (:func:`gadgets.framework.offload.offload`), which run in
+a worker where the scheduler accounts for their memory: ``prepare_seq`` parses and converts it
 within :class:`mr0core.pulseq.SeqLimits` (estimate: that parse bound,
 :func:`scheduler.estimate.estimate_seq_parse`) and returns the converted
 :class:`~mr0core.Sequence` with the simulation's estimate; ``simulate`` takes that sequence and
@@ -52,9 +52,7 @@ from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from mr0core.pulseq import DEFAULT_SEQ_LIMITS
-
-from .core import (
+from gadgets.framework.core import (
     ChainError,
     Context,
     Gadget,
@@ -66,7 +64,9 @@ from .core import (
     named_file,
     register,
 )
-from .offload import offload, offload_wait
+from gadgets.framework.offload import offload, offload_wait
+from gadgets.wire.mrdfile import read_items
+from mr0core.pulseq import DEFAULT_SEQ_LIMITS
 
 if TYPE_CHECKING:
     import torch
@@ -554,19 +554,8 @@ def _acquisitions(signal: Any, seq: Any) -> Iterator[Item]:
     with tempfile.TemporaryDirectory(prefix="mr0-twin-") as tmp:
         path = Path(tmp) / "raw.h5"
         sig_to_mrd(path, signal, seq)
-        acqs = _read_acquisitions(path)
+        _, acqs = read_items(path, kinds=("acquisitions",))
     yield from acqs
-
-
-def _read_acquisitions(path: Path) -> list[Any]:
-    """Return the acquisitions of an MRD file written by :func:`mr0core.io.mrd.sig_to_mrd`."""
-    import ismrmrd
-
-    dataset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False)
-    try:
-        return [dataset.read_acquisition(i) for i in range(dataset.number_of_acquisitions())]
-    finally:
-        dataset.close()
 
 
 def check_seq_size(text: str, gadget: str) -> None:

@@ -28,18 +28,19 @@ Where the protocol comes from (``protocol``: ``auto`` tries them in this order):
    and returned in the JSON (``notes``, ``defaulted``).
 
 ``rf_model`` ``"shaped"`` (and ``sub_slices``) simulate the pulses of a ``.seq`` protocol from
-their waveforms, as in :mod:`gadgets.twin`; the header protocol has no waveforms, so its pulses
-stay instantaneous.
+their waveforms, as in :mod:`gadgets.library.preview`; the header protocol has no waveforms, so its
+pulses stay instantaneous.
 
 The twin is a built-in phantom (``brain``, ``shepp-logan``) with as many receive coils as the
 measured data (``coils`` 0), or a NIfTI phantom from the server's ``--phantoms`` folder. Its
 physical size is its own: the twin is not scaled to the scan's field of view.
 
 With the server's scheduler (the default) a ``.seq`` protocol is never parsed in the server: the
-text goes to a ``prepare_seq`` call (as for ``mr0_preview``, see :mod:`gadgets.twin`), which
-converts it and returns the sequence and the readout layout the mapping is checked against,
+text goes to a ``prepare_seq`` call (as for ``mr0_preview``, see :mod:`gadgets.library.preview`),
+which converts it and returns the sequence and the readout layout the mapping is checked against,
 then a ``simulate`` call simulates that sequence on the twin (objects in and out, through
-:func:`gadgets.offload.offload`). Without a scheduler (``--no-scheduler``) it is parsed here.
+:func:`gadgets.framework.offload.offload`). Without a scheduler (``--no-scheduler``) it is parsed
+here.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from .core import Context, GadgetError, Item, Property, Text, register
-from .twin import TwinPreviewGadget, _phantom, check_seq_size
+from gadgets.framework.chain import ChainError, Services, open_chain
+from gadgets.framework.core import GadgetError, Item, Property, Text, register
+from gadgets.library.preview import TwinPreviewGadget, _phantom, check_seq_size
 
 __all__ = ["RETRO_SERIES", "RetroSimGadget"]
 
@@ -280,19 +282,17 @@ class RetroSimGadget(TwinPreviewGadget):
         """Run the ``recon`` chain on a list of acquisitions; return its images."""
         import ismrmrd
 
-        from .chain import DEFAULT_CHAINS_DIR, ChainError, load_chain
-
         ctx = self.context
-        sub = Context(
-            header=ctx.header, header_xml=ctx.header_xml, session_id=ctx.session_id,
-            logger=ctx.logger, phantoms_dir=ctx.phantoms_dir, chains_dir=ctx.chains_dir,
-            store=ctx.store,
-        )  # fmt: skip
+        # the sub-chain gets the session's header, folders and store, not its save folder or
+        # scheduler: it runs in this gadget's thread and saves nothing
+        services = Services(phantoms_dir=ctx.phantoms_dir, chains_dir=ctx.chains_dir,
+                            store=ctx.store)  # fmt: skip
         name = self.props["recon"]
         if name in ("mr0_retrosim", "mr0_preview", "mr0_retrieve"):
             raise GadgetError(f"{self.name}: recon must be a reconstruction chain, not {name!r}")
         try:
-            chain = load_chain(name, ctx.chains_dir or DEFAULT_CHAINS_DIR, sub)
+            chain = open_chain(name, ctx.header_xml, None, services, session_id=ctx.session_id,
+                               header=ctx.header, logger=ctx.logger)  # fmt: skip
         except ChainError as exc:
             raise GadgetError(f"{self.name}: recon chain: {exc}") from None
         images = [out for out in chain.run(iter(acqs)) if isinstance(out, ismrmrd.Image)]

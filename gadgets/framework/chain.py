@@ -19,8 +19,8 @@ Gadgetron's v1 form (``<gadgetronStreamConfiguration>`` with ``<gadget>`` childr
 elements are ignored (the server does the framing). ``<external>``, ``<parallel>`` and
 ``<distributed>`` stream elements are refused.
 
-Class names resolve only through :data:`gadgets.core.REGISTRY`: nothing is imported by name.
-Chain files are chosen by name (:func:`chain_path`), only inside a site's chain folder or the
+Class names resolve only through :data:`gadgets.framework.core.REGISTRY`: nothing is imported by
+name. Chain files are chosen by name (:func:`chain_path`), only inside a site's chain folder or the
 built-in one.
 
 Overrides (the session's JSON parameters) set properties over the XML: ``{"Prop": v}`` sets
@@ -29,14 +29,19 @@ the plain key). A key that matches nothing is an error, except where a caller fi
 the keys the chain has (:func:`applicable_overrides`: a scanner UI sends every parameter,
 whichever chain it chose).
 
-Background sessions: :func:`run_stored_session` runs a session the server stored (the job
-function :func:`gadgets.background_jobs.mrd_session`, in a scheduler worker) and writes its
-result.
+Sessions: :func:`open_chain` is the one place a session's chain is opened, from its config,
+its ISMRMRD header, its JSON parameters and the :class:`Services` its host lends it. The MRD
+server (:mod:`gadgets.serve.server`), the Gadgetron external gadgets
+(:mod:`gadgets.serve.gadgetron_external`), background sessions in a scheduler worker
+(:mod:`gadgets.library.background_jobs`) and retro-simulation's reconstruction chain
+(:mod:`gadgets.library.retro`) all call it.
+
+This module imports no gadget: the chain resolves class names in :data:`REGISTRY`, which the
+gadgets fill when :mod:`gadgets.library` is imported (the hosts import it).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import xml.etree.ElementTree as ET
@@ -46,36 +51,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import ismrmrd
+import ismrmrd.xsd
 
-import gadgets.asl  # registers the ASL preview
-import gadgets.recon  # registers the standard gadgets
-import gadgets.retro  # registers retro-simulation
-import gadgets.twin  # noqa: F401  (registers the digital-twin gadgets)
-from gadgets.core import (
+from gadgets.framework.core import (
     REGISTRY,
     ChainError,
     Context,
     Gadget,
     GadgetError,
     Item,
-    Text,
     check_plain_name,
     named_file,
 )
-from gadgets.mrdfile import SessionWriter
-from gadgets.store import (  # registers the store's gadgets (retrieve, reference scans)
-    MAX_TEXT,
-    MAX_TEXTS,
-    RESULT_FILE,
-    SESSION_INPUT,
-    SESSION_JSON,
-    Store,
-    read_items,
-)
 from mr0core.io.mrd import parse_header
-from scheduler.functions import INPUT_DIR
-from scheduler.paths import private_file
 
 __all__ = [
     "DEFAULT_CHAINS_DIR",
@@ -84,14 +72,16 @@ __all__ = [
     "ChainError",
     "ChainSpec",
     "GadgetSpec",
+    "Services",
     "applicable_overrides",
     "available_chains",
     "chain_path",
     "chain_takes_images",
     "chain_text",
     "load_chain",
+    "open_chain",
     "parse_chain",
-    "run_stored_session",
+    "parse_session_header",
 ]
 
 # Package data (gadgets/config/chains/*.xml), so an installed wheel has its chains. setuptools
@@ -315,7 +305,7 @@ def applicable_overrides(
 def chain_takes_images(spec: ChainSpec) -> bool:
     """Whether a chain takes images sent by the client: every gadget's class says so.
 
-    See :attr:`gadgets.core.Gadget.takes_images`; an unknown class counts as no.
+    See :attr:`gadgets.framework.core.Gadget.takes_images`; an unknown class counts as no.
     """
     return all(
         (cls := REGISTRY.get(g.classname)) is not None and cls.takes_images for g in spec.gadgets
@@ -404,7 +394,7 @@ def available_chains(chains_dir: Path | None = None) -> list[str]:
 
 
 def chain_path(name: str, chains_dir: Path | None = None) -> Path:
-    """Return the chain file for a configuration name (:func:`gadgets.core.named_file`).
+    """Return the chain file for a configuration name (:func:`gadgets.framework.core.named_file`).
 
     ``chains_dir`` (a site's own chains) is searched first, then the built-in chains
     (:data:`DEFAULT_CHAINS_DIR`), so a site folder adds chains and may replace a built-in one of
@@ -435,6 +425,9 @@ def load_chain(
 ) -> Chain:
     """Build the chain of a configuration name (:func:`chain_path`, :func:`parse_chain`).
 
+    For a caller that has its :class:`Context` already (tests, tools); a session's chain is
+    opened with :func:`open_chain`, which builds the context from the session.
+
     Raises
     ------
     ChainError
@@ -461,89 +454,113 @@ def chain_text(name: str, chains_dir: Path | None = None) -> str:
         raise ChainError(f"chain {name!r} is not UTF-8 text: {exc}") from None
 
 
-def _folder(params: Mapping[str, Any], key: str) -> Path | None:
-    value = params.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or len(value) > 4096:
-        raise ValueError(f"background session: {key} must be a folder path or null, got "
-                         f"{str(value)[:80]!r}")  # fmt: skip
-    return Path(value)
+@dataclass(frozen=True)
+class Services:
+    """What a host lends the gadgets of a session (each optional; see :class:`Context`).
 
-
-def run_stored_session(params: Mapping[str, Any], device: str, workdir: Path) -> dict[str, Any]:
-    """Run a stored background session through its chain; write its result into ``workdir``.
-
-    Parameters
+    Attributes
     ----------
-    params
-        The job's parameters (:func:`gadgets.background_jobs.mrd_session`): ``config`` (the
-        chain's name, for the log), ``store_dir``, ``save_dir``, ``phantoms_dir``,
-        ``chains_dir`` (the server's folders, or None).
-    device
-        The worker's device (``"cpu"`` or ``"cuda"``); the chain's gadgets choose their own
-        (the session's heavy steps run in this worker, with no further scheduler calls).
-    workdir
-        The job's working folder: its input in ``input/`` (:data:`gadgets.store.SESSION_INPUT`,
-        :data:`gadgets.store.SESSION_JSON`); the result goes to
-        :data:`gadgets.store.RESULT_FILE` beside it (``0600``).
+    save_dir
+        Where ``SaveDataGadget`` writes (``--save-dir``); None: saving is refused.
+    phantoms_dir
+        The folder of NIfTI phantoms that jobs may name (``--phantoms``), if any.
+    chains_dir
+        A site's chain folder (``--chains``): configuration names are looked up there first,
+        then among the built-in chains (:data:`DEFAULT_CHAINS_DIR`).
+    store
+        The server's store (:class:`gadgets.framework.session_store.Store`), if any.
+    scheduler
+        The server's :class:`scheduler.service.Scheduler`; None: heavy steps run in the
+        session's own thread.
+    """
+
+    save_dir: Path | None = None
+    phantoms_dir: Path | None = None
+    chains_dir: Path | None = None
+    store: Any = None
+    scheduler: Any = None
+
+
+def parse_session_header(header_xml: str) -> ismrmrd.xsd.ismrmrdHeader | None:
+    """Parse a session's ISMRMRD header (:func:`mr0core.io.mrd.parse_header`).
 
     Returns
     -------
-    dict
-        ``{"texts": [...], "counts": {...}}``: the chain's text messages (the last
-        :data:`gadgets.store.MAX_TEXTS`, each cut to :data:`gadgets.store.MAX_TEXT`
-        characters) and the number of images, acquisitions and waveforms in the result.
+    ismrmrd.xsd.ismrmrdHeader or None
+        None for an empty (or all-blank) header: a session that sent none.
 
     Raises
     ------
-    ValueError
-        For a missing or malformed input, or a chain that refuses it (a :class:`GadgetError`
-        or :class:`ChainError`, its text kept): the job's own fault, not retried.
+    GadgetError
+        ``the ISMRMRD header does not parse: ...`` with the parser's message.
     """
-    folder = workdir / INPUT_DIR
+    if not header_xml.strip():
+        return None
     try:
-        session = json.loads((folder / SESSION_JSON).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"background session: its stored input cannot be read: {exc}") from None
-    if not isinstance(session, dict):
-        raise ValueError("background session: session.json is not a JSON object")
-    config_xml = session.get("config_xml")
-    header_xml = session.get("header_xml", "")
-    overrides = session.get("parameters", {})
-    if not isinstance(config_xml, str) or not isinstance(header_xml, str):
-        raise ValueError("background session: config_xml and header_xml must be texts")
-    if not isinstance(overrides, dict):
-        raise ValueError("background session: parameters must be a JSON object")
-    store_dir = _folder(params, "store_dir")
-    job_id = workdir.name.partition(".")[0]
+        return parse_header(header_xml)
+    except Exception as exc:  # the XML binding raises many unrelated types
+        raise GadgetError(f"the ISMRMRD header does not parse: {exc}") from None
+
+
+def open_chain(
+    config: str | ChainSpec,
+    header_xml: str,
+    parameters: Mapping[str, Any] | None,
+    services: Services,
+    *,
+    session_id: str,
+    header: ismrmrd.xsd.ismrmrdHeader | None = None,
+    logger: logging.Logger | None = None,
+) -> Chain:
+    """Open the chain of one session: parse its header, build its context, build the chain.
+
+    Parameters
+    ----------
+    config
+        A configuration name (a plain name, found by :func:`chain_path` in
+        ``services.chains_dir`` or the built-in chains), chain XML text (any text with a ``<``,
+        which no name has), or an already parsed chain.
+    header_xml
+        The session's ISMRMRD header as XML; '' for a session that sent none.
+    parameters
+        The session's JSON parameters: the chain's property overrides (see the module
+        docstring); also the context's ``parameters``. None: none.
+    services
+        What the host lends the gadgets (folders, store, scheduler).
+    session_id
+        The session's identifier (file names of saved data, log names).
+    header
+        ``header_xml`` already parsed (a host that checked it on arrival); None: it is parsed
+        here (:func:`parse_session_header`).
+    logger
+        The gadgets' logger; None: ``mr0.gadgets.<session_id>``.
+
+    Returns
+    -------
+    Chain
+        The chain, ready to :meth:`Chain.run` the session's items.
+
+    Raises
+    ------
+    ChainError
+        For an unknown or invalid chain, or an override that does not apply.
+    GadgetError
+        For a header that does not parse.
+    """
+    if header is None:
+        header = parse_session_header(header_xml)
+    overrides = dict(parameters or {})
     context = Context(
-        header=parse_header(header_xml) if header_xml else None, header_xml=header_xml,
-        session_id=job_id, save_dir=_folder(params, "save_dir"),
-        logger=logging.getLogger(f"mr0.gadgets.{job_id}"), parameters=dict(overrides),
-        phantoms_dir=_folder(params, "phantoms_dir"), chains_dir=_folder(params, "chains_dir"),
-        store=Store(store_dir) if store_dir is not None else None, scheduler=None,
+        header=header, header_xml=header_xml, session_id=session_id,
+        save_dir=services.save_dir,
+        logger=logger if logger is not None else logging.getLogger(f"mr0.gadgets.{session_id}"),
+        parameters=dict(overrides), phantoms_dir=services.phantoms_dir,
+        chains_dir=services.chains_dir, store=services.store, scheduler=services.scheduler,
     )  # fmt: skip
-    result = workdir / RESULT_FILE
-    texts: list[str] = []
-    try:
-        _, items = read_items(folder / SESSION_INPUT)
-        chain = Chain(parse_chain(config_xml), context, overrides)
-        private_file(result)  # patient data: 0600 whatever the umask (the writer keeps the mode)
-        with SessionWriter(result) as writer:
-            if header_xml:
-                writer.write_header(header_xml)
-            for out in chain.run(items):
-                if isinstance(out, Text):
-                    texts.append(out.text[:MAX_TEXT])
-                    del texts[:-MAX_TEXTS]
-                elif isinstance(out, ismrmrd.Acquisition | ismrmrd.Image | ismrmrd.Waveform):
-                    writer.add(out)
-            counts = {k: v for k, v in writer.counts.items() if v}
-    except (GadgetError, ChainError, OSError) as exc:
-        result.unlink(missing_ok=True)
-        raise ValueError(str(exc) or type(exc).__name__) from exc
-    except BaseException:
-        result.unlink(missing_ok=True)
-        raise
-    return {"texts": texts, "counts": counts}
+    if isinstance(config, ChainSpec):
+        spec = config
+    elif "<" in config:
+        spec = parse_chain(config)
+    else:
+        spec = parse_chain(chain_text(config, services.chains_dir))
+    return Chain(spec, context, overrides)

@@ -41,8 +41,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .core import Gadget, GadgetError, Item, Property, Text, register
-from .twin import check_seq_size, given_seq_text
+from gadgets.framework.core import Gadget, GadgetError, Item, Property, Text, register
+from gadgets.library.preview import check_seq_size, given_seq_text
 
 __all__ = [
     "CBF_SERIES",

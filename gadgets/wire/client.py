@@ -7,7 +7,7 @@ is sent the same way through any chain. Header-less job sessions (config, JSON, 
 :func:`send_job`: a digital-twin preview (``--preview SEQ``) and the retrieval of a background
 job (``--retrieve ID`` or ``--patient``/``--protocol``). ``--send-dicom DIR --pacs HOST:PORT:AET``
 sends files to a different server: every DICOM file under ``DIR`` is C-STOREd to a PACS
-(:mod:`gadgets.pacs`, whose pydicom and pynetdicom are imported only then).
+(:mod:`gadgets.wire.pacs`, whose pydicom and pynetdicom are imported only then).
 
 A receiver thread reads the answer while the data are sent (a chain such as ``passthrough``
 answers at once, and with both sides only writing, full socket buffers would deadlock). Images
@@ -36,12 +36,12 @@ from typing import Any
 import ismrmrd
 from tqdm import tqdm
 
+from gadgets.wire.framing import Limits, MessageId, MessageReader, MessageWriter, ProtocolError
+
 # only mr0core's light modules (its package imports are lazy): the client never loads torch
 # (1.3-1.8 s) and starts in a fraction of a second (tests/test_client_thin.py)
 from mr0core.clitools import exit_quietly_on_closed_pipe
 from mr0core.io.rawfile import check_raw_file
-
-from .protocol import Limits, MessageId, MessageReader, MessageWriter, ProtocolError
 
 __all__ = ["ClientResult", "main", "send_file", "send_job"]
 
@@ -371,7 +371,7 @@ def _send_dicom(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> in
     An unreachable PACS (or a rejected association) is retried ``--retries`` times after 1, 2,
     4 ... s. Files that are not DICOM are skipped with a warning naming each.
     """
-    from . import pacs  # pydicom and pynetdicom: only for --send-dicom
+    from gadgets.wire import pacs  # pydicom and pynetdicom: only for --send-dicom
 
     if opts.pacs is None:
         parser.error("--send-dicom needs --pacs HOST:PORT:AET")

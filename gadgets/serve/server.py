@@ -4,7 +4,8 @@ One TCP connection is one session (DESIGN.md, "The server"):
 
 ``config (file name or XML text) → header → optional JSON text → data … → close``
 
-The config name selects ``<chains_dir>/<name>.xml`` through :func:`gadgets.chain.chain_path`,
+The config name selects ``<chains_dir>/<name>.xml`` through
+:func:`gadgets.framework.chain.chain_path`,
 which accepts plain names only; nothing named by a client is ever imported or opened elsewhere.
 A JSON object in the first text message (before or right after the header) overrides chain
 properties. The FIRE/OpenRecon form ``{"version": …, "parameters": {"config": NAME, …}}``
@@ -21,9 +22,9 @@ batches, into a bounded queue; a compute thread runs the chain and writes its ou
 reconstruction neither stalls the other sessions nor stops its own connection from being read,
 and a slow client cannot make the server buffer without limit (the queue blocks the reader, TCP
 blocks the client). A batch is handed over when it is full or when the reader would wait for the
-network (:class:`gadgets.protocol.SocketSource`), so batching never delays an item that has
+network (:class:`gadgets.wire.framing.SocketSource`), so batching never delays an item that has
 arrived; one hand-over per item between two threads would cost more than parsing the item.
-Every size is bounded: each message by :class:`gadgets.protocol.Limits`, the session by
+Every size is bounded: each message by :class:`gadgets.wire.framing.Limits`, the session by
 ``max_session_bytes``, the session count by ``max_sessions``, a JSON parameter text by
 :data:`MAX_JSON_DEPTH` levels of nesting and :data:`MAX_JSON_NUMBER_CHARS` characters per number.
 
@@ -64,16 +65,16 @@ not destroyed by a reset.
 Acquisitions (and client images) with NaN or Inf samples are passed on, with one
 ``WARNING: …`` text to the client per session and the metric
 ``mr0_mrd_nonfinite_items_total``. An image sent by the client is refused (``ERROR``) unless
-every gadget of the chain takes client images (:attr:`gadgets.core.Gadget.takes_images`: the
-``passthrough`` and ``savedata`` chains); client images are never shown on the status page,
+every gadget of the chain takes client images (:attr:`gadgets.framework.core.Gadget.takes_images`:
+the ``passthrough`` and ``savedata`` chains); client images are never shown on the status page,
 which keeps thumbnails of images the server produced.
 
 SIGTERM (or :meth:`MrdServer.shutdown`) stops accepting connections and lets the sessions in
 flight finish (up to ``grace_s``).
 
-Access (:mod:`gadgets.access`): both ports bind to localhost by default. ``allow`` limits the
+Access (:mod:`gadgets.wire.access`): both ports bind to localhost by default. ``allow`` limits the
 MRD port to client networks (others get ``ERROR: ... not allowed`` and a close). The HTTP port
-(``http_port``: status page, JSON API, Prometheus ``/metrics``; :mod:`gadgets.status`) refuses
+(``http_port``: status page, JSON API, Prometheus ``/metrics``; :mod:`gadgets.serve.status`) refuses
 to start on a non-loopback address without a token.
 """
 
@@ -105,36 +106,42 @@ from typing import Any
 import ismrmrd
 import numpy as np
 
-from mr0core.clitools import exit_quietly_on_closed_pipe
-from mr0core.io.mrd import (
-    MatrixLimits,
-    MrdFormatError,
-    MrdHeaderError,
-    check_matrix,
-    parse_header,
-)
-from scheduler.cli import add_retention_options
-from scheduler.functions import MRD_SESSION
-from scheduler.model import JobKind
-from scheduler.paths import private_dir, write_private
-from scheduler.retention import RetentionPolicy
-
-from . import background_jobs
-from .access import TOKEN_ENV, AccessError, Network, allowed, is_loopback, load_token, parse_allow
-from .chain import (
+import gadgets.library  # noqa: F401  (registers the gadgets the chains name)
+from gadgets.framework.chain import (
     DEFAULT_CHAINS_DIR,
     Chain,
     ChainError,
+    Services,
     applicable_overrides,
     available_chains,
     chain_takes_images,
     chain_text,
+    open_chain,
     parse_chain,
+    parse_session_header,
 )
-from .core import Context, GadgetError, Text
-from .dicom_output import SessionDicom
-from .pacs import PacsQueue, PacsSender, PacsTarget
-from .protocol import (
+from gadgets.framework.core import GadgetError, Text
+from gadgets.framework.session_store import (
+    SESSION_INPUT,
+    SESSION_JSON,
+    Store,
+    header_identity,
+    new_job_id,
+    retention_timer,
+)
+from gadgets.library import background_jobs
+from gadgets.serve.dicom_output import SessionDicom
+from gadgets.serve.status import StatusBoard, StatusHttpServer
+from gadgets.wire.access import (
+    TOKEN_ENV,
+    AccessError,
+    Network,
+    allowed,
+    is_loopback,
+    load_token,
+    parse_allow,
+)
+from gadgets.wire.framing import (
     Limits,
     Message,
     MessageId,
@@ -145,8 +152,20 @@ from .protocol import (
     ReadPace,
     SlowPeerError,
 )
-from .status import StatusBoard, StatusHttpServer
-from .store import SESSION_INPUT, SESSION_JSON, Store, header_identity, new_job_id, retention_timer
+from gadgets.wire.mrdfile import SessionWriter
+from gadgets.wire.pacs import PacsQueue, PacsSender, PacsTarget
+from mr0core.clitools import exit_quietly_on_closed_pipe
+from mr0core.io.mrd import (
+    MatrixLimits,
+    MrdFormatError,
+    MrdHeaderError,
+    check_matrix,
+)
+from scheduler.cli import add_retention_options
+from scheduler.functions import MRD_SESSION
+from scheduler.model import JobKind
+from scheduler.paths import private_dir, write_private
+from scheduler.retention import RetentionPolicy
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -176,7 +195,7 @@ MAX_JSON_NUMBER_CHARS = 64
 
 SCHEDULER_FUNCTION_MODULES = (background_jobs.__name__,)
 """The plug-in modules of the server's scheduler (``function_modules``,
-:func:`scheduler.functions.load_function_modules`): :mod:`gadgets.background_jobs`, the job
+:func:`scheduler.functions.load_function_modules`): :mod:`gadgets.library.background_jobs`, the job
 function of background sessions. Fixed here: no client or setting names a module."""
 
 
@@ -338,9 +357,9 @@ class MrdServer:
     Attributes
     ----------
     board
-        The :class:`~gadgets.status.StatusBoard` (status page, metrics).
+        The :class:`~gadgets.serve.status.StatusBoard` (status page, metrics).
     http
-        The :class:`~gadgets.status.StatusHttpServer` while it runs, else None.
+        The :class:`~gadgets.serve.status.StatusHttpServer` while it runs, else None.
     """
 
     def __init__(self, config: ServerConfig | None = None, gpu_monitor: Any = None) -> None:
@@ -1013,8 +1032,6 @@ class Session:
             raise
         name, xml = chosen()
         if self.config.save_dir is not None:
-            from .mrdfile import SessionWriter
-
             stamp = time.strftime("%Y%m%dT%H%M%S")
             path = self.config.save_dir / f"{stamp}_{self.sid}.h5"
             if self._saving is not None:
@@ -1042,9 +1059,11 @@ class Session:
             field, its value and the limit).
         """
         try:
-            header = parse_header(xml)
-        except Exception as exc:  # the XML binding raises many unrelated types
-            raise SessionError(f"the ISMRMRD header does not parse: {exc}") from None
+            header = parse_session_header(xml)
+        except GadgetError as exc:
+            raise SessionError(str(exc)) from None
+        if header is None:
+            raise SessionError("the ISMRMRD header does not parse: it is empty")
         for coils in (None, 1):  # None: the header's receiverChannels; below 1, one coil
             try:
                 check_matrix(header, coils, limits=self.config.matrix_limits,
@@ -1090,25 +1109,23 @@ class Session:
         return _Preamble(name, xml, header_xml, overrides, background, lenient)
 
     def build_chain(self, pre: _Preamble) -> Chain:
-        """Parse the header and build the chain (on the compute thread)."""
+        """Parse the header and open the chain (on the compute thread; :func:`open_chain`)."""
         header = pre.header
         if header is None and pre.header_xml is not None:
             header = self.check_header(pre.header_xml)
-        context = Context(
-            header=header, header_xml=pre.header_xml or "", session_id=self.sid,
-            save_dir=self.config.save_dir, logger=logging.getLogger(f"mr0.gadgets.{self.sid}"),
-            parameters=dict(pre.overrides), phantoms_dir=self.config.phantoms_dir,
-            chains_dir=self.config.chains_dir, store=self.store, scheduler=self.scheduler,
-        )  # fmt: skip
         spec = parse_chain(pre.config_xml)
         if pre.lenient:
             pre.overrides, dropped = applicable_overrides(spec, pre.overrides)
-            context.parameters = dict(pre.overrides)
             if dropped:
                 log.info("parameters the chain has no property for were left out",
                          extra={**self.extra, "event": "parameters_dropped",
                                 "config": pre.config_name, "keys": sorted(dropped)})  # fmt: skip
-        chain = Chain(spec, context, pre.overrides)
+        services = Services(
+            save_dir=self.config.save_dir, phantoms_dir=self.config.phantoms_dir,
+            chains_dir=self.config.chains_dir, store=self.store, scheduler=self.scheduler,
+        )  # fmt: skip
+        chain = open_chain(spec, pre.header_xml or "", pre.overrides, services,
+                           session_id=self.sid, header=header)  # fmt: skip
         log.info(
             "chain ready",
             extra={**self.extra, "event": "chain", "config": pre.config_name,
@@ -1291,8 +1308,6 @@ class Session:
         session is complete; a session that fails, or a server stopped meanwhile, leaves no
         job (the staging folder goes now, or at the next start).
         """
-        from .mrdfile import SessionWriter
-
         if self.jobs is None:
             raise SessionError("background jobs need the server's job store (mr0-server --store)")
         cfg = self.config
