@@ -10,7 +10,7 @@ up what they write (new jobs, cancellations) within its tick.
     mr0-scheduler run --cpu-workers 2              # the service, until SIGTERM
     mr0-scheduler run --retention-days 30 --max-store-gb 50   # ... deleting old results
     mr0-scheduler run --backend ray --address auto # jobs as Ray tasks on a running cluster
-    mr0-scheduler run --function-module gadgets.background_jobs   # ... and a plug-in's jobs
+    mr0-scheduler run --function-module gadgets.library.background_jobs   # ... and a plug-in's jobs
     mr0-scheduler prune --retention-days 30        # apply a retention policy once
     mr0-scheduler submit simulate --params '{"demo_flash": 64, "size": 64}' --kind batch
     mr0-scheduler status [--json]                  # GPUs (NVML), queue, running jobs, counts
@@ -61,7 +61,7 @@ def _add_function_module_option(parser: argparse.ArgumentParser) -> None:
     """Add ``--function-module MODULE`` (repeatable): plug-in modules of job functions."""
     parser.add_argument("--function-module", action="append", default=[], metavar="MODULE",
                         help="a module whose import registers further job functions, e.g. "
-                        "gadgets.background_jobs (repeatable)")  # fmt: skip
+                        "gadgets.library.background_jobs (repeatable)")  # fmt: skip
 
 
 def _non_negative(text: str) -> float:

@@ -30,7 +30,7 @@ Plug-in modules (:func:`load_function_modules`)
     A layer above the scheduler adds functions of its own without the scheduler importing it:
     the scheduler's user names modules whose import registers them (with :func:`job_function`
     or :func:`call_function`), e.g. ``Scheduler(root, function_modules=
-    ("gadgets.background_jobs",))`` or ``mr0-scheduler run --function-module MODULE``. The
+    ("gadgets.library.background_jobs",))`` or ``mr0-scheduler run --function-module MODULE``. The
     scheduler imports them when it is made (a name that is not a dotted identifier, a module
     that cannot be imported or that registers nothing fails it there), and every worker process
     (and every Ray task) imports them before it runs a function. Module names come from the
@@ -150,7 +150,7 @@ def check_function_modules(names: Iterable[str]) -> tuple[str, ...]:
         ):
             raise ValueError(
                 f"a function module must be a dotted module name such as "
-                f"'gadgets.background_jobs', got {name!r:.220}"
+                f"'gadgets.library.background_jobs', got {name!r:.220}"
             )
         if name not in checked:
             checked.append(name)
@@ -276,7 +276,8 @@ RF_MODELS = ("instantaneous", "shaped")
 MAX_SUB_SLICES = 64
 """The most ``sub_slices`` a job may ask for: the most the automatic choice makes
 (:data:`mr0core.sim.shaped.MAX_SUB_SLICES`), which ``prepare_seq`` resolves for the call that
-follows. The gadgets bound what a client may ask for lower (``gadgets.twin.MAX_SUB_SLICES``)."""
+follows. The gadgets bound what a client may ask for lower
+(``gadgets.library.preview.MAX_SUB_SLICES``)."""
 
 
 def _rf_options(params: dict[str, Any]) -> tuple[str, int | None]:
@@ -334,7 +335,8 @@ def fail(params: dict[str, Any], device: str, workdir: Path) -> dict[str, Any]:
 MRD_SESSION = "mrd_session"
 """The job function of a background MRD session (the server's ``"background": true``).
 
-A name only: the plug-in module ``gadgets.background_jobs`` defines and registers the function
+A name only: the plug-in module ``gadgets.library.background_jobs`` defines and registers the
+function
 (the server names it in its scheduler's ``function_modules``); the scheduler imports nothing of
 the gadgets."""
 

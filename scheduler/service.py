@@ -134,7 +134,7 @@ class Scheduler:
         the server passes None and includes :attr:`store` in its own retention).
     function_modules
         Plug-in modules whose import registers further job or call functions (dotted names,
-        e.g. ``("gadgets.background_jobs",)``): imported here and by every worker
+        e.g. ``("gadgets.library.background_jobs",)``): imported here and by every worker
         (:func:`scheduler.functions.load_function_modules`). Only the program that makes the
         scheduler names them, never a job or a client.
 
@@ -153,7 +153,7 @@ class Scheduler:
         start) or finishes (``{"event": "done", "job", "function", "kind", "device",
         "run_s"}``); a call's events also have ``"call": True``. They run under the
         scheduler's lock and must be quick; one that raises is logged and skipped (metrics,
-        :mod:`gadgets.status`).
+        :mod:`gadgets.serve.status`).
     """
 
     def __init__(

@@ -1,7 +1,8 @@
 """Raw-data preprocessing before reconstruction: coil prewhitening and readout-oversampling removal.
 
 These are the only implementations; :func:`mr0core.recon.cartesian.cartesian_kspace`, the
-NoiseAdjust, RemoveROOversampling and SENSE-reference steps of :mod:`gadgets.recon` all call them.
+NoiseAdjust, RemoveROOversampling and SENSE-reference steps of :mod:`gadgets.library.recon` all call
+them.
 
 Prewhitening and dwell time
 ---------------------------
