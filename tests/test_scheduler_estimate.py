@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gadgets.server import SCHEDULER_FUNCTION_MODULES
+from gadgets.serve.server import SCHEDULER_FUNCTION_MODULES
 from mr0core.jobs import build_demo_flash, load_job_phantom
 from mr0core.recon import KData
 from mr0core.recon.memory import estimate_recon_bytes
