@@ -128,7 +128,7 @@ def _motion_file(path: str) -> Any:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from mr0core.io.bids import write_ground_truth_dataset
     from mr0core.io.dicom_out import check_dicom_target, is_dicom_target
-    from mr0core.jobs import _check_writable, load_job_phantom, run_simulation, write_simulation
+    from mr0core.jobs import check_writable, load_job_phantom, run_simulation, write_simulation
     from mr0core.sequence import Sequence
 
     out = Path(args.out)
@@ -139,7 +139,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         check_dicom_target(args.recon)
     for path in (out, None if dicom else args.recon, args.png):
         if path is not None:
-            _check_writable(Path(path))
+            check_writable(Path(path))
     settings = settings_from_args(args)
     seq_path = Path(args.seq)
     if not seq_path.is_file():
@@ -193,7 +193,7 @@ def _cmd_recon(args: argparse.Namespace) -> int:
     )
     from mr0core.io.mrd import header_says_simulated
     from mr0core.io.png import write_png
-    from mr0core.jobs import _check_writable, image_volume, reconstruct_file, write_image
+    from mr0core.jobs import check_writable, image_volume, reconstruct_file, write_image
 
     if args.out is None and args.dicom is None:
         raise ValueError("give --out (NIfTI) and/or --dicom (a DICOM series folder)")
@@ -203,7 +203,7 @@ def _cmd_recon(args: argparse.Namespace) -> int:
         check_dicom_target(args.dicom)
     for path in (args.out, args.png):
         if path is not None:
-            _check_writable(Path(path))
+            check_writable(Path(path))
     rec, sidecar = reconstruct_file(args.raw, method=args.method)
     files = write_image(rec, args.out, png=args.png, sidecar=sidecar) if args.out else []
     if args.dicom is not None:  # identity from the header, geometry from the acquisitions
@@ -429,12 +429,12 @@ def _block_pulse(path: Path, block: int) -> tuple[Any, Any]:
 def _cmd_rf_profile(args: argparse.Namespace) -> int:
     import math
 
-    from mr0core.jobs import _check_writable
+    from mr0core.jobs import check_writable
     from mr0core.sequence import PulseUsage
 
     for path in (args.png, args.csv):
         if path is not None:
-            _check_writable(Path(path))
+            check_writable(Path(path))
     if args.points < 3:
         raise ValueError(f"--points must be at least 3, got {args.points}")
     if not (math.isfinite(args.flip_scale) and args.flip_scale > 0):

@@ -72,7 +72,7 @@ class SimSettings:
                 raise ValueError(f"{name.replace('_', '-')} must be a number >= 0, got {value}")
 
 
-def _check_writable(path: Path) -> None:
+def check_writable(path: Path) -> None:
     """Fail before any work if ``path`` cannot be written (nothing computed is then lost)."""
     if path.is_dir():
         raise IsADirectoryError(f"output {path} is a directory")

@@ -254,7 +254,7 @@ def _submit(opts: argparse.Namespace) -> int:
     import uuid
 
     from .model import JobSpec
-    from .service import _estimate
+    from .service import estimate_or_zero
     from .store import JobStore
 
     try:
@@ -276,7 +276,8 @@ def _submit(opts: argparse.Namespace) -> int:
         return 2
     spec = JobSpec(
         id=opts.id or uuid.uuid4().hex[:16], kind=JobKind.parse(opts.kind),
-        estimate_bytes=_estimate(opts.function, params), function=opts.function, params=params,
+        estimate_bytes=estimate_or_zero(opts.function, params), function=opts.function,
+        params=params,
         allow_cpu=not opts.gpu_only, needs_gpu=opts.gpu_only, timeout_s=opts.timeout,
         submitted=time.time(),
     )  # fmt: skip

@@ -317,7 +317,7 @@ class Scheduler:
         if durable is None:
             durable = True
         if estimate_bytes is None:
-            estimate_bytes = _estimate(function, params)
+            estimate_bytes = estimate_or_zero(function, params)
         spec = JobSpec(
             id=job_id or uuid.uuid4().hex[:16], kind=JobKind.parse(kind),
             estimate_bytes=int(estimate_bytes), function=function, params=params,
@@ -821,7 +821,8 @@ def host_memory_budget(share: float = CPU_MEMORY_SHARE) -> int | None:
     return int(available * share)
 
 
-def _estimate(function: str, params: dict[str, Any]) -> int:
+def estimate_or_zero(function: str, params: dict[str, Any]) -> int:
+    """:func:`scheduler.estimate.estimate_job`, or 0: an estimate is advice, never a failure."""
     try:
         from .estimate import estimate_job
     except ImportError:

@@ -50,3 +50,37 @@ def test_the_check_sees_function_local_and_from_imports(tmp_path: Path) -> None:
         "    import gadgets.framework.core\n"
     )
     assert imported_packages(module) == [(1, "os"), (4, "gadgets"), (5, "gadgets")]
+
+
+def private_imports(path: Path) -> list[tuple[int, str]]:
+    """Return ``(line, name)`` of every private name (``_x``, not dunder) imported from a module."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            found += [
+                (node.lineno, alias.name)
+                for alias in node.names
+                if alias.name.startswith("_") and not alias.name.startswith("__")
+            ]
+    return found
+
+
+@pytest.mark.parametrize("package", ["mr0core", "scheduler", "gadgets"])
+def test_no_module_imports_another_modules_private_names(package: str) -> None:
+    """A name another module needs is public; a private one may change without notice."""
+    found = [
+        f"{path.relative_to(REPO)}:{line}: imports {name}"
+        for path in sorted((REPO / package).rglob("*.py"))
+        for line, name in private_imports(path)
+    ]
+    assert found == []
+
+
+def test_the_private_import_check_sees_them(tmp_path: Path) -> None:
+    """Control: a private name is found, a dunder or a public one is not."""
+    module = tmp_path / "m.py"
+    module.write_text(
+        "from __future__ import annotations\nfrom a import _x, y, __version__\n"
+        "def f():\n    from .b import _z\n"
+    )
+    assert private_imports(module) == [(2, "_x"), (4, "_z")]

@@ -157,7 +157,7 @@ def place_twin(phantom: Any, header: Any, match_fov: bool = True) -> tuple[Any, 
     return phantom, meta
 
 
-def _phantom(
+def twin_phantom(
     spec: str, size: int, coils: int, folder: Path | None, coils_given: bool = True
 ) -> tuple[Any, str]:
     """Build a built-in phantom, or load ``<spec>.json`` from the server's phantom folder.
@@ -327,7 +327,7 @@ class TwinPreviewGadget(Gadget):
         text = self.sequence_text()
         check_seq_size(text, self.name)
         size, coils = self.props["size"], self.props["coils"]
-        phantom, phantom_name = _phantom(
+        phantom, phantom_name = twin_phantom(
             self.props["phantom"], size, coils, self.context.phantoms_dir
         )
         placed: dict[str, str] = {}

@@ -55,7 +55,7 @@ import torch
 
 from gadgets.framework.chain import ChainError, Services, open_chain
 from gadgets.framework.core import GadgetError, Item, Property, Text, register
-from gadgets.library.preview import TwinPreviewGadget, _phantom, check_seq_size
+from gadgets.library.preview import TwinPreviewGadget, check_seq_size, twin_phantom
 
 __all__ = ["RETRO_SERIES", "RetroSimGadget"]
 
@@ -142,7 +142,7 @@ class RetroSimGadget(TwinPreviewGadget):
         twin_coils = self.props["coils"] or n_coils
         if twin_coils != n_coils:
             raise GadgetError(f"{self.name}: the twin has {twin_coils} coils, the scan {n_coils}")
-        phantom, phantom_name = _phantom(
+        phantom, phantom_name = twin_phantom(
             self.props["phantom"], self.props["size"], twin_coils, self.context.phantoms_dir,
             coils_given=bool(self.props["coils"]),
         )  # fmt: skip

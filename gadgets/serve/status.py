@@ -134,10 +134,10 @@ class Preview:
         """``SeriesDescription`` / ``ImageComment`` of the image's attributes, if any."""
         if not self.attributes:
             return ""
-        from gadgets.wire.framing import ProtocolError, _parse_meta
+        from gadgets.wire.framing import ProtocolError, parse_meta
 
         try:
-            meta = _parse_meta(self.attributes)
+            meta = parse_meta(self.attributes)
         except (ProtocolError, ValueError):
             return ""
         words = []

@@ -823,7 +823,7 @@ class MessageReader:
             pixels = pixels.astype(get_dtype_from_data_type(data_type))
         elif not pixels.dtype.isnative:
             pixels = pixels.astype(pixels.dtype.newbyteorder("="))
-        meta = _parse_meta(text)
+        meta = parse_meta(text)
         image = ismrmrd.Image(head=bytes(head), meta=meta, data=pixels)
         return image, _IMAGE_HEADER_SIZE + 8 + attr_len + pixel_bytes
 
@@ -894,7 +894,7 @@ def _new_acquisition(
     return acq
 
 
-def _parse_meta(xml: str) -> Meta:
+def parse_meta(xml: str) -> Meta:
     """Parse image attributes (ISMRMRD MetaContainer XML) as ``ismrmrd.Meta.deserialize`` does.
 
     The checks ismrmrd makes with ``assert`` (gone under ``python -O``) are real errors here.

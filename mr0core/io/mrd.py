@@ -43,7 +43,7 @@ GAMMA_1H_HZ_T = 42.577478e6
 DEFAULT_FIELD_T = 3.0
 
 # KData counter -> ISMRMRD idx field
-_IDX_FIELDS = {
+IDX_FIELDS = {
     "LIN": "kspace_encode_step_1",
     "PAR": "kspace_encode_step_2",
     "SLC": "slice",
@@ -476,7 +476,7 @@ def sig_to_mrd(
                 sample_time_us=float(dwell_us[r]),
                 **directions,
             )
-            for key, name in _IDX_FIELDS.items():
+            for key, name in IDX_FIELDS.items():
                 setattr(acq.idx, name, int(idx_np[key][r]))
             dataset.append_acquisition(acq)
             counter += 1
@@ -500,7 +500,7 @@ def sig_to_mrd(
 # -------------------------------------------------------------------------------------------
 
 
-def _limit_centre(limits: Any, name: str, default: int) -> int:
+def limit_centre(limits: Any, name: str, default: int) -> int:
     limit = getattr(limits, name, None) if limits is not None else None
     if limit is None or limit.center is None:
         return default
@@ -677,8 +677,8 @@ def _kdata_from_arrays(
     traj_name = enc.trajectory.value if hasattr(enc.trajectory, "value") else str(enc.trajectory)
     trajectory = _TRAJ_FROM_MRD.get(str(traj_name).lower(), "other")
     limits = enc.encodingLimits
-    centre_line = _limit_centre(limits, "kspace_encoding_step_1", e_mat[1] // 2)
-    centre_par = _limit_centre(limits, "kspace_encoding_step_2", e_mat[2] // 2)
+    centre_line = limit_centre(limits, "kspace_encoding_step_1", e_mat[1] // 2)
+    centre_par = limit_centre(limits, "kspace_encoding_step_2", e_mat[2] // 2)
 
     sel = np.flatnonzero(img)
     length = keep_len[sel]
@@ -700,7 +700,7 @@ def _kdata_from_arrays(
         kspace = torch.from_numpy(np.concatenate(parts).astype(np.float32))
     idx = {
         key: torch.from_numpy(head["idx"][name].astype(np.int64)[sel])
-        for key, name in _IDX_FIELDS.items()
+        for key, name in IDX_FIELDS.items()
     }
     return KData(
         signal=signal,

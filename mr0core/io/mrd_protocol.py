@@ -92,7 +92,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mr0core.io.mrd import _IDX_FIELDS, _limit_centre  # shared with the MRD reader
+from mr0core.io.mrd import IDX_FIELDS, limit_centre  # shared with the MRD reader
 from mr0core.recon.kdata import AcqFlag
 from mr0core.sequence import Pulse, PulseUsage, Repetition, Sequence
 
@@ -288,8 +288,8 @@ def _geometry(hdr: Any) -> _Geometry:
         matrix=matrix,
         fov_m=fov,
         recon_fov_m=rfov,
-        centre_line=_limit_centre(limits, "kspace_encoding_step_1", matrix[1] // 2),
-        centre_partition=_limit_centre(limits, "kspace_encoding_step_2", matrix[2] // 2),
+        centre_line=limit_centre(limits, "kspace_encoding_step_1", matrix[1] // 2),
+        centre_partition=limit_centre(limits, "kspace_encoding_step_2", matrix[2] // 2),
     )
 
 
@@ -465,7 +465,7 @@ def _readouts(head: np.ndarray, geo: _Geometry, notes: list[str]) -> _Readouts:
                 f"acquisition {int(index[r])} {what} (number_of_samples={int(n_samp[r])}, "
                 f"center_sample={int(centre[r])}, sample_time_us={dwell[r] * 1e6:g})"
             )
-    idx = {key: sel["idx"][name].astype(np.int64) for key, name in _IDX_FIELDS.items()}
+    idx = {key: sel["idx"][name].astype(np.int64) for key, name in IDX_FIELDS.items()}
     reverse = (flags[index] & np.uint64(int(AcqFlag.IS_REVERSE))) != 0
     if reverse.any():
         notes.append(

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from mr0core.pulseq.reader import SeqFile, SeqFormatError, SeqLimitError, SeqLimits, _limits
+from mr0core.pulseq.reader import SeqFile, SeqFormatError, SeqLimitError, SeqLimits, check_limits
 from mr0core.sequence import Pulse, PulseUsage, Repetition, RfWaveform, Sequence
 
 __all__ = [
@@ -847,7 +847,7 @@ def check_conversion(
         Naming ``max_repetitions``, ``max_events`` or ``max_memory_bytes``, and the line of the
         block where the count passes the bound.
     """
-    limits = seq.limits if limits is None else _limits(limits)
+    limits = seq.limits if limits is None else check_limits(limits)
     size = conversion_size(seq, exact_trajectories)
     if size.repetitions > limits.max_repetitions:
         rf_blocks = np.flatnonzero(seq.blocks[:, RF])

@@ -198,7 +198,8 @@ DEFAULT_SEQ_LIMITS = SeqLimits()
 """The bounds used when no ``limits`` are given (see :class:`SeqLimits`)."""
 
 
-def _limits(limits: SeqLimits | None) -> SeqLimits:
+def check_limits(limits: SeqLimits | None) -> SeqLimits:
+    """Return ``limits``, or :data:`DEFAULT_SEQ_LIMITS` for None; a TypeError for anything else."""
     if limits is None:
         return DEFAULT_SEQ_LIMITS
     if not isinstance(limits, SeqLimits):
@@ -949,7 +950,7 @@ def read_seq_text(text: str, path: str = "<text>", *, limits: SeqLimits | None =
     SeqLimitError
         The file needs more than ``limits`` allow (a :class:`SeqFormatError` too).
     """
-    parser = _Parser(text, path, _limits(limits))
+    parser = _Parser(text, path, check_limits(limits))
     seq = parser.parse()
     del parser  # its per-line strings are no longer needed while the blocks are checked
     from mr0core.pulseq.convert import validate_blocks
@@ -978,7 +979,7 @@ def read_seq(path: str | PathLike[str], *, limits: SeqLimits | None = None) -> S
     SeqLimitError
         The file needs more than ``limits`` allow (a :class:`SeqFormatError` too).
     """
-    limits = _limits(limits)
+    limits = check_limits(limits)
     p = Path(path)
     size = p.stat().st_size
     if size > limits.max_file_bytes:
