@@ -82,6 +82,28 @@ class TensorContainer:
     _SELECT_KEEP: ClassVar[frozenset[str]] = frozenset()
     """Tensor-bearing fields that ``select`` shares unchanged (e.g. a phantom's size)."""
 
+    # -- pickling --------------------------------------------------------------------------
+
+    def __getstate__(self) -> Any:
+        """Pickle each tensor with only its own elements, not the storage it views.
+
+        A tensor that views part of a larger storage (the Pulseq import slices every
+        repetition's fields out of one tensor per field) would otherwise pickle the whole
+        storage, once per view: a 64-line sequence took 9 MB and 0.1 s to pickle. Views are
+        copied (tensors that need gradients are left as they are), so what travels to a worker
+        process is the object's own data. The state has the standard form (``__dict__``, or
+        ``(__dict__ or None, slots)``), so unpickling needs no ``__setstate__``.
+        """
+        state = getattr(self, "__dict__", None)
+        compact = None if state is None else {k: _compact(v) for k, v in state.items()}
+        slots = {}
+        for name in _slot_names(type(self)):
+            try:
+                slots[name] = _compact(object.__getattribute__(self, name))
+            except AttributeError:  # an unset slot
+                continue
+        return (compact, slots) if slots else compact
+
     # -- the walk ---------------------------------------------------------------------------
 
     def _fields(self) -> Iterator[tuple[str, Any]]:
@@ -318,6 +340,48 @@ class TensorContainer:
                 )
         items = [self[int(i)] for i in index.tolist()] if isinstance(self, list) else None
         return self._rebuild(values, items)
+
+
+class _PickledAsNumpy:
+    """A CPU tensor that pickles as its numpy array and unpickles as a tensor again.
+
+    The array holds the tensor's own elements only, and pickles several times quicker than a
+    tensor (microseconds instead of about 0.1 ms each).
+    """
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return torch.from_numpy, (self.array,)
+
+
+_NUMPY_DTYPES = frozenset({
+    torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+    torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128,
+})  # fmt: skip
+
+
+def _compact(value: Any) -> Any:
+    """``value`` with every tensor that views a larger storage copied (lists, tuples, dicts)."""
+    if isinstance(value, torch.Tensor):
+        if value.requires_grad or value.is_sparse or value.is_quantized:
+            return value
+        cpu = value.device.type == "cpu" and value.dtype in _NUMPY_DTYPES
+        if cpu and not (value.is_conj() or value.is_neg()):
+            return _PickledAsNumpy(value.numpy())
+        own = value.numel() * value.element_size()
+        if value.untyped_storage().nbytes() > own or not value.is_contiguous():
+            return value.clone(memory_format=torch.contiguous_format)
+        return value
+    if isinstance(value, dict):
+        return {k: _compact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple) and not isinstance(value, TensorContainer):
+        items = [_compact(v) for v in value]
+        return type(value)(items) if type(value) in (list, tuple) else value
+    return value
 
 
 def _tensor_leaves(value: Any) -> Iterator[torch.Tensor]:
