@@ -1,19 +1,39 @@
-"""Shared test configuration: marker handling and test data."""
+"""Shared test configuration: marker handling, paths, test data and session helpers.
+
+The test files mirror the source tree (``tests/mr0core/sim/``, ``tests/gadgets/serve/``,
+``tests/scheduler/``, ``tests/project/`` for the repository itself). This folder is on
+``sys.path`` (``pythonpath`` in pyproject.toml), so every test imports the helpers here and beside
+it (``from conftest import ...``, ``import dicom_synth``) from whatever sub-folder it lives in.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import io
+import json
 import os
+import socket
 import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import ismrmrd
 import pytest
 import torch
 
+from gadgets.framework.chain import DEFAULT_CHAINS_DIR
+from gadgets.serve.server import MrdServer, ServerConfig
+from gadgets.wire.framing import MessageReader, MessageWriter
+
+REPO = Path(__file__).resolve().parents[1]
+"""The repository's root."""
+SCRIPTS = REPO / "scripts"
+SHARED = REPO.parent / "shared"
+"""Data beside the checkout (MR-zero's phantom, a larger Pulseq corpus); tests skip without it."""
 DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "seq-corpus"
 CORPUS_FILES = sorted(CORPUS.glob("*.seq"))
@@ -97,13 +117,6 @@ def run_session(
     Sends config ``config``; with ``raw`` (an ISMRMRD file) its header first; the JSON text of
     ``params`` if given; then ``raw``'s acquisitions and a close.
     """
-    import json
-    import socket
-
-    import ismrmrd
-
-    from gadgets.wire.framing import MessageReader, MessageWriter
-
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         writer = MessageWriter(sock)
         writer.write_config_file(config)
@@ -121,3 +134,68 @@ def run_session(
                 ds.close()
         writer.write_close()
         return list(MessageReader(sock))
+
+
+def preview(port: int, params: dict, header: str | None = None) -> list:
+    """Run one preview session; return every message of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+        writer = MessageWriter(sock)
+        writer.write_config_file("mr0_preview")
+        if header is not None:
+            writer.write_header(header)
+        writer.write_text(json.dumps(params))
+        writer.write_close()
+        return list(MessageReader(sock))
+
+
+# -- in-process mr0-servers ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def mr0_server(
+    config: ServerConfig | None = None,
+    *,
+    gpu_monitor: Any = None,
+    shutdown_grace_s: float = 10,
+    **options: Any,
+) -> Iterator[MrdServer]:
+    """An in-process mr0-server on a free loopback port, shut down on exit.
+
+    ``options`` are :class:`ServerConfig` fields over port 0 (a free port) and the built-in
+    chains, or over the fields of ``config`` when one is given (a parsed command line, say);
+    ``gpu_monitor`` goes to :class:`MrdServer`. On exit the server waits up to
+    ``shutdown_grace_s`` (s) for the sessions in flight. Its port is ``server.address[1]``.
+    """
+    if config is None:
+        config = ServerConfig(**{"port": 0, "chains_dir": DEFAULT_CHAINS_DIR, **options})
+    else:
+        config = dataclasses.replace(config, **options)
+    srv = MrdServer(config, gpu_monitor=gpu_monitor)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown(grace_s=shutdown_grace_s)
+
+
+@pytest.fixture(scope="module")
+def server_options() -> dict[str, Any]:
+    """The :func:`mr0_server` options of a module's ``server``; a module overrides this fixture."""
+    return {"idle_timeout_s": 60}
+
+
+@pytest.fixture(scope="module")
+def server(server_options: dict[str, Any]) -> Iterator[MrdServer]:
+    """One in-process mr0-server per module, with the module's ``server_options``."""
+    with mr0_server(**server_options) as srv:
+        yield srv
+
+
+@pytest.fixture
+def server_factory() -> Iterator[Callable[..., MrdServer]]:
+    """Start servers inside one test, each with its own :func:`mr0_server` arguments.
+
+    Every server started is shut down after the test, the last started first.
+    """
+    with contextlib.ExitStack() as stack:
+        yield lambda config=None, **options: stack.enter_context(mr0_server(config, **options))

@@ -1,4 +1,4 @@
-"""Small PyPulseq sequences for the MR-zero drop-in comparison (tests/test_reference_dropin.py).
+"""Small PyPulseq sequences for the MR-zero drop-in comparison (test_reference_dropin.py).
 
 Each ``build_<name>(n)`` returns a timing-checked ``pypulseq.Sequence`` for a 2-D ``n`` × ``n``
 matrix over :data:`FOV` (m). They follow the textbook descriptions of the sequence classes that
