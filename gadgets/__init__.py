@@ -18,5 +18,5 @@
   output (:mod:`~gadgets.serve.dicom_output`), and the Gadgetron external gadgets
   (:mod:`~gadgets.serve.gadgetron_external`).
 
-Each layer imports only the layers above it in this list (``tests/test_gadgets_layers.py``).
+Each layer imports only the layers above it in this list (``tests/gadgets/test_gadgets_layers.py``).
 """

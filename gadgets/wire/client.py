@@ -39,7 +39,7 @@ from tqdm import tqdm
 from gadgets.wire.framing import Limits, MessageId, MessageReader, MessageWriter, ProtocolError
 
 # only mr0core's light modules (its package imports are lazy): the client never loads torch
-# (1.3-1.8 s) and starts in a fraction of a second (tests/test_client_thin.py)
+# (1.3-1.8 s) and starts in a fraction of a second (tests/gadgets/wire/test_client_thin.py)
 from mr0core.clitools import exit_quietly_on_closed_pipe
 from mr0core.io.rawfile import check_raw_file
 

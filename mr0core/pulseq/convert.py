@@ -68,7 +68,7 @@ RF, GX, GY, GZ, ADC, EXT, DELAY = range(7)
 
 # Peak memory of the conversion per item, in bytes: measured (peak RSS of seq_to_sequence on
 # synthetic sequences that scale one item at a time, numpy 2 / torch 2, x86-64) and rounded up.
-# tests/test_hostile_seq.py checks that the estimate bounds the measured peak.
+# tests/mr0core/pulseq/test_hostile_seq.py checks that the estimate bounds the measured peak.
 BYTES_PER_REPETITION = 5120
 """A repetition: its Repetition and Pulse objects and ~9 tensor views (split and unbound)."""
 BYTES_PER_EVENT = 112

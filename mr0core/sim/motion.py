@@ -11,7 +11,8 @@ A phantom (:class:`~mr0core.phantom.sim_data.SimData`, ``VoxelGridPhantom``,
     A free trajectory per voxel: absolute positions in m (not displacements). It wins when both
     are set.
 
-Conventions (measured on MRzeroCore 1.2.0 as a black box, ``tests/test_sim_motion_reference.py``):
+Conventions (measured on MRzeroCore 1.2.0 as a black box,
+``tests/mr0core/sim/test_reference_motion.py``):
 
 - ``time`` is a float32 tensor of absolute sequence times in s: the functions are called once per
   repetition with the midpoints of its events (the first repetition's pulse is at t = 0; a
@@ -29,9 +30,9 @@ Conventions (measured on MRzeroCore 1.2.0 as a black box, ``tests/test_sim_motio
 One deliberate difference: MRzeroCore 1.2.0 applies the phase a state gained in earlier
 repetitions with the opposite sign (a subject that sits still at an offset from the first event on
 does not give the Fourier shift of the still image after the first repetition;
-``tests/test_sim_motion_reference.py`` shows it). mr0core keeps the physical sign, so a constant
-offset is exactly the Fourier shift theorem. Where the signal comes from magnetisation excited in
-the same repetition (spoiled gradient echoes), both agree.
+``tests/mr0core/sim/test_reference_motion.py`` shows it). mr0core keeps the physical sign, so a
+constant offset is exactly the Fourier shift theorem. Where the signal comes from magnetisation
+excited in the same repetition (spoiled gradient echoes), both agree.
 
 Motion models (:class:`RigidMotion`, :class:`MotionLog`) make such callables from a few numbers or
 from a tracking log, for the twin's ``motion`` parameter and ``mr0 simulate --motion``.

@@ -2,7 +2,7 @@
 
 Shared by the PDG main pass (:mod:`mr0core.sim.pdg`) and the isochromat reference
 (:mod:`mr0core.sim.isochromat`), so that both follow one convention, MR-zero's (checked as a
-black box in ``tests/test_reference_conventions.py``):
+black box in ``tests/mr0core/sim/test_reference_conventions.py``):
 
 * with several channels, channel ``c`` is driven with ``shim_amp[c] · exp(−i shim_phase[c])``, so
   ``B1eff = Σ_c shim_amp[c] · exp(−i shim_phase[c]) · B1[c]``;

@@ -390,8 +390,9 @@ def default_sub_slices(seq: Sequence, data: SimData) -> int:
     docs/library/shaped-rf.md). With a selective refocusing pulse (``REFOCUSING_ANGLE`` or usage
     REFOC) the signal comes from products of profiles whose sharper edges the midpoints sample
     more slowly (the error falls as 1/n²): ``ceil(4 d · K) + 2``, within 1 % for a selective
-    90°–180° spin echo 1 to 3 slices thick (``tests/test_sim_shaped_rf.py``). 1 otherwise (3-D
-    grids resolve the profile with their own voxels, custom voxels have no grid thickness).
+    90°–180° spin echo 1 to 3 slices thick (``tests/mr0core/sim/test_sim_shaped_rf.py``).
+    1 otherwise (3-D grids resolve the profile with their own voxels, custom voxels have no grid
+    thickness).
     """
     nyq_z = float(data.nyquist[2])
     if not math.isfinite(nyq_z):
