@@ -21,6 +21,7 @@ cannot be silently left at the old length.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -103,6 +104,33 @@ class TensorContainer:
             except AttributeError:  # an unset slot
                 continue
         return (compact, slots) if slots else compact
+
+    def __copy__(self: Self) -> Self:
+        """Return a shallow copy sharing every attribute (not the pickled state's stand-ins)."""
+        return self._copied(lambda value: value)
+
+    def __deepcopy__(self: Self, memo: dict[int, Any]) -> Self:
+        """Return a deep copy: ``copy.deepcopy`` of every attribute (tensors keep autograd)."""
+        return self._copied(lambda value: copy.deepcopy(value, memo), memo)
+
+    def _copied(self: Self, fn: Callable[[Any], Any], memo: dict[int, Any] | None = None) -> Self:
+        cls = type(self)
+        new = cls.__new__(cls)
+        if memo is not None:
+            memo[id(self)] = new
+        state = getattr(self, "__dict__", None)
+        if state is not None:
+            new.__dict__.update({k: fn(v) for k, v in state.items()})
+        for name in _slot_names(cls):
+            try:
+                value = object.__getattribute__(self, name)
+            except AttributeError:  # an unset slot
+                continue
+            object.__setattr__(new, name, fn(value))
+        if isinstance(self, list):
+            assert isinstance(new, list)
+            new.extend(fn(item) for item in self)
+        return new
 
     # -- the walk ---------------------------------------------------------------------------
 

@@ -53,3 +53,25 @@ def test_simdata_pickles_complex_fields_and_leaves_gradients_alone() -> None:
     assert torch.equal(back.coil_sens, data.coil_sens)
     assert back.T1.requires_grad
     assert torch.equal(back.T1.detach(), data.T1.detach())
+
+
+def test_copies_are_made_of_tensors_not_of_the_pickled_stand_ins() -> None:
+    """copy.copy shares the attributes, copy.deepcopy copies them; both stay tensors."""
+    import copy
+
+    data = mr0.util.load_phantom((6, 6), url="builtin:brain").build()
+    data.T1 = data.T1.clone().requires_grad_(True)
+    shallow = copy.copy(data)
+    assert shallow.PD is data.PD
+    assert shallow.T1 is data.T1
+    deep = copy.deepcopy(data)
+    assert isinstance(deep.PD, torch.Tensor)
+    assert deep.PD is not data.PD
+    assert torch.equal(deep.PD, data.PD)
+    assert deep.T1.requires_grad
+    seq = Sequence.from_text(GRE.read_text(), "gre.seq")
+    twin = copy.deepcopy(seq)
+    assert len(twin) == len(seq)
+    assert isinstance(twin[3].gradm, torch.Tensor)
+    assert torch.equal(twin[3].gradm, seq[3].gradm)
+    assert twin[3] is not seq[3]
