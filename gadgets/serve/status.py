@@ -372,6 +372,7 @@ class StatusBoard:
                 "running": status["running"],
                 "workers": len(status["workers"]),
                 "recent": [_job_row(r) for r in scheduler.store.jobs(limit=_RECENT_JOBS)],
+                "calls": [_call_row(c) for c in scheduler.calls(limit=_RECENT_JOBS)],
             }
         else:
             out["gpus"], out["gpu_monitor"] = self._gpu_view()
@@ -397,6 +398,18 @@ class StatusBoard:
         if self._monitor is not None:
             self._monitor.close()
             self._monitor = None
+
+
+def _call_row(call: dict[str, Any]) -> dict[str, Any]:
+    """Describe a scheduler call (a session's preview, parse or recon) for the page."""
+    started, ended = call["started"], call["ended"]
+    return {
+        "call": call["call"], "function": call["function"], "kind": call["kind"],
+        "state": call["state"], "device": call["device"], "attempts": call["attempts"],
+        "wait_s": None if started is None else max(0.0, started - call["submitted"]),
+        "run_s": None if started is None or ended is None else max(0.0, ended - started),
+        "ended": ended, "error": (call["error"] or "")[:_ERROR_CHARS],
+    }  # fmt: skip
 
 
 def _job_row(record: Any) -> dict[str, Any]:

@@ -138,7 +138,7 @@ function drawGpus(s) {
 }
 
 function drawJobs(s) {
-  const sched = s.scheduler || { queued: [], running: [], recent: [] };
+  const sched = s.scheduler || { queued: [], running: [], recent: [], calls: [] };
   fill("queue", sched.queued, [
     (q) => [q.job], (q) => [q.kind], (q) => [seconds(q.waited_s)],
     (q) => [bytes(q.need_bytes)], (q) => [q.attempts],
@@ -152,6 +152,11 @@ function drawJobs(s) {
     (j) => [j.device || "–"], (j) => [seconds(j.wait_s)], (j) => [seconds(j.run_s)],
     (j) => [clock(j.finished)], (j) => [j.error, "error"],
   ], (tr, j) => { tr.dataset.job = j.job; tr.dataset.state = j.state; });
+  fill("calls", sched.calls || [], [
+    (c) => [c.call], (c) => [c.function], (c) => [c.kind], (c) => [c.state, "state-" + c.state],
+    (c) => [c.device || "–"], (c) => [seconds(c.wait_s)], (c) => [seconds(c.run_s)],
+    (c) => [clock(c.ended)], (c) => [c.error, "error"],
+  ], (tr, c) => { tr.dataset.call = c.call; tr.dataset.state = c.state; });
 }
 
 function drawSessions(s) {

@@ -358,6 +358,26 @@ def test_metrics_count_jobs_sessions_and_bytes(make_server):
     assert all(recent[j]["run_s"] >= 0.05 and recent[j]["wait_s"] >= 0 for j in done)
 
 
+def test_the_page_lists_the_scheduler_calls(make_server):
+    """Sessions' calls (no store record) show with their function, state, times and error."""
+    srv = make_server()
+    sched = srv.scheduler
+    ok = sched.call("echo", {"x": 1}, {"sleep_s": 0.05})
+    ok.result(timeout=60)
+    bad = sched.call("fail", {}, {"message": "on purpose", "error": "value"})
+    with pytest.raises(Exception, match="on purpose"):
+        bad.result(timeout=60)
+    status = json.loads(http(srv.http.address, "/api/status")[2])
+    calls = {c["call"]: c for c in status["scheduler"]["calls"]}
+    assert calls[ok.id]["function"] == "echo"
+    assert calls[ok.id]["state"] == "done"
+    assert calls[ok.id]["run_s"] >= 0.05
+    assert calls[bad.id]["state"] == "failed"
+    assert "on purpose" in calls[bad.id]["error"]
+    # calls are not jobs: the store's recent jobs do not list them
+    assert ok.id not in {j["job"] for j in status["scheduler"]["recent"]}
+
+
 def test_gpu_metrics_follow_nvml(make_server):
     gpus = [FakeGpu(80 * GB, used_bytes=3 * GB, utilization=42, name="Fake H100"),
             FakeGpu(24 * GB, used_bytes=0, utilization=0, name="Fake L4")]  # fmt: skip
@@ -480,6 +500,8 @@ def test_status_page_in_a_headless_browser(make_server, tmp_path):
     for job in jobs:
         assert srv.scheduler.wait(job, timeout_s=60).state == "done"
     converse(srv.address[1], session_bytes("default", disk_acquisitions(64), header_xml(64)))
+    call = srv.scheduler.call("echo", {"x": 1})
+    call.result(timeout=60)
     srv.scheduler.submit("noop", {"sleep_s": 30})  # one running while the page is up
 
     options = webdriver.ChromeOptions()
@@ -521,6 +543,11 @@ def test_status_page_in_a_headless_browser(make_server, tmp_path):
             lambda d: d.find_elements(By.CSS_SELECTOR, "#recent tr[data-state='done']")
         )
         assert {row.get_attribute("data-job") for row in done} >= set(jobs)
+        calls = WebDriverWait(chrome, 20).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#calls tr[data-state='done']")
+        )
+        assert [row.get_attribute("data-call") for row in calls] == [call.id]
+        assert "echo" in calls[0].text
         WebDriverWait(chrome, 20).until(
             lambda d: d.find_elements(By.CSS_SELECTOR, "#running tbody tr:not(.empty)")
         )
