@@ -31,17 +31,19 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ismrmrd
 from tqdm import tqdm
 
-from gadgets.wire.framing import Limits, MessageId, MessageReader, MessageWriter, ProtocolError
+from gadgets.wire.frames import MessageId, close_frame, config_file_frame, string_frame
 
 # only mr0core's light modules (its package imports are lazy): the client never loads torch
 # (1.3-1.8 s) and starts in a fraction of a second (tests/gadgets/wire/test_client_thin.py)
 from mr0core.clitools import exit_quietly_on_closed_pipe
 from mr0core.io.rawfile import check_raw_file
+
+if TYPE_CHECKING:  # for the annotations only; loaded when needed (see send_job)
+    import ismrmrd
 
 __all__ = ["ClientResult", "main", "send_file", "send_job"]
 
@@ -63,6 +65,9 @@ class ClientResult:
 
 
 def _read_input(path: Path, group: str) -> tuple[str, ismrmrd.Dataset]:
+    # ismrmrd (and the framing built on it) load when needed, not at start-up (see send_job)
+    import ismrmrd
+
     check_raw_file(path, group)  # FileNotFoundError, MrdFormatError (a ValueError)
     dset = ismrmrd.Dataset(str(path), group, create_if_needed=False)
     xml = dset.read_xml_header()
@@ -107,6 +112,9 @@ def send_file(
     timeout_s
         Socket timeout in seconds.
     """
+    # the framing (built on ismrmrd) loads when needed, not at start-up (see send_job)
+    from gadgets.wire.framing import MessageWriter
+
     header_xml, dset = _read_input(path, in_group)
     result = ClientResult()
     try:
@@ -171,10 +179,11 @@ def send_job(
     result = ClientResult()
     out.parent.mkdir(parents=True, exist_ok=True)
     with socket.create_connection((host, port), timeout=timeout_s) as sock:
-        writer = MessageWriter(sock)
-        writer.write_config_file(config)
-        writer.write_text(json.dumps(params))
-        writer.write_close()
+        # the job goes out before ismrmrd (0.25 s to import; needed only for what comes back)
+        # is imported, so that its import overlaps the server's work
+        frames = config_file_frame(config)
+        frames += string_frame(MessageId.TEXT, json.dumps(params), "text")
+        sock.sendall(frames + close_frame())
         _receive(sock, out, out_group, "", result, on_text)
     return result
 
@@ -187,6 +196,9 @@ def _receive(
     result: ClientResult,
     on_text: Any = None,
 ) -> None:
+    # the framing (built on ismrmrd) loads when needed, not at start-up (see send_job)
+    from gadgets.wire.framing import Limits, MessageReader, ProtocolError
+
     reader = MessageReader(sock, Limits())
     dset: ismrmrd.Dataset | None = None
     try:
@@ -229,6 +241,9 @@ def _receive(
 
 def _private_dataset(path: Path, group: str) -> Any:
     """Open (create) the output file so that a new one is ``0600``: it holds patient data."""
+    # ismrmrd (and the framing built on it) load when needed, not at start-up (see send_job)
+    import ismrmrd
+
     new = not Path(path).exists()
     old = os.umask(0o077) if new else None
     try:

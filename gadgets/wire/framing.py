@@ -37,7 +37,6 @@ as ``int32`` (values must fit).
 from __future__ import annotations
 
 import contextlib
-import enum
 import math
 import os
 import select
@@ -57,6 +56,14 @@ import numpy as np
 from ismrmrd.image import get_dtype_from_data_type
 from ismrmrd.meta import Meta
 
+from gadgets.wire.frames import (
+    CONFIG_FILE_SIZE,
+    MessageId,
+    close_frame,
+    config_file_frame,
+    string_frame,
+)
+
 __all__ = [
     "DEFAULT_LIMITS",
     "Limits",
@@ -69,19 +76,6 @@ __all__ = [
     "ReadPace",
     "SlowPeerError",
 ]
-
-
-class MessageId(enum.IntEnum):
-    """The ids of the MRD streaming messages (``uint16`` on the wire)."""
-
-    CONFIG_FILE = 1
-    CONFIG_TEXT = 2
-    HEADER = 3
-    CLOSE = 4
-    TEXT = 5
-    ACQUISITION = 1008
-    IMAGE = 1022
-    WAVEFORM = 1026
 
 
 class ProtocolError(Exception):
@@ -174,7 +168,7 @@ class _TextLike(Protocol):
 # --------------------------------------------------------------------------------------------
 # wire constants
 
-_CONFIG_FILE_SIZE = 1024
+_CONFIG_FILE_SIZE = CONFIG_FILE_SIZE
 _ACQ_HEADER_SIZE = 340
 _IMAGE_HEADER_SIZE = 198
 _WAVEFORM_HEADER_SIZE = 40
@@ -1030,13 +1024,7 @@ class MessageWriter:
         ValueError
             The name holds a NUL or is 1024 bytes or longer in UTF-8.
         """
-        raw = name.encode("utf-8")
-        if b"\x00" in raw or len(raw) >= _CONFIG_FILE_SIZE:
-            raise ValueError(
-                f"config file name must be under {_CONFIG_FILE_SIZE} UTF-8 bytes without NUL, "
-                f"got {len(raw)} bytes: {name[:80]!r}"
-            )
-        self._send([_U16.pack(MessageId.CONFIG_FILE), raw.ljust(_CONFIG_FILE_SIZE, b"\x00")])
+        self._send([config_file_frame(name)])
 
     def write_config_text(self, text: str) -> None:
         """Write a config text message (a chain's XML)."""
@@ -1145,7 +1133,7 @@ class MessageWriter:
 
     def write_close(self) -> None:
         """Write a close message."""
-        self._send([_U16.pack(MessageId.CLOSE)])
+        self._send([close_frame()])
 
     def write(
         self, item: ismrmrd.Acquisition | ismrmrd.Image | ismrmrd.Waveform | _TextLike | str
@@ -1200,12 +1188,7 @@ class MessageWriter:
     # -- internals ----------------------------------------------------------------------------
 
     def _write_string(self, msg_id: MessageId, text: str, what: str) -> None:
-        raw = text.encode("utf-8")
-        if self.nul_terminate:
-            raw += b"\x00"
-        if len(raw) > _U32_MAX:
-            raise ValueError(f"{what} of {len(raw)} bytes does not fit a uint32 length")
-        self._send([_U16.pack(msg_id) + _U32.pack(len(raw)), raw])
+        self._send([string_frame(msg_id, text, what, self.nul_terminate)])
 
     def _send(self, parts: list[bytes | memoryview]) -> None:
         """Write the parts of one message back to back, whole."""

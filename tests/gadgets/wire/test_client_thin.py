@@ -204,3 +204,31 @@ def test_closed_pipe_exit_is_quiet():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=60)
     assert proc.returncode == clitools.CLOSED_PIPE_STATUS
     assert proc.stderr == b""
+
+
+def test_the_client_starts_without_ismrmrd_and_sends_a_job_before_loading_it():
+    """A job session goes out first; ismrmrd (0.25 s to import) loads while the server works."""
+    code = "import json, sys, gadgets.wire.client\nprint(json.dumps('ismrmrd' in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         check=True, timeout=60).stdout  # fmt: skip
+    assert json.loads(out) is False
+
+
+def test_the_plain_frames_are_the_message_writers():
+    """frames.py is the one encoding of config-file, text and close messages."""
+    import io
+
+    from gadgets.wire.frames import MessageId, close_frame, config_file_frame, string_frame
+    from gadgets.wire.framing import MessageWriter
+
+    for nul in (False, True):
+        buf = io.BytesIO()
+        writer = MessageWriter(buf, nul_terminate=nul)
+        writer.write_config_file("mr0_preview")
+        writer.write_text('{"seq": "ü"}')
+        writer.write_close()
+        ours = config_file_frame("mr0_preview")
+        ours += string_frame(MessageId.TEXT, '{"seq": "ü"}', "text", nul) + close_frame()
+        assert buf.getvalue() == ours
+    with pytest.raises(ValueError, match="NUL"):
+        config_file_frame("a\x00b")
