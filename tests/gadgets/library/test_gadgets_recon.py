@@ -394,7 +394,7 @@ def test_sense_chain_on_undersampled_shepp_logan(tmp_path):
 
 
 @needs_tools
-def test_savedata_writes_the_session(tmp_path, shepp):
+def test_save_data_chain_writes_the_session(tmp_path, shepp):
     _, xml, acqs, _ = shepp
     text = Text(json.dumps({"a": 1}))
     out = run_with("savedata", xml, [*acqs, text], save_dir=tmp_path, session_id="s1")
@@ -413,12 +413,12 @@ def test_savedata_writes_the_session(tmp_path, shepp):
     assert len(read_dataset(tmp_path / "s1-1.h5")[1]) == 3
 
 
-def test_savedata_needs_a_save_dir():
+def test_save_data_chain_needs_a_save_dir():
     with pytest.raises(GadgetError, match="save directory"):
         run_with("savedata", "", [Text("x")])
 
 
-def test_savedata_refuses_unsafe_session_ids(tmp_path):
+def test_save_data_chain_refuses_unsafe_session_ids(tmp_path):
     with pytest.raises(GadgetError, match="not a safe file name"):
         run_with("savedata", "", [], save_dir=tmp_path, session_id="../escape")
     assert list(tmp_path.iterdir()) == []
