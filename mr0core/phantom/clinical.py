@@ -10,8 +10,11 @@ voxels without valid T1/T2 left out). The twin keeps the maps' affine, so
 :meth:`TissueDict.save` writes NIfTIs in scanner coordinates.
 
 DICOM (:func:`from_dicom`): :func:`mr0core.io.dicom.discover` classifies the series. Per role the
-series with the highest ``SeriesNumber`` is used (a warning names the others); a series that does
-not load (geometry, unit) is left out with a warning. Maps must share a ``FrameOfReferenceUID``.
+series with the highest ``SeriesNumber`` is used (a warning names the others; equal numbers in
+one frame of reference go to the highest series UID, so the choice does not depend on the order
+the files were found in; equal numbers in different frames of reference, e.g. two studies in one
+folder, are an error); a series that does not load (geometry, unit) is left out with a warning.
+Maps must share a ``FrameOfReferenceUID``.
 
 BIDS (:func:`from_bids`): pybids indexes the dataset; sidecar metadata follows the inheritance
 principle (a top-level ``T1map.json`` applies to every subject's T1 map). Suffixes per role:
@@ -137,8 +140,13 @@ def twin_from_volumes(
     return twin
 
 
+def _rank(s: DicomSeries) -> tuple[int, int]:
+    return (s.series_number or 0, s.slices)
+
+
 def _pick(candidates: list[DicomSeries], role: str) -> DicomSeries:
-    best = max(candidates, key=lambda s: (s.series_number or 0, s.slices))
+    # ties go to the highest series UID: the same choice whatever order the files were found in
+    best = max(candidates, key=lambda s: (*_rank(s), s.uid))
     if len(candidates) > 1:
         others = ", ".join(str(s) for s in candidates if s is not best)
         warnings.warn(
@@ -176,8 +184,13 @@ def from_dicom(
             by_role.setdefault(role, []).append(s)
     volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     used: list[DicomSeries] = []
+    tied: list[str] = []  # roles whose best series tie across frames of reference
     for role, candidates in by_role.items():
         s = _pick(candidates, role)
+        top = [c for c in candidates if _rank(c) == _rank(s)]
+        if len({c.frame_of_reference for c in top}) > 1:
+            tied.append(f"{role} ({', '.join(str(c) for c in top)})")
+            continue
         try:
             vol = s.load()
         except DicomError as e:
@@ -185,6 +198,11 @@ def from_dicom(
             continue
         volumes[role] = (vol.data, vol.affine)
         used.append(s)
+    if tied:
+        raise PhantomError(
+            f"from_dicom {folder}: series of different frames of reference tie for the highest "
+            f"series number: {'; '.join(tied)}; give the folder of one study"
+        )
     refs = {s.frame_of_reference for s in used}
     if len(refs) > 1:
         raise PhantomError(
