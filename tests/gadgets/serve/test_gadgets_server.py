@@ -7,6 +7,7 @@ the same run: Debian's ismrmrd-tools (``ismrmrd_generate_cartesian_shepp_logan``
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -156,19 +157,9 @@ def converse(port: int, payload: bytes, timeout: float = 20) -> list:
     """Send raw bytes; return every message of the answer until close or EOF."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(payload)
-        with __import__("contextlib").suppress(OSError):
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
-        reader = MessageReader(sock)
-        out = []
-        while True:
-            try:
-                msg = reader.read()
-            except EOFError:
-                break
-            out.append(msg)
-            if msg.id == MessageId.CLOSE:
-                break
-        return out
+        return list(MessageReader(sock))
 
 
 def stream(nul: bool = False, attribute_nul: bool = False, config: str = "passthrough",

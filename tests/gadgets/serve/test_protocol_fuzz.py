@@ -117,16 +117,7 @@ def exchange(port: int, payload: bytes) -> list:
             sock.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server may stop reading after an error; its answer must still come
-        reader = MessageReader(sock)
-        out = []
-        while True:
-            try:
-                msg = reader.read()
-            except EOFError:
-                return out
-            out.append(msg)
-            if msg.id == MessageId.CLOSE:
-                return out
+        return list(MessageReader(sock))  # to and with the close, or to the end of the stream
 
 
 @settings(

@@ -45,16 +45,7 @@ def make(server_factory):
 
 def answer(sock: socket.socket) -> list:
     """Read messages until a close or the end of the stream (a reset raises)."""
-    reader = MessageReader(sock)
-    out = []
-    while True:
-        try:
-            msg = reader.read()
-        except EOFError:
-            return out
-        out.append(msg)
-        if msg.id == MessageId.CLOSE:
-            return out
+    return list(MessageReader(sock))
 
 
 def converse(port: int, payload: bytes, timeout: float = 20) -> list:
