@@ -364,8 +364,9 @@ def execute_graph(
     sub_slices
         With ``rf_model="shaped"``: voxels through a 2-D phantom's thickness
         (:func:`mr0core.sim.shaped.expand_sub_slices`); default
-        :func:`~mr0core.sim.shaped.default_sub_slices` (8 for one-voxel-thick grids under a
-        slice-selective pulse, else 1). The main pass's cost grows with it.
+        :func:`~mr0core.sim.shaped.default_sub_slices` (for one-voxel-thick grids under a
+        slice-selective pulse it follows the slice profile and the flip, up to 64; else 1).
+        The state propagation's cost grows with it; the signal is formed per voxel.
 
     Returns
     -------
