@@ -566,56 +566,9 @@ def _prepass(
     z_k, z_tau, z_mag = np.zeros((1, 3)), np.zeros(1), np.ones((1, nb), complex)
     decays: list[tuple[np.ndarray, np.ndarray]] = []
     for rep in reps:
-        a, ph = rep.angle, rep.phase
-        ab = a * scales
-        c2, s2, sa, ca = np.cos(ab / 2) ** 2, np.sin(ab / 2) ** 2, np.sin(ab), np.cos(ab)
-        e1, e2 = complex(math.cos(ph), math.sin(ph)), complex(math.cos(2 * ph), math.sin(2 * ph))
-        np_, nz = len(p_tau), len(z_tau)
-        # candidate transverse children: unaffected, refocused, excited, excited mirror
-        ck = np.concatenate([p_k, -p_k, z_k, -z_k])
-        ctau = np.concatenate([p_tau, -p_tau, z_tau, -z_tau])
-        cmag = np.concatenate(
-            [c2 * p_mag, e2 * s2 * np.conj(p_mag), -0.5j * e1 * sa * z_mag,
-             -0.5j * e1 * sa * np.conj(z_mag)]
-        )  # fmt: skip
-        ckind = np.repeat([PLUS_FROM_PLUS, PLUS_FROM_PLUS_REFOC, PLUS_FROM_Z, PLUS_FROM_Z_CONJ],
-                          [np_, np_, nz, nz])  # fmt: skip
-        cparent = np.concatenate([np.arange(np_), np.arange(np_), np.arange(nz), np.arange(nz)])
-        # drop children whose coefficient is exactly zero (e.g. no refocusing for α = 0)
-        amax = [np.abs(c2).max(), np.abs(s2).max(), np.abs(sa).max(), np.abs(sa).max()]
-        coef = np.repeat(amax, [np_, np_, nz, nz])
-        live = np.abs(coef) > 0
-        ck, ctau, cmag, ckind, cparent = (
-            ck[live],
-            ctau[live],
-            cmag[live],
-            ckind[live],
-            cparent[live],
-        )
-        nk, ntau, nmag, inv = _merge(ck, ctau, cmag)
-        # candidate longitudinal children: kept, stored (canonical sign)
-        stored = -1j * np.conj(e1) * sa * p_mag
-        flip = _canonical(p_k, p_tau)
-        zk_c = np.concatenate([z_k, np.where(flip[:, None], -p_k, p_k)])
-        ztau_c = np.concatenate([z_tau, np.where(flip, -p_tau, p_tau)])
-        zmag_c = np.concatenate([ca * z_mag, np.where(flip[:, None], np.conj(stored), stored)])
-        zkind = np.concatenate(
-            [np.full(nz, Z_FROM_Z), np.where(flip, Z_FROM_PLUS_CONJ, Z_FROM_PLUS)]
-        )
-        zparent = np.concatenate([np.arange(nz), np.arange(np_)])
-        zcoef = np.concatenate([np.full(nz, np.abs(ca).max()), np.full(np_, np.abs(sa).max())])
-        zlive = np.abs(zcoef) > 0
-        zlive[0] = True  # the relaxed state always exists
-        zk_c, ztau_c, zmag_c = zk_c[zlive], ztau_c[zlive], zmag_c[zlive]
-        zkind, zparent = zkind[zlive], zparent[zlive]
-        mzk, mztau, mzmag, zinv = _merge(zk_c, ztau_c, zmag_c)
-        # the relaxed state (k = 0, τ = 0) first
-        zero = np.flatnonzero((_keys(mzk, mztau) == 0).all(1))
         cap = PREPASS_OVERSAMPLE * int(max_state_count)
-        order_z = _select(np.abs(mzmag).max(1), cap, min_state_mag, keep=zero)
-        order_p = _select(np.abs(nmag).max(1), cap, min_state_mag)
-        rg = _rep_graph(nk, ntau, nmag, inv, ckind, cparent, order_p,
-                        mzk, mztau, mzmag, zinv, zkind, zparent, order_z)  # fmt: skip
+        rg = _transition(p_k, p_tau, p_mag, z_k, z_tau, z_mag, rep.angle * scales, rep.phase,
+                         cap, min_state_mag)  # fmt: skip
 
         # within the repetition: emitted-signal estimate, then move to the repetition's end
         dt, g = rep.dt, rep.gradm
@@ -629,11 +582,13 @@ def _prepass(
             t_adc = tcum[rep.adc].astype(np.float32)
             response = shape(rg.plus_k[live], kcum[rep.adc])  # [n live, samples]
             abs_tau = np.abs(rg.plus_tau[live].astype(np.float32)[:, None] + t_adc[None])
+            emitted_live = np.empty((len(abs_tau), nb))
             for (c_t2, c_t2d), same in decay_cols.items():  # temporaries stay [n, samples]
                 arg = abs_tau * np.float32(1 / c_t2d) + (t_adc * np.float32(1 / c_t2))[None]
                 # per unit magnetisation: the largest of response · e^{-t/T2 - |τ|/T2'}
                 best = (response * np.exp(-arg)).max(axis=1)
-                emitted[np.ix_(live, np.asarray(same))] = best[:, None]
+                emitted_live[:, same] = best[:, None]
+            emitted[live] = emitted_live
         rg.plus_emitted = emitted  # filled with |m| below
         # diffusion over the repetition, per state (linear k ramps within events)
         b_plus = _b_values(rg.plus_k, g, dt)
@@ -653,6 +608,140 @@ def _prepass(
     for rg in graph:  # the other columns have served their purpose: keep the graph small
         rg.plus_mags, rg.z_mags = rg.plus_mags[:, :1], rg.z_mags[:, :1]
     return graph
+
+
+def _cmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Return ``a · b`` of complex arrays (broadcast), rounded as the compiled kernel rounds it.
+
+    numpy's own complex multiply uses fused multiply-adds where the CPU has them, which changes
+    the last bit, and with it which of two equally strong states the pre-pass's caps keep first.
+    """
+    out = np.empty(np.broadcast_shapes(a.shape, b.shape), complex)
+    out.real = a.real * b.real - a.imag * b.imag
+    out.imag = a.real * b.imag + a.imag * b.real
+    return out
+
+
+def _pulse_coefficients(ab: np.ndarray, ph: float) -> tuple[np.ndarray, ...]:
+    """Per-column coefficients of a pulse of flips ``ab [C]`` (rad) and phase ``ph`` (rad).
+
+    ``c2, s2, sa, ca`` (real) and the complex ``e2·s2``, ``-i e^{iφ} sin α / 2`` and
+    ``-i e^{-iφ} sin α``, each computed as :func:`_transition_numpy` computes it.
+    """
+    c2, s2, sa, ca = np.cos(ab / 2) ** 2, np.sin(ab / 2) ** 2, np.sin(ab), np.cos(ab)
+    e1, e2 = complex(math.cos(ph), math.sin(ph)), complex(math.cos(2 * ph), math.sin(2 * ph))
+    return c2, s2, sa, ca, e2 * s2, -0.5j * e1 * sa, -1j * np.conj(e1) * sa
+
+
+_KERNELS: Any = None  # the module of compiled kernels, imported on first use; False: unavailable
+
+
+def _kernels() -> Any:
+    """Return :mod:`._prepass_kernel` (numba), or None where numba cannot be imported.
+
+    Without numba the pre-pass runs its numpy definitions (identical graphs, several times
+    slower) and says so once.
+    """
+    global _KERNELS
+    if _KERNELS is None:
+        try:
+            from . import _prepass_kernel
+
+            _KERNELS = _prepass_kernel
+        # RuntimeError: numba found no writable cache directory (set NUMBA_CACHE_DIR)
+        except (ImportError, RuntimeError, OSError) as exc:  # pragma: no cover - a dependency
+            _warn_once("numba", f"numba kernels unavailable ({exc}): the PDG pre-pass runs in "
+                                "numpy, several times slower")  # fmt: skip
+            _KERNELS = False
+    return _KERNELS or None
+
+
+def _transition(
+    p_k: np.ndarray, p_tau: np.ndarray, p_mag: np.ndarray, z_k: np.ndarray, z_tau: np.ndarray,
+    z_mag: np.ndarray, ab: np.ndarray, ph: float, cap: int, min_mag: float,
+) -> RepGraph:  # fmt: skip
+    """Return the states after a repetition's pulse, from those before it.
+
+    Runs the compiled kernel of :mod:`._prepass_kernel`, else :func:`_transition_numpy` (its
+    definition; both give identical graphs).
+    """
+    kernels = _kernels()
+    if kernels is None:
+        return _transition_numpy(p_k, p_tau, p_mag, z_k, z_tau, z_mag, ab, ph, cap, min_mag)
+    c2, s2, sa, ca, co_refoc, co_exc, co_store = _pulse_coefficients(ab, ph)
+    amax = (np.abs(c2).max(), np.abs(s2).max(), np.abs(sa).max(), np.abs(ca).max())
+    live = np.array([amax[0] > 0, amax[1] > 0, amax[2] > 0, amax[2] > 0, amax[3] > 0,
+                     amax[2] > 0, amax[2] > 0])  # fmt: skip
+    out = kernels.transition(
+        p_k, p_tau, p_mag, z_k, z_tau, z_mag, c2.astype(complex), co_refoc, co_exc,
+        ca.astype(complex), co_store, live, int(cap), float(min_mag),
+    )  # fmt: skip
+    pk, ptau, pmags, zk, ztau, zmags, child, parent, ptr, plus_def, z_def = out
+    edges = {kind: (child[ptr[kind] : ptr[kind + 1]], parent[ptr[kind] : ptr[kind + 1]])
+             for kind in range(len(EDGE_NAMES))}  # fmt: skip
+    return RepGraph(
+        plus_k=pk, plus_tau=ptau, plus_mag=pmags[:, 0], z_k=zk, z_tau=ztau, z_mag=zmags[:, 0],
+        edges=edges, plus_def=plus_def, z_def=z_def, plus_mags=pmags, z_mags=zmags,
+    )  # fmt: skip
+
+
+def _transition_numpy(
+    p_k: np.ndarray, p_tau: np.ndarray, p_mag: np.ndarray, z_k: np.ndarray, z_tau: np.ndarray,
+    z_mag: np.ndarray, ab: np.ndarray, ph: float, cap: int, min_mag: float,
+) -> RepGraph:  # fmt: skip
+    """Return the states after a pulse: the definition of the pre-pass's transition, in numpy.
+
+    States before the pulse: transverse ``p_*`` and longitudinal ``z_*`` (k [n, 3] 1/m, τ [n] s,
+    magnitudes [n, C] complex, one column per pre-pass column); ``ab [C]`` the columns' flips
+    (rad), ``ph`` the phase (rad). Every state's children are merged by quantised (k, τ), the
+    ``cap`` strongest with ``|m| ≥ min_mag`` in some column are kept (the relaxed state always),
+    and the edges are expressed in the kept states' indices.
+    """
+    c2, s2, sa, ca, co_refoc, co_exc, co_store = _pulse_coefficients(ab, ph)
+    np_, nz = len(p_tau), len(z_tau)
+    # candidate transverse children: unaffected, refocused, excited, excited mirror
+    ck = np.concatenate([p_k, -p_k, z_k, -z_k])
+    ctau = np.concatenate([p_tau, -p_tau, z_tau, -z_tau])
+    cmag = np.concatenate(
+        [c2 * p_mag, _cmul(co_refoc, np.conj(p_mag)), _cmul(co_exc, z_mag),
+         _cmul(co_exc, np.conj(z_mag))]
+    )  # fmt: skip
+    ckind = np.repeat([PLUS_FROM_PLUS, PLUS_FROM_PLUS_REFOC, PLUS_FROM_Z, PLUS_FROM_Z_CONJ],
+                      [np_, np_, nz, nz])  # fmt: skip
+    cparent = np.concatenate([np.arange(np_), np.arange(np_), np.arange(nz), np.arange(nz)])
+    # drop children whose coefficient is exactly zero (e.g. no refocusing for α = 0)
+    amax = [np.abs(c2).max(), np.abs(s2).max(), np.abs(sa).max(), np.abs(sa).max()]
+    coef = np.repeat(amax, [np_, np_, nz, nz])
+    live = np.abs(coef) > 0
+    ck, ctau, cmag, ckind, cparent = (
+        ck[live],
+        ctau[live],
+        cmag[live],
+        ckind[live],
+        cparent[live],
+    )
+    nk, ntau, nmag, inv = _merge(ck, ctau, cmag)
+    # candidate longitudinal children: kept, stored (canonical sign)
+    stored = _cmul(co_store, p_mag)
+    flip = _canonical(p_k, p_tau)
+    zk_c = np.concatenate([z_k, np.where(flip[:, None], -p_k, p_k)])
+    ztau_c = np.concatenate([z_tau, np.where(flip, -p_tau, p_tau)])
+    zmag_c = np.concatenate([ca * z_mag, np.where(flip[:, None], np.conj(stored), stored)])
+    zkind = np.concatenate([np.full(nz, Z_FROM_Z), np.where(flip, Z_FROM_PLUS_CONJ, Z_FROM_PLUS)])
+    zparent = np.concatenate([np.arange(nz), np.arange(np_)])
+    zcoef = np.concatenate([np.full(nz, np.abs(ca).max()), np.full(np_, np.abs(sa).max())])
+    zlive = np.abs(zcoef) > 0
+    zlive[0] = True  # the relaxed state always exists
+    zk_c, ztau_c, zmag_c = zk_c[zlive], ztau_c[zlive], zmag_c[zlive]
+    zkind, zparent = zkind[zlive], zparent[zlive]
+    mzk, mztau, mzmag, zinv = _merge(zk_c, ztau_c, zmag_c)
+    # the relaxed state (k = 0, τ = 0) first
+    zero = np.flatnonzero((_keys(mzk, mztau) == 0).all(1))
+    # |m| by libm's hypot, as the kernel (numpy's complex abs may use SIMD code of its own)
+    order_z = _select(np.hypot(mzmag.real, mzmag.imag).max(1), cap, min_mag, keep=zero)
+    order_p = _select(np.hypot(nmag.real, nmag.imag).max(1), cap, min_mag)
+    return _rep_graph(nk, ntau, nmag, inv, ckind, cparent, order_p,
+                      mzk, mztau, mzmag, zinv, zkind, zparent, order_z)  # fmt: skip
 
 
 def _keep_most_latent(graph: Graph, max_count: int) -> None:
@@ -780,20 +869,18 @@ def _latent(
             c2, s2 = np.cos(ab / 2) ** 2, np.sin(ab / 2) ** 2  # [C]
             sa, ca = np.abs(np.sin(ab)), np.abs(np.cos(ab))
             e2_t2, e1_t1 = decays[r]
-            factor = {
-                PLUS_FROM_PLUS: (c2, next_plus, True), PLUS_FROM_PLUS_REFOC: (s2, next_plus, True),
-                PLUS_FROM_Z: (sa / 2, next_plus, False), PLUS_FROM_Z_CONJ: (sa / 2, next_plus,
-                                                                               False),
-                Z_FROM_Z: (ca, next_z, False), Z_FROM_PLUS: (sa, next_z, True),
-                Z_FROM_PLUS_CONJ: (sa, next_z, True),
-            }  # fmt: skip
-            for kind, (coef, child_sens, from_plus) in factor.items():
-                ci, pi = child.edges[kind]
-                if len(ci) == 0:
-                    continue
-                contrib = coef * child_sens[ci] * (e2_t2 if from_plus else e1_t1)  # [m, C]
-                target = sens_p if from_plus else sens_z
-                _scatter_add(target, pi, contrib)
+            coef = np.stack([c2, s2, sa / 2, sa / 2, ca, sa, sa])  # [kind, C]
+            kernels = _kernels()
+            if kernels is None:
+                _latent_sums_numpy(sens_p, sens_z, next_plus, next_z, child.edges, coef,
+                                   e2_t2, e1_t1)  # fmt: skip
+            else:
+                pairs = [child.edges[kind] for kind in range(len(EDGE_NAMES))]
+                ptr = np.concatenate([[0], np.cumsum([len(c) for c, _ in pairs])])
+                kernels.latent_sums(
+                    sens_p, sens_z, next_plus, next_z, np.concatenate([c for c, _ in pairs]),
+                    np.concatenate([p for _, p in pairs]), ptr, coef, e2_t2, e1_t1,
+                )  # fmt: skip
         p_lat = np.abs(rg.plus_mags) * sens_p  # [n, C]
         z_lat = np.abs(rg.z_mags) * sens_z
         p_emit = np.abs(rg.plus_mags) * rg.plus_emitted
@@ -812,6 +899,26 @@ def _latent(
         rg.plus_latent_unnormalized = p_lat[:, 0].copy()
         rg.z_latent_unnormalized = z_lat[:, 0].copy()
         next_plus, next_z = sens_p, sens_z
+
+
+def _latent_sums_numpy(
+    sens_p: np.ndarray, sens_z: np.ndarray, next_plus: np.ndarray, next_z: np.ndarray,
+    edges: dict[int, tuple[np.ndarray, np.ndarray]], coef: np.ndarray, e2_t2: np.ndarray,
+    e1_t1: np.ndarray,
+) -> None:  # fmt: skip
+    """Add to ``sens_p``/``sens_z`` [n, C] what the next repetition's states feed back (numpy).
+
+    The definition of ``_prepass_kernel.latent_sums``: per edge kind, the children's
+    sensitivities times ``coef[kind]`` [C] and the parent's decay over its repetition.
+    """
+    for kind in range(len(EDGE_NAMES)):
+        ci, pi = edges[kind]
+        if len(ci) == 0:
+            continue
+        from_plus = kind in (PLUS_FROM_PLUS, PLUS_FROM_PLUS_REFOC, Z_FROM_PLUS, Z_FROM_PLUS_CONJ)
+        child_sens = next_plus if kind <= PLUS_FROM_Z_CONJ else next_z
+        contrib = coef[kind] * child_sens[ci] * (e2_t2 if from_plus else e1_t1)  # [m, C]
+        _scatter_add(sens_p if from_plus else sens_z, pi, contrib)
 
 
 # -- helpers of Graph.plot --------------------------------------------------------------------

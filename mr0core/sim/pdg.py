@@ -92,6 +92,12 @@ _EDGE_RULES = {
     Z_FROM_PLUS_CONJ: (False, True, True, 5),
 }
 _ROW_OF_KIND = np.array([_EDGE_RULES[kind][3] for kind in range(7)])
+# per edge kind: 1 where the child is longitudinal (indexed after the transverse states), and the
+# parent's block in the table [p; conj p; z; conj z]
+_CHILD_OFFSET = np.array([int(not _EDGE_RULES[kind][0]) for kind in range(7)])
+_BLOCK_OF_KIND = np.array(
+    [(0 if _EDGE_RULES[kind][1] else 2) + int(_EDGE_RULES[kind][2]) for kind in range(7)]
+)
 
 
 def _gather_k(
@@ -179,14 +185,13 @@ def _edge_arrays(rg: RepGraph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if cached is not None:
         return cached
     n_plus = len(rg.plus_tau)
-    children, parents, kinds = [], [], []
-    for kind, (to_plus, from_plus, conj, _) in _EDGE_RULES.items():
-        child, parent = rg.edges[kind]
-        children.append(child if to_plus else child + n_plus)
-        # parent · 4 + block of [p; conj p; z; conj z]
-        parents.append(parent * 4 + (0 if from_plus else 2) + int(conj))
-        kinds.append(np.full(len(child), kind, np.int64))
-    out = (np.concatenate(children), np.concatenate(parents), np.concatenate(kinds))
+    pairs = [rg.edges[kind] for kind in range(len(_EDGE_RULES))]
+    counts = [len(child) for child, _ in pairs]
+    kinds = np.repeat(np.arange(len(pairs)), counts)
+    child = np.concatenate([c for c, _ in pairs]) + _CHILD_OFFSET[kinds] * n_plus
+    # parent · 4 + block of [p; conj p; z; conj z]
+    parent = np.concatenate([p for _, p in pairs]) * 4 + _BLOCK_OF_KIND[kinds]
+    out = (child, parent, kinds)
     rg._flat_edges = out  # type: ignore[attr-defined]
     return out
 

@@ -1,0 +1,116 @@
+"""The compiled pre-pass (numba, ``mr0core/sim/_prepass_kernel.py``) against its numpy definition.
+
+Both must give the same graph bit for bit: same states in the same order, same magnitudes, edges,
+defining parents and latent/emitted estimates, on every class of the benchmark suite and on
+corpus sequences. The comparison's negative control: graphs that differ only by a threshold
+(one state more or less) are told apart.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CORPUS, SCRIPTS
+
+import mr0core as mr0
+from mr0core.phantom.builtin_phantoms import write_phantom
+from mr0core.sim import graph as graph_mod
+
+sys.path.insert(0, str(SCRIPTS))
+import pdg_suite as suite
+
+N = 32
+ARRAYS = ("plus_k", "plus_tau", "plus_mags", "z_k", "z_tau", "z_mags", "plus_def", "z_def",
+          "plus_emitted", "plus_latent", "z_latent")  # fmt: skip
+CORPUS_CASES = ("write_gre.seq", "write_haste.seq", "write_epi_se.seq", "simple_mprage150.seq")
+
+
+@functools.cache
+def brain() -> mr0.SimData:
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _ = write_phantom("brain", Path(tmp) / "brain", size=N)
+        return mr0.TissueDict.load(str(path)).build()
+
+
+@pytest.fixture
+def numpy_prepass() -> Iterator[None]:
+    """Run the pre-pass on its numpy definitions for the duration of the test."""
+    saved = graph_mod._KERNELS
+    graph_mod._KERNELS = False
+    yield
+    graph_mod._KERNELS = saved
+
+
+def differences(a: mr0.Graph, b: mr0.Graph) -> list[str]:
+    """Where two graphs differ (empty: identical bit for bit)."""
+    if len(a) != len(b):
+        return [f"{len(a)} vs {len(b)} repetitions"]
+    out = []
+    for r, (x, y) in enumerate(zip(a, b, strict=True)):
+        for name in ARRAYS:
+            u, v = getattr(x, name), getattr(y, name)
+            if u.shape != v.shape or not np.array_equal(u, v):
+                out.append(f"rep {r}: {name}")
+        for kind in x.edges:
+            if not all(np.array_equal(p, q) for p, q in zip(x.edges[kind], y.edges[kind],
+                                                           strict=True)):  # fmt: skip
+                out.append(f"rep {r}: edges of kind {kind}")
+    return out
+
+
+def both(seq: mr0.Sequence, data: mr0.SimData, states: int = 200, mag: float = 1e-4):
+    compiled = mr0.compute_graph(seq, data, states, mag)
+    saved = graph_mod._KERNELS
+    graph_mod._KERNELS = False
+    try:
+        reference = mr0.compute_graph(seq, data, states, mag)
+    finally:
+        graph_mod._KERNELS = saved
+    return compiled, reference
+
+
+def test_the_kernel_is_used() -> None:
+    mr0.compute_graph(suite_seq("flash_spoiled"), brain(), 200, 1e-4)
+    assert graph_mod._kernels() is not None, "numba is a dependency: the kernel must load"
+
+
+@functools.cache
+def suite_seq(name: str) -> mr0.Sequence:
+    with tempfile.TemporaryDirectory() as tmp:
+        return mr0.Sequence.import_file(suite.write_case(name, N, Path(tmp) / f"{name}.seq"))
+
+
+@pytest.mark.parametrize("name", sorted(suite.CASES))
+def test_suite_graphs_identical(name: str) -> None:
+    compiled, reference = both(suite_seq(name), brain())
+    assert compiled.state_counts[0] > 0
+    assert differences(compiled, reference) == []
+
+
+@pytest.mark.parametrize("name", CORPUS_CASES)
+def test_corpus_graphs_identical(name: str) -> None:
+    seq = mr0.Sequence.import_file(CORPUS / name)
+    compiled, reference = both(seq, brain())
+    assert differences(compiled, reference) == []
+
+
+def test_small_caps_identical() -> None:
+    """With a cap of 3 states the selection and the relaxed state's place decide everything."""
+    compiled, reference = both(suite_seq("tse_variable"), brain(), states=3, mag=1e-3)
+    assert max(len(rg.plus_tau) for rg in compiled) == 3 * graph_mod.PREPASS_OVERSAMPLE
+    assert differences(compiled, reference) == []
+
+
+def test_comparison_sees_a_difference(numpy_prepass: None) -> None:
+    """Negative control: a smaller state cap gives a graph the check tells apart."""
+    seq = suite_seq("flash_spoiled")
+    a = mr0.compute_graph(seq, brain(), 200, 1e-4)
+    b = mr0.compute_graph(seq, brain(), 20, 1e-4)
+    assert differences(a, b) != []
+    assert differences(a, mr0.compute_graph(seq, brain(), 200, 1e-4)) == []
