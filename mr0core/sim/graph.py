@@ -637,7 +637,7 @@ _KERNELS: Any = None  # the module of compiled kernels, imported on first use; F
 
 
 def _kernels() -> Any:
-    """Return :mod:`._prepass_kernel` (numba), or None where numba cannot be imported.
+    """Return :mod:`.prepass_kernel` (numba), or None where numba cannot be imported.
 
     Without numba the pre-pass runs its numpy definitions (identical graphs, several times
     slower) and says so once.
@@ -645,9 +645,9 @@ def _kernels() -> Any:
     global _KERNELS
     if _KERNELS is None:
         try:
-            from . import _prepass_kernel
+            from . import prepass_kernel
 
-            _KERNELS = _prepass_kernel
+            _KERNELS = prepass_kernel
         # RuntimeError: numba found no writable cache directory (set NUMBA_CACHE_DIR)
         except (ImportError, RuntimeError, OSError) as exc:  # pragma: no cover - a dependency
             _warn_once("numba", f"numba kernels unavailable ({exc}): the PDG pre-pass runs in "
@@ -662,7 +662,7 @@ def _transition(
 ) -> RepGraph:  # fmt: skip
     """Return the states after a repetition's pulse, from those before it.
 
-    Runs the compiled kernel of :mod:`._prepass_kernel`, else :func:`_transition_numpy` (its
+    Runs the compiled kernel of :mod:`.prepass_kernel`, else :func:`_transition_numpy` (its
     definition; both give identical graphs).
     """
     kernels = _kernels()
@@ -908,7 +908,7 @@ def _latent_sums_numpy(
 ) -> None:  # fmt: skip
     """Add to ``sens_p``/``sens_z`` [n, C] what the next repetition's states feed back (numpy).
 
-    The definition of ``_prepass_kernel.latent_sums``: per edge kind, the children's
+    The definition of ``prepass_kernel.latent_sums``: per edge kind, the children's
     sensitivities times ``coef[kind]`` [C] and the parent's decay over its repetition.
     """
     for kind in range(len(EDGE_NAMES)):

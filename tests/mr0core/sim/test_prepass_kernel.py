@@ -1,4 +1,4 @@
-"""The compiled pre-pass (numba, ``mr0core/sim/_prepass_kernel.py``) against its numpy definition.
+"""The compiled pre-pass (numba, ``mr0core/sim/prepass_kernel.py``) against its numpy definition.
 
 Both must give the same graph bit for bit: same states in the same order, same magnitudes, edges,
 defining parents and latent/emitted estimates, on every class of the benchmark suite and on

@@ -8,7 +8,7 @@ hundred states per repetition, each a few microseconds of call overhead, and was
 FLASH simulation's time; this is one call. Why our own code and not a library: the transition is
 the simulator's own algorithm; numba is the library that compiles it.
 
-The numpy version is the definition: ``tests/mr0core/sim/test_prepass_kernel.py`` checks that
+The numpy version is the definition: ``tests/mr0core/sim/testprepass_kernel.py`` checks that
 both give identical graphs (same states, edges and magnitudes, bit for bit) on the benchmark suite.
 To be identical, the sums of merged states follow numpy's ``add.reduceat`` association (its
 pairwise summation, see :func:`_group_sum`), the sorts are stable, and complex coefficients come
@@ -371,7 +371,7 @@ def warm_up() -> None:
     """Compile both kernels for the types the pre-pass passes, and write numba's cache.
 
     ``scripts/setup.sh`` and the Docker images run this (``python -m
-    mr0core.sim._prepass_kernel``) so that no simulation pays the compilation (about 12 s on a
+    mr0core.sim.prepass_kernel``) so that no simulation pays the compilation (about 12 s on a
     2-core machine); a process then loads the cached machine code in well under a second.
     """
     f64, c128 = np.float64, np.complex128
