@@ -22,10 +22,11 @@ and the extended-phase-graph formalism, Weigel 2015; Endres et al., MRM 2024):
 - States with equal (k, τ) in a repetition are one node (quantised to 10⁻³ /m and 10 ns), which
   is what keeps the graph from growing exponentially.
 
-The pre-pass runs this in float64 numpy for a few representative voxels in parallel ("columns"):
-the PD-weighted mean tissue at the mean and the 2nd/98th percentile flip scale, and each tissue of
-the phantom (or, without tissue masks, the T1 and T2 extremes). It follows at most
-``PREPASS_OVERSAMPLE · max_state_count`` states per kind and repetition with
+The pre-pass runs this in float64 (numba kernels of :mod:`.prepass_kernel` for the transition
+through each pulse and the latent sums, numpy for the rest) for a few representative voxels in
+parallel ("columns"): the PD-weighted mean tissue at the mean and the 2nd/98th percentile flip
+scale, and each tissue of the phantom (or, without tissue masks, the T1 and T2 extremes). It
+follows at most ``PREPASS_OVERSAMPLE · max_state_count`` states per kind and repetition with
 ``|m| ≥ min_state_mag`` in any column, and estimates for every state the signal it emits in its
 repetition and a bound on the total signal it and its descendants can still emit ("latent"),
 each relative to its column's strongest state (the relaxed state k = 0, τ = 0 aside) and
