@@ -132,11 +132,12 @@ class _Meter:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
         else:
-            # numba and the compiled pre-pass are a one-time cost of the process (about 150 MB
+            # numba and the compiled kernels are a one-time cost of the process (about 150 MB
             # resident, mr0core.sim.memory), not the simulation's: loaded before the base
-            from mr0core.sim import prepass_kernel
+            from mr0core.sim import mainpass_kernel, prepass_kernel
 
             prepass_kernel.warm_up()
+            mainpass_kernel.warm_up()
             ctypes.CDLL("libc.so.6").malloc_trim(0)  # start from no retained heap
             self.base = _rss_bytes()
             _reset_peak_rss()

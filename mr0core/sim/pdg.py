@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -370,6 +371,80 @@ def _flushing_denormals(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _edges_torch(
+    rg: RepGraph, graph: Graph, r: int, act_p: np.ndarray, act_z: np.ndarray,
+    p_active: np.ndarray, z_active: np.ndarray, state: torch.Tensor, p_mag: torch.Tensor,
+    z_mag: torch.Tensor, fast: bool, coef: torch.Tensor, n_state: int,
+) -> torch.Tensor:  # fmt: skip
+    """Return repetition ``r``'s simulated states ``[act_p; act_z]`` after its pulse (torch).
+
+    ``coef [6, S]``: the pulse's edge coefficients. With ``fast`` (no autograd) the parents are
+    the rows of ``state`` (the previous repetition's ``[p; z]``), else of ``p_mag`` and
+    ``z_mag``. The definition of ``mainpass_kernel.propagate``'s edge step.
+    """
+    dev = coef.device
+    n_ap, n_plus = len(act_p), len(rg.plus_tau)
+    child_map = np.full(n_plus + len(rg.z_tau), -1, np.int64)
+    child_map[act_p] = np.arange(n_ap)
+    child_map[n_plus + act_z] = np.arange(n_ap, n_ap + len(act_z))
+    n_pp, n_pz = len(p_active), len(z_active)
+    prev_map = np.full((4, max(_prev_count(graph, r, True), _prev_count(graph, r, False))),
+                       -1, np.int64)  # fmt: skip
+    # rows of the parents' table: [p; conj p; z; conj z] with autograd, else the previous
+    # repetition's [p; z] (conjugated after the gather)
+    offsets = (0, 0, n_pp, n_pp) if fast else (0, n_pp, 2 * n_pp, 2 * n_pp + n_pz)
+    for block, offset in enumerate(offsets):
+        active = p_active if block < 2 else z_active
+        prev_map[block, active] = np.arange(offset, offset + len(active))
+    e_child, e_parent, e_kind = _edge_arrays(rg)
+    ci = child_map[e_child]
+    pi = prev_map[e_parent % 4, e_parent // 4]
+    ok = (ci >= 0) & (pi >= 0)
+    # every edge is coef[row] · (parent or its conjugate): one gather of the parents' rows
+    # from [p; conj p; z; conj z], one product with the gathered coefficients, one scatter
+    new = torch.zeros((n_ap + len(act_z), n_state), dtype=torch.complex64, device=dev)
+    if ok.any():
+        ci_t = torch.from_numpy(ci[ok]).to(dev)
+        pi_t = torch.from_numpy(pi[ok]).to(dev)
+        if not fast:
+            table = torch.cat([p_mag, p_mag.conj(), z_mag, z_mag.conj()])
+            row_t = torch.from_numpy(_ROW_OF_KIND[e_kind[ok]]).to(dev)
+            new.index_add_(0, ci_t, table.index_select(0, pi_t) * coef.index_select(0, row_t))
+        else:
+            # on the float view: complex index_select and index_add_ take 1.3× and 4.7×
+            # as long on CPU (torch 2.13); the edges come sorted by kind, so each kind's
+            # conjugation and coefficient apply to its slice in place
+            src = torch.view_as_complex(torch.view_as_real(state).index_select(0, pi_t))
+            cuts = np.searchsorted(e_kind[ok], np.arange(8)).tolist()
+            for kind, (_, _, conj, row) in _EDGE_RULES.items():
+                lo, hi = cuts[kind], cuts[kind + 1]
+                if hi > lo:
+                    if conj:
+                        src[lo:hi].imag.neg_()
+                    src[lo:hi] *= coef[row]
+            torch.view_as_real(new).index_add_(0, ci_t, torch.view_as_real(src))
+    return new
+
+
+_MAIN_KERNEL: Any = None  # mainpass_kernel once imported; False: unavailable
+
+
+def _main_kernel() -> Any:
+    """Return :mod:`.mainpass_kernel` (numba), or None where numba cannot be imported."""
+    global _MAIN_KERNEL
+    if _MAIN_KERNEL is None:
+        try:
+            from . import mainpass_kernel
+
+            _MAIN_KERNEL = mainpass_kernel
+        # RuntimeError: numba found no writable cache directory (set NUMBA_CACHE_DIR)
+        except (ImportError, RuntimeError, OSError) as exc:  # pragma: no cover - a dependency
+            message = f"numba unavailable ({exc}): the PDG main pass runs torch operations on CPU"
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            _MAIN_KERNEL = False
+    return _MAIN_KERNEL or None
+
+
 @_flushing_denormals
 def execute_graph(
     graph: Graph,
@@ -540,6 +615,12 @@ def execute_graph(
                              phasor_cache)  # fmt: skip
     four_pi2 = 4 * math.pi**2
     t_start = 0.0  # s, the repetition's start (for the motion's times)
+    # On CPU without autograd or motion, a compiled kernel does each repetition's state update
+    # (mr0core.sim.mainpass_kernel); its per-voxel inputs, as numpy, in the sorted voxel order.
+    kernel = _main_kernel() if fast and motion is None and dev.type == "cpu" else None
+    d_values, d_index = np.unique(diff.detach().cpu().numpy().astype(np.float64),
+                                  return_inverse=True)  # fmt: skip
+    decays: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def tensor(x: np.ndarray, dtype: torch.dtype = fdt) -> torch.Tensor:
         return torch.from_numpy(x).to(dev, dtype)
@@ -550,54 +631,25 @@ def execute_graph(
         # ---- states of this repetition: the active ones and their parents' rows
         act_p, act_z = simulated_states(rg, min_latent_signal)
         n_ap, n_plus = len(act_p), len(rg.plus_tau)
-        child_map = np.full(n_plus + len(rg.z_tau), -1, np.int64)
-        child_map[act_p] = np.arange(n_ap)
-        child_map[n_plus + act_z] = np.arange(n_ap, n_ap + len(act_z))
-        n_pp, n_pz = len(p_active), len(z_active)
-        prev_map = np.full((4, max(_prev_count(graph, r, True), _prev_count(graph, r, False))),
-                           -1, np.int64)  # fmt: skip
-        # rows of the parents' table: [p; conj p; z; conj z] with autograd, else the previous
-        # repetition's [p; z] (conjugated after the gather)
-        offsets = (0, 0, n_pp, n_pp) if fast else (0, n_pp, 2 * n_pp, 2 * n_pp + n_pz)
-        for block, offset in enumerate(offsets):
-            active = p_active if block < 2 else z_active
-            prev_map[block, active] = np.arange(offset, offset + len(active))
-        e_child, e_parent, e_kind = _edge_arrays(rg)
-        ci = child_map[e_child]
-        pi = prev_map[e_parent % 4, e_parent // 4]
-        ok = (ci >= 0) & (pi >= 0)
-
-        pulse = rep.pulse
-        if shaped and pulse.waveform is not None:
-            coef = _shaped_coefficients(
-                pulse, pos_f, b0_f, b1_f, r, size if seq.normalized_grads else None, rotations,
-                coef_cache,
-            )  # fmt: skip
-        else:
-            coef = _pulse_coefficients(pulse, b1_f, r, coef_cache)
-        # every edge is coef[row] · (parent or its conjugate): one gather of the parents' rows
-        # from [p; conj p; z; conj z], one product with the gathered coefficients, one scatter
-        new = torch.zeros((n_ap + len(act_z), n_state), dtype=cdt, device=dev)
-        if ok.any():
-            ci_t, pi_t = tensor(ci[ok], torch.int64), tensor(pi[ok], torch.int64)
-            if not fast:
-                table = torch.cat([p_mag, p_mag.conj(), z_mag, z_mag.conj()])
-                row_t = tensor(_ROW_OF_KIND[e_kind[ok]], torch.int64)
-                new.index_add_(0, ci_t, table.index_select(0, pi_t) * coef.index_select(0, row_t))
+        if kernel is not None:  # the state update runs below, in the compiled kernel
+            if shaped and rep.pulse.waveform is not None:
+                base, pulse_phase = _shaped_base(
+                    rep.pulse, pos_f, b0_f, b1_f, r, size if seq.normalized_grads else None,
+                    rotations, coef_cache,
+                )  # fmt: skip
             else:
-                # on the float view: complex index_select and index_add_ take 1.3× and 4.7×
-                # as long on CPU (torch 2.13); the edges come sorted by kind, so each kind's
-                # conjugation and coefficient apply to its slice in place
-                src = torch.view_as_complex(torch.view_as_real(state).index_select(0, pi_t))
-                cuts = np.searchsorted(e_kind[ok], np.arange(8)).tolist()
-                for kind, (_, _, conj, row) in _EDGE_RULES.items():
-                    lo, hi = cuts[kind], cuts[kind + 1]
-                    if hi > lo:
-                        if conj:
-                            src[lo:hi].imag.neg_()
-                        src[lo:hi] *= coef[row]
-                torch.view_as_real(new).index_add_(0, ci_t, torch.view_as_real(src))
-        new_p, new_z = new[:n_ap], new[n_ap:]
+                base, pulse_phase = _pulse_base(rep.pulse, b1_f, r, coef_cache)
+        else:
+            new = _edges_torch(
+                rg, graph, r, act_p, act_z, p_active, z_active, state, p_mag, z_mag, fast,
+                _shaped_coefficients(
+                    rep.pulse, pos_f, b0_f, b1_f, r, size if seq.normalized_grads else None,
+                    rotations, coef_cache,
+                ) if shaped and rep.pulse.waveform is not None
+                else _pulse_coefficients(rep.pulse, b1_f, r, coef_cache),
+                n_state,
+            )  # fmt: skip
+            new_p, new_z = new[:n_ap], new[n_ap:]
 
         # ---- the repetition's events (gradients scaled to the phantom size)
         if seq_grad:
@@ -643,8 +695,36 @@ def execute_graph(
             mphase = motion_phase(motion, times, moments)
         t_start += float(rep.event_time.detach().double().sum())
         adc_np = np.flatnonzero(rep.adc_usage.detach().cpu().numpy() > 0)
+        emit = np.zeros(0, np.int64)
         if len(adc_np):
             emit = emitting_states(rg, act_p, min_emitted_signal)
+        if kernel is not None:
+            # the pulse's edges, the emitting states' copy and the relaxation to the
+            # repetition's end, in one call
+            if n_events:
+                b_values = four_pi2 * np.concatenate([
+                    (k0_np**2).sum(1) * total_np + k0_np @ lin_np[-1] + const_np[-1],
+                    (zk_act_np**2).sum(1) * total_np,
+                ])  # fmt: skip
+                decay = decays.get(total_np)
+                if decay is None:
+                    if len(decays) >= 64:  # bounded: a few distinct durations are usual
+                        decays.clear()
+                    e1 = torch.exp(-total_np / t1)
+                    decay = decays[total_np] = (torch.exp(-total_np / t2).numpy(), e1.numpy(),
+                                                (1 - e1).numpy())  # fmt: skip
+            else:  # no events: no relaxation
+                b_values = np.zeros(n_ap + len(act_z))
+                decay = (np.ones(n_vox, np.float32),) * 2 + (np.zeros(n_vox, np.float32),)
+            new_np, emitted_np = kernel.propagate(
+                *_contiguous(state.numpy(), base.numpy()), _phase_factors(pulse_phase),
+                *_contiguous(*_edge_arrays(rg), act_p, act_z), n_plus, len(rg.z_tau),
+                *_contiguous(p_active, z_active, emit), bool(n_events), b_values, *decay,
+                d_index, d_values, n_sub,
+            )  # fmt: skip
+            new = torch.from_numpy(new_np)
+            new_p, new_z = new[:n_ap], new[n_ap:]
+        if len(adc_np):
             steps = None
             adc = tensor(adc_np, torch.int64)
             if seq_grad:
@@ -658,7 +738,11 @@ def execute_graph(
                 if not exact and not static_grad and mphase is None:
                     # float64 sample positions, to find the samples that share a step (k, t)
                     steps = (kcum_np[adc_np], tcum_np[adc_np])
-            m_e = new_p[tensor(emit, torch.int64)]
+            m_e = (
+                torch.from_numpy(emitted_np)
+                if kernel is not None
+                else new_p[tensor(emit, torch.int64)]
+            )
             adc_phase = rep.adc_phase.to(dev, fdt)[adc]
             runs = [slice(0, len(adc_np))]
             if n_sub > 1:
@@ -702,13 +786,16 @@ def execute_graph(
                 p_k, p_tau = new_p_k + kcum[-1], new_p_tau + total
                 z_k, z_tau = new_z_k, new_z_tau
             else:
-                b_plus = tensor(four_pi2 * ((k0_np**2).sum(1) * total_np + k0_np @ lin_np[-1]
-                                            + const_np[-1]))  # fmt: skip
-                b_z = tensor(four_pi2 * (zk_act_np**2).sum(1) * total_np)
-                total = torch.tensor(total_np, dtype=fdt)
                 pk_np, ptau_np = nk_p + kcum_np[-1], ntau_p + total_np
                 zk_np, ztau_np = nk_z, ntau_z
-            if fast:
+                if kernel is None:
+                    b_plus = tensor(four_pi2 * ((k0_np**2).sum(1) * total_np + k0_np @ lin_np[-1]
+                                                + const_np[-1]))  # fmt: skip
+                    b_z = tensor(four_pi2 * (zk_act_np**2).sum(1) * total_np)
+                    total = torch.tensor(total_np, dtype=fdt)
+            if kernel is not None:  # relaxed in the kernel
+                p_mag, z_mag = new[:n_ap], new[n_ap:]
+            elif fast:
                 # both kinds in one set of in-place operations on [transverse; longitudinal],
                 # with the per-voxel rates of this duration computed once per duration
                 rates = relax_rates.get(total_np)
@@ -765,45 +852,65 @@ def execute_graph(
     return out
 
 
+def _contiguous(*arrays: np.ndarray) -> list[np.ndarray]:
+    """Return C-contiguous, writeable copies where needed (numba compiles one layout)."""
+    return [a if a.flags.c_contiguous and a.flags.writeable else np.array(a) for a in arrays]
+
+
 def _pulse_coefficients(
     pulse: object, b1: torch.Tensor, r: int, cache: dict[tuple[Any, ...], torch.Tensor]
 ) -> torch.Tensor:
     """Return the six edge coefficients ``[6, V]`` of an instantaneous pulse (``_EDGE_RULES``).
 
     Without gradients, the per-voxel part (flip angle × |B1eff|, phase of B1eff) is computed
-    once per distinct (angle, shim) and the pulse phase φ enters as one factor per row
-    (1, e^{2iφ}, e^{iφ}, 1, e^{-iφ}, e^{iφ}), so an RF-spoiled train costs one product per pulse.
+    once per distinct (angle, shim) (:func:`_pulse_base`) and the pulse phase φ enters as one
+    factor per row (1, e^{2iφ}, e^{iφ}, 1, e^{-iφ}, e^{iφ}), so an RF-spoiled train costs one
+    product per pulse.
     """
     angle_t, phase_t = pulse.angle, pulse.phase  # type: ignore[attr-defined]
     shim = pulse.shim_array  # type: ignore[attr-defined]
-    dev = b1.device
-    grad = angle_t.requires_grad or phase_t.requires_grad or shim.requires_grad or b1.requires_grad
-    key = None
-    if not grad:
-        key = (float(angle_t), shim.detach().cpu().numpy().tobytes())
-        base = cache.get(key)
-        if base is not None:
-            return _phased(base, float(phase_t))
-    b1eff = effective_b1(shim.to(dev, torch.float32), b1, r)  # [V]
-    angle = angle_t.to(dev, torch.float32) * b1eff.abs()
-    phase = torch.angle(b1eff)
-    if grad:
-        phase = phase + phase_t.to(dev, torch.float32)
-    c2 = torch.cos(angle / 2) ** 2
-    s2 = torch.sin(angle / 2) ** 2
-    e1 = _cis(phase)
-    e1sa = e1 * torch.sin(angle)
+    if angle_t.requires_grad or phase_t.requires_grad or shim.requires_grad or b1.requires_grad:
+        b1eff = effective_b1(shim.to(b1.device, torch.float32), b1, r)  # [V]
+        return _rotation_rows(angle_t.to(b1.device, torch.float32), b1eff,
+                              phase_t.to(b1.device, torch.float32))  # fmt: skip
+    return _phased(*_pulse_base(pulse, b1, r, cache))
+
+
+def _pulse_base(
+    pulse: object, b1: torch.Tensor, r: int, cache: dict[tuple[Any, ...], torch.Tensor]
+) -> tuple[torch.Tensor, float]:
+    """Return an instantaneous pulse's coefficients ``[6, V]`` at phase 0 and its phase (rad).
+
+    Without gradients only; the coefficients are kept per distinct (angle, shim) in ``cache``.
+    """
+    angle_t, shim = pulse.angle, pulse.shim_array  # type: ignore[attr-defined]
+    key = (float(angle_t), shim.detach().cpu().numpy().tobytes())
+    base = cache.get(key)
+    if base is None:
+        b1eff = effective_b1(shim.to(b1.device, torch.float32), b1, r)  # [V]
+        base = _rotation_rows(angle_t.to(b1.device, torch.float32), b1eff, None)
+        if len(cache) >= 64:  # bounded: sequences with many distinct flips recompute
+            cache.pop(next(iter(cache)))
+        cache[key] = base
+    return base, float(pulse.phase)  # type: ignore[attr-defined]
+
+
+def _rotation_rows(
+    angle: torch.Tensor, b1eff: torch.Tensor, phase: torch.Tensor | None
+) -> torch.Tensor:
+    """Return the edge coefficients ``[6, V]`` of flip ``angle·|b1eff|`` at ``∠b1eff + phase``."""
+    flip = angle * b1eff.abs()
+    phi = torch.angle(b1eff)
+    if phase is not None:
+        phi = phi + phase
+    c2 = torch.cos(flip / 2) ** 2
+    s2 = torch.sin(flip / 2) ** 2
+    e1 = _cis(phi)
+    e1sa = e1 * torch.sin(flip)
     z_from_plus = -1j * e1sa.conj()
     cdt = torch.complex64
-    coef = torch.stack([c2.to(cdt), e1 * e1 * s2, -0.5j * e1sa, torch.cos(angle).to(cdt),
+    return torch.stack([c2.to(cdt), e1 * e1 * s2, -0.5j * e1sa, torch.cos(flip).to(cdt),
                         z_from_plus, z_from_plus.conj()])  # fmt: skip
-    if grad:
-        return coef
-    assert key is not None
-    if len(cache) >= 64:  # bounded: sequences with many distinct flips recompute
-        cache.pop(next(iter(cache)))
-    cache[key] = coef
-    return _phased(coef, float(phase_t))
 
 
 def _shaped_coefficients(
@@ -814,11 +921,11 @@ def _shaped_coefficients(
     """Return the six edge coefficients ``[6, V]`` of a shaped pulse (``_EDGE_RULES``).
 
     As for instantaneous pulses, without gradients the per-voxel part (the Bloch integration,
-    B1's phase) is kept once per distinct (waveform, angle, shim) and the pulse phase φ enters
-    as one factor per row: the rotation's ``b`` carries ``e^{iφ}``, and the rows hold ā², b²,
-    ā b, |a|² − |b|², ā b̄ and its conjugate. An RF-spoiled train then costs one [6, V] product
-    per pulse instead of B1eff, the phase factor and the six products (a 64² FLASH at 9
-    sub-slices: 2.7 ms of 7.8 ms per repetition).
+    B1's phase) is kept once per distinct (waveform, angle, shim) (:func:`_shaped_base`) and the
+    pulse phase φ enters as one factor per row: the rotation's ``b`` carries ``e^{iφ}``, and the
+    rows hold ā², b², ā b, |a|² − |b|², ā b̄ and its conjugate. An RF-spoiled train then costs
+    one [6, V] product per pulse instead of B1eff, the phase factor and the six products (a 64²
+    FLASH at 9 sub-slices: 2.7 ms of 7.8 ms per repetition).
     """
     wave = pulse.waveform
     assert wave is not None
@@ -826,6 +933,20 @@ def _shaped_coefficients(
     if any(t.requires_grad for t in inputs):
         return edge_coefficients(*pulse_rotation(pulse, pos, b0, b1, r, normalized_size,
                                                  rotations))  # fmt: skip
+    return _phased(*_shaped_base(pulse, pos, b0, b1, r, normalized_size, rotations, cache))
+
+
+def _shaped_base(
+    pulse: Pulse, pos: torch.Tensor, b0: torch.Tensor, b1: torch.Tensor, r: int,
+    normalized_size: torch.Tensor | None, rotations: RotationCache,
+    cache: dict[tuple[Any, ...], torch.Tensor],
+) -> tuple[torch.Tensor, float]:  # fmt: skip
+    """Return a shaped pulse's coefficients ``[6, V]`` at phase 0 and its phase (rad).
+
+    Without gradients only; kept per distinct (waveform, angle, shim) in ``cache``.
+    """
+    wave = pulse.waveform
+    assert wave is not None
     phase = float(pulse.phase)
     key = (
         "shaped",
@@ -840,16 +961,20 @@ def _shaped_coefficients(
         if len(cache) >= 64:  # bounded, shared with the instantaneous pulses' entries
             cache.pop(next(iter(cache)))
         cache[key] = base
-    return _phased(base, phase)
+    return base, phase
+
+
+def _phase_factors(phase: float) -> np.ndarray:
+    """Return the pulse phase's factor per coefficient row, complex128 ``[6]`` (``_EDGE_RULES``)."""
+    e = complex(math.cos(phase), math.sin(phase))
+    return np.array([1, e * e, e, 1, e.conjugate(), e], np.complex128)
 
 
 def _phased(base: torch.Tensor, phase: float) -> torch.Tensor:
     """Apply the pulse phase ``phase`` (rad) to ``base [6, V]`` (phase 0), row by row."""
     if phase == 0.0:
         return base
-    e = complex(math.cos(phase), math.sin(phase))
-    factors = torch.tensor([1, e * e, e, 1, e.conjugate(), e], dtype=base.dtype,
-                           device=base.device)  # fmt: skip
+    factors = torch.from_numpy(_phase_factors(phase)).to(base.device, base.dtype)
     return base * factors[:, None]
 
 

@@ -8,7 +8,7 @@ hundred states per repetition, each a few microseconds of call overhead, and was
 FLASH simulation's time; this is one call. Why our own code and not a library: the transition is
 the simulator's own algorithm; numba is the library that compiles it.
 
-The numpy version is the definition: ``tests/mr0core/sim/testprepass_kernel.py`` checks that
+The numpy version is the definition: ``tests/mr0core/sim/test_prepass_kernel.py`` checks that
 both give identical graphs (same states, edges and magnitudes, bit for bit) on the benchmark suite.
 To be identical, the sums of merged states follow numpy's ``add.reduceat`` association (its
 pairwise summation, see :func:`_group_sum`), the sorts are stable, and complex coefficients come

@@ -1,0 +1,174 @@
+"""The main pass's per-repetition state update on CPU, compiled with numba.
+
+:func:`propagate` does for one repetition what the torch fast path of
+:func:`mr0core.sim.pdg.execute_graph` does: the active states and their parents' rows, every edge
+``child += coefficient · (parent or its conjugate)``, a copy of the emitting transverse states
+(for the signal, which needs them before relaxation), then relaxation, diffusion and T1
+recovery to the end of the repetition. It exists for speed only: at 48² a FLASH repetition
+simulates a few dozen states over a few thousand voxels, so the torch version's two dozen
+operations of a few microseconds of dispatch each, not their arithmetic, were most of the
+main pass; this is one call. Why our own code and not a library: the state update is the
+simulator's own algorithm; numba is the library that compiles it.
+
+The torch path is the definition (it also runs on GPUs, with autograd and with motion):
+``tests/mr0core/sim/test_mainpass_kernel.py`` checks that both give the same signal on the
+benchmark suite's sequence classes. They round differently in one place: the torch path
+relaxes by ``exp(-(b D + t/T2))``, this by ``exp(-t/T2) · exp(-b D)`` with the second factor
+computed once per (state, distinct D) in float64 (a tissue phantom has a few distinct D).
+
+Importing this module imports numba; ``pdg`` imports it on first use. The first call compiles
+the kernel (seconds) unless numba's on-disk cache already holds it; :func:`warm_up` fills it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+# per edge kind (as pdg._EDGE_RULES): the child is transverse, the coefficient row, conjugated
+CHILD_PLUS = np.array([True, True, True, True, False, False, False])
+COEF_ROW = np.array([0, 1, 2, 2, 3, 4, 5], np.int64)
+CONJUGATE = np.array([False, True, False, True, False, False, True])
+
+
+@njit(cache=True)
+def propagate(
+    state: np.ndarray,
+    base: np.ndarray,
+    factors: np.ndarray,
+    e_child: np.ndarray,
+    e_parent: np.ndarray,
+    e_kind: np.ndarray,
+    act_p: np.ndarray,
+    act_z: np.ndarray,
+    n_plus: int,
+    n_z: int,
+    p_active: np.ndarray,
+    z_active: np.ndarray,
+    emit: np.ndarray,
+    relax: bool,
+    b_values: np.ndarray,
+    decay_p: np.ndarray,
+    decay_z: np.ndarray,
+    recovery: np.ndarray,
+    d_index: np.ndarray,
+    d_values: np.ndarray,
+    n_sub: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return one repetition's relaxed states ``[A, S]`` and its emitting states ``[E, S]``.
+
+    Parameters (S = voxels · ``n_sub`` state columns, Vv = voxels)
+    ----------
+    state
+        complex64 ``[Pp + Pz, S]``: the previous repetition's states, transverse rows first.
+    base, factors
+        complex64 ``[6, S]`` edge coefficients at pulse phase 0 and complex128 ``[6]`` the
+        pulse phase's factor per row (``pdg._phased``); row ``r``'s coefficient is their product.
+    e_child, e_parent, e_kind
+        int64 ``[edges]`` from ``pdg._edge_arrays``: the child (transverse states first, then
+        longitudinal after ``n_plus``), ``parent · 4 + block`` (blocks 0, 1: transverse
+        parents, 2, 3: longitudinal) and the edge kind 0..6.
+    act_p, act_z
+        int64: the repetition's simulated transverse and longitudinal states (graph indices);
+        they become rows ``0..len(act_p)`` and the following ``len(act_z)`` of the result.
+    n_plus, n_z
+        The repetition's state counts in the graph.
+    p_active, z_active
+        int64: the previous repetition's simulated states, the rows of ``state`` in order.
+    emit
+        int64: the rows (of the transverse result) whose values before relaxation are returned.
+    relax
+        False for a repetition without events (no relaxation).
+    b_values
+        float64 ``[A]``: each result row's diffusion b-value (s/m²) over the repetition.
+    decay_p, decay_z, recovery
+        float32 ``[Vv]``: ``exp(-t/T2)``, ``exp(-t/T1)`` and ``1 - exp(-t/T1)`` for the
+        repetition's duration ``t``; the recovery enters the first longitudinal row (k = 0).
+    d_index, d_values
+        int64 ``[Vv]`` and float64 ``[G]``: each voxel's diffusion coefficient (m²/s) as an
+        index into its distinct values.
+    n_sub
+        State columns per voxel (sub-slices, adjacent).
+    """
+    n_cols = state.shape[1]
+    n_ap = act_p.shape[0]
+    n_new = n_ap + act_z.shape[0]
+    child_map = np.full(n_plus + n_z, -1, np.int64)
+    for i in range(n_ap):
+        child_map[act_p[i]] = i
+    for i in range(act_z.shape[0]):
+        child_map[n_plus + act_z[i]] = n_ap + i
+    n_prev = 1
+    for j in range(e_parent.shape[0]):
+        n_prev = max(n_prev, e_parent[j] // 4 + 1)
+    for i in range(p_active.shape[0]):
+        n_prev = max(n_prev, p_active[i] + 1)
+    for i in range(z_active.shape[0]):
+        n_prev = max(n_prev, z_active[i] + 1)
+    prev_p = np.full(n_prev, -1, np.int64)
+    prev_z = np.full(n_prev, -1, np.int64)
+    for i in range(p_active.shape[0]):
+        prev_p[p_active[i]] = i
+    for i in range(z_active.shape[0]):
+        prev_z[z_active[i]] = p_active.shape[0] + i
+    coef = np.empty((6, n_cols), np.complex64)
+    for r in range(6):
+        f = np.complex64(factors[r])
+        for c in range(n_cols):
+            coef[r, c] = base[r, c] * f
+    new = np.zeros((n_new, n_cols), np.complex64)
+    for j in range(e_child.shape[0]):
+        ci = child_map[e_child[j]]
+        parent, block = e_parent[j] // 4, e_parent[j] % 4
+        pi = prev_p[parent] if block < 2 else prev_z[parent]
+        if ci < 0 or pi < 0:
+            continue
+        kind = e_kind[j]
+        row = COEF_ROW[kind]
+        if CONJUGATE[kind]:
+            for c in range(n_cols):
+                new[ci, c] += coef[row, c] * np.conj(state[pi, c])
+        else:
+            for c in range(n_cols):
+                new[ci, c] += coef[row, c] * state[pi, c]
+    emitted = np.empty((emit.shape[0], n_cols), np.complex64)
+    for i in range(emit.shape[0]):
+        emitted[i] = new[emit[i]]
+    if not relax:
+        return new, emitted
+    n_vox = decay_p.shape[0]
+    n_d = d_values.shape[0]
+    diff = np.empty(n_d, np.float32)
+    for i in range(n_new):
+        for g in range(n_d):
+            diff[g] = np.float32(math.exp(-b_values[i] * d_values[g]))
+        decay = decay_p if i < n_ap else decay_z
+        for v in range(n_vox):
+            f = decay[v] * diff[d_index[v]]
+            for s in range(n_sub):
+                new[i, v * n_sub + s] *= f
+    if act_z.shape[0]:
+        for v in range(n_vox):
+            for s in range(n_sub):
+                new[n_ap, v * n_sub + s] += recovery[v]
+    return new, emitted
+
+
+def warm_up() -> None:
+    """Compile :func:`propagate` for the types the main pass passes, and write numba's cache.
+
+    ``scripts/setup.sh`` and the Docker images run this (``python -m
+    mr0core.sim.mainpass_kernel``) so that no simulation pays the compilation.
+    """
+    c64, i64, f32 = np.complex64, np.int64, np.float32
+    zero = np.zeros(1, i64)
+    propagate(np.ones((1, 1), c64), np.ones((6, 1), c64), np.ones(6, np.complex128), zero,
+              np.full(1, 2, i64), np.full(1, 4, i64), zero, zero, 1, 1, zero, zero, zero, True,
+              np.zeros(2), np.ones(1, f32), np.ones(1, f32), np.zeros(1, f32), zero,
+              np.zeros(1), 1)  # fmt: skip
+
+
+if __name__ == "__main__":
+    warm_up()

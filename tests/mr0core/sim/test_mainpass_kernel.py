@@ -1,0 +1,141 @@
+"""The compiled main-pass state update (numba, ``mr0core/sim/mainpass_kernel.py``) against torch.
+
+On CPU without autograd or motion, ``execute_graph`` runs each repetition's edges, the emitting
+states' copy and the relaxation in one compiled call; the torch operations it replaces remain
+the definition (and run on GPUs, with autograd and with motion). Both must give the same signal
+within float32 rounding on every class of the benchmark suite, on a corpus sequence and with
+shaped pulses over sub-slices. Negative controls: a wrong pulse phase or a missing T1 recovery
+in the kernel's inputs is told apart.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CORPUS, SCRIPTS
+
+import mr0core as mr0
+from mr0core.phantom.builtin_phantoms import write_phantom
+from mr0core.sim import pdg
+
+sys.path.insert(0, str(SCRIPTS))
+import pdg_suite as suite
+
+N = 32
+TOLERANCE = 2e-6  # NRMSE: float32 rounding of the two orders of operations
+
+
+@functools.cache
+def brain() -> mr0.SimData:
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _ = write_phantom("brain", Path(tmp) / "brain", size=N)
+        return mr0.TissueDict.load(str(path)).build()
+
+
+@functools.cache
+def suite_seq(name: str) -> mr0.Sequence:
+    with tempfile.TemporaryDirectory() as tmp:
+        return mr0.Sequence.import_file(suite.write_case(name, N, Path(tmp) / f"{name}.seq"))
+
+
+def nrmse(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((x - ref).norm() / ref.norm())
+
+
+def both(run: Callable[[], torch.Tensor], monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """Return ``run()`` with the kernel, and with the torch operations; check which ran."""
+    calls: list[int] = []
+    kernel = pdg._main_kernel()
+    assert kernel is not None, "numba is a dependency: the kernel must load"
+    original = kernel.propagate
+
+    def counting(*args):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return original(*args)
+
+    with monkeypatch.context() as m:
+        m.setattr(kernel, "propagate", counting)
+        compiled = run()
+    assert calls, "the kernel did not run"
+    with monkeypatch.context() as m:
+        m.setattr(pdg, "_MAIN_KERNEL", False)
+        reference = run()
+    return compiled, reference
+
+
+def simulate(seq: mr0.Sequence, data: mr0.SimData, **kwargs: object) -> Callable[[], torch.Tensor]:
+    graph = mr0.compute_graph(seq, data, 200, 1e-4, **kwargs)  # type: ignore[arg-type]
+    return lambda: mr0.execute_graph(graph, seq, data, 1e-3, 1e-3, print_progress=False,
+                                     **kwargs)  # type: ignore[arg-type]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(suite.CASES))
+def test_suite_signal_equals_torch(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled, reference = both(simulate(suite_seq(name), brain()), monkeypatch)
+    assert float(reference.abs().max()) > 1.0  # a real signal
+    assert nrmse(compiled, reference) < TOLERANCE
+
+
+def test_corpus_signal_equals_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    seq = mr0.Sequence.import_file(CORPUS / "write_haste.seq")
+    compiled, reference = both(simulate(seq, brain()), monkeypatch)
+    assert nrmse(compiled, reference) < TOLERANCE
+
+
+def test_shaped_pulses_over_sub_slices_equal_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shaped pulses (their own coefficient cache) on 7 sub-slices per voxel (columns)."""
+    seq = suite_seq("flash_spoiled")
+    data = copy.copy(mr0.util.load_phantom((12, 12), url="builtin:brain").build())
+    data.size = torch.cat([data.size[:2], torch.tensor([5e-3])])
+    data.nyquist = torch.cat([data.nyquist[:2], torch.tensor([0.5 / 5e-3])])
+    graph = mr0.compute_graph(seq, data, 200, 1e-4, rf_model="shaped")
+
+    def run() -> torch.Tensor:
+        return mr0.execute_graph(graph, seq, data, 1e-3, 1e-3, print_progress=False,
+                                 rf_model="shaped", sub_slices=7)  # fmt: skip
+
+    compiled, reference = both(run, monkeypatch)
+    assert float(reference.abs().max()) > 0.1
+    assert nrmse(compiled, reference) < TOLERANCE
+
+
+def test_without_events_nothing_relaxes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repetition of a pulse alone (no events) then a FID: no relaxation in the first."""
+    seq = mr0.Sequence()
+    rep = seq.new_rep(0)
+    rep.pulse.angle = torch.tensor(math.pi / 2)
+    rep = seq.new_rep(8)
+    rep.event_time[:] = 1e-3
+    rep.adc_usage[:] = 1
+    data = brain()
+    compiled, reference = both(simulate(seq, data), monkeypatch)
+    assert nrmse(compiled, reference) < TOLERANCE
+
+
+@pytest.mark.parametrize("fault", ["phase", "recovery"])
+def test_comparison_sees_a_fault(fault: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Negative controls: the kernel given the conjugate pulse phase, or no T1 recovery."""
+    seq = suite_seq("flash_spoiled" if fault == "phase" else "flash_inversion")
+    kernel = pdg._main_kernel()
+    original = kernel.propagate
+
+    def faulty(*args):  # type: ignore[no-untyped-def]
+        args = list(args)
+        if fault == "phase":
+            args[2] = args[2].conj()  # the pulse phase's factors
+        else:
+            args[17] = np.zeros_like(args[17])  # the T1 recovery
+        return original(*args)
+
+    monkeypatch.setattr(kernel, "propagate", faulty)
+    compiled, reference = both(simulate(seq, brain()), monkeypatch)
+    assert nrmse(compiled, reference) > 1e-2
