@@ -156,6 +156,75 @@ def propagate(
     return new, emitted
 
 
+@njit(cache=True)
+def gather_k(
+    kind_parent: np.ndarray, p_k: np.ndarray, p_tau: np.ndarray, z_k: np.ndarray,
+    z_tau: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Return k ``[n, 3]`` (1/m) and τ ``[n]`` (s) of new states from their defining edges.
+
+    As ``pdg._gather_k_np`` (exactly: a gather and a sign). ``kind_parent [n, 2]``: the defining
+    edge's kind and the parent's index in ``p_*`` (transverse) or ``z_*`` (longitudinal); kind
+    -1 (the relaxed longitudinal state without an edge): k = 0, τ = 0.
+    """
+    n = kind_parent.shape[0]
+    k = np.zeros((n, 3))
+    tau = np.zeros(n)
+    for i in range(n):
+        kind, j = kind_parent[i, 0], kind_parent[i, 1]
+        if kind < 0:
+            continue
+        sign = -1.0 if kind == 1 or kind == 3 or kind == 6 else 1.0
+        if kind == 0 or kind == 1 or kind == 5 or kind == 6:
+            for a in range(3):
+                k[i, a] = sign * p_k[j, a]
+            tau[i] = sign * p_tau[j]
+        else:
+            for a in range(3):
+                k[i, a] = sign * z_k[j, a]
+            tau[i] = sign * z_tau[j]
+    return k, tau
+
+
+@njit(cache=True)
+def event_sums(
+    dt: np.ndarray, g: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return a repetition's running sums over its events ``dt [E]`` (s), ``g [E, 3]`` (1/m).
+
+    ``k [E, 3]`` (the gradient moment at each event's end), ``t [E]``, and the b-value's linear
+    ``[E, 3]`` and constant ``[E]`` parts: ``Σ dt (2 k_prev + g)`` and ``Σ dt (k_prev² + k_prev·g
+    + g²/3)``, as ``pdg.execute_graph``'s numpy path computes them.
+    """
+    n = dt.shape[0]
+    kcum = np.empty((n, 3))
+    tcum = np.empty(n)
+    lin = np.empty((n, 3))
+    const = np.empty(n)
+    t = 0.0
+    c = 0.0
+    run_k = np.zeros(3)
+    run_l = np.zeros(3)
+    for e in range(n):
+        sq = 0.0
+        cross = 0.0
+        gg = 0.0
+        for a in range(3):
+            run_k[a] += g[e, a]
+            kcum[e, a] = run_k[a]
+            kprev = run_k[a] - g[e, a]
+            run_l[a] += dt[e] * (2 * kprev + g[e, a])
+            lin[e, a] = run_l[a]
+            sq += kprev**2
+            cross += kprev * g[e, a]
+            gg += g[e, a] ** 2
+        t += dt[e]
+        tcum[e] = t
+        c += dt[e] * (sq + cross + gg / 3)
+        const[e] = c
+    return kcum, tcum, lin, const
+
+
 def warm_up() -> None:
     """Compile :func:`propagate` for the types the main pass passes, and write numba's cache.
 
@@ -168,6 +237,9 @@ def warm_up() -> None:
               np.full(1, 2, i64), np.full(1, 4, i64), zero, zero, 1, 1, zero, zero, zero, True,
               np.zeros(2), np.ones(1, f32), np.ones(1, f32), np.zeros(1, f32), zero,
               np.zeros(1), 1)  # fmt: skip
+    f64 = np.zeros((1, 3))
+    gather_k(np.zeros((1, 2), i64), f64, np.zeros(1), f64, np.zeros(1))
+    event_sums(np.zeros(1), f64)
 
 
 if __name__ == "__main__":

@@ -617,7 +617,8 @@ def execute_graph(
     t_start = 0.0  # s, the repetition's start (for the motion's times)
     # On CPU without autograd or motion, a compiled kernel does each repetition's state update
     # (mr0core.sim.mainpass_kernel); its per-voxel inputs, as numpy, in the sorted voxel order.
-    kernel = _main_kernel() if fast and motion is None and dev.type == "cpu" else None
+    compiled = None if seq_grad else _main_kernel()  # its numpy bookkeeping, compiled
+    kernel = compiled if fast and motion is None and dev.type == "cpu" else None
     d_values, d_index = np.unique(diff.detach().cpu().numpy().astype(np.float64),
                                   return_inverse=True)  # fmt: skip
     decays: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -672,20 +673,27 @@ def execute_graph(
             total = dt.sum()
             n_events = len(dt)
         else:
-            nk_p, ntau_p = _gather_k_np(rg.plus_def, pk_np, ptau_np, zk_np, ztau_np, True)
-            nk_z, ntau_z = _gather_k_np(rg.z_def, pk_np, ptau_np, zk_np, ztau_np, False)
-            k0_np, tau0_np, zk_act_np = nk_p[act_p], ntau_p[act_p], nk_z[act_z]
-            k0, tau0 = tensor(k0_np), tensor(tau0_np)
             dt_np = rep.event_time.detach().cpu().double().numpy()
             g_np = rep.gradm.detach().cpu().double().numpy()
             if seq.normalized_grads:
                 g_np = g_np / size_np
-            kcum_np = np.cumsum(g_np, 0)
-            tcum_np = np.cumsum(dt_np)
-            kprev_np = kcum_np - g_np
-            lin_np = np.cumsum(dt_np[:, None] * (2 * kprev_np + g_np), 0)
-            const_np = np.cumsum(dt_np * ((kprev_np**2).sum(1) + (kprev_np * g_np).sum(1)
-                                          + (g_np**2).sum(1) / 3))  # fmt: skip
+            if compiled is not None:  # the same in one call each
+                nk_p, ntau_p = compiled.gather_k(*_contiguous(rg.plus_def, pk_np, ptau_np, zk_np,
+                                                              ztau_np))  # fmt: skip
+                nk_z, ntau_z = compiled.gather_k(*_contiguous(rg.z_def, pk_np, ptau_np, zk_np,
+                                                              ztau_np))  # fmt: skip
+                kcum_np, tcum_np, lin_np, const_np = compiled.event_sums(*_contiguous(dt_np, g_np))
+            else:
+                nk_p, ntau_p = _gather_k_np(rg.plus_def, pk_np, ptau_np, zk_np, ztau_np, True)
+                nk_z, ntau_z = _gather_k_np(rg.z_def, pk_np, ptau_np, zk_np, ztau_np, False)
+                kcum_np = np.cumsum(g_np, 0)
+                tcum_np = np.cumsum(dt_np)
+                kprev_np = kcum_np - g_np
+                lin_np = np.cumsum(dt_np[:, None] * (2 * kprev_np + g_np), 0)
+                const_np = np.cumsum(dt_np * ((kprev_np**2).sum(1) + (kprev_np * g_np).sum(1)
+                                              + (g_np**2).sum(1) / 3))  # fmt: skip
+            k0_np, tau0_np, zk_act_np = nk_p[act_p], ntau_p[act_p], nk_z[act_z]
+            k0, tau0 = tensor(k0_np), tensor(tau0_np)
             total_np = float(dt_np.sum())
             n_events = len(dt_np)
         mphase = None  # [E, V] cycles, the motion's phase beyond the still phantom's

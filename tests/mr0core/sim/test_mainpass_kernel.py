@@ -139,3 +139,32 @@ def test_comparison_sees_a_fault(fault: str, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(kernel, "propagate", faulty)
     compiled, reference = both(simulate(seq, brain()), monkeypatch)
     assert nrmse(compiled, reference) > 1e-2
+
+
+def test_bookkeeping_kernels_equal_numpy_bit_for_bit() -> None:
+    """``gather_k`` and ``event_sums`` against the numpy code they replace, exactly."""
+    kernel = pdg._main_kernel()
+    rng = np.random.default_rng(5)
+    p_k, p_tau = rng.normal(0, 300, (40, 3)), rng.normal(0, 1e-2, 40)
+    z_k, z_tau = rng.normal(0, 300, (30, 3)), rng.normal(0, 1e-2, 30)
+    for plus, kinds, n_parent in (
+        (True, (0, 1, 2, 3), (40, 40, 30, 30)),
+        (False, (4, 5, 6), (30, 40, 40)),
+    ):
+        kind = rng.choice(kinds, 200)
+        parent = np.array([rng.integers(0, n_parent[kinds.index(k)]) for k in kind])
+        kind_parent = np.stack([kind, parent], 1)
+        if not plus:
+            kind_parent[0] = -1  # the relaxed state without an edge
+        want = pdg._gather_k_np(kind_parent, p_k, p_tau, z_k, z_tau, plus)
+        got = kernel.gather_k(kind_parent, p_k, p_tau, z_k, z_tau)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+    dt = rng.uniform(1e-5, 1e-2, 300)
+    g = rng.normal(0, 500, (300, 3))
+    kcum = np.cumsum(g, 0)
+    kprev = kcum - g
+    const = dt * ((kprev**2).sum(1) + (kprev * g).sum(1) + (g**2).sum(1) / 3)
+    want_sums = (kcum, np.cumsum(dt), np.cumsum(dt[:, None] * (2 * kprev + g), 0), np.cumsum(const))
+    for a, b in zip(kernel.event_sums(dt, g), want_sums, strict=True):
+        np.testing.assert_array_equal(a, b)
