@@ -30,8 +30,9 @@ The main pass (:func:`mr0core.sim.pdg.execute_graph`) holds, at its peak::
 Repetitions whose emitting states, (T2′, D) groups and coils make at most 64 rows
 (``Se G C ≤ 64``), that have at most 128 samples and whose rows (one per block of 32 samples)
 times the voxels stay at most 2¹⁶ wait in the signal batch, which adds to ``signal``
-``24 min(Σ_batched Se ⌈T/32⌉ G C · V, 2·2²⁰) + 8 V Σ_batched Se`` (its rows and the states it
-holds; the sums run over the batched repetitions). Repetitions with at most 2 samples form their
+``24 min(Σ_batched Se ⌈T/32⌉ C · V, 2·2²⁰ / G) + 8 V Σ_batched Se`` (its rows and the states it
+holds; the sums run over the batched repetitions; it is computed when its rows times the G
+groups reach 2²⁰ voxel-rows). Repetitions with at most 2 samples form their
 phasors directly (``40 V T`` instead of the block terms); phantoms with more than 16 (T2′, D)
 groups take the exact per-voxel path (``40 V T + 16 min(Se T V, max(2²⁴, Se V))`` instead).
 Every coefficient is a named constant below, with what it counts.
@@ -554,14 +555,16 @@ def main_pass_bytes(load: PdgLoad) -> int:
     signal = np.where(se > 0, signal, 0.0)
     if not load.exact:
         # repetitions with few emitting states and samples wait in the signal batch
-        # (pdg._SignalBatch): their states, then rows (state, block, group, coil) × voxels
-        n_gc = len(load.groups) * C
-        rep_rows = se * np.ceil(t / ANCHOR) * n_gc
-        batched = (se > 0) & (se * n_gc <= STACK_ROWS) & (t <= BATCH_SAMPLES)
+        # (pdg._SignalBatch): their states, then rows (state, block, coil) × voxels; the batch
+        # is computed when its rows times groups reach BATCH_ELEMENTS
+        n_g = len(load.groups)
+        rep_rows = se * np.ceil(t / ANCHOR) * n_g * C
+        batched = (se > 0) & (se * n_g * C <= STACK_ROWS) & (t <= BATCH_SAMPLES)
         batched &= rep_rows * V <= BATCH_REP_ELEMENTS
-        rows = float((se * np.ceil(t / ANCHOR) * n_gc)[batched].sum())
+        rows = float((se * np.ceil(t / ANCHOR) * C)[batched].sum())
         held = float(se[batched].sum()) * V
-        signal = signal + BATCH_ROW_BYTES * min(rows * V, 2.0 * BATCH_ELEMENTS) + C64 * held
+        cap = 2.0 * BATCH_ELEMENTS / max(n_g, 1)
+        signal = signal + BATCH_ROW_BYTES * min(rows * V, cap) + C64 * held
     relax = V * (RELAX_BYTES * (sp + sz) + EDGE_BYTES * e)
     peak = float(np.max(live + np.maximum(np.maximum(pulse, signal), relax)))
     persistent = V * (VOXEL_BYTES + VOXEL_CHANNEL_BYTES * (C + load.tx))

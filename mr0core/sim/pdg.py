@@ -611,8 +611,8 @@ def execute_graph(
     batch = None
     if fast and not exact and group_pd_coil is not None and motion is None:
         assert groups is not None
-        batch = _SignalBatch(pos, b0, t2, groups, group_pd_coil, nyquist, data.dephasing_func,
-                             phasor_cache)  # fmt: skip
+        batch = _SignalBatch(pos, b0, t2, groups, group_pd_coil, bounds, nyquist,
+                             data.dephasing_func, phasor_cache)  # fmt: skip
     four_pi2 = 4 * math.pi**2
     t_start = 0.0  # s, the repetition's start (for the motion's times)
     # On CPU without autograd or motion, a compiled kernel does each repetition's state update
@@ -1148,17 +1148,21 @@ class _SignalBatch:
     samples and computes, for all at once: the states' phases, the anchor phasors of every
     block of ``_ANCHOR`` samples (:func:`_phasor_chunks`), one GEMM per step pattern shared by
     all the blocks that advance alike, and the per-(state, sample) factors. The arithmetic is
-    :func:`_signal`'s stacked-groups path; only the grouping of the operations differs.
+    :func:`_signal`'s stacked-groups path; only the grouping of the operations differs. The
+    voxels are sorted by (T2′, D) group (``bounds``: each group's slice), so each GEMM runs per
+    group over its own voxels, and the rows carry no group dimension until the projection.
     """
 
     def __init__(
         self, pos: torch.Tensor, b0: torch.Tensor, t2: torch.Tensor, groups: torch.Tensor,
-        group_pd_coil: torch.Tensor, nyquist: torch.Tensor, dephasing_func: _Dephasing,
-        cache: _StepCache,
+        group_pd_coil: torch.Tensor, bounds: list[tuple[int, int]], nyquist: torch.Tensor,
+        dephasing_func: _Dephasing, cache: _StepCache,
     ) -> None:  # fmt: skip
         self.pos, self.b0, self.t2 = pos, b0, t2
         self.r2d, self.dg = 1 / groups[:, 0], groups[:, 1]
         self.gpc = group_pd_coil  # [G, C, V]
+        self.bounds = bounds  # [(lo, hi)] per group: its voxels' slice
+        self.pd_coil = group_pd_coil.sum(0)  # [C, V]: each voxel's PD · coil (one group each)
         self.nyquist, self.dephasing_func, self.cache = nyquist, dephasing_func, cache
         self.jobs: list[tuple[Any, ...]] = []
         self.load = 0
@@ -1190,7 +1194,7 @@ class _SignalBatch:
         if not self.jobs:
             return
         jobs, self.jobs, self.load = self.jobs, [], 0
-        n_g, n_c, n_v = self.gpc.shape
+        n_g, n_c, _ = self.gpc.shape
         dev = self.pos.device
         cdt = torch.complex64
         n_s = np.array([len(j[1]) for j in jobs])
@@ -1221,8 +1225,7 @@ class _SignalBatch:
         f = w[:, None] * torch.exp(-tau_st.abs()[:, None] * self.r2d - b_st[:, None] * self.dg)
         # the states' magnetisation with their phase, times PD · coil per group: [ΣS, G·C, V]
         state_phase = -_TWO_PI * (k0 @ self.pos.T + tau0[:, None] * self.b0[None])
-        mc = (m * _cis(state_phase))[:, None, None, :] * self.gpc[None]
-        mc = mc.reshape(len(m), n_g * n_c, n_v)
+        mc = (m * _cis(state_phase))[:, None, :] * self.pd_coil[None]  # [ΣS, C, V]
         # blocks of _ANCHOR samples per repetition, their anchors and step patterns
         n_b = -(-n_t // _ANCHOR)
         anchors, keys_of_block, incs = [], [], []
@@ -1266,8 +1269,8 @@ class _SignalBatch:
         inv[perm] = np.arange(len(perm))
         cuts = np.searchsorted(group_of_block[sb_block], np.arange(len(by_key) + 1)).tolist()
         sbs, sbb = (torch.from_numpy(x).to(dev) for x in (sb_state, sb_block))
-        ma = mc[sbs] * A[sbb][:, None, :]  # [SB, G·C, V]
-        res = torch.empty((len(sb_state), n_g * n_c, _ANCHOR), dtype=cdt, device=dev)
+        ma = mc[sbs] * A[sbb][:, None, :]  # [SB, C, V]
+        res = torch.zeros((len(sb_state), n_g, n_c, _ANCHOR), dtype=cdt, device=dev)
         if single:
             self._single_blocks(single, incs, sb_block, ma, res)
         for gi, (key_bytes, blocks) in enumerate(by_key.items()):
@@ -1281,14 +1284,17 @@ class _SignalBatch:
 
             W = self.cache.get(key_bytes, make)
             lo, hi = cuts[gi], cuts[gi + 1]
-            part = ma[lo:hi].reshape(-1, n_v) @ W.T  # [rows·G·C, B]
-            res[lo:hi] = part.reshape(hi - lo, n_g * n_c, _ANCHOR)
+            for g, (v_lo, v_hi) in enumerate(self.bounds):
+                if v_hi > v_lo:  # [rows, C, V_g] @ [V_g, B]
+                    res[lo:hi, g] = ma[lo:hi, :, v_lo:v_hi] @ W[:, v_lo:v_hi].T
         # each pair's value: row (its state, its block), column (its sample within the block)
         pair_row = np.repeat(
             np.concatenate([[0], np.cumsum(n_b[state_of_job])[:-1]]), n_t[state_of_job]
         ) + local // _ANCHOR  # fmt: skip
         pair_row = inv[pair_row]
-        amp = res[torch.from_numpy(pair_row).to(dev), :, torch.from_numpy(local % _ANCHOR).to(dev)]
+        amp = res[
+            torch.from_numpy(pair_row).to(dev), :, :, torch.from_numpy(local % _ANCHOR).to(dev)
+        ]
         amp = amp.reshape(len(pair_state), n_g, n_c)  # [P, G, C]
         contrib = torch.einsum("pgc,pg->pc", amp, f.to(cdt))
         out.index_add_(0, pt, contrib)
@@ -1305,7 +1311,7 @@ class _SignalBatch:
         """
         n_v = len(self.pos)
         dev, cdt = self.pos.device, torch.complex64
-        n_gc = ma.shape[1]
+        n_c = ma.shape[1]
         chunk = max(1, _BATCH_ELEMENTS // (_ANCHOR * n_v))
         for c0 in range(0, len(blocks), chunk):
             bs = np.array(blocks[c0 : c0 + chunk])
@@ -1331,8 +1337,13 @@ class _SignalBatch:
                 idx[i, : len(r)] = r
                 valid[i, : len(r)] = True
             idx_t = torch.from_numpy(idx).to(dev)
-            x = ma[idx_t.reshape(-1)].reshape(len(bs), width * n_gc, n_v)
-            out = torch.bmm(x, W.transpose(1, 2)).reshape(len(bs), width, n_gc, _ANCHOR)
+            x = ma[idx_t.reshape(-1)].reshape(len(bs), width * n_c, n_v)
+            out = torch.zeros((len(bs), width, len(self.bounds), n_c, _ANCHOR), dtype=cdt,
+                              device=dev)  # fmt: skip
+            for g, (v_lo, v_hi) in enumerate(self.bounds):
+                if v_hi > v_lo:  # per group over its voxels
+                    part = torch.bmm(x[:, :, v_lo:v_hi], W[:, :, v_lo:v_hi].transpose(1, 2))
+                    out[:, :, g] = part.reshape(len(bs), width, n_c, _ANCHOR)
             valid_t = torch.from_numpy(valid).to(dev)
             res[idx_t[valid_t]] = out[valid_t]
 
