@@ -141,14 +141,23 @@ def propagate(
     n_vox = decay_p.shape[0]
     n_d = d_values.shape[0]
     diff = np.empty(n_d, np.float32)
+    f = np.empty(n_vox, np.float32)
+    flat = new.view(np.float32)  # [n_new, 2 S]: real and imaginary parts (vectorises)
     for i in range(n_new):
         for g in range(n_d):
             diff[g] = np.float32(math.exp(-b_values[i] * d_values[g]))
         decay = decay_p if i < n_ap else decay_z
         for v in range(n_vox):
-            f = decay[v] * diff[d_index[v]]
-            for s in range(n_sub):
-                new[i, v * n_sub + s] *= f
+            f[v] = decay[v] * diff[d_index[v]]
+        row = flat[i]
+        if n_sub == 1:
+            for v in range(n_vox):
+                row[2 * v] *= f[v]
+                row[2 * v + 1] *= f[v]
+        else:
+            for v in range(n_vox):
+                for s in range(2 * n_sub):
+                    row[2 * n_sub * v + s] *= f[v]
     if act_z.shape[0]:
         for v in range(n_vox):
             for s in range(n_sub):
