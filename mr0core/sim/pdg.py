@@ -1476,12 +1476,14 @@ def _step_products(
     """``W [B, V]``: 1, then the running products of the factors of the steps ``inc [B - 1, 4]``.
 
     ``inc`` (float64, 1/m and s) and its quantised ``keys``. Equal steps: powers of one factor.
-    Otherwise, on a grid (``grid.useful``) with one dwell time, the per-axis tables of
-    :class:`_GridAxes`; else the running product of each step's factor.
+    Other steps on a grid (``grid.useful``, without gradients through the phantom): the
+    per-axis tables of :class:`_GridAxes`; else the running product of their factors.
     """
     n_v = len(pos)
+    equal = bool((keys == keys[0]).all())
     if (
-        grid is not None
+        not equal  # powers by doubling cost less than the tables (170 vs 420 µs at 48²)
+        and grid is not None
         and grid.useful
         and not (pos.requires_grad or b0.requires_grad or t2.requires_grad)
     ):
@@ -1489,7 +1491,7 @@ def _step_products(
     d = torch.from_numpy(inc).to(pos.device, torch.float32)
     W = torch.empty((_ANCHOR, n_v), dtype=torch.complex64, device=pos.device)
     W[0] = 1
-    if (keys == keys[0]).all():  # equal steps: powers of one factor, by doubling
+    if equal:  # equal steps: powers of one factor, by doubling
         e = _cis(-_TWO_PI * (pos @ d[0, :3] + b0 * d[0, 3]), torch.exp(-d[0, 3] / t2))
         W[1] = e
         n = 2
