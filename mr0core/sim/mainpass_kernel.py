@@ -27,10 +27,15 @@ import math
 import numpy as np
 from numba import njit
 
-# per edge kind (as pdg._EDGE_RULES): the child is transverse, the coefficient row, conjugated
-CHILD_PLUS = np.array([True, True, True, True, False, False, False])
-COEF_ROW = np.array([0, 1, 2, 2, 3, 4, 5], np.int64)
-CONJUGATE = np.array([False, True, False, True, False, False, True])
+
+@njit(cache=True, inline="always")
+def _rule(kind: int) -> tuple[int, bool]:
+    """Return an edge kind's coefficient row and whether the parent enters conjugated.
+
+    As ``pdg._EDGE_RULES`` (kinds 0..6: rows 0, 1, 2, 2, 3, 4, 5; kinds 1, 3 and 6 conjugate).
+    Arithmetic rather than a global table: numba unpickles cached global arrays on every call.
+    """
+    return kind - (1 if kind >= 3 else 0), kind == 1 or kind == 3 or kind == 6
 
 
 @njit(cache=True)
@@ -125,9 +130,8 @@ def propagate(
         pi = prev_p[parent] if block < 2 else prev_z[parent]
         if ci < 0 or pi < 0:
             continue
-        kind = e_kind[j]
-        row = COEF_ROW[kind]
-        if CONJUGATE[kind]:
+        row, conjugate = _rule(e_kind[j])
+        if conjugate:
             for c in range(n_cols):
                 new[ci, c] += coef[row, c] * np.conj(state[pi, c])
         else:

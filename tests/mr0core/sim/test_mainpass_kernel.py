@@ -168,3 +168,11 @@ def test_bookkeeping_kernels_equal_numpy_bit_for_bit() -> None:
     want_sums = (kcum, np.cumsum(dt), np.cumsum(dt[:, None] * (2 * kprev + g), 0), np.cumsum(const))
     for a, b in zip(kernel.event_sums(dt, g), want_sums, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_edge_rules_match_pdg() -> None:
+    """The kernel's coefficient row and conjugation per edge kind are ``pdg._EDGE_RULES``'."""
+    from mr0core.sim.mainpass_kernel import _rule
+
+    for kind, (_, _, conjugate, row) in pdg._EDGE_RULES.items():
+        assert _rule(kind) == (row, conjugate)
