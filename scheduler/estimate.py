@@ -74,7 +74,7 @@ FIXED_BYTES = 12 << 20
 """One-time host costs of a fresh process that runs a job or call: BLAS/OpenMP buffers and
 thread stacks, code pages (calibrated with the models: ``scripts/calibrate_estimate.py``).
 
-Not included: numba and the PDG pre-pass's compiled kernels (about 150 MB resident, loaded once
+Not included: numba and the PDG's compiled kernels (about 150 MB resident, loaded once
 per worker process on its first simulation and kept): a worker's cost, not a job's."""
 
 SEQ_TEXT_COPIES = 2
