@@ -49,8 +49,8 @@ its samples, while the graph grows; the graph stays alive during the main pass::
 
 A fresh process adds its one-time costs (BLAS and OpenMP buffers, thread stacks, code pages:
 about 12 MB on the CPU; numba and the PDG's compiled kernels (pre-pass and main pass), loaded
-on first use: about 150 MB resident, 84 MB of them the import; the main pass's adds 2 MB), which are not the simulation's and are not
-counted here.
+on first use: about 150 MB resident, 84 MB of them the import; the main pass's adds 2 MB),
+which are not the simulation's and are not counted here.
 
 :func:`estimate_pdg_from_graph` takes the state counts from a computed graph.
 :func:`estimate_pdg` bounds them without the pre-pass: as many states as the pulses so far can

@@ -693,7 +693,6 @@ def execute_graph(
                 const_np = np.cumsum(dt_np * ((kprev_np**2).sum(1) + (kprev_np * g_np).sum(1)
                                               + (g_np**2).sum(1) / 3))  # fmt: skip
             k0_np, tau0_np, zk_act_np = nk_p[act_p], ntau_p[act_p], nk_z[act_z]
-            k0, tau0 = tensor(k0_np), tensor(tau0_np)
             total_np = float(dt_np.sum())
             n_events = len(dt_np)
         mphase = None  # [E, V] cycles, the motion's phase beyond the still phantom's
@@ -701,7 +700,8 @@ def execute_graph(
             times = event_midpoints(rep.event_time.to(dev), t_start)
             moments = g if seq_grad else tensor(g_np)
             mphase = motion_phase(motion, times, moments)
-        t_start += float(rep.event_time.detach().double().sum())
+        if motion is not None:
+            t_start += float(rep.event_time.detach().double().sum())
         adc_np = np.flatnonzero(rep.adc_usage.detach().cpu().numpy() > 0)
         emit = np.zeros(0, np.int64)
         if len(adc_np):
@@ -732,7 +732,32 @@ def execute_graph(
             )  # fmt: skip
             new = torch.from_numpy(new_np)
             new_p, new_z = new[:n_ap], new[n_ap:]
-        if len(adc_np):
+        if (
+            len(adc_np)
+            and batch is not None
+            and not seq_grad
+            and not static_grad
+            and n_sub == 1
+            and batch.takes(len(emit), len(adc_np))
+        ):
+            # deferred: repetitions with few emitting states share their operations; their
+            # arrays stay numpy (float64) until the batch converts them at once
+            signals.append(None)
+            k_adc, t_adc = kcum_np[adc_np], tcum_np[adc_np]
+            m_e = (
+                torch.from_numpy(emitted_np)
+                if kernel is not None
+                else new_p[tensor(emit, torch.int64)]
+            )
+            batch.add(
+                len(signals) - 1,
+                m_e,
+                k0_np[emit], tau0_np[emit], k_adc, t_adc, lin_np[adc_np], const_np[adc_np],
+                rep.adc_phase.detach().cpu().numpy()[adc_np], (k_adc, t_adc),
+            )  # fmt: skip
+            if batch.full():
+                batch.flush(signals)
+        elif len(adc_np):
             steps = None
             adc = tensor(adc_np, torch.int64)
             if seq_grad:
@@ -770,12 +795,6 @@ def execute_graph(
                     parts.append(sig)
                     mags.extend(mag_adc)
                 signals.append(torch.cat(parts))
-            elif batch is not None and steps is not None and batch.takes(len(emit), len(adc_np)):
-                # deferred: repetitions with few emitting states share their operations
-                signals.append(None)
-                batch.add(len(signals) - 1, m_e, k0_e, tau0_e, K, T, L, C, adc_phase, steps)
-                if batch.full():
-                    batch.flush(signals)
             else:
                 sig, mag_adc = _signal(
                     m_e, k0_e, tau0_e, K, T, L, C, adc_phase, pos, b0,
@@ -1183,8 +1202,12 @@ class _SignalBatch:
     def full(self) -> bool:
         return self.load >= _BATCH_ELEMENTS
 
-    def add(self, slot: int, *job: Any) -> None:  # tensors and a tuple of arrays, as documented
-        """Queue a repetition: ``(m, k0, τ0, K, T, L, C, adc_phase, (K64, T64))``."""
+    def add(self, slot: int, *job: Any) -> None:  # a tensor, arrays and a tuple, as documented
+        """Queue a repetition: ``(m, k0, τ0, K, T, L, C, adc_phase, (K64, T64))``.
+
+        ``m [S, V]`` a tensor; the others float64 numpy: ``k0 [S, 3]``, ``τ0 [S]``, ``K [T, 3]``,
+        ``T [T]``, ``L [T, 3]``, ``C [T]``, ``adc_phase [T]`` (as :func:`_signal` takes them).
+        """
         self.jobs.append((slot, *job))
         m, steps = job[0], job[-1]
         self.load += self._rows(len(m), len(steps[1]))
@@ -1201,9 +1224,13 @@ class _SignalBatch:
         n_t = np.array([len(j[5]) for j in jobs])
         t_start = np.concatenate([[0], np.cumsum(n_t)[:-1]])
         m = torch.cat([j[1] for j in jobs])  # [ΣS, V]
-        k0, tau0 = torch.cat([j[2] for j in jobs]), torch.cat([j[3] for j in jobs])
-        K, T, L, C = (torch.cat([j[i] for j in jobs]) for i in (4, 5, 6, 7))  # [ΣT, ...]
-        receive = _cis(torch.cat([j[8] for j in jobs]))
+
+        def cat(i: int) -> torch.Tensor:  # the jobs' numpy arrays, as one float32 tensor
+            return torch.from_numpy(np.concatenate([j[i] for j in jobs])).to(dev, torch.float32)
+
+        k0, tau0 = cat(2), cat(3)
+        K, T, L, C = cat(4), cat(5), cat(6), cat(7)  # [ΣT, ...]
+        receive = _cis(cat(8))
         out = torch.zeros((len(T), n_c), dtype=cdt, device=dev)
         if len(m) == 0:
             self._store(signals, jobs, out, t_start, n_t)
