@@ -819,15 +819,32 @@ def _defining(
 def _b_values(k0: np.ndarray, g: np.ndarray, dt: np.ndarray) -> np.ndarray:
     """EPG b-value (s/m²) over a repetition of each transverse state starting at ``k0`` [n, 3].
 
-    Within an event k grows linearly by ``g``: b = 4π² Σ dt (k² + k·g + g²/3).
+    Within an event k grows linearly by ``g``: b = 4π² Σ dt (k² + k·g + g²/3). Runs the compiled
+    ``prepass_kernel.b_values`` where numba loads, else :func:`_b_values_numpy` (its definition,
+    the same bits).
+    """
+    kernels = _kernels()
+    if kernels is None:
+        return _b_values_numpy(k0, g, dt)
+    result: np.ndarray = kernels.b_values(k0, g, dt)
+    return result
+
+
+def _b_values_numpy(k0: np.ndarray, g: np.ndarray, dt: np.ndarray) -> np.ndarray:
+    """Return :func:`_b_values` by its definition: sums in sequence, no fused products.
+
+    Written so that a plain loop gives the same bits: ``np.sum`` would sum pairwise, ``@`` would
+    call BLAS.
     """
     if len(dt) == 0 or len(k0) == 0:
         return np.zeros(len(k0))
     kprev = np.concatenate([np.zeros((1, 3)), np.cumsum(g, axis=0)[:-1]])  # [events, 3]
-    total = float(dt.sum())
-    lin = (dt[:, None] * (2 * kprev + g)).sum(0)  # Σ dt (2 K + g)   [3]
-    const = (dt * ((kprev**2).sum(1) + (kprev * g).sum(1) + (g**2).sum(1) / 3)).sum()
-    result: np.ndarray = 4 * math.pi**2 * ((k0**2).sum(1) * total + k0 @ lin + const)
+    total = np.cumsum(dt)[-1]
+    lin = np.cumsum(dt[:, None] * (2 * kprev + g), axis=0)[-1]  # Σ dt (2 K + g)   [3]
+    kk, kg, gg = ((x * y).sum(1) for x, y in ((kprev, kprev), (kprev, g), (g, g)))
+    const = np.cumsum(dt * ((kk + kg) + gg / 3))[-1]
+    k_lin = k0[:, 0] * lin[0] + k0[:, 1] * lin[1] + k0[:, 2] * lin[2]
+    result: np.ndarray = 4 * math.pi**2 * ((k0 * k0).sum(1) * total + k_lin + const)
     return result
 
 

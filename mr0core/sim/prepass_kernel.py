@@ -367,6 +367,40 @@ def latent_sums(
                 target[i, c] += acc[i, c]
 
 
+@njit(cache=True)
+def b_values(k0: np.ndarray, g: np.ndarray, dt: np.ndarray) -> np.ndarray:
+    """EPG b-value (s/m²) over a repetition of each state starting at ``k0 [n, 3]`` (1/m).
+
+    ``g [E, 3]`` (1/m) and ``dt [E]`` (s): the repetition's events. As ``graph._b_values_numpy``
+    (its definition), bit for bit: the same sums in the same order, no fused products.
+    """
+    n = k0.shape[0]
+    out = np.zeros(n)
+    n_e = dt.shape[0]
+    if n_e == 0 or n == 0:
+        return out
+    kprev = np.zeros(3)
+    total = 0.0
+    lin = np.zeros(3)
+    const = 0.0
+    for e in range(n_e):
+        total += dt[e]
+        kk = kprev[0] * kprev[0] + kprev[1] * kprev[1] + kprev[2] * kprev[2]
+        kg = kprev[0] * g[e, 0] + kprev[1] * g[e, 1] + kprev[2] * g[e, 2]
+        gg = g[e, 0] * g[e, 0] + g[e, 1] * g[e, 1] + g[e, 2] * g[e, 2]
+        for a in range(3):
+            lin[a] += dt[e] * (2 * kprev[a] + g[e, a])
+        const += dt[e] * ((kk + kg) + gg / 3)
+        for a in range(3):
+            kprev[a] += g[e, a]
+    scale = 4 * math.pi**2
+    for i in range(n):
+        sq = k0[i, 0] * k0[i, 0] + k0[i, 1] * k0[i, 1] + k0[i, 2] * k0[i, 2]
+        k_lin = k0[i, 0] * lin[0] + k0[i, 1] * lin[1] + k0[i, 2] * lin[2]
+        out[i] = scale * (sq * total + k_lin + const)
+    return out
+
+
 def warm_up() -> None:
     """Compile both kernels for the types the pre-pass passes, and write numba's cache.
 
@@ -379,6 +413,7 @@ def warm_up() -> None:
     mag, coef = np.ones((1, 1), c128), np.ones(1, c128)
     transition(k, tau, mag, k, tau, mag, coef, coef, coef, coef, coef, np.ones(N_KINDS, np.bool_),
                2, 0.0)  # fmt: skip
+    b_values(k, np.zeros((1, 3), f64), np.ones(1, f64))
     sens, idx = np.zeros((1, 1), f64), np.zeros(0, np.int64)
     latent_sums(sens, sens, sens, sens, idx, idx, np.zeros(N_KINDS + 1, np.int64),
                 np.zeros((N_KINDS, 1), f64), np.ones(1, f64), np.ones(1, f64))  # fmt: skip
