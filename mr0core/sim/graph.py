@@ -680,10 +680,13 @@ def _transition(
     pk, ptau, pmags, zk, ztau, zmags, child, parent, ptr, plus_def, z_def = out
     edges = {kind: (child[ptr[kind] : ptr[kind + 1]], parent[ptr[kind] : ptr[kind + 1]])
              for kind in range(len(EDGE_NAMES))}  # fmt: skip
-    return RepGraph(
+    rg = RepGraph(
         plus_k=pk, plus_tau=ptau, plus_mag=pmags[:, 0], z_k=zk, z_tau=ztau, z_mag=zmags[:, 0],
         edges=edges, plus_def=plus_def, z_def=z_def, plus_mags=pmags, z_mags=zmags,
     )  # fmt: skip
+    # the edges by kind, flat, as the kernel made them: for _latent (dropped after it)
+    rg._kernel_edges = (child, parent, ptr)  # type: ignore[attr-defined]
+    return rg
 
 
 def _transition_numpy(
@@ -876,6 +879,12 @@ def _latent(
     n = len(graph)
     next_plus: np.ndarray | None = None
     next_z: np.ndarray | None = None
+    kernels = _kernels()
+    # every pulse's edge coefficients [kind, C] at once (elementwise: the same bits)
+    ab_all = np.array([rep.angle for rep in reps])[:, None] * scales[None]  # [R, C]
+    c2_all, s2_all = np.cos(ab_all / 2) ** 2, np.sin(ab_all / 2) ** 2
+    sa_all, ca_all = np.abs(np.sin(ab_all)), np.abs(np.cos(ab_all))
+    coef_all = np.stack([c2_all, s2_all, sa_all / 2, sa_all / 2, ca_all, sa_all, sa_all], 1)
     for r in range(n - 1, -1, -1):
         rg = graph[r]
         sens_p = rg.plus_emitted.copy()  # [n, C]
@@ -883,25 +892,27 @@ def _latent(
         if next_plus is not None:
             assert next_z is not None  # both are set together, after the last repetition
             child = graph[r + 1]
-            ab = reps[r + 1].angle * scales
-            c2, s2 = np.cos(ab / 2) ** 2, np.sin(ab / 2) ** 2  # [C]
-            sa, ca = np.abs(np.sin(ab)), np.abs(np.cos(ab))
+            coef = coef_all[r + 1]  # [kind, C]
             e2_t2, e1_t1 = decays[r]
-            coef = np.stack([c2, s2, sa / 2, sa / 2, ca, sa, sa])  # [kind, C]
-            kernels = _kernels()
-            if kernels is None:
+            flat = getattr(child, "_kernel_edges", None)
+            if kernels is None or flat is None:
                 _latent_sums_numpy(sens_p, sens_z, next_plus, next_z, child.edges, coef,
                                    e2_t2, e1_t1)  # fmt: skip
             else:
-                pairs = [child.edges[kind] for kind in range(len(EDGE_NAMES))]
-                ptr = np.concatenate([[0], np.cumsum([len(c) for c, _ in pairs])])
-                kernels.latent_sums(
-                    sens_p, sens_z, next_plus, next_z, np.concatenate([c for c, _ in pairs]),
-                    np.concatenate([p for _, p in pairs]), ptr, coef, e2_t2, e1_t1,
-                )  # fmt: skip
-        p_lat = np.abs(rg.plus_mags) * sens_p  # [n, C]
-        z_lat = np.abs(rg.z_mags) * sens_z
-        p_emit = np.abs(rg.plus_mags) * rg.plus_emitted
+                kernels.latent_sums(sens_p, sens_z, next_plus, next_z, *flat, coef, e2_t2, e1_t1)
+            if flat is not None:
+                del child._kernel_edges  # type: ignore[attr-defined]
+        if kernels is not None:
+            (rg.plus_latent, rg.z_latent, rg.plus_emitted, rg.plus_signal,
+             rg.plus_latent_unnormalized, rg.z_latent_unnormalized) = kernels.latent_tail(
+                rg.plus_mags, rg.z_mags, sens_p, sens_z, rg.plus_emitted)  # fmt: skip
+            next_plus, next_z = sens_p, sens_z
+            continue
+        # |m| by hypot, as the kernel takes it (numpy's complex abs rounds differently)
+        p_abs = np.hypot(rg.plus_mags.real, rg.plus_mags.imag)
+        p_lat = p_abs * sens_p  # [n, C]
+        z_lat = np.hypot(rg.z_mags.real, rg.z_mags.imag) * sens_z
+        p_emit = p_abs * rg.plus_emitted
         # the relaxed state (z index 0) is always simulated, and its latent, which sums all the
         # signal the sequence will still give, would make every other state look negligible:
         # the scale is the strongest of the others (FLASH at 1e-2: 3.1 % error with it, 0.5 %

@@ -401,6 +401,68 @@ def b_values(k0: np.ndarray, g: np.ndarray, dt: np.ndarray) -> np.ndarray:
     return out
 
 
+@njit(cache=True)
+def _max_nan(a: float, b: float) -> float:
+    """``max`` that propagates NaN as numpy's ``max`` reduction does."""
+    return b if (b > a or b != b) and a == a else a
+
+
+@njit(cache=True)
+def latent_tail(
+    plus_mags: np.ndarray, z_mags: np.ndarray, sens_p: np.ndarray, sens_z: np.ndarray,
+    emitted: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Return a repetition's normalised latent and emitted estimates from its sensitivities.
+
+    As the numpy tail of ``graph._latent`` (its definition), bit for bit: ``(plus_latent [n],
+    z_latent [m], plus_emitted [n], plus_signal [n], plus_latent_unnormalized [n],
+    z_latent_unnormalized [m])`` from ``plus_mags [n, C]``, ``z_mags [m, C]`` (complex),
+    ``sens_p [n, C]``, ``sens_z [m, C]`` and ``emitted [n, C]``.
+    """
+    n, n_c = sens_p.shape
+    m = sens_z.shape[0]
+    p_lat = np.empty((n, n_c))
+    p_emit = np.empty((n, n_c))
+    z_lat = np.empty((m, n_c))
+    for i in range(n):
+        for c in range(n_c):
+            a = math.hypot(plus_mags[i, c].real, plus_mags[i, c].imag)
+            p_lat[i, c] = a * sens_p[i, c]
+            p_emit[i, c] = a * emitted[i, c]
+    for i in range(m):
+        for c in range(n_c):
+            z_lat[i, c] = math.hypot(z_mags[i, c].real, z_mags[i, c].imag) * sens_z[i, c]
+    top = np.zeros(n_c)
+    top_e = np.zeros(n_c)
+    for c in range(n_c):
+        t, z_top, e = 0.0, 0.0, 0.0
+        for i in range(n):
+            t = _max_nan(t, p_lat[i, c])
+            e = _max_nan(e, p_emit[i, c])
+        for i in range(1, m):
+            z_top = _max_nan(z_top, z_lat[i, c])
+        t = _max_nan(t, z_top) if t == t else t  # np.maximum: NaN from either side
+        top[c] = t if t > 0 else 1.0
+        top_e[c] = e if e > 0 else 1.0
+    plus_latent = np.zeros(n)
+    plus_emitted = np.zeros(n)
+    z_latent = np.zeros(m)
+    for i in range(n):
+        a, b = 0.0, 0.0
+        for c in range(n_c):
+            a = _max_nan(a, p_lat[i, c] / top[c])
+            b = _max_nan(b, p_emit[i, c] / top_e[c])
+        plus_latent[i] = a
+        plus_emitted[i] = b
+    for i in range(m):
+        a = 0.0
+        for c in range(n_c):
+            a = _max_nan(a, z_lat[i, c] / top[c])
+        z_latent[i] = a
+    return (plus_latent, z_latent, plus_emitted, p_emit[:, 0].copy(), p_lat[:, 0].copy(),
+            z_lat[:, 0].copy())  # fmt: skip
+
+
 def warm_up() -> None:
     """Compile both kernels for the types the pre-pass passes, and write numba's cache.
 
@@ -414,6 +476,7 @@ def warm_up() -> None:
     transition(k, tau, mag, k, tau, mag, coef, coef, coef, coef, coef, np.ones(N_KINDS, np.bool_),
                2, 0.0)  # fmt: skip
     b_values(k, np.zeros((1, 3), f64), np.ones(1, f64))
+    latent_tail(mag, mag, np.ones((1, 1), f64), np.ones((1, 1), f64), np.ones((1, 1), f64))
     sens, idx = np.zeros((1, 1), f64), np.zeros(0, np.int64)
     latent_sums(sens, sens, sens, sens, idx, idx, np.zeros(N_KINDS + 1, np.int64),
                 np.zeros((N_KINDS, 1), f64), np.ones(1, f64), np.ones(1, f64))  # fmt: skip
