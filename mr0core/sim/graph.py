@@ -928,6 +928,8 @@ def _latent(
         rg.plus_latent_unnormalized = p_lat[:, 0].copy()
         rg.z_latent_unnormalized = z_lat[:, 0].copy()
         next_plus, next_z = sens_p, sens_z
+    if n:
+        graph[0].__dict__.pop("_kernel_edges", None)  # the first repetition is no one's child
 
 
 def _latent_sums_numpy(
