@@ -12,6 +12,10 @@ For each repetition the pass
    per (state, sample). Phantoms with many distinct (T2′, D) pairs use an exact per-voxel path;
 3. relaxes, diffuses and recovers the states to the end of the repetition.
 
+On CPU without autograd or motion, steps 1 and 3 (and the k/τ bookkeeping) run as one compiled
+call per repetition (:mod:`mr0core.sim.mainpass_kernel`, numba); the torch operations here are
+their definition and run everywhere else (GPU, autograd, motion, or without numba).
+
 A moving phantom (``phantom_motion``/``voxel_motion``, :mod:`mr0core.sim.motion`) adds, per
 event, the phase ``-2π Δk·(r(t) − r0)`` of the moved positions beyond the still one: it enters the
 sample phasors of step 2 (formed directly then, without the step cache or the batch) and, at the
