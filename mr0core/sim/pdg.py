@@ -623,8 +623,9 @@ def execute_graph(
     # (mr0core.sim.mainpass_kernel); its per-voxel inputs, as numpy, in the sorted voxel order.
     compiled = None if seq_grad else _main_kernel()  # its numpy bookkeeping, compiled
     kernel = compiled if fast and motion is None and dev.type == "cpu" else None
-    d_values, d_index = np.unique(diff.detach().cpu().numpy().astype(np.float64),
-                                  return_inverse=True)  # fmt: skip
+    d_values, d_index = np.zeros(1), np.zeros(n_vox, np.int64)  # each voxel's D, by value
+    if kernel is not None:
+        d_values, d_index = np.unique(diff.numpy().astype(np.float64), return_inverse=True)
     decays: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def tensor(x: np.ndarray, dtype: torch.dtype = fdt) -> torch.Tensor:
