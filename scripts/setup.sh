@@ -95,7 +95,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # CPU build of torch first: any other version pulls gigabytes of CUDA packages.
 "$py" -m pip install -q torch==2.13.0
 "$py" -m pip install -q -e ".[test,docs,gadgetron,gpu,ray]"
-# compile the PDG's numba kernels (pre-pass, main pass) once (about 20 s) into numba's cache
+# compile the PDG's numba kernels (pre-pass, main pass) once (about 25 s) into numba's cache
 "$py" -m mr0core.sim.prepass_kernel
 "$py" -m mr0core.sim.mainpass_kernel
 say "done: $("$py" -c 'import mr0core; print("mr0core", mr0core.__version__)') in $env_dir"

@@ -464,10 +464,10 @@ def latent_tail(
 
 
 def warm_up() -> None:
-    """Compile both kernels for the types the pre-pass passes, and write numba's cache.
+    """Compile the kernels for the types the pre-pass passes, and write numba's cache.
 
     ``scripts/setup.sh`` and the Docker images run this (``python -m
-    mr0core.sim.prepass_kernel``) so that no simulation pays the compilation (12–15 s on a
+    mr0core.sim.prepass_kernel``) so that no simulation pays the compilation (about 17 s on a
     2-core machine); a process then loads the cached machine code in well under a second.
     """
     f64, c128 = np.float64, np.complex128

@@ -11,40 +11,20 @@ in the kernel's inputs is told apart.
 from __future__ import annotations
 
 import copy
-import functools
 import math
-import sys
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
+import pdg_cases
 import pytest
 import torch
-from conftest import CORPUS, SCRIPTS
+from conftest import CORPUS
 
 import mr0core as mr0
-from mr0core.phantom.builtin_phantoms import write_phantom
 from mr0core.sim import pdg
-
-sys.path.insert(0, str(SCRIPTS))
-import pdg_suite as suite
 
 N = 32
 TOLERANCE = 2e-6  # NRMSE: float32 rounding of the two orders of operations
-
-
-@functools.cache
-def brain() -> mr0.SimData:
-    with tempfile.TemporaryDirectory() as tmp:
-        path, _ = write_phantom("brain", Path(tmp) / "brain", size=N)
-        return mr0.TissueDict.load(str(path)).build()
-
-
-@functools.cache
-def suite_seq(name: str) -> mr0.Sequence:
-    with tempfile.TemporaryDirectory() as tmp:
-        return mr0.Sequence.import_file(suite.write_case(name, N, Path(tmp) / f"{name}.seq"))
 
 
 def nrmse(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -78,22 +58,24 @@ def simulate(seq: mr0.Sequence, data: mr0.SimData, **kwargs: object) -> Callable
                                      **kwargs)  # type: ignore[arg-type]  # fmt: skip
 
 
-@pytest.mark.parametrize("name", sorted(suite.CASES))
+@pytest.mark.parametrize("name", sorted(pdg_cases.CASES))
 def test_suite_signal_equals_torch(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    compiled, reference = both(simulate(suite_seq(name), brain()), monkeypatch)
+    compiled, reference = both(
+        simulate(pdg_cases.suite_seq(name, N), pdg_cases.brain(N)), monkeypatch
+    )
     assert float(reference.abs().max()) > 1.0  # a real signal
     assert nrmse(compiled, reference) < TOLERANCE
 
 
 def test_corpus_signal_equals_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     seq = mr0.Sequence.import_file(CORPUS / "write_haste.seq")
-    compiled, reference = both(simulate(seq, brain()), monkeypatch)
+    compiled, reference = both(simulate(seq, pdg_cases.brain(N)), monkeypatch)
     assert nrmse(compiled, reference) < TOLERANCE
 
 
 def test_shaped_pulses_over_sub_slices_equal_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Shaped pulses (their own coefficient cache) on 7 sub-slices per voxel (columns)."""
-    seq = suite_seq("flash_spoiled")
+    seq = pdg_cases.suite_seq("flash_spoiled", N)
     data = copy.copy(mr0.util.load_phantom((12, 12), url="builtin:brain").build())
     data.size = torch.cat([data.size[:2], torch.tensor([5e-3])])
     data.nyquist = torch.cat([data.nyquist[:2], torch.tensor([0.5 / 5e-3])])
@@ -116,7 +98,7 @@ def test_without_events_nothing_relaxes(monkeypatch: pytest.MonkeyPatch) -> None
     rep = seq.new_rep(8)
     rep.event_time[:] = 1e-3
     rep.adc_usage[:] = 1
-    data = brain()
+    data = pdg_cases.brain(N)
     compiled, reference = both(simulate(seq, data), monkeypatch)
     assert nrmse(compiled, reference) < TOLERANCE
 
@@ -124,7 +106,7 @@ def test_without_events_nothing_relaxes(monkeypatch: pytest.MonkeyPatch) -> None
 @pytest.mark.parametrize("fault", ["phase", "recovery"])
 def test_comparison_sees_a_fault(fault: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Negative controls: the kernel given the conjugate pulse phase, or no T1 recovery."""
-    seq = suite_seq("flash_spoiled" if fault == "phase" else "flash_inversion")
+    seq = pdg_cases.suite_seq("flash_spoiled" if fault == "phase" else "flash_inversion", N)
     kernel = pdg._main_kernel()
     original = kernel.propagate
 
@@ -137,7 +119,7 @@ def test_comparison_sees_a_fault(fault: str, monkeypatch: pytest.MonkeyPatch) ->
         return original(*args)
 
     monkeypatch.setattr(kernel, "propagate", faulty)
-    compiled, reference = both(simulate(seq, brain()), monkeypatch)
+    compiled, reference = both(simulate(seq, pdg_cases.brain(N)), monkeypatch)
     assert nrmse(compiled, reference) > 1e-2
 
 

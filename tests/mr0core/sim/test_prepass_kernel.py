@@ -8,34 +8,20 @@ corpus sequences. The comparison's negative control: graphs that differ only by 
 
 from __future__ import annotations
 
-import functools
-import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
+import pdg_cases
 import pytest
-from conftest import CORPUS, SCRIPTS
+from conftest import CORPUS
 
 import mr0core as mr0
-from mr0core.phantom.builtin_phantoms import write_phantom
 from mr0core.sim import graph as graph_mod
-
-sys.path.insert(0, str(SCRIPTS))
-import pdg_suite as suite
 
 N = 32
 ARRAYS = ("plus_k", "plus_tau", "plus_mags", "z_k", "z_tau", "z_mags", "plus_def", "z_def",
           "plus_emitted", "plus_latent", "z_latent")  # fmt: skip
 CORPUS_CASES = ("write_gre.seq", "write_haste.seq", "write_epi_se.seq", "simple_mprage150.seq")
-
-
-@functools.cache
-def brain() -> mr0.SimData:
-    with tempfile.TemporaryDirectory() as tmp:
-        path, _ = write_phantom("brain", Path(tmp) / "brain", size=N)
-        return mr0.TissueDict.load(str(path)).build()
 
 
 @pytest.fixture
@@ -76,19 +62,13 @@ def both(seq: mr0.Sequence, data: mr0.SimData, states: int = 200, mag: float = 1
 
 
 def test_the_kernel_is_used() -> None:
-    mr0.compute_graph(suite_seq("flash_spoiled"), brain(), 200, 1e-4)
+    mr0.compute_graph(pdg_cases.suite_seq("flash_spoiled", N), pdg_cases.brain(N), 200, 1e-4)
     assert graph_mod._kernels() is not None, "numba is a dependency: the kernel must load"
 
 
-@functools.cache
-def suite_seq(name: str) -> mr0.Sequence:
-    with tempfile.TemporaryDirectory() as tmp:
-        return mr0.Sequence.import_file(suite.write_case(name, N, Path(tmp) / f"{name}.seq"))
-
-
-@pytest.mark.parametrize("name", sorted(suite.CASES))
+@pytest.mark.parametrize("name", sorted(pdg_cases.CASES))
 def test_suite_graphs_identical(name: str) -> None:
-    compiled, reference = both(suite_seq(name), brain())
+    compiled, reference = both(pdg_cases.suite_seq(name, N), pdg_cases.brain(N))
     assert compiled.state_counts[0] > 0
     assert differences(compiled, reference) == []
 
@@ -96,24 +76,26 @@ def test_suite_graphs_identical(name: str) -> None:
 @pytest.mark.parametrize("name", CORPUS_CASES)
 def test_corpus_graphs_identical(name: str) -> None:
     seq = mr0.Sequence.import_file(CORPUS / name)
-    compiled, reference = both(seq, brain())
+    compiled, reference = both(seq, pdg_cases.brain(N))
     assert differences(compiled, reference) == []
 
 
 def test_small_caps_identical() -> None:
     """With a cap of 3 states the selection and the relaxed state's place decide everything."""
-    compiled, reference = both(suite_seq("tse_variable"), brain(), states=3, mag=1e-3)
+    compiled, reference = both(
+        pdg_cases.suite_seq("tse_variable", N), pdg_cases.brain(N), states=3, mag=1e-3
+    )
     assert max(len(rg.plus_tau) for rg in compiled) == 3 * graph_mod.PREPASS_OVERSAMPLE
     assert differences(compiled, reference) == []
 
 
 def test_comparison_sees_a_difference(numpy_prepass: None) -> None:
     """Negative control: a smaller state cap gives a graph the check tells apart."""
-    seq = suite_seq("flash_spoiled")
-    a = mr0.compute_graph(seq, brain(), 200, 1e-4)
-    b = mr0.compute_graph(seq, brain(), 20, 1e-4)
+    seq = pdg_cases.suite_seq("flash_spoiled", N)
+    a = mr0.compute_graph(seq, pdg_cases.brain(N), 200, 1e-4)
+    b = mr0.compute_graph(seq, pdg_cases.brain(N), 20, 1e-4)
     assert differences(a, b) != []
-    assert differences(a, mr0.compute_graph(seq, brain(), 200, 1e-4)) == []
+    assert differences(a, mr0.compute_graph(seq, pdg_cases.brain(N), 200, 1e-4)) == []
 
 
 def test_b_values_identical() -> None:
