@@ -149,10 +149,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         raise ValueError("--sub-slices applies to --rf-model shaped")
     seq = Sequence.import_file(seq_path)
     phantom, name = load_job_phantom(args.phantom, args.size, args.coils)
+    used = [settings]  # the refined settings, if the pre-pass refines them (sidecar)
     signal = run_simulation(
         seq, phantom, settings, args.device, args.noise, seed=args.seed, rf_model=args.rf_model,
-        sub_slices=args.sub_slices, motion=motion,
+        sub_slices=args.sub_slices, motion=motion, on_refine=used.append,
     )  # fmt: skip
+    settings = used[-1]
     files = write_simulation(
         signal, seq, phantom, name, settings, signal_path=out, image_path=args.recon,
         png_path=args.png, noise=args.noise, seed=args.seed, motion=motion,

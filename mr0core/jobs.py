@@ -9,8 +9,9 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from os import PathLike, fspath
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,13 @@ from mr0core.phantom.sim_data import SimData
 from mr0core.recon import KData, reconstruct
 from mr0core.sequence import Sequence, as_sequence
 from mr0core.sim import compute_graph, execute_graph
-from mr0core.sim.accuracy import accuracy_settings
+from mr0core.sim.accuracy import (
+    MAX_REFINEMENTS,
+    accuracy_settings,
+    cap_loss,
+    needs_refinement,
+    refine,
+)
 
 __all__ = [
     "SimSettings",
@@ -40,18 +47,27 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SimSettings:
-    """PDG thresholds (see :func:`mr0core.compute_graph` and :func:`mr0core.execute_graph`)."""
+    """PDG thresholds (see :func:`mr0core.compute_graph` and :func:`mr0core.execute_graph`).
+
+    ``accuracy`` (set by :meth:`for_accuracy` when no setting is overridden) makes
+    :func:`simulate_signal` refine the settings where the pre-pass's state cap cuts off states
+    the signal needs (:func:`mr0core.sim.accuracy.needs_refinement`); None: the settings as
+    given.
+    """
 
     max_states: int = 200
     min_state_mag: float = 1e-4
     min_emitted: float = 1e-3
     min_latent: float = 1e-3
+    accuracy: float | None = None
 
     @classmethod
     def for_accuracy(cls, accuracy: float, **overrides: float) -> SimSettings:
         """Return settings whose NRMSE stays below ``accuracy`` (``accuracy_settings``).
 
-        ``overrides`` (any field given and not None) replace the mapped values.
+        ``overrides`` (any field given and not None) replace the mapped values; with none,
+        the settings carry ``accuracy`` and are refined where the sequence needs it
+        (:func:`simulate_signal`).
         """
         states, state_mag, emitted, latent = accuracy_settings(accuracy)
         values = {"max_states": states, "min_state_mag": state_mag, "min_emitted": emitted,
@@ -59,13 +75,17 @@ class SimSettings:
         unknown = set(overrides) - set(values)
         if unknown:
             raise TypeError(f"SimSettings.for_accuracy: unknown settings {sorted(unknown)}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values.update(given)
         return cls(max_states=int(values["max_states"]), min_state_mag=values["min_state_mag"],
-                   min_emitted=values["min_emitted"], min_latent=values["min_latent"])  # fmt: skip
+                   min_emitted=values["min_emitted"], min_latent=values["min_latent"],
+                   accuracy=None if given else float(accuracy))  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.max_states < 1:
             raise ValueError(f"max-states must be >= 1, got {self.max_states}")
+        if self.accuracy is not None:
+            accuracy_settings(self.accuracy)  # the same range check
         for name in ("min_state_mag", "min_emitted", "min_latent"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -167,6 +187,7 @@ def simulate_signal(
     on_progress: Callable[[int, int], None] | None = None,
     rf_model: str = "instantaneous",
     sub_slices: int | None = None,
+    on_refine: Callable[[SimSettings], None] | None = None,
 ) -> torch.Tensor:
     """Simulate ``seq`` on ``data`` with PDG and add noise: the one simulation path.
 
@@ -175,6 +196,12 @@ def simulate_signal(
     (:func:`mr0core.compute_graph` with ``settings.max_states`` and ``settings.min_state_mag``),
     the main pass (:func:`mr0core.execute_graph` with ``settings.min_emitted`` and
     ``settings.min_latent``), then :func:`add_noise` (``noise``, ``seed``).
+
+    With ``settings.accuracy`` set, the pre-pass is repeated with
+    :func:`mr0core.sim.accuracy.refine`'s tighter settings (twice the states, thresholds
+    ÷ 10) while its state cap cuts off states the signal needs, at most
+    :data:`~mr0core.sim.accuracy.MAX_REFINEMENTS` times; if the cap still does then, a warning
+    says so. ``on_refine(settings)`` is called with each refined setting.
 
     Parameters
     ----------
@@ -189,6 +216,8 @@ def simulate_signal(
         Print progress; ``on_progress(done, total)`` after each simulated repetition.
     rf_model, sub_slices
         As :func:`mr0core.execute_graph`.
+    on_refine
+        Called with the settings of each refinement (sidecars record what was used).
 
     Returns
     -------
@@ -197,6 +226,29 @@ def simulate_signal(
         kept).
     """
     graph = compute_graph(seq, data, settings.max_states, settings.min_state_mag, rf_model=rf_model)
+    target = settings.accuracy
+    for step in range(MAX_REFINEMENTS + 1):
+        if target is None or not needs_refinement(graph, target):
+            break
+        if step == MAX_REFINEMENTS:
+            warnings.warn(
+                f"accuracy {target:g} may not be met: at {settings.max_states} states the "
+                f"pre-pass still cuts off states with latent signal (mean {cap_loss(graph):.2g} "
+                "per repetition); give --max-states (max_states) higher to simulate them",
+                stacklevel=2,
+            )
+            break
+        states, _, emitted, latent = refine(
+            (settings.max_states, settings.min_state_mag, settings.min_emitted,
+             settings.min_latent)
+        )  # fmt: skip
+        settings = replace(settings, max_states=states, min_emitted=emitted, min_latent=latent)
+        if progress:
+            print(f"pre-pass: the state cap cut off heard states; again with {states} states, "
+                  f"thresholds {emitted:.2g}")  # fmt: skip
+        if on_refine is not None:
+            on_refine(settings)
+        graph = compute_graph(seq, data, states, settings.min_state_mag, rf_model=rf_model)
     signal = execute_graph(
         graph, seq, data, settings.min_emitted, settings.min_latent, print_progress=progress,
         progress_callback=on_progress, rf_model=rf_model, sub_slices=sub_slices,
@@ -216,6 +268,7 @@ def run_simulation(
     rf_model: str = "instantaneous",
     sub_slices: int | None = None,
     motion: Any = None,
+    on_refine: Callable[[SimSettings], None] | None = None,
 ) -> torch.Tensor:
     """Simulate ``seq`` on ``phantom`` with PDG; return the signal ``[samples, coils]`` complex64.
 
@@ -234,7 +287,8 @@ def run_simulation(
     complex Gaussian noise of that complex standard deviation (``E|n|² = noise²``, each of the
     real and imaginary part ``noise / √2``: :func:`add_noise`, MR-zero's convention), seeded by
     ``seed`` (the same noise on every device). ``on_progress(done, total)`` is called after
-    each simulated repetition. The signal is returned on the CPU, detached.
+    each simulated repetition; ``on_refine(settings)`` with each refined setting
+    (:func:`simulate_signal`). The signal is returned on the CPU, detached.
     """
     if device not in (None, "cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, got {device!r}")
@@ -251,7 +305,7 @@ def run_simulation(
         data, seq = data.cuda(), seq.cuda()
     signal = simulate_signal(
         seq, data, settings, noise=noise, seed=seed, progress=progress, on_progress=on_progress,
-        rf_model=rf_model, sub_slices=sub_slices,
+        rf_model=rf_model, sub_slices=sub_slices, on_refine=on_refine,
     )  # fmt: skip
     result: torch.Tensor = signal.detach().cpu()
     return result

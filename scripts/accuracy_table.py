@@ -2,10 +2,12 @@
 
 For every case of ``scripts/pdg_suite.py`` at every size (1 = one white-matter voxel, else the
 built-in brain at n²), the error is the NRMSE against ours at very tight thresholds
-(``bench_pdg.SUITE_REF``). Each ``--accuracy`` value is simulated at the settings of
-:func:`mr0core.sim.accuracy_settings` (or, with ``--thresholds``, with both thresholds equal to
-the value and MR-zero's default pre-pass: the plain MR-zero meaning of ``accuracy``). Accuracy
-only, in one process: no timing.
+(``bench_pdg.suite_reference``). Each ``--accuracy`` value is simulated as
+``mr0.util.simulate(accuracy=a)`` simulates it: :func:`mr0core.sim.accuracy_settings`, refined
+where the pre-pass's cap cuts off heard states (:func:`mr0core.jobs.simulate_signal`; the
+states finally used are printed after the error). With ``--thresholds``, both thresholds equal
+the value and the pre-pass is MR-zero's default: the plain MR-zero meaning of ``accuracy``.
+Accuracy only, in one process: no timing.
 
 Usage: ``python scripts/accuracy_table.py [--sizes 1 48] [--accuracy 1e-2 1e-3] [--json F]``.
 """
@@ -26,7 +28,7 @@ import bench_pdg  # scripts/bench_pdg.py: the suite's reference settings and vox
 import pdg_suite  # scripts/pdg_suite.py: the cases
 
 import mr0core as mr0
-from mr0core.sim import accuracy_settings
+from mr0core.jobs import SimSettings, simulate_signal
 
 
 def _nrmse(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -67,18 +69,33 @@ def main(argv: list[str] | None = None) -> int:
             for case in opts.cases:
                 path = pdg_suite.write_case(case, max(size, 16), Path(tmp) / f"{case}.seq")
                 seq = mr0.Sequence.import_file(path)
-                ref = _simulate(seq, data, bench_pdg.SUITE_REF)
-                errors = []
+                ref = _simulate(seq, data, bench_pdg.suite_reference(case)[0])
+                errors, states = [], []
                 for a in opts.accuracy:
-                    settings = (200, 1e-4, a, a) if opts.thresholds else accuracy_settings(a)
-                    errors.append(_nrmse(_simulate(seq, data, settings), ref))
+                    if opts.thresholds:
+                        signal = _simulate(seq, data, (200, 1e-4, a, a))
+                        states.append(200)
+                    else:
+                        used = [SimSettings.for_accuracy(a)]
+                        signal = simulate_signal(seq, data, used[0], on_refine=used.append)
+                        states.append(used[-1].max_states)
+                    errors.append(_nrmse(signal, ref))
                 by_accuracy = dict(zip(map(str, opts.accuracy), errors, strict=True))
-                rows.append({"case": case, "size": size, "errors": by_accuracy})
+                rows.append(
+                    {
+                        "case": case,
+                        "size": size,
+                        "errors": by_accuracy,
+                        "states": dict(zip(map(str, opts.accuracy), states, strict=True)),
+                    }
+                )
                 label = "voxel" if size == 1 else f"{size}²"
                 cells = " | ".join(
                     f"{'**' if e > a else ''}{100 * e:.2f} %{'**' if e > a else ''}"
-                    for e, a in zip(errors, opts.accuracy, strict=True)
-                )
+                    + ("" if opts.thresholds or n == SimSettings.for_accuracy(a).max_states
+                       else f" ({n} states)")
+                    for e, a, n in zip(errors, opts.accuracy, states, strict=True)
+                )  # fmt: skip
                 print(f"| {case} | {label} | {cells} |", flush=True)
     for a in opts.accuracy:
         worst = max(r["errors"][str(a)] for r in rows)

@@ -63,6 +63,17 @@ SUITE_REF = (5000, 1e-10, 1e-7, 1e-7)
 """The suite's reference: ours at very tight thresholds."""
 SUITE_CHECK = (20000, 1e-12, 1e-9, 1e-9)
 """Tighter still: the reference counts as converged when this changes it by < 0.1 %."""
+SUITE_REF_BY_CASE = {"ste_3pulse": ((40000, 1e-10, 1e-8, 1e-8), (120000, 1e-12, 1e-10, 1e-10))}
+"""Cases whose reference needs more: ``case: (reference, check)``. The 3-pulse STE keeps very
+many weak pathways: at 48² :data:`SUITE_REF` is 0.22 % from 120000 states (thresholds 1e-10),
+40000 states at thresholds 1e-8 are 0.024 % from it (measured 2026-12-06)."""
+
+
+def suite_reference(case: str) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """Return ``(reference, check)`` settings of the suite's case ``case``."""
+    return SUITE_REF_BY_CASE.get(case, (SUITE_REF, SUITE_CHECK))
+
+
 VOXEL = {"PD": 1.0, "T1": 0.83, "T2": 0.07, "T2dash": 0.05, "D": 0.8, "B0": 0.0, "B1": 1.0,
          "voxel_size": 0.002, "voxel_shape": "box"}  # fmt: skip
 """The single-voxel phantom of the suite (white-matter-like; s, 10⁻³ mm²/s, m)."""
@@ -388,9 +399,10 @@ def _compare_rf_models(opts: argparse.Namespace) -> int:
 def _suite(opts: argparse.Namespace, argv: list[str] | None) -> int:
     """Run the suite: every case of ``pdg_suite`` at every size (1 = one voxel).
 
-    The reference is ours at :data:`SUITE_REF`; it is reported as converged when
-    :data:`SUITE_CHECK` changes it by less than 0.1 % NRMSE. Each library runs in its own process
-    with one warm-up and ``--repeat`` timed runs (median reported).
+    The reference is ours at :data:`SUITE_REF` (or :data:`SUITE_REF_BY_CASE`); it is reported
+    as converged when :data:`SUITE_CHECK` (or the case's check) changes it by less than 0.1 %
+    NRMSE; a row whose check differs more is marked ``ref>0.1%``. Each library runs in its own
+    process with one warm-up and ``--repeat`` timed runs (median reported).
     """
     import pdg_suite  # scripts/pdg_suite.py
 
@@ -434,10 +446,11 @@ def _suite(opts: argparse.Namespace, argv: list[str] | None) -> int:
                     if opts.device == "cpu":
                         mem = _run(sim, seq, phantom, DEFAULT, tmp / "mem.npy", opts, memory=True)
                         row[sim]["peak_bytes"] = mem["peak_bytes"] if mem else None
-                _run("ours", seq, phantom, SUITE_REF, tmp / "ref.npy", opts, reference=True)
+                reference, check = suite_reference(case)
+                _run("ours", seq, phantom, reference, tmp / "ref.npy", opts, reference=True)
                 row["reference"] = "ours at very tight thresholds"
                 if opts.check_sizes is None or size in opts.check_sizes:
-                    _run("ours", seq, phantom, SUITE_CHECK, tmp / "check.npy", opts,
+                    _run("ours", seq, phantom, check, tmp / "check.npy", opts,
                          reference=True)  # fmt: skip
                     row["ref_convergence"] = _nrmse(tmp / "ref.npy", tmp / "check.npy")
                 else:
@@ -477,6 +490,8 @@ def _meets(row: dict[str, Any]) -> str:
     notes = [] if ours_err <= bound else [f"err>{bound:.2f}%"]
     if t_ours / t_mr0 > 0.5:
         notes.append("slow>0.5")
+    if (row.get("ref_convergence") or 0.0) >= 1e-3:
+        notes.append("ref>0.1%")
     return "ok" if not notes else ",".join(notes)
 
 

@@ -112,6 +112,9 @@ class RepGraph:
     plus_signal: np.ndarray | None = None
     plus_latent_unnormalized: np.ndarray | None = None
     z_latent_unnormalized: np.ndarray | None = None
+    # sum of the (normalised) latent estimates of the states that ``max_state_count`` cut off
+    # here: what the cap may cost (:func:`mr0core.sim.accuracy.cap_loss`)
+    dropped_latent: float = 0.0
 
 
 class Graph(list[RepGraph]):
@@ -752,15 +755,21 @@ def _keep_most_latent(graph: Graph, max_count: int) -> None:
     """Leave per kind and repetition only the ``max_count`` states of largest latent eligible.
 
     The others get latent 0, so that the main pass never simulates them (whatever its
-    threshold); the relaxed state (longitudinal index 0) always stays.
+    threshold); the relaxed state (longitudinal index 0) always stays. The sum of the latent
+    estimates cut off goes to ``RepGraph.dropped_latent``.
     """
     for rg in graph:
+        dropped = 0.0
         if len(rg.plus_latent) > max_count:
             order = np.argsort(-rg.plus_latent, kind="stable")
+            dropped += float(rg.plus_latent[order[max_count:]].sum())
             rg.plus_latent[order[max_count:]] = 0.0
         if len(rg.z_latent) > max_count:
             order = 1 + np.argsort(-rg.z_latent[1:], kind="stable")
-            rg.z_latent[order[max(max_count - 1, 0) :]] = 0.0
+            cut = order[max(max_count - 1, 0) :]
+            dropped += float(rg.z_latent[cut].sum())
+            rg.z_latent[cut] = 0.0
+        rg.dropped_latent = dropped
 
 
 def _select(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,8 +12,9 @@ from conftest import SCRIPTS
 
 import mr0core as mr0
 from mr0core.cli import build_parser, settings_from_args
-from mr0core.jobs import SimSettings
+from mr0core.jobs import SimSettings, simulate_signal
 from mr0core.sim import accuracy_settings
+from mr0core.sim.accuracy import REFINE_THRESHOLD_FACTOR, cap_loss
 
 sys.path.insert(0, str(SCRIPTS))
 import pdg_suite as suite
@@ -80,3 +82,60 @@ def test_cli_accuracy_sets_all_four_and_options_override() -> None:
 def test_for_accuracy_refuses_unknown_overrides() -> None:
     with pytest.raises(TypeError, match="unknown settings"):
         SimSettings.for_accuracy(1e-2, max_state=3)
+
+
+@pytest.fixture(scope="module")
+def ste(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[mr0.Sequence, mr0.SimData, torch.Tensor]:
+    """The suite's 3-pulse STE (16 lines, 48 pulses) on one voxel, with its converged signal.
+
+    Three 90° pulses per TR keep very many weak pathways alive: a small state cap cuts off
+    states that are heard.
+    """
+    path = suite.write_case("ste_3pulse", 16, tmp_path_factory.mktemp("acc") / "ste.seq")
+    seq = mr0.Sequence.import_file(path)
+    data = mr0.CustomVoxelPhantom([[0.0, 0.0, 0.0]], **VOXEL).build()
+    graph = mr0.compute_graph(seq, data, 5000, 1e-10)
+    return seq, data, mr0.execute_graph(graph, seq, data, 1e-7, 1e-7, print_progress=False)
+
+
+def test_cap_loss_counts_the_heard_states_the_cap_cut_off(ste, bssfp) -> None:
+    seq, data, _ = ste
+    small, large = (mr0.compute_graph(seq, data, n, 1e-7) for n in (16, 2048))
+    assert cap_loss(small) > 1e-3
+    assert cap_loss(large) < cap_loss(small) / 10
+    # bSSFP on one voxel: 2000 states hold every state, the cap cuts nothing off
+    assert cap_loss(mr0.compute_graph(bssfp[0], bssfp[1], 2000, 1e-6)) == 0.0
+    # what is cut is what the main pass will not see: no eligible state beyond the cap
+    for rg in small:
+        assert (rg.plus_latent > 0).sum() <= 16
+        assert (rg.z_latent > 0).sum() <= 16
+    assert sum(rg.dropped_latent > 0 for rg in small) > len(small) // 2
+
+
+def test_simulate_signal_refines_where_the_cap_cuts_off_heard_states(ste) -> None:
+    seq, data, converged = ste
+    given = SimSettings(max_states=128, min_state_mag=1e-7, min_emitted=1e-5, min_latent=1e-5)
+    plain = simulate_signal(seq, data, given)
+    used: list[SimSettings] = []
+    with pytest.warns(UserWarning, match="accuracy 0.001 may not be met: at 1024 states"):
+        refined = simulate_signal(seq, data, replace(given, accuracy=1e-3), on_refine=used.append)
+    assert [u.max_states for u in used] == [256, 512, 1024]
+    assert used[-1].min_latent == pytest.approx(1e-5 * REFINE_THRESHOLD_FACTOR**3)
+    assert _nrmse(refined, converged) <= 1e-3
+    assert _nrmse(plain, converged) > 5e-3  # negative control: the same start, not refined
+
+
+def test_no_refinement_where_the_cap_keeps_every_heard_state(bssfp) -> None:
+    seq, data, _ = bssfp
+    used: list[SimSettings] = []
+    simulate_signal(seq, data, SimSettings.for_accuracy(1e-3), on_refine=used.append)
+    assert used == []
+
+
+def test_overridden_settings_are_not_refined() -> None:
+    assert SimSettings.for_accuracy(1e-3).accuracy == 1e-3
+    assert SimSettings.for_accuracy(1e-3, max_states=300).accuracy is None
+    with pytest.raises(ValueError, match="accuracy must be"):
+        SimSettings(accuracy=0.5)
