@@ -226,34 +226,72 @@ def simulate_signal(
         kept).
     """
     graph = compute_graph(seq, data, settings.max_states, settings.min_state_mag, rf_model=rf_model)
-    target = settings.accuracy
-    for step in range(MAX_REFINEMENTS + 1):
-        if target is None or not needs_refinement(graph, target):
-            break
-        if step == MAX_REFINEMENTS:
-            warnings.warn(
-                f"accuracy {target:g} may not be met: at {settings.max_states} states the "
-                f"pre-pass still cuts off states with latent signal (mean {cap_loss(graph):.2g} "
-                "per repetition); give --max-states (max_states) higher to simulate them",
-                stacklevel=2,
-            )
-            break
-        states, _, emitted, latent = refine(
-            (settings.max_states, settings.min_state_mag, settings.min_emitted,
-             settings.min_latent)
-        )  # fmt: skip
-        settings = replace(settings, max_states=states, min_emitted=emitted, min_latent=latent)
-        if progress:
-            print(f"pre-pass: the state cap cut off heard states; again with {states} states, "
-                  f"thresholds {emitted:.2g}")  # fmt: skip
-        if on_refine is not None:
-            on_refine(settings)
-        graph = compute_graph(seq, data, states, settings.min_state_mag, rf_model=rf_model)
+    if settings.accuracy is not None:
+        graph, settings = _refined(graph, seq, data, settings, rf_model, progress, on_refine)
     signal = execute_graph(
         graph, seq, data, settings.min_emitted, settings.min_latent, print_progress=progress,
         progress_callback=on_progress, rf_model=rf_model, sub_slices=sub_slices,
     )  # fmt: skip
     return add_noise(signal, noise, seed)
+
+
+REFINE_MEMORY_SHARE = 0.8
+"""A refinement is kept only while its estimated peak stays within this share of the memory
+available (host memory, or the GPU's free memory)."""
+
+
+def _refined(
+    graph: Any,
+    seq: Sequence,
+    data: SimData,
+    settings: SimSettings,
+    rf_model: str,
+    progress: bool,
+    on_refine: Callable[[SimSettings], None] | None,
+) -> tuple[Any, SimSettings]:
+    """Refine ``settings`` (and recompute ``graph``) while the pre-pass cuts off heard states.
+
+    At most :data:`~mr0core.sim.accuracy.MAX_REFINEMENTS` times, and only while the refined
+    simulation's estimated peak memory (:func:`mr0core.sim.estimate_pdg_from_graph`) fits
+    :data:`REFINE_MEMORY_SHARE` of what is available; a warning says where it stopped short.
+    """
+    from mr0core.sim.memory import device_kind, estimate_pdg_from_graph, host_memory_available
+
+    target = float(settings.accuracy or 0.0)
+    for step in range(MAX_REFINEMENTS + 1):
+        if not needs_refinement(graph, target):
+            break
+        short = (f"accuracy {target:g} may not be met: at {settings.max_states} states the "
+                 f"pre-pass still cuts off states with latent signal (mean "
+                 f"{cap_loss(graph):.2g} per repetition)")  # fmt: skip
+        if step == MAX_REFINEMENTS:
+            warnings.warn(f"{short}; give max_states (--max-states) higher to simulate them",
+                          stacklevel=3)  # fmt: skip
+            break
+        states, _, emitted, latent = refine(
+            (settings.max_states, settings.min_state_mag, settings.min_emitted,
+             settings.min_latent)
+        )  # fmt: skip
+        finer = replace(settings, max_states=states, min_emitted=emitted, min_latent=latent)
+        if progress:
+            print(f"pre-pass: the state cap cut off heard states; again with {states} states, "
+                  f"thresholds {emitted:.2g}")  # fmt: skip
+        finer_graph = compute_graph(seq, data, states, finer.min_state_mag, rf_model=rf_model)
+        kind = device_kind(str(data.device))
+        if kind == "cuda":
+            available: int | None = int(torch.cuda.mem_get_info(data.device)[0])
+        else:
+            available = host_memory_available()
+        need = estimate_pdg_from_graph(finer_graph, seq, data, min_emitted=emitted,
+                                       min_latent=latent, device=kind)  # fmt: skip
+        if available is not None and need > REFINE_MEMORY_SHARE * available:
+            warnings.warn(f"{short}; {states} states would need about {need / 2**30:.1f} GiB, "
+                          f"{available / 2**30:.1f} GiB are available", stacklevel=3)  # fmt: skip
+            break
+        graph, settings = finer_graph, finer
+        if on_refine is not None:
+            on_refine(settings)
+    return graph, settings
 
 
 def run_simulation(

@@ -801,24 +801,13 @@ def _link_or_copy(src: str, dst: str) -> None:
 def host_memory_budget(share: float = CPU_MEMORY_SHARE) -> int | None:
     """Return ``share`` of the host memory available now (bytes): the default CPU budget.
 
-    Linux: ``MemAvailable`` of ``/proc/meminfo``; elsewhere the physical memory; None when
-    neither can be read (then there is no host-memory check).
+    :func:`mr0core.sim.memory.host_memory_available` (Linux: ``MemAvailable``; elsewhere the
+    physical memory); None when neither can be read (then there is no host-memory check).
     """
-    available = None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError, IndexError):
-        available = None
-    if available is None:
-        try:
-            available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, AttributeError):
-            return None
-    return int(available * share)
+    from mr0core.sim.memory import host_memory_available  # (torch: only when a budget is made)
+
+    available = host_memory_available()
+    return None if available is None else int(available * share)
 
 
 def estimate_or_zero(function: str, params: dict[str, Any]) -> int:

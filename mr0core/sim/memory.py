@@ -71,6 +71,7 @@ are gathered at once. Not yet calibrated on a GPU.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -102,6 +103,7 @@ __all__ = [
     "estimate_pdg",
     "estimate_pdg_from_graph",
     "graph_bytes",
+    "host_memory_available",
     "load_bytes",
     "main_pass_bytes",
     "pdg_load",
@@ -273,6 +275,25 @@ def _count(name: str, value: Any, lo: int = 1) -> int:
     if int(value) < lo:
         raise ValueError(f"{name} must be at least {lo}, got {value}")
     return int(value)
+
+
+def host_memory_available() -> int | None:
+    """Return the host memory available now (bytes).
+
+    Linux: ``MemAvailable`` of ``/proc/meminfo``; elsewhere the physical memory; None when
+    neither can be read.
+    """
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def device_kind(device: str) -> str:

@@ -139,3 +139,18 @@ def test_overridden_settings_are_not_refined() -> None:
     assert SimSettings.for_accuracy(1e-3, max_states=300).accuracy is None
     with pytest.raises(ValueError, match="accuracy must be"):
         SimSettings(accuracy=0.5)
+
+
+def test_refinement_stops_where_memory_would_not_hold_it(ste, monkeypatch) -> None:
+    import mr0core.sim.memory as memory
+
+    seq, data, _ = ste
+    monkeypatch.setattr(memory, "host_memory_available", lambda: 1 << 20)  # 1 MiB free
+    used: list[SimSettings] = []
+    given = SimSettings(max_states=16, min_state_mag=1e-7, min_emitted=1e-5, min_latent=1e-5,
+                        accuracy=1e-3)  # fmt: skip
+    with pytest.warns(UserWarning, match=r"32 states would need about .* GiB"):
+        signal = simulate_signal(seq, data, given, on_refine=used.append)
+    assert used == []  # not refined: the signal is the given settings'
+    plain = simulate_signal(seq, data, replace(given, accuracy=None))
+    assert torch.equal(signal, plain)
