@@ -63,3 +63,27 @@ def test_simulate_and_demo_outputs_are_private(tmp_path: Path, flash16: Path) ->
     assert main(["demo", "--out", str(demo), "--size", "32"]) == 0
     for name in ("demo_flash_signal.npy", "demo_flash.nii.gz", "demo_flash.json", "demo_flash.png"):
         assert _mode(demo / name) == 0o600, name
+
+
+def test_simulate_records_the_refined_settings(
+    tmp_path: Path, flash16: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sidecar carries the settings the simulation finally used, not the mapped ones."""
+    import dataclasses
+
+    import mr0core.jobs as jobs
+
+    def refining(seq, phantom, settings, *args, on_refine=None, **kwargs):  # type: ignore[no-untyped-def]
+        assert settings.accuracy == 1e-2  # --accuracy alone: refinement on
+        on_refine(dataclasses.replace(settings, max_states=12345, min_latent=1e-6))
+        return run_simulation(seq, phantom, settings, *args, **kwargs)
+
+    monkeypatch.setattr(jobs, "run_simulation", refining)  # what `mr0 simulate` imports
+    out, image = tmp_path / "s.npy", tmp_path / "img.nii.gz"
+    args = ["simulate", str(flash16), "--size", "16", "--out", str(out), "--recon", str(image),
+            "--accuracy", "1e-2"]  # fmt: skip
+    assert main(args) == 0
+    recorded = json.loads((tmp_path / "img.json").read_text())["Simulation"]
+    assert recorded["max_states"] == 12345
+    assert recorded["min_latent"] == 1e-6
+    assert recorded["accuracy"] == 1e-2
