@@ -226,12 +226,19 @@ def simulate_signal(
         kept).
     """
     graph = compute_graph(seq, data, settings.max_states, settings.min_state_mag, rf_model=rf_model)
+    blocks = 1
     if settings.accuracy is not None:
-        graph, settings = _refined(graph, seq, data, settings, rf_model, progress, on_refine)
-    signal = execute_graph(
-        graph, seq, data, settings.min_emitted, settings.min_latent, print_progress=progress,
-        progress_callback=on_progress, rf_model=rf_model, sub_slices=sub_slices,
-    )  # fmt: skip
+        graph, settings, blocks = _refined(graph, seq, data, settings, rf_model, progress,
+                                           on_refine)  # fmt: skip
+    signal = None
+    for index in torch.arange(data.voxel_count).tensor_split(blocks):
+        part = data if blocks == 1 else data.select(index.to(data.device))
+        block_signal = execute_graph(
+            graph, seq, part, settings.min_emitted, settings.min_latent, print_progress=progress,
+            progress_callback=on_progress, rf_model=rf_model, sub_slices=sub_slices,
+        )  # fmt: skip
+        signal = block_signal if signal is None else signal + block_signal
+    assert signal is not None
     return add_noise(signal, noise, seed)
 
 
@@ -248,16 +255,18 @@ def _refined(
     rf_model: str,
     progress: bool,
     on_refine: Callable[[SimSettings], None] | None,
-) -> tuple[Any, SimSettings]:
+) -> tuple[Any, SimSettings, int]:
     """Refine ``settings`` (and recompute ``graph``) while the pre-pass cuts off heard states.
 
-    At most :data:`~mr0core.sim.accuracy.MAX_REFINEMENTS` times, and only while the refined
-    simulation's estimated peak memory (:func:`mr0core.sim.estimate_pdg_from_graph`) fits
-    :data:`REFINE_MEMORY_SHARE` of what is available; a warning says where it stopped short.
+    At most :data:`~mr0core.sim.accuracy.MAX_REFINEMENTS` times. A refined main pass that
+    would not fit :data:`REFINE_MEMORY_SHARE` of the available memory (estimated by
+    :mod:`mr0core.sim.memory`) runs in blocks of voxels, whose signals add up (the state
+    selection does not depend on the voxels); a refinement whose graph alone would not fit, or
+    that would need more than :data:`MAX_VOXEL_BLOCKS` blocks, is not made, and a warning says
+    where it stopped short. Returns the graph, its settings and the number of voxel blocks.
     """
-    from mr0core.sim.memory import device_kind, estimate_pdg_from_graph, host_memory_available
-
     target = float(settings.accuracy or 0.0)
+    blocks = 1
     for step in range(MAX_REFINEMENTS + 1):
         if not needs_refinement(graph, target):
             break
@@ -277,21 +286,58 @@ def _refined(
             print(f"pre-pass: the state cap cut off heard states; again with {states} states, "
                   f"thresholds {emitted:.2g}")  # fmt: skip
         finer_graph = compute_graph(seq, data, states, finer.min_state_mag, rf_model=rf_model)
-        kind = device_kind(str(data.device))
-        if kind == "cuda":
-            available: int | None = int(torch.cuda.mem_get_info(data.device)[0])
-        else:
-            available = host_memory_available()
-        need = estimate_pdg_from_graph(finer_graph, seq, data, min_emitted=emitted,
-                                       min_latent=latent, device=kind)  # fmt: skip
-        if available is not None and need > REFINE_MEMORY_SHARE * available:
-            warnings.warn(f"{short}; {states} states would need about {need / 2**30:.1f} GiB, "
-                          f"{available / 2**30:.1f} GiB are available", stacklevel=3)  # fmt: skip
+        need, fits = _voxel_blocks(finer_graph, seq, data, finer)
+        if fits is None:
+            warnings.warn(f"{short}; {states} states (about {need / 2**30:.1f} GiB in one "
+                          f"piece) would not fit the available memory even in "
+                          f"{MAX_VOXEL_BLOCKS} blocks of voxels", stacklevel=3)  # fmt: skip
             break
-        graph, settings = finer_graph, finer
+        graph, settings, blocks = finer_graph, finer, fits
         if on_refine is not None:
             on_refine(settings)
-    return graph, settings
+    return graph, settings, blocks
+
+
+MAX_VOXEL_BLOCKS = 64
+"""A refined main pass runs in at most this many blocks of voxels (each repeats the per
+repetition work that does not scale with the voxels)."""
+
+
+def _voxel_blocks(
+    graph: Any, seq: Sequence, data: SimData, settings: SimSettings
+) -> tuple[int, int | None]:
+    """Return ``(bytes, blocks)``: the estimated peak and the voxel blocks that make it fit.
+
+    ``blocks`` is None where even :data:`MAX_VOXEL_BLOCKS` blocks would not fit
+    :data:`REFINE_MEMORY_SHARE` of the available memory (host, or the GPU's free memory).
+    """
+    from mr0core.sim.memory import (
+        MAIN_FACTOR,
+        device_kind,
+        graph_bytes,
+        host_memory_available,
+        main_pass_bytes,
+        pdg_load_from_graph,
+    )
+
+    kind = device_kind(str(data.device))
+    load = pdg_load_from_graph(graph, seq, data, settings.min_emitted, settings.min_latent)
+    main: float = main_pass_bytes(load)
+    fixed = 0
+    if kind == "cuda":
+        available: int | None = int(torch.cuda.mem_get_info(data.device)[0])
+    else:
+        available, fixed, main = host_memory_available(), graph_bytes(load), MAIN_FACTOR * main
+    need = int(fixed + main)
+    if available is None:
+        return need, 1
+    room = REFINE_MEMORY_SHARE * available - fixed
+    if main <= room:
+        return need, 1
+    blocks = math.ceil(main / room) if room > 0 else MAX_VOXEL_BLOCKS + 1
+    if blocks > min(MAX_VOXEL_BLOCKS, data.voxel_count):
+        return need, None
+    return need, blocks
 
 
 def run_simulation(

@@ -149,8 +149,38 @@ def test_refinement_stops_where_memory_would_not_hold_it(ste, monkeypatch) -> No
     used: list[SimSettings] = []
     given = SimSettings(max_states=16, min_state_mag=1e-7, min_emitted=1e-5, min_latent=1e-5,
                         accuracy=1e-3)  # fmt: skip
-    with pytest.warns(UserWarning, match=r"32 states would need about .* GiB"):
+    with pytest.warns(UserWarning, match=r"32 states \(about .* GiB in one piece\) would not"):
         signal = simulate_signal(seq, data, given, on_refine=used.append)
     assert used == []  # not refined: the signal is the given settings'
     plain = simulate_signal(seq, data, replace(given, accuracy=None))
     assert torch.equal(signal, plain)
+
+
+def test_a_refined_main_pass_too_large_for_memory_runs_in_voxel_blocks(monkeypatch) -> None:
+    """Blocks of voxels add up to the one-piece signal (negative control: one block alone)."""
+    import mr0core.jobs as jobs
+    import mr0core.sim.memory as memory
+    from pdg_cases import brain, suite_seq
+
+    seq, data = suite_seq("ste_3pulse", 16), brain(16)
+    given = SimSettings(max_states=16, min_state_mag=1e-7, min_emitted=1e-5, min_latent=1e-5,
+                        accuracy=1e-3)  # fmt: skip
+    used: list[SimSettings] = []
+    whole = simulate_signal(seq, data, given, on_refine=used.append)
+    assert used  # the cap of 16 cuts off heard states here
+    blocks: list[torch.Tensor] = []
+    execute = jobs.execute_graph
+
+    def counting(graph, seq, part, *args, **kwargs):  # type: ignore[no-untyped-def]
+        blocks.append(execute(graph, seq, part, *args, **kwargs))
+        return blocks[-1]
+
+    # main pass 2 GB, 1 GB available, graph 0: room 0.8 GB, three blocks
+    monkeypatch.setattr(memory, "main_pass_bytes", lambda load: 2 * 10**9)
+    monkeypatch.setattr(memory, "graph_bytes", lambda load: 0)
+    monkeypatch.setattr(memory, "host_memory_available", lambda: 10**9)
+    monkeypatch.setattr(jobs, "execute_graph", counting)
+    blocked = simulate_signal(seq, data, given)
+    assert len(blocks) == 3
+    assert _nrmse(blocked, whole) < 1e-5
+    assert _nrmse(blocks[0], whole) > 0.1  # negative control: one block is not the signal
