@@ -158,9 +158,10 @@ def test_refinement_stops_where_memory_would_not_hold_it(ste, monkeypatch) -> No
 
 def test_a_refined_main_pass_too_large_for_memory_runs_in_voxel_blocks(monkeypatch) -> None:
     """Blocks of voxels add up to the one-piece signal (negative control: one block alone)."""
+    from pdg_cases import brain, suite_seq
+
     import mr0core.jobs as jobs
     import mr0core.sim.memory as memory
-    from pdg_cases import brain, suite_seq
 
     seq, data = suite_seq("ste_3pulse", 16), brain(16)
     given = SimSettings(max_states=16, min_state_mag=1e-7, min_emitted=1e-5, min_latent=1e-5,
