@@ -231,11 +231,18 @@ def simulate_signal(
         graph, settings, blocks = _refined(graph, seq, data, settings, rf_model, progress,
                                            on_refine)  # fmt: skip
     signal = None
-    for index in torch.arange(data.voxel_count).tensor_split(blocks):
+    for b, index in enumerate(torch.arange(data.voxel_count).tensor_split(blocks)):
         part = data if blocks == 1 else data.select(index.to(data.device))
+        report = on_progress
+        if on_progress is not None and blocks > 1:  # one count over all blocks
+
+            def report(done: int, total: int, b: int = b) -> None:
+                assert on_progress is not None
+                on_progress(b * total + done, blocks * total)
+
         block_signal = execute_graph(
             graph, seq, part, settings.min_emitted, settings.min_latent, print_progress=progress,
-            progress_callback=on_progress, rf_model=rf_model, sub_slices=sub_slices,
+            progress_callback=report, rf_model=rf_model, sub_slices=sub_slices,
         )  # fmt: skip
         signal = block_signal if signal is None else signal + block_signal
     assert signal is not None
@@ -243,8 +250,8 @@ def simulate_signal(
 
 
 REFINE_MEMORY_SHARE = 0.8
-"""A refinement is kept only while its estimated peak stays within this share of the memory
-available (host memory, or the GPU's free memory)."""
+"""A refined simulation's estimated peak must stay within this share of the memory available
+(host memory, or the GPU's free memory): its main pass runs in blocks of voxels to fit."""
 
 
 def _refined(

@@ -181,7 +181,10 @@ def test_a_refined_main_pass_too_large_for_memory_runs_in_voxel_blocks(monkeypat
     monkeypatch.setattr(memory, "graph_bytes", lambda load: 0)
     monkeypatch.setattr(memory, "host_memory_available", lambda: 10**9)
     monkeypatch.setattr(jobs, "execute_graph", counting)
-    blocked = simulate_signal(seq, data, given)
+    counts: list[tuple[int, int]] = []
+    blocked = simulate_signal(seq, data, given, on_progress=lambda d, t: counts.append((d, t)))
     assert len(blocks) == 3
+    assert counts[-1][0] == counts[-1][1]  # one count over the three blocks, to its end
+    assert [d for d, _ in counts] == sorted(d for d, _ in counts)
     assert _nrmse(blocked, whole) < 1e-5
     assert _nrmse(blocks[0], whole) > 0.1  # negative control: one block is not the signal
