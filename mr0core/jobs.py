@@ -35,11 +35,13 @@ __all__ = [
     "SimSettings",
     "add_noise",
     "build_demo_flash",
+    "execute_blocks",
     "load_job_phantom",
     "phantom_isocentre_m",
     "reconstruct_file",
     "run_simulation",
     "simulate_signal",
+    "voxel_blocks",
     "write_image",
     "write_simulation",
 ]
@@ -230,6 +232,35 @@ def simulate_signal(
     if settings.accuracy is not None:
         graph, settings, blocks = _refined(graph, seq, data, settings, rf_model, progress,
                                            on_refine)  # fmt: skip
+    signal = execute_blocks(
+        graph, seq, data, settings.min_emitted, settings.min_latent, blocks,
+        progress=progress, on_progress=on_progress, rf_model=rf_model, sub_slices=sub_slices,
+    )  # fmt: skip
+    return add_noise(signal, noise, seed)
+
+
+def execute_blocks(
+    graph: Any,
+    seq: Sequence,
+    data: SimData,
+    min_emitted: float,
+    min_latent: float,
+    blocks: int = 1,
+    *,
+    progress: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+    rf_model: str = "instantaneous",
+    sub_slices: int | None = None,
+) -> torch.Tensor:
+    """Run the main pass of ``graph`` in ``blocks`` blocks of voxels and add their signals.
+
+    The state selection (``graph``) does not depend on the voxels, so the blocks' signals add
+    up to the one-piece signal; each block repeats the per-repetition work that does not scale
+    with the voxels. ``on_progress(done, total)`` counts over all blocks. The other arguments
+    are :func:`mr0core.execute_graph`'s. Returns the ``[samples, coils]`` complex64 signal.
+    """
+    if not 1 <= blocks <= max(data.voxel_count, 1):
+        raise ValueError(f"blocks must be from 1 to the {data.voxel_count} voxels, got {blocks}")
     signal = None
     for b, index in enumerate(torch.arange(data.voxel_count).tensor_split(blocks)):
         part = data if blocks == 1 else data.select(index.to(data.device))
@@ -241,12 +272,12 @@ def simulate_signal(
                 on_progress(b * total + done, blocks * total)
 
         block_signal = execute_graph(
-            graph, seq, part, settings.min_emitted, settings.min_latent, print_progress=progress,
+            graph, seq, part, min_emitted, min_latent, print_progress=progress,
             progress_callback=report, rf_model=rf_model, sub_slices=sub_slices,
         )  # fmt: skip
         signal = block_signal if signal is None else signal + block_signal
     assert signal is not None
-    return add_noise(signal, noise, seed)
+    return signal
 
 
 REFINE_MEMORY_SHARE = 0.8
@@ -293,7 +324,7 @@ def _refined(
             print(f"pre-pass: the state cap cut off heard states; again with {states} states, "
                   f"thresholds {emitted:.2g}")  # fmt: skip
         finer_graph = compute_graph(seq, data, states, finer.min_state_mag, rf_model=rf_model)
-        need, fits = _voxel_blocks(finer_graph, seq, data, finer)
+        need, fits = voxel_blocks(finer_graph, seq, data, finer)
         if fits is None:
             warnings.warn(f"{short}; {states} states (about {need / 2**30:.1f} GiB in one "
                           f"piece) would not fit the available memory even in "
@@ -310,10 +341,13 @@ MAX_VOXEL_BLOCKS = 64
 repetition work that does not scale with the voxels)."""
 
 
-def _voxel_blocks(
+def voxel_blocks(
     graph: Any, seq: Sequence, data: SimData, settings: SimSettings
 ) -> tuple[int, int | None]:
     """Return ``(bytes, blocks)``: the estimated peak and the voxel blocks that make it fit.
+
+    The estimate is :mod:`mr0core.sim.memory`'s for ``graph``'s main pass at ``settings``'
+    thresholds; run it with :func:`execute_blocks`.
 
     ``blocks`` is None where even :data:`MAX_VOXEL_BLOCKS` blocks would not fit
     :data:`REFINE_MEMORY_SHARE` of the available memory (host, or the GPU's free memory).

@@ -136,12 +136,23 @@ def _child(args: argparse.Namespace) -> None:
             graph = lib.compute_graph(seq, data, int(args.settings[0]), args.settings[1], **rf)
             lib.execute_graph(graph, seq, data, *args.settings[2:], print_progress=False,
                               **run_rf)  # fmt: skip
+        blocks = 1
         for _ in range(args.repeat):
             t0 = time.perf_counter()
             graph = lib.compute_graph(seq, data, int(states), state_mag, **rf)
             t1 = time.perf_counter()
-            signal = lib.execute_graph(graph, seq, data, emitted, latent, print_progress=False,
-                                       **run_rf)  # fmt: skip
+            if args.fit_memory:  # a reference: its main pass in voxel blocks that fit memory
+                from mr0core.jobs import SimSettings, execute_blocks, voxel_blocks
+
+                given = SimSettings(int(states), state_mag, emitted, latent)
+                need, fits = voxel_blocks(graph, seq, data, given)
+                if fits is None:
+                    raise SystemExit(f"about {need / 2**30:.1f} GiB: does not fit in blocks")
+                blocks = fits
+                signal = execute_blocks(graph, seq, data, emitted, latent, blocks, **run_rf)
+            else:
+                signal = lib.execute_graph(graph, seq, data, emitted, latent,
+                                           print_progress=False, **run_rf)  # fmt: skip
             if args.device == "cuda":
                 torch.cuda.synchronize()
             t2 = time.perf_counter()
@@ -154,7 +165,7 @@ def _child(args: argparse.Namespace) -> None:
     # the run of median total time (an odd --repeat gives the true median)
     mid = sorted(times, key=sum)[len(times) // 2]
     result = {"pre_s": mid[0], "main_s": mid[1], "peak_bytes": peak,
-              "times_s": [sum(t) for t in times]}  # fmt: skip
+              "times_s": [sum(t) for t in times], "voxel_blocks": blocks}  # fmt: skip
     if rf.get("rf_model") == "shaped":
         from mr0core.sim.shaped import default_sub_slices
 
@@ -191,13 +202,17 @@ def _run(
         cmd += ["--rf-model", rf_model or opts.rf_model]
         if (rf_model or opts.rf_model) == "shaped" and opts.sub_slices is not None:
             cmd += ["--sub-slices", str(opts.sub_slices)]
-    cmd += ["--phantom", str(phantom), "--out", str(out), "--threads", str(opts.threads)]
+    # a reference's time is not reported: it runs on every core, in voxel blocks that fit memory
+    threads = (os.cpu_count() or 1) if reference else opts.threads
+    cmd += ["--phantom", str(phantom), "--out", str(out), "--threads", str(threads)]
     cmd += ["--device", opts.device, "--repeat", str(1 if reference or memory else opts.repeat)]
     if not reference and not memory:
         cmd.append("--warmup")
     cmd += ["--settings", *map(str, settings)]
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    env["OMP_NUM_THREADS"] = str(opts.threads)
+    env["OMP_NUM_THREADS"] = str(threads)
+    if reference and sim == "ours":
+        cmd.append("--fit-memory")
     if memory:
         cmd.append("--memory")
         env["MALLOC_MMAP_THRESHOLD_"] = env["MALLOC_TRIM_THRESHOLD_"] = str(64 * 1024)
@@ -266,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--settings", nargs=4, type=float, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--fit-memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--suite", action="store_true",
                         help="the sequence-class suite (scripts/pdg_suite.py) on one voxel and "
                         "the brain, against ours at very tight thresholds")  # fmt: skip
@@ -447,7 +463,9 @@ def _suite(opts: argparse.Namespace, argv: list[str] | None) -> int:
                         mem = _run(sim, seq, phantom, DEFAULT, tmp / "mem.npy", opts, memory=True)
                         row[sim]["peak_bytes"] = mem["peak_bytes"] if mem else None
                 reference, check = suite_reference(case)
-                _run("ours", seq, phantom, reference, tmp / "ref.npy", opts, reference=True)
+                ref_run = _run("ours", seq, phantom, reference, tmp / "ref.npy", opts,
+                               reference=True)  # fmt: skip
+                row["reference_blocks"] = ref_run["voxel_blocks"] if ref_run else None
                 row["reference"] = "ours at very tight thresholds"
                 if opts.check_sizes is None or size in opts.check_sizes:
                     _run("ours", seq, phantom, check, tmp / "check.npy", opts,
