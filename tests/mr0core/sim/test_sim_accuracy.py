@@ -188,3 +188,21 @@ def test_a_refined_main_pass_too_large_for_memory_runs_in_voxel_blocks(monkeypat
     assert [d for d, _ in counts] == sorted(d for d, _ in counts)
     assert _nrmse(blocked, whole) < 1e-5
     assert _nrmse(blocks[0], whole) > 0.1  # negative control: one block is not the signal
+
+
+def test_execute_blocks_adds_up_to_the_whole_main_pass_and_refuses_bad_counts() -> None:
+    """``execute_blocks`` over 3 blocks = one piece (negative control: its first block alone)."""
+    from pdg_cases import brain, suite_seq
+
+    from mr0core.jobs import execute_blocks
+
+    seq, data = suite_seq("flash_spoiled", 16), brain(16)
+    graph = mr0.compute_graph(seq, data, 200, 1e-4)
+    whole = execute_blocks(graph, seq, data, 1e-3, 1e-3)
+    three = execute_blocks(graph, seq, data, 1e-3, 1e-3, 3)
+    assert _nrmse(three, whole) < 1e-5
+    first = data.select(torch.arange(data.voxel_count).tensor_split(3)[0])
+    assert _nrmse(execute_blocks(graph, seq, first, 1e-3, 1e-3), whole) > 0.1
+    for bad in (0, data.voxel_count + 1):
+        with pytest.raises(ValueError, match="blocks must be"):
+            execute_blocks(graph, seq, data, 1e-3, 1e-3, bad)
