@@ -10,7 +10,8 @@ operations of a few microseconds of dispatch each, not their arithmetic, were mo
 main pass; this is one call. Why our own code and not a library: the state update is the
 simulator's own algorithm; numba is the library that compiles it.
 
-The torch path is the definition (it also runs on GPUs, with autograd and with motion):
+The torch path is the definition (it also runs on GPUs and with autograd; with motion, the
+states' carried motion phase is applied after this call):
 ``tests/mr0core/sim/test_mainpass_kernel.py`` checks that both give the same signal on the
 benchmark suite's sequence classes. They round differently in one place: the torch path
 relaxes by ``exp(-(b D + t/T2))``, this by ``exp(-t/T2) · exp(-b D)`` with the second factor

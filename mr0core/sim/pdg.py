@@ -12,9 +12,9 @@ For each repetition the pass
    per (state, sample). Phantoms with many distinct (T2′, D) pairs use an exact per-voxel path;
 3. relaxes, diffuses and recovers the states to the end of the repetition.
 
-On CPU without autograd or motion, steps 1 and 3 (and the k/τ bookkeeping) run as one compiled
-call per repetition (:mod:`mr0core.sim.mainpass_kernel`, numba); the torch operations here are
-their definition and run everywhere else (GPU, autograd, motion, or without numba).
+On CPU without autograd, steps 1 and 3 (and the k/τ bookkeeping) run as one compiled call per
+repetition (:mod:`mr0core.sim.mainpass_kernel`, numba); the torch operations here are their
+definition and run everywhere else (GPU, autograd, or without numba).
 
 A moving phantom (``phantom_motion``/``voxel_motion``, :mod:`mr0core.sim.motion`) adds, per
 event, the phase ``-2π Δk·(r(t) − r0)`` of the moved positions beyond the still one: it enters the
@@ -211,6 +211,15 @@ def _cis(phase: torch.Tensor, mag: torch.Tensor | None = None) -> torch.Tensor:
     if mag is not None:
         c, s = c * mag, s * mag
     return torch.complex(c, s)
+
+
+def _motion_carry(mphase: torch.Tensor) -> torch.Tensor:
+    """Return the factor ``[V]`` by which a moving phantom's transverse states carry its phase.
+
+    ``mphase [E, V]``: the repetition's phase per event beyond the still phantom's (cycles);
+    the states leave the repetition with that of its last event.
+    """
+    return _cis(-_TWO_PI * mphase[-1])
 
 
 class _GridAxes:
@@ -622,7 +631,7 @@ def execute_graph(
     # On CPU without autograd or motion, a compiled kernel does each repetition's state update
     # (mr0core.sim.mainpass_kernel); its per-voxel inputs, as numpy, in the sorted voxel order.
     compiled = None if seq_grad else _main_kernel()  # its numpy bookkeeping, compiled
-    kernel = compiled if fast and motion is None and dev.type == "cpu" else None
+    kernel = compiled if fast and dev.type == "cpu" else None
     d_values, d_index = np.zeros(1), np.zeros(n_vox, np.int64)  # each voxel's D, by value
     if kernel is not None:
         d_values, d_index = np.unique(diff.numpy().astype(np.float64), return_inverse=True)
@@ -826,6 +835,8 @@ def execute_graph(
                     b_z = tensor(four_pi2 * (zk_act_np**2).sum(1) * total_np)
                     total = torch.tensor(total_np, dtype=fdt)
             if kernel is not None:  # relaxed in the kernel
+                if mphase is not None:  # a moving phantom: the phase it carried on
+                    new[:n_ap] *= _motion_carry(mphase)
                 p_mag, z_mag = new[:n_ap], new[n_ap:]
             elif fast:
                 # both kinds in one set of in-place operations on [transverse; longitudinal],
@@ -847,7 +858,7 @@ def execute_graph(
                 else:
                     new.mul_(f)
                 if mphase is not None:
-                    new[:n_ap] *= _cis(-_TWO_PI * mphase[-1])
+                    new[:n_ap] *= _motion_carry(mphase)
                 p_mag, z_mag = new[:n_ap], new[n_ap:]
                 # recovery feeds the relaxed state
                 z_mag[0].view(n_vox, n_sub).add_(rates[2][:, None])
@@ -860,7 +871,7 @@ def execute_graph(
                 else:
                     z_mag[0] += 1 - e1_t1  # recovery feeds the relaxed state
                 if mphase is not None:  # after the in-place updates of `new`'s views
-                    p_mag = p_mag * _cis(-_TWO_PI * mphase[-1])
+                    p_mag = p_mag * _motion_carry(mphase)
         else:
             p_mag, z_mag = new_p, new_z
             if seq_grad:
