@@ -69,9 +69,17 @@ many weak pathways: at 48² :data:`SUITE_REF` is 0.22 % from 120000 states (thre
 40000 states at thresholds 1e-8 are 0.024 % from it (measured 2026-12-06)."""
 
 
-def suite_reference(case: str) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-    """Return ``(reference, check)`` settings of the suite's case ``case``."""
-    return SUITE_REF_BY_CASE.get(case, (SUITE_REF, SUITE_CHECK))
+SUITE_CHECK_BY_SIZE = {("ste_3pulse", 96): (50000, 1e-11, 1e-9, 1e-9)}
+"""Checks that replace the case's where it would not fit memory: ``(case, size): check``. At
+96² the STE's 120000-state check needs about 98 GiB by :mod:`mr0core.sim.memory`'s estimate, too
+much even in 64 voxel blocks on 24 GiB; this one is still tighter in every setting than the
+reference (45000 states at thresholds 1e-9 ran in 22 GB in one piece there)."""
+
+
+def suite_reference(case: str, size: int | None = None) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """Return ``(reference, check)`` settings of the suite's case ``case`` (at ``size``)."""
+    reference, check = SUITE_REF_BY_CASE.get(case, (SUITE_REF, SUITE_CHECK))
+    return reference, SUITE_CHECK_BY_SIZE.get((case, size or 0), check)
 
 
 VOXEL = {"PD": 1.0, "T1": 0.83, "T2": 0.07, "T2dash": 0.05, "D": 0.8, "B0": 0.0, "B1": 1.0,
@@ -462,15 +470,21 @@ def _suite(opts: argparse.Namespace, argv: list[str] | None) -> int:
                     if opts.device == "cpu":
                         mem = _run(sim, seq, phantom, DEFAULT, tmp / "mem.npy", opts, memory=True)
                         row[sim]["peak_bytes"] = mem["peak_bytes"] if mem else None
-                reference, check = suite_reference(case)
+                reference, check = suite_reference(case, size)
                 ref_run = _run("ours", seq, phantom, reference, tmp / "ref.npy", opts,
                                reference=True)  # fmt: skip
                 row["reference_blocks"] = ref_run["voxel_blocks"] if ref_run else None
                 row["reference"] = "ours at very tight thresholds"
                 if opts.check_sizes is None or size in opts.check_sizes:
-                    _run("ours", seq, phantom, check, tmp / "check.npy", opts,
-                         reference=True)  # fmt: skip
-                    row["ref_convergence"] = _nrmse(tmp / "ref.npy", tmp / "check.npy")
+                    try:
+                        _run("ours", seq, phantom, check, tmp / "check.npy", opts,
+                             reference=True)  # fmt: skip
+                    except RuntimeError as err:  # e.g. too large: the row stays, unchecked
+                        print(f"{case} {size}: the reference's check failed: {err}",
+                              file=sys.stderr)  # fmt: skip
+                        row["ref_convergence"] = None
+                    else:
+                        row["ref_convergence"] = _nrmse(tmp / "ref.npy", tmp / "check.npy")
                 else:
                     row["ref_convergence"] = None
                 row["ours"]["nrmse"] = _nrmse(tmp / "ours.npy", tmp / "ref.npy")
