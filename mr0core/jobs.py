@@ -261,7 +261,7 @@ def execute_blocks(
     """
     if not 1 <= blocks <= max(data.voxel_count, 1):
         raise ValueError(f"blocks must be from 1 to the {data.voxel_count} voxels, got {blocks}")
-    signal = None
+    signal: torch.Tensor | None = None
     for b, index in enumerate(torch.arange(data.voxel_count).tensor_split(blocks)):
         part = data if blocks == 1 else data.select(index.to(data.device))
         report = on_progress
