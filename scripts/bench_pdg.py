@@ -73,7 +73,8 @@ SUITE_CHECK_BY_SIZE = {("ste_3pulse", 96): (50000, 1e-11, 1e-9, 1e-9)}
 """Checks that replace the case's where it would not fit memory: ``(case, size): check``. At
 96² the STE's 120000-state check needs about 98 GiB by :mod:`mr0core.sim.memory`'s estimate, too
 much even in 64 voxel blocks on 24 GiB; this one is still tighter in every setting than the
-reference (45000 states at thresholds 1e-9 ran in 22 GB in one piece there)."""
+reference (45000 states at thresholds 1e-9 ran in 22 GB in one piece there). It was 0.034 % from
+the reference, which ran in 5 voxel blocks (measured 2026-12-07)."""
 
 
 def suite_reference(case: str, size: int | None = None) -> tuple[tuple[Any, ...], tuple[Any, ...]]:

@@ -628,7 +628,7 @@ def execute_graph(
                              data.dephasing_func, phasor_cache)  # fmt: skip
     four_pi2 = 4 * math.pi**2
     t_start = 0.0  # s, the repetition's start (for the motion's times)
-    # On CPU without autograd or motion, a compiled kernel does each repetition's state update
+    # On CPU without autograd, a compiled kernel does each repetition's state update
     # (mr0core.sim.mainpass_kernel); its per-voxel inputs, as numpy, in the sorted voxel order.
     compiled = None if seq_grad else _main_kernel()  # its numpy bookkeeping, compiled
     kernel = compiled if fast and dev.type == "cpu" else None
