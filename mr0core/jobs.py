@@ -282,7 +282,8 @@ def execute_blocks(
 
 REFINE_MEMORY_SHARE = 0.8
 """A refined simulation's estimated peak must stay within this share of the memory available
-(host memory, or the GPU's free memory): its main pass runs in blocks of voxels to fit."""
+(host memory, or the GPU's free memory): its main pass runs in blocks of voxels to fit
+(:func:`voxel_blocks`, which ``scripts/bench_pdg.py`` also uses for its references)."""
 
 
 def _refined(
