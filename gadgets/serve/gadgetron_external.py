@@ -433,16 +433,19 @@ def _drain(connection: Connection) -> None:
 class _Inputs:
     """The connection's items until Gadgetron's close; refuses what our chains do not take.
 
-    ``closed`` tells whether Gadgetron's close has been read (nothing is left to drain).
+    ``closed`` tells whether Gadgetron's close has been read (nothing is left to drain);
+    ``received`` counts the items read.
     """
 
     def __init__(self, connection: Connection, chain_name: str) -> None:
         self.connection = connection
         self.chain_name = chain_name
         self.closed = False
+        self.received = 0
 
     def __iter__(self) -> Iterator[Item]:
         for item in self.connection:
+            self.received += 1
             if not isinstance(item, _SENDABLE):
                 raise GadgetError(
                     f"chain {self.chain_name!r} takes acquisitions, waveforms and images; got "
@@ -518,8 +521,8 @@ def run_chain(
         log.exception("chain %r crashed", chain_name)
         _report(connection, f"{chain_name}: {type(exc).__name__}: {exc}")
         raise
-    log.info("chain %r done: %d items sent in %.2f s", chain_name, sent,
-             time.monotonic() - started)  # fmt: skip
+    log.info("chain %r done: %d items received, %d sent in %.2f s", chain_name,
+             inputs.received, sent, time.monotonic() - started)  # fmt: skip
 
 
 # -- targets ------------------------------------------------------------------------------------
