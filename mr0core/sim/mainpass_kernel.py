@@ -28,6 +28,10 @@ import math
 import numpy as np
 from numba import njit
 
+_TILE_COLUMNS = 1024
+"""State columns per tile of :func:`propagate` (whole voxels): 1024 complex64 columns of a few
+dozen result rows fit a core's L2 cache."""
+
 
 @njit(cache=True, inline="always")
 def _rule(kind: int) -> tuple[int, bool]:
@@ -119,54 +123,95 @@ def propagate(
         prev_p[p_active[i]] = i
     for i in range(z_active.shape[0]):
         prev_z[z_active[i]] = p_active.shape[0] + i
-    coef = np.empty((6, n_cols), np.complex64)
-    for r in range(6):
-        f = np.complex64(factors[r])
-        for c in range(n_cols):
-            coef[r, c] = base[r, c] * f
-    new = np.zeros((n_new, n_cols), np.complex64)
-    for j in range(e_child.shape[0]):
+    # the edges that count, as (result row, state row, coefficient row, conjugated), grouped
+    # by result row; the grouping is stable, so each row sums its edges in the graph's order
+    n_edges = e_child.shape[0]
+    e_row = np.empty(n_edges, np.int64)
+    e_src = np.empty(n_edges, np.int64)
+    e_coef = np.empty(n_edges, np.int64)
+    e_conj = np.empty(n_edges, np.bool_)
+    n_e = 0
+    for j in range(n_edges):
         ci = child_map[e_child[j]]
         parent, block = e_parent[j] // 4, e_parent[j] % 4
         pi = prev_p[parent] if block < 2 else prev_z[parent]
         if ci < 0 or pi < 0:
             continue
         row, conjugate = _rule(e_kind[j])
-        if conjugate:
-            for c in range(n_cols):
-                new[ci, c] += coef[row, c] * np.conj(state[pi, c])
-        else:
-            for c in range(n_cols):
-                new[ci, c] += coef[row, c] * state[pi, c]
-    emitted = np.empty((emit.shape[0], n_cols), np.complex64)
-    for i in range(emit.shape[0]):
-        emitted[i] = new[emit[i]]
-    if not relax:
-        return new, emitted
+        e_row[n_e], e_src[n_e], e_coef[n_e], e_conj[n_e] = ci, pi, row, conjugate
+        n_e += 1
+    by_row = np.argsort(e_row[:n_e], kind="mergesort")
+    row_start = np.zeros(n_new + 1, np.int64)
+    for e in range(n_e):
+        row_start[e_row[e] + 1] += 1
+    for i in range(n_new):
+        row_start[i + 1] += row_start[i]
+    # diffusion per (result row, distinct D)
     n_vox = decay_p.shape[0]
     n_d = d_values.shape[0]
-    diff = np.empty(n_d, np.float32)
-    f = np.empty(n_vox, np.float32)
-    flat = new.view(np.float32)  # [n_new, 2 S]: real and imaginary parts (vectorises)
+    diff = np.empty((n_new, n_d), np.float32)
     for i in range(n_new):
         for g in range(n_d):
-            diff[g] = np.float32(math.exp(-b_values[i] * d_values[g]))
-        decay = decay_p if i < n_ap else decay_z
-        for v in range(n_vox):
-            f[v] = decay[v] * diff[d_index[v]]
-        row = flat[i]
-        if n_sub == 1:
-            for v in range(n_vox):
-                row[2 * v] *= f[v]
-                row[2 * v + 1] *= f[v]
-        else:
-            for v in range(n_vox):
-                for s in range(2 * n_sub):
-                    row[2 * n_sub * v + s] *= f[v]
-    if act_z.shape[0]:
-        for v in range(n_vox):
+            diff[i, g] = np.float32(math.exp(-b_values[i] * d_values[g]))
+    # Column tiles of whole voxels: a tile's coefficients, results and relaxation stay in cache
+    # (the states of a shaped pulse's sub-slices span megabytes; one pass per edge over
+    # whole rows was bound by memory)
+    tile_v = max(1, _TILE_COLUMNS // n_sub)
+    width = tile_v * n_sub
+    coef = np.empty((6, width), np.complex64)
+    decay_p_col = np.empty(width, np.float32)
+    decay_z_col = np.empty(width, np.float32)
+    d_col = np.empty(width, np.int64)
+    f_col = np.empty(width, np.float32)
+    new = np.empty((n_new, n_cols), np.complex64)
+    emitted = np.empty((emit.shape[0], n_cols), np.complex64)
+    flat = new.view(np.float32)  # [n_new, 2 S]: real and imaginary parts (vectorises)
+    for v0 in range(0, n_vox, tile_v):
+        v1 = min(n_vox, v0 + tile_v)
+        c0, c1 = v0 * n_sub, v1 * n_sub
+        w = c1 - c0
+        for r in range(6):
+            f = np.complex64(factors[r])
+            base_r, coef_r = base[r, c0:c1], coef[r]
+            for c in range(w):
+                coef_r[c] = base_r[c] * f
+        for i in range(n_new):
+            out = new[i, c0:c1]
+            for c in range(w):
+                out[c] = 0
+            for k in range(row_start[i], row_start[i + 1]):
+                e = by_row[k]
+                a, x = coef[e_coef[e]], state[e_src[e], c0:c1]
+                if e_conj[e]:
+                    for c in range(w):
+                        out[c] += a[c] * np.conj(x[c])
+                else:
+                    for c in range(w):
+                        out[c] += a[c] * x[c]
+        for i in range(emit.shape[0]):
+            src, dst = new[emit[i], c0:c1], emitted[i, c0:c1]
+            for c in range(w):
+                dst[c] = src[c]
+        if not relax:
+            continue
+        for v in range(v1 - v0):
             for s in range(n_sub):
-                new[n_ap, v * n_sub + s] += recovery[v]
+                c = v * n_sub + s
+                decay_p_col[c] = decay_p[v0 + v]
+                decay_z_col[c] = decay_z[v0 + v]
+                d_col[c] = d_index[v0 + v]
+        for i in range(n_new):
+            decay, diff_i = (decay_p_col if i < n_ap else decay_z_col), diff[i]
+            for c in range(w):
+                f_col[c] = decay[c] * diff_i[d_col[c]]
+            row_f = flat[i, 2 * c0 : 2 * c1]
+            for c in range(w):
+                row_f[2 * c] *= f_col[c]
+                row_f[2 * c + 1] *= f_col[c]
+        if act_z.shape[0]:
+            for v in range(v0, v1):
+                for s in range(n_sub):
+                    new[n_ap, v * n_sub + s] += recovery[v]
     return new, emitted
 
 

@@ -746,12 +746,16 @@ def execute_graph(
             )  # fmt: skip
             new = torch.from_numpy(new_np)
             new_p, new_z = new[:n_ap], new[n_ap:]
+        # sub-slices: the runs of ADC samples with one z moment, each weighted on its own
+        z_runs = None
+        if len(adc_np) and n_sub > 1 and not seq_grad:
+            z_runs = _z_runs(kcum_np[adc_np, 2].astype(np.float32).astype(np.float64), thickness)
         if (
             len(adc_np)
             and batch is not None
             and not seq_grad
             and not static_grad
-            and n_sub == 1
+            and (z_runs is None or len(z_runs) == 1)
             and batch.takes(len(emit), len(adc_np))
         ):
             # deferred: repetitions with few emitting states share their operations; their
@@ -763,6 +767,9 @@ def execute_graph(
                 if kernel is not None
                 else new_p[tensor(emit, torch.int64)]
             )
+            if z_runs is not None:  # one weighting of the sub-slices for all samples
+                kz = tensor(k0_np[emit, 2]) + tensor(kcum_np[adc_np[:1], 2])
+                m_e = _through_slice(m_e, kz, thickness, n_vox, n_sub)
             batch.add(
                 len(signals) - 1,
                 m_e,
@@ -793,7 +800,7 @@ def execute_graph(
             adc_phase = rep.adc_phase.to(dev, fdt)[adc]
             runs = [slice(0, len(adc_np))]
             if n_sub > 1:
-                runs = _z_runs(K[:, 2].detach().cpu().double().numpy(), thickness)
+                runs = z_runs or _z_runs(K[:, 2].detach().cpu().double().numpy(), thickness)
                 if len(runs) == 1:  # one weighting of the sub-slices for all samples
                     m_e = _through_slice(m_e, k0_e[:, 2] + K[0, 2], thickness, n_vox, n_sub)
             if len(runs) > 1:  # a z gradient during the ADC: each run of samples on its own
