@@ -108,8 +108,7 @@ def test_shaped_pulses_over_sub_slices_equal_torch(monkeypatch: pytest.MonkeyPat
 def test_sub_slices_batched_signal_equals_per_repetition(monkeypatch: pytest.MonkeyPatch) -> None:
     """With sub-slices, repetitions whose ADC has one z moment join the signal batch.
 
-    Their signal is the one formed per repetition (the batch turned off). A z gradient during
-    the ADC splits the samples into runs, which are formed per repetition as before.
+    Their signal is the one formed per repetition (the batch turned off).
     """
     seq = pdg_cases.suite_seq("flash_spoiled", N)
     run = _shaped_run(seq, _thick_brain(12), 5)
@@ -129,6 +128,38 @@ def test_sub_slices_batched_signal_equals_per_repetition(monkeypatch: pytest.Mon
         single = run()
     assert float(single.abs().max()) > 0.1
     assert nrmse(batched, single) < TOLERANCE
+
+
+def test_sub_slices_z_gradient_during_adc_stays_per_repetition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A z gradient during the ADC: each run of samples gets its own through-slice weighting.
+
+    Such readouts stay out of the batch (which weights all samples alike); the signal is the
+    per-repetition one and differs from the readout without the z gradient.
+    """
+    seq = copy.deepcopy(pdg_cases.suite_seq("flash_spoiled", N))
+    plain = _shaped_run(pdg_cases.suite_seq("flash_spoiled", N), _thick_brain(12), 5)()
+    for rep in seq:
+        adc = rep.adc_usage > 0
+        rep.gradm[adc, 2] += 4.0  # 1/m per sample: 0.02 cycles across 5 mm per sample
+    run = _shaped_run(seq, _thick_brain(12), 5)
+    added: list[int] = []
+    original = pdg._SignalBatch.add
+
+    def counting(self, *args):  # type: ignore[no-untyped-def]
+        added.append(1)
+        return original(self, *args)
+
+    with monkeypatch.context() as m:
+        m.setattr(pdg._SignalBatch, "add", counting)
+        got = run()
+    assert not added
+    with monkeypatch.context() as m:
+        m.setattr(pdg._SignalBatch, "takes", lambda self, n_states, n_samples: False)
+        single = run()
+    assert nrmse(got, single) < TOLERANCE
+    assert nrmse(got, plain) > 1e-2  # the z gradient matters
 
 
 def test_moving_phantom_equals_torch(monkeypatch: pytest.MonkeyPatch) -> None:
