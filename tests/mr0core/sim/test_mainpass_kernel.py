@@ -105,13 +105,11 @@ def test_shaped_pulses_over_sub_slices_equal_torch(monkeypatch: pytest.MonkeyPat
     assert nrmse(compiled, reference) < TOLERANCE
 
 
-def test_sub_slices_batched_signal_equals_per_repetition(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With sub-slices, repetitions whose ADC has one z moment join the signal batch.
-
-    Their signal is the one formed per repetition (the batch turned off).
-    """
-    seq = pdg_cases.suite_seq("flash_spoiled", N)
-    run = _shaped_run(seq, _thick_brain(12), 5)
+def batched_and_single(
+    run: Callable[[], torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> tuple[torch.Tensor, int, torch.Tensor]:  # fmt: skip
+    """Return ``run()``, how many readouts it put into the signal batch, and ``run()`` without
+    the batch (every readout's signal formed per repetition)."""
     added: list[int] = []
     original = pdg._SignalBatch.add
 
@@ -121,11 +119,22 @@ def test_sub_slices_batched_signal_equals_per_repetition(monkeypatch: pytest.Mon
 
     with monkeypatch.context() as m:
         m.setattr(pdg._SignalBatch, "add", counting)
-        batched = run()
-    assert len(added) == N  # every readout went through the batch
+        got = run()
     with monkeypatch.context() as m:
         m.setattr(pdg._SignalBatch, "takes", lambda self, n_states, n_samples: False)
         single = run()
+    return got, len(added), single
+
+
+def test_sub_slices_batched_signal_equals_per_repetition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With sub-slices, repetitions whose ADC has one z moment join the signal batch.
+
+    Their signal is the one formed per repetition (the batch turned off).
+    """
+    seq = pdg_cases.suite_seq("flash_spoiled", N)
+    batched, added, single = batched_and_single(_shaped_run(seq, _thick_brain(12), 5),
+                                                monkeypatch)  # fmt: skip
+    assert added == N  # every readout went through the batch
     assert float(single.abs().max()) > 0.1
     assert nrmse(batched, single) < TOLERANCE
 
@@ -143,21 +152,8 @@ def test_sub_slices_z_gradient_during_adc_stays_per_repetition(
     for rep in seq:
         adc = rep.adc_usage > 0
         rep.gradm[adc, 2] += 4.0  # 1/m per sample: 0.02 cycles across 5 mm per sample
-    run = _shaped_run(seq, _thick_brain(12), 5)
-    added: list[int] = []
-    original = pdg._SignalBatch.add
-
-    def counting(self, *args):  # type: ignore[no-untyped-def]
-        added.append(1)
-        return original(self, *args)
-
-    with monkeypatch.context() as m:
-        m.setattr(pdg._SignalBatch, "add", counting)
-        got = run()
-    assert not added
-    with monkeypatch.context() as m:
-        m.setattr(pdg._SignalBatch, "takes", lambda self, n_states, n_samples: False)
-        single = run()
+    got, added, single = batched_and_single(_shaped_run(seq, _thick_brain(12), 5), monkeypatch)
+    assert added == 0
     assert nrmse(got, single) < TOLERANCE
     assert nrmse(got, plain) > 1e-2  # the z gradient matters
 
